@@ -1,0 +1,21 @@
+"""leantorch: quantization simulation, post-training quantization and compression for PyTorch models."""
+
+from .errors import (
+    CalibrationDataError,
+    ConfigError,
+    EncodingsFileError,
+    EncodingsMissingError,
+    InputShapeError,
+    LeanTorchError,
+    TraceError,
+    UnsupportedBitwidthError,
+)
+from .graph import prepare
+
+__version__ = "0.1.0"
+from .quant.config import OpRule, QuantSimConfig
+from .quant.encoding import Encoding, compute_encoding
+from .quant.estimators import QuantScheme
+from .quant.quantizer import Quantizer
+from .quant.sim import QuantSim
+from .ptq.bn_fold import fold_batch_norms

@@ -1,0 +1,267 @@
+"""Tracing with torch.fx (:func:`prepare`), op types of modules, and pattern matching on the graph."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import traceback
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import fx, nn
+
+from . import ops
+from .errors import InputShapeError, TraceError
+from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
+
+log = logging.getLogger(__name__)
+
+# Op type names used by configs and supergroups. Order matters where classes inherit (ReLU6 < Hardtanh).
+_OP_TYPES: list[tuple[tuple[type, ...], str]] = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "Conv"),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "ConvTranspose"),
+    ((nn.Linear,), "Linear"),
+    ((nn.modules.batchnorm._BatchNorm,), "BatchNorm"),
+    ((nn.LayerNorm,), "LayerNorm"),
+    ((nn.GroupNorm,), "GroupNorm"),
+    ((nn.ReLU6,), "ReLU6"),
+    ((nn.ReLU,), "ReLU"),
+    ((nn.Hardtanh,), "Hardtanh"),
+    ((nn.GELU,), "GELU"),
+    ((nn.Sigmoid,), "Sigmoid"),
+    ((nn.Tanh,), "Tanh"),
+    ((nn.SiLU,), "SiLU"),
+    ((nn.Hardswish,), "Hardswish"),
+    ((nn.Hardsigmoid,), "Hardsigmoid"),
+    ((nn.LeakyReLU, nn.PReLU), "LeakyReLU"),
+    ((nn.ELU,), "ELU"),
+    ((nn.Softmax, nn.LogSoftmax), "Softmax"),
+    ((ops.Add,), "Add"),
+    ((ops.Sub,), "Sub"),
+    ((ops.Mul,), "Mul"),
+    ((ops.Div,), "Div"),
+    ((ops.MatMul,), "MatMul"),
+    ((ops.Cat,), "Concat"),
+    ((ops.Interpolate, nn.Upsample), "Interpolate"),
+    ((ops.Mean,), "Mean"),
+    ((nn.Flatten, nn.Unflatten), "Flatten"),
+    ((ops.Pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "Pad"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d), "MaxPool"),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), "AvgPool"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d), "Dropout"),
+    ((nn.Identity,), "Identity"),
+    ((nn.Embedding,), "Embedding"),
+]
+
+#: Op types whose output is a selection/rearrangement of input values (already on the input's grid).
+PASSTHROUGH_TYPES = frozenset({"Flatten", "Pad", "MaxPool", "Dropout", "Identity"})
+
+
+def op_type(module: nn.Module) -> str:
+    """The op type name of a module (``"Conv"``, ``"ReLU6"``, ``"Add"``...), ``"Unknown"`` if none.
+
+    Example:
+        >>> op_type(nn.Conv2d(3, 8, 3)), op_type(nn.ReLU6())
+        ('Conv', 'ReLU6')
+    """
+    wrapped = getattr(module, "op_type", None)  # a QuantWrapper knows the type of what it wraps
+    if isinstance(wrapped, str):
+        return wrapped
+    for classes, name in _OP_TYPES:
+        if isinstance(module, classes):
+            return name
+    return "Unknown"
+
+
+def as_tuple(example_input: Any) -> tuple:
+    """Normalise an example input (a tensor or a tuple/list of them) to a tuple of positional args."""
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+
+
+class _ScopeTracer(fx.Tracer):
+    """fx tracer that records, for each node, the path of the module whose forward created it."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
+        super().__init__()
+        self.leaf_types, self.leaf_names = leaf_types, leaf_names
+        self.lt_scope: list[str] = [""]
+        self.failed_in: tuple[str, type] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        # leantorch's own layers (op modules, quantizers, wrappers) are never traced through.
+        if type(m).__module__.startswith("leantorch."):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        name = self.path_of_module(m)
+        self.lt_scope.append(name)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = (name, type(m))
+            raise
+        finally:
+            self.lt_scope.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["lt_scope"] = self.lt_scope[-1]
+        return node
+
+
+def prepare(
+    model: nn.Module,
+    example_input: Any,
+    leaf_modules: Sequence[type | str] | None = None,
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Trace a copy of ``model`` into a GraphModule ready for quantization and compression.
+
+    Functional ops that need quantizers become modules (:mod:`leantorch.ops`), stateless modules called at
+    several places are split, and convs written as ``F.conv2d(x, self.weight)`` in ``nn.Conv2d`` subclasses
+    become real ``nn.Conv2d`` layers. The user's model is not modified.
+
+    Args:
+        model: the float model.
+        example_input: a tensor or a tuple of tensors the model accepts.
+        leaf_modules: module classes or qualified names to keep opaque (not traced through).
+        verify: check that the traced model computes the same outputs on the example input.
+
+    Raises:
+        TraceError: the model cannot be traced (names the module, the source line and the fix).
+        InputShapeError: ``example_input`` does not fit the model.
+
+    Example:
+        >>> gm = prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
+        >>> [type(m).__name__ for m in gm.children()]
+        ['Conv2d', 'ReLU']
+    """
+    inputs = as_tuple(example_input)
+    copy_ = copy.deepcopy(model)
+    was_training = copy_.training
+    copy_.eval()
+    reference = run_checked(copy_, inputs)
+    leaf_types = tuple(x for x in (leaf_modules or []) if isinstance(x, type))
+    leaf_names = frozenset(x for x in (leaf_modules or []) if isinstance(x, str))
+    gm = _trace(copy_, leaf_types, leaf_names)
+    record_values(gm, inputs)
+    functional_to_modules(gm)
+    shared = split_shared_stateless_modules(gm)
+    if shared:
+        log.warning("modules called at several places share one set of quantizers: %s", ", ".join(shared))
+    gm.graph.lint()
+    gm.recompile()
+    gm.eval()
+    if verify:
+        _verify_same_outputs(reference, run_checked(gm, inputs))
+    record_values(gm, inputs)
+    gm.train(was_training)
+    return gm
+
+
+def run_checked(model: nn.Module, inputs: tuple) -> Any:
+    """Run ``model(*inputs)`` without gradients; an input that does not fit raises InputShapeError."""
+    with torch.no_grad():
+        try:
+            return model(*inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
+            raise InputShapeError(
+                f"the model fails on the example input of shape(s) {shapes}: {exc}. "
+                "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
+                "ImageNet classifier)."
+            ) from exc
+
+
+def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> fx.GraphModule:
+    tracer = _ScopeTracer(leaf_types, leaf_names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, RuntimeError...)
+        raise TraceError(_trace_failure_message(exc, tracer.failed_in)) from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _trace_failure_message(exc: Exception, failed_in: tuple[str, type] | None) -> str:
+    frame = _user_frame(exc)
+    where = f" at {frame.filename}:{frame.lineno}: `{(frame.line or '').strip()}`" if frame else ""
+    if failed_in is not None:
+        name, cls = failed_in
+        module = f"module '{name or '<root>'}' ({cls.__name__})"
+        fix = (f"pass leaf_modules=[{cls.__module__}.{cls.__name__}] (or leaf_modules=['{name}']) to keep it "
+               "opaque, or make its forward free of data-dependent Python control flow")
+    else:
+        module = "the model's forward"
+        fix = ("make the forward free of data-dependent Python control flow, or move the failing part into "
+               "a submodule and pass it in leaf_modules=[...]")
+    return f"cannot trace {module}{where}: {type(exc).__name__}: {exc}. Fix: {fix}."
+
+
+def _user_frame(exc: Exception) -> traceback.FrameSummary | None:
+    """Innermost traceback frame outside torch and leantorch: the user's line that failed."""
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
+    return frames[-1] if frames else None
+
+
+def _verify_same_outputs(expected: Any, actual: Any) -> None:
+    for a, b in zip(_flatten_tensors(expected), _flatten_tensors(actual)):
+        if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5):
+            raise TraceError(
+                "the traced model computes different outputs than the original (max abs diff "
+                f"{(a.float() - b.float()).abs().max().item():.3g}); a module probably depends on state "
+                "that tracing froze. Pass it in leaf_modules=[...] to keep it opaque."
+            )
+
+
+def _flatten_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flatten_tensors(v)]
+    return []
+
+
+def call_sites(gm: fx.GraphModule) -> Iterable[tuple[fx.Node, nn.Module]]:
+    """``(node, module)`` for every ``call_module`` node, in execution order."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            yield node, gm.get_submodule(node.target)
+
+
+def find_chains(gm: fx.GraphModule, pattern: Sequence[str]) -> list[list[fx.Node]]:
+    """Module-call chains whose op types follow ``pattern``, each link consumed only by the next.
+
+    Example:
+        >>> gm = prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), torch.randn(1, 3, 8, 8))
+        >>> [[n.target for n in c] for c in find_chains(gm, ["Conv", "BatchNorm", "ReLU"])]
+        [['0', '1', '2']]
+    """
+    chains = []
+    for node, module in call_sites(gm):
+        if op_type(module) != pattern[0]:
+            continue
+        chain = [node]
+        for wanted in pattern[1:]:
+            users = list(chain[-1].users)
+            if len(users) != 1 or users[0].op != "call_module":
+                break
+            nxt = users[0]
+            if op_type(gm.get_submodule(nxt.target)) != wanted or nxt.args[0] is not chain[-1]:
+                break
+            chain.append(nxt)
+        if len(chain) == len(pattern):
+            chains.append(chain)
+    return chains
+
+
+def unknown_leaf_modules(gm: fx.GraphModule) -> list[str]:
+    """Names of called leaf modules leantorch has no op type for (quantized at their output only)."""
+    return [str(node.target) for node, module in call_sites(gm) if op_type(module) == "Unknown"]

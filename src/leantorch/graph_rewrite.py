@@ -1,0 +1,357 @@
+"""Rewrites of a traced graph: functional calls become modules, shared stateless modules are split.
+
+Each functional call that needs a quantizer (``x + y``, ``F.relu``, ``torch.cat``, ``F.conv2d`` with the
+model's own weight ...) becomes a ``call_module`` node, so that every call site carries its own
+quantizers. Only nodes whose recorded value is a floating-point tensor are rewritten, so arithmetic on
+shapes (``x.size(1) * 2``) stays as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import ops
+
+log = logging.getLogger(__name__)
+
+# A rule gets (args, kwargs) of the node; it returns (module, tensor-args) or None to leave the node.
+Rule = Callable[[tuple, dict], "tuple[nn.Module, tuple] | None"]
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _binary(factory: Callable[[], nn.Module]) -> Rule:
+    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+        if len(args) != 2 or kwargs.get("alpha", 1) != 1:
+            return None
+        return factory(), tuple(args)
+    return rule
+
+
+def _unary(factory: Callable[[tuple, dict], nn.Module | None]) -> Rule:
+    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+        module = factory(args, kwargs)
+        return None if module is None else (module, (args[0],))
+    return rule
+
+
+def _hardtanh(args: tuple, kwargs: dict) -> nn.Module:
+    lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+    return nn.ReLU6() if (lo, hi) == (0.0, 6.0) else nn.Hardtanh(lo, hi)
+
+
+def _softmax(args: tuple, kwargs: dict) -> nn.Module | None:
+    dim = _arg(args, kwargs, 1, "dim")
+    return None if dim is None or kwargs.get("dtype") is not None else nn.Softmax(dim=dim)
+
+
+def _mean(args: tuple, kwargs: dict) -> nn.Module | None:
+    if kwargs.get("dtype") is not None:
+        return None
+    return ops.Mean(_arg(args, kwargs, 1, "dim"), bool(_arg(args, kwargs, 2, "keepdim", False)))
+
+
+def _flatten(args: tuple, kwargs: dict) -> nn.Module:
+    return nn.Flatten(_arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1))
+
+
+def _interpolate(args: tuple, kwargs: dict) -> nn.Module:
+    names = ["size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"]
+    fixed = {name: args[i + 1] for i, name in enumerate(names) if len(args) > i + 1}
+    fixed.update({k: v for k, v in kwargs.items() if k in names})
+    return ops.Interpolate(**fixed)
+
+
+def _cat(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+    tensors = args[0] if args else kwargs.get("tensors")
+    if not isinstance(tensors, (list, tuple)):
+        return None
+    return ops.Cat(_arg(args, kwargs, 1, "dim", 0)), tuple(tensors)
+
+
+def _pool(cls: type[nn.Module], names: list[str]) -> Rule:
+    def factory(args: tuple, kwargs: dict) -> nn.Module:
+        fixed = {name: args[i + 1] for i, name in enumerate(names) if len(args) > i + 1}
+        fixed.update({k: v for k, v in kwargs.items() if k in names})
+        return cls(**fixed)
+    return _unary(factory)
+
+
+def _pad(args: tuple, kwargs: dict) -> nn.Module:
+    return ops.Pad(_arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant"),
+                   _arg(args, kwargs, 3, "value", None))
+
+
+def _simple(cls: type[nn.Module]) -> Rule:
+    # ``inplace`` does not change the value; the module version is never in place.
+    return _unary(lambda args, kwargs: cls() if len(args) <= 2 and set(kwargs) <= {"inplace"} else None)
+
+
+_RELU, _SIGMOID, _TANH = _simple(nn.ReLU), _simple(nn.Sigmoid), _simple(nn.Tanh)
+_GELU = _unary(lambda a, k: nn.GELU(approximate=_arg(a, k, 1, "approximate", "none")))
+_LEAKY = _unary(lambda a, k: nn.LeakyReLU(_arg(a, k, 1, "negative_slope", 0.01)))
+_AVGPOOL2D = _pool(nn.AvgPool2d, ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"])
+_MAXPOOL2D = _pool(nn.MaxPool2d, ["kernel_size", "stride", "padding", "dilation", "ceil_mode"])
+
+FUNCTION_RULES: dict[Any, Rule] = {
+    operator.add: _binary(ops.Add), torch.add: _binary(ops.Add),
+    operator.sub: _binary(ops.Sub), torch.sub: _binary(ops.Sub),
+    operator.mul: _binary(ops.Mul), torch.mul: _binary(ops.Mul),
+    operator.truediv: _binary(ops.Div), torch.div: _binary(ops.Div),
+    operator.matmul: _binary(ops.MatMul), torch.matmul: _binary(ops.MatMul), torch.bmm: _binary(ops.MatMul),
+    torch.cat: _cat, torch.concat: _cat,
+    F.relu: _RELU, torch.relu: _RELU, F.relu6: _simple(nn.ReLU6), F.hardtanh: _unary(_hardtanh),
+    F.gelu: _GELU, torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH,
+    F.silu: _simple(nn.SiLU), F.hardswish: _simple(nn.Hardswish), F.hardsigmoid: _simple(nn.Hardsigmoid),
+    F.leaky_relu: _LEAKY, F.softmax: _unary(_softmax), torch.softmax: _unary(_softmax),
+    F.interpolate: _unary(_interpolate), torch.mean: _unary(_mean), torch.flatten: _unary(_flatten),
+    F.adaptive_avg_pool2d: _pool(nn.AdaptiveAvgPool2d, ["output_size"]),
+    F.avg_pool2d: _AVGPOOL2D, F.max_pool2d: _MAXPOOL2D, F.pad: _unary(_pad),
+}
+
+METHOD_RULES: dict[str, Rule] = {
+    "add": _binary(ops.Add), "sub": _binary(ops.Sub), "mul": _binary(ops.Mul), "div": _binary(ops.Div),
+    "matmul": _binary(ops.MatMul), "relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH,
+    "softmax": _unary(_softmax), "mean": _unary(_mean), "flatten": _unary(_flatten),
+}
+
+
+def is_float_tensor_node(node: fx.Node) -> bool:
+    """True if the recorded value of ``node`` (see :func:`record_values`) is a floating-point tensor."""
+    value = node.meta.get("lt_value")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def record_values(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Run ``gm`` once and keep, in ``node.meta['lt_value']``, a zero-size stand-in of each value.
+
+    Tensors are kept as ``torch.empty(0)`` of the right dtype plus their shape in ``lt_shape``, so the
+    pass costs no memory.
+    """
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            result = super().run_node(n)
+            n.meta["lt_value"] = _stand_in(result)
+            if isinstance(result, torch.Tensor):
+                n.meta["lt_shape"] = tuple(result.shape)
+            return result
+
+    with torch.no_grad():
+        _Recorder(gm).run(*example_inputs)
+
+
+def _stand_in(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.empty(0, dtype=value.dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_stand_in(v) for v in value) if isinstance(value, tuple) else [_stand_in(v) for v in value]
+    return value
+
+
+def functional_to_modules(gm: fx.GraphModule) -> int:
+    """Replace functional calls that need quantizers by modules; returns how many were replaced."""
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        rule = None
+        if node.op == "call_function":
+            rule = FUNCTION_RULES.get(node.target)
+        elif node.op == "call_method":
+            rule = METHOD_RULES.get(node.target)
+        if rule is None or not is_float_tensor_node(node):
+            continue
+        made = rule(tuple(node.args), dict(node.kwargs))
+        if made is None:
+            continue
+        module, tensor_args = made
+        op_name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+        _insert_module_call(gm, node, module, _unique_name(gm, node, op_name), tensor_args)
+        replaced += 1
+    replaced += _weighted_functionals_to_modules(gm)
+    return replaced
+
+
+def _unique_name(gm: fx.GraphModule, node: fx.Node, op_name: str) -> str:
+    scope = node.meta.get("lt_scope", "")
+    base = f"{scope}.{op_name}".lstrip(".")
+    existing = dict(gm.named_modules())
+    name, k = base, 1
+    while name in existing:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def _insert_module_call(gm: fx.GraphModule, node: fx.Node, module: nn.Module, target: str,
+                        args: tuple) -> fx.Node:
+    gm.add_submodule(target, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(target, args=tuple(args))
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
+
+
+_CONV_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
+
+
+def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
+    """``F.conv*``/``F.linear``/``F.layer_norm`` on the model's own parameters become real layers.
+
+    This is how nn.Conv2d subclasses with their own forward (EfficientNet's ``Conv2dStaticSamePadding``:
+    pad, then ``F.conv2d(x, self.weight, ...)``) end up as ordinary convs that BN folding, CLE and the
+    quantizers see. The new layer takes the name of the module that owned the weight.
+    """
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not is_float_tensor_node(node):
+            continue
+        if node.target in _CONV_FUNCTIONS:
+            built = _conv_from_node(gm, node)
+        elif node.target is F.linear:
+            built = _linear_from_node(gm, node)
+        elif node.target is F.layer_norm:
+            built = _layer_norm_from_node(gm, node)
+        else:
+            continue
+        if built is None:
+            continue
+        module, owner = built
+        target = _claim_owner_name(gm, owner) or _unique_name(gm, node, type(module).__name__.lower())
+        _insert_module_call(gm, node, module, target, (node.args[0],))
+        replaced += 1
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    return replaced
+
+
+def _param(gm: fx.GraphModule, arg: Any) -> "tuple[nn.Parameter, str] | None":
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        value = _fetch(gm, arg.target)
+        if isinstance(value, nn.Parameter):
+            return value, arg.target.rsplit(".", 1)[0] if "." in arg.target else ""
+    return None
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _optional_param(gm: fx.GraphModule, arg: Any) -> "tuple[bool, nn.Parameter | None]":
+    """(ok, param): ok is False when ``arg`` is a computed tensor we cannot own."""
+    if arg is None:
+        return True, None
+    found = _param(gm, arg)
+    return (found is not None), (found[0] if found else None)
+
+
+def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    weight = _param(gm, _arg(args, kwargs, 1, "weight"))
+    ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
+    if weight is None or not ok:
+        return None
+    w, owner = weight
+    groups = _arg(args, kwargs, 6, "groups", 1)
+    conv = _CONV_FUNCTIONS[node.target](
+        w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_arg(args, kwargs, 3, "stride", 1),
+        padding=_arg(args, kwargs, 4, "padding", 0), dilation=_arg(args, kwargs, 5, "dilation", 1),
+        groups=groups, bias=bias is not None,
+    )
+    conv.weight, conv.bias = w, bias
+    return conv, owner
+
+
+def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    weight = _param(gm, _arg(args, kwargs, 1, "weight"))
+    ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
+    if weight is None or not ok:
+        return None
+    w, owner = weight
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    linear.weight, linear.bias = w, bias
+    return linear, owner
+
+
+def _layer_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    ok_w, weight = _optional_param(gm, _arg(args, kwargs, 2, "weight"))
+    ok_b, bias = _optional_param(gm, _arg(args, kwargs, 3, "bias"))
+    if not (ok_w and ok_b) or (weight is None) != (bias is None):
+        return None
+    shape = _arg(args, kwargs, 1, "normalized_shape")
+    norm = nn.LayerNorm(shape, eps=_arg(args, kwargs, 4, "eps", 1e-5), elementwise_affine=weight is not None)
+    if weight is not None:
+        norm.weight, norm.bias = weight, bias
+    owner = _param(gm, _arg(args, kwargs, 2, "weight"))
+    return norm, owner[1] if owner else ""
+
+
+def _claim_owner_name(gm: fx.GraphModule, owner: str) -> str | None:
+    """Free the name of the module that owned a weight so the new layer can take it.
+
+    The owner is a plain container left by tracing (its forward was traced through). Child modules that
+    are still called (e.g. its padding) move next to it as ``<owner>_<child>``.
+    """
+    if not owner:
+        return None
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    if owner in called:
+        return None
+    old = gm.get_submodule(owner)
+    for child_name, child in list(old.named_children()):
+        new_name = f"{owner}_{child_name}"
+        gm.add_submodule(new_name, child)
+        for n in gm.graph.nodes:
+            if n.op == "call_module" and (n.target == f"{owner}.{child_name}" or
+                                           str(n.target).startswith(f"{owner}.{child_name}.")):
+                n.target = new_name + str(n.target)[len(f"{owner}.{child_name}"):]
+    parent_name, _, leaf = owner.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    delattr(parent, leaf)
+    return owner
+
+
+def split_shared_stateless_modules(gm: fx.GraphModule) -> list[str]:
+    """Give each call site of a stateless module (one ``nn.ReLU6`` used five times) its own copy.
+
+    Returns the names of parametrised modules that are called more than once: those keep one set of
+    quantizers for all their call sites.
+    """
+    seen: dict[str, int] = {}
+    shared_with_params = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        count = seen.get(node.target, 0)
+        seen[node.target] = count + 1
+        if count == 0:
+            continue
+        module = gm.get_submodule(node.target)
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            if node.target not in shared_with_params:
+                shared_with_params.append(node.target)
+            continue
+        name, k = f"{node.target}_{count}", count
+        existing = dict(gm.named_modules())
+        while name in existing:
+            k += 1
+            name = f"{node.target}_{k}"
+        gm.add_submodule(name, copy.deepcopy(module))
+        node.target = name
+    return shared_with_params

@@ -1,0 +1,7 @@
+"""Reference models used by the demo, the tests and the benchmarks (no torchvision needed)."""
+
+from .efficientnet import efficientnet_lite0
+from .resnet import ResNetSmall
+from .transformer import TransformerClassifier, TransformerEncoderBlock
+
+__all__ = ["efficientnet_lite0", "ResNetSmall", "TransformerClassifier", "TransformerEncoderBlock"]

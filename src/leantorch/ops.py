@@ -1,0 +1,110 @@
+"""Modules that stand in for functional ops (``x + y``, ``torch.cat``, ``F.interpolate`` ...).
+
+:func:`leantorch.prepare` replaces such calls in the traced graph by these modules so that each call site
+can carry its own quantizers, exactly like a ``nn.Conv2d``.
+
+Example:
+    >>> Add()(torch.ones(2), 2.0).tolist()
+    [3.0, 3.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Add(nn.Module):
+    """``a + b`` (residual connections)."""
+
+    def forward(self, a: Any, b: Any) -> torch.Tensor:
+        return a + b
+
+
+class Sub(nn.Module):
+    """``a - b``."""
+
+    def forward(self, a: Any, b: Any) -> torch.Tensor:
+        return a - b
+
+
+class Mul(nn.Module):
+    """``a * b`` (e.g. squeeze-and-excitation gating)."""
+
+    def forward(self, a: Any, b: Any) -> torch.Tensor:
+        return a * b
+
+
+class Div(nn.Module):
+    """``a / b``."""
+
+    def forward(self, a: Any, b: Any) -> torch.Tensor:
+        return a / b
+
+
+class MatMul(nn.Module):
+    """``a @ b`` (attention scores and context)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class Cat(nn.Module):
+    """``torch.cat(tensors, dim)``; the tensors are passed as separate arguments."""
+
+    def __init__(self, dim: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return torch.cat(tensors, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Interpolate(nn.Module):
+    """``F.interpolate`` with fixed arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+
+
+class Mean(nn.Module):
+    """``x.mean(dim, keepdim)``."""
+
+    def __init__(self, dim: Any = None, keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim, self.keepdim = dim, keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dim is None:
+            return x.mean()
+        return x.mean(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Pad(nn.Module):
+    """``F.pad`` with fixed arguments (values come from the input grid, plus the constant)."""
+
+    def __init__(self, pad: Any, mode: str = "constant", value: float | None = None) -> None:
+        super().__init__()
+        self.pad, self.mode, self.value = tuple(pad), mode, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad, mode=self.mode, value=self.value)
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}, mode={self.mode}"

@@ -1,0 +1,98 @@
+"""Batch-norm folding: ``BN(conv(x))`` becomes ``conv'(x)`` with rescaled weights and a new bias.
+
+For a BN with statistics ``(μ, σ² + ε)`` and affine ``(γ, β)`` after a layer ``y = W x + b``::
+
+    W' = W · γ/σ   (per output channel)      b' = (b − μ) · γ/σ + β
+
+which is exact in eval mode (BN uses running statistics). Runtimes fold BN the same way, so quantizing the
+folded weights is what the deployed model sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..graph import find_chains, prepare
+
+log = logging.getLogger(__name__)
+
+_FOLDABLE = (["Conv", "BatchNorm"], ["Linear", "BatchNorm"], ["ConvTranspose", "BatchNorm"])
+
+
+def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
+                     ) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+    """Fold every BatchNorm that directly follows a Conv/Linear/ConvTranspose into that layer.
+
+    Returns the folded model (a traced copy; the input model is untouched unless ``inplace``, which
+    only skips the copy of an already prepared GraphModule) and the ``(layer, bn)`` pairs folded. The
+    folded BNs stay available as ``model.folded_batch_norms[layer]`` (statistics for bias absorption and
+    analytical bias correction). A warning names BNs that could not be folded.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+        >>> folded, pairs = fold_batch_norms(net, torch.randn(1, 3, 8, 8))
+        >>> pairs
+        [('0', '1')]
+    """
+    if inplace and isinstance(model, fx.GraphModule):
+        gm = model
+    else:
+        gm = prepare(model, example_input)
+    was_training = gm.training
+    gm.eval()
+    folded_bns: dict[str, nn.Module] = dict(getattr(gm, "folded_batch_norms", {}))
+    pairs = []
+    for pattern in _FOLDABLE:
+        for layer_node, bn_node in find_chains(gm, pattern):
+            layer, bn = gm.get_submodule(layer_node.target), gm.get_submodule(bn_node.target)
+            if not _foldable(layer, bn):
+                continue
+            _fold_into(layer, bn)
+            folded_bns[str(layer_node.target)] = copy.deepcopy(bn)
+            bn_node.replace_all_uses_with(layer_node)
+            gm.graph.erase_node(bn_node)
+            pairs.append((str(layer_node.target), str(bn_node.target)))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.folded_batch_norms = folded_bns
+    left = [n.target for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm)]
+    log.info("folded %d batch norm(s)", len(pairs))
+    if left:
+        log.warning("%d batch norm(s) could not be folded (no conv/linear directly before them): %s",
+                    len(left), ", ".join(map(str, left)))
+    gm.train(was_training)
+    return gm, pairs
+
+
+def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
+    if not bn.track_running_stats or bn.running_mean is None:
+        return False
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return layer.groups == 1  # output channels sit on dim 1 only without groups
+    return True
+
+
+@torch.no_grad()
+def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
+    factor = gamma / std
+    weight = layer.weight.double()
+    out_axis = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+    shape = [1] * weight.dim()
+    shape[out_axis] = -1
+    layer.weight.copy_((weight * factor.reshape(shape)).to(layer.weight.dtype))
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(std)
+    new_bias = ((bias - bn.running_mean.double()) * factor + beta).to(layer.weight.dtype)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_bias)
+    else:
+        layer.bias.copy_(new_bias)

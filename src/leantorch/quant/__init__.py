@@ -1,0 +1,1 @@
+"""Quantization simulation: encodings, quantizers, range estimators, configs, QuantSim, export."""

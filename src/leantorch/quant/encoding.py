@@ -1,0 +1,207 @@
+"""Encodings: the (bitwidth, symmetric, scale, offset, min, max) of a quantized tensor, and their math.
+
+One definition, used by the simulation, the ONNX export and the encodings files::
+
+    q  = clamp(round(x / scale) - offset, 0, 2**bw - 1)      # round half to even
+    x̂  = (q + offset) * scale
+
+* Asymmetric: the observed range is widened to contain 0, ``scale = (max - min) / (2**bw - 1)``,
+  ``offset = round(min / scale)`` (an integer in ``[-(2**bw - 1), 0]``), so 0.0 is exactly
+  representable. ONNX: ``uint`` container, ``zero_point = -offset``.
+* Symmetric (signed): ``scale = max(|min|, |max|) / (2**(bw-1) - 1)``, ``offset = -2**(bw-1)``, i.e. the
+  signed grid ``[-2**(bw-1), 2**(bw-1) - 1]``. ONNX: ``int`` container, ``zero_point = 0``.
+* Unsigned symmetric (symmetric requested, tensor never negative, e.g. after ReLU):
+  ``scale = max / (2**bw - 1)``, ``offset = 0``. ONNX: ``uint`` container, ``zero_point = 0``.
+
+These match the AIMET encodings file (``offset`` is stored as is, ``min = offset * scale``,
+``max = min + (2**bw - 1) * scale``) and ONNX QuantizeLinear. The scale is rounded to float32 *before*
+the offset is derived from it, so every consumer (torch kernel, ONNX Runtime, file) sees the same grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import EncodingsFileError, UnsupportedBitwidthError
+
+#: Bitwidths that are simulated. 32 means "leave this tensor in floating point".
+MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
+
+# Smallest scale we allow: a tensor that is constant zero still needs a valid (non-zero) grid.
+_MIN_SCALE = 1e-10
+
+
+def check_bitwidth(bitwidth: Any, what: str = "bitwidth") -> int:
+    """Return ``bitwidth`` if it is supported, else raise :class:`UnsupportedBitwidthError`.
+
+    Example:
+        >>> check_bitwidth(8)
+        8
+    """
+    ok = isinstance(bitwidth, int) and not isinstance(bitwidth, bool)
+    if not ok or not (MIN_BITWIDTH <= bitwidth <= MAX_BITWIDTH or bitwidth == FLOAT_BITWIDTH):
+        raise UnsupportedBitwidthError(
+            f"{what}={bitwidth!r} is not supported: use an integer from {MIN_BITWIDTH} to "
+            f"{MAX_BITWIDTH}, or {FLOAT_BITWIDTH} to keep the tensor in floating point."
+        )
+    return bitwidth
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Quantization grid of one tensor (per-tensor: 0-d ``scale``) or of its channels along ``axis``.
+
+    Example:
+        >>> enc = compute_encoding(torch.tensor(-1.0), torch.tensor(3.0), bitwidth=8, symmetric=False)
+        >>> int(enc.offset), round(float(enc.scale), 6)
+        (-64, 0.015686)
+    """
+
+    bitwidth: int
+    symmetric: bool
+    scale: torch.Tensor  # float32; shape () or (C,)
+    offset: torch.Tensor  # int64; same shape as scale
+    axis: int | None = None
+
+    @property
+    def num_steps(self) -> int:
+        """Number of quantization steps, ``2**bw - 1``."""
+        return 2**self.bitwidth - 1
+
+    @property
+    def min(self) -> torch.Tensor:
+        """Smallest representable value (float64)."""
+        return self.offset.double() * self.scale.double()
+
+    @property
+    def max(self) -> torch.Tensor:
+        """Largest representable value (float64)."""
+        return (self.offset.double() + self.num_steps) * self.scale.double()
+
+    @property
+    def zero_point(self) -> torch.Tensor:
+        """Zero point in the unsigned convention of torch's fake-quant kernels (``-offset``)."""
+        return (-self.offset).to(torch.int32)
+
+    @property
+    def is_signed(self) -> bool:
+        """True when the integer container is signed (symmetric with a negative range)."""
+        return self.symmetric and bool((self.offset != 0).any())
+
+    @property
+    def is_per_channel(self) -> bool:
+        """True for per-channel encodings."""
+        return self.axis is not None
+
+    def to(self, device: torch.device | str) -> "Encoding":
+        """Return the same encoding with its tensors on ``device``."""
+        return Encoding(self.bitwidth, self.symmetric, self.scale.to(device), self.offset.to(device), self.axis)
+
+    def to_aimet(self) -> list[dict[str, Any]]:
+        """Entries in the AIMET encodings-file format: one per tensor or one per channel."""
+        scales = self.scale.reshape(-1).double().tolist()
+        offsets = self.offset.reshape(-1).tolist()
+        entries = []
+        for scale, offset in zip(scales, offsets):
+            entries.append(
+                {
+                    "bitwidth": self.bitwidth,
+                    "dtype": "int",
+                    "is_symmetric": str(self.symmetric),
+                    "max": (offset + self.num_steps) * scale,
+                    "min": offset * scale,
+                    "offset": int(offset),
+                    "scale": scale,
+                }
+            )
+        return entries
+
+    @classmethod
+    def from_aimet(cls, entries: list[dict[str, Any]], axis: int | None = None) -> "Encoding":
+        """Parse AIMET encodings-file entries (a list of one entry, or one per channel)."""
+        if not isinstance(entries, list) or not entries:
+            raise EncodingsFileError(f"expected a non-empty list of encodings, got {entries!r}")
+        try:
+            bitwidths = {int(e["bitwidth"]) for e in entries}
+            symmetric = {str(e.get("is_symmetric", "False")).lower() == "true" for e in entries}
+            scale = torch.tensor([float(e["scale"]) for e in entries], dtype=torch.float32)
+            offset = torch.tensor([int(e["offset"]) for e in entries], dtype=torch.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EncodingsFileError(f"malformed encoding entry ({exc}): {entries[0]!r}") from exc
+        if len(bitwidths) != 1 or len(symmetric) != 1:
+            raise EncodingsFileError("all channels of one tensor must share bitwidth and symmetry")
+        if len(entries) == 1 and axis is None:
+            scale, offset = scale[0], offset[0]
+        return cls(check_bitwidth(bitwidths.pop()), symmetric.pop(), scale, offset, axis)
+
+
+def compute_encoding(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    bitwidth: int,
+    symmetric: bool,
+    unsigned_symmetric: bool = True,
+    axis: int | None = None,
+) -> Encoding:
+    """Encoding for an observed range ``[min_val, max_val]`` (0-d, or one value per channel).
+
+    See the module docstring for the formulas.
+
+    Example:
+        >>> enc = compute_encoding(torch.tensor(-2.0), torch.tensor(1.0), 8, symmetric=True)
+        >>> int(enc.offset), float(enc.scale) == 2.0 / 127
+        (-128, True)
+    """
+    check_bitwidth(bitwidth)
+    lo = torch.clamp(torch.as_tensor(min_val, dtype=torch.float64), max=0.0)
+    hi = torch.clamp(torch.as_tensor(max_val, dtype=torch.float64), min=0.0)
+    num_steps = 2**bitwidth - 1
+    if symmetric and unsigned_symmetric and bool((lo >= 0).all()):
+        scale = _as_scale(hi / num_steps)
+        offset = torch.zeros_like(scale, dtype=torch.int64)
+    elif symmetric:
+        abs_max = torch.maximum(-lo, hi)
+        scale = _as_scale(abs_max / (2 ** (bitwidth - 1) - 1))
+        offset = torch.full_like(scale, -(2 ** (bitwidth - 1)), dtype=torch.int64)
+    else:
+        scale = _as_scale((hi - lo) / num_steps)
+        # Derive the offset from the float32 scale that every consumer will use.
+        offset = torch.round(lo / scale.double()).to(torch.int64).clamp(-num_steps, 0)
+    return Encoding(bitwidth, bool(symmetric), scale, offset, axis)
+
+
+def _as_scale(scale: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(scale, min=_MIN_SCALE).to(torch.float32)
+
+
+def quantize(x: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """Integer codes ``q`` in ``[0, 2**bw - 1]`` (int64) of ``x`` under ``enc``.
+
+    Division (not multiplication by 1/scale) as in ONNX QuantizeLinear.
+
+    Example:
+        >>> enc = compute_encoding(torch.tensor(0.0), torch.tensor(2.55), 8, symmetric=False)
+        >>> quantize(torch.tensor([0.0, 1.0, 9.0]), enc).tolist()
+        [0, 100, 255]
+    """
+    scale, offset = _broadcastable(enc, x)
+    q = torch.round(x.double() / scale.double()) - offset
+    return q.clamp(0, enc.num_steps).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """Real values ``(q + offset) * scale`` (float32) of integer codes ``q``."""
+    scale, offset = _broadcastable(enc, q)
+    return ((q.double() + offset) * scale.double()).to(torch.float32)
+
+
+def _broadcastable(enc: Encoding, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale, offset = enc.scale.to(x.device), enc.offset.to(x.device)
+    if enc.axis is None:
+        return scale, offset
+    shape = [1] * x.dim()
+    shape[enc.axis] = -1
+    return scale.reshape(shape), offset.reshape(shape)

@@ -1,0 +1,283 @@
+"""Export of a calibrated QuantSim: ONNX QDQ model, AIMET encodings file, float weights.
+
+How the ONNX file is made: a copy of ``sim.model`` is exported with torch's TorchScript exporter while
+each active quantizer leaves a ``leantorch::Quantize`` marker node. Each marker is then replaced by
+``[Clip →] QuantizeLinear → DequantizeLinear`` built from that quantizer's encoding:
+
+* container type: ``int8``/``uint8`` up to 8 bits, ``int16``/``uint16`` up to 16 bits (opset 21);
+  signed for symmetric encodings with a negative range, ``zero_point = -offset`` otherwise;
+* below the container width (e.g. 4 bits in int8) a Clip to the encoding's ``[min, max]`` comes first,
+  so ONNX Runtime clamps exactly where the simulation does;
+* per-channel weights get per-axis QuantizeLinear/DequantizeLinear (``axis`` attribute);
+* weights are stored as float initializers already on the quantization grid (the simulated values), so
+  re-quantizing them with the file's encodings is exact in any runtime;
+* the float bias of a Conv/Gemm whose input and weight are quantized is stored as int32 with
+  ``scale = s_input * s_weight`` (the form ONNX Runtime's integer kernels expect; error far below one
+  output step).
+
+The encodings file follows AIMET's encodings format version 0.6.1: ``activation_encodings`` keyed by ONNX
+tensor name (the tensor that enters QuantizeLinear), ``param_encodings`` keyed by parameter (initializer)
+name, each a list of ``{bitwidth, dtype, is_symmetric, min, max, offset, scale}`` (one per channel).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import EncodingsMissingError
+from ..graph import as_tuple
+from .encoding import Encoding
+from .quantizer import Quantizer
+
+if TYPE_CHECKING:
+    from .sim import QuantSim
+
+ENCODINGS_VERSION = "0.6.1"
+
+
+def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
+                    opset: int | None = None) -> dict[str, Path]:
+    """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
+
+    Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``).
+
+    Raises:
+        EncodingsMissingError: a quantizer in use has no encoding (call ``compute_encodings`` first).
+
+    Example:
+        >>> paths = sim.export("out", "model")  # doctest: +SKIP
+        >>> sorted(paths)                       # doctest: +SKIP
+        ['encodings', 'onnx', 'pth']
+    """
+    missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
+    if missing:
+        raise EncodingsMissingError(
+            f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
+            "sim.compute_encodings(...) or load encodings before export."
+        )
+    out_dir = Path(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = as_tuple(example_input) if example_input is not None else sim.example_input
+    model_proto, encodings = build_qdq_onnx(sim, inputs, opset)
+    files = {"onnx": out_dir / f"{filename_prefix}.onnx", "encodings": out_dir / f"{filename_prefix}.encodings",
+             "pth": out_dir / f"{filename_prefix}.pth"}
+    onnx.save(model_proto, str(files["onnx"]))
+    files["encodings"].write_text(json.dumps(encodings, indent=2))
+    torch.save(float_state_dict(sim), files["pth"])
+    return files
+
+
+def float_state_dict(sim: "QuantSim") -> dict[str, torch.Tensor]:
+    """Float weights of the simulated model under the prepared model's names (``conv1.weight``)."""
+    state = {}
+    for name, tensor in sim.model.state_dict().items():
+        if "_quantizers." in name or name.startswith("input_quantizers."):
+            continue
+        state[name.replace(".module.", ".").removeprefix("module.")] = tensor.detach().cpu().clone()
+    return state
+
+
+def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None
+                   ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
+    model = copy.deepcopy(sim.model).eval().cpu()
+    entries = _mark_quantizers(model)
+    wide = any(q.bitwidth > 8 for q, _ in entries)
+    export_opset = opset or (20 if wide else 17)
+    buffer = io.BytesIO()
+    cpu_inputs = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in inputs)
+    input_names = [f"input{i}" if len(cpu_inputs) > 1 else "input" for i in range(len(cpu_inputs))]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, cpu_inputs, buffer, dynamo=False, opset_version=export_opset,
+                          input_names=input_names, output_names=["output"],
+                          custom_opsets={"leantorch": 1}, do_constant_folding=True,
+                          dynamic_axes={n: {0: "batch"} for n in input_names} | {"output": {0: "batch"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    encodings = _replace_markers(proto, entries)
+    _quantize_biases(proto)
+    _drop_unused_initializers(proto)
+    opsets = [o for o in proto.opset_import if o.domain != "leantorch"]
+    del proto.opset_import[:]
+    proto.opset_import.extend(opsets)
+    if wide:
+        for o in proto.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                # Opset 21 only adds types (int16 QDQ) to the ops exported at 20: a pure version bump.
+                o.version = max(o.version, 21)
+    onnx.checker.check_model(proto)
+    return proto, encodings
+
+
+def _mark_quantizers(model: torch.nn.Module) -> list[tuple[Quantizer, str | None]]:
+    """Number the active quantizers for export; snap weights onto their grids.
+
+    Returns ``(quantizer, param_name or None)`` by export index.
+    """
+    from .wrapper import QuantWrapper
+
+    entries: list[tuple[Quantizer, str | None]] = []
+    param_of = {}
+    for layer, wrapper in model.named_modules():
+        if isinstance(wrapper, QuantWrapper):
+            for pname, q in wrapper.param_quantizers.items():
+                if q.is_active:
+                    param = getattr(wrapper.module, pname)
+                    with torch.no_grad():
+                        param.copy_(q(param))
+                    param_of[id(q)] = f"{layer}.{pname}"
+    for _, q in model.named_modules():
+        if isinstance(q, Quantizer) and q.is_active:
+            q.export_index = len(entries)
+            entries.append((q, param_of.get(id(q))))
+    return entries
+
+
+def _container(enc: Encoding) -> tuple[int, np.dtype]:
+    signed = enc.is_signed
+    if enc.bitwidth <= 8:
+        return (TensorProto.INT8, np.int8) if signed else (TensorProto.UINT8, np.uint8)
+    return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
+
+
+def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``."""
+    _, np_type = _container(enc)
+    scale = enc.scale.detach().cpu().numpy().astype(np.float32)
+    # Signed containers store q - 2**(bw-1); unsigned ones q with zero_point = -offset.
+    shift = 2 ** (enc.bitwidth - 1) if enc.is_signed else 0
+    zero_point = (-enc.offset.detach().cpu().numpy() - shift).astype(np_type)
+    inits = [numpy_helper.from_array(scale, f"{stem}_scale"), numpy_helper.from_array(zero_point, f"{stem}_zero_point")]
+    attrs = {"axis": enc.axis} if enc.axis is not None else {}
+    nodes = []
+    source = x
+    container_bits = 8 if enc.bitwidth <= 8 else 16
+    if enc.bitwidth < container_bits:
+        lo = enc.min.cpu().numpy().astype(np.float32)
+        hi = enc.max.cpu().numpy().astype(np.float32)
+        if enc.axis is None:
+            inits += [numpy_helper.from_array(lo, f"{stem}_min"), numpy_helper.from_array(hi, f"{stem}_max")]
+            nodes.append(helper.make_node("Clip", [x, f"{stem}_min", f"{stem}_max"], [f"{stem}_clipped"],
+                                          name=f"{stem}_Clip"))
+        else:
+            raise NotImplementedError("per-channel encodings below the container width apply to weights only")
+        source = f"{stem}_clipped"
+    nodes.append(helper.make_node("QuantizeLinear", [source, f"{stem}_scale", f"{stem}_zero_point"],
+                                  [f"{stem}_quantized"], name=f"{stem}_QuantizeLinear", **attrs))
+    nodes.append(helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
+                                  [y], name=f"{stem}_DequantizeLinear", **attrs))
+    return nodes, inits
+
+
+def _replace_markers(proto: onnx.ModelProto, entries: list[tuple[Quantizer, str | None]]) -> dict[str, Any]:
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    activation_enc: dict[str, Any] = {}
+    param_enc: dict[str, Any] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.domain != "leantorch":
+            new_nodes.append(node)
+            continue
+        index = next(a.i for a in node.attribute if a.name == "index")
+        quantizer, param_name = entries[index]
+        enc = quantizer.encoding
+        assert enc is not None
+        x, y = node.input[0], node.output[0]
+        if param_name is not None and x in initializers:
+            if x != param_name and param_name not in initializers:
+                initializers[x].name = param_name
+                _rename_uses(graph, x, param_name)
+                x = param_name
+            param_enc[x] = enc.to_aimet()
+        else:
+            activation_enc.setdefault(x, enc.to_aimet())
+        nodes, inits = _qdq_nodes(enc, x, y, stem=_safe(x) + f"_q{index}")
+        new_nodes.extend(nodes)
+        graph.initializer.extend(inits)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return {"version": ENCODINGS_VERSION, "activation_encodings": activation_enc, "param_encodings": param_enc,
+            "excluded_layers": [], "quantizer_args": _quantizer_args(entries)}
+
+
+def _quantizer_args(entries: list[tuple[Quantizer, str | None]]) -> dict[str, Any]:
+    params = [q for q, p in entries if p is not None]
+    acts = [q for q, p in entries if p is None]
+    return {
+        "activation_bitwidth": acts[0].bitwidth if acts else 32,
+        "param_bitwidth": params[0].bitwidth if params else 32,
+        "dtype": "int",
+        "per_channel_quantization": any(q.axis is not None for q in params),
+        "quant_scheme": acts[0].scheme.value if acts else "",
+        "is_symmetric": bool(params and params[0].symmetric),
+    }
+
+
+def _safe(name: str) -> str:
+    return name.strip("/").replace("/", "_").replace(".", "_").replace(":", "_")
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _quantize_biases(proto: onnx.ModelProto) -> None:
+    """Store float biases of Conv/Gemm with quantized input and weight as int32 + DequantizeLinear."""
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = _producers(graph)
+    for node in list(graph.node):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        if not (dq_x is not None and dq_w is not None and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
+            continue
+        s_x = _initializer_value(initializers, dq_x.input[1])
+        s_w = _initializer_value(initializers, dq_w.input[1])
+        if s_x is None or s_w is None or s_x.size != 1:
+            continue
+        bias_name = node.input[2]
+        bias = numpy_helper.to_array(initializers[bias_name]).astype(np.float64)
+        scale = (s_x.astype(np.float64).reshape(()) * s_w.astype(np.float64).reshape(-1)) * np.ones_like(bias)
+        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        stem = _safe(bias_name)
+        graph.initializer.extend([numpy_helper.from_array(q, f"{stem}_int32"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{stem}_bias_scale"),
+                                  numpy_helper.from_array(np.zeros_like(q), f"{stem}_bias_zero_point")])
+        dq = helper.make_node("DequantizeLinear", [f"{stem}_int32", f"{stem}_bias_scale", f"{stem}_bias_zero_point"],
+                              [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear", axis=0)
+        position = list(graph.node).index(node)
+        graph.node.insert(position, dq)
+        node.input[2] = f"{stem}_dequantized"
+
+
+def _initializer_value(initializers: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
+    init = initializers.get(name)
+    return None if init is None else numpy_helper.to_array(init)
+
+
+def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
+    used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    keep = [init for init in proto.graph.initializer if init.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)

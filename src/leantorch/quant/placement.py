@@ -1,0 +1,184 @@
+"""Where quantizers go: wrap every layer of a prepared graph, then switch quantizers on per the config.
+
+Rules, in order:
+
+1. Each layer's outputs, inputs and ``weight`` follow its op type's rule in the config (bias per
+   ``quantize_bias``); weights of Conv/Linear/ConvTranspose are per-channel where the rule says so.
+2. Supergroups: inside a matched chain (Conv→BN→ReLU...) only the last output is quantized.
+3. Model inputs get their own quantizers (``input_quantizers.N``) when ``model_input_quantized``.
+4. Gaps are closed: a layer input that does not come from a quantized tensor (through data-movement ops
+   such as reshape, permute, pad or max-pool) gets an input quantizer, unless it is an edge inside a
+   supergroup. So every tensor that feeds arithmetic is on a grid, as in an integer runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..graph import PASSTHROUGH_TYPES, call_sites, find_chains, op_type
+from .config import PER_CHANNEL_AXIS, QuantSimConfig
+from .estimators import QuantScheme
+from .quantizer import Quantizer
+from .wrapper import QuantWrapper
+
+log = logging.getLogger(__name__)
+
+# call_method / call_function targets that only move data: their output is on the input's grid.
+_DATA_MOVEMENT = {
+    "view", "reshape", "permute", "transpose", "contiguous", "flatten", "squeeze", "unsqueeze", "expand",
+    "chunk", "split", "unbind", "repeat", "t", "narrow", "select", "clone", "detach", "to", "float",
+    operator.getitem, torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.squeeze,
+    torch.unsqueeze, torch.chunk, torch.split, torch.unbind,
+}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """Bitwidths and schemes QuantSim was created with."""
+
+    param_bw: int
+    act_bw: int
+    scheme: QuantScheme
+    param_scheme: QuantScheme
+
+
+def wrap_layers(gm: fx.GraphModule) -> dict[str, QuantWrapper]:
+    """Replace every called leaf module by a :class:`QuantWrapper` (quantizers disabled)."""
+    wrappers = {}
+    for node, module in list(call_sites(gm)):
+        num_inputs = sum(1 for a in node.args if isinstance(a, fx.Node))
+        wrapper = QuantWrapper(module, op_type(module), num_inputs, _count_tensor_outputs(node))
+        _set_submodule(gm, node.target, wrapper)
+        wrappers[str(node.target)] = wrapper
+    return wrappers
+
+
+def _count_tensor_outputs(node: fx.Node) -> int:
+    value = node.meta.get("lt_value")
+    if isinstance(value, tuple):
+        return sum(1 for v in value if isinstance(v, torch.Tensor))
+    return 1 if isinstance(value, torch.Tensor) else 0
+
+
+def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent_name, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent_name) if parent_name else gm, leaf, module)
+
+
+def insert_model_input_quantizers(gm: fx.GraphModule) -> list[Quantizer]:
+    """Add a quantizer after each tensor placeholder (``input_quantizers.N``)."""
+    gm.add_module("input_quantizers", nn.ModuleList())
+    quantizers = []
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        value = node.meta.get("lt_value")
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        q = Quantizer(enabled=False)
+        gm.input_quantizers.append(q)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(f"input_quantizers.{len(quantizers)}", args=(node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        new.meta.update(node.meta)
+        quantizers.append(q)
+    gm.recompile()
+    return quantizers
+
+
+def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSettings) -> None:
+    """Configure every quantizer of ``gm`` (rules 1–4 of the module docstring)."""
+    wrappers = {n.target: m for n, m in call_sites(gm) if isinstance(m, QuantWrapper)}
+    for wrapper in wrappers.values():
+        _configure_layer(wrapper, config, settings)
+    internal_edges = _apply_supergroups(gm, config)
+    for q in gm.input_quantizers:
+        _configure_activation(q, config, settings, enabled=config.model_input_quantized)
+    _close_gaps(gm, config, settings, internal_edges)
+    for name, module in gm.named_modules():
+        if isinstance(module, Quantizer):
+            module.name = name
+
+
+def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: QuantSettings) -> None:
+    rule = config.rule(wrapper.op_type)
+    for q in wrapper.output_quantizers:
+        _configure_activation(q, config, settings, rule.output_quantized)
+    for q in wrapper.input_quantizers:
+        _configure_activation(q, config, settings, rule.input_quantized)
+    for name, q in wrapper.param_quantizers.items():
+        q.bitwidth, q.scheme = settings.param_bw, settings.param_scheme
+        q.symmetric, q.unsigned_symmetric = config.param_symmetric, False
+        if name == "weight":
+            q.enabled = rule.params_quantized
+            q.axis = PER_CHANNEL_AXIS.get(wrapper.op_type) if rule.per_channel else None
+        else:
+            q.enabled = config.quantize_bias and rule.params_quantized
+
+
+def _configure_activation(q: Quantizer, config: QuantSimConfig, settings: QuantSettings, enabled: bool) -> None:
+    q.bitwidth, q.scheme, q.enabled = settings.act_bw, settings.scheme, enabled
+    q.symmetric, q.unsigned_symmetric = config.activation_symmetric, config.unsigned_symmetric
+
+
+def _apply_supergroups(gm: fx.GraphModule, config: QuantSimConfig) -> set[tuple[fx.Node, fx.Node]]:
+    """Disable outputs inside supergroup chains; return the chains' internal edges."""
+    edges: set[tuple[fx.Node, fx.Node]] = set()
+    # Longest patterns first so Conv+BN+ReLU wins over Conv+BN.
+    for pattern in sorted(config.supergroups, key=len, reverse=True):
+        for chain in find_chains(gm, pattern):
+            for producer, consumer in zip(chain, chain[1:]):
+                for q in gm.get_submodule(producer.target).output_quantizers:
+                    q.enabled = False
+                edges.add((producer, consumer))
+    return edges
+
+
+def _close_gaps(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSettings,
+                internal_edges: set[tuple[fx.Node, fx.Node]]) -> None:
+    for node, wrapper in call_sites(gm):
+        if not isinstance(wrapper, QuantWrapper) or wrapper.op_type in PASSTHROUGH_TYPES:
+            continue
+        tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        for arg, q in zip(tensor_args, wrapper.input_quantizers):
+            if q.enabled or not _is_float_tensor(arg):
+                continue
+            source = _grid_source(gm, arg)
+            if (source, node) in internal_edges:
+                continue
+            # A model input is governed by `model_input_quantized` alone.
+            if source is not None and (isinstance(gm.get_submodule(source.target), Quantizer)
+                                       or _output_is_quantized(gm, source)):
+                continue
+            _configure_activation(q, config, settings, enabled=True)
+            log.debug("input %s of %s is not on a grid; quantizing it", arg.name, node.target)
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    value = node.meta.get("lt_value")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _grid_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """Follow data-movement ops back to the node that computed the values of ``node``."""
+    while True:
+        if node.op in ("call_method", "call_function") and node.target in _DATA_MOVEMENT:
+            node = node.args[0]
+        elif node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, QuantWrapper) and module.op_type in PASSTHROUGH_TYPES:
+                node = node.args[0]
+            else:
+                return node
+        else:
+            return node if node.op == "call_module" else None
+        if not isinstance(node, fx.Node):
+            return None
+
+
+def _output_is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = gm.get_submodule(node.target)
+    return isinstance(module, QuantWrapper) and any(q.enabled for q in module.output_quantizers)

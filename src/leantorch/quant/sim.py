@@ -1,0 +1,320 @@
+"""QuantSim: a quantization-simulation copy of a model, its calibration, encodings files and export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from ..errors import CalibrationDataError, EncodingsFileError
+from ..graph import as_tuple, prepare
+from .config import QuantSimConfig, load_config
+from .encoding import Encoding, check_bitwidth
+from .estimators import QuantScheme
+from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
+from .quantizer import Quantizer
+from .wrapper import QuantWrapper
+
+log = logging.getLogger(__name__)
+
+#: Version of the AIMET encodings-file format written by leantorch.
+ENCODINGS_VERSION = "0.6.1"
+
+Calibration = "Iterable[Any] | Callable[[nn.Module], Any]"
+
+
+class QuantSim:
+    """Simulates integer quantization of ``model``: ``sim.model`` is a normal ``nn.Module`` with quantizers.
+
+    The user's model is never modified: ``QuantSim`` traces a copy (:func:`leantorch.prepare`).
+
+    Args:
+        model: float model.
+        example_input: a tensor or tuple of tensors the model accepts (shapes for tracing).
+        param_bw, act_bw: bitwidths of weights and activations (2–16, or 32 for "float").
+        scheme: range estimator for activations (and weights unless ``param_scheme``):
+            ``minmax``, ``tf_enhanced``, ``percentile``, ``mse``.
+        per_channel: per-channel weight quantization; None keeps the config's choice.
+        config: ``"default"``, ``"per_channel"``, a JSON path, a dict or a :class:`QuantSimConfig`.
+        param_scheme: range estimator for weights (default: ``scheme``).
+        leaf_modules: module classes or names that tracing must not enter.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+        >>> sim = QuantSim(model, torch.randn(1, 3, 8, 8), param_bw=8, act_bw=8)
+        >>> sim.compute_encodings([torch.randn(4, 3, 8, 8) for _ in range(3)], progress=False)
+        >>> sim.model(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Any,
+        param_bw: int = 8,
+        act_bw: int = 8,
+        scheme: "str | QuantScheme" = "tf_enhanced",
+        per_channel: bool | None = None,
+        config: "str | Path | QuantSimConfig | dict[str, Any]" = "default",
+        param_scheme: "str | QuantScheme | None" = None,
+        leaf_modules: "list[type | str] | None" = None,
+    ) -> None:
+        self.settings = QuantSettings(
+            param_bw=check_bitwidth(param_bw, "param_bw"),
+            act_bw=check_bitwidth(act_bw, "act_bw"),
+            scheme=QuantScheme.parse(scheme),
+            param_scheme=QuantScheme.parse(param_scheme if param_scheme is not None else scheme),
+        )
+        self.config = load_config(config)
+        if per_channel is not None:
+            self.config.per_channel = per_channel
+        self.example_input = as_tuple(example_input)
+        gm = prepare(model, self.example_input, leaf_modules=leaf_modules)
+        wrap_layers(gm)
+        insert_model_input_quantizers(gm)
+        apply_config(gm, self.config, self.settings)
+        self.model: fx.GraphModule = gm
+        if not any(q.is_active for name, q in self.quantizers().items() if not name.startswith("input_quantizers")):
+            warnings.warn("the model has nothing to quantize: no layer has an enabled quantizer", stacklevel=2)
+
+    # ------------------------------------------------------------------ introspection
+    def quantizers(self) -> dict[str, Quantizer]:
+        """Every quantizer of ``sim.model`` by qualified name (``"fc.output_quantizers.0"``...)."""
+        return {name: m for name, m in self.model.named_modules() if isinstance(m, Quantizer)}
+
+    def layers(self) -> dict[str, QuantWrapper]:
+        """Every wrapped layer by name (the names of the prepared model)."""
+        return {name: m for name, m in self.model.named_modules() if isinstance(m, QuantWrapper)}
+
+    def param_quantizers(self) -> dict[str, Quantizer]:
+        """Parameter quantizers keyed by parameter name (``"conv1.weight"``), as in encodings files."""
+        return {f"{layer}.{p}": q for layer, w in self.layers().items() for p, q in w.param_quantizers.items()}
+
+    def activation_quantizers(self) -> dict[str, Quantizer]:
+        """Input/output quantizers keyed by their qualified module name."""
+        params = {id(q) for q in self.param_quantizers().values()}
+        return {n: q for n, q in self.quantizers().items() if id(q) not in params}
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the simulated model's parameters (CPU for a model without parameters)."""
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------ switching
+    def set_param_quantization(self, enabled: bool, layers: Iterable[str] | None = None) -> None:
+        """Enable/disable weight quantizers globally or for the named layers (config-enabled ones only)."""
+        self._switch(enabled, layers, params=True)
+
+    def set_activation_quantization(self, enabled: bool, layers: Iterable[str] | None = None) -> None:
+        """Enable/disable input/output quantizers globally or for the named layers."""
+        self._switch(enabled, layers, params=False)
+
+    def _switch(self, enabled: bool, layers: Iterable[str] | None, params: bool) -> None:
+        all_layers = self.layers()
+        names = list(all_layers) if layers is None else list(layers)
+        missing = [n for n in names if n not in all_layers]
+        if missing:
+            raise KeyError(f"no such layer(s) {missing}; see sim.layers() for the names")
+        for name in names:
+            wrapper = all_layers[name]
+            groups = [wrapper.param_quantizers.values()] if params else \
+                [wrapper.input_quantizers, wrapper.output_quantizers]
+            for group in groups:
+                for q in group:
+                    # Remember what the config chose so that re-enabling restores exactly that.
+                    if not hasattr(q, "configured_enabled"):
+                        q.configured_enabled = q.enabled
+                    q.enabled = enabled and q.configured_enabled
+        if not params and layers is None:
+            for q in self.model.input_quantizers:
+                if not hasattr(q, "configured_enabled"):
+                    q.configured_enabled = q.enabled
+                q.enabled = enabled and q.configured_enabled
+
+    # ------------------------------------------------------------------ calibration
+    def compute_encodings(self, calibration: Any, num_batches: int | None = None, progress: bool = True) -> None:
+        """Calibrate: run data through the model and set every quantizer's encoding.
+
+        Args:
+            calibration: an iterable of batches (tensor, tuple/list of tensors) or ``callable(model)`` that
+                runs the model itself.
+            num_batches: stop after this many batches of an iterable.
+            progress: show a progress bar.
+
+        Raises:
+            CalibrationDataError: empty data, NaN/Inf (naming the batch and tensor), wrong structure.
+        Nothing changes if an error is raised: previous encodings stay.
+        """
+        activations = [q for q in self.activation_quantizers().values() if q.is_active and not q.frozen]
+        # Weights are encoded first so that activation ranges are those of the quantized-weight model.
+        params = self._param_encodings()
+        previous = [(q, q.encoding) for q, _ in params]
+        was_training = self.model.training
+        self.model.eval()
+        for q, enc in params:
+            q.set_encoding(enc)
+        for q in activations:
+            q.start_calibration()
+        try:
+            with torch.no_grad():
+                self._run_calibration(calibration, num_batches, progress)
+            results = [(q, q.finish_calibration(apply=False)) for q in activations]
+        except BaseException:
+            for q in activations:
+                q.abort_calibration()
+            for q, enc in previous:
+                q.set_encoding(enc)
+            raise
+        finally:
+            self.model.train(was_training)
+        for q, enc in results:
+            if enc is None:
+                log.warning("quantizer %s saw no data during calibration", q.name)
+            q.set_encoding(enc)
+
+    def _run_calibration(self, calibration: Any, num_batches: int | None, progress: bool) -> None:
+        if callable(calibration) and not isinstance(calibration, (torch.Tensor, list, tuple)):
+            calibration(self.model)
+            if not any(q._estimator is not None and q._estimator.has_data
+                       for q in self.activation_quantizers().values()):
+                raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
+            return
+        if isinstance(calibration, torch.Tensor):
+            raise CalibrationDataError(
+                "calibration must be an iterable of batches (e.g. a DataLoader or a list of tensors) or a "
+                "callable(model), not a single tensor: wrap it as [tensor]."
+            )
+        total = num_batches if num_batches is not None else (len(calibration) if hasattr(calibration, "__len__") else None)
+        seen = 0
+        bar = tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False)
+        try:
+            for index, batch in enumerate(calibration):
+                if num_batches is not None and index >= num_batches:
+                    break
+                inputs = self._to_inputs(batch, index)
+                self.model(*inputs)
+                seen += 1
+                bar.update(1)
+        finally:
+            bar.close()
+        if seen == 0:
+            raise CalibrationDataError("calibration data is empty: pass at least one batch")
+
+    def _to_inputs(self, batch: Any, index: int) -> tuple:
+        """Model inputs of one calibration batch: the tensors of the batch (labels are dropped)."""
+        items = as_tuple(batch)
+        tensors = [x for x in items if isinstance(x, torch.Tensor)]
+        inputs = tuple(tensors[: len(self.example_input)])
+        if len(inputs) != len(self.example_input):
+            raise CalibrationDataError(
+                f"calibration batch {index} has {len(tensors)} tensor(s); the model takes "
+                f"{len(self.example_input)} input(s)"
+            )
+        for j, x in enumerate(inputs):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise CalibrationDataError(
+                    f"calibration batch {index}, input {j} (shape {tuple(x.shape)}) contains NaN or Inf; "
+                    "clean or drop that batch."
+                )
+        return tuple(x.to(self.device) for x in inputs)
+
+    def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
+        out = []
+        for name, q in self.param_quantizers().items():
+            if q.is_active and not q.frozen:
+                layer, _, pname = name.rpartition(".")
+                weight = getattr(self.layers()[layer].module, pname).detach()
+                q.start_calibration()
+                q._observe(weight)
+                enc = q.finish_calibration(apply=False)
+                assert enc is not None
+                out.append((q, enc))
+        return out
+
+    # ------------------------------------------------------------------ encodings files
+    def save_encodings(self, path: str | Path) -> None:
+        """Write all encodings (AIMET 0.6.1 entries; activations by quantizer name, params by param name)."""
+        data = {
+            "version": ENCODINGS_VERSION,
+            "activation_encodings": {n: q.encoding.to_aimet() for n, q in self.activation_quantizers().items()
+                                     if q.encoding is not None},
+            "param_encodings": {n: q.encoding.to_aimet() for n, q in self.param_quantizers().items()
+                                if q.encoding is not None},
+        }
+        Path(path).write_text(json.dumps(data, indent=2))
+
+    def load_encodings(self, path: str | Path, freeze: bool = False) -> None:
+        """Load a file written by :meth:`save_encodings`; every name must exist (nothing half-applied)."""
+        data = _read_encodings(path)
+        plan = _match(self.activation_quantizers(), data.get("activation_encodings", {}), "activation") + \
+            _match(self.param_quantizers(), data.get("param_encodings", {}), "param", self._param_shapes())
+        for q, enc in plan:
+            q.set_encoding(enc.to(self.device), freeze=freeze)
+
+    def set_and_freeze_param_encodings(self, path: str | Path) -> None:
+        """Load parameter encodings (e.g. from :func:`leantorch.adaround`) and keep them fixed.
+
+        Accepts a leantorch or AIMET encodings file; uses its ``param_encodings`` (by param name).
+        """
+        data = _read_encodings(path)
+        params = data.get("param_encodings", {})
+        for q, enc in _match(self.param_quantizers(), params, "param", self._param_shapes()):
+            q.enabled = True
+            q.set_encoding(enc.to(self.device), freeze=True)
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{layer}.{p}": tuple(getattr(w.module, p).shape)
+                for layer, w in self.layers().items() for p in w.param_quantizers}
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
+               opset: int | None = None) -> dict[str, Path]:
+        """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
+
+        See :func:`leantorch.quant.export.export_quantsim`.
+        """
+        from .export import export_quantsim
+
+        return export_quantsim(self, path, filename_prefix, example_input, opset)
+
+
+def _read_encodings(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EncodingsFileError(f"cannot read encodings file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EncodingsFileError(f"{path} is not an encodings file (expected a JSON object)")
+    return data
+
+
+def _match(quantizers: dict[str, Quantizer], entries: dict[str, Any], kind: str,
+           shapes: dict[str, tuple[int, ...]] | None = None) -> list[tuple[Quantizer, Encoding]]:
+    """Pair file entries with quantizers, checking names and channel counts before anything is applied."""
+    unknown = sorted(set(entries) - set(quantizers))
+    if unknown:
+        raise EncodingsFileError(
+            f"{len(unknown)} {kind} encoding(s) name no tensor of this model, e.g. {unknown[:3]}; was the file "
+            "written for another model or another config?"
+        )
+    plan = []
+    for name, entry in entries.items():
+        q = quantizers[name]
+        axis = None
+        if isinstance(entry, list) and len(entry) > 1:
+            axis = q.axis if q.axis is not None else 0
+            shape = (shapes or {}).get(name)
+            if shape is not None and shape[axis] != len(entry):
+                raise EncodingsFileError(
+                    f"{name}: the file has {len(entry)} per-channel encodings but the tensor has "
+                    f"{shape[axis]} channels along axis {axis}"
+                )
+        plan.append((q, Encoding.from_aimet(entry, axis=axis)))
+    return plan

@@ -1,0 +1,100 @@
+"""QuantWrapper: a layer with quantizers on its inputs, parameters and outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import Quantizer
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class QuantWrapper(nn.Module):
+    """Runs ``module`` on quantized inputs and parameters and quantizes its outputs.
+
+    Quantizers start disabled; :class:`~leantorch.quant.sim.QuantSim` enables them per its config.
+
+    Example:
+        >>> w = QuantWrapper(nn.Linear(4, 2), "Linear", num_inputs=1, num_outputs=1)
+        >>> sorted(w.param_quantizers)
+        ['bias', 'weight']
+    """
+
+    def __init__(self, module: nn.Module, op_type: str, num_inputs: int, num_outputs: int) -> None:
+        super().__init__()
+        self.module = module
+        self.op_type = op_type
+        self.input_quantizers = nn.ModuleList(Quantizer(enabled=False) for _ in range(num_inputs))
+        self.output_quantizers = nn.ModuleList(Quantizer(enabled=False) for _ in range(num_outputs))
+        self.param_quantizers = nn.ModuleDict(
+            {name: Quantizer(enabled=False) for name, _ in module.named_parameters(recurse=False)}
+        )
+        # Exact types only: a subclass (e.g. a conv that pads in its own forward) goes the generic way.
+        self._kind = "conv" if type(module) in _CONVS else "linear" if type(module) is nn.Linear else "generic"
+        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(
+            q(a) if i < len(self.input_quantizers) and isinstance(a, torch.Tensor) else a
+            for i, (a, q) in enumerate(zip(args, list(self.input_quantizers) + [None] * len(args)))
+        )
+        params = self.quantized_params()
+        if not params:
+            out = self.module(*args, **kwargs)
+        elif self._kind == "conv":
+            m = self.module
+            out = m._conv_forward(args[0], params.get("weight", m.weight), params.get("bias", m.bias))
+        elif self._kind == "linear":
+            m = self.module
+            out = F.linear(args[0], params.get("weight", m.weight), params.get("bias", m.bias))
+        else:
+            out = self._call_with_params(params, args, kwargs)
+        return self._quantize_outputs(out)
+
+    def _call_with_params(self, params: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
+        """Run the module's own forward with some parameters swapped for their quantized versions.
+
+        (``torch.func.functional_call`` does the same but cannot be traced by the ONNX exporter.)
+        """
+        slots = self.module._parameters
+        saved = {name: slots[name] for name in params}
+        try:
+            slots.update(params)
+            return self.module(*args, **kwargs)
+        finally:
+            slots.update(saved)
+
+    def quantized_params(self) -> dict[str, torch.Tensor]:
+        """Fake-quantized versions of the parameters whose quantizers are active."""
+        result = {}
+        # In inference, the quantized weight is reused until the weight or its encoding changes.
+        cacheable = not self.training and not torch.is_grad_enabled()
+        for name, q in self.param_quantizers.items():
+            if not q.is_active:
+                continue
+            p = getattr(self.module, name)
+            if not cacheable or q.export_index is not None or q.scale is None:
+                result[name] = q(p)
+                continue
+            key = (p._version, p.data_ptr(), id(q.scale), q.scale._version, q.bitwidth, q.axis)
+            hit = self._cache.get(name)
+            if hit is None or hit[0] != key:
+                hit = (key, q(p))
+                self._cache[name] = hit
+            result[name] = hit[1]
+        return result
+
+    def _quantize_outputs(self, out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return self.output_quantizers[0](out) if len(self.output_quantizers) else out
+        if isinstance(out, tuple):
+            quantizers = iter(self.output_quantizers)
+            return tuple(next(quantizers)(o) if isinstance(o, torch.Tensor) else o for o in out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"op_type={self.op_type}"
