@@ -5,6 +5,7 @@ from .errors import (
     ConfigError,
     EncodingsFileError,
     EncodingsMissingError,
+    ExportError,
     InputShapeError,
     LeanTorchError,
     TraceError,
@@ -18,4 +19,5 @@ from .quant.encoding import Encoding, compute_encoding
 from .quant.estimators import QuantScheme
 from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
+from . import graph, metrics
 from .ptq.bn_fold import fold_batch_norms

@@ -36,3 +36,7 @@ class ConfigError(LeanTorchError, ValueError):
 
 class EncodingsFileError(LeanTorchError, ValueError):
     """An encodings file does not match the model (unknown names, wrong shapes, bad JSON)."""
+
+
+class ExportError(LeanTorchError):
+    """The simulated model cannot be expressed in the export format."""

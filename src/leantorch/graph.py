@@ -92,7 +92,7 @@ class _ScopeTracer(fx.Tracer):
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
         # leantorch's own layers (op modules, quantizers, wrappers) are never traced through.
-        if type(m).__module__.startswith("leantorch."):
+        if type(m).__module__ == "leantorch.ops" or type(m).__module__.startswith("leantorch.quant."):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -34,7 +34,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import EncodingsMissingError
+from ..errors import EncodingsMissingError, ExportError
 from ..graph import as_tuple
 from .encoding import Encoding
 from .quantizer import Quantizer
@@ -107,6 +107,9 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None
     encodings = _replace_markers(proto, entries)
     _quantize_biases(proto)
     _drop_unused_initializers(proto)
+    _strip_wrapper_names(proto)
+    # Shapes recorded during tracing describe the example batch; let runtimes infer them instead.
+    del proto.graph.value_info[:]
     opsets = [o for o in proto.opset_import if o.domain != "leantorch"]
     del proto.opset_import[:]
     proto.opset_import.extend(opsets)
@@ -150,8 +153,12 @@ def _container(enc: Encoding) -> tuple[int, np.dtype]:
     return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
 
 
-def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``."""
+def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False
+               ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``.
+
+    ``on_grid``: ``x`` is already quantized (exported weights), so no clamp is needed.
+    """
     _, np_type = _container(enc)
     scale = enc.scale.detach().cpu().numpy().astype(np.float32)
     # Signed containers store q - 2**(bw-1); unsigned ones q with zero_point = -offset.
@@ -162,7 +169,7 @@ def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str) -> tuple[list[onnx.Node
     nodes = []
     source = x
     container_bits = 8 if enc.bitwidth <= 8 else 16
-    if enc.bitwidth < container_bits:
+    if enc.bitwidth < container_bits and not on_grid:
         lo = enc.min.cpu().numpy().astype(np.float32)
         hi = enc.max.cpu().numpy().astype(np.float32)
         if enc.axis is None:
@@ -170,7 +177,8 @@ def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str) -> tuple[list[onnx.Node
             nodes.append(helper.make_node("Clip", [x, f"{stem}_min", f"{stem}_max"], [f"{stem}_clipped"],
                                           name=f"{stem}_Clip"))
         else:
-            raise NotImplementedError("per-channel encodings below the container width apply to weights only")
+            raise ExportError("per-channel activation encodings below 8/16 bits cannot be expressed with "
+                              "ONNX Clip; use per-tensor activations or a bitwidth of 8 or 16")
         source = f"{stem}_clipped"
     nodes.append(helper.make_node("QuantizeLinear", [source, f"{stem}_scale", f"{stem}_zero_point"],
                                   [f"{stem}_quantized"], name=f"{stem}_QuantizeLinear", **attrs))
@@ -202,7 +210,7 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[tuple[Quantizer, str 
             param_enc[x] = enc.to_aimet()
         else:
             activation_enc.setdefault(x, enc.to_aimet())
-        nodes, inits = _qdq_nodes(enc, x, y, stem=_safe(x) + f"_q{index}")
+        nodes, inits = _qdq_nodes(enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=param_name is not None)
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)
     del graph.node[:]
@@ -274,6 +282,22 @@ def _quantize_biases(proto: onnx.ModelProto) -> None:
 def _initializer_value(initializers: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
     init = initializers.get(name)
     return None if init is None else numpy_helper.to_array(init)
+
+
+def _strip_wrapper_names(proto: onnx.ModelProto) -> None:
+    """``layer.module.bias`` → ``layer.bias``: initializer names as in the user's model."""
+    renames = {}
+    taken = {init.name for init in proto.graph.initializer}
+    for init in proto.graph.initializer:
+        new = init.name.replace(".module.", ".")
+        if new != init.name and new not in taken:
+            renames[init.name] = new
+            taken.add(new)
+            init.name = new
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
 
 
 def _drop_unused_initializers(proto: onnx.ModelProto) -> None:

@@ -13,7 +13,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from ..errors import CalibrationDataError, EncodingsFileError
-from ..graph import as_tuple, prepare
+from ..graph import as_tuple, prepare, unknown_leaf_modules
 from .config import QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
 from .estimators import QuantScheme
@@ -80,6 +80,10 @@ class QuantSim:
         insert_model_input_quantizers(gm)
         apply_config(gm, self.config, self.settings)
         self.model: fx.GraphModule = gm
+        unknown = unknown_leaf_modules(gm)
+        if unknown:
+            warnings.warn(f"layers of unknown type are passed through, quantized at their output only: "
+                          f"{', '.join(unknown)}", stacklevel=2)
         if not any(q.is_active for name, q in self.quantizers().items() if not name.startswith("input_quantizers")):
             warnings.warn("the model has nothing to quantize: no layer has an enabled quantizer", stacklevel=2)
 

@@ -1,0 +1,172 @@
+"""The ``leantorch`` command: ``quantize`` a model from a factory function, or run the ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LeanTorchError
+
+
+def load_model(spec: str) -> nn.Module:
+    """Build a model from ``package.module:factory`` (the factory is called without arguments).
+
+    Example:
+        >>> type(load_model("leantorch.models:ResNetSmall")).__name__
+        'ResNetSmall'
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise LeanTorchError(f"--model must look like package.module:factory, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise LeanTorchError(f"cannot load {spec!r}: {exc}") from exc
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise LeanTorchError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def load_data(spec: str, count: int, image_size: int) -> torch.Tensor:
+    """Calibration samples from ``DIR`` (images), ``file.npy`` (an array ``[N, ...]``) or
+    ``builtin:images`` (crops of the scikit-image photographs).
+
+    Example:
+        >>> load_data("builtin:images", 2, 32).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if spec == "builtin:images":
+        from .data import sample_images
+
+        return sample_images(count, size=image_size, seed=0)
+    path = Path(spec)
+    if path.suffix == ".npy" and path.is_file():
+        array = np.load(path)
+        return torch.from_numpy(np.asarray(array[:count], dtype=np.float32))
+    if path.is_dir():
+        return _load_image_dir(path, count, image_size)
+    raise LeanTorchError(f"--data {spec!r} is neither a directory, a .npy file nor builtin:images")
+
+
+def _load_image_dir(path: Path, count: int, image_size: int) -> torch.Tensor:
+    from skimage.io import imread
+
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:count]
+    if not files:
+        raise LeanTorchError(f"no .png/.jpg/.bmp images in {path}")
+    images = []
+    for file in files:
+        arr = np.asarray(imread(file))
+        arr = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
+        img = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        images.append(torch.nn.functional.interpolate(img, size=(image_size, image_size), mode="bilinear",
+                                                      antialias=True, align_corners=False)[0])
+    batch = torch.stack(images)
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .data import batches
+    from .evaluation import Agreement, markdown_table, model_outputs
+    from .ptq.bn_fold import fold_batch_norms
+    from .quant.sim import QuantSim
+
+    model = load_model(args.model)
+    data = load_data(args.data, args.num_samples, args.image_size)
+    calib = batches(data, args.batch_size)
+    example = calib[0][:1]
+    if args.fold_bn:
+        model, pairs = fold_batch_norms(model, example)
+        print(f"folded {len(pairs)} batch norm(s)")
+    sim = QuantSim(model, example, param_bw=args.param_bw, act_bw=args.act_bw, scheme=args.scheme,
+                   per_channel=args.per_channel or None, config=args.config)
+    sim.compute_encodings(calib, progress=not args.no_progress)
+    reference = model_outputs(model, calib, progress=not args.no_progress, desc="FP32")
+    quantized = model_outputs(sim.model, calib, progress=not args.no_progress, desc="quantized")
+    agreement = Agreement.of(reference, quantized)
+    print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": agreement.top1,
+                           "KL divergence": agreement.kl, "output SQNR (dB)": agreement.sqnr_db}]))
+    files = sim.export(args.out, args.name)
+    print(f"exported: {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, calibration=args.calibration, evaluation=args.evaluation, batch_size=args.batch_size,
+             progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``leantorch`` command."""
+    parser = argparse.ArgumentParser(prog="leantorch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="calibrate a QuantSim and export ONNX QDQ + encodings + weights",
+                       description="Quantize a model: trace it, calibrate on data, print agreement with FP32 "
+                                   "on the calibration data, export OUT/NAME.{onnx,encodings,pth}.")
+    q.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
+                   "(e.g. leantorch.models:efficientnet_lite0)")
+    q.add_argument("--data", required=True, help="calibration data: a directory of images, a .npy array "
+                   "[N, ...] of model inputs, or builtin:images (scikit-image photograph crops)")
+    q.add_argument("--param-bw", type=int, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
+    q.add_argument("--act-bw", type=int, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
+    q.add_argument("--scheme", default="tf_enhanced", choices=["minmax", "tf_enhanced", "percentile", "mse"],
+                   help="range estimator (default tf_enhanced)")
+    q.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
+    q.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
+    q.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
+    q.add_argument("--num-samples", type=int, default=256, help="calibration samples to use (default 256)")
+    q.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
+    q.add_argument("--image-size", type=int, default=224, help="image side for image data (default 224)")
+    q.add_argument("--out", default="out", help="output directory (default out)")
+    q.add_argument("--name", default="model", help="file name prefix (default model)")
+    q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    q.set_defaults(func=_cmd_quantize)
+
+    d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
+                       description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "
+                                   "of the scikit-image photographs with disjoint seeds; prints top-1 "
+                                   "agreement, KL divergence and output SQNR against FP32; exports to OUT.")
+    d.add_argument("--out", default="out", help="output directory (default out)")
+    d.add_argument("--calibration", type=int, default=128, help="calibration crops (default 128)")
+    d.add_argument("--evaluation", type=int, default=256, help="evaluation crops (default 256)")
+    d.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``leantorch`` command; returns the exit code.
+
+    Example:
+        >>> main(["quantize", "--help"])  # doctest: +SKIP
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except LeanTorchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Range estimators: streaming equals one-shot, bounded memory, and each objective does what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leantorch.errors import CalibrationDataError
+from leantorch.quant.estimators import (HistogramEstimator, MinMaxEstimator, MseEstimator, PercentileEstimator,
+                                        TfEnhancedEstimator, make_estimator)
+from leantorch.quant.quantizer import Quantizer
+
+
+def mse_of_range(x: np.ndarray, lo: float, hi: float, bw: int) -> float:
+    """Exact float64 MSE of asymmetric quantization of x to [lo, hi] (reference, numpy)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / (2**bw - 1)
+    offset = np.rint(lo / scale)
+    q = np.clip(np.rint(x / scale) - offset, 0, 2**bw - 1)
+    return float(np.mean(((q + offset) * scale - x) ** 2))
+
+
+def test_minmax_streaming_equals_global_per_channel() -> None:
+    data = [torch.randn(4, 6, 5) * (i + 1) for i in range(5)]
+    est = MinMaxEstimator(axis=1)
+    for d in data:
+        est.observe(d)
+    lo, hi = est.compute_range(8, False)
+    full = torch.cat(data).movedim(1, 0).reshape(6, -1)
+    assert torch.equal(lo, full.min(1).values.double()) and torch.equal(hi, full.max(1).values.double())
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
+def test_histogram_memory_is_bounded_and_streaming_tracks_one_shot(scheme: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(20_000, generator=gen) * (1 + i) for i in range(8)]  # range grows every batch
+    streamed = make_estimator(scheme)
+    for b in batches:
+        streamed.observe(b)
+    assert isinstance(streamed, HistogramEstimator) and streamed.hist.shape == (1, streamed.num_bins)
+    assert float(streamed.hist.sum()) == pytest.approx(160_000)
+    one_shot = make_estimator(scheme)
+    one_shot.observe(torch.cat(batches))
+    for a, b in zip(streamed.compute_range(8, False), one_shot.compute_range(8, False)):
+        assert float(a) == pytest.approx(float(b), rel=0.1, abs=0.1)
+
+
+def test_tf_enhanced_clips_outliers_and_beats_minmax_on_noise() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200_000, generator=gen), torch.tensor([40.0, -25.0])])
+    est = TfEnhancedEstimator()
+    est.observe(x)
+    lo, hi = est.compute_range(4, symmetric=False)
+    assert -25.0 < float(lo) and float(hi) < 40.0
+    xs = x.double().numpy()
+    assert mse_of_range(xs, float(lo), float(hi), 4) < 0.5 * mse_of_range(xs, -25.0, 40.0, 4)
+
+
+def test_mse_estimator_is_close_to_brute_force_optimum() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((100_000,))
+    est = MseEstimator()
+    est.observe(x)
+    lo, hi = est.compute_range(4, symmetric=False)
+    xs = x.double().numpy()
+    best = min(mse_of_range(xs, a * xs.min(), a * xs.max(), 4) for a in np.linspace(0.02, 1, 200))
+    assert mse_of_range(xs, float(lo), float(hi), 4) <= 1.1 * best
+
+
+def test_percentile_matches_numpy() -> None:
+    x = torch.randn(400_000, generator=torch.Generator().manual_seed(2))
+    est = PercentileEstimator(percentile=99.9)
+    est.observe(x[:200_000])
+    est.observe(x[200_000:])
+    lo, hi = est.compute_range(8, False)
+    width = float(x.max() - x.min()) / est.num_bins
+    assert float(lo) == pytest.approx(np.percentile(x.numpy(), 0.1), abs=2 * width)
+    assert float(hi) == pytest.approx(np.percentile(x.numpy(), 99.9), abs=2 * width)
+
+
+def test_symmetric_histogram_search_is_symmetric() -> None:
+    est = TfEnhancedEstimator(axis=0)
+    est.observe(torch.randn(3, 10_000) * torch.tensor([[1.0], [2.0], [5.0]]))
+    lo, hi = est.compute_range(8, symmetric=True)
+    assert torch.allclose(lo, -hi) and hi.shape == (3,)
+    assert bool((hi[1:] > hi[:-1]).all())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_quantizer_names_tensor_with_nan_or_inf(bad: float) -> None:
+    q = Quantizer(name="conv1.output_quantizers.0")
+    q.start_calibration()
+    x = torch.randn(100)
+    x[17] = bad
+    with pytest.raises(CalibrationDataError, match="conv1.output_quantizers.0"):
+        q(x)

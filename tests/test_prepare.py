@@ -1,0 +1,115 @@
+"""prepare(): tracing, functional ops as modules, equality with the original, clear trace errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import leantorch as lt
+from leantorch.graph import call_sites, op_type
+from leantorch.ops import Add, MatMul
+
+from .conftest import assert_unchanged, state_snapshot
+
+
+def _types(gm) -> list[str]:
+    return [op_type(m) for _, m in call_sites(gm)]
+
+
+def test_resnet_traced_equals_original_and_adds_become_modules(resnet) -> None:
+    x = torch.randn(4, 3, 32, 32)
+    before = state_snapshot(resnet)
+    gm = lt.prepare(resnet, x[:1])
+    for _ in range(3):
+        x = torch.randn(4, 3, 32, 32)
+        torch.testing.assert_close(gm(x), resnet(x), rtol=1e-5, atol=1e-6)
+    assert _types(gm).count("Add") == 3 and _types(gm).count("ReLU") == 7  # F.relu calls became modules
+    assert_unchanged(resnet, before)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(gm.parameters(), resnet.parameters()))
+
+
+def test_transformer_block_attention_matmuls_softmax_layernorm_gelu(transformer) -> None:
+    gm = lt.prepare(transformer, torch.randn(1, 6, 16))
+    x = torch.randn(3, 6, 16)
+    torch.testing.assert_close(gm(x), transformer(x), rtol=1e-5, atol=1e-6)
+    types = _types(gm)
+    assert types.count("MatMul") == 4 and types.count("Softmax") == 2 and types.count("GELU") == 2
+    assert types.count("LayerNorm") == 5 and types.count("Add") == 4
+
+
+@pytest.mark.slow
+def test_efficientnet_convs_are_seen_and_activations_split_per_call_site(efficientnet) -> None:
+    gm = lt.prepare(efficientnet, torch.randn(1, 3, 224, 224))
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(gm(x), efficientnet(x), rtol=1e-4, atol=1e-4)
+    types = _types(gm)
+    assert types.count("Conv") == 49 and types.count("BatchNorm") == 49
+    relu6_targets = [n.target for n, m in call_sites(gm) if op_type(m) == "ReLU6"]
+    assert len(relu6_targets) == len(set(relu6_targets)) == 33  # one module per call site
+
+
+def test_functional_ops_become_modules() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = F.relu6(self.conv(x))
+            z = torch.cat([y, torch.sigmoid(y) * y], dim=1)
+            z = F.interpolate(z, scale_factor=2.0, mode="nearest")
+            return torch.flatten(z.mean((2, 3), keepdim=True), 1) + x.size(1)
+
+    net = Net().eval()
+    gm = lt.prepare(net, torch.randn(1, 3, 8, 8))
+    assert set(_types(gm)) >= {"Conv", "ReLU6", "Concat", "Sigmoid", "Mul", "Interpolate", "Mean", "Flatten", "Add"}
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(gm(x), net(x))
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return x * 2
+        return x
+
+
+class HasBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.branch = DataDependent()
+
+    def forward(self, x):
+        return self.branch(self.conv(x))
+
+
+def test_untraceable_model_names_module_line_and_fix() -> None:
+    with pytest.raises(lt.TraceError) as info:
+        lt.prepare(HasBranch(), torch.randn(1, 3, 4, 4))
+    message = str(info.value)
+    assert "branch" in message and "DataDependent" in message
+    assert "test_prepare.py" in message and "if x.sum() > 0" in message
+    assert "leaf_modules=" in message
+
+
+def test_leaf_modules_fix_works() -> None:
+    model = HasBranch().eval()
+    gm = lt.prepare(model, torch.randn(1, 3, 4, 4), leaf_modules=[DataDependent])
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(gm(x), model(x))
+    assert "Unknown" in _types(gm)
+
+
+def test_wrong_example_input_shape_is_a_clear_error(resnet) -> None:
+    with pytest.raises(lt.InputShapeError, match="example input"):
+        lt.prepare(resnet, torch.randn(1, 5, 32, 32))
+
+
+def test_op_modules_are_not_retraced() -> None:
+    gm = lt.prepare(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4))
+    again = lt.prepare(gm, torch.randn(1, 4))
+    assert [type(m) for _, m in call_sites(again)] == [nn.Linear]
+    assert Add and MatMul  # the op modules exist as public building blocks

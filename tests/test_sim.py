@@ -1,0 +1,195 @@
+"""QuantSim: config-driven placement, calibration, errors that change nothing, encodings files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import leantorch as lt
+
+from .conftest import assert_unchanged, state_snapshot
+
+
+def calib(n: int = 3, shape=(8, 3, 32, 32)) -> list[torch.Tensor]:
+    return [torch.randn(*shape) for _ in range(n)]
+
+
+def active(sim: lt.QuantSim) -> set[str]:
+    return {n for n, q in sim.quantizers().items() if q.is_active}
+
+
+def test_supergroups_quantize_only_the_last_output(resnet) -> None:
+    sim = lt.QuantSim(resnet, torch.randn(1, 3, 32, 32))
+    on = active(sim)
+    # stem: Conv -> BN -> ReLU is one group: only the ReLU output is quantized.
+    assert "stem.2.output_quantizers.0" in on
+    assert "stem.0.output_quantizers.0" not in on and "stem.1.output_quantizers.0" not in on
+    # Add -> ReLU: only the ReLU; the add is inside the group.
+    assert "layers.0.add.output_quantizers.0" not in on and "layers.0.relu_1.output_quantizers.0" in on
+    # conv2 -> bn2 feeds the add: bn2's output is quantized (last of the Conv+BN group).
+    assert "layers.0.bn2.output_quantizers.0" in on
+    assert "input_quantizers.0" in on and "stem.0.param_quantizers.weight" in on
+    assert "stem.0.param_quantizers.bias" not in on and "stem.1.param_quantizers.weight" not in on
+    assert "flatten.output_quantizers.0" not in on  # pass-through op
+
+
+def test_config_json_roundtrip_and_overrides(tmp_path, resnet) -> None:
+    cfg = lt.QuantSimConfig.preset("per_channel")
+    cfg.op_types["AvgPool"] = lt.OpRule(output_quantized=False)
+    cfg.to_json(tmp_path / "cfg.json")
+    loaded = lt.QuantSimConfig.from_json(tmp_path / "cfg.json")
+    assert loaded.per_channel and loaded.rule("AvgPool").output_quantized is False
+    sim = lt.QuantSim(resnet, torch.randn(1, 3, 32, 32), config=str(tmp_path / "cfg.json"))
+    assert sim.quantizers()["stem.0.param_quantizers.weight"].axis == 0
+    assert "adaptive_avg_pool2d.output_quantizers.0" not in active(sim)
+    with pytest.raises(lt.ConfigError, match="unknown config keys"):
+        lt.QuantSimConfig.from_dict({"per_chanel": True})
+    with pytest.raises(lt.ConfigError, match="preset"):
+        lt.QuantSim(resnet, torch.randn(1, 3, 32, 32), config="nope")
+
+
+def test_calibration_with_iterable_and_callable_gives_same_encodings(resnet) -> None:
+    data = calib()
+    a = lt.QuantSim(resnet, data[0][:1], scheme="minmax")
+    a.compute_encodings(data, progress=False)
+    b = lt.QuantSim(resnet, data[0][:1], scheme="minmax")
+    b.compute_encodings(lambda model: [model(x) for x in data])
+    for name, q in a.quantizers().items():
+        if q.is_active:
+            assert torch.equal(q.scale, b.quantizers()[name].scale), name
+    # Batches with labels work: the label is dropped.
+    c = lt.QuantSim(resnet, data[0][:1], scheme="minmax")
+    c.compute_encodings([(x, torch.zeros(8)) for x in data], progress=False)
+
+
+def test_quantized_model_is_close_to_float_and_trains(resnet) -> None:
+    data = calib()
+    sim = lt.QuantSim(resnet, data[0][:1], param_bw=8, act_bw=8)
+    sim.compute_encodings(data, progress=False)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = resnet(x), sim.model(x)
+    assert lt.metrics.sqnr_db(ref, out) > 20
+    sim.model.train()
+    loss = sim.model(x).pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in sim.model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_enable_disable_globally_and_per_layer(resnet) -> None:
+    data = calib()
+    sim = lt.QuantSim(resnet, data[0][:1])
+    sim.compute_encodings(data, progress=False)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        sim.set_param_quantization(False)
+        sim.set_activation_quantization(False)
+        torch.testing.assert_close(sim.model(x), resnet(x), rtol=1e-5, atol=1e-5)
+        sim.set_param_quantization(True, layers=["fc"])
+        assert active(sim) == {"fc.param_quantizers.weight"}
+        sim.set_param_quantization(True)
+        sim.set_activation_quantization(True)
+        assert "stem.1.output_quantizers.0" not in active(sim)  # re-enabling keeps the config's choices
+    with pytest.raises(KeyError, match="sim.layers"):
+        sim.set_param_quantization(False, layers=["nope"])
+
+
+def test_errors_change_nothing(resnet) -> None:
+    before = state_snapshot(resnet)
+    data = calib()
+    sim = lt.QuantSim(resnet, data[0][:1])
+    with pytest.raises(lt.EncodingsMissingError, match="compute_encodings"):
+        sim.model(data[0])
+    with pytest.raises(lt.EncodingsMissingError, match="compute_encodings"):
+        sim.export("unused", "model")
+    with pytest.raises(lt.CalibrationDataError, match="empty"):
+        sim.compute_encodings([], progress=False)
+    sim.compute_encodings(data, progress=False)
+    scales = {n: q.scale.clone() for n, q in sim.quantizers().items() if q.scale is not None}
+    bad = calib()
+    bad[2][1, 0, 3, 3] = float("nan")
+    with pytest.raises(lt.CalibrationDataError, match="batch 2, input 0"):
+        sim.compute_encodings(bad, progress=False)
+    for n, q in sim.quantizers().items():
+        if n in scales:
+            assert torch.equal(q.scale, scales[n]), f"{n} changed by a failed calibration"
+    assert_unchanged(resnet, before)
+
+
+@pytest.mark.parametrize("bw", [0, 1, 33])
+def test_bad_bitwidth(resnet, bw: int) -> None:
+    with pytest.raises(lt.UnsupportedBitwidthError, match="act_bw"):
+        lt.QuantSim(resnet, torch.randn(1, 3, 32, 32), act_bw=bw)
+
+
+def test_nothing_to_quantize_warns() -> None:
+    class Shuffle(nn.Module):
+        def forward(self, x):
+            return x.flip(1)
+
+    with pytest.warns(UserWarning, match="nothing to quantize"):
+        lt.QuantSim(Shuffle(), torch.randn(1, 3))
+
+
+def test_unknown_leaf_is_quantized_at_output_and_named() -> None:
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x * 2 + 1
+
+    model = nn.Sequential(nn.Linear(4, 4), Custom(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="unknown type .*: 1$"):
+        sim = lt.QuantSim(model, torch.randn(1, 4), leaf_modules=[Custom])
+    assert sim.layers()["1"].op_type == "Unknown" and "1.output_quantizers.0" in active(sim)
+    assert lt.graph.unknown_leaf_modules(sim.model) == ["1"]
+
+
+def test_encodings_save_load_roundtrip_and_frozen_params(tmp_path, resnet) -> None:
+    data = calib()
+    sim = lt.QuantSim(resnet, data[0][:1], per_channel=True)
+    sim.compute_encodings(data, progress=False)
+    sim.save_encodings(tmp_path / "enc.json")
+    other = lt.QuantSim(resnet, data[0][:1], per_channel=True)
+    other.load_encodings(tmp_path / "enc.json")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(other.model(x), sim.model(x))
+    # Frozen parameter encodings survive recalibration.
+    frozen = lt.QuantSim(resnet, data[0][:1], per_channel=True, param_bw=4)
+    frozen.set_and_freeze_param_encodings(tmp_path / "enc.json")
+    frozen.compute_encodings(data, progress=False)
+    q = frozen.quantizers()["stem.0.param_quantizers.weight"]
+    assert q.frozen and q.bitwidth == 8 and torch.equal(q.scale, sim.quantizers()["stem.0.param_quantizers.weight"].scale)
+
+
+def test_bad_encodings_files_are_rejected_before_anything_changes(tmp_path, resnet) -> None:
+    data = calib()
+    sim = lt.QuantSim(resnet, data[0][:1], per_channel=True)
+    sim.compute_encodings(data, progress=False)
+    sim.save_encodings(tmp_path / "enc.json")
+    content = json.loads((tmp_path / "enc.json").read_text())
+    content["param_encodings"]["no.such.weight"] = content["param_encodings"]["fc.weight"]
+    (tmp_path / "bad.json").write_text(json.dumps(content))
+    target = lt.QuantSim(resnet, data[0][:1], per_channel=True)
+    with pytest.raises(lt.EncodingsFileError, match="no.such.weight"):
+        target.set_and_freeze_param_encodings(tmp_path / "bad.json")
+    assert all(q.encoding is None for q in target.quantizers().values())
+    content = json.loads((tmp_path / "enc.json").read_text())
+    content["param_encodings"]["fc.weight"] = content["param_encodings"]["fc.weight"][:3]
+    (tmp_path / "short.json").write_text(json.dumps(content))
+    with pytest.raises(lt.EncodingsFileError, match="channels"):
+        target.set_and_freeze_param_encodings(tmp_path / "short.json")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda(resnet) -> None:
+    model = resnet.cuda()
+    data = [x.cuda() for x in calib()]
+    sim = lt.QuantSim(model, data[0][:1])
+    sim.compute_encodings([x.cpu() for x in data], progress=False)  # batches follow the model's device
+    with torch.no_grad():
+        out = sim.model(data[0])
+    assert out.is_cuda and lt.metrics.sqnr_db(model(data[0]), out) > 20
