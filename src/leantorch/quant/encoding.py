@@ -152,8 +152,8 @@ def compute_encoding(
 
     Example:
         >>> enc = compute_encoding(torch.tensor(-2.0), torch.tensor(1.0), 8, symmetric=True)
-        >>> int(enc.offset), float(enc.scale) == 2.0 / 127
-        (-128, True)
+        >>> int(enc.offset), round(float(enc.scale) * 127, 6)
+        (-128, 2.0)
     """
     check_bitwidth(bitwidth)
     lo = torch.clamp(torch.as_tensor(min_val, dtype=torch.float64), max=0.0)

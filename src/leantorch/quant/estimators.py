@@ -295,7 +295,7 @@ class PercentileEstimator(HistogramEstimator):
         >>> est = PercentileEstimator(percentile=99.0)
         >>> est.observe(torch.arange(10_000.0))
         >>> [round(float(v)) for v in est.compute_range(8, False)]
-        [98, 9902]
+        [98, 9901]
     """
 
     def __init__(self, axis: int | None = None, num_bins: int = 2048, percentile: float = 99.99) -> None:

@@ -1,0 +1,21 @@
+"""The examples in the docstrings run (the quick-start contract of every public function)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["leantorch.quant.encoding", "leantorch.quant.estimators", "leantorch.quant.quantizer",
+           "leantorch.quant.config", "leantorch.quant.wrapper", "leantorch.quant.sim", "leantorch.graph",
+           "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli",
+           "leantorch.ptq.bn_fold", "leantorch.models.resnet", "leantorch.models.transformer"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"torch": importlib.import_module("torch"),
+                                                  "nn": importlib.import_module("torch.nn")})
+    assert result.failed == 0
