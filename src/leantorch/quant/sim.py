@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 #: Version of the AIMET encodings-file format written by leantorch.
 ENCODINGS_VERSION = "0.6.1"
 
-Calibration = "Iterable[Any] | Callable[[nn.Module], Any]"
 
 
 class QuantSim:
