@@ -18,7 +18,8 @@ def test_folded_resnet_equals_original_in_float64(resnet) -> None:
     assert len(pairs) == 9 and "BatchNorm" not in [op_type(m) for _, m in call_sites(folded)]
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
-    assert set(folded.folded_batch_norms) == {layer for layer, _ in pairs}
+    assert set(folded.output_stats) == {layer for layer, _ in pairs}
+    assert set(lt.prepare(folded, x[:1]).output_stats) == set(folded.output_stats)
     assert_unchanged(resnet.float(), {k: v.float() if v.is_floating_point() else v for k, v in before.items()})
 
 
@@ -28,3 +29,20 @@ def test_all_efficientnet_batch_norms_fold(efficientnet) -> None:
     assert len(pairs) == 49
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(folded(x), efficientnet(x), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_before_unpadded_conv_and_linear_folds_exactly() -> None:
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(),
+                              torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3, padding=1),  # padded: kept
+                              torch.nn.Flatten(), torch.nn.BatchNorm1d(4 * 5 * 5), torch.nn.Linear(100, 3))
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    net = net.double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    folded, pairs = lt.fold_batch_norms(net, x[:1])
+    assert sorted(pairs) == [("1", "0"), ("7", "6")]
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-10, atol=1e-10)

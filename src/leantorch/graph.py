@@ -160,6 +160,9 @@ def prepare(
     if verify:
         _verify_same_outputs(reference, run_checked(gm, inputs))
     record_values(gm, inputs)
+    # Layer statistics kept by BN folding/CLE describe layers by name, which tracing preserves.
+    if hasattr(model, "output_stats"):
+        gm.output_stats = copy.deepcopy(model.output_stats)
     gm.train(was_training)
     return gm
 

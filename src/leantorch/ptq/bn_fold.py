@@ -10,7 +10,6 @@ folded weights is what the deployed model sees.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -30,8 +29,10 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
 
     Returns the folded model (a traced copy; the input model is untouched unless ``inplace``, which
     only skips the copy of an already prepared GraphModule) and the ``(layer, bn)`` pairs folded. The
-    folded BNs stay available as ``model.folded_batch_norms[layer]`` (statistics for bias absorption and
-    analytical bias correction). A warning names BNs that could not be folded.
+    BN statistics stay available as ``model.output_stats[layer] = (mean, std)``: the distribution of the
+    folded layer's output per channel (``β`` and ``|γ|``), used by high-bias absorption and analytical
+    bias correction; transforms that rescale a layer update it, and :func:`leantorch.prepare` carries it
+    over. A warning names BNs that could not be folded.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
@@ -45,7 +46,7 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
         gm = prepare(model, example_input)
     was_training = gm.training
     gm.eval()
-    folded_bns: dict[str, nn.Module] = dict(getattr(gm, "folded_batch_norms", {}))
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(getattr(gm, "output_stats", {}))
     pairs = []
     for pattern in _FOLDABLE:
         for layer_node, bn_node in find_chains(gm, pattern):
@@ -53,14 +54,15 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
             if not _foldable(layer, bn):
                 continue
             _fold_into(layer, bn)
-            folded_bns[str(layer_node.target)] = copy.deepcopy(bn)
+            stats[str(layer_node.target)] = _bn_output_stats(bn)
             bn_node.replace_all_uses_with(layer_node)
             gm.graph.erase_node(bn_node)
             pairs.append((str(layer_node.target), str(bn_node.target)))
+    pairs += _fold_into_following(gm)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm.folded_batch_norms = folded_bns
+    gm.output_stats = stats
     left = [n.target for n in gm.graph.nodes
             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm)]
     log.info("folded %d batch norm(s)", len(pairs))
@@ -69,6 +71,57 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
                     len(left), ", ".join(map(str, left)))
     gm.train(was_training)
     return gm, pairs
+
+
+def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """Fold a remaining BN into the Conv/Linear right after it, where that is exact.
+
+    ``conv(a·x + b) = conv_{W·a}(x) + Σ W·b`` holds only if the conv pads nothing (a padded zero would
+    have become ``b``) and mixes all channels of one group (``groups == 1``).
+    """
+    pairs = []
+    for pattern in (["BatchNorm", "Conv"], ["BatchNorm", "Linear"]):
+        for bn_node, layer_node in find_chains(gm, pattern):
+            bn, layer = gm.get_submodule(bn_node.target), gm.get_submodule(layer_node.target)
+            if not bn.track_running_stats or bn.running_mean is None:
+                continue
+            if isinstance(layer, nn.modules.conv._ConvNd):
+                padding = layer.padding if not isinstance(layer.padding, str) else (1,)
+                if layer.groups != 1 or any(p != 0 for p in padding):
+                    continue
+            _fold_before(layer, bn)
+            layer_node.replace_input_with(bn_node, bn_node.args[0])
+            gm.graph.erase_node(bn_node)
+            pairs.append((str(layer_node.target), str(bn_node.target)))
+    return pairs
+
+
+@torch.no_grad()
+def _fold_before(layer: nn.Module, bn: nn.Module) -> None:
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
+    a = gamma / std
+    b = beta - bn.running_mean.double() * a
+    weight = layer.weight.double()
+    shape = [1] * weight.dim()
+    shape[1] = -1
+    dims = [d for d in range(weight.dim()) if d != 0]
+    extra = (weight * b.reshape(shape)).sum(dim=dims)
+    layer.weight.copy_((weight * a.reshape(shape)).to(layer.weight.dtype))
+    bias = (layer.bias.double() if layer.bias is not None else torch.zeros_like(extra)) + extra
+    if layer.bias is None:
+        layer.bias = nn.Parameter(bias.to(layer.weight.dtype))
+    else:
+        layer.bias.copy_(bias.to(layer.weight.dtype))
+
+
+def _bn_output_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) of a BN's output: its affine shift and scale."""
+    n = bn.num_features
+    beta = bn.bias.detach().clone() if bn.bias is not None else torch.zeros(n)
+    gamma = bn.weight.detach().abs().clone() if bn.weight is not None else torch.ones(n)
+    return beta.double(), gamma.double()
 
 
 def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
