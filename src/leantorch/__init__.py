@@ -21,3 +21,6 @@ from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
 from . import graph, metrics
 from .ptq.bn_fold import fold_batch_norms
+from .ptq.cle import cross_layer_scale, equalize
+from .ptq.relu6 import replace_relu6
+from .ptq.bias_correction import bias_correction

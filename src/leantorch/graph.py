@@ -27,6 +27,7 @@ _OP_TYPES: list[tuple[tuple[type, ...], str]] = [
     ((nn.GroupNorm,), "GroupNorm"),
     ((nn.ReLU6,), "ReLU6"),
     ((nn.ReLU,), "ReLU"),
+    ((ops.BoundedReLU,), "BoundedReLU"),
     ((nn.Hardtanh,), "Hardtanh"),
     ((nn.GELU,), "GELU"),
     ((nn.Sigmoid,), "Sigmoid"),

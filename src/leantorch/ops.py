@@ -108,3 +108,23 @@ class Pad(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}, mode={self.mode}"
+
+
+class BoundedReLU(nn.Module):
+    """``min(max(x, 0), upper[c])`` with a bound per channel (along dim 1, or the last dim for 2-D input).
+
+    A ReLU6 whose input channels were divided by ``s`` becomes ``BoundedReLU(6 / s)`` — the same function,
+    which lets cross-layer equalization scale through ReLU6 exactly.
+    """
+
+    def __init__(self, upper: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("upper", upper.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[1 if x.dim() > 2 else -1] = -1
+        return torch.minimum(torch.relu(x), self.upper.reshape(shape).to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.upper.numel()}"

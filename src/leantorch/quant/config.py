@@ -53,7 +53,7 @@ class ResolvedRule:
 
 def _default_supergroups() -> list[list[str]]:
     groups = [["Conv", "BatchNorm"], ["ConvTranspose", "BatchNorm"], ["Linear", "BatchNorm"]]
-    for act in ("ReLU", "ReLU6"):
+    for act in ("ReLU", "ReLU6", "BoundedReLU"):
         groups += [["Conv", act], ["Conv", "BatchNorm", act], ["ConvTranspose", act],
                    ["ConvTranspose", "BatchNorm", act], ["Linear", act], ["Add", act]]
     return groups

@@ -1,0 +1,190 @@
+"""Bias correction (Nagel et al., DFQ, ICCV 2019, §4.2): remove the mean shift that weight quantization
+adds to each layer's output, ``E[ỹ] − E[y] = (W̃ − W)·E[x]``, by subtracting it from the bias.
+
+* empirical — layer by layer, in graph order: the mean per output channel of the layer in the
+  quantized-so-far model (earlier layers already corrected; inputs and weights quantized) is compared
+  with the float model's on calibration data, and the difference goes into the bias.
+* analytical — no data: ``E[x]`` of the layer's input comes from the BN statistics of the layer that
+  produces it (``model.output_stats``: pre-activation ``N(β, γ²)``), through the activation between them:
+  identity → ``β``; ReLU → the clipped-normal mean ``γ·φ(β/γ) + β·Φ(β/γ)``; a bounded ReLU/ReLU6 → the
+  mean of the normal clipped to ``[0, u]``. Convolutions with zero padding see slightly smaller
+  means at borders; that is ignored, as in the paper.
+* hybrid — analytical where the statistics exist, empirical elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..graph import as_tuple, call_sites, prepare
+from ..quant.sim import QuantSim
+from .layer_io import StopForward, channel_means, stop_after
+
+log = logging.getLogger(__name__)
+
+Method = Literal["empirical", "analytical", "hybrid"]
+
+
+def bias_correction(
+    model: nn.Module,
+    example_input: Any,
+    calibration: Iterable[Any] | None = None,
+    method: Method = "empirical",
+    param_bw: int = 8,
+    act_bw: int = 8,
+    scheme: str = "tf_enhanced",
+    per_channel: bool = False,
+    config: Any = "default",
+    num_samples: int = 128,
+    progress: bool = True,
+) -> fx.GraphModule:
+    """Return a copy of ``model`` whose biases compensate the mean error of weight quantization.
+
+    Args:
+        calibration: iterable of batches (needed for ``empirical`` and ``hybrid``).
+        method: ``"empirical"``, ``"analytical"`` (needs ``model.output_stats`` from
+            :func:`leantorch.fold_batch_norms`/:func:`leantorch.equalize`) or ``"hybrid"``.
+        param_bw, act_bw, scheme, per_channel, config: the quantization the correction is for.
+        num_samples: calibration samples used for the means.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        >>> data = [torch.randn(8, 3, 10, 10) for _ in range(2)]
+        >>> fixed = bias_correction(net, data[0][:1], data, param_bw=4, progress=False)
+        >>> fixed[2].bias.shape
+        torch.Size([4])
+    """
+    if method not in ("empirical", "analytical", "hybrid"):
+        raise ValueError(f"method must be empirical, analytical or hybrid, not {method!r}")
+    gm = prepare(model, example_input)
+    stats = dict(getattr(gm, "output_stats", {}))
+    if method == "analytical" and not stats:
+        raise ValueError("analytical bias correction needs BN statistics: pass a model from "
+                         "lt.fold_batch_norms(...) or lt.equalize(...), or use method='hybrid'")
+    data = _take(calibration, num_samples) if method != "analytical" else []
+    if method != "analytical" and not data:
+        raise ValueError(f"{method} bias correction needs calibration data")
+    sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel,
+                   config=config)
+    sim.compute_encodings(data if data else (lambda m: m(*as_tuple(example_input))), progress=False)
+    layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
+              and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active]
+    float_means = channel_means(gm, layers, data) if data else {}
+    counts = {"analytical": 0, "empirical": 0}
+    for name in tqdm(layers, desc="bias correction", unit="layer", disable=not progress, leave=False):
+        expected = _expected_input(gm, name, stats) if method != "empirical" else None
+        if expected is not None:
+            shift = _analytical_shift(sim, name, expected)
+            counts["analytical"] += 1
+        elif method != "analytical":
+            shift = float_means[name] - _quantized_means(sim, name, data)
+            counts["empirical"] += 1
+        else:
+            continue
+        _add_to_bias(gm.get_submodule(name), shift)
+        _add_to_bias(sim.layers()[name].module, shift)
+    log.info("bias correction: %(analytical)d analytical, %(empirical)d empirical", counts)
+    gm.output_stats = stats
+    return gm
+
+
+def _take(calibration: Iterable[Any] | None, num_samples: int) -> list[torch.Tensor]:
+    batches, seen = [], 0
+    for batch in calibration or []:
+        x = as_tuple(batch)[0]
+        batches.append(x[: num_samples - seen])
+        seen += len(batches[-1])
+        if seen >= num_samples:
+            break
+    return batches
+
+
+def _quantized_means(sim: QuantSim, name: str, data: list[torch.Tensor]) -> torch.Tensor:
+    """Per-channel output mean of layer ``name`` in the quantized-so-far simulated model."""
+    wrapper = sim.layers()[name]
+    total, count = None, 0
+    with stop_after(wrapper) as captured, torch.no_grad():
+        for x in data:
+            try:
+                sim.model(x.to(sim.device))
+            except StopForward:
+                pass
+            mean, n = captured.pop()
+            total = mean * n if total is None else total + mean * n
+            count += n
+    assert total is not None
+    return total / count
+
+
+def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor | None:
+    """E[x] per input channel of layer ``name`` from the producer's statistics, if derivable."""
+    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
+    source, activation = node.args[0], None
+    while isinstance(source, fx.Node) and source.op == "call_module" and source.target not in stats:
+        module = gm.get_submodule(source.target)
+        if isinstance(module, (nn.ReLU, nn.ReLU6, ops.BoundedReLU)) and activation is None:
+            activation = module
+        elif not isinstance(module, (nn.Identity, nn.Dropout)):
+            return None  # padding, pooling ... change the mean in ways the statistics do not describe
+        source = source.args[0]
+    if not (isinstance(source, fx.Node) and source.op == "call_module" and source.target in stats):
+        return None
+    mean, std = (t.double() for t in stats[source.target])
+    if activation is None:
+        return mean
+    upper = torch.full_like(mean, math.inf) if isinstance(activation, nn.ReLU) else (
+        torch.full_like(mean, 6.0) if isinstance(activation, nn.ReLU6) else activation.upper.double())
+    return clipped_normal_mean(mean, std, torch.zeros_like(mean), upper)
+
+
+def clipped_normal_mean(mu: torch.Tensor, sigma: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """E[clamp(X, lo, hi)] for X ~ N(mu, sigma²) (closed form; sigma = 0 gives clamp(mu)).
+
+    Example:
+        >>> round(float(clipped_normal_mean(torch.tensor(0.), torch.tensor(1.), torch.tensor(0.), torch.tensor(math.inf))), 4)
+        0.3989
+    """
+    sigma = sigma.clamp(min=1e-12)
+    normal = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    a, b = (lo - mu) / sigma, (hi - mu) / sigma
+    pdf = lambda z: torch.where(torch.isinf(z), torch.zeros_like(z), normal.log_prob(z.clamp(-1e6, 1e6)).exp())  # noqa: E731
+    cdf_a, cdf_b = normal.cdf(a.clamp(-1e6, 1e6)), normal.cdf(b.clamp(-1e6, 1e6))
+    finite_lo = torch.where(torch.isinf(lo), torch.zeros_like(lo), lo)
+    finite_hi = torch.where(torch.isinf(hi), torch.zeros_like(hi), hi)
+    inside = mu * (cdf_b - cdf_a) + sigma * (pdf(a) - pdf(b))
+    return inside + finite_lo * cdf_a + finite_hi * (1 - cdf_b)
+
+
+def _analytical_shift(sim: QuantSim, name: str, expected_input: torch.Tensor) -> torch.Tensor:
+    """-(W̃ − W)·E[x] per output channel."""
+    wrapper = sim.layers()[name]
+    w = wrapper.module.weight.detach()
+    with torch.no_grad():
+        error = (wrapper.param_quantizers["weight"](w) - w).double()
+    ex = expected_input.to(error.device)
+    if isinstance(wrapper.module, nn.Linear):
+        return -(error @ ex)
+    if wrapper.module.groups == 1:
+        return -(error.sum(dim=tuple(range(2, error.dim()))) @ ex)
+    # grouped/depthwise: output channel o reads input channels of its group
+    per_group = error.shape[1]
+    groups = wrapper.module.groups
+    ex_g = ex.reshape(groups, per_group)
+    err = error.sum(dim=tuple(range(2, error.dim()))).reshape(groups, -1, per_group)
+    return -torch.einsum("goi,gi->go", err, ex_g).reshape(-1)
+
+
+@torch.no_grad()
+def _add_to_bias(layer: nn.Module, shift: torch.Tensor) -> None:
+    shift = shift.to(layer.weight.device)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
+    else:
+        layer.bias.add_(shift.to(layer.bias.dtype))

@@ -1,0 +1,91 @@
+"""Capturing what flows into and out of layers: channel means, cached inputs/outputs, early stop.
+
+Running a model only up to the layer of interest (raising :class:`StopForward` from a hook) halves the
+cost of the layer-by-layer passes of bias correction and AdaRound on average.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has run."""
+
+
+def _channel_mean(y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean per channel (dim 1 for ≥3-D tensors, last dim otherwise) and the number of samples."""
+    y = y.detach().double()
+    if y.dim() >= 3:
+        dims = [d for d in range(y.dim()) if d != 1]
+        return y.mean(dim=dims), y.numel() // y.shape[1]
+    flat = y.reshape(-1, y.shape[-1])
+    return flat.mean(0), flat.shape[0]
+
+
+@contextlib.contextmanager
+def stop_after(module: nn.Module) -> Iterator[list[tuple[torch.Tensor, int]]]:
+    """While active, ``module``'s forward appends (channel mean, count) of its output and stops the pass."""
+    captured: list[tuple[torch.Tensor, int]] = []
+
+    def hook(_m: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        captured.append(_channel_mean(output))
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def channel_means(model: nn.Module, layers: list[str], data: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-channel output means of the named layers of ``model`` over ``data`` (one pass per batch)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {name: 0 for name in layers}
+    handles = []
+    for name in layers:
+        def hook(_m, _i, out, name=name):  # type: ignore[no-untyped-def]
+            mean, n = _channel_mean(out)
+            sums[name] = sums.get(name, 0) + mean * n
+            counts[name] += n
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            for x in data:
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: sums[name] / counts[name] for name in layers if counts[name]}
+
+
+def layer_io(model: nn.Module, layer: nn.Module, data: list[torch.Tensor], capture_output: bool = True
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Inputs (first positional argument) and outputs of ``layer`` for each batch; stops each pass there."""
+    inputs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        inputs.append(args[0].detach())
+        if capture_output:
+            outputs.append(output.detach())
+        raise StopForward
+
+    handle = layer.register_forward_hook(hook)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            for x in data:
+                try:
+                    model(x.to(device))
+                except StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return inputs, outputs
