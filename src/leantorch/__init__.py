@@ -24,3 +24,5 @@ from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize
 from .ptq.relu6 import replace_relu6
 from .ptq.bias_correction import bias_correction
+from .ptq.adaround import adaround
+from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant

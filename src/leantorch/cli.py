@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 from .errors import LeanTorchError
+from .ptq.adaround import adaround
+from .ptq.bias_correction import bias_correction
+from .ptq.bn_fold import fold_batch_norms
+from .ptq.cle import equalize
+from .quant.sim import QuantSim
 
 
 def load_model(spec: str) -> nn.Module:
@@ -81,27 +86,55 @@ def _load_image_dir(path: Path, count: int, image_size: int) -> torch.Tensor:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .data import batches
     from .evaluation import Agreement, markdown_table, model_outputs
-    from .ptq.bn_fold import fold_batch_norms
-    from .quant.sim import QuantSim
+    from .ptq.auto import auto_quant
 
     model = load_model(args.model)
     data = load_data(args.data, args.num_samples, args.image_size)
     calib = batches(data, args.batch_size)
     example = calib[0][:1]
-    if args.fold_bn:
-        model, pairs = fold_batch_norms(model, example)
-        print(f"folded {len(pairs)} batch norm(s)")
-    sim = QuantSim(model, example, param_bw=args.param_bw, act_bw=args.act_bw, scheme=args.scheme,
-                   per_channel=args.per_channel or None, config=args.config)
-    sim.compute_encodings(calib, progress=not args.no_progress)
-    reference = model_outputs(model, calib, progress=not args.no_progress, desc="FP32")
-    quantized = model_outputs(sim.model, calib, progress=not args.no_progress, desc="quantized")
-    agreement = Agreement.of(reference, quantized)
-    print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": agreement.top1,
-                           "KL divergence": agreement.kl, "output SQNR (dB)": agreement.sqnr_db}]))
+    progress = not args.no_progress
+    reference = model_outputs(model, calib, progress=progress, desc="FP32")
+    options = {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
+               "per_channel": args.per_channel or None, "config": args.config}
+    if args.auto:
+        def agreement(candidate: torch.nn.Module) -> float:
+            return Agreement.of(reference, model_outputs(candidate, calib, progress=False)).top1
+
+        result = auto_quant(model, example, calib, agreement, allowed_drop=args.allowed_drop, path=args.out,
+                            progress=progress, **options)
+        print(markdown_table(result.stages))
+        sim = result.sim
+    else:
+        sim = _apply_techniques(model, example, calib, args, options, progress)
+    quantized = model_outputs(sim.model, calib, progress=progress, desc="quantized")
+    result_row = Agreement.of(reference, quantized)
+    print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": result_row.top1,
+                           "KL divergence": result_row.kl, "output SQNR (dB)": result_row.sqnr_db}]))
     files = sim.export(args.out, args.name)
     print(f"exported: {', '.join(str(p) for p in files.values())}")
     return 0
+
+
+def _apply_techniques(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor],
+                      args: argparse.Namespace, options: dict, progress: bool) -> "QuantSim":
+    """--fold-bn / --cle → --bias-correction → --adaround → calibrated QuantSim."""
+    if args.cle:
+        model = equalize(model, example)
+    elif args.fold_bn:
+        model, pairs = fold_batch_norms(model, example)
+        print(f"folded {len(pairs)} batch norm(s)")
+    if args.bias_correction:
+        model = bias_correction(model, example, calib, method=args.bias_correction, progress=progress, **options)
+    encodings = None
+    if args.adaround:
+        model, encodings = adaround(model, example, calib, param_bw=args.param_bw, act_bw=args.act_bw,
+                                    per_channel=args.per_channel, config=args.config, path=args.out,
+                                    iterations=args.adaround_iterations, progress=progress)
+    sim = QuantSim(model, example, **options)
+    if encodings is not None:
+        sim.set_and_freeze_param_encodings(encodings)
+    sim.compute_encodings(calib, progress=progress)
+    return sim
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -119,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("quantize", help="calibrate a QuantSim and export ONNX QDQ + encodings + weights",
-                       description="Quantize a model: trace it, calibrate on data, print agreement with FP32 "
-                                   "on the calibration data, export OUT/NAME.{onnx,encodings,pth}.")
+                       description="Quantize a model: trace it, optionally apply post-training techniques, "
+                                   "calibrate on data, print agreement with FP32 on that data, export "
+                                   "OUT/NAME.{onnx,encodings,pth}.")
     q.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
                    "(e.g. leantorch.models:efficientnet_lite0)")
     q.add_argument("--data", required=True, help="calibration data: a directory of images, a .npy array "
@@ -132,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
     q.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
     q.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
+    q.add_argument("--cle", action="store_true", help="cross-layer equalization (folds BN, scales layer pairs "
+                   "and depthwise triplets, absorbs high biases)")
+    q.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
+                   help="correct the mean output error of weight quantization")
+    q.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
+                   "weight encodings")
+    q.add_argument("--adaround-iterations", type=int, default=10_000, help="AdaRound iterations per layer "
+                   "(default 10000, as in the paper)")
+    q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
+                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop")
+    q.add_argument("--allowed-drop", type=float, default=0.01, help="allowed top-1 agreement drop for --auto "
+                   "(default 0.01)")
     q.add_argument("--num-samples", type=int, default=256, help="calibration samples to use (default 256)")
     q.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
     q.add_argument("--image-size", type=int, default=224, help="image side for image data (default 224)")

@@ -119,7 +119,7 @@ class BoundedReLU(nn.Module):
 
     def __init__(self, upper: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("upper", upper.detach().clone().float())
+        self.register_buffer("upper", upper.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1] * x.dim()

@@ -40,7 +40,7 @@ def bias_correction(
     param_bw: int = 8,
     act_bw: int = 8,
     scheme: str = "tf_enhanced",
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     config: Any = "default",
     num_samples: int = 128,
     progress: bool = True,

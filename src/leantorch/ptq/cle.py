@@ -122,11 +122,11 @@ def _bound_relu6s(gm: fx.GraphModule, sets: list[ScalingSet]) -> int:
     count = 0
     for scaling_set in sets:
         for i, names in enumerate(scaling_set.between):
-            channels = gm.get_submodule(scaling_set.layers[i]).weight.shape[0]
+            weight = gm.get_submodule(scaling_set.layers[i]).weight
             for name in names:
                 if _is_relu6(gm.get_submodule(name)):
                     parent, _, leaf = name.rpartition(".")
-                    setattr(gm.get_submodule(parent) if parent else gm, leaf, ops.BoundedReLU(torch.full((channels,), 6.0)))
+                    setattr(gm.get_submodule(parent) if parent else gm, leaf, ops.BoundedReLU(torch.full((weight.shape[0],), 6.0, dtype=weight.dtype, device=weight.device)))
                     count += 1
     gm.recompile()
     return count

@@ -185,8 +185,8 @@ class QuantSim:
     def _run_calibration(self, calibration: Any, num_batches: int | None, progress: bool) -> None:
         if callable(calibration) and not isinstance(calibration, (torch.Tensor, list, tuple)):
             calibration(self.model)
-            if not any(q._estimator is not None and q._estimator.has_data
-                       for q in self.activation_quantizers().values()):
+            calibrating = [q for q in self.activation_quantizers().values() if q._estimator is not None]
+            if calibrating and not any(q._estimator.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
         if isinstance(calibration, torch.Tensor):

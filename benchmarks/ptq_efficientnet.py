@@ -1,0 +1,86 @@
+"""Post-training quantization techniques on the ImageNet-pretrained EfficientNet-Lite0.
+
+Calibration: 256 random crops of the scikit-image photographs (seed 0); evaluation: 1000 crops (seed 1).
+For each row: top-1 agreement with the FP32 model, KL divergence, output SQNR, and the wall time of the
+technique (transform + calibration). Run: ``.venv/bin/python benchmarks/ptq_efficientnet.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+import leantorch as lt
+from leantorch.data import batches, sample_images
+from leantorch.evaluation import Agreement, markdown_table, model_outputs
+from leantorch.models import efficientnet_lite0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calibration", type=int, default=256)
+    parser.add_argument("--evaluation", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bc-samples", type=int, default=64, help="samples for empirical bias correction")
+    parser.add_argument("--adaround-iterations", type=int, default=500)
+    parser.add_argument("--adaround-batches", type=int, default=2)
+    parser.add_argument("--adaround-batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = efficientnet_lite0()
+    calib = batches(sample_images(args.calibration, seed=0), args.batch_size)
+    evals = batches(sample_images(args.evaluation, seed=1), args.batch_size)
+    example = calib[0][:1]
+    reference = model_outputs(model, evals, desc="FP32")
+    rows = []
+
+    def row(label: str, candidate: torch.nn.Module, seconds_before: float, start: float, **sim_kwargs) -> None:
+        encodings = sim_kwargs.pop("frozen", None)
+        sim = lt.QuantSim(candidate, example, **sim_kwargs)
+        if encodings is not None:
+            sim.set_and_freeze_param_encodings(encodings)
+        sim.compute_encodings(calib)
+        seconds = seconds_before + (time.perf_counter() - start)
+        agreement = Agreement.of(reference, model_outputs(sim.model, evals, desc=label))
+        rows.append({"configuration": label, "top-1 agreement": agreement.top1, "KL divergence": agreement.kl,
+                     "output SQNR (dB)": agreement.sqnr_db, "technique time (s)": seconds})
+        print(markdown_table(rows[-1:]), flush=True)
+
+    start = time.perf_counter()
+    folded, pairs = lt.fold_batch_norms(model, example)
+    fold_s = time.perf_counter() - start
+    print(f"folded {len(pairs)} batch norms in {fold_s:.2f} s", flush=True)
+
+    row("W8A8 per-tensor minmax, BN folded (naive)", folded, fold_s, time.perf_counter(), scheme="minmax")
+    row("W8A8 per-tensor tf_enhanced, BN folded", folded, fold_s, time.perf_counter())
+    start = time.perf_counter()
+    equalized = lt.equalize(model, example)
+    cle_s = time.perf_counter() - start
+    row("W8A8 per-tensor tf_enhanced + CLE", equalized, cle_s, time.perf_counter())
+    start = time.perf_counter()
+    corrected = lt.bias_correction(equalized, example, calib, method="empirical", num_samples=args.bc_samples)
+    bc_s = time.perf_counter() - start
+    row("W8A8 per-tensor tf_enhanced + CLE + bias correction", corrected, cle_s + bc_s, time.perf_counter())
+    row("W8A8 per-channel tf_enhanced, BN folded", folded, fold_s, time.perf_counter(), per_channel=True)
+    row("W4A8 per-channel round-to-nearest, BN folded", folded, fold_s, time.perf_counter(), param_bw=4,
+        per_channel=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        rounded, encodings = lt.adaround(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
+                                         scheme="tf_enhanced", num_batches=args.adaround_batches,
+                                         iterations=args.adaround_iterations,
+                                         batch_size=args.adaround_batch_size, path=tmp)
+        ada_s = time.perf_counter() - start
+        row("W4A8 per-channel + AdaRound, BN folded", rounded, fold_s + ada_s, time.perf_counter(), param_bw=4,
+            per_channel=True, frozen=encodings)
+    print(f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
+          f"AdaRound {args.adaround_iterations} iterations x {args.adaround_batch_size} samples per layer, "
+          f"bias correction on {args.bc_samples} samples\n")
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()

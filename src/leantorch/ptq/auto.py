@@ -1,0 +1,118 @@
+"""AutoQuant: BN folding → CLE → AdaRound, stage by stage, until the quantized score is good enough."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from ..errors import LeanTorchError
+from ..quant.sim import QuantSim
+from .adaround import adaround
+from .bn_fold import fold_batch_norms
+from .cle import equalize
+
+log = logging.getLogger(__name__)
+
+
+class EvalFunctionError(LeanTorchError):
+    """The user's eval_fn raised or returned something that is not a finite number."""
+
+
+def call_eval_fn(eval_fn: Callable[[nn.Module], float], model: nn.Module) -> float:
+    """``eval_fn(model)`` as a float; a clear error naming eval_fn otherwise.
+
+    Example:
+        >>> call_eval_fn(lambda m: 0.5, nn.Identity())
+        0.5
+    """
+    try:
+        value = eval_fn(model)
+    except Exception as exc:
+        raise EvalFunctionError(f"eval_fn raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise EvalFunctionError(f"eval_fn must return a finite number (higher is better), got {value!r}")
+    return float(value)
+
+
+@dataclass
+class AutoQuantResult:
+    """The chosen model, its calibrated QuantSim and the score of every stage that ran."""
+
+    model: nn.Module
+    sim: QuantSim
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def auto_quant(
+    model: nn.Module,
+    example_input: Any,
+    calibration: Iterable[Any],
+    eval_fn: Callable[[nn.Module], float],
+    allowed_drop: float = 0.01,
+    param_bw: int = 8,
+    act_bw: int = 8,
+    scheme: str = "tf_enhanced",
+    per_channel: bool | None = None,
+    config: Any = "default",
+    adaround_kwargs: dict[str, Any] | None = None,
+    path: str | Path = ".",
+    progress: bool = True,
+) -> AutoQuantResult:
+    """Apply BN fold, then CLE, then AdaRound, evaluating the quantized model after each; stop at the first
+    stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
+
+    ``eval_fn(model) -> float`` scores a model (higher is better); it is called with the float model
+    and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
+
+    Example:
+        >>> result = auto_quant(model, x[:1], calib, eval_fn, allowed_drop=0.01)  # doctest: +SKIP
+        >>> result.stages[-1]["stage"]                                            # doctest: +SKIP
+        'cle'
+    """
+    calibration = list(calibration)
+    float_score = call_eval_fn(eval_fn, model)
+    target = float_score - allowed_drop
+    stages: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]
+    best: tuple[float, nn.Module, QuantSim] | None = None
+
+    def make_sim(candidate: nn.Module) -> QuantSim:
+        sim = QuantSim(candidate, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme,
+                       per_channel=per_channel, config=config)
+        return sim
+
+    def build(name: str) -> tuple[nn.Module, QuantSim]:
+        if name == "bn_fold":
+            candidate = fold_batch_norms(model, example_input)[0]
+            return candidate, make_sim(candidate)
+        if name == "cle":
+            candidate = equalize(model, example_input)
+            return candidate, make_sim(candidate)
+        base = equalize(model, example_input)
+        kwargs = dict(adaround_kwargs or {})
+        candidate, encodings = adaround(base, example_input, calibration, param_bw=param_bw, act_bw=act_bw,
+                                        per_channel=per_channel, config=config, path=path,
+                                        progress=progress, **kwargs)
+        sim = make_sim(candidate)
+        sim.set_and_freeze_param_encodings(encodings)
+        return candidate, sim
+
+    for name in ("bn_fold", "cle", "adaround"):
+        start = time.perf_counter()
+        candidate, sim = build(name)
+        sim.compute_encodings(calibration, progress=progress)
+        score = call_eval_fn(eval_fn, sim.model)
+        stages.append({"stage": name, "score": score, "seconds": time.perf_counter() - start})
+        log.info("auto_quant %s: %.4f (target %.4f)", name, score, target)
+        if best is None or score > best[0]:
+            best = (score, candidate, sim)
+        if score >= target:
+            break
+    assert best is not None
+    return AutoQuantResult(best[1], best[2], stages)

@@ -1,0 +1,144 @@
+"""Post-training techniques: CLE keeps the function, bias correction removes the mean error, AdaRound
+beats round-to-nearest, auto_quant stops at the first stage that meets the target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import leantorch as lt
+from leantorch.ops import BoundedReLU
+from leantorch.ptq.bias_correction import clipped_normal_mean
+from leantorch.ptq.cle import find_scaling_sets, input_ranges, output_ranges
+
+
+def mobile_block(relu6: bool = False) -> nn.Module:
+    act = nn.ReLU6 if relu6 else nn.ReLU
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), act(),  # depthwise
+        nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), act(),
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 12), nn.ReLU(), nn.Linear(12, 5))
+    gen = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=gen) * 3 + 0.05  # very different channel scales
+            m.bias.data = torch.randn(n, generator=gen)
+            m.running_mean.data = torch.randn(n, generator=gen)
+            m.running_var.data = torch.rand(n, generator=gen) + 0.5
+    return net.eval()
+
+
+def test_scaling_sets_find_pairs_and_depthwise_triplets() -> None:
+    gm = lt.fold_batch_norms(mobile_block(), torch.randn(1, 3, 6, 6))[0]
+    sets = [s.layers for s in find_scaling_sets(gm)]
+    assert ["0", "3", "6"] in sets and ["10", "12"] in sets
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_cross_layer_scaling_keeps_the_function_float64(relu6: bool) -> None:
+    net = mobile_block(relu6).double()
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    folded = lt.fold_batch_norms(net, x)[0]
+    scaled, report = lt.cross_layer_scale(folded, x)
+    xs = torch.randn(16, 3, 6, 6, dtype=torch.float64) * 3
+    torch.testing.assert_close(scaled(xs), net(xs), rtol=1e-9, atol=1e-9)
+    assert any(isinstance(m, BoundedReLU) for m in scaled.modules()) == relu6
+    # ranges are equalized: the first conv's output ranges equal the geometric mean of the triplet
+    r1, r2, r3 = output_ranges(scaled.get_submodule("0")), output_ranges(scaled.get_submodule("3")), \
+        input_ranges(scaled.get_submodule("6"))
+    torch.testing.assert_close(r1, r2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(r2, r3, rtol=1e-6, atol=0)
+    spreads = {r["layer"]: r for r in report}
+    assert spreads["0"]["spread after"] < spreads["0"]["spread before"]
+
+
+def test_high_bias_absorption_is_exact_when_preactivations_stay_above_c() -> None:
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    bn = net[1]
+    bn.running_mean.zero_(), bn.running_var.fill_(1.0)
+    bn.weight.data.fill_(0.1)
+    bn.bias.data = torch.linspace(1.0, 3.0, 6, dtype=torch.float64)  # β ≫ 3γ: large absorbable bias
+    x = torch.randn(64, 4, dtype=torch.float64) * 0.5
+    eq = lt.equalize(net, x[:1])
+    assert float(eq.get_submodule("0").bias.abs().max()) < float(bn.bias.max())  # bias was absorbed
+    torch.testing.assert_close(eq(x), net(x), rtol=1e-9, atol=1e-9)
+
+
+def test_clipped_normal_mean_matches_numerical_integration() -> None:
+    mu, sigma = torch.tensor([-1.0, 0.3, 2.0]), torch.tensor([0.5, 1.0, 2.0])
+    for hi in (math.inf, 1.5):
+        got = clipped_normal_mean(mu.double(), sigma.double(), torch.zeros(3, dtype=torch.float64),
+                                  torch.full((3,), hi, dtype=torch.float64))
+        z = np.linspace(-12, 12, 400_001)
+        for i in range(3):
+            xs = mu[i].item() + sigma[i].item() * z
+            density = np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+            want = np.trapezoid(np.clip(xs, 0, hi) * density, z)
+            assert float(got[i]) == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["empirical", "analytical", "hybrid"])
+def test_bias_correction_removes_mean_output_error(method: str) -> None:
+    torch.manual_seed(0)
+    net = mobile_block()
+    x = torch.randn(1, 3, 6, 6)
+    folded = lt.fold_batch_norms(net, x)[0]
+    data = [torch.randn(64, 3, 6, 6) for _ in range(2)]
+
+    def mean_error(model: nn.Module) -> float:
+        sim = lt.QuantSim(model, x, param_bw=4, act_bw=32, scheme="minmax")
+        sim.compute_encodings(data, progress=False)
+        with torch.no_grad():
+            fp = folded.get_submodule("6")
+            outs = {}
+            h1 = fp.register_forward_hook(lambda m, i, o: outs.__setitem__("fp", o))
+            h2 = sim.layers()["6"].register_forward_hook(lambda m, i, o: outs.__setitem__("q", o))
+            folded(data[0]), sim.model(data[0])
+            h1.remove(), h2.remove()
+        return float((outs["q"] - outs["fp"]).mean((0, 2, 3)).abs().mean())
+
+    corrected = lt.bias_correction(folded, x, data, method=method, param_bw=4, act_bw=32, scheme="minmax",
+                                   progress=False)
+    assert mean_error(corrected) < 0.5 * mean_error(folded)
+
+
+def test_adaround_beats_round_to_nearest_and_weights_sit_on_grid(tmp_path, resnet) -> None:
+    folded = lt.fold_batch_norms(resnet, torch.randn(1, 3, 32, 32))[0]
+    data = [torch.randn(32, 3, 32, 32) for _ in range(2)]
+    evaluation = torch.randn(64, 3, 32, 32)
+    rtn = lt.QuantSim(folded, data[0][:1], param_bw=4, act_bw=32, per_channel=True, scheme="minmax")
+    rtn.compute_encodings(data, progress=False)
+    rounded, enc = lt.adaround(folded, data[0][:1], data, param_bw=4, act_bw=32, iterations=300,
+                               path=tmp_path, progress=False)
+    sim = lt.QuantSim(rounded, data[0][:1], param_bw=4, act_bw=32, per_channel=True, scheme="minmax")
+    sim.set_and_freeze_param_encodings(enc)
+    sim.compute_encodings(data, progress=False)
+    with torch.no_grad():
+        ref = folded(evaluation)
+        assert lt.metrics.sqnr_db(ref, sim.model(evaluation)) > lt.metrics.sqnr_db(ref, rtn.model(evaluation)) + 2
+        torch.testing.assert_close(sim.model(evaluation), rounded(evaluation), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_quant_stops_at_first_stage_meeting_target(resnet) -> None:
+    data = [torch.randn(16, 3, 32, 32) for _ in range(2)]
+    evaluation = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        ref = resnet(evaluation)
+
+    def eval_fn(model: nn.Module) -> float:
+        with torch.no_grad():
+            return lt.metrics.top1_agreement(ref, model(evaluation))
+
+    result = lt.auto_quant(resnet, data[0][:1], data, eval_fn, allowed_drop=0.5, progress=False)
+    assert [s["stage"] for s in result.stages] == ["float", "bn_fold"]
+    assert result.stages[1]["score"] >= 0.5
+    with pytest.raises(lt.EvalFunctionError, match="eval_fn"):
+        lt.auto_quant(resnet, data[0][:1], data, lambda m: "good", progress=False)
+    with pytest.raises(lt.EvalFunctionError, match="eval_fn raised ZeroDivisionError"):
+        lt.auto_quant(resnet, data[0][:1], data, lambda m: 1 / 0, progress=False)
