@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--adaround-iterations", type=int, default=500)
     parser.add_argument("--adaround-batches", type=int, default=2)
     parser.add_argument("--adaround-batch-size", type=int, default=16)
+    parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = efficientnet_lite0()
@@ -54,6 +55,16 @@ def main() -> None:
     fold_s = time.perf_counter() - start
     print(f"folded {len(pairs)} batch norms in {fold_s:.2f} s", flush=True)
 
+    if not args.only_w4:
+        w8_rows(args, model, folded, fold_s, example, calib, row)
+    w4_rows(args, folded, fold_s, example, calib, row)
+    print(f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
+          f"AdaRound {args.adaround_iterations} iterations x {args.adaround_batch_size} samples per layer, "
+          f"bias correction on {args.bc_samples} samples\n")
+    print(markdown_table(rows))
+
+
+def w8_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type: ignore[no-untyped-def]
     row("W8A8 per-tensor minmax, BN folded (naive)", folded, fold_s, time.perf_counter(), scheme="minmax")
     row("W8A8 per-tensor tf_enhanced, BN folded", folded, fold_s, time.perf_counter())
     start = time.perf_counter()
@@ -65,6 +76,9 @@ def main() -> None:
     bc_s = time.perf_counter() - start
     row("W8A8 per-tensor tf_enhanced + CLE + bias correction", corrected, cle_s + bc_s, time.perf_counter())
     row("W8A8 per-channel tf_enhanced, BN folded", folded, fold_s, time.perf_counter(), per_channel=True)
+
+
+def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[no-untyped-def]
     row("W4A8 per-channel round-to-nearest, BN folded", folded, fold_s, time.perf_counter(), param_bw=4,
         per_channel=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,10 +90,6 @@ def main() -> None:
         ada_s = time.perf_counter() - start
         row("W4A8 per-channel + AdaRound, BN folded", rounded, fold_s + ada_s, time.perf_counter(), param_bw=4,
             per_channel=True, frozen=encodings)
-    print(f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
-          f"AdaRound {args.adaround_iterations} iterations x {args.adaround_batch_size} samples per layer, "
-          f"bias correction on {args.bc_samples} samples\n")
-    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

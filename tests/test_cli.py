@@ -45,3 +45,17 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "W8A8 per-channel" in result.stdout and "ONNX Runtime" in result.stdout
     assert (tmp_path / "efficientnet_lite0_w8a8.onnx").exists()
+
+
+def test_quantize_with_cle_bias_correction_and_auto(tmp_path, capsys) -> None:
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    base = ["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+            "--no-progress", "--batch-size", "8"]
+    assert main(base + ["--cle", "--bias-correction", "analytical", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "model.onnx").exists()
+    assert main(base + ["--auto", "--allowed-drop", "1.0", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "bn_fold" in out and "float" in out
+    assert main(base + ["--adaround", "--adaround-iterations", "20", "--param-bw", "4", "--per-channel",
+                        "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "adaround.encodings").exists()
