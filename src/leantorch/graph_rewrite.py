@@ -259,13 +259,22 @@ def _optional_param(gm: fx.GraphModule, arg: Any) -> "tuple[bool, nn.Parameter |
     return (found is not None), (found[0] if found else None)
 
 
-def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
-    args, kwargs = tuple(node.args), dict(node.kwargs)
+def _owned_weight_and_bias(gm: fx.GraphModule, args: tuple, kwargs: dict
+                           ) -> "tuple[nn.Parameter, nn.Parameter | None, str] | None":
+    """(weight, bias, owner) of a functional conv/linear whose weight and bias are model parameters."""
     weight = _param(gm, _arg(args, kwargs, 1, "weight"))
     ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
     if weight is None or not ok:
         return None
-    w, owner = weight
+    return weight[0], bias, weight[1]
+
+
+def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    owned = _owned_weight_and_bias(gm, args, kwargs)
+    if owned is None:
+        return None
+    w, bias, owner = owned
     groups = _arg(args, kwargs, 6, "groups", 1)
     conv = _CONV_FUNCTIONS[node.target](
         w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_arg(args, kwargs, 3, "stride", 1),
@@ -277,12 +286,10 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str]
 
 
 def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
-    args, kwargs = tuple(node.args), dict(node.kwargs)
-    weight = _param(gm, _arg(args, kwargs, 1, "weight"))
-    ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
-    if weight is None or not ok:
+    owned = _owned_weight_and_bias(gm, tuple(node.args), dict(node.kwargs))
+    if owned is None:
         return None
-    w, owner = weight
+    w, bias, owner = owned
     linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
     linear.weight, linear.bias = w, bias
     return linear, owner

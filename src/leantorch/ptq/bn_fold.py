@@ -96,24 +96,33 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
     return pairs
 
 
-@torch.no_grad()
-def _fold_before(layer: nn.Module, bn: nn.Module) -> None:
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with ``bn(x) = a·x + b`` per channel in eval mode (float64)."""
     std = torch.sqrt(bn.running_var.double() + bn.eps)
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
     a = gamma / std
-    b = beta - bn.running_mean.double() * a
+    return a, beta - bn.running_mean.double() * a
+
+
+@torch.no_grad()
+def _set_bias(layer: nn.Module, value: torch.Tensor) -> None:
+    if layer.bias is None:
+        layer.bias = nn.Parameter(value.to(layer.weight.dtype))
+    else:
+        layer.bias.copy_(value.to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def _fold_before(layer: nn.Module, bn: nn.Module) -> None:
+    a, b = _bn_affine(bn)
     weight = layer.weight.double()
     shape = [1] * weight.dim()
     shape[1] = -1
     dims = [d for d in range(weight.dim()) if d != 0]
     extra = (weight * b.reshape(shape)).sum(dim=dims)
     layer.weight.copy_((weight * a.reshape(shape)).to(layer.weight.dtype))
-    bias = (layer.bias.double() if layer.bias is not None else torch.zeros_like(extra)) + extra
-    if layer.bias is None:
-        layer.bias = nn.Parameter(bias.to(layer.weight.dtype))
-    else:
-        layer.bias.copy_(bias.to(layer.weight.dtype))
+    _set_bias(layer, (layer.bias.double() if layer.bias is not None else torch.zeros_like(extra)) + extra)
 
 
 def _bn_output_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,18 +143,11 @@ def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
 
 @torch.no_grad()
 def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
-    std = torch.sqrt(bn.running_var.double() + bn.eps)
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
-    factor = gamma / std
+    a, b = _bn_affine(bn)
     weight = layer.weight.double()
     out_axis = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
     shape = [1] * weight.dim()
     shape[out_axis] = -1
-    layer.weight.copy_((weight * factor.reshape(shape)).to(layer.weight.dtype))
-    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(std)
-    new_bias = ((bias - bn.running_mean.double()) * factor + beta).to(layer.weight.dtype)
-    if layer.bias is None:
-        layer.bias = nn.Parameter(new_bias)
-    else:
-        layer.bias.copy_(new_bias)
+    layer.weight.copy_((weight * a.reshape(shape)).to(layer.weight.dtype))
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(a)
+    _set_bias(layer, bias * a + b)
