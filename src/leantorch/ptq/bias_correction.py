@@ -58,7 +58,7 @@ def bias_correction(
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
         >>> data = [torch.randn(8, 3, 10, 10) for _ in range(2)]
         >>> fixed = bias_correction(net, data[0][:1], data, param_bw=4, progress=False)
-        >>> fixed[2].bias.shape
+        >>> fixed.get_submodule("2").bias.shape
         torch.Size([4])
     """
     if method not in ("empirical", "analytical", "hybrid"):

@@ -98,7 +98,13 @@ def _next_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node | None, list
 
 
 def find_scaling_sets(gm: fx.GraphModule) -> list[ScalingSet]:
-    """Conv/linear pairs and conv → depthwise → conv triplets joined by scale-equivariant ops."""
+    """Conv/linear pairs and conv → depthwise → conv triplets joined by scale-equivariant ops.
+
+    Example:
+        >>> gm = prepare(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
+        >>> [s.layers for s in find_scaling_sets(gm)]
+        [['0', '2']]
+    """
     sets = []
     for node, module in call_sites(gm):
         if not _is_scalable_layer(module) or _is_depthwise(module):
@@ -253,7 +259,14 @@ def cross_layer_scale(model: nn.Module, example_input: Any, max_rounds: int = 20
 @torch.no_grad()
 def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None, num_std: float = 3.0) -> int:
     """High-bias absorption across ReLUs, using ``gm.output_stats`` (from BN folding). Returns the count
-    of layers whose bias was absorbed."""
+    of layers whose bias was absorbed.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> _ = net[1].bias.data.fill_(5.0)  # pre-activations far above zero
+        >>> absorb_high_biases(fold_batch_norms(net, torch.randn(1, 4))[0])
+        1
+    """
     stats = dict(getattr(gm, "output_stats", {}))
     absorbed = 0
     for scaling_set in sets if sets is not None else find_scaling_sets(gm):
