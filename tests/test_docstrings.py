@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["leantorch.quant.encoding", "leantorch.quant.estimators", "leantorch.quant.quantizer",
-           "leantorch.quant.config", "leantorch.quant.wrapper", "leantorch.quant.sim", "leantorch.graph",
+           "leantorch.quant.config", "leantorch.quant.wrapper", "leantorch.quant.sim", "leantorch.quant.qat", "leantorch.graph",
            "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli",
            "leantorch.ptq.bn_fold", "leantorch.ptq.cle", "leantorch.ptq.relu6", "leantorch.ptq.bias_correction",
            "leantorch.ptq.adaround", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer"]

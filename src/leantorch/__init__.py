@@ -19,6 +19,7 @@ from .quant.encoding import Encoding, compute_encoding
 from .quant.estimators import QuantScheme
 from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
+from .quant import qat
 from . import graph, metrics
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize

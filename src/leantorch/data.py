@@ -76,3 +76,33 @@ def batches(data: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
         [2, 2, 1]
     """
     return list(torch.split(data, batch_size))
+
+
+def digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 labelled 8×8 handwritten digits as ``(x_train, y_train, x_test, y_test)``.
+
+    Images are ``[N, 1, size, size]`` floats scaled to ``[0, 1]`` then standardised with the training
+    set's mean and standard deviation (bilinear upsampling when ``size > 8``); the split is a fixed
+    random permutation (``seed``), so results are comparable between runs.
+
+    Example:
+        >>> x_train, y_train, x_test, y_test = digits(size=8)
+        >>> x_train.shape, x_test.shape, int(y_train.max())
+        (torch.Size([1348, 1, 8, 8]), torch.Size([449, 1, 8, 8]), 9)
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise LeanTorchError("the digits data set needs scikit-learn: pip install 'leantorch[demo]'") from exc
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(labels) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    mean, std = images[train].mean(), images[train].std()
+    images = (images - mean) / std
+    return images[train], labels[train], images[test], labels[test]

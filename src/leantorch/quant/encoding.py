@@ -31,7 +31,7 @@ from ..errors import EncodingsFileError, UnsupportedBitwidthError
 MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
 
 # Smallest scale we allow: a tensor that is constant zero still needs a valid (non-zero) grid.
-_MIN_SCALE = 1e-10
+MIN_SCALE = 1e-10
 
 
 def check_bitwidth(bitwidth: Any, what: str = "bitwidth") -> int:
@@ -174,7 +174,7 @@ def compute_encoding(
 
 
 def _as_scale(scale: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(scale, min=_MIN_SCALE).to(torch.float32)
+    return torch.clamp(scale, min=MIN_SCALE).to(torch.float32)
 
 
 def quantize(x: torch.Tensor, enc: Encoding) -> torch.Tensor:

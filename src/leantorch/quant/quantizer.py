@@ -10,15 +10,21 @@ A quantizer is in one of three states:
   QuantizeLinear/DequantizeLinear.
 
 The encoding lives in buffers (``scale``, ``offset``) so that ``.to(device)`` and ``state_dict`` carry it.
+With ``range_learning`` the same names hold ``nn.Parameter``s instead (``offset`` as a float, learnable for
+asymmetric encodings only) and training uses torch's learnable fake-quant kernels, whose gradients with
+respect to scale and zero point are those of LSQ (Esser et al., 2020). Inference and export always use the
+learned values snapped to a valid grid (positive scale, integer offset), so they stay exact.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from ..errors import CalibrationDataError, EncodingsMissingError
-from .encoding import FLOAT_BITWIDTH, Encoding, check_bitwidth, compute_encoding
+from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, make_estimator
 
 
@@ -52,7 +58,9 @@ class Quantizer(nn.Module):
         self.unsigned_symmetric = unsigned_symmetric
         self.enabled = enabled
         self.name = name
-        self.frozen = False  # a frozen encoding is never recomputed by calibration
+        self.frozen = False  # a frozen encoding is never recomputed by calibration (nor learned)
+        self.range_learning = False  # encodings set from now on become learnable parameters
+        self.is_param = False  # set by QuantWrapper for weight/bias quantizers (LSQ gradient scaling)
         self.register_buffer("scale", None)
         self.register_buffer("offset", None)
         self._estimator: RangeEstimator | None = None
@@ -65,21 +73,68 @@ class Quantizer(nn.Module):
         """The current encoding, or None before calibration."""
         if self.scale is None or self.offset is None:
             return None
-        return Encoding(self.bitwidth, self.symmetric, self.scale, self.offset, self.axis)
+        scale, offset = self._grid()
+        return Encoding(self.bitwidth, self.symmetric, scale, offset, self.axis)
+
+    @property
+    def is_learnable(self) -> bool:
+        """True when the encoding is held as trainable parameters (range learning, not frozen)."""
+        return isinstance(self.scale, nn.Parameter)
+
+    def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 scale, int64 offset) in use; learned values are snapped to a valid grid."""
+        if not self.is_learnable:
+            return self.scale, self.offset
+        scale = self.scale.detach().abs().clamp_min(MIN_SCALE)
+        offset = self.offset.detach().round().clamp(-(2**self.bitwidth - 1), 0).to(torch.int64)
+        return scale, offset
 
     def set_encoding(self, enc: Encoding | None, freeze: bool = False) -> None:
-        """Use ``enc`` (adopting its bitwidth and symmetry); ``freeze`` protects it from recalibration."""
+        """Use ``enc`` (adopting its bitwidth and symmetry); ``freeze`` protects it from recalibration
+        and from range learning."""
         if enc is None:
-            self.scale = self.offset = None
+            self._store_grid(None, None, learnable=False)
             self.frozen = False
             return
-        device = self.scale.device if self.scale is not None else None
+        device = self.scale.device if self.scale is not None else enc.scale.device
         self.bitwidth, self.symmetric, self.axis = enc.bitwidth, enc.symmetric, enc.axis
-        self.scale = enc.scale.detach().clone().to(torch.float32)
-        self.offset = enc.offset.detach().clone().to(torch.int64)
-        if device is not None:
-            self.scale, self.offset = self.scale.to(device), self.offset.to(device)
+        scale = enc.scale.detach().clone().to(device=device, dtype=torch.float32)
+        offset = enc.offset.detach().clone().to(device=device, dtype=torch.int64)
         self.frozen = freeze
+        self._store_grid(scale, offset, learnable=self.range_learning and not freeze)
+
+    def set_range_learning(self, enabled: bool) -> None:
+        """Hold the encoding as trainable parameters (``enabled``) or as fixed buffers, keeping its values.
+
+        Example:
+            >>> q = Quantizer(bitwidth=4, scheme="minmax")
+            >>> _ = q.encoding_from_tensor(torch.linspace(-1, 1, 9)); q.set_range_learning(True)
+            >>> [name for name, _ in q.named_parameters()]
+            ['scale', 'offset']
+        """
+        self.range_learning = enabled
+        if self.scale is not None:
+            scale, offset = self._grid()
+            self._store_grid(scale.clone(), offset.clone(), learnable=enabled and not self.frozen)
+
+    def _store_grid(self, scale: torch.Tensor | None, offset: torch.Tensor | None, learnable: bool) -> None:
+        if learnable and self.is_learnable and self.scale.shape == scale.shape:
+            # Update in place so that an optimizer built earlier keeps training the same tensors.
+            with torch.no_grad():
+                self.scale.copy_(scale)
+                self.offset.copy_(offset.to(self.offset.dtype))
+            self.offset.requires_grad_(not self.symmetric)
+            return
+        for name in ("scale", "offset"):
+            self._parameters.pop(name, None)
+            self._buffers.pop(name, None)
+        if learnable and scale is not None and offset is not None:
+            self.register_parameter("scale", nn.Parameter(scale))
+            # Symmetric grids keep their fixed offset; only asymmetric ones learn where zero sits.
+            self.register_parameter("offset", nn.Parameter(offset.to(torch.float32), requires_grad=not self.symmetric))
+        else:
+            self.register_buffer("scale", scale)
+            self.register_buffer("offset", offset)
 
     @property
     def is_active(self) -> bool:
@@ -141,9 +196,20 @@ class Quantizer(nn.Module):
                 f"quantizer {self.name or ''} has no encoding: call sim.compute_encodings(...) "
                 "(or load encodings) before evaluating or exporting the model."
             )
+        if self.is_learnable and torch.is_grad_enabled() and self.export_index is None:
+            return learnable_fake_quantize(x, self.scale, self.offset, self.bitwidth, self.axis,
+                                           self._lsq_grad_factor(x))
+        scale, offset = self._grid()
         if self.export_index is not None:
-            return OnnxQuantizeMarker.apply(x, self.scale, self.offset, self.bitwidth, self.axis, self.export_index)
-        return fake_quantize(x, self.scale, self.offset, self.bitwidth, self.axis)
+            return OnnxQuantizeMarker.apply(x, scale, offset, self.bitwidth, self.axis, self.export_index)
+        return fake_quantize(x, scale, offset, self.bitwidth, self.axis)
+
+    def _lsq_grad_factor(self, x: torch.Tensor) -> float:
+        """LSQ's gradient scale ``1/sqrt(N * Q_P)``: N is the number of weights for a parameter, the number
+        of features per sample for an activation; Q_P the largest positive integer level."""
+        levels = 2 ** (self.bitwidth - 1) - 1 if self.symmetric else 2**self.bitwidth - 1
+        count = x.numel() if self.is_param or x.dim() < 2 else x[0].numel()
+        return 1.0 / math.sqrt(max(count, 1) * max(levels, 1))
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
@@ -176,6 +242,31 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bi
         out = torch.fake_quantize_per_tensor_affine(work, scale.reshape(1).float(), zero_point.reshape(1), 0, qmax)
     else:
         out = torch.fake_quantize_per_channel_affine(work, scale.float(), (-offset).to(torch.int32), axis, 0, qmax)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def learnable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
+                            axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
+    """Fake quantization with gradients for ``scale`` and (float) ``offset`` (torch's LSQ kernels).
+
+    The kernels take a positive scale; ``|scale|`` keeps a step that overshot zero usable.
+
+    Example:
+        >>> s = nn.Parameter(torch.tensor(0.1)); o = nn.Parameter(torch.tensor(-8.0))
+        >>> learnable_fake_quantize(torch.tensor([0.26, 9.0]), s, o, 4).sum().backward()
+        >>> s.grad is not None and o.grad is not None
+        True
+    """
+    qmax = 2**bitwidth - 1
+    work = x if x.dtype == torch.float32 else x.float()
+    scale = scale.abs().clamp_min(MIN_SCALE)
+    zero_point = -offset.to(torch.float32)
+    if axis is None:
+        out = torch._fake_quantize_learnable_per_tensor_affine(work, scale.reshape(1), zero_point.reshape(1), 0,
+                                                               qmax, grad_factor)
+    else:
+        out = torch._fake_quantize_learnable_per_channel_affine(work, scale, zero_point, axis % x.dim(), 0, qmax,
+                                                                grad_factor)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 

@@ -43,6 +43,9 @@ class QuantSim:
         config: ``"default"``, ``"per_channel"``, a JSON path, a dict or a :class:`QuantSimConfig`.
         param_scheme: range estimator for weights (default: ``scheme``).
         leaf_modules: module classes or names that tracing must not enter.
+        range_learning: make every encoding set from now on (by calibration or loading, frozen ones
+            excepted) a trainable ``scale``/``offset`` parameter pair for quantization-aware training
+            (LSQ gradients). Build the optimizer after :meth:`compute_encodings`.
 
     Example:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
@@ -63,6 +66,7 @@ class QuantSim:
         config: "str | Path | QuantSimConfig | dict[str, Any]" = "default",
         param_scheme: "str | QuantScheme | None" = None,
         leaf_modules: "list[type | str] | None" = None,
+        range_learning: bool = False,
     ) -> None:
         self.settings = QuantSettings(
             param_bw=check_bitwidth(param_bw, "param_bw"),
@@ -79,6 +83,9 @@ class QuantSim:
         insert_model_input_quantizers(gm)
         apply_config(gm, self.config, self.settings)
         self.model: fx.GraphModule = gm
+        self.range_learning = range_learning
+        for q in self.quantizers().values():
+            q.range_learning = range_learning
         unknown = unknown_leaf_modules(gm)
         if unknown:
             warnings.warn(f"layers of unknown type are passed through, quantized at their output only: "

@@ -33,6 +33,8 @@ class QuantWrapper(nn.Module):
         self.param_quantizers = nn.ModuleDict(
             {name: Quantizer(enabled=False) for name, _ in module.named_parameters(recurse=False)}
         )
+        for q in self.param_quantizers.values():
+            q.is_param = True
         # Exact types only: a subclass (e.g. a conv that pads in its own forward) goes the generic way.
         self._kind = "conv" if type(module) in _CONVS else "linear" if type(module) is nn.Linear else "generic"
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
@@ -80,7 +82,7 @@ class QuantWrapper(nn.Module):
             if not cacheable or q.export_index is not None or q.scale is None:
                 result[name] = q(p)
                 continue
-            key = (p._version, p.data_ptr(), id(q.scale), q.scale._version, q.bitwidth, q.axis)
+            key = (p._version, p.data_ptr(), id(q.scale), q.scale._version, q.offset._version, q.bitwidth, q.axis)
             hit = self._cache.get(name)
             if hit is None or hit[0] != key:
                 hit = (key, q(p))
