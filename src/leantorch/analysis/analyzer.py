@@ -1,0 +1,289 @@
+"""Where does a quantized model lose accuracy? ``lt.analyze(sim, eval_fn, calibration)``.
+
+What it measures (names follow AIMET's QuantAnalyzer, which shows the same on a Bokeh server):
+
+* scores of the FP32 model (every quantizer off), the quantized model, weights-only and
+  activations-only quantization;
+* per-layer sensitivity: the score with only that layer's quantizers on, and with all but that layer's;
+* per-layer output SQNR of the fully quantized model against FP32 on the calibration data;
+* per-layer activation min/max and histograms, with the encoding range of the quantizer drawn on them;
+* per-output-channel weight ranges (min/max/mean) of every conv/linear layer.
+
+Every quantizer's enabled state is restored afterwards, also when ``eval_fn`` fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import EncodingsMissingError
+from ..ptq.auto import call_eval_fn
+from ..quant.quantizer import Quantizer
+from ..quant.sim import QuantSim
+from ..quant.wrapper import QuantWrapper
+from .report import ActivationStats, AnalysisReport, WeightRanges
+
+log = logging.getLogger(__name__)
+
+#: Pseudo layer name of the model-input quantizers in sensitivity tables.
+MODEL_INPUTS = "input_quantizers"
+
+
+def analyze(
+    sim: QuantSim,
+    eval_fn: Callable[[nn.Module], float],
+    calibration: Iterable[Any],
+    layers: Iterable[str] | None = None,
+    num_batches: int | None = None,
+    bins: int = 64,
+    sensitivity: bool = True,
+    progress: bool = True,
+) -> AnalysisReport:
+    """Analyse a calibrated QuantSim; returns an :class:`AnalysisReport` (``to_html``, ``save_plots``).
+
+    Args:
+        sim: a QuantSim after ``compute_encodings`` (or with loaded encodings).
+        eval_fn: ``eval_fn(model) -> float``, higher is better; called ``4 + 2 * len(layers)`` times.
+        calibration: batches (as for ``compute_encodings``) for SQNR, ranges and histograms.
+        layers: layers for the sensitivity sweep (default: every layer with an enabled quantizer, and
+            the model inputs as ``"input_quantizers"``).
+        num_batches: use only this many calibration batches.
+        bins: histogram bins per activation.
+        sensitivity: run the per-layer sensitivity sweep (the expensive part).
+
+    Raises:
+        EncodingsMissingError: the sim has not been calibrated.
+        EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+        >>> data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+        >>> sim = QuantSim(model, data[0][:1], param_bw=4, act_bw=4)
+        >>> sim.compute_encodings(data, progress=False)
+        >>> score = lambda m: -float(sum((m(x) - model(x)).pow(2).mean() for x in data))
+        >>> report = analyze(sim, score, data, progress=False)
+        >>> report.scores["fp32"] == 0.0 and report.scores["quantized"] < 0.0
+        True
+    """
+    configured = {q: q.enabled for q in sim.quantizers().values()}
+    missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
+    if missing:
+        raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
+                                    "sim.compute_encodings(...) before lt.analyze.")
+    groups = _layer_quantizers(sim, configured)
+    chosen = list(groups) if layers is None else list(layers)
+    unknown = [n for n in chosen if n not in groups]
+    if unknown:
+        raise KeyError(f"no quantized layer(s) named {unknown}; choose from {list(groups)[:10]}...")
+    data = [batch for i, batch in enumerate(calibration) if num_batches is None or i < num_batches]
+    params = {q for q in configured if q.is_param}
+    with _restored(configured):
+        scores = {
+            "fp32": _score(sim, eval_fn, configured, lambda q: False),
+            "quantized": _score(sim, eval_fn, configured, lambda q: True),
+            "weights only": _score(sim, eval_fn, configured, lambda q: q in params),
+            "activations only": _score(sim, eval_fn, configured, lambda q: q not in params),
+        }
+        rows = _sensitivity(sim, eval_fn, configured, groups, chosen, progress) if sensitivity else []
+        sqnr, activations = _activation_analysis(sim, configured, data, bins, progress)
+    return AnalysisReport(
+        title=f"W{sim.settings.param_bw}A{sim.settings.act_bw} {sim.settings.scheme.value}",
+        scores=scores, sensitivity=rows, layer_sqnr=sqnr, activations=activations,
+        weight_ranges=weight_ranges(sim.model),
+    )
+
+
+def _layer_quantizers(sim: QuantSim, configured: dict[Quantizer, bool]) -> dict[str, list[Quantizer]]:
+    """The enabled quantizers of each layer (and of the model inputs), layers without any left out."""
+    groups: dict[str, list[Quantizer]] = {}
+    inputs = [q for q in sim.model.input_quantizers if configured[q]]
+    if inputs:
+        groups[MODEL_INPUTS] = inputs
+    for name, wrapper in sim.layers().items():
+        quantizers = [q for q in wrapper.modules() if isinstance(q, Quantizer) and configured[q]]
+        if quantizers:
+            groups[name] = quantizers
+    return groups
+
+
+@contextlib.contextmanager
+def _restored(configured: dict[Quantizer, bool]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for q, enabled in configured.items():
+            q.enabled = enabled
+
+
+def _enable(configured: dict[Quantizer, bool], keep: Callable[[Quantizer], bool]) -> None:
+    """Enable the configured quantizers for which ``keep`` holds; disable all others."""
+    for q, enabled in configured.items():
+        q.enabled = enabled and keep(q)
+
+
+def _score(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
+           keep: Callable[[Quantizer], bool]) -> float:
+    _enable(configured, keep)
+    return call_eval_fn(eval_fn, sim.model)
+
+
+def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
+                 groups: dict[str, list[Quantizer]], chosen: list[str], progress: bool) -> list[dict[str, Any]]:
+    rows = []
+    for name in tqdm(chosen, desc="per-layer sensitivity", unit="layer", disable=not progress, leave=False):
+        mine = set(groups[name])
+        rows.append({
+            "layer": name,
+            "only this layer quantized": _score(sim, eval_fn, configured, lambda q: q in mine),
+            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q: q not in mine),
+        })
+    return rows
+
+
+def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data: list[Any], bins: int,
+                         progress: bool) -> tuple[dict[str, float], dict[str, ActivationStats]]:
+    """Per-layer output SQNR (quantized vs FP32) and histograms of what each activation quantizer sees.
+
+    Three passes: FP32 and quantized in step (SQNR, activation min/max), then histograms over the
+    union of the observed and the encoding ranges.
+    """
+    wrappers = sim.layers()
+    watched = {n: q for n, q in sim.activation_quantizers().items() if configured[q] and q.is_active}
+    noise = {n: 0.0 for n in wrappers}
+    signal = {n: 0.0 for n in wrappers}
+    lo: dict[str, torch.Tensor] = {}
+    hi: dict[str, torch.Tensor] = {}
+    bar = tqdm(total=2 * len(data), desc="per-layer SQNR and ranges", unit="pass", disable=not progress, leave=False)
+    for batch in data:
+        inputs = _inputs(sim, batch)
+        _enable(configured, lambda q: False)
+        with _capture_outputs(wrappers) as reference:
+            _run(sim, inputs)
+        _enable(configured, lambda q: True)
+        with _capture_outputs(wrappers) as quantized, _observe_inputs(watched, _min_max(lo, hi)):
+            _run(sim, inputs)
+        for name, ref in reference.items():
+            out = quantized.get(name)
+            if out is not None and out.shape == ref.shape:
+                signal[name] += float(ref.double().pow(2).sum())
+                noise[name] += float((ref.double() - out.double()).pow(2).sum())
+        bar.update(2)
+    bar.close()
+    counts = {n: torch.zeros(bins, dtype=torch.float64) for n in lo}
+    edges = {}
+    for n, q in watched.items():
+        if n in lo:
+            enc = q.encoding
+            lower = min(float(lo[n]), float(enc.min.min()))
+            upper = max(float(hi[n]), float(enc.max.max()))
+            edges[n] = (lower, upper if upper > lower else lower + 1e-6)
+    _enable(configured, lambda q: True)
+    with _observe_inputs(watched, _histogram(counts, edges, bins)):
+        for batch in tqdm(data, desc="activation histograms", unit="batch", disable=not progress, leave=False):
+            _run(sim, _inputs(sim, batch))
+    sqnr = {n: _db(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
+    stats = {}
+    for n in counts:
+        enc = watched[n].encoding
+        stats[n] = ActivationStats(name=n, min=float(lo[n]), max=float(hi[n]), encoding_min=float(enc.min.min()),
+                                   encoding_max=float(enc.max.max()), bitwidth=enc.bitwidth,
+                                   counts=counts[n].tolist(), edges=torch.linspace(*edges[n], bins + 1).tolist())
+    return sqnr, stats
+
+
+def _db(signal: float, noise: float) -> float:
+    return math.inf if noise == 0.0 else 10.0 * math.log10(signal / noise)
+
+
+def _inputs(sim: QuantSim, batch: Any) -> tuple:
+    return sim._to_inputs(batch, 0)
+
+
+def _run(sim: QuantSim, inputs: tuple) -> None:
+    was_training = sim.model.training
+    sim.model.eval()
+    try:
+        with torch.no_grad():
+            sim.model(*inputs)
+    finally:
+        sim.model.train(was_training)
+
+
+@contextlib.contextmanager
+def _capture_outputs(wrappers: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in wrappers.items():
+        def hook(_m: nn.Module, _i: tuple, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                captured[name] = out.detach().cpu()
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _observe_inputs(quantizers: dict[str, Quantizer], observe: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call ``observe(name, x)`` with the tensor entering each quantizer."""
+    handles = [q.register_forward_pre_hook(lambda _m, args, name=name: observe(name, args[0].detach()))
+               for name, q in quantizers.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _min_max(lo: dict[str, torch.Tensor], hi: dict[str, torch.Tensor]) -> Callable[[str, torch.Tensor], None]:
+    def observe(name: str, x: torch.Tensor) -> None:
+        mn, mx = torch.aminmax(x.float())
+        lo[name] = torch.minimum(lo[name], mn.cpu()) if name in lo else mn.cpu()
+        hi[name] = torch.maximum(hi[name], mx.cpu()) if name in hi else mx.cpu()
+    return observe
+
+
+def _histogram(counts: dict[str, torch.Tensor], edges: dict[str, tuple[float, float]],
+               bins: int) -> Callable[[str, torch.Tensor], None]:
+    def observe(name: str, x: torch.Tensor) -> None:
+        if name in edges:
+            lower, upper = edges[name]
+            counts[name] += torch.histc(x.float(), bins, lower, upper).double().cpu()
+    return observe
+
+
+def weight_ranges(model: nn.Module) -> dict[str, WeightRanges]:
+    """Per-output-channel min, max and mean of the weight of every conv/linear layer of ``model``.
+
+    Works on a plain model and on ``sim.model`` (wrapped layers report the float weights).
+
+    Example:
+        >>> ranges = weight_ranges(nn.Sequential(nn.Linear(3, 2)))
+        >>> len(ranges["0"].max)
+        2
+    """
+    wrapped = {id(m.module) for m in model.modules() if isinstance(m, QuantWrapper)}
+    result = {}
+    for name, module in model.named_modules():
+        if id(module) in wrapped:
+            continue  # reported under its wrapper's name
+        inner = module.module if isinstance(module, QuantWrapper) else module
+        if not isinstance(inner, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        w = inner.weight.detach().float().cpu()
+        # ConvTranspose stores (in, out/groups, ...): output channels are dim 1 there.
+        if isinstance(inner, nn.modules.conv._ConvTransposeNd):
+            w = w.transpose(0, 1)
+        flat = w.reshape(w.shape[0], -1)
+        result[name] = WeightRanges(name=name, min=flat.min(1).values.tolist(), max=flat.max(1).values.tolist(),
+                                    mean=flat.mean(1).tolist())
+    return result

@@ -1,0 +1,108 @@
+"""HTML rendering of an :class:`~leantorch.analysis.report.AnalysisReport` (inline CSS, no script)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .report import AnalysisReport, data_uri, escape
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+p.note { color: #555; max-width: 60em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; height: auto; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 0.8em; }
+.grid figure { margin: 0; border: 1px solid #eee; padding: 0.3em; }
+.wide { overflow-x: auto; }
+details summary { cursor: pointer; color: #1f77b4; margin: 0.5em 0; }
+"""
+
+
+def render(report: AnalysisReport, figures: dict[str, list[tuple[str, bytes]]]) -> str:
+    """The complete HTML document."""
+    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+             f"<title>leantorch quantization analysis — {escape(report.title)}</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>Quantization analysis — {escape(report.title)}</h1>",
+             "<p class='note'>Scores come from your <code>eval_fn</code> (higher is better). Every number below "
+             "is measured with the encodings of the analysed QuantSim.</p>",
+             _summary(report)]
+    if "sensitivity" in figures:
+        parts += ["<h2>Per-layer sensitivity</h2>",
+                  "<p class='note'>Orange: score with only this layer's quantizers enabled (how much this layer "
+                  "alone loses). Blue: score with every quantizer but this layer's (how much is recovered by "
+                  "keeping it in float).</p>",
+                  _images(figures["sensitivity"], wide=True), _details("Sensitivity table", report.sensitivity)]
+    if "sqnr" in figures:
+        rows = [{"layer": n, "output SQNR (dB)": v} for n, v in report.layer_sqnr.items()]
+        parts += ["<h2>Per-layer output SQNR</h2>",
+                  "<p class='note'>Signal-to-noise ratio of each layer's output in the fully quantized model "
+                  "against the FP32 model, on the calibration data. Noise accumulates with depth; a sudden "
+                  "drop points at the layer that adds it.</p>",
+                  _images(figures["sqnr"], wide=True), _details("SQNR table", rows)]
+    if "equalization" in figures:
+        parts += ["<h2>Cross-layer equalization: per-channel weight ranges</h2>",
+                  "<p class='note'>Weight range of each output channel before and after <code>lt.equalize</code>: "
+                  "equalization evens the channels out so that one per-tensor grid serves all of them.</p>",
+                  _images(figures["equalization"])]
+    parts += ["<h2>Weight ranges per output channel</h2>",
+              "<p class='note'>Min–max bar and mean (red) of each output channel's weights. Channels with "
+              "very different ranges quantize badly per tensor: use per-channel weights or equalization.</p>",
+              _images(figures["weights"], grid=True)]
+    rows = [{"quantizer": a.name, "min": a.min, "max": a.max, "encoding min": a.encoding_min,
+             "encoding max": a.encoding_max, "clipped fraction": a.clipped_fraction}
+            for a in report.activations.values()]
+    parts += ["<h2>Activation ranges and histograms</h2>",
+              "<p class='note'>What each activation quantizer sees on the calibration data (log counts); the "
+              "shaded band between the red lines is its encoding range. Mass outside the band is clipped.</p>",
+              _details("Activation range table", rows), _images(figures["activations"], grid=True),
+              "</body></html>\n"]
+    return "\n".join(parts)
+
+
+def _summary(report: AnalysisReport) -> str:
+    parts = ["<h2>Summary</h2>", _table(report.summary_rows())]
+    if report.sensitivity:
+        parts += ["<p>Most sensitive layers (lowest score when quantized alone):</p>",
+                  _table(report.most_sensitive())]
+    if report.layer_sqnr:
+        parts += ["<p>Lowest per-layer output SQNR:</p>",
+                  _table([{"layer": n, "output SQNR (dB)": v} for n, v in report.worst_sqnr()])]
+    return "\n".join(parts)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _details(label: str, rows: list[dict[str, Any]]) -> str:
+    return f"<details><summary>{escape(label)} ({len(rows)} rows)</summary>{_table(rows)}</details>"
+
+
+def _images(figures: list[tuple[str, bytes]], grid: bool = False, wide: bool = False) -> str:
+    tags = []
+    for stem, png in figures:
+        width, height = png_size(png)
+        tags.append(f"<figure><img src='{data_uri(png)}' alt='{escape(stem)}' width='{width}' "
+                    f"height='{height}'></figure>")
+    css = "grid" if grid else "wide" if wide else ""
+    return f"<div class='{css}'>" + "".join(tags) + "</div>"
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG from its IHDR chunk.
+
+    Example:
+        >>> png_size(b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00\\x00\\x00\\rIHDR" + (3).to_bytes(4, "big") + (2).to_bytes(4, "big"))
+        (3, 2)
+    """
+    return struct.unpack(">II", png[16:24])

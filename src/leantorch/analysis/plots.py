@@ -1,0 +1,114 @@
+"""Figures of the analysis report, rendered to PNG bytes with matplotlib's object API (no pyplot state).
+
+Each function takes plain data (lists of floats) and returns the PNG; the report embeds them in HTML
+or writes them to files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Sequence
+
+from matplotlib.figure import Figure
+
+# One palette for every figure: quantized (orange) against float (blue), encodings in red.
+FLOAT_COLOR, QUANT_COLOR, ENCODING_COLOR, GREY = "#1f77b4", "#ff7f0e", "#d62728", "#7f7f7f"
+DPI = 90
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _layer_axis(ax: Any, names: Sequence[str]) -> None:
+    """Layer names as x tick labels; thinned out so that at most ~60 are written."""
+    step = max(1, math.ceil(len(names) / 60))
+    ticks = list(range(0, len(names), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+
+
+def sensitivity_plot(rows: list[dict[str, Any]], scores: dict[str, float]) -> bytes:
+    """Score per layer with only that layer quantized / all but that layer quantized, with references."""
+    names = [r["layer"] for r in rows]
+    fig = Figure(figsize=(max(7.0, 0.16 * len(names) + 2.5), 4.2))
+    ax = fig.subplots()
+    x = range(len(names))
+    ax.plot(x, [r["only this layer quantized"] for r in rows], "o-", ms=3, color=QUANT_COLOR,
+            label="only this layer quantized")
+    ax.plot(x, [r["all but this layer quantized"] for r in rows], "s-", ms=3, color=FLOAT_COLOR,
+            label="all but this layer quantized")
+    ax.axhline(scores["fp32"], color=GREY, ls="--", lw=1, label=f"FP32 ({scores['fp32']:.4g})")
+    ax.axhline(scores["quantized"], color=ENCODING_COLOR, ls=":", lw=1,
+               label=f"all quantized ({scores['quantized']:.4g})")
+    _layer_axis(ax, names)
+    ax.set_ylabel("score (eval_fn)")
+    ax.set_title("Per-layer quantization sensitivity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def sqnr_plot(layer_sqnr: dict[str, float]) -> bytes:
+    """Output SQNR of each layer of the quantized model against FP32 (dB; higher is better)."""
+    names = list(layer_sqnr)
+    values = [min(layer_sqnr[n], 120.0) for n in names]  # exact layers (inf) drawn at the top
+    fig = Figure(figsize=(max(7.0, 0.16 * len(names) + 2.5), 4.0))
+    ax = fig.subplots()
+    ax.bar(range(len(names)), values, color=QUANT_COLOR)
+    _layer_axis(ax, names)
+    ax.set_ylabel("output SQNR vs FP32 (dB)")
+    ax.set_title("Per-layer output SQNR on the calibration data")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def weight_ranges_plot(name: str, low: Sequence[float], high: Sequence[float], mean: Sequence[float],
+                       ax: Any = None) -> bytes | None:
+    """Min–max bar and mean of each output channel's weights (on ``ax`` when given, else a new figure)."""
+    own = ax is None
+    fig = Figure(figsize=(4.6, 2.6)) if own else None
+    if own:
+        ax = fig.subplots()
+    x = range(len(low))
+    ax.vlines(x, low, high, color=FLOAT_COLOR, lw=max(0.5, min(3.0, 300 / max(len(low), 1))))
+    ax.plot(x, mean, ".", ms=2, color=ENCODING_COLOR, label="mean")
+    ax.axhline(0.0, color=GREY, lw=0.5)
+    ax.set_xlabel("output channel", fontsize=8)
+    ax.set_ylabel("weight", fontsize=8)
+    ax.set_title(name, fontsize=9)
+    ax.tick_params(labelsize=7)
+    return _png(fig) if own else None
+
+
+def histogram_plot(name: str, counts: Sequence[float], edges: Sequence[float], encoding_min: float,
+                   encoding_max: float, bitwidth: int) -> bytes:
+    """Histogram (log counts) of what a quantizer sees, with its encoding range marked."""
+    fig = Figure(figsize=(4.6, 2.6))
+    ax = fig.subplots()
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    ax.bar(edges[:-1], [c if c > 0 else 0.0 for c in counts], width=widths, align="edge", color=FLOAT_COLOR)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.axvspan(encoding_min, encoding_max, color=QUANT_COLOR, alpha=0.15, lw=0)
+    for value in (encoding_min, encoding_max):
+        ax.axvline(value, color=ENCODING_COLOR, lw=1)
+    ax.set_title(f"{name}  [{encoding_min:.3g}, {encoding_max:.3g}] {bitwidth}-bit", fontsize=8)
+    ax.set_xlabel("value", fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def equalization_plot(name: str, before: tuple[Sequence[float], ...], after: tuple[Sequence[float], ...]) -> bytes:
+    """Per-channel weight ranges before (left) and after (right) cross-layer equalization, shared y axis
+    (the figure of the DFQ paper): equalization evens out the channels' ranges."""
+    fig = Figure(figsize=(8.0, 2.8))
+    left, right = fig.subplots(1, 2, sharey=True)
+    weight_ranges_plot(f"{name}: before equalization", *before, ax=left)
+    weight_ranges_plot(f"{name}: after equalization", *after, ax=right)
+    right.set_ylabel("")
+    return _png(fig)

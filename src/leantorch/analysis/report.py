@@ -1,0 +1,170 @@
+"""The analysis report: data, one self-contained HTML file (plots embedded as PNG), and PNG files.
+
+The HTML needs no server, no script and no network: images are ``data:`` URIs and the style is inline,
+so the file opens offline in any browser and can be attached to a ticket.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import plots
+
+
+@dataclass
+class ActivationStats:
+    """What one activation quantizer saw on the calibration data, and its encoding range."""
+
+    name: str
+    min: float
+    max: float
+    encoding_min: float
+    encoding_max: float
+    bitwidth: int
+    counts: list[float]
+    edges: list[float]
+
+    @property
+    def clipped_fraction(self) -> float:
+        """Fraction of histogram mass outside the encoding range (clipping)."""
+        total = sum(self.counts)
+        outside = sum(c for c, lo, hi in zip(self.counts, self.edges[:-1], self.edges[1:])
+                      if hi <= self.encoding_min or lo >= self.encoding_max)
+        return outside / total if total else 0.0
+
+
+@dataclass
+class WeightRanges:
+    """Per-output-channel min, max and mean of one layer's weight."""
+
+    name: str
+    min: list[float]
+    max: list[float]
+    mean: list[float]
+
+    @property
+    def spread(self) -> float:
+        """Largest channel range over the smallest (1 = all channels alike)."""
+        ranges = [hi - lo for lo, hi in zip(self.min, self.max)]
+        smallest = min(ranges)
+        return math.inf if smallest <= 0 else max(ranges) / smallest
+
+
+@dataclass
+class AnalysisReport:
+    """Result of :func:`leantorch.analyze`; ``to_html(path)`` and ``save_plots(dir)`` render it."""
+
+    title: str
+    scores: dict[str, float]
+    sensitivity: list[dict[str, Any]]
+    layer_sqnr: dict[str, float]
+    activations: dict[str, ActivationStats]
+    weight_ranges: dict[str, WeightRanges]
+    equalization: list[tuple[WeightRanges, WeightRanges]] = field(default_factory=list)
+
+    def add_equalization(self, before: Any, after: Any, layers: list[str] | None = None, max_layers: int = 4) -> None:
+        """Add the CLE view: per-channel weight ranges of ``layers`` in ``before`` and ``after`` side by side.
+
+        ``before`` is typically the BN-folded model and ``after`` ``lt.equalize(model, x)``. Without
+        ``layers``, the ``max_layers`` layers whose channel-range spread shrank most are shown.
+
+        Example:
+            >>> report.add_equalization(folded, lt.equalize(model, x))  # doctest: +SKIP
+        """
+        from .analyzer import weight_ranges
+
+        old, new = weight_ranges(before), weight_ranges(after)
+        common = [n for n in old if n in new and len(old[n].min) == len(new[n].min)]
+        if layers is None:
+            gain = {n: old[n].spread / new[n].spread if new[n].spread > 0 else 0.0 for n in common}
+            layers = sorted(common, key=lambda n: -gain[n])[:max_layers]
+        missing = [n for n in layers if n not in common]
+        if missing:
+            raise KeyError(f"layer(s) {missing} are not conv/linear layers of both models")
+        self.equalization = [(old[n], new[n]) for n in layers]
+
+    # ------------------------------------------------------------------ figures
+    def figures(self) -> dict[str, list[tuple[str, bytes]]]:
+        """Every plot as PNG bytes, by report section: ``[(file stem, png), ...]``."""
+        sections: dict[str, list[tuple[str, bytes]]] = {}
+        if self.sensitivity:
+            sections["sensitivity"] = [("sensitivity", plots.sensitivity_plot(self.sensitivity, self.scores))]
+        if self.layer_sqnr:
+            sections["sqnr"] = [("layer_sqnr", plots.sqnr_plot(self.layer_sqnr))]
+        if self.equalization:
+            sections["equalization"] = [
+                (f"equalization_{_stem(a.name)}", plots.equalization_plot(a.name, (a.min, a.max, a.mean),
+                                                                         (b.min, b.max, b.mean)))
+                for a, b in self.equalization]
+        sections["weights"] = [(f"weights_{_stem(n)}", plots.weight_ranges_plot(n, w.min, w.max, w.mean))
+                               for n, w in self.weight_ranges.items()]
+        sections["activations"] = [
+            (f"activation_{_stem(n)}", plots.histogram_plot(n, a.counts, a.edges, a.encoding_min, a.encoding_max,
+                                                            a.bitwidth))
+            for n, a in self.activations.items()]
+        return sections
+
+    def save_plots(self, directory: str | Path) -> list[Path]:
+        """Write every plot as a PNG file into ``directory``; returns the paths.
+
+        Example:
+            >>> paths = report.save_plots("plots")  # doctest: +SKIP
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for figures in self.figures().values():
+            for stem, png in figures:
+                path = out / f"{stem}.png"
+                path.write_bytes(png)
+                paths.append(path)
+        return paths
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the report as ONE self-contained HTML file; returns its path.
+
+        Example:
+            >>> report.to_html("report.html")  # doctest: +SKIP
+        """
+        from .html import render
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(self, self.figures()), encoding="utf-8")
+        return out
+
+    # ------------------------------------------------------------------ tables
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """FP32 / quantized / weights-only / activations-only scores and the drop from FP32."""
+        fp32 = self.scores["fp32"]
+        return [{"configuration": k, "score": v, "drop from FP32": fp32 - v} for k, v in self.scores.items()]
+
+    def most_sensitive(self, count: int = 5) -> list[dict[str, Any]]:
+        """Layers whose quantization alone costs the most (lowest "only this layer quantized" score)."""
+        return sorted(self.sensitivity, key=lambda r: r["only this layer quantized"])[:count]
+
+    def worst_sqnr(self, count: int = 5) -> list[tuple[str, float]]:
+        """Layers with the lowest output SQNR against FP32."""
+        return sorted(self.layer_sqnr.items(), key=lambda kv: kv[1])[:count]
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "model"
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for embedding a PNG in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def escape(value: Any) -> str:
+    """HTML-escaped text of a table cell; floats with 4 significant digits."""
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else f"{value:.4g}"
+    return html.escape(str(value))
