@@ -30,6 +30,18 @@ def test_quantize_from_npy(tmp_path, capsys) -> None:
     assert (tmp_path / "out" / "model.onnx").exists() and (tmp_path / "out" / "model.encodings").exists()
 
 
+def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    code = main(["analyze", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+                 "--param-bw", "4", "--cle", "--batch-size", "8", "--layers", "stem.0", "fc",
+                 "--out", str(tmp_path / "report.html"), "--plots", str(tmp_path / "plots"), "--no-progress"])
+    assert code == 0
+    assert "weights only" in capsys.readouterr().out
+    html = (tmp_path / "report.html").read_text()
+    assert "Cross-layer equalization" in html and "stem.0" in html
+    assert len(list((tmp_path / "plots").glob("*.png"))) == html.count("<img ")
+
+
 def test_bad_input_gives_error_not_traceback(tmp_path, capsys) -> None:
     code = main(["quantize", "--model", "leantorch.models:ResNetSmall", "--data", "builtin:images",
                  "--image-size", "32", "--num-samples", "4", "--act-bw", "1", "--out", str(tmp_path)])

@@ -137,12 +137,71 @@ def _apply_techniques(model: torch.nn.Module, example: torch.Tensor, calib: list
     return sim
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .data import batches
+    from .evaluation import markdown_table, model_outputs
+    from .metrics import sqnr_db
+
+    model = load_model(args.model)
+    data = load_data(args.data, args.num_samples, args.image_size)
+    calib = batches(data, args.batch_size)
+    example = calib[0][:1]
+    progress = not args.no_progress
+    options = {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
+               "per_channel": args.per_channel or None, "config": args.config}
+    sim = _apply_techniques(model, example, calib, args, options, progress)
+    # A continuous score (output SQNR against FP32) separates layers even on a few samples.
+    probe = calib[:1]
+    reference = model_outputs(model, probe, progress=False)
+
+    def output_sqnr(candidate: torch.nn.Module) -> float:
+        return min(sqnr_db(reference, model_outputs(candidate, probe, progress=False)), 200.0)
+
+    report = analyze(sim, output_sqnr, calib, layers=args.layers, sensitivity=not args.no_sensitivity,
+                     progress=progress)
+    if args.cle:
+        report.add_equalization(fold_batch_norms(model, example)[0], sim.model)
+    print(markdown_table(report.summary_rows()))
+    print(f"report: {report.to_html(args.out)}")
+    if args.plots:
+        print(f"plots: {len(report.save_plots(args.plots))} PNG files in {args.plots}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.out, calibration=args.calibration, evaluation=args.evaluation, batch_size=args.batch_size,
              progress=not args.no_progress)
     return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``quantize`` and ``analyze``: model, data, bitwidths, techniques."""
+    p.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
+                   "(e.g. leantorch.models:efficientnet_lite0)")
+    p.add_argument("--data", required=True, help="calibration data: a directory of images, a .npy array "
+                   "[N, ...] of model inputs, or builtin:images (scikit-image photograph crops)")
+    p.add_argument("--param-bw", type=int, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--act-bw", type=int, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--scheme", default="tf_enhanced", choices=["minmax", "tf_enhanced", "percentile", "mse"],
+                   help="range estimator (default tf_enhanced)")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
+    p.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
+    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
+    p.add_argument("--cle", action="store_true", help="cross-layer equalization (folds BN, scales layer pairs "
+                   "and depthwise triplets, absorbs high biases)")
+    p.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
+                   help="correct the mean output error of weight quantization")
+    p.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
+                   "weight encodings")
+    p.add_argument("--adaround-iterations", type=int, default=10_000, help="AdaRound iterations per layer "
+                   "(default 10000, as in the paper)")
+    p.add_argument("--num-samples", type=int, default=256, help="calibration samples to use (default 256)")
+    p.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
+    p.add_argument("--image-size", type=int, default=224, help="image side for image data (default 224)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,36 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize a model: trace it, optionally apply post-training techniques, "
                                    "calibrate on data, print agreement with FP32 on that data, export "
                                    "OUT/NAME.{onnx,encodings,pth}.")
-    q.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
-                   "(e.g. leantorch.models:efficientnet_lite0)")
-    q.add_argument("--data", required=True, help="calibration data: a directory of images, a .npy array "
-                   "[N, ...] of model inputs, or builtin:images (scikit-image photograph crops)")
-    q.add_argument("--param-bw", type=int, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
-    q.add_argument("--act-bw", type=int, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
-    q.add_argument("--scheme", default="tf_enhanced", choices=["minmax", "tf_enhanced", "percentile", "mse"],
-                   help="range estimator (default tf_enhanced)")
-    q.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
-    q.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
-    q.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
-    q.add_argument("--cle", action="store_true", help="cross-layer equalization (folds BN, scales layer pairs "
-                   "and depthwise triplets, absorbs high biases)")
-    q.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
-                   help="correct the mean output error of weight quantization")
-    q.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
-                   "weight encodings")
-    q.add_argument("--adaround-iterations", type=int, default=10_000, help="AdaRound iterations per layer "
-                   "(default 10000, as in the paper)")
+    _add_model_options(q)
     q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
                    "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop")
     q.add_argument("--allowed-drop", type=float, default=0.01, help="allowed top-1 agreement drop for --auto "
                    "(default 0.01)")
-    q.add_argument("--num-samples", type=int, default=256, help="calibration samples to use (default 256)")
-    q.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
-    q.add_argument("--image-size", type=int, default=224, help="image side for image data (default 224)")
     q.add_argument("--out", default="out", help="output directory (default out)")
     q.add_argument("--name", default="model", help="file name prefix (default model)")
-    q.add_argument("--no-progress", action="store_true", help="hide progress bars")
     q.set_defaults(func=_cmd_quantize)
+
+    a = sub.add_parser("analyze", help="quantization analysis: per-layer sensitivity, SQNR, ranges -> HTML report",
+                       description="Quantize a model as `quantize` does, then analyse where accuracy is lost "
+                                   "(score: output SQNR in dB against FP32 on the data, higher is better) and "
+                                   "write one self-contained HTML report (and, with --plots, the PNGs).")
+    _add_model_options(a)
+    a.add_argument("--out", default="report.html", help="HTML report path (default report.html)")
+    a.add_argument("--plots", help="also write every plot as PNG into this directory")
+    a.add_argument("--layers", nargs="+", help="layers for the sensitivity sweep (default: every quantized layer)")
+    a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
+    a.set_defaults(func=_cmd_analyze)
 
     d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
                        description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "

@@ -11,8 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .analysis import AnalysisReport, analyze
 from .data import batches, sample_images
 from .evaluation import Agreement, markdown_table, model_outputs
+from .metrics import sqnr_db
 from .models import efficientnet_lite0
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
@@ -51,7 +53,7 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
         ("W8A8 per-tensor tf_enhanced + CLE + bias correction", corrected, cle_seconds, {}),
         ("W8A8 per-channel tf_enhanced, BN folded", folded, fold_seconds, {"per_channel": True}),
     )
-    best = None
+    sims = []
     for label, candidate, seconds_before, options in variants:
         start = time.perf_counter()
         sim = QuantSim(candidate, example, param_bw=8, act_bw=8, **options)
@@ -59,8 +61,8 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
         seconds = seconds_before + time.perf_counter() - start
         rows.append(_row(label, Agreement.of(reference, model_outputs(sim.model, evals, progress, desc=label)),
                          seconds))
-        best = sim
-    assert best is not None
+        sims.append(sim)
+    naive, best = sims[0], sims[-1]
     files = best.export(out, "efficientnet_lite0_w8a8")
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.numpy()})[0] for b in evals]))
@@ -69,7 +71,23 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
     print(markdown_table(rows))
     print(f"\nexported: {', '.join(str(p) for p in files.values())}")
+    report = analysis_report(model, naive, calib, probe=evals[0][:16], progress=progress)
+    report.add_equalization(folded, equalize(model, example))
+    print(f"analysis of the naive W8A8 per-tensor model: {report.to_html(Path(out) / 'report.html')}")
     return rows
+
+
+def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Tensor],
+                    probe: torch.Tensor, progress: bool = True) -> AnalysisReport:
+    """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``; sensitivity over the
+    conv/linear layers (a continuous score separates layers even on a few images)."""
+    reference = model_outputs(model, [probe], progress=False)
+
+    def output_sqnr(candidate: torch.nn.Module) -> float:
+        return sqnr_db(reference, model_outputs(candidate, [probe], progress=False))
+
+    weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
+    return analyze(sim, output_sqnr, calib[:2], layers=weighted, progress=progress)
 
 
 def _row(label: str, agreement: Agreement, seconds: float) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterable
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss)
+        total += float(loss.detach())
         count += 1
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)

@@ -1,0 +1,135 @@
+"""Quantization-aware training: LSQ gradients against a float64 reference, learned encodings that export
+exactly, and a training helper that recovers accuracy lost to quantization."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import leantorch as lt
+
+from .conftest import assert_unchanged, state_snapshot
+from leantorch.quant.quantizer import learnable_fake_quantize
+
+
+def lsq_reference(x: np.ndarray, scale: float, offset: int, bw: int) -> tuple[np.ndarray, float, float]:
+    """Output, d(sum out)/d scale and d(sum out)/d offset of LSQ fake quantization, in float64.
+
+    x̂ = (clamp(round(x/s) - o, 0, qmax) + o) * s; the rounding is straight-through (Esser et al., 2020).
+    """
+    qmax = 2**bw - 1
+    v = x / scale
+    q = np.round(v) - offset  # numpy rounds half to even, as torch does
+    inside = (q >= 0) & (q <= qmax)
+    out = (np.clip(q, 0, qmax) + offset) * scale
+    d_scale = np.where(inside, np.round(v) - v, np.where(q < 0, offset, qmax + offset))
+    # d/d offset: zero inside (offset cancels); the clamped value moves with the offset outside.
+    d_offset = np.where(inside, 0.0, scale)
+    return out, float(d_scale.sum()), float(d_offset.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.floats(0.01, 1.0), st.integers(0, 2**31 - 1))
+def test_learnable_kernel_matches_lsq_reference(bw: int, scale: float, seed: int) -> None:
+    qmax = 2**bw - 1
+    gen = np.random.default_rng(seed)
+    offset = -int(gen.integers(0, qmax + 1))
+    x = gen.normal(0.0, scale * qmax / 3, size=200)
+    # Stay away from half-step ties, where float32 and float64 may round differently.
+    ties = np.abs((x / np.float32(scale)) % 1.0 - 0.5) < 1e-3
+    x = x[~ties]
+    s = nn.Parameter(torch.tensor(scale, dtype=torch.float32))
+    o = nn.Parameter(torch.tensor(float(offset)))
+    out = learnable_fake_quantize(torch.tensor(x, dtype=torch.float32), s, o, bw, grad_factor=1.0)
+    out.sum().backward()
+    want, d_scale, d_offset = lsq_reference(x, float(np.float32(scale)), offset, bw)
+    np.testing.assert_allclose(out.detach().double().numpy(), want, atol=1e-4 * scale * qmax)
+    assert float(s.grad) == pytest.approx(d_scale, rel=1e-3, abs=1e-3)
+    assert float(o.grad) == pytest.approx(d_offset, rel=1e-3, abs=1e-3)
+
+
+def tiny_task(seed: int = 0):
+    """A 3-class problem a small MLP learns quickly; W2A3 quantization hurts it visibly."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, 8, generator=gen) * 2
+    y = torch.randint(0, 3, (600,), generator=gen)
+    x = centers[y] + 0.8 * torch.randn(600, 8, generator=gen)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def test_range_learning_trains_encodings_and_exports_them(tmp_path) -> None:
+    model, x, y = tiny_task()
+    sim = lt.QuantSim(model, x[:1], param_bw=2, act_bw=3, scheme="minmax", range_learning=True)
+    sim.compute_encodings([x[:200]], progress=False)
+    learnable = {n: q for n, q in sim.quantizers().items() if q.is_learnable}
+    assert learnable and all(isinstance(q.scale, nn.Parameter) for q in learnable.values())
+    before = {n: float(q.scale.detach().reshape(-1)[0]) for n, q in learnable.items()}
+    batches = list(zip(torch.split(x, 50), torch.split(y, 50)))
+    losses = lt.qat.fit(sim, batches, F.cross_entropy, epochs=3, lr=1e-3, range_lr=1e-2, progress=False)
+    assert losses[-1] < losses[0]
+    assert any(float(q.scale.detach().reshape(-1)[0]) != before[n] for n, q in learnable.items())
+    # Export writes the learned grid, and ONNX Runtime computes what the trained sim computes.
+    files = sim.export(tmp_path, "qat")
+    encodings = json.loads(files["encodings"].read_text())
+    weight = sim.quantizers()["0.param_quantizers.weight"]
+    assert encodings["param_encodings"]["0.weight"][0]["scale"] == pytest.approx(float(weight.encoding.scale))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = sim.model(x[:64]).numpy()
+    got = session.run(None, {"input": x[:64].numpy()})[0]
+    step = float(sim.layers()["2"].output_quantizers[0].encoding.scale)
+    assert np.abs(got - want).max() <= step * 1.001
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_qat_recovers_accuracy_lost_to_quantization() -> None:
+    model, x, y = tiny_task(seed=1)
+    fp32 = accuracy(model, x, y)
+    snapshot = state_snapshot(model)
+    batches = list(zip(torch.split(x, 50), torch.split(y, 50)))
+    scores = {}
+    for range_learning in (False, True):
+        sim = lt.QuantSim(model, x[:1], param_bw=2, act_bw=2, scheme="minmax", range_learning=range_learning)
+        sim.compute_encodings([x], progress=False)
+        scores["ptq"] = accuracy(sim.model, x, y)
+        lt.qat.fit(sim, batches, F.cross_entropy, epochs=4, lr=3e-3, progress=False)
+        scores[range_learning] = accuracy(sim.model, x, y)
+    assert fp32 - scores["ptq"] > 0.02, "the task must lose accuracy to W2A2 PTQ for this test to mean anything"
+    assert scores[False] > scores["ptq"] and scores[True] > scores["ptq"]
+    assert fp32 - max(scores[False], scores[True]) < (fp32 - scores["ptq"]) / 2  # most of the loss recovered
+    assert_unchanged(model, snapshot)  # QAT trains the sim's copy, never the user's model
+
+
+def test_fit_needs_encodings_and_warns_about_unfolded_batch_norm() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,))
+    sim = lt.QuantSim(model, x[:1])
+    with pytest.raises(lt.EncodingsMissingError, match="compute_encodings"):
+        lt.qat.fit(sim, [(x, y)], F.cross_entropy, progress=False)
+    sim.compute_encodings([x], progress=False)
+    running_mean = sim.model.get_submodule("1.module").running_mean.clone()
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        lt.qat.fit(sim, [(x, y)], F.cross_entropy, epochs=1, progress=False)
+    assert torch.equal(sim.model.get_submodule("1.module").running_mean, running_mean)  # statistics frozen
+    with pytest.raises(lt.qat.TrainingDivergedError, match="lower lr"):
+        lt.qat.fit(sim, [(x, y)], lambda out, t: F.cross_entropy(out, t) * float("nan"), progress=False)
