@@ -29,3 +29,5 @@ from .ptq.adaround import adaround
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from . import analysis
 from .analysis import AnalysisReport, analyze
+from . import compress
+from .compress import CompressionError

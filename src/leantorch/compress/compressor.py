@@ -1,0 +1,305 @@
+"""``lt.compress``: reduce MACs to a target ratio by weight SVD, spatial SVD or channel pruning.
+
+One stage: trace a copy → cost per layer → compressible layers (reasons for the skipped ones) → per-layer
+ratios (given, or greedy over the eval-score table) → compress layer by layer (a fine-tune callback after
+each) → measure. Several schemes run as successive stages (e.g. the SSVD → channel pruning flow of the
+AIMET guide), each with its own target; the targets multiply to the overall one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from ..graph import prepare
+from ..ptq.auto import call_eval_fn
+from .channel_pruning import (PruningPath, channels_for_ratio, prune_channels, prunable_layer, pruning_path,
+                              reconstruct, sample_grams, select_channels)
+from .cost import CostReport, cost
+from .ratio_selection import (CompressionError, EvalScoreTable, build_table, default_candidates, fingerprint,
+                              greedy_select)
+from .svd import decomposable, macs_per_rank, rank_for_ratio, spatial_svd, weight_svd
+
+log = logging.getLogger(__name__)
+
+Scheme = Literal["weight_svd", "spatial_svd", "channel_pruning"]
+SCHEMES = ("weight_svd", "spatial_svd", "channel_pruning")
+
+
+@dataclass
+class CompressionInfo:
+    """What one compression stage (or the whole multi-stage run, in ``stages``) did."""
+
+    scheme: str
+    target_mac_ratio: float
+    ratios: dict[str, float]
+    sizes: dict[str, int]  # rank (SVD) or kept input channels (channel pruning) per compressed layer
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    baseline_score: float
+    score: float
+    table: EvalScoreTable | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stages: list["CompressionInfo"] = field(default_factory=list)
+
+    @property
+    def mac_ratio(self) -> float:
+        """Achieved MACs after / before."""
+        return self.macs_after / self.macs_before
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per compressed layer: ratio and rank/kept channels."""
+        return [{"layer": n, "ratio": r, "rank or channels": self.sizes.get(n, "")} for n, r in self.ratios.items()]
+
+
+class _Stage:
+    """One scheme applied to one traced model: which layers, how to compress one, at what cost."""
+
+    def __init__(self, gm: fx.GraphModule, scheme: str, costs: CostReport, skip: Sequence[str],
+                 data: list[Any] | None, multiple: int, samples_per_image: int) -> None:
+        self.gm, self.scheme, self.costs, self.multiple = gm, scheme, costs, multiple
+        self.data, self.samples_per_image = data, samples_per_image
+        self.reference = copy.deepcopy(gm) if scheme == "channel_pruning" else None
+        self.layers: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.paths: dict[str, PruningPath] = {}
+        for name in costs.layers:
+            reason = self._reason_to_skip(name, skip)
+            if reason:
+                self.skipped[name] = reason
+            else:
+                self.layers.append(name)
+
+    def _reason_to_skip(self, name: str, skip: Sequence[str]) -> str:
+        module = self.gm.get_submodule(name)
+        if name in skip:
+            return "skipped by request"
+        if self.scheme == "channel_pruning":
+            if not prunable_layer(module):
+                return f"{type(module).__name__} (groups={getattr(module, 'groups', 1)}) has no input channels to select"
+            path = pruning_path(self.gm, name)
+            if isinstance(path, PruningPath):
+                self.paths[name] = path
+                return ""
+            return path
+        if not decomposable(module, self.scheme):
+            return f"{type(module).__name__} cannot be decomposed by {self.scheme}"
+        if macs_per_rank(module, self.scheme, self.costs.layers[name]) >= self.costs.layers[name].macs:
+            return "a rank-1 decomposition would not save MACs"
+        return ""
+
+    def size_for(self, name: str, ratio: float) -> int | None:
+        """Rank or kept input channels ``apply`` would use at ``ratio``; None if that saves nothing."""
+        module, layer_cost = self.gm.get_submodule(name), self.costs.layers[name]
+        if self.scheme == "channel_pruning":
+            keep = channels_for_ratio(module, ratio, self.multiple)
+            return keep if keep < module.in_channels else None
+        rank = rank_for_ratio(module, self.scheme, layer_cost, ratio, self.multiple)
+        return rank if rank * macs_per_rank(module, self.scheme, layer_cost) < layer_cost.macs else None
+
+    def estimate_macs(self, ratios: dict[str, float]) -> float:
+        """Total MACs per sample after compressing with ``ratios``, with rounding and, for channel
+        pruning, the output channels removed from producers and depthwise convs on the way."""
+        macs = {n: float(c.macs) for n, c in self.costs.layers.items()}
+        for name, ratio in ratios.items():
+            size = self.size_for(name, ratio) if ratio < 1.0 else None
+            if size is None:
+                continue
+            module = self.gm.get_submodule(name)
+            if self.scheme != "channel_pruning":
+                macs[name] = size * macs_per_rank(module, self.scheme, self.costs.layers[name])
+                continue
+            kept = size / module.in_channels
+            path = self.paths[name]
+            for touched in [name, path.producer, *path.depthwise]:
+                macs[touched] *= kept
+        return sum(macs.values())
+
+    def apply(self, model: fx.GraphModule, name: str, ratio: float) -> int | None:
+        """Compress ``name`` in ``model`` (in place) to about ``ratio`` of its MACs; returns the rank or the
+        kept channels, None when that would not save anything."""
+        size = self.size_for(name, ratio)
+        if size is None:
+            return None
+        module = model.get_submodule(name)
+        if self.scheme == "channel_pruning":
+            assert self.reference is not None and self.data is not None
+            grams = sample_grams(model, self.reference, name, self.data, self.samples_per_image)
+            kept = select_channels(module.weight, grams.current, size)
+            prune_channels(model, self.paths[name], kept, reconstruct(module.weight, grams, kept))
+            return size
+        pair = weight_svd(module, size) if self.scheme == "weight_svd" else spatial_svd(module, size)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, pair)
+        return size
+
+
+def compress(
+    model: nn.Module,
+    example_input: Any,
+    eval_fn: Callable[[nn.Module], float],
+    scheme: "Scheme | Sequence[Scheme]" = "spatial_svd",
+    target_mac_ratio: float = 0.5,
+    ratios: dict[str, float] | None = None,
+    calibration: Iterable[Any] | None = None,
+    stage_targets: Sequence[float] | None = None,
+    candidates: "int | Sequence[float]" = 10,
+    rank_multiple: int = 8,
+    skip_layers: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    layer_callback: Callable[[nn.Module, str], None] | None = None,
+    num_batches: int = 4,
+    samples_per_image: int = 16,
+    progress: bool = True,
+) -> tuple[nn.Module, CompressionInfo]:
+    """Compress ``model`` to about ``target_mac_ratio`` of its MACs; returns ``(new model, info)``.
+
+    Args:
+        eval_fn: ``eval_fn(model) -> float`` (higher is better); scores the eval-score table and the result.
+        scheme: ``"weight_svd"``, ``"spatial_svd"``, ``"channel_pruning"``, or a sequence of them run as
+            stages (e.g. ``["spatial_svd", "channel_pruning"]``).
+        target_mac_ratio: overall MACs after / before, in (0, 1).
+        ratios: manual per-layer ratios ``{layer: ratio}`` (single stage; no eval-score table).
+        calibration: batches for channel pruning's activation sampling (required for that scheme).
+        stage_targets: per-stage targets; their product must equal ``target_mac_ratio`` (default: the
+            remaining target split evenly over the remaining stages).
+        candidates: number of evenly spaced candidate ratios (default 10) or the ratios themselves.
+        rank_multiple: round ranks / kept channels up to a multiple of this (hardware-friendly sizes).
+        skip_layers: layer names (as in ``lt.compress.cost(lt.prepare(model, x), x)``) to leave alone.
+        cache_dir: where eval-score tables are saved (``eval_scores_<scheme>.json``) and reused.
+        layer_callback: ``callback(model, layer)`` after each layer is compressed, e.g. a short fine-tune.
+        num_batches: calibration batches used per channel-pruning sampling.
+
+    Raises:
+        CompressionError: target outside (0, 1), nothing compressible, unreachable target, bad manual ratios.
+        EvalFunctionError: ``eval_fn`` raised or returned a non-number.
+
+    The input model is never modified.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
+        >>> x = torch.randn(2, 8, 16, 16)
+        >>> score = lambda m: -float((m(x) - model(x)).pow(2).mean())
+        >>> small, info = compress(model, x[:1], score, "spatial_svd", 0.6, candidates=5, progress=False)
+        >>> info.mac_ratio <= 0.6
+        True
+    """
+    schemes = [scheme] if isinstance(scheme, str) else list(scheme)
+    _check_arguments(schemes, target_mac_ratio, ratios, calibration, stage_targets)
+    data = list(calibration)[:num_batches] if calibration is not None else None
+    stages: list[CompressionInfo] = []
+    current: nn.Module = model
+    achieved = 1.0
+    for index, name in enumerate(schemes):
+        # Without explicit stage targets, what is left of the overall target is split evenly over the
+        # remaining stages, so a stage that lands below its share (rank granularity) leaves more room.
+        target = stage_targets[index] if stage_targets else \
+            min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
+        current, info = _compress_stage(current, example_input, eval_fn, name, target, ratios, data, candidates,
+                                        rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image,
+                                        progress)
+        stages.append(info)
+        achieved *= info.mac_ratio
+    if len(stages) == 1:
+        return current, stages[0]
+    first, last = stages[0], stages[-1]
+    overall = CompressionInfo(
+        "+".join(schemes), target_mac_ratio, {f"{s.scheme}:{n}": r for s in stages for n, r in s.ratios.items()},
+        {f"{s.scheme}:{n}": k for s in stages for n, k in s.sizes.items()}, first.macs_before, last.macs_after,
+        first.params_before, last.params_after, first.baseline_score, last.score,
+        seconds={k: sum(s.seconds.get(k, 0.0) for s in stages) for k in ("table", "selection", "apply")},
+        stages=stages)
+    return current, overall
+
+
+def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float] | None,
+                     calibration: Any, stage_targets: Sequence[float] | None) -> None:
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if not schemes or unknown:
+        raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(SCHEMES)}")
+    if not (isinstance(target, (int, float)) and 0.0 < target < 1.0):
+        raise CompressionError(f"target_mac_ratio={target!r} must be in (0, 1): e.g. 0.5 keeps half the MACs")
+    if "channel_pruning" in schemes and calibration is None:
+        raise CompressionError("channel_pruning samples activations: pass calibration=<batches>")
+    if ratios is not None and len(schemes) > 1:
+        raise CompressionError("manual ratios apply to a single scheme; run the stages one by one")
+    if stage_targets is not None:
+        if len(stage_targets) != len(schemes) or not all(0.0 < t <= 1.0 for t in stage_targets):
+            raise CompressionError("stage_targets needs one ratio in (0, 1] per scheme")
+        if not math.isclose(math.prod(stage_targets), target, rel_tol=1e-3):
+            raise CompressionError(f"the product of stage_targets ({math.prod(stage_targets):.4g}) must equal "
+                                   f"target_mac_ratio ({target})")
+
+
+def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.Module], float], scheme: str,
+                    target: float, ratios: dict[str, float] | None, data: list[Any] | None,
+                    candidates: "int | Sequence[float]", multiple: int, skip: Sequence[str],
+                    cache_dir: str | Path | None, callback: Callable[[nn.Module, str], None] | None,
+                    samples_per_image: int, progress: bool) -> tuple[fx.GraphModule, CompressionInfo]:
+    gm = prepare(model, example_input)
+    gm.eval()
+    costs = cost(gm, example_input)
+    stage = _Stage(gm, scheme, costs, skip, data, multiple, samples_per_image)
+    if not stage.layers:
+        raise CompressionError(f"no layer can be compressed by {scheme}: "
+                               + "; ".join(f"{n}: {r}" for n, r in list(stage.skipped.items())[:5]))
+    seconds: dict[str, float] = {}
+    baseline = call_eval_fn(eval_fn, gm)
+    table = None
+    start = time.perf_counter()
+    if ratios is not None:
+        chosen = _manual_ratios(ratios, stage)
+    else:
+        grid = default_candidates(candidates) if isinstance(candidates, int) else sorted({*candidates, 1.0})
+
+        def score_with(layer: str, ratio: float) -> float:
+            trial = copy.deepcopy(gm)
+            if stage.apply(trial, layer, ratio) is None:
+                return baseline
+            return call_eval_fn(eval_fn, trial)
+
+        path = Path(cache_dir) / f"eval_scores_{scheme}.json" if cache_dir is not None else None
+        table = build_table(stage.layers, grid, score_with, baseline, scheme,
+                            fingerprint(gm, stage.layers, scheme, grid, multiple), path, progress)
+        seconds["table"] = time.perf_counter() - start
+        start = time.perf_counter()
+        chosen, threshold = greedy_select(table, stage.estimate_macs, target * costs.total_macs)
+        log.info("%s: score threshold %.4g selects %d layer(s)", scheme, threshold,
+                 sum(r < 1.0 for r in chosen.values()))
+    seconds["selection"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sizes = {}
+    todo = [n for n in stage.layers if chosen.get(n, 1.0) < 1.0]
+    for name in tqdm(todo, desc=f"compressing ({scheme})", unit="layer", disable=not progress, leave=False):
+        size = stage.apply(gm, name, chosen[name])
+        if size is not None:
+            sizes[name] = size
+            if callback is not None:
+                callback(gm, name)
+    seconds["apply"] = time.perf_counter() - start
+    gm.eval()
+    after = cost(gm, example_input)
+    info = CompressionInfo(scheme, target, {n: chosen[n] for n in sizes}, sizes, costs.total_macs, after.total_macs,
+                           costs.total_params, after.total_params, baseline, call_eval_fn(eval_fn, gm), table,
+                           stage.skipped, seconds)
+    return gm, info
+
+
+def _manual_ratios(ratios: dict[str, float], stage: _Stage) -> dict[str, float]:
+    bad = {n: r for n, r in ratios.items() if n not in stage.layers or not (0.0 < r <= 1.0)}
+    if bad:
+        reasons = {n: stage.skipped.get(n, "not a layer of the model" if n not in stage.costs.layers
+                                        else "ratio must be in (0, 1]") for n in bad}
+        raise CompressionError(f"cannot use manual ratios {bad}: {reasons}")
+    return dict(ratios)

@@ -1,0 +1,148 @@
+"""Per-layer compression ratios: the eval-score table and greedy selection for a target MAC ratio.
+
+The **eval-score table** holds, for every compressible layer and every candidate ratio, the score of the
+model with only that layer compressed to that ratio. It is the expensive part (layers × candidates
+evaluations), so it is saved as JSON and reused when the model, scheme and candidates match.
+
+**Greedy selection** (AIMET's greedy comp-ratio selection): for a score threshold ``t``, every layer takes
+the smallest candidate ratio whose score is at least ``t`` (1.0 if none is). A higher ``t`` compresses
+less. A binary search over the scores in the table finds the highest ``t`` whose estimated total MACs
+reach the target; layers therefore give up MACs in order of how little their score suffers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import LeanTorchError
+
+
+class CompressionError(LeanTorchError, ValueError):
+    """Compression cannot be done as asked (bad target ratio, nothing compressible, unreachable target)."""
+
+
+def default_candidates(count: int = 10) -> list[float]:
+    """``count`` evenly spaced ratios in (0, 1], ending at 1.0 (uncompressed).
+
+    Example:
+        >>> default_candidates(4)
+        [0.25, 0.5, 0.75, 1.0]
+    """
+    return [round((i + 1) / count, 6) for i in range(count)]
+
+
+@dataclass
+class EvalScoreTable:
+    """``scores[layer][ratio]``: score with only ``layer`` compressed to ``ratio`` (1.0 = the baseline)."""
+
+    scheme: str
+    candidates: list[float]
+    baseline: float
+    scores: dict[str, dict[float, float]] = field(default_factory=dict)
+    fingerprint: str = ""
+    seconds: float = 0.0
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (reload with :meth:`load`)."""
+        data = {"scheme": self.scheme, "candidates": self.candidates, "baseline": self.baseline,
+                "fingerprint": self.fingerprint, "seconds": self.seconds,
+                "scores": {layer: {str(r): s for r, s in row.items()} for layer, row in self.scores.items()}}
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalScoreTable":
+        """Read a table written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text())
+            scores = {layer: {float(r): float(s) for r, s in row.items()} for layer, row in data["scores"].items()}
+            return cls(data["scheme"], [float(c) for c in data["candidates"]], float(data["baseline"]), scores,
+                       data.get("fingerprint", ""), float(data.get("seconds", 0.0)))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise CompressionError(f"cannot read eval-score table {path}: {exc}") from exc
+
+
+def fingerprint(model: nn.Module, layers: list[str], scheme: str, candidates: list[float], multiple: int) -> str:
+    """What a saved table depends on: layer names and weight shapes, scheme, candidates, rank multiple."""
+    shapes = [f"{n}:{tuple(model.get_submodule(n).weight.shape)}" for n in layers]
+    return json.dumps([scheme, candidates, multiple, shapes])
+
+
+def build_table(
+    layers: list[str],
+    candidates: list[float],
+    score_with: Callable[[str, float], float],
+    baseline: float,
+    scheme: str,
+    fingerprint_text: str,
+    path: str | Path | None = None,
+    progress: bool = True,
+) -> EvalScoreTable:
+    """Evaluate ``score_with(layer, ratio)`` for every layer and candidate below 1.0 (reusing ``path``
+    when it holds a table with the same fingerprint; writing it there otherwise)."""
+    if path is not None and Path(path).exists():
+        cached = EvalScoreTable.load(path)
+        if cached.fingerprint == fingerprint_text:
+            return cached
+    table = EvalScoreTable(scheme, candidates, baseline, fingerprint=fingerprint_text)
+    start = time.perf_counter()
+    jobs = [(layer, r) for layer in layers for r in candidates if r < 1.0]
+    for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval", disable=not progress,
+                             leave=False):
+        table.scores.setdefault(layer, {1.0: baseline})[ratio] = score_with(layer, ratio)
+    for layer in layers:
+        table.scores.setdefault(layer, {1.0: baseline})
+    table.seconds = time.perf_counter() - start
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def ratios_for_threshold(table: EvalScoreTable, threshold: float) -> dict[str, float]:
+    """Per layer, the smallest candidate ratio whose score reaches ``threshold`` (1.0 if none)."""
+    chosen = {}
+    for layer, row in table.scores.items():
+        good = [r for r, s in row.items() if s >= threshold]
+        chosen[layer] = min(good) if good else 1.0
+    return chosen
+
+
+def greedy_select(table: EvalScoreTable, estimate_macs: Callable[[dict[str, float]], float],
+                  target_macs: float) -> tuple[dict[str, float], float]:
+    """Ratios reaching ``target_macs`` with the highest score threshold; returns the ratios and the threshold.
+
+    ``estimate_macs(ratios)`` gives the model's total MACs after compressing with ``ratios`` (it accounts
+    for rank rounding and for channels removed upstream); it must not grow as ratios shrink.
+
+    Raises:
+        CompressionError: even the smallest candidates everywhere stay above the target.
+
+    Example:
+        >>> t = EvalScoreTable("weight_svd", [0.5, 1.0], 1.0, {"a": {0.5: 0.9, 1.0: 1.0}, "b": {0.5: 0.5, 1.0: 1.0}})
+        >>> greedy_select(t, lambda ratios: 100 * sum(ratios.values()), target_macs=150)
+        ({'a': 0.5, 'b': 1.0}, 0.9)
+    """
+    thresholds = sorted({s for row in table.scores.values() for s in row.values()} | {-math.inf})
+    lowest = estimate_macs(ratios_for_threshold(table, -math.inf))
+    if lowest > target_macs:
+        raise CompressionError(f"the target ({target_macs:.4g} MACs) cannot be reached: the smallest candidate "
+                               f"ratios on every compressible layer give {lowest:.4g}; add smaller "
+                               "candidates, compress more layers, or raise the target ratio")
+    lo, hi = 0, len(thresholds) - 1  # the estimate at thresholds[lo] meets the target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_macs(ratios_for_threshold(table, thresholds[mid])) <= target_macs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return ratios_for_threshold(table, thresholds[lo]), thresholds[lo]
