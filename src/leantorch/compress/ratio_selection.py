@@ -145,4 +145,36 @@ def greedy_select(table: EvalScoreTable, estimate_macs: Callable[[dict[str, floa
             lo = mid
         else:
             hi = mid - 1
-    return ratios_for_threshold(table, thresholds[lo]), thresholds[lo]
+    chosen = ratios_for_threshold(table, thresholds[lo])
+    return spend_slack(table, chosen, estimate_macs, target_macs), thresholds[lo]
+
+
+def spend_slack(table: EvalScoreTable, ratios: dict[str, float], estimate_macs: Callable[[dict[str, float]], float],
+                target_macs: float) -> dict[str, float]:
+    """Give MACs back where the threshold compressed more than the target needs.
+
+    Scores often tie (an accuracy on a few hundred samples), so the threshold can compress far below the
+    target. Step by step, the layer whose next larger candidate ratio gains the most score (then costs the
+    fewest MACs) takes that step, as long as the estimate stays within the target.
+
+    Example:
+        >>> t = EvalScoreTable("weight_svd", [0.5, 1.0], 1.0, {"a": {0.5: 1.0, 1.0: 1.0}, "b": {0.5: 1.0, 1.0: 1.0}})
+        >>> spend_slack(t, {"a": 0.5, "b": 0.5}, lambda r: 100 * sum(r.values()), target_macs=150)
+        {'a': 1.0, 'b': 0.5}
+    """
+    ratios = dict(ratios)
+    while True:
+        steps = []
+        for layer, ratio in ratios.items():
+            row = table.scores[layer]
+            larger = sorted(r for r in row if r > ratio)
+            if not larger:
+                continue
+            trial = {**ratios, layer: larger[0]}
+            macs = estimate_macs(trial)
+            if macs <= target_macs:
+                steps.append((-(row[larger[0]] - row[ratio]), macs, layer, larger[0]))
+        if not steps:
+            return ratios
+        _, _, layer, ratio = min(steps)
+        ratios[layer] = ratio
