@@ -88,7 +88,7 @@ def efficientnet_part(args: argparse.Namespace) -> list[dict]:
 
     def table_score(m: torch.nn.Module) -> float:
         # A continuous score (output SQNR vs FP32) separates layers on few images; agreement is reported.
-        return lt.metrics.sqnr_db(table_reference, model_outputs(m, [table_images], progress=False))
+        return min(lt.metrics.sqnr_db(table_reference, model_outputs(m, [table_images], progress=False)), 200.0)
 
     rows = []
     for scheme in ("weight_svd", "channel_pruning"):
