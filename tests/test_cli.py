@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from leantorch.cli import build_parser, main
 
@@ -17,7 +19,7 @@ def test_help_lists_every_option(capsys) -> None:
     text = capsys.readouterr().out
     for option in ["--model", "--data", "--param-bw", "--act-bw", "--scheme", "--per-channel", "--out", "--fold-bn"]:
         assert option in text
-    assert {"quantize", "demo"} <= set(build_parser()._subparsers._group_actions[0].choices)
+    assert {"quantize", "analyze", "compress", "demo"} <= set(build_parser()._subparsers._group_actions[0].choices)
 
 
 def test_quantize_from_npy(tmp_path, capsys) -> None:
@@ -40,6 +42,26 @@ def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
     html = (tmp_path / "report.html").read_text()
     assert "Cross-layer equalization" in html and "stem.0" in html
     assert len(list((tmp_path / "plots").glob("*.png"))) == html.count("<img ")
+
+
+def test_compress_writes_model_onnx_report_and_curves(tmp_path, capsys) -> None:
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+            "--scheme", "spatial_svd", "channel_pruning", "--target", "0.6", "--candidates", "4",
+            "--num-samples", "8", "--eval-samples", "16", "--batch-size", "8", "--out", str(tmp_path / "c"),
+            "--no-progress"]
+    assert main(args) == 0
+    assert "MAC ratio" in capsys.readouterr().out
+    out = tmp_path / "c"
+    model = torch.jit.load(str(out / "compressed.pt"))
+    x = torch.randn(2, 3, 32, 32)
+    session = ort.InferenceSession(str(out / "compressed.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], model(x).numpy(), atol=1e-4)
+    html = (out / "compression_report.html").read_text()
+    assert "Per-layer sensitivity" in html and (out / "sensitivity_spatial_svd.png").exists()
+    assert (out / "eval_scores_channel_pruning.json").exists()
+    assert main(args[:-1] + ["--target", "1.5", "--no-progress"]) == 2  # typed error, no traceback
 
 
 def test_bad_input_gives_error_not_traceback(tmp_path, capsys) -> None:

@@ -13,14 +13,15 @@ import torch
 import leantorch as lt
 
 
-def export_and_run(sim: lt.QuantSim, tmp_path, x: torch.Tensor, name: str = "model", fused: bool = False):
+def export_and_run(sim: lt.QuantSim, tmp_path, x: torch.Tensor, name: str = "model", fused: bool = False,
+                   **export_options):
     """Export and run in ONNX Runtime.
 
     ``fused=False`` runs the QDQ graph as the ONNX spec defines it (graph optimizations off). With
     ``fused=True`` ONNX Runtime rewrites QDQ into its integer kernels, whose u8s8 path on CPUs without
     VNNI saturates 16-bit intermediate sums (documented by ONNX Runtime), so it can differ by a few steps.
     """
-    files = sim.export(tmp_path, name)
+    files = sim.export(tmp_path, name, **export_options)
     options = ort.SessionOptions()
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -96,6 +97,23 @@ def test_transformer_exports_and_matches(tmp_path, transformer) -> None:
     with torch.no_grad():
         reference = transformer(x)
     assert lt.metrics.sqnr_db(reference, torch.from_numpy(fused)) > 10
+
+
+def test_unsigned_weights_keep_the_grid_and_let_fused_kernels_follow(tmp_path, transformer) -> None:
+    data = [torch.randn(8, 6, 16) for _ in range(3)]
+    sim = lt.QuantSim(transformer, data[0][:1])
+    sim.compute_encodings(data, progress=False)
+    x = torch.randn(8, 6, 16)
+    _, signed, want = export_and_run(sim, tmp_path, x, name="signed")
+    files, unsigned, _ = export_and_run(sim, tmp_path, x, name="unsigned", unsigned_weights=True)
+    np.testing.assert_array_equal(unsigned, signed)  # the same grid, only stored differently
+    model = onnx.load(str(files["onnx"]))
+    weight_zero_points = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                          if i.name.endswith("_zero_point") and "weight" in i.name]
+    assert weight_zero_points and all(z.dtype == np.uint8 and (z == 128).all() for z in weight_zero_points)
+    _, fused, _ = export_and_run(sim, tmp_path, x, name="unsigned", fused=True, unsigned_weights=True)
+    # u8u8 kernels do not saturate: the fused graph follows the simulation closely (int8: ~15 dB here).
+    assert lt.metrics.sqnr_db(torch.from_numpy(want), torch.from_numpy(fused)) > 25
 
 
 @pytest.mark.slow

@@ -169,6 +169,48 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from . import compress as compression
+    from .compress.report import write_report
+    from .data import batches
+    from .evaluation import Agreement, markdown_table, model_outputs
+
+    model = load_model(args.model)
+    data = load_data(args.data, args.num_samples + args.eval_samples, args.image_size)
+    if len(data) <= args.num_samples:
+        raise LeanTorchError(f"--data has {len(data)} samples; compress needs more than --num-samples "
+                             f"({args.num_samples}) to hold some out for scoring")
+    calib, evals = batches(data[:args.num_samples], args.batch_size), batches(data[args.num_samples:], args.batch_size)
+    progress = not args.no_progress
+    reference = model_outputs(model, evals, progress=False)
+
+    def agreement(candidate: torch.nn.Module) -> float:
+        return Agreement.of(reference, model_outputs(candidate, evals, progress=False)).top1
+
+    out = Path(args.out)
+    compressed, info = compression.compress(
+        model, calib[0][:1], agreement, args.scheme, args.target, calibration=calib, candidates=args.candidates,
+        rank_multiple=args.rank_multiple, skip_layers=args.skip, cache_dir=out, progress=progress)
+    print(markdown_table([{"scheme": info.scheme, "MAC ratio": info.mac_ratio, "MACs before": info.macs_before,
+                           "MACs after": info.macs_after, "top-1 agreement": info.score}]))
+    out.mkdir(parents=True, exist_ok=True)
+    # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
+    torch.jit.save(torch.jit.trace(compressed, calib[0][:1]), str(out / "compressed.pt"))
+    _export_float_onnx(compressed, calib[0][:1], out / "compressed.onnx")
+    report = write_report(info, out / "compression_report.html", plots_dir=out)
+    print(f"wrote {out / 'compressed.pt'}, {out / 'compressed.onnx'}, {report}")
+    return 0
+
+
+def _export_float_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -233,6 +275,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--layers", nargs="+", help="layers for the sensitivity sweep (default: every quantized layer)")
     a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
     a.set_defaults(func=_cmd_analyze)
+
+    c = sub.add_parser("compress", help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
+                       description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "
+                                   "from an eval-score table (score: top-1 agreement with FP32 on held-out "
+                                   "samples of the data), cached in OUT. Writes OUT/compressed.pt (TorchScript: "
+                                   "torch.jit.load), OUT/compressed.onnx (float), "
+                                   "OUT/compression_report.html and the sensitivity curves as PNG.")
+    c.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
+    c.add_argument("--data", required=True, help="a directory of images, a .npy array [N, ...] of model inputs, "
+                   "or builtin:images")
+    c.add_argument("--scheme", nargs="+", default=["spatial_svd"], choices=["weight_svd", "spatial_svd",
+                   "channel_pruning"], help="one scheme, or several run as stages (e.g. spatial_svd "
+                   "channel_pruning); default spatial_svd")
+    c.add_argument("--target", type=float, default=0.5, help="MACs after / before, in (0, 1) (default 0.5)")
+    c.add_argument("--candidates", type=int, default=10, help="candidate ratios per layer (default 10)")
+    c.add_argument("--rank-multiple", type=int, default=8, help="round ranks/channels up to a multiple (default 8)")
+    c.add_argument("--skip", nargs="+", default=[], help="layer names to leave uncompressed")
+    c.add_argument("--num-samples", type=int, default=64, help="samples for channel-pruning statistics (default 64)")
+    c.add_argument("--eval-samples", type=int, default=64, help="held-out samples scoring each candidate "
+                   "(default 64)")
+    c.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    c.add_argument("--image-size", type=int, default=224, help="image side for image data (default 224)")
+    c.add_argument("--out", default="out", help="output directory (default out)")
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    c.set_defaults(func=_cmd_compress)
 
     d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
                        description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "

@@ -23,12 +23,16 @@ details summary { cursor: pointer; color: #1f77b4; margin: 0.5em 0; }
 """
 
 
+def document(title: str, body: list[str]) -> str:
+    """A complete HTML page: inline style, no script, ``body`` parts in order."""
+    head = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>")
+    return "\n".join([head, f"<h1>{escape(title)}</h1>", *body, "</body></html>\n"])
+
+
 def render(report: AnalysisReport, figures: dict[str, list[tuple[str, bytes]]]) -> str:
     """The complete HTML document."""
-    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-             f"<title>leantorch quantization analysis — {escape(report.title)}</title>"
-             f"<style>{_STYLE}</style></head><body>",
-             f"<h1>Quantization analysis — {escape(report.title)}</h1>",
+    parts = [
              "<p class='note'>Scores come from your <code>eval_fn</code> (higher is better). Every number below "
              "is measured with the encodings of the analysed QuantSim.</p>",
              _summary(report)]
@@ -37,46 +41,46 @@ def render(report: AnalysisReport, figures: dict[str, list[tuple[str, bytes]]]) 
                   "<p class='note'>Orange: score with only this layer's quantizers enabled (how much this layer "
                   "alone loses). Blue: score with every quantizer but this layer's (how much is recovered by "
                   "keeping it in float).</p>",
-                  _images(figures["sensitivity"], wide=True), _details("Sensitivity table", report.sensitivity)]
+                  images(figures["sensitivity"], wide=True), details("Sensitivity table", report.sensitivity)]
     if "sqnr" in figures:
         rows = [{"layer": n, "output SQNR (dB)": v} for n, v in report.layer_sqnr.items()]
         parts += ["<h2>Per-layer output SQNR</h2>",
                   "<p class='note'>Signal-to-noise ratio of each layer's output in the fully quantized model "
                   "against the FP32 model, on the calibration data. Noise accumulates with depth; a sudden "
                   "drop points at the layer that adds it.</p>",
-                  _images(figures["sqnr"], wide=True), _details("SQNR table", rows)]
+                  images(figures["sqnr"], wide=True), details("SQNR table", rows)]
     if "equalization" in figures:
         parts += ["<h2>Cross-layer equalization: per-channel weight ranges</h2>",
                   "<p class='note'>Weight range of each output channel before and after <code>lt.equalize</code>: "
                   "equalization evens the channels out so that one per-tensor grid serves all of them.</p>",
-                  _images(figures["equalization"])]
+                  images(figures["equalization"])]
     parts += ["<h2>Weight ranges per output channel</h2>",
               "<p class='note'>Min–max bar and mean (red) of each output channel's weights. Channels with "
               "very different ranges quantize badly per tensor: use per-channel weights or equalization.</p>",
-              _images(figures["weights"], grid=True)]
+              images(figures["weights"], grid=True)]
     rows = [{"quantizer": a.name, "min": a.min, "max": a.max, "encoding min": a.encoding_min,
              "encoding max": a.encoding_max, "clipped fraction": a.clipped_fraction}
             for a in report.activations.values()]
     parts += ["<h2>Activation ranges and histograms</h2>",
               "<p class='note'>What each activation quantizer sees on the calibration data (log counts); the "
               "shaded band between the red lines is its encoding range. Mass outside the band is clipped.</p>",
-              _details("Activation range table", rows), _images(figures["activations"], grid=True),
-              "</body></html>\n"]
-    return "\n".join(parts)
+              details("Activation range table", rows), images(figures["activations"], grid=True)]
+    return document(f"Quantization analysis — {report.title}", parts)
 
 
 def _summary(report: AnalysisReport) -> str:
-    parts = ["<h2>Summary</h2>", _table(report.summary_rows())]
+    parts = ["<h2>Summary</h2>", table(report.summary_rows())]
     if report.sensitivity:
         parts += ["<p>Most sensitive layers (lowest score when quantized alone):</p>",
-                  _table(report.most_sensitive())]
+                  table(report.most_sensitive())]
     if report.layer_sqnr:
         parts += ["<p>Lowest per-layer output SQNR:</p>",
-                  _table([{"layer": n, "output SQNR (dB)": v} for n, v in report.worst_sqnr()])]
+                  table([{"layer": n, "output SQNR (dB)": v} for n, v in report.worst_sqnr()])]
     return "\n".join(parts)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
+    """An HTML table of dict rows (keys of the first row as header)."""
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{escape(k)}</th>" for k in rows[0])
@@ -84,11 +88,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _details(label: str, rows: list[dict[str, Any]]) -> str:
-    return f"<details><summary>{escape(label)} ({len(rows)} rows)</summary>{_table(rows)}</details>"
+def details(label: str, rows: list[dict[str, Any]]) -> str:
+    """A collapsed table."""
+    return f"<details><summary>{escape(label)} ({len(rows)} rows)</summary>{table(rows)}</details>"
 
 
-def _images(figures: list[tuple[str, bytes]], grid: bool = False, wide: bool = False) -> str:
+def images(figures: list[tuple[str, bytes]], grid: bool = False, wide: bool = False) -> str:
+    """``<img>`` tags with the PNGs embedded as data URIs (with their pixel sizes)."""
     tags = []
     for stem, png in figures:
         width, height = png_size(png)

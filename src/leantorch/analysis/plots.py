@@ -10,6 +10,7 @@ import io
 import math
 from typing import Any, Sequence
 
+import matplotlib
 from matplotlib.figure import Figure
 
 # One palette for every figure: quantized (orange) against float (blue), encodings in red.
@@ -111,4 +112,22 @@ def equalization_plot(name: str, before: tuple[Sequence[float], ...], after: tup
     weight_ranges_plot(f"{name}: before equalization", *before, ax=left)
     weight_ranges_plot(f"{name}: after equalization", *after, ax=right)
     right.set_ylabel("")
+    return _png(fig)
+
+
+def compression_curves_plot(title: str, scores: dict[str, dict[float, float]], chosen: dict[str, float]) -> bytes:
+    """Score against compression ratio for every layer (the eval-score table), chosen ratios circled."""
+    fig = Figure(figsize=(8.0, 4.6))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["viridis"]
+    for index, (layer, row) in enumerate(scores.items()):
+        ratios = sorted(row)
+        color = colors(index / max(len(scores) - 1, 1))
+        ax.plot(ratios, [row[r] for r in ratios], "-", lw=1, color=color, alpha=0.8)
+        if layer in chosen and chosen[layer] in row:
+            ax.plot([chosen[layer]], [row[chosen[layer]]], "o", ms=6, mfc="none", mec=ENCODING_COLOR)
+    ax.set_xlabel("compression ratio (layer MACs after / before)")
+    ax.set_ylabel("score with only this layer compressed")
+    ax.set_title(f"{title}: per-layer sensitivity ({len(scores)} layers; red circles: chosen)")
+    ax.grid(alpha=0.3)
     return _png(fig)

@@ -285,14 +285,15 @@ class QuantSim:
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
-               opset: int | None = None) -> dict[str, Path]:
+               opset: int | None = None, unsigned_weights: bool = False) -> dict[str, Path]:
         """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
 
-        See :func:`leantorch.quant.export.export_quantsim`.
+        ``unsigned_weights=True`` stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86
+        CPUs without VNNI. See :func:`leantorch.quant.export.export_quantsim`.
         """
         from .export import export_quantsim
 
-        return export_quantsim(self, path, filename_prefix, example_input, opset)
+        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights)
 
 
 def _read_encodings(path: str | Path) -> dict[str, Any]:
