@@ -110,7 +110,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     result_row = Agreement.of(reference, quantized)
     print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": result_row.top1,
                            "KL divergence": result_row.kl, "output SQNR (dB)": result_row.sqnr_db}]))
-    files = sim.export(args.out, args.name)
+    files = sim.export(args.out, args.name, unsigned_weights=args.uint8_weights)
     print(f"exported: {', '.join(str(p) for p in files.values())}")
     return 0
 
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.01)")
     q.add_argument("--out", default="out", help="output directory (default out)")
     q.add_argument("--name", default="model", help="file name prefix (default model)")
+    q.add_argument("--uint8-weights", action="store_true", help="store symmetric weights as uint8 with zero "
+                   "point 128 (same grid): ONNX Runtime's fused kernels then stay exact on x86 CPUs without VNNI; "
+                   "leave off for TensorRT/QNN, which expect int8 weights")
     q.set_defaults(func=_cmd_quantize)
 
     a = sub.add_parser("analyze", help="quantization analysis: per-layer sensitivity, SQNR, ranges -> HTML report",

@@ -67,7 +67,7 @@ def analyze(
         >>> data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
         >>> sim = QuantSim(model, data[0][:1], param_bw=4, act_bw=4)
         >>> sim.compute_encodings(data, progress=False)
-        >>> score = lambda m: -float(sum((m(x) - model(x)).pow(2).mean() for x in data))
+        >>> score = lambda m: -float(sum((m(x) - model(x)).pow(2).mean() for x in data).detach())
         >>> report = analyze(sim, score, data, progress=False)
         >>> report.scores["fp32"] == 0.0 and report.scores["quantized"] < 0.0
         True

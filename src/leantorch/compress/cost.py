@@ -88,7 +88,7 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
         >>> report = cost(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 10)),
         ...               torch.randn(2, 3, 4, 4))
         >>> report.layers["0"].macs, report.layers["2"].macs, report.total_params
-        (3456, 1280, 1522)
+        (3456, 1280, 1514)
     """
     report = CostReport()
     handles = []
