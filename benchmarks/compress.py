@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import leantorch as lt
 from leantorch.data import batches, digits, sample_images
-from leantorch.evaluation import Agreement, markdown_table, model_outputs
+from leantorch.evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from leantorch.models import ResNetSmall, accuracy, efficientnet_lite0, train_classifier
 
 
@@ -83,12 +83,9 @@ def efficientnet_part(args: argparse.Namespace) -> list[dict]:
     train = sample_images(args.train_images, seed=3)
     calibration = batches(sample_images(64, seed=0), 16)
     reference = model_outputs(model, evals, progress=False)
-    table_reference = model_outputs(model, [table_images], progress=False)
     teacher = model_outputs(model, batches(train, 32), progress=False)
-
-    def table_score(m: torch.nn.Module) -> float:
-        # A continuous score (output SQNR vs FP32) separates layers on few images; agreement is reported.
-        return min(lt.metrics.sqnr_db(table_reference, model_outputs(m, [table_images], progress=False)), 200.0)
+    # A continuous score (output SQNR vs FP32) separates layers on few images; agreement is reported.
+    table_score = sqnr_score(model, [table_images])
 
     rows = []
     for scheme in ("weight_svd", "channel_pruning"):

@@ -83,19 +83,25 @@ def _load_image_dir(path: Path, count: int, image_size: int) -> torch.Tensor:
     return (batch - mean) / std
 
 
-def _cmd_quantize(args: argparse.Namespace) -> int:
+def _model_and_data(args: argparse.Namespace) -> tuple[nn.Module, list[torch.Tensor], dict]:
+    """The model, calibration batches and QuantSim options of ``quantize``/``analyze`` arguments."""
     from .data import batches
+
+    model = load_model(args.model)
+    calib = batches(load_data(args.data, args.num_samples, args.image_size), args.batch_size)
+    options = {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
+               "per_channel": args.per_channel or None, "config": args.config}
+    return model, calib, options
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
     from .evaluation import Agreement, markdown_table, model_outputs
     from .ptq.auto import auto_quant
 
-    model = load_model(args.model)
-    data = load_data(args.data, args.num_samples, args.image_size)
-    calib = batches(data, args.batch_size)
+    model, calib, options = _model_and_data(args)
     example = calib[0][:1]
     progress = not args.no_progress
     reference = model_outputs(model, calib, progress=progress, desc="FP32")
-    options = {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
-               "per_channel": args.per_channel or None, "config": args.config}
     if args.auto:
         def agreement(candidate: torch.nn.Module) -> float:
             return Agreement.of(reference, model_outputs(candidate, calib, progress=False)).top1
@@ -139,27 +145,14 @@ def _apply_techniques(model: torch.nn.Module, example: torch.Tensor, calib: list
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
-    from .data import batches
-    from .evaluation import markdown_table, model_outputs
-    from .metrics import sqnr_db
+    from .evaluation import markdown_table, sqnr_score
 
-    model = load_model(args.model)
-    data = load_data(args.data, args.num_samples, args.image_size)
-    calib = batches(data, args.batch_size)
+    model, calib, options = _model_and_data(args)
     example = calib[0][:1]
     progress = not args.no_progress
-    options = {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
-               "per_channel": args.per_channel or None, "config": args.config}
     sim = _apply_techniques(model, example, calib, args, options, progress)
-    # A continuous score (output SQNR against FP32) separates layers even on a few samples.
-    probe = calib[:1]
-    reference = model_outputs(model, probe, progress=False)
-
-    def output_sqnr(candidate: torch.nn.Module) -> float:
-        return min(sqnr_db(reference, model_outputs(candidate, probe, progress=False)), 200.0)
-
-    report = analyze(sim, output_sqnr, calib, layers=args.layers, sensitivity=not args.no_sensitivity,
-                     progress=progress)
+    report = analyze(sim, sqnr_score(model, calib[:1]), calib, layers=args.layers,
+                     sensitivity=not args.no_sensitivity, progress=progress)
     if args.cle:
         report.add_equalization(fold_batch_norms(model, example)[0], sim.model)
     print(markdown_table(report.summary_rows()))

@@ -13,8 +13,7 @@ import torch
 
 from .analysis import AnalysisReport, analyze
 from .data import batches, sample_images
-from .evaluation import Agreement, markdown_table, model_outputs
-from .metrics import sqnr_db
+from .evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from .models import efficientnet_lite0
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
@@ -78,19 +77,9 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
     return rows
 
 
-def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Tensor],
-                    probe: torch.Tensor, progress: bool = True) -> AnalysisReport:
-    """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``; sensitivity over the
-    conv/linear layers (a continuous score separates layers even on a few images)."""
-    reference = model_outputs(model, [probe], progress=False)
-
-    def output_sqnr(candidate: torch.nn.Module) -> float:
-        return sqnr_db(reference, model_outputs(candidate, [probe], progress=False))
-
+def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Tensor], probe: torch.Tensor,
+                    progress: bool = True) -> AnalysisReport:
+    """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``, sensitivity over the
+    conv/linear layers (what the demo can afford on a CPU)."""
     weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
-    return analyze(sim, output_sqnr, calib[:2], layers=weighted, progress=progress)
-
-
-def _row(label: str, agreement: Agreement, seconds: float) -> dict[str, Any]:
-    return {"model": label, "top-1 agreement": agreement.top1, "KL divergence": agreement.kl,
-            "output SQNR (dB)": agreement.sqnr_db, "technique + calibration time (s)": seconds}
+    return analyze(sim, sqnr_score(model, [probe]), calib[:2], layers=weighted, progress=progress)

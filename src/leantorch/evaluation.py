@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -62,3 +62,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def sqnr_score(model: nn.Module, probe: list[torch.Tensor], cap_db: float = 200.0) -> Callable[[nn.Module], float]:
+    """An ``eval_fn`` scoring a candidate by its output SQNR (dB) against ``model`` on ``probe`` batches.
+
+    A continuous score separates layers even on a few samples, where top-1 agreement ties; identical
+    outputs (infinite SQNR) score ``cap_db``.
+
+    Example:
+        >>> score = sqnr_score(nn.Linear(3, 2), [torch.randn(4, 3)])
+        >>> score(nn.Linear(3, 2)) < 200.0
+        True
+    """
+    reference = model_outputs(model, probe, progress=False)
+
+    def score(candidate: nn.Module) -> float:
+        return min(sqnr_db(reference, model_outputs(candidate, probe, progress=False)), cap_db)
+
+    return score
