@@ -15,7 +15,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import onnxruntime as ort
 import torch
 

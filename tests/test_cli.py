@@ -79,6 +79,8 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "W8A8 per-channel" in result.stdout and "ONNX Runtime" in result.stdout
     assert (tmp_path / "efficientnet_lite0_w8a8.onnx").exists()
+    report = (tmp_path / "report.html").read_text()
+    assert "Per-layer sensitivity" in report and "Cross-layer equalization" in report
 
 
 def test_quantize_with_cle_bias_correction_and_auto(tmp_path, capsys) -> None:

@@ -58,7 +58,6 @@ def test_tf_enhanced_clips_outliers_and_beats_minmax_on_noise() -> None:
 
 
 def test_mse_estimator_is_close_to_brute_force_optimum() -> None:
-    gen = torch.Generator().manual_seed(1)
     x = torch.distributions.Laplace(0.0, 1.0).sample((100_000,))
     est = MseEstimator()
     est.observe(x)

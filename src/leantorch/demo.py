@@ -66,7 +66,7 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
     files = best.export(out, "efficientnet_lite0_w8a8", unsigned_weights=True)
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.numpy()})[0] for b in evals]))
-    rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ)", Agreement.of(reference, ort_out), 0.0))
+    rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out), 0.0))
     print(f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
     print(markdown_table(rows))
@@ -83,3 +83,8 @@ def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Ten
     conv/linear layers (what the demo can afford on a CPU)."""
     weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
     return analyze(sim, sqnr_score(model, [probe]), calib[:2], layers=weighted, progress=progress)
+
+
+def _row(label: str, agreement: Agreement, seconds: float) -> dict[str, Any]:
+    return {"model": label, "top-1 agreement": agreement.top1, "KL divergence": agreement.kl,
+            "output SQNR (dB)": agreement.sqnr_db, "technique + calibration time (s)": seconds}

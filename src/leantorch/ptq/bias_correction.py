@@ -23,7 +23,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..graph import as_tuple, call_sites, prepare
+from ..graph import as_tuple, prepare
 from ..quant.sim import QuantSim
 from .layer_io import StopForward, channel_means, stop_after
 

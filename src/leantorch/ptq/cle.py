@@ -33,7 +33,7 @@ import torch
 from torch import fx, nn
 
 from .. import ops
-from ..graph import call_sites, op_type, prepare
+from ..graph import call_sites, prepare
 from .bn_fold import fold_batch_norms
 from .relu6 import replace_relu6
 

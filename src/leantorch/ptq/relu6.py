@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from ..graph import call_sites, prepare
