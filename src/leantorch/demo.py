@@ -71,7 +71,7 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
     print(markdown_table(rows))
     print(f"\nexported: {', '.join(str(p) for p in files.values())}")
-    report = analysis_report(model, naive, calib, probe=evals[0][:16], progress=progress)
+    report = analysis_report(model, naive, calib, probe=evals[0][:8], progress=progress)
     report.add_equalization(folded, equalize(model, example))
     print(f"analysis of the naive W8A8 per-tensor model: {report.to_html(Path(out) / 'report.html')}")
     return rows
@@ -82,7 +82,7 @@ def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Ten
     """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``, sensitivity over the
     conv/linear layers (what the demo can afford on a CPU)."""
     weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
-    return analyze(sim, sqnr_score(model, [probe]), calib[:2], layers=weighted, progress=progress)
+    return analyze(sim, sqnr_score(model, [probe]), calib[:1], layers=weighted, progress=progress)
 
 
 def _row(label: str, agreement: Agreement, seconds: float) -> dict[str, Any]:
