@@ -159,15 +159,15 @@ def select_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int) -> torc
     """
     n_out, channels = weight.shape[:2]
     k = weight[0, 0].numel()
-    w2 = weight.detach().double().reshape(n_out, channels * k)
+    w2 = weight.detach().double().reshape(n_out, channels * k).to(gram.device)
     contribution = ((w2.t() @ w2) * gram.double()).reshape(channels, k, channels, k).sum(dim=(1, 3))
-    removed = torch.zeros(channels, dtype=torch.bool)
+    removed = torch.zeros(channels, dtype=torch.bool, device=gram.device)
     increase = contribution.diagonal().clone()  # growth of ‖Σ_R Z‖² if the channel joins R
     for _ in range(channels - keep):
         candidate = int(torch.where(removed, torch.full_like(increase, math.inf), increase).argmin())
         removed[candidate] = True
         increase += 2 * contribution[candidate]
-    return torch.nonzero(~removed).flatten()
+    return torch.nonzero(~removed).flatten().cpu()
 
 
 def reconstruct(weight: torch.Tensor, grams: _GramAccumulator, kept: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
@@ -176,13 +176,14 @@ def reconstruct(weight: torch.Tensor, grams: _GramAccumulator, kept: torch.Tenso
     n_out, channels, kh, kw = weight.shape
     k = kh * kw
     columns = (kept[:, None] * k + torch.arange(k)[None, :]).flatten()
-    w2 = weight.detach().double().reshape(n_out, channels * k)
     assert grams.current is not None and grams.cross is not None
+    w2 = weight.detach().double().reshape(n_out, channels * k).to(grams.current.device)
+    columns = columns.to(grams.current.device)
     a = grams.current[columns][:, columns]
     b = grams.cross[columns] @ w2.t()  # X_Sᵀ Y with Y = X_original Wᵀ
-    a = a + ridge * (a.trace() / len(columns) + 1e-12) * torch.eye(len(columns), dtype=a.dtype)
+    a = a + ridge * (a.trace() / len(columns) + 1e-12) * torch.eye(len(columns), dtype=a.dtype, device=a.device)
     solution = torch.linalg.solve(a, b)  # (|S|·k, n_out)
-    return solution.t().reshape(n_out, len(kept), kh, kw).to(weight.dtype)
+    return solution.t().reshape(n_out, len(kept), kh, kw).to(device=weight.device, dtype=weight.dtype)
 
 
 def prune_channels(gm: fx.GraphModule, path: PruningPath, kept: torch.Tensor, new_weight: torch.Tensor) -> None:
