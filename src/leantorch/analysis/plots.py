@@ -123,11 +123,13 @@ def compression_curves_plot(title: str, scores: dict[str, dict[float, float]], c
     for index, (layer, row) in enumerate(scores.items()):
         ratios = sorted(row)
         color = colors(index / max(len(scores) - 1, 1))
-        ax.plot(ratios, [row[r] for r in ratios], "-", lw=1, color=color, alpha=0.8)
+        ax.plot(ratios, [row[r] for r in ratios], "-", lw=1, color=color, alpha=0.8, label=layer)
         if layer in chosen and chosen[layer] in row:
             ax.plot([chosen[layer]], [row[chosen[layer]]], "o", ms=6, mfc="none", mec=ENCODING_COLOR)
     ax.set_xlabel("compression ratio (layer MACs after / before)")
     ax.set_ylabel("score with only this layer compressed")
     ax.set_title(f"{title}: per-layer sensitivity ({len(scores)} layers; red circles: chosen)")
     ax.grid(alpha=0.3)
+    if len(scores) <= 16:  # beyond that a legend hides the curves; the tables name the layers
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
