@@ -89,14 +89,29 @@ def test_transformer_exports_and_matches(tmp_path, transformer) -> None:
     x = torch.randn(8, 6, 16)
     _, got, want = export_and_run(sim, tmp_path, x)
     assert np.abs(got - want).max() <= output_step(sim, "head") * 1.001
-    # ONNX Runtime's fused integer kernels are a property of the runtime and the CPU: on x86 CPUs without
-    # VNNI its u8s8 matmuls saturate 16-bit pair sums, measured here at ~14-16 dB against the simulation
-    # (34 dB against FP32). The spec-exact check above is the contract; this one only shows the fused
-    # graph still computes the quantized model rather than noise.
     _, fused, _ = export_and_run(sim, tmp_path, x, fused=True)
-    with torch.no_grad():
-        reference = transformer(x)
-    assert lt.metrics.sqnr_db(reference, torch.from_numpy(fused)) > 10
+    if _has_vnni():
+        assert lt.metrics.sqnr_db(torch.from_numpy(want), torch.from_numpy(fused)) > 20
+    else:
+        # ONNX Runtime's u8s8 kernels saturate 16-bit pair sums on x86 CPUs without VNNI (measured here at
+        # 14-16 dB against the simulation, which is 34 dB from FP32): the fused graph can only be required
+        # to compute the quantized model rather than noise. unsigned_weights=True avoids it (test below).
+        with torch.no_grad():
+            reference = transformer(x)
+        assert lt.metrics.sqnr_db(reference, torch.from_numpy(fused)) > 10
+
+
+def _has_vnni() -> bool:
+    """True on CPUs with VNNI (or non-x86), where ONNX Runtime's int8 kernels do not saturate."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def test_unsigned_weights_keep_the_grid_and_let_fused_kernels_follow(tmp_path, transformer) -> None:
