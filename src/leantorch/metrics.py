@@ -39,4 +39,14 @@ def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
     """
     noise = float((reference.double() - other.double()).pow(2).sum())
     signal = float(reference.double().pow(2).sum())
+    return sqnr_db_from_sums(signal, noise)
+
+
+def sqnr_db_from_sums(signal: float, noise: float) -> float:
+    """``10·log10(signal / noise)`` in dB from accumulated sums of squares (inf if there is no noise).
+
+    Example:
+        >>> sqnr_db_from_sums(100.0, 1.0)
+        20.0
+    """
     return math.inf if noise == 0.0 else 10.0 * math.log10(signal / noise)

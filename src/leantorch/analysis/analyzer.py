@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import EncodingsMissingError
+from ..metrics import sqnr_db_from_sums
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
@@ -188,7 +188,7 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     with _observe_inputs(watched, _histogram(counts, edges, bins)):
         for batch in tqdm(data, desc="activation histograms", unit="batch", disable=not progress, leave=False):
             _run(sim, _inputs(sim, batch))
-    sqnr = {n: _db(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
+    sqnr = {n: sqnr_db_from_sums(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
     stats = {}
     for n in counts:
         enc = watched[n].encoding
@@ -196,10 +196,6 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
                                    encoding_max=float(enc.max.max()), bitwidth=enc.bitwidth,
                                    counts=counts[n].tolist(), edges=torch.linspace(*edges[n], bins + 1).tolist())
     return sqnr, stats
-
-
-def _db(signal: float, noise: float) -> float:
-    return math.inf if noise == 0.0 else 10.0 * math.log10(signal / noise)
 
 
 def _inputs(sim: QuantSim, batch: Any) -> tuple:
