@@ -148,3 +148,27 @@ def test_auto_quant_stops_at_first_stage_meeting_target(resnet) -> None:
         lt.auto_quant(resnet, data[0][:1], data, lambda m: "good", progress=False)
     with pytest.raises(lt.EvalFunctionError, match="eval_fn raised ZeroDivisionError"):
         lt.auto_quant(resnet, data[0][:1], data, lambda m: 1 / 0, progress=False)
+
+
+def test_adaround_with_quantized_inputs_compensates_the_error_of_earlier_layers(tmp_path) -> None:
+    """Asymmetric reconstruction (the default) fits a layer to what the quantized layer before feeds it.
+
+    Layer 0 sees the model input in both modes, so it is rounded identically; the difference in the output
+    error is then all due to how layer 2 was fitted, and fitting it to the quantized inputs must win.
+    """
+    net = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
+    data = [torch.randn(16, 4, 10, 10) for _ in range(2)]
+    held_out = torch.randn(32, 4, 10, 10)
+    with torch.no_grad():
+        target = net(held_out)
+
+    def rounded(use_quantized_inputs: bool) -> nn.Module:
+        return lt.adaround(net, data[0][:1], data, param_bw=2, act_bw=32, iterations=500, lr=1e-2,
+                           use_quantized_inputs=use_quantized_inputs, path=tmp_path, progress=False)[0]
+
+    asymmetric, symmetric = rounded(True), rounded(False)
+    assert torch.equal(asymmetric.get_submodule("0").weight, symmetric.get_submodule("0").weight)
+    with torch.no_grad():
+        error = {m: float((model(held_out) - target).pow(2).mean())
+                 for m, model in (("asymmetric", asymmetric), ("symmetric", symmetric))}
+    assert error["asymmetric"] < 0.9 * error["symmetric"]

@@ -134,7 +134,7 @@ def _apply_techniques(model: torch.nn.Module, example: torch.Tensor, calib: list
     encodings = None
     if args.adaround:
         model, encodings = adaround(model, example, calib, param_bw=args.param_bw, act_bw=args.act_bw,
-                                    per_channel=args.per_channel, config=args.config, path=args.out,
+                                    per_channel=args.per_channel, scheme=args.scheme, config=args.config, path=args.out,
                                     iterations=args.adaround_iterations, progress=progress)
     sim = QuantSim(model, example, **options)
     if encodings is not None:

@@ -97,7 +97,7 @@ def auto_quant(
         base = equalize(model, example_input)
         kwargs = dict(adaround_kwargs or {})
         candidate, encodings = adaround(base, example_input, calibration, param_bw=param_bw, act_bw=act_bw,
-                                        per_channel=per_channel, config=config, path=path,
+                                        per_channel=per_channel, scheme=scheme, config=config, path=path,
                                         progress=progress, **kwargs)
         sim = make_sim(candidate)
         sim.set_and_freeze_param_encodings(encodings)

@@ -1,0 +1,138 @@
+"""Second moments of what a Conv/Linear layer multiplies its weights with, for exact quadratic objectives.
+
+A Conv2d/Conv1d/Linear output is ``W_g · p`` per group ``g``, where ``p`` is an input patch (the im2col
+column; for Linear the feature vector). So the squared output error of a weight change, averaged over
+every position of every calibration sample, is a quadratic form in the weights:
+
+    E‖W·p − W̃·p̂‖² = Σ_g  [W_g, −W̃_g] · E[z zᵀ] · [W_g, −W̃_g]ᵀ,   z = (p, p̂)
+
+(``p̂`` is the patch the quantized layer sees; ``p̂ = p`` when inputs are float). Gathering ``E[z zᵀ]`` once
+by streaming the data replaces caching every activation, and one optimisation step then costs
+``out × K × rank`` instead of a convolution over the cached images. :func:`factorize` returns ``A, B``
+with ``E‖…‖² = ‖W Aᵀ − W̃ Bᵀ‖²`` so the target ``W Aᵀ`` is computed once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Images per chunk when unfolding: a 112×112 depthwise layer's patches of 32 images would take ~350 MB.
+_CHUNK = 8
+
+
+def supports_moments(layer: nn.Module) -> bool:
+    """Whether :func:`patches` can unfold this layer's input (Linear, or Conv1d/2d with numeric zero padding).
+
+    Example:
+        >>> supports_moments(nn.Conv2d(3, 4, 3, padding=1)), supports_moments(nn.Conv2d(3, 4, 3, padding="same"))
+        (True, False)
+    """
+    if isinstance(layer, nn.Linear):
+        return True
+    return (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str))
+
+
+def grouped_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The weight as ``[groups, out/groups, K]`` with K ordered like :func:`patches` (channel, then kernel).
+
+    Example:
+        >>> grouped_weight(nn.Conv2d(4, 8, 3, groups=2), torch.zeros(8, 2, 3, 3)).shape
+        torch.Size([2, 4, 18])
+    """
+    groups = getattr(layer, "groups", 1)
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def ungrouped_weight(grouped: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`grouped_weight`."""
+    return grouped.reshape(like.shape)
+
+
+def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input patches of ``layer`` for input ``x`` as ``[groups, K, positions]``.
+
+    Example:
+        >>> conv = nn.Conv2d(2, 3, 3)
+        >>> x = torch.randn(1, 2, 5, 5)
+        >>> p = patches(conv, x)
+        >>> w = grouped_weight(conv, conv.weight)
+        >>> torch.allclose((w @ p).reshape(3, 3, 3), conv(x)[0] - conv.bias[:, None, None], atol=1e-6)
+        True
+    """
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    if isinstance(layer, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, stride = (1, layer.kernel_size[0]), (1, layer.stride[0])
+        padding, dilation = (0, layer.padding[0]), (1, layer.dilation[0])
+    else:
+        kernel, stride, padding, dilation = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C·k, L]
+    n, ck, length = cols.shape
+    groups = layer.groups
+    return cols.reshape(n, groups, ck // groups, length).permute(1, 2, 0, 3).reshape(groups, ck // groups, -1)
+
+
+class InputMoments:
+    """Running ``E[z zᵀ]`` per group of ``z = (p, p̂)`` (or ``z = p``), accumulated in float64.
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> m = InputMoments(layer)
+        >>> m.add(torch.ones(4, 3))
+        >>> m.second_moment()[0]
+        tensor([[1., 1., 1.],
+                [1., 1., 1.],
+                [1., 1., 1.]], dtype=torch.float64)
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self.sum: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor, x_quantized: torch.Tensor | None = None) -> None:
+        """Accumulate one batch of layer inputs (and what the quantized layer sees for the same samples)."""
+        for start in range(0, x.shape[0], _CHUNK):
+            z = patches(self.layer, x[start:start + _CHUNK].float())
+            if x_quantized is not None:
+                z = torch.cat([z, patches(self.layer, x_quantized[start:start + _CHUNK].float())], dim=1)
+            moment = torch.bmm(z, z.transpose(1, 2)).double()
+            self.sum = moment if self.sum is None else self.sum + moment
+            self.count += z.shape[-1]
+
+    def second_moment(self) -> torch.Tensor:
+        """``E[z zᵀ]`` as ``[groups, n, n]`` (float64)."""
+        if self.sum is None:
+            raise ValueError("no inputs were accumulated")
+        return self.sum / self.count
+
+
+def factorize(moment: torch.Tensor, split: bool, rel_tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A, B`` (``[groups, rank, K]``, float32) with ``[W, −W̃] M [W, −W̃]ᵀ = ‖W Aᵀ − W̃ Bᵀ‖²`` per group.
+
+    ``M = Fᵀ F`` through the eigendecomposition (robust where ``M`` is singular, as it is whenever
+    ``p̂ = p`` or there are fewer positions than ``K``); directions with eigenvalue below ``rel_tol`` of the
+    largest are dropped (float32 products leave ~1e-7 of noise there), which keeps the rank, and so the
+    cost of each step, as small as the data allows.
+    ``split`` says ``M`` is the moment of ``(p, p̂)``; otherwise ``A = B``.
+
+    Example:
+        >>> m = torch.tensor([[[4.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+        >>> a, b = factorize(m, split=False)
+        >>> a.shape, float(a.abs().sum())
+        (torch.Size([1, 1, 2]), 2.0)
+    """
+    eigenvalues, vectors = torch.linalg.eigh(moment)
+    eigenvalues = eigenvalues.clamp(min=0)
+    keep = int((eigenvalues > rel_tol * eigenvalues.amax(dim=-1, keepdim=True)).sum(-1).max())
+    keep = max(keep, 1)
+    # eigh sorts ascending: the last ``keep`` columns hold the largest eigenvalues in every group
+    factor = (eigenvalues[:, -keep:].sqrt().unsqueeze(-1) * vectors[:, :, -keep:].transpose(1, 2)).float()
+    if not split:
+        return factor, factor
+    k = moment.shape[-1] // 2
+    return factor[:, :, :k], factor[:, :, k:]
