@@ -92,6 +92,6 @@ def test_quantize_with_cle_bias_correction_and_auto(tmp_path, capsys) -> None:
     assert main(base + ["--auto", "--allowed-drop", "1.0", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "bn_fold" in out and "float" in out
-    assert main(base + ["--adaround", "--adaround-iterations", "20", "--param-bw", "4", "--per-channel",
-                        "--out", str(tmp_path / "c")]) == 0
+    assert main(base + ["--adaround", "--adaround-iterations", "20", "--adaround-lr", "0.01", "--param-bw", "4",
+                        "--per-channel", "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "adaround.encodings").exists()

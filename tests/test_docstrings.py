@@ -11,7 +11,7 @@ MODULES = ["leantorch.quant.encoding", "leantorch.quant.estimators", "leantorch.
            "leantorch.quant.config", "leantorch.quant.wrapper", "leantorch.quant.sim", "leantorch.quant.qat", "leantorch.graph",
            "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli",
            "leantorch.ptq.bn_fold", "leantorch.ptq.cle", "leantorch.ptq.relu6", "leantorch.ptq.bias_correction",
-           "leantorch.ptq.adaround", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer",
+           "leantorch.ptq.adaround", "leantorch.ptq.input_moments", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer",
            "leantorch.models.digits", "leantorch.analysis.analyzer", "leantorch.analysis.report",
            "leantorch.analysis.html", "leantorch.compress.cost", "leantorch.compress.svd",
            "leantorch.compress.channel_pruning", "leantorch.compress.ratio_selection",

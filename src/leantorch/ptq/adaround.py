@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -239,7 +240,8 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, reconstruction: Reconst
         loss = reconstruction(soft_weight(h))
         if step >= warm:
             progress = (step - warm) / max(1, iterations - warm)
-            beta = beta_range[1] + 0.5 * (beta_range[0] - beta_range[1]) * (1 + torch.cos(torch.tensor(progress * torch.pi)))
+            beta_start, beta_end = beta_range
+            beta = beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos(progress * math.pi))
             loss = loss + reg_param * (1 - (2 * h - 1).abs().pow(beta)).sum()
         optimizer.zero_grad()
         loss.backward()

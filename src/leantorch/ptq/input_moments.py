@@ -46,11 +46,6 @@ def grouped_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
-def ungrouped_weight(grouped: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`grouped_weight`."""
-    return grouped.reshape(like.shape)
-
-
 def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Input patches of ``layer`` for input ``x`` as ``[groups, K, positions]``.
 
