@@ -108,16 +108,20 @@ def test_bias_correction_removes_mean_output_error(method: str) -> None:
     assert mean_error(corrected) < 0.5 * mean_error(folded)
 
 
-def test_adaround_beats_round_to_nearest_on_the_layer_objective(tmp_path) -> None:
-    """AdaRound minimises each layer's output error; on held-out inputs it must beat nearest rounding."""
+@pytest.mark.parametrize("objective", ["moments", "minibatch"])
+def test_adaround_beats_round_to_nearest_on_the_layer_objective(tmp_path, objective: str) -> None:
+    """AdaRound minimises each layer's output error; on held-out inputs it must beat nearest rounding,
+    whether the objective is exact (second moments) or sampled on mini-batches as in the paper."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
     data = [torch.relu(torch.randn(32, 8, 12, 12)) for _ in range(2)]
     held_out = torch.relu(torch.randn(64, 8, 12, 12))
     rtn = lt.QuantSim(net, data[0][:1], param_bw=3, act_bw=32, per_channel=True, scheme="minmax")
     rtn.compute_encodings(data, progress=False)
-    rounded, enc = lt.adaround(net, data[0][:1], data, param_bw=3, act_bw=32, scheme="minmax", iterations=1000,
-                               path=tmp_path, progress=False)
+    # the same (minmax) weight grid as the round-to-nearest sim: only the rounding differs
+    rounded, enc = lt.adaround(net, data[0][:1], data, param_bw=3, act_bw=32, scheme="minmax",
+                               param_scheme="minmax", iterations=1000, objective=objective, path=tmp_path,
+                               progress=False)
     sim = lt.QuantSim(rounded, data[0][:1], param_bw=3, act_bw=32, per_channel=True, scheme="minmax")
     sim.set_and_freeze_param_encodings(enc)
     sim.compute_encodings(data, progress=False)
