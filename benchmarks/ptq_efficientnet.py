@@ -85,7 +85,8 @@ def w8_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type: 
 
 
 def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[no-untyped-def]
-    # Both rows use the same MSE-optimal per-channel weight scales, so they differ only in the rounding.
+    # The mse round-to-nearest row and the AdaRound rows share the MSE-optimal per-channel weight scales, so
+    # they differ only in the rounding; the tf_enhanced row is the sim's default grid.
     for scheme in ("tf_enhanced", "mse"):
         row(f"W4A8 per-channel {scheme} weights, round-to-nearest, BN folded", folded, fold_s,
             time.perf_counter(), param_bw=4, per_channel=True, param_scheme=scheme)

@@ -36,6 +36,7 @@ Only weights change (biases stay); the scales/offsets are the sim's weight encod
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -129,7 +130,7 @@ def adaround(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     reference = prepare(model, example_input)
-    gm = prepare(model, example_input)
+    gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
     data = [as_tuple(b)[0] for _, b in zip(range(num_batches), calibration)]
     if not data:
         raise ValueError("adaround needs calibration data")
@@ -237,12 +238,12 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, reconstruction: Reconst
         return scale * (torch.clamp(w_floor + h - offset, 0, enc.num_steps) + offset)
 
     warm = int(warm_start * iterations)
+    beta_start, beta_end = beta_range
     for step in range(iterations):
         h = rectified_sigmoid(v)
         loss = reconstruction(soft_weight(h))
         if step >= warm:
             progress = (step - warm) / max(1, iterations - warm)
-            beta_start, beta_end = beta_range
             beta = beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos(progress * math.pi))
             loss = loss + reg_param * (1 - (2 * h - 1).abs().pow(beta)).sum()
         optimizer.zero_grad()
