@@ -114,6 +114,9 @@ def test_errors_change_nothing(resnet) -> None:
     bad[2][1, 0, 3, 3] = float("nan")
     with pytest.raises(lt.CalibrationDataError, match="batch 2, input 0"):
         sim.compute_encodings(bad, progress=False)
+    wrong_channels = [data[0], torch.randn(4, 5, 32, 32)]
+    with pytest.raises(lt.CalibrationDataError, match=r"batch 1 \(input shapes \[\(4, 5, 32, 32\)\]"):
+        sim.compute_encodings(wrong_channels, progress=False)
     for n, q in sim.quantizers().items():
         if n in scales:
             assert torch.equal(q.scale, scales[n]), f"{n} changed by a failed calibration"

@@ -209,7 +209,16 @@ class QuantSim:
                 if num_batches is not None and index >= num_batches:
                     break
                 inputs = self._to_inputs(batch, index)
-                self.model(*inputs)
+                try:
+                    self.model(*inputs)
+                except RuntimeError as err:
+                    # torch's message names a layer's weight, not the batch; say which batch and what fits
+                    shapes = [tuple(x.shape) for x in inputs]
+                    expected = [tuple(x.shape) for x in self.example_input]
+                    raise CalibrationDataError(
+                        f"the model fails on calibration batch {index} (input shapes {shapes}; the example "
+                        f"input had {expected}): {err}. Give batches shaped like the example input."
+                    ) from err
                 seen += 1
                 bar.update(1)
         finally:
