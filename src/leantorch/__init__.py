@@ -3,12 +3,19 @@
 from .errors import (
     CalibrationDataError,
     ConfigError,
+    DataError,
     EncodingsFileError,
     EncodingsMissingError,
     ExportError,
     InputShapeError,
+    InvalidOptionError,
     LeanTorchError,
+    NonFiniteModelError,
+    OutputPathError,
     TraceError,
+    TrainingDataError,
+    TrainingDivergedError,
+    UnknownLayerError,
     UnsupportedBitwidthError,
 )
 from .graph import prepare

@@ -23,16 +23,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import EncodingsMissingError, LeanTorchError
+from ..errors import EncodingsMissingError, TrainingDivergedError
 from ..graph import as_tuple
 from .quantizer import Quantizer
 from .sim import QuantSim
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(LeanTorchError, FloatingPointError):
-    """The training loss became NaN or Inf."""
 
 
 def fit(
