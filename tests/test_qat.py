@@ -133,3 +133,105 @@ def test_fit_needs_encodings_and_warns_about_unfolded_batch_norm() -> None:
     assert torch.equal(sim.model.get_submodule("1.module").running_mean, running_mean)  # statistics frozen
     with pytest.raises(lt.qat.TrainingDivergedError, match="lower lr"):
         lt.qat.fit(sim, [(x, y)], lambda out, t: F.cross_entropy(out, t) * float("nan"), progress=False)
+
+
+# --------------------------------------------------------------------------- bad options and bad data
+def small_sim(range_learning: bool = True) -> tuple[lt.QuantSim, list[tuple[torch.Tensor, torch.Tensor]]]:
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = [(torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(3)]
+    sim = lt.QuantSim(model, data[0][0][:1], param_bw=4, act_bw=4, range_learning=range_learning)
+    sim.compute_encodings([x for x, _ in data], progress=False)
+    return sim, data
+
+
+def assert_all_finite(model: nn.Module) -> None:
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    assert not bad, f"non-finite tensors left in the sim: {bad}"
+
+
+@pytest.mark.parametrize("options", [
+    {"lr": float("nan")}, {"lr": float("inf")}, {"lr": -1e-3}, {"lr": 0.0}, {"lr": "1e-3"},
+    {"range_lr": float("nan")}, {"range_lr": -1.0}, {"weight_decay": -0.1}, {"weight_decay": float("nan")},
+    {"epochs": 0}, {"epochs": -2}, {"epochs": 1.5}, {"epochs": True}, {"optimizer": "rmsprop"},
+])
+def test_fit_rejects_bad_options_before_touching_the_sim(options: dict) -> None:
+    sim, data = small_sim()
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.InvalidOptionError, match=next(iter(options))):
+        lt.qat.fit(sim, data, F.cross_entropy, progress=False, **options)
+    assert_unchanged(sim.model, before)
+
+
+def test_nan_loss_restores_the_last_state_that_gave_a_finite_loss() -> None:
+    sim, data = small_sim()
+    seen: list[dict[str, torch.Tensor]] = []  # the sim's state at every call of the loss
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen.append(state_snapshot(sim.model))
+        return F.cross_entropy(out, target) * (float("nan") if len(seen) == 5 else 1.0)
+
+    with pytest.raises(lt.TrainingDivergedError, match=r"epoch 2, step 1.*lower lr") as info:
+        lt.qat.fit(sim, data, loss_fn, epochs=3, lr=1e-2, progress=False)
+    assert len(info.value.losses) == 1  # epoch 1 completed, epoch 2 did not
+    assert_unchanged(sim.model, seen[3])  # the state that gave the 4th (last finite) loss
+    assert not all(torch.equal(seen[3][k], seen[4][k]) for k in seen[3])  # ... not the one that followed
+    assert_all_finite(sim.model)
+    with torch.no_grad():
+        assert torch.isfinite(sim.model(data[0][0])).all()  # the sim still runs
+
+
+def test_nan_loss_at_the_first_step_leaves_the_sim_as_it_was() -> None:
+    sim, data = small_sim()
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.TrainingDivergedError, match="epoch 1, step 0") as info:
+        lt.qat.fit(sim, data, lambda out, t: F.cross_entropy(out, t) * float("inf"), progress=False)
+    assert info.value.losses == []
+    assert_unchanged(sim.model, before)
+
+
+def test_an_update_that_overflows_is_undone() -> None:
+    # A finite loss, but lr * gradient overflows float32: the weights would become Inf.
+    sim, data = small_sim(range_learning=False)
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.TrainingDivergedError, match="update at epoch 1, step 0"):
+        lt.qat.fit(sim, data, lambda out, t: 100 * F.cross_entropy(out, t), lr=3e38, optimizer="sgd", progress=False)
+    assert_unchanged(sim.model, before)
+
+
+@pytest.mark.parametrize("where", ["input", "target"])
+def test_nan_in_a_training_batch_is_refused_naming_the_batch(where: str) -> None:
+    sim, data = small_sim()
+    model = sim.model
+    regression = [(x, F.one_hot(y, 3).float()) for x, y in data]  # float targets, as for an MSE loss
+    bad = [(x.clone(), t.clone()) for x, t in regression]
+    bad[0][0 if where == "input" else 1][2, 1] = float("nan")
+    before = state_snapshot(model)
+    with pytest.raises(lt.TrainingDataError, match=f"batch 0.*{'input 0' if where == 'input' else 'targets'}"):
+        lt.qat.fit(sim, bad, F.mse_loss, progress=False)
+    assert_unchanged(model, before)  # refused before the first forward: nothing trained
+    later = regression[:2] + bad[:1]
+    with pytest.raises(lt.TrainingDataError, match="batch 2"):
+        lt.qat.fit(sim, later, F.mse_loss, progress=False)
+    assert_all_finite(model)
+
+
+def test_empty_data_and_malformed_batches_are_refused() -> None:
+    sim, data = small_sim()
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.TrainingDataError, match="empty") as info:
+        lt.qat.fit(sim, [], F.cross_entropy, epochs=2, progress=False)
+    assert info.value.losses == []
+    with pytest.raises(lt.TrainingDataError, match=r"not \(inputs, targets\)"):
+        lt.qat.fit(sim, [x for x, _ in data], F.cross_entropy, progress=False)
+    assert_unchanged(sim.model, before)
+
+
+def test_a_one_shot_iterator_is_refused_when_it_runs_dry() -> None:
+    sim, data = small_sim()
+    assert len(lt.qat.fit(sim, iter(data), F.cross_entropy, epochs=1, progress=False)) == 1  # fine once
+    with pytest.raises(lt.TrainingDataError, match="epoch 2 of 3 saw no batch.*list or a DataLoader") as info:
+        lt.qat.fit(sim, (b for b in data), F.cross_entropy, epochs=3, progress=False)
+    assert len(info.value.losses) == 1  # only the epoch that ran
+    assert_all_finite(sim.model)
+    assert len(lt.qat.fit(sim, data, F.cross_entropy, epochs=2, progress=False)) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Iterable, Literal
 
@@ -23,12 +24,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import EncodingsMissingError, TrainingDivergedError
+from ..errors import EncodingsMissingError, InvalidOptionError, TrainingDataError, TrainingDivergedError
 from ..graph import as_tuple
 from .quantizer import Quantizer
 from .sim import QuantSim
 
 log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 def fit(
@@ -46,14 +49,26 @@ def fit(
 
     Args:
         sim: a calibrated :class:`~leantorch.QuantSim` (``compute_encodings`` or loaded encodings).
-        train_batches: re-iterable batches ``(inputs, targets)``; inputs a tensor or a tuple of tensors.
+        train_batches: re-iterable batches ``(inputs, targets)`` (a list or a DataLoader; a one-shot
+            generator only works with ``epochs=1``); inputs a tensor or a tuple of tensors.
         loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
-        lr: learning rate of the weights; ``range_lr`` that of learnable scales/offsets (default ``lr``).
+        epochs: passes over the data, a whole number ≥ 1.
+        lr: learning rate of the weights; ``range_lr`` that of learnable scales/offsets (default ``lr``);
+            both finite and > 0.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        weight_decay: L2 penalty of the weights (not of the encodings), finite and ≥ 0.
 
     Raises:
+        InvalidOptionError: ``epochs``, ``lr``, ``range_lr``, ``weight_decay`` or ``optimizer`` out of range
+            (checked before the sim is touched).
         EncodingsMissingError: the sim was not calibrated.
-        TrainingDivergedError: the loss became NaN/Inf (lower ``lr``).
+        TrainingDataError: the data is empty, an epoch after the first sees no batch (a one-shot iterator:
+            pass a list or a DataLoader), a batch is not ``(inputs, targets)``, or holds NaN/Inf (checked
+            before that batch's forward; the steps before it stay taken).
+        TrainingDivergedError: the loss or an update became NaN/Inf; the trained tensors are restored to
+            the last state that gave a finite loss (lower ``lr``).
+
+    Both training errors carry ``losses``: the mean loss of every epoch that completed before the error.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -64,12 +79,14 @@ def fit(
         >>> len(losses)
         2
     """
+    _check_options(epochs, lr, range_lr, optimizer, weight_decay)
     model = sim.model
     missing = [name for name, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
         raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
                                     "sim.compute_encodings(...) before quantization-aware training.")
     opt = _make_optimizer(model, optimizer, lr, range_lr if range_lr is not None else lr, weight_decay)
+    guard = _LastGoodState([p for group in opt.param_groups for p in group["params"]])
     batch_norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if batch_norms:
         warnings.warn(f"{len(batch_norms)} BatchNorm layer(s) are not folded (e.g. {batch_norms[:3]}); their "
@@ -77,17 +94,39 @@ def fit(
                       stacklevel=2)
     device = sim.device
     was_training = model.training
-    losses = []
+    losses: list[float] = []
     try:
         for epoch in range(epochs):
             model.train()
             for name in batch_norms:
                 model.get_submodule(name).eval()
-            losses.append(_train_epoch(model, opt, train_batches, loss_fn, device, epoch, epochs, progress))
+            losses.append(_train_epoch(model, opt, guard, train_batches, loss_fn, device, epoch, epochs, progress))
             log.info("QAT epoch %d/%d: mean loss %.4f", epoch + 1, epochs, losses[-1])
+    except (TrainingDataError, TrainingDivergedError) as exc:
+        exc.losses = list(losses)  # type: ignore[attr-defined]  # only the epochs that completed
+        raise
     finally:
         model.train(was_training)
     return losses
+
+
+def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any) -> None:
+    """Reject bad options before anything is trained: a NaN or negative rate would poison every weight."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise InvalidOptionError(f"epochs={epochs!r}: pass the number of passes over the data, a whole number ≥ 1")
+    rates = {"lr": lr} if range_lr is None else {"lr": lr, "range_lr": range_lr}
+    for name, value in rates.items():
+        if not _is_real(value) or not (math.isfinite(value) and value > 0):
+            raise InvalidOptionError(f"{name}={value!r}: a learning rate must be a finite number > 0 "
+                                     f"(typical for QAT: 1e-5 to 1e-3)")
+    if not _is_real(weight_decay) or not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise InvalidOptionError(f"weight_decay={weight_decay!r}: pass a finite number ≥ 0 (0 turns it off)")
+    if optimizer not in OPTIMIZERS:
+        raise InvalidOptionError(f"optimizer={optimizer!r}: use one of {', '.join(map(repr, OPTIMIZERS))}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _make_optimizer(model: nn.Module, kind: str, lr: float, range_lr: float,
@@ -101,26 +140,94 @@ def _make_optimizer(model: nn.Module, kind: str, lr: float, range_lr: float,
         groups.append({"params": ranges, "lr": range_lr, "weight_decay": 0.0})
     if kind == "adam":
         return torch.optim.Adam(groups)
-    if kind == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9)
-    raise ValueError(f"optimizer={kind!r}: use 'adam' or 'sgd'")
+    return torch.optim.SGD(groups, momentum=0.9)
 
 
-def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterable[Any],
+class _LastGoodState:
+    """A copy of the trained tensors from before the latest optimizer step, to undo a diverged step.
+
+    Only the optimizer changes the sim during QAT (BatchNorm statistics are frozen and quantizers do not
+    calibrate), so its parameters are the whole state that can go bad. Why a copy before *every* step:
+    the copy is one memcpy of the weights into buffers allocated once, cheap next to the forward and
+    backward that read them several times, and its memory is half of Adam's moment buffers. A snapshot per
+    epoch would be cheaper but would throw away up to an epoch of good steps; checking only at the end
+    would leave NaN in the sim.
+    """
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.saved: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def save(self) -> None:
+        if self.saved is None:
+            self.saved = [p.detach().clone() for p in self.params]
+        else:
+            for copy, p in zip(self.saved, self.params):
+                copy.copy_(p)
+
+    @torch.no_grad()
+    def restore(self) -> bool:
+        """Put back the saved tensors; False before the first step, when nothing has changed to restore."""
+        if self.saved is None:
+            return False
+        for p, copy in zip(self.params, self.saved):
+            p.copy_(copy)
+        return True
+
+    @torch.no_grad()
+    def current_is_finite(self) -> bool:
+        # One reduction per tensor and a single device sync for all of them.
+        return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodState, batches: Iterable[Any],
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
                  epoch: int, epochs: int, progress: bool) -> float:
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
-        inputs, targets = batch[:-1], batch[-1]
-        inputs = tuple(x.to(device) for x in as_tuple(inputs[0] if len(inputs) == 1 else inputs))
-        loss = loss_fn(model(*inputs), targets.to(device))
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingDivergedError(f"QAT loss is {float(loss.detach())} at epoch {epoch + 1}, step {step}: lower lr")
+        inputs, targets = _batch_tensors(batch, epoch, step, device)
+        loss = loss_fn(model(*inputs), targets)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            state = ("were restored to the last state that gave a finite loss" if guard.restore()
+                     else "are as before training (no step was taken)")
+            raise TrainingDivergedError(
+                f"QAT loss is {value} at epoch {epoch + 1}, step {step}; the weights and encodings {state}. "
+                "Fix: lower lr (and range_lr), e.g. by 10x, or check loss_fn on this batch.")
+        guard.save()  # this state just gave a finite loss: the one to go back to if the step goes wrong
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss.detach())
+        # A NaN weight can hide behind a quantizer (clamped onto the grid) and never show in the loss.
+        if not guard.current_is_finite():
+            guard.restore()
+            raise TrainingDivergedError(
+                f"the QAT update at epoch {epoch + 1}, step {step} made a weight or encoding NaN/Inf (gradient "
+                "overflow); the state from before that step was restored. Fix: lower lr (and range_lr), e.g. by 10x.")
+        total += value
         count += 1
         bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+    if count == 0:
+        raise TrainingDataError(
+            "the training data is empty: pass at least one (inputs, targets) batch" if epoch == 0 else
+            f"epoch {epoch + 1} of {epochs} saw no batch: train_batches is a one-shot iterator (e.g. a generator) "
+            "that the first epoch used up; pass a re-iterable such as a list or a DataLoader, or epochs=1.")
+    return total / count
+
+
+def _batch_tensors(batch: Any, epoch: int, step: int, device: torch.device) -> tuple[tuple, Any]:
+    """``(inputs, targets)`` of one batch on ``device``; NaN/Inf is refused before it reaches the weights."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TrainingDataError(f"training batch {step} is a {type(batch).__name__}, not (inputs, targets): "
+                                "yield a tuple such as (x, y) or ((x1, x2), y)")
+    inputs, targets = batch[:-1], batch[-1]
+    inputs = as_tuple(inputs[0] if len(inputs) == 1 else inputs)
+    for what, x in [*((f"input {j}", x) for j, x in enumerate(inputs)), ("the targets", targets)]:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise TrainingDataError(
+                f"training batch {step} (epoch {epoch + 1}): {what} (shape {tuple(x.shape)}) contains NaN or Inf; "
+                "clean or drop that batch. Training stopped before this batch.")
+    moved = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    return moved, targets.to(device) if isinstance(targets, torch.Tensor) else targets
