@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leantorch import Encoding, UnsupportedBitwidthError, compute_encoding
+from leantorch import Encoding, EncodingsFileError, UnsupportedBitwidthError, compute_encoding
 from leantorch.quant.encoding import dequantize, quantize
 from leantorch.quant.quantizer import fake_quantize
 
@@ -124,3 +124,11 @@ def test_aimet_entries_roundtrip() -> None:
     assert entries[0]["min"] == pytest.approx(-128 * entries[0]["scale"])
     back = Encoding.from_aimet(entries, axis=0)
     assert torch.equal(back.scale, enc.scale) and torch.equal(back.offset, enc.offset)
+
+
+@pytest.mark.parametrize("field,value,message", [("scale", 0.0, "scale=0.0"), ("offset", 5, "offset=5"),
+                                                 ("max", 9.0, "max=9.0 disagrees"), ("bitwidth", 1, "bitwidth=1")])
+def test_aimet_entries_are_checked(field: str, value, message: str) -> None:
+    entry = compute_encoding(torch.tensor(-1.0), torch.tensor(3.0), 8, symmetric=False).to_aimet()[0]
+    with pytest.raises(EncodingsFileError, match=message):
+        Encoding.from_aimet([{**entry, field: value}])

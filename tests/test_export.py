@@ -72,6 +72,13 @@ def test_encodings_file_names_onnx_tensors_and_params(tmp_path, resnet) -> None:
     assert enc["version"] == "0.6.1"
     assert set(enc["activation_encodings"]) <= tensors and "input" in enc["activation_encodings"]
     assert set(enc["param_encodings"]) <= initializers and "layers.0.conv1.weight" in enc["param_encodings"]
+    # Each name maps back to the quantizer(s) it came from, so a new sim of the model can load the file.
+    names = enc["quantizer_names"]
+    assert {s: set(m) for s, m in names.items()} == {s: set(enc[s]) for s in ("activation_encodings", "param_encodings")}
+    assert names["param_encodings"]["layers.0.conv1.weight"] == ["layers.0.conv1.param_quantizers.weight"]
+    assert names["activation_encodings"]["input"] == ["input_quantizers.0"]
+    assert sorted(n for m in names.values() for v in m.values() for n in v) == \
+        sorted(n for n, q in sim.quantizers().items() if q.is_active)
     conv1 = enc["param_encodings"]["layers.0.conv1.weight"]
     assert len(conv1) == 8 and conv1[0]["bitwidth"] == 8 and conv1[0]["is_symmetric"] == "True"
     # Weights in the ONNX file sit on the grid of their encodings.

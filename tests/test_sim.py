@@ -94,8 +94,10 @@ def test_enable_disable_globally_and_per_layer(resnet) -> None:
         sim.set_param_quantization(True)
         sim.set_activation_quantization(True)
         assert "stem.1.output_quantizers.0" not in active(sim)  # re-enabling keeps the config's choices
-    with pytest.raises(KeyError, match="sim.layers"):
+    with pytest.raises(lt.UnknownLayerError, match=r"no such layer\(s\) \['nope'\].*valid names include .*sim.layers"):
         sim.set_param_quantization(False, layers=["nope"])
+    with pytest.raises(KeyError, match=r"'layers.0.conv_1': did you mean 'layers.0.conv1'\?"):  # still a KeyError
+        sim.set_activation_quantization(False, layers=["layers.0.conv_1"])
 
 
 def test_errors_change_nothing(resnet) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import EncodingsFileError, UnsupportedBitwidthError
+from ..errors import UnsupportedBitwidthError
 
 #: Bitwidths that are simulated. 32 means "leave this tensor in floating point".
 MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
@@ -121,21 +121,18 @@ class Encoding:
 
     @classmethod
     def from_aimet(cls, entries: list[dict[str, Any]], axis: int | None = None) -> "Encoding":
-        """Parse AIMET encodings-file entries (a list of one entry, or one per channel)."""
-        if not isinstance(entries, list) or not entries:
-            raise EncodingsFileError(f"expected a non-empty list of encodings, got {entries!r}")
-        try:
-            bitwidths = {int(e["bitwidth"]) for e in entries}
-            symmetric = {str(e.get("is_symmetric", "False")).lower() == "true" for e in entries}
-            scale = torch.tensor([float(e["scale"]) for e in entries], dtype=torch.float32)
-            offset = torch.tensor([int(e["offset"]) for e in entries], dtype=torch.int64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EncodingsFileError(f"malformed encoding entry ({exc}): {entries[0]!r}") from exc
-        if len(bitwidths) != 1 or len(symmetric) != 1:
-            raise EncodingsFileError("all channels of one tensor must share bitwidth and symmetry")
-        if len(entries) == 1 and axis is None:
-            scale, offset = scale[0], offset[0]
-        return cls(check_bitwidth(bitwidths.pop()), symmetric.pop(), scale, offset, axis)
+        """Parse AIMET encodings-file entries (a list of one entry, or one per channel along ``axis``).
+
+        Every number is checked as :func:`leantorch.quant.encodings_file.parse_encoding` does (a scale
+        that is not positive, an offset off the grid, min/max that disagree raise
+        :class:`~leantorch.errors.EncodingsFileError`).
+        """
+        from .encodings_file import parse_encoding  # that module builds on this one
+
+        enc = parse_encoding(entries, "encoding")
+        if axis is None:
+            return enc
+        return cls(enc.bitwidth, enc.symmetric, enc.scale.reshape(-1), enc.offset.reshape(-1), axis)
 
 
 def compute_encoding(

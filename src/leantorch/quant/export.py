@@ -17,17 +17,20 @@ each active quantizer leaves a ``leantorch::Quantize`` marker node. Each marker 
 
 The encodings file follows AIMET's encodings format version 0.6.1: ``activation_encodings`` keyed by ONNX
 tensor name (the tensor that enters QuantizeLinear), ``param_encodings`` keyed by parameter (initializer)
-name, each a list of ``{bitwidth, dtype, is_symmetric, min, max, offset, scale}`` (one per channel).
+name, each a list of ``{bitwidth, dtype, is_symmetric, min, max, offset, scale}`` (one per channel). The
+extra key ``quantizer_names`` maps each of those names back to the quantizer(s) behind it, so that
+``QuantSim.load_encodings`` of a new sim of the same model reproduces this one exactly (see
+:mod:`.encodings_file`). A tensor quantized by two quantizers with different grids keeps only the first in
+the file (the format has one entry per name); the export warns and leaves the other out of the name map.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -37,12 +40,27 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import EncodingsMissingError, ExportError
 from ..graph import as_tuple
 from .encoding import Encoding
+from .encodings_file import encodings_dict, same_encoding, write_encodings
 from .quantizer import Quantizer
 
 if TYPE_CHECKING:
     from .sim import QuantSim
 
-ENCODINGS_VERSION = "0.6.1"
+
+class Marked(NamedTuple):
+    """An active quantizer numbered for export: its parameter name (weights) and its name in ``sim.model``."""
+
+    quantizer: Quantizer
+    param_name: str | None
+    name: str
+
+
+class FileEncodings(NamedTuple):
+    """Encodings keyed by ONNX name, and the quantizers behind each name (``quantizer_names``)."""
+
+    activations: dict[str, Encoding]
+    params: dict[str, Encoding]
+    names: dict[str, dict[str, list[str]]]
 
 
 def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
@@ -78,7 +96,7 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
     files = {"onnx": out_dir / f"{filename_prefix}.onnx", "encodings": out_dir / f"{filename_prefix}.encodings",
              "pth": out_dir / f"{filename_prefix}.pth"}
     onnx.save(model_proto, str(files["onnx"]))
-    files["encodings"].write_text(json.dumps(encodings, indent=2))
+    write_encodings(files["encodings"], encodings)
     torch.save(float_state_dict(sim), files["pth"])
     return files
 
@@ -98,7 +116,7 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
-    wide = any(q.bitwidth > 8 for q, _ in entries)
+    wide = any(m.quantizer.bitwidth > 8 for m in entries)
     export_opset = opset or (20 if wide else 17)
     buffer = io.BytesIO()
     cpu_inputs = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in inputs)
@@ -110,10 +128,12 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
                           custom_opsets={"leantorch": 1}, do_constant_folding=True,
                           dynamic_axes={n: {0: "batch"} for n in input_names} | {"output": {0: "batch"}})
     proto = onnx.load_from_string(buffer.getvalue())
-    encodings = _replace_markers(proto, entries, unsigned_weights)
+    found = _replace_markers(proto, entries, unsigned_weights)
     _quantize_biases(proto)
     _drop_unused_initializers(proto)
-    _strip_wrapper_names(proto)
+    found = _rename_keys(found, _strip_wrapper_names(proto))
+    encodings = encodings_dict(found.activations, found.params, found.names,
+                               extra={"excluded_layers": [], "quantizer_args": _quantizer_args(entries)})
     # Shapes recorded during tracing describe the example batch; let runtimes infer them instead.
     del proto.graph.value_info[:]
     opsets = [o for o in proto.opset_import if o.domain != "leantorch"]
@@ -128,14 +148,11 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
     return proto, encodings
 
 
-def _mark_quantizers(model: torch.nn.Module) -> list[tuple[Quantizer, str | None]]:
-    """Number the active quantizers for export; snap weights onto their grids.
-
-    Returns ``(quantizer, param_name or None)`` by export index.
-    """
+def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
+    """Number the active quantizers for export; snap weights onto their grids. Returns them by export index."""
     from .wrapper import QuantWrapper
 
-    entries: list[tuple[Quantizer, str | None]] = []
+    entries: list[Marked] = []
     param_of = {}
     for layer, wrapper in model.named_modules():
         if isinstance(wrapper, QuantWrapper):
@@ -145,10 +162,11 @@ def _mark_quantizers(model: torch.nn.Module) -> list[tuple[Quantizer, str | None
                     with torch.no_grad():
                         param.copy_(q(param))
                     param_of[id(q)] = f"{layer}.{pname}"
-    for _, q in model.named_modules():
+    # The copy has the module names of sim.model, so `name` is the quantizer's name in the sim.
+    for name, q in model.named_modules():
         if isinstance(q, Quantizer) and q.is_active:
             q.export_index = len(entries)
-            entries.append((q, param_of.get(id(q))))
+            entries.append(Marked(q, param_of.get(id(q)), name))
     return entries
 
 
@@ -194,19 +212,18 @@ def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, 
     return nodes, inits
 
 
-def _replace_markers(proto: onnx.ModelProto, entries: list[tuple[Quantizer, str | None]],
-                     unsigned_weights: bool = False) -> dict[str, Any]:
+def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_weights: bool = False
+                     ) -> FileEncodings:
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
-    activation_enc: dict[str, Any] = {}
-    param_enc: dict[str, Any] = {}
+    found = FileEncodings({}, {}, {"activation_encodings": {}, "param_encodings": {}})
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.domain != "leantorch":
             new_nodes.append(node)
             continue
         index = next(a.i for a in node.attribute if a.name == "index")
-        quantizer, param_name = entries[index]
+        quantizer, param_name, qname = entries[index]
         enc = quantizer.encoding
         assert enc is not None
         x, y = node.input[0], node.output[0]
@@ -215,9 +232,9 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[tuple[Quantizer, str 
                 initializers[x].name = param_name
                 _rename_uses(graph, x, param_name)
                 x = param_name
-            param_enc[x] = enc.to_aimet()
+            _record(found, "param_encodings", found.params, x, enc, qname)
         else:
-            activation_enc.setdefault(x, enc.to_aimet())
+            _record(found, "activation_encodings", found.activations, x, enc, qname)
         is_param = param_name is not None
         nodes, inits = _qdq_nodes(enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=is_param,
                                   unsigned=unsigned_weights and is_param)
@@ -225,13 +242,35 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[tuple[Quantizer, str 
         graph.initializer.extend(inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    return {"version": ENCODINGS_VERSION, "activation_encodings": activation_enc, "param_encodings": param_enc,
-            "excluded_layers": [], "quantizer_args": _quantizer_args(entries)}
+    return found
 
 
-def _quantizer_args(entries: list[tuple[Quantizer, str | None]]) -> dict[str, Any]:
-    params = [q for q, p in entries if p is not None]
-    acts = [q for q, p in entries if p is None]
+def _record(found: FileEncodings, section: str, encodings: dict[str, Encoding], key: str, enc: Encoding,
+            qname: str) -> None:
+    """File ``enc`` under ONNX name ``key`` and remember that quantizer ``qname`` produced it.
+
+    The file holds one entry per name: a second quantizer of the same tensor with another grid is left out
+    of the name map (loading the file then reports it as not covered instead of giving it a wrong grid)."""
+    kept = encodings.setdefault(key, enc)
+    if not same_encoding(kept, enc):
+        warnings.warn(f"tensor {key!r} is quantized by several quantizers with different encodings; the "
+                      f"encodings file keeps the first, {qname} is left out of it", stacklevel=4)
+        return
+    names = found.names[section].setdefault(key, [])
+    if qname not in names:
+        names.append(qname)
+
+
+def _rename_keys(found: FileEncodings, renames: dict[str, str]) -> FileEncodings:
+    """Apply initializer renames to the file's keys, so that every key names a tensor of the ONNX model."""
+    rename = lambda mapping: {renames.get(k, k): v for k, v in mapping.items()}  # noqa: E731
+    return FileEncodings(rename(found.activations), rename(found.params),
+                         {section: rename(names) for section, names in found.names.items()})
+
+
+def _quantizer_args(entries: list[Marked]) -> dict[str, Any]:
+    params = [m.quantizer for m in entries if m.param_name is not None]
+    acts = [m.quantizer for m in entries if m.param_name is None]
     return {
         "activation_bitwidth": acts[0].bitwidth if acts else 32,
         "param_bitwidth": params[0].bitwidth if params else 32,
@@ -294,8 +333,8 @@ def _initializer_value(initializers: dict[str, onnx.TensorProto], name: str) -> 
     return None if init is None else numpy_helper.to_array(init)
 
 
-def _strip_wrapper_names(proto: onnx.ModelProto) -> None:
-    """``layer.module.bias`` → ``layer.bias``: initializer names as in the user's model."""
+def _strip_wrapper_names(proto: onnx.ModelProto) -> dict[str, str]:
+    """``layer.module.bias`` → ``layer.bias``: initializer names as in the user's model. Returns the renames."""
     renames = {}
     taken = {init.name for init in proto.graph.initializer}
     for init in proto.graph.initializer:
@@ -308,6 +347,7 @@ def _strip_wrapper_names(proto: onnx.ModelProto) -> None:
         for i, name in enumerate(node.input):
             if name in renames:
                 node.input[i] = renames[name]
+    return renames
 
 
 def _drop_unused_initializers(proto: onnx.ModelProto) -> None:

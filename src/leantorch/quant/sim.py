@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import difflib
 import logging
 import warnings
 from pathlib import Path
@@ -12,10 +12,12 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..errors import CalibrationDataError, EncodingsFileError
+from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
 from ..graph import as_tuple, prepare, unknown_leaf_modules
-from .config import QuantSimConfig, load_config
+from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
+from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, encodings_dict, match_encodings,
+                             read_encodings, write_encodings)
 from .estimators import QuantScheme
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer
@@ -23,9 +25,7 @@ from .wrapper import QuantWrapper
 
 log = logging.getLogger(__name__)
 
-#: Version of the AIMET encodings-file format written by leantorch.
-ENCODINGS_VERSION = "0.6.1"
-
+__all__ = ["QuantSim", "ENCODINGS_VERSION"]  # ENCODINGS_VERSION: kept importable from here for old callers
 
 
 class QuantSim:
@@ -131,7 +131,7 @@ class QuantSim:
         names = list(all_layers) if layers is None else list(layers)
         missing = [n for n in names if n not in all_layers]
         if missing:
-            raise KeyError(f"no such layer(s) {missing}; see sim.layers() for the names")
+            raise UnknownLayerError(_unknown_layers_message(missing, list(all_layers)))
         for name in names:
             wrapper = all_layers[name]
             groups = [wrapper.param_quantizers.values()] if params else \
@@ -259,38 +259,74 @@ class QuantSim:
 
     # ------------------------------------------------------------------ encodings files
     def save_encodings(self, path: str | Path) -> None:
-        """Write all encodings (AIMET 0.6.1 entries; activations by quantizer name, params by param name)."""
-        data = {
-            "version": ENCODINGS_VERSION,
-            "activation_encodings": {n: q.encoding.to_aimet() for n, q in self.activation_quantizers().items()
-                                     if q.encoding is not None},
-            "param_encodings": {n: q.encoding.to_aimet() for n, q in self.param_quantizers().items()
-                                if q.encoding is not None},
-        }
-        Path(path).write_text(json.dumps(data, indent=2))
+        """Write all encodings (AIMET 0.6.1 entries; activations by quantizer name, params by param name).
 
-    def load_encodings(self, path: str | Path, freeze: bool = False) -> None:
-        """Load a file written by :meth:`save_encodings`; every name must exist (nothing half-applied)."""
-        data = _read_encodings(path)
-        plan = _match(self.activation_quantizers(), data.get("activation_encodings", {}), "activation") + \
-            _match(self.param_quantizers(), data.get("param_encodings", {}), "param", self._param_shapes())
-        for q, enc in plan:
-            q.set_encoding(enc.to(self.device), freeze=freeze)
+        The file loads back with :meth:`load_encodings` into any ``QuantSim`` of the same model and config.
+        """
+        activations = {n: q.encoding for n, q in self.activation_quantizers().items() if q.encoding is not None}
+        params = {n: q.encoding for n, q in self.param_quantizers().items() if q.encoding is not None}
+        write_encodings(path, encodings_dict(activations, params))
+
+    def load_encodings(self, path: str | Path, freeze: bool = False, strict: bool = True) -> list[str]:
+        """Load a file written by :meth:`save_encodings` or :meth:`export` (or an AIMET 0.6.1 file named alike).
+
+        Every number and name is checked first (rules in :mod:`leantorch.quant.encodings_file`); on any
+        error nothing is applied.
+
+        Args:
+            path: the encodings file.
+            freeze: keep the loaded encodings fixed through recalibration and range learning.
+            strict: require the file to cover every active quantizer. With ``strict=False`` a partial file
+                loads and the others keep their current encodings.
+
+        Returns:
+            The names of the active quantizers the file left alone (empty when ``strict``).
+
+        Raises:
+            EncodingsFileError: a bad number or structure, an unknown name, or (``strict``) an active
+                quantizer without an encoding; the message names the entry and the fix.
+        """
+        targets = self._encoding_targets()
+        plan = match_encodings(read_encodings(path), targets, str(path))
+        missing = check_coverage(targets, plan, strict, str(path))
+        for target, enc in plan:
+            target.quantizer.set_encoding(enc.to(self.device), freeze=freeze)
+        if missing:
+            log.warning("%s left %d active quantizer(s) without a loaded encoding, e.g. %s", path, len(missing),
+                        missing[:5])
+        return missing
 
     def set_and_freeze_param_encodings(self, path: str | Path) -> None:
-        """Load parameter encodings (e.g. from :func:`leantorch.adaround`) and keep them fixed.
+        """Load parameter encodings (e.g. from :func:`leantorch.adaround`), enable and freeze those quantizers.
 
-        Accepts a leantorch or AIMET encodings file; uses its ``param_encodings`` (by param name).
+        Accepts the files of :meth:`save_encodings`, :meth:`export` and ``adaround``; only their parameter
+        encodings are applied, after the whole file is checked as in :meth:`load_encodings` (coverage aside:
+        the other parameters keep being calibrated).
         """
-        data = _read_encodings(path)
-        params = data.get("param_encodings", {})
-        for q, enc in _match(self.param_quantizers(), params, "param", self._param_shapes()):
-            q.enabled = True
-            q.set_encoding(enc.to(self.device), freeze=True)
+        targets = self._encoding_targets()
+        plan = [(t, enc) for t, enc in match_encodings(read_encodings(path), targets, str(path)) if t.is_param]
+        if not plan:
+            raise EncodingsFileError(f"{path} holds no parameter encodings for this model; nothing to freeze")
+        for target, enc in plan:
+            target.quantizer.enabled = True
+            target.quantizer.set_encoding(enc.to(self.device), freeze=True)
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {f"{layer}.{p}": tuple(getattr(w.module, p).shape)
-                for layer, w in self.layers().items() for p in w.param_quantizers}
+    def _encoding_targets(self) -> list[Target]:
+        """Every quantizer with the names, shapes and channel axes that encodings files refer to."""
+        params: dict[int, tuple[str, tuple[int, ...], int]] = {}
+        for layer, wrapper in self.layers().items():
+            for pname, q in wrapper.param_quantizers.items():
+                # A weight's channels lie on its op's output-channel axis; a bias has only axis 0.
+                axis = PER_CHANNEL_AXIS.get(wrapper.op_type, 0) if pname == "weight" else 0
+                params[id(q)] = (f"{layer}.{pname}", tuple(getattr(wrapper.module, pname).shape), axis)
+        targets = []
+        for name, q in self.quantizers().items():
+            if id(q) in params:
+                key, shape, axis = params[id(q)]
+                targets.append(Target(name, q, key, is_param=True, shape=shape, channel_axis=axis))
+            else:
+                targets.append(Target(name, q, name, channel_axis=q.axis))
+        return targets
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
@@ -305,36 +341,11 @@ class QuantSim:
         return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights)
 
 
-def _read_encodings(path: str | Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EncodingsFileError(f"cannot read encodings file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise EncodingsFileError(f"{path} is not an encodings file (expected a JSON object)")
-    return data
 
-
-def _match(quantizers: dict[str, Quantizer], entries: dict[str, Any], kind: str,
-           shapes: dict[str, tuple[int, ...]] | None = None) -> list[tuple[Quantizer, Encoding]]:
-    """Pair file entries with quantizers, checking names and channel counts before anything is applied."""
-    unknown = sorted(set(entries) - set(quantizers))
-    if unknown:
-        raise EncodingsFileError(
-            f"{len(unknown)} {kind} encoding(s) name no tensor of this model, e.g. {unknown[:3]}; was the file "
-            "written for another model or another config?"
-        )
-    plan = []
-    for name, entry in entries.items():
-        q = quantizers[name]
-        axis = None
-        if isinstance(entry, list) and len(entry) > 1:
-            axis = q.axis if q.axis is not None else 0
-            shape = (shapes or {}).get(name)
-            if shape is not None and shape[axis] != len(entry):
-                raise EncodingsFileError(
-                    f"{name}: the file has {len(entry)} per-channel encodings but the tensor has "
-                    f"{shape[axis]} channels along axis {axis}"
-                )
-        plan.append((q, Encoding.from_aimet(entry, axis=axis)))
-    return plan
+def _unknown_layers_message(missing: list[str], valid: list[str]) -> str:
+    """Name the unknown layers, suggest close names, and show some valid ones."""
+    hints = {n: difflib.get_close_matches(n, valid, n=1) for n in missing[:5]}
+    suggestions = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
+    return (f"no such layer(s) {missing[:5]}{' …' if len(missing) > 5 else ''}"
+            f"{' (' + suggestions + ')' if suggestions else ''}; valid names include {valid[:8]} — see "
+            f"sim.layers() for all {len(valid)}")
