@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from ..graph import as_tuple, prepare
 from ..quant.encoding import Encoding
-from ..quant.sim import ENCODINGS_VERSION, QuantSim
+from ..quant.encodings_file import ENCODINGS_VERSION
+from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
 from .input_moments import InputMoments, factorize, grouped_weight, supports_moments
 from .layer_io import layer_io
