@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench browser clean
+.PHONY: demo test test-fast bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/leantorch demo --out out
 
+# The whole suite, model-level (slow) tests included: what CI runs. No test has a wall-clock limit.
 test: $(STAMP) browser
 	$(PY) -m pytest -n 2 -q tests
+
+# The development loop: everything but the tests marked slow (model-level runs, README examples).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow" tests
 
 # The HTML report is tested in a real headless Chromium (Debian's package). Where it cannot be installed
 # (not root, no apt) that one test is skipped and says why; everything else still runs.
