@@ -13,6 +13,8 @@ from torch import nn
 import leantorch as lt
 from leantorch.analysis.html import png_size
 
+from .conftest import assert_unchanged, state_snapshot
+
 
 class TwoLayer(nn.Module):
     def __init__(self) -> None:
@@ -112,6 +114,55 @@ def test_bad_eval_fn_and_uncalibrated_sim_give_clear_errors(setup) -> None:
     fresh = lt.QuantSim(model, data[0][:1])
     with pytest.raises(lt.EncodingsMissingError, match="compute_encodings"):
         lt.analyze(fresh, lambda m: 1.0, data, progress=False)
+
+
+def test_bad_layers_data_and_options_are_refused_before_eval_fn_runs(setup) -> None:
+    model, data, sim, _ = setup
+    before, states = state_snapshot(sim.model), enabled_states(sim)
+    calls = []
+
+    def counting(m: nn.Module) -> float:
+        calls.append(1)
+        return 1.0
+
+    with pytest.raises(lt.UnknownLayerError, match=r"layers=\['nope'\].*valid names \(4\): input_quantizers, conv, "
+                                                   r"relu, head"):
+        lt.analyze(sim, counting, data, layers=["conv", "nope"], progress=False)
+    bad = [d.clone() for d in data]
+    bad[2][0, 0, 0, 0] = float("inf")
+    with pytest.raises(lt.CalibrationDataError, match="calibration batch 2, input 0"):
+        lt.analyze(sim, counting, bad, progress=False)
+    for empty in ([], None, data[0]):
+        with pytest.raises(lt.CalibrationDataError, match="lt.analyze needs"):
+            lt.analyze(sim, counting, empty, progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="bins=0"):
+        lt.analyze(sim, counting, data, bins=0, progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="num_batches=0"):
+        lt.analyze(sim, counting, data, num_batches=0, progress=False)
+    assert not calls
+    with pytest.raises(lt.CalibrationDataError, match="fails on calibration batch 1"):
+        lt.analyze(sim, counting, [data[0], torch.randn(2, 4, 8, 8)], sensitivity=False, progress=False)
+    assert enabled_states(sim) == states
+    assert_unchanged(sim.model, before)
+
+
+def test_nan_scores_name_the_model_that_was_scored(setup) -> None:
+    _, data, sim, eval_fn = setup
+    states = enabled_states(sim)
+    with pytest.raises(lt.EvalFunctionError, match=r"got nan on the FP32 model.*NaN model outputs"):
+        lt.analyze(sim, lambda m: float("nan"), data, progress=False)
+    scores = iter([1.0, 0.9, 0.95, 0.92, 0.9, float("nan")])
+    with pytest.raises(lt.EvalFunctionError, match="got nan on the model with all but input_quantizers quantized"):
+        lt.analyze(sim, lambda m: next(scores), data, progress=False)
+    assert enabled_states(sim) == states
+
+
+def test_add_equalization_names_unknown_layers(setup) -> None:
+    model, data, sim, eval_fn = setup
+    report = lt.analyze(sim, eval_fn, data, sensitivity=False, progress=False)
+    with pytest.raises(lt.UnknownLayerError, match=r"layers=\['relu'\].*valid names \(2\): conv, head"):
+        report.add_equalization(model, model, layers=["conv", "relu"])
+    assert report.equalization == []
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from torch import nn
 import leantorch as lt
 from leantorch.compress.channel_pruning import (PruningPath, prune_channels, pruning_path, reconstruct,
                                                 sample_grams, select_channels)
+from leantorch.compress.cost import layer_macs
 from leantorch.compress.ratio_selection import EvalScoreTable, greedy_select
 from leantorch.compress.svd import full_rank, spatial_svd, weight_svd
 
@@ -198,11 +199,65 @@ def test_bad_input_is_rejected_clearly() -> None:
             lt.compress(model, x, lambda m: 1.0, "weight_svd", target)
     with pytest.raises(lt.CompressionError, match="unknown scheme"):
         lt.compress(model, x, lambda m: 1.0, "magic", 0.5)
-    with pytest.raises(lt.CompressionError, match="calibration"):
+    with pytest.raises(lt.CalibrationDataError, match="calibration=None"):
         lt.compress(model, x, lambda m: 1.0, "channel_pruning", 0.5)
     with pytest.raises(lt.CompressionError, match="no layer can be compressed"):
         lt.compress(nn.Sequential(nn.ReLU()), x, lambda m: 1.0, "spatial_svd", 0.5)
     with pytest.raises(lt.EvalFunctionError, match="eval_fn raised"):
         lt.compress(model, x, lambda m: 1 / 0, "weight_svd", 0.5)
-    with pytest.raises(lt.CompressionError, match="manual ratios"):
+    with pytest.raises(lt.UnknownLayerError, match=r"ratios=\['nope'\].*valid names \(2\): 0, 2"):
         lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.5, ratios={"nope": 0.5})
+    with pytest.raises(lt.CompressionError, match="manual ratios"):
+        lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.5, ratios={"2": 1.5})
+
+
+def _prunable() -> tuple[nn.Module, torch.Tensor, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    data = [torch.randn(4, 3, 10, 10, generator=gen) for _ in range(3)]
+    return model, data[0][:1], data
+
+
+def test_channel_pruning_checks_calibration_before_blaming_eval_fn() -> None:
+    model, x, data = _prunable()
+    before = state_snapshot(model)
+    calls = []
+
+    def score(m: nn.Module) -> float:
+        calls.append(1)
+        with torch.no_grad():
+            return -float((m(data[0]) - model(data[0])).pow(2).mean())
+
+    bad = [d.clone() for d in data]
+    bad[1][0, 0, 0, 0] = float("nan")  # once reached the least-squares fits and came back as a NaN score
+    options = dict(scheme="channel_pruning", target_mac_ratio=0.7, rank_multiple=1, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 1, tensor 0 \(shape \(4, 3, 10, 10\)\)"):
+        lt.compress(model, x, score, calibration=bad, **options)
+    for empty, why in (([], "no batch"), (data, "num_batches=0")):
+        with pytest.raises(lt.CalibrationDataError, match=why):
+            lt.compress(model, x, score, calibration=empty, num_batches=0 if empty else 4, **options)
+    with pytest.raises(lt.CalibrationDataError, match="not a single tensor"):
+        lt.compress(model, x, score, calibration=data[0], **options)
+    assert not calls  # all refused before eval_fn ran
+    with pytest.raises(lt.CalibrationDataError, match="fails on calibration batch 0"):
+        lt.compress(model, x, score, calibration=[torch.randn(2, 5, 10, 10)], **options)
+    small, info = lt.compress(model, x, score, calibration=data, **options)  # the clean data works
+    assert info.mac_ratio <= 0.7
+    assert_unchanged(model, before)
+
+
+def test_compress_names_unknown_layers_and_bad_options() -> None:
+    model, x, data = _prunable()
+    before = state_snapshot(model)
+    with pytest.raises(lt.UnknownLayerError, match=r"skip_layers=\['conv9'\].*valid names \(3\): 0, 2, 4"):
+        lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.7, skip_layers=["conv9"], progress=False)
+    for candidates in (0, 1, [1.0], [0.0, 0.5], True):
+        with pytest.raises(lt.InvalidOptionError, match="candidates="):
+            lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.7, candidates=candidates, progress=False)
+    with pytest.raises(lt.EvalFunctionError, match="got nan on the uncompressed model.*NaN model outputs"):
+        lt.compress(model, x, lambda m: float("nan"), "weight_svd", 0.7, progress=False)
+    with pytest.raises(lt.InputShapeError, match=r"\(1, 5, 10, 10\)"):
+        lt.compress.cost(model, torch.randn(1, 5, 10, 10))
+    with pytest.raises(lt.CompressionError, match="no MAC formula for ReLU"):
+        layer_macs(nn.ReLU(), (1, 3), (1, 3))
+    assert_unchanged(model, before)

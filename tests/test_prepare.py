@@ -113,3 +113,58 @@ def test_op_modules_are_not_retraced() -> None:
     again = lt.prepare(gm, torch.randn(1, 4))
     assert [type(m) for _, m in call_sites(again)] == [nn.Linear]
     assert Add and MatMul  # the op modules exist as public building blocks
+
+
+def _conv_bn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda m: m[0].weight.data.view(-1)[:3].fill_(float("nan")), r"0\.weight has 3 NaN values"),
+    (lambda m: m[0].bias.data.view(-1)[:2].fill_(float("inf")), r"0\.bias has 2 Inf values"),
+    (lambda m: m[1].running_var.data.view(-1)[:1].fill_(float("nan")), r"1\.running_var has 1 NaN value\b"),
+    (lambda m: m[1].running_mean.data.view(-1)[:1].fill_(-float("inf")), r"1\.running_mean has 1 Inf value\b"),
+])
+def test_non_finite_weights_and_statistics_are_named(corrupt, message: str) -> None:
+    model = _conv_bn()
+    corrupt(model)
+    before = state_snapshot(model)
+    with pytest.raises(lt.NonFiniteModelError, match=f"{message}.*reload the checkpoint"):
+        lt.prepare(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(lt.NonFiniteModelError, match=message):  # everything built on prepare says the same
+        lt.QuantSim(model, torch.randn(1, 3, 8, 8))
+    for name, value in model.state_dict().items():  # unchanged, NaN included (torch.equal says NaN != NaN)
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, equal_nan=True)
+
+
+def test_non_finite_example_input_is_named_not_blamed_on_tracing() -> None:
+    model = _conv_bn()
+    x = torch.randn(1, 3, 8, 8)
+    x[0, 1, 2, 3] = float("nan")
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(lt.NonFiniteModelError, match=r"example input 0 \(shape \(1, 3, 8, 8\)\) has 1 NaN value "
+                                                     r"and 1 Inf value"):
+        lt.prepare(model, x)
+
+
+class Masked(nn.Module):
+    """An attention-like model with a -inf mask buffer (legitimate) and an integer buffer."""
+
+    def __init__(self, nan_in_forward: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.register_buffer("mask", torch.full((4, 4), -float("inf")).triu(1))
+        self.register_buffer("steps", torch.tensor(7))
+        self.nan_in_forward = nan_in_forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.softmax(self.proj(x) @ x.transpose(-1, -2) + self.mask, dim=-1)
+        return scores.sqrt() - 1 if not self.nan_in_forward else (scores - 2).sqrt()
+
+
+def test_inf_masks_are_allowed_but_nan_outputs_are_named() -> None:
+    x = torch.randn(1, 4, 4)
+    model = Masked()
+    torch.testing.assert_close(lt.prepare(model, x)(x), model(x))
+    with pytest.raises(lt.NonFiniteModelError, match=r"output on the example input has 16 NaN value.*Fix that op"):
+        lt.prepare(Masked(nan_in_forward=True), x)

@@ -14,6 +14,9 @@ import leantorch as lt
 from leantorch.ops import BoundedReLU
 from leantorch.ptq.bias_correction import clipped_normal_mean
 from leantorch.ptq.cle import find_scaling_sets, input_ranges, output_ranges
+from leantorch.ptq.input_moments import InputMoments
+
+from .conftest import assert_unchanged, state_snapshot
 
 
 def mobile_block(relu6: bool = False) -> nn.Module:
@@ -176,3 +179,78 @@ def test_adaround_with_quantized_inputs_compensates_the_error_of_earlier_layers(
         error = {m: float((model(held_out) - target).pow(2).mean())
                  for m, model in (("asymmetric", asymmetric), ("symmetric", symmetric))}
     assert error["asymmetric"] < 0.9 * error["symmetric"]
+
+
+# --------------------------------------------------------------------------- bad options and bad data
+def _small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+
+
+def _calibration(nan_in: int | None = None) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(3)]
+    if nan_in is not None:
+        data[nan_in][1, 2, 3, 4] = float("nan")
+    return data
+
+
+def test_bias_correction_rejects_bad_options_and_data_with_typed_errors() -> None:
+    net, data = _small_net(), _calibration()
+    x = data[0][:1]
+    before = state_snapshot(net)
+    with pytest.raises(lt.InvalidOptionError, match="method='fast'.*'empirical', 'analytical', 'hybrid'"):
+        lt.bias_correction(net, x, data, method="fast", progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="num_samples=0"):
+        lt.bias_correction(net, x, data, num_samples=0, progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="BN statistics.*lt.fold_batch_norms"):
+        lt.bias_correction(net, x, method="analytical", progress=False)
+    for missing in (None, []):
+        with pytest.raises(lt.CalibrationDataError, match="needs calibration data"):
+            lt.bias_correction(net, x, missing, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match="not a single tensor"):
+        lt.bias_correction(net, x, data[0], progress=False)
+    with pytest.raises(lt.CalibrationDataError, match="batch 1.*NaN"):
+        lt.bias_correction(net, x, _calibration(nan_in=1), progress=False)
+    assert_unchanged(net, before)
+
+
+def test_adaround_rejects_bad_options_and_data_with_typed_errors(tmp_path) -> None:
+    net, data = _small_net(), _calibration()
+    x = data[0][:1]
+    before = state_snapshot(net)
+    with pytest.raises(lt.InvalidOptionError, match="objective='exact'.*'moments', 'minibatch'"):
+        lt.adaround(net, x, data, objective="exact", iterations=5, path=tmp_path, progress=False)
+    for missing in (None, []):
+        with pytest.raises(lt.CalibrationDataError, match="adaround needs calibration data"):
+            lt.adaround(net, x, missing, iterations=5, path=tmp_path, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match="num_batches=0"):
+        lt.adaround(net, x, data, num_batches=0, iterations=5, path=tmp_path, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match="batch 2.*NaN"):
+        lt.adaround(net, x, _calibration(nan_in=2), iterations=5, path=tmp_path, progress=False)
+    assert_unchanged(net, before)
+    assert not list(tmp_path.iterdir())  # nothing written either
+
+
+def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
+    net, data = _small_net(), _calibration()
+    x = data[0][:1]
+    before = state_snapshot(net)
+    with pytest.raises(lt.InvalidOptionError, match="relu6='clip'.*'bound'.*'replace'"):
+        lt.equalize(net, x, relu6="clip")
+    with pytest.raises(lt.EvalFunctionError, match="got nan on the float model.*NaN model outputs"):
+        lt.auto_quant(net, x, data, lambda m: float("nan"), progress=False)
+    calls = []
+
+    def nan_when_quantized(m: nn.Module) -> float:
+        calls.append(m)
+        return 1.0 if len(calls) == 1 else float("inf")
+
+    with pytest.raises(lt.EvalFunctionError, match="got inf on the quantized model after bn_fold"):
+        lt.auto_quant(net, x, data, nan_when_quantized, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match="auto_quant needs calibration data"):
+        lt.auto_quant(net, x, [], lambda m: 1.0, progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="allowed_drop=-0.1"):
+        lt.auto_quant(net, x, data, lambda m: 1.0, allowed_drop=-0.1, progress=False)
+    assert_unchanged(net, before)
+    with pytest.raises(lt.CalibrationDataError, match="call add"):
+        InputMoments(nn.Linear(3, 2)).second_moment()

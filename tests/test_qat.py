@@ -224,6 +224,9 @@ def test_empty_data_and_malformed_batches_are_refused() -> None:
     assert info.value.losses == []
     with pytest.raises(lt.TrainingDataError, match=r"not \(inputs, targets\)"):
         lt.qat.fit(sim, [x for x, _ in data], F.cross_entropy, progress=False)
+    for not_batches in (None, data[0][0]):
+        with pytest.raises(lt.TrainingDataError, match="pass an iterable of"):
+            lt.qat.fit(sim, not_batches, F.cross_entropy, progress=False)
     assert_unchanged(sim.model, before)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from . import ops
-from .errors import InputShapeError, TraceError
+from .errors import InputShapeError, NonFiniteModelError, TraceError
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,8 @@ def prepare(
         verify: check that the traced model computes the same outputs on the example input.
 
     Raises:
+        NonFiniteModelError: the example input, a parameter or a buffer holds NaN/Inf, or the model's output on
+            the example input holds NaN (names the tensors).
         TraceError: the model cannot be traced (names the module, the source line and the fix).
         InputShapeError: ``example_input`` does not fit the model.
 
@@ -143,10 +145,12 @@ def prepare(
         ['Conv2d', 'ReLU']
     """
     inputs = as_tuple(example_input)
+    check_finite(model, inputs)
     copy_ = copy.deepcopy(model)
     was_training = copy_.training
     copy_.eval()
     reference = run_checked(copy_, inputs)
+    _check_finite_output(reference)
     leaf_types = tuple(x for x in (leaf_modules or []) if isinstance(x, type))
     leaf_names = frozenset(x for x in (leaf_modules or []) if isinstance(x, str))
     gm = _trace(copy_, leaf_types, leaf_names)
@@ -166,6 +170,63 @@ def prepare(
         gm.output_stats = copy.deepcopy(model.output_stats)
     gm.train(was_training)
     return gm
+
+
+def check_finite(model: nn.Module, inputs: tuple) -> None:
+    """Raise :class:`NonFiniteModelError` naming every float input, parameter or buffer with NaN/Inf.
+
+    Checked before tracing because NaN propagates to the outputs, where it would make the traced model look
+    different from the original and be reported as a tracing problem. Inf is allowed in buffers outside
+    normalization layers: attention masks hold -inf on purpose.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> layer.weight.data[0, 0] = float("nan")
+        >>> check_finite(layer, (torch.randn(1, 2),))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.NonFiniteModelError: weight has 1 NaN value. The model is corrupt: ...
+    """
+    for j, x in enumerate(inputs):
+        count = _non_finite(x, allow_inf=False)
+        if count:
+            raise NonFiniteModelError(f"example input {j} (shape {tuple(x.shape)}) has {count}: pass an example "
+                                      "input without NaN/Inf (any real sample of your data will do).")
+    found = [(name, count) for name, p in model.named_parameters() if (count := _non_finite(p, allow_inf=False))]
+    for prefix, module in model.named_modules():
+        statistics = isinstance(module, nn.modules.batchnorm._NormBase)  # running mean/var must be finite
+        for name, b in module.named_buffers(prefix=prefix, recurse=False):
+            count = _non_finite(b, allow_inf=not statistics)
+            if count:
+                found.append((name, count))
+    if found:
+        listed = "; ".join(f"{name} has {count}" for name, count in found[:5])
+        more = f" (and {len(found) - 5} more tensors)" if len(found) > 5 else ""
+        raise NonFiniteModelError(
+            f"{listed}{more}. The model is corrupt: reload the checkpoint, or find the training step that "
+            "diverged (for BatchNorm running statistics: recompute them on clean data). leantorch needs finite "
+            "weights to trace, quantize or compress it.")
+
+
+def _non_finite(x: Any, allow_inf: bool) -> str:
+    """What is wrong with a float tensor ("3 NaN values", "1 NaN value and 2 Inf values"); "" if nothing is."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return ""
+    x = x.detach()
+    if bool(torch.isfinite(x).all()):  # the common case costs one reduction
+        return ""
+    nan, inf = int(torch.isnan(x).sum()), 0 if allow_inf else int(torch.isinf(x).sum())
+    parts = [f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
+    return " and ".join(parts)
+
+
+def _check_finite_output(output: Any) -> None:
+    nan = sum(int(torch.isnan(t).sum()) for t in _flatten_tensors(output) if t.is_floating_point())
+    if nan:
+        raise NonFiniteModelError(
+            f"the model's output on the example input has {nan} NaN value(s) although the input, weights and "
+            "statistics are finite: an op in the forward produces NaN (0/0, log or sqrt of a negative, an "
+            "-inf mask over a whole row). Fix that op, or pass an example input in the range the model expects.")
 
 
 def run_checked(model: nn.Module, inputs: tuple) -> Any:

@@ -15,6 +15,7 @@ Every quantizer's enabled state is restored afterwards, also when ``eval_fn`` fa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import EncodingsMissingError
+from ..errors import CalibrationDataError, EncodingsMissingError, InvalidOptionError, UnknownLayerError
 from ..metrics import sqnr_db_from_sums
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
@@ -60,6 +61,10 @@ def analyze(
 
     Raises:
         EncodingsMissingError: the sim has not been calibrated.
+        UnknownLayerError: a name in ``layers`` is not a layer with an enabled quantizer (lists the valid ones).
+        CalibrationDataError: no calibration batch, or one with NaN/Inf or the wrong structure (checked before
+            ``eval_fn`` is first called).
+        InvalidOptionError: ``bins`` or ``num_batches`` below 1.
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
     Example:
@@ -81,15 +86,17 @@ def analyze(
     chosen = list(groups) if layers is None else list(layers)
     unknown = [n for n in chosen if n not in groups]
     if unknown:
-        raise KeyError(f"no quantized layer(s) named {unknown}; choose from {list(groups)[:10]}...")
-    data = [batch for i, batch in enumerate(calibration) if num_batches is None or i < num_batches]
+        raise UnknownLayerError(f"layers={unknown}: no layer with an enabled quantizer has that name; valid names "
+                                f"({len(groups)}): {name_list(list(groups))}")
+    data = _calibration(sim, calibration, num_batches, bins)
     params = {q for q in configured if q.is_param}
     with _restored(configured):
         scores = {
-            "fp32": _score(sim, eval_fn, configured, lambda q: False),
-            "quantized": _score(sim, eval_fn, configured, lambda q: True),
-            "weights only": _score(sim, eval_fn, configured, lambda q: q in params),
-            "activations only": _score(sim, eval_fn, configured, lambda q: q not in params),
+            "fp32": _score(sim, eval_fn, configured, lambda q: False, "the FP32 model (quantizers off)"),
+            "quantized": _score(sim, eval_fn, configured, lambda q: True, "the quantized model"),
+            "weights only": _score(sim, eval_fn, configured, lambda q: q in params, "weights-only quantization"),
+            "activations only": _score(sim, eval_fn, configured, lambda q: q not in params,
+                                       "activations-only quantization"),
         }
         rows = _sensitivity(sim, eval_fn, configured, groups, chosen, progress) if sensitivity else []
         sqnr, activations = _activation_analysis(sim, configured, data, bins, progress)
@@ -98,6 +105,32 @@ def analyze(
         scores=scores, sensitivity=rows, layer_sqnr=sqnr, activations=activations,
         weight_ranges=weight_ranges(sim.model),
     )
+
+
+def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None,
+                 bins: int) -> list[Any]:
+    """The batches to analyse, checked before the (expensive) sensitivity sweep rather than after it."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise InvalidOptionError(f"bins={bins!r}: pass the number of histogram bins, a whole number ≥ 1")
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise InvalidOptionError(f"num_batches={num_batches!r}: pass a whole number ≥ 1, or None for all batches")
+    if calibration is None or isinstance(calibration, torch.Tensor):
+        raise CalibrationDataError("lt.analyze needs calibration batches for SQNR, ranges and histograms: pass a "
+                                   "list or DataLoader of input batches (a single tensor: wrap it as [tensor])")
+    data = list(itertools.islice(calibration, num_batches))
+    if not data:
+        raise CalibrationDataError("calibration data is empty: lt.analyze needs at least one batch for SQNR, "
+                                   "ranges and histograms")
+    for index, batch in enumerate(data):
+        sim._to_inputs(batch, index)  # raises CalibrationDataError naming the batch (NaN/Inf, wrong structure)
+    return data
+
+
+def name_list(names: list[str], limit: int = 30) -> str:
+    """Names for an error message: all of them, or the first ``limit`` and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … ({len(names) - limit} more)"
 
 
 def _layer_quantizers(sim: QuantSim, configured: dict[Quantizer, bool]) -> dict[str, list[Quantizer]]:
@@ -129,9 +162,9 @@ def _enable(configured: dict[Quantizer, bool], keep: Callable[[Quantizer], bool]
 
 
 def _score(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
-           keep: Callable[[Quantizer], bool]) -> float:
+           keep: Callable[[Quantizer], bool], what: str) -> float:
     _enable(configured, keep)
-    return call_eval_fn(eval_fn, sim.model)
+    return call_eval_fn(eval_fn, sim.model, what)
 
 
 def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
@@ -141,8 +174,10 @@ def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configure
         mine = set(groups[name])
         rows.append({
             "layer": name,
-            "only this layer quantized": _score(sim, eval_fn, configured, lambda q: q in mine),
-            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q: q not in mine),
+            "only this layer quantized": _score(sim, eval_fn, configured, lambda q: q in mine,
+                                                f"the model with only {name} quantized"),
+            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q: q not in mine,
+                                                   f"the model with all but {name} quantized"),
         })
     return rows
 
@@ -161,14 +196,14 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     lo: dict[str, torch.Tensor] = {}
     hi: dict[str, torch.Tensor] = {}
     bar = tqdm(total=2 * len(data), desc="per-layer SQNR and ranges", unit="pass", disable=not progress, leave=False)
-    for batch in data:
-        inputs = _inputs(sim, batch)
+    for index, batch in enumerate(data):
+        inputs = sim._to_inputs(batch, index)
         _enable(configured, lambda q: False)
         with _capture_outputs(wrappers) as reference:
-            _run(sim, inputs)
+            _run(sim, inputs, index)
         _enable(configured, lambda q: True)
         with _capture_outputs(wrappers) as quantized, _observe_inputs(watched, _min_max(lo, hi)):
-            _run(sim, inputs)
+            _run(sim, inputs, index)
         for name, ref in reference.items():
             out = quantized.get(name)
             if out is not None and out.shape == ref.shape:
@@ -186,8 +221,9 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
             edges[n] = (lower, upper if upper > lower else lower + 1e-6)
     _enable(configured, lambda q: True)
     with _observe_inputs(watched, _histogram(counts, edges, bins)):
-        for batch in tqdm(data, desc="activation histograms", unit="batch", disable=not progress, leave=False):
-            _run(sim, _inputs(sim, batch))
+        for index, batch in enumerate(tqdm(data, desc="activation histograms", unit="batch", disable=not progress,
+                                           leave=False)):
+            _run(sim, sim._to_inputs(batch, index), index)
     sqnr = {n: sqnr_db_from_sums(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
     stats = {}
     for n in counts:
@@ -198,16 +234,17 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     return sqnr, stats
 
 
-def _inputs(sim: QuantSim, batch: Any) -> tuple:
-    return sim._to_inputs(batch, 0)
-
-
-def _run(sim: QuantSim, inputs: tuple) -> None:
+def _run(sim: QuantSim, inputs: tuple, index: int) -> None:
     was_training = sim.model.training
     sim.model.eval()
     try:
         with torch.no_grad():
             sim.model(*inputs)
+    except RuntimeError as err:  # torch names a layer's weight, not the batch: say which batch does not fit
+        raise CalibrationDataError(
+            f"the model fails on calibration batch {index} (input shapes {[tuple(x.shape) for x in inputs]}; the "
+            f"example input had {[tuple(x.shape) for x in sim.example_input]}): {err}. Give batches shaped like "
+            "the example input.") from err
     finally:
         sim.model.train(was_training)
 

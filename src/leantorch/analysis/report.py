@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UnknownLayerError
 from . import plots
 
 
@@ -74,10 +75,13 @@ class AnalysisReport:
         ``before`` is typically the BN-folded model and ``after`` ``lt.equalize(model, x)``. Without
         ``layers``, the ``max_layers`` layers whose channel-range spread shrank most are shown.
 
+        Raises:
+            UnknownLayerError: a name in ``layers`` is not in both models (lists the valid ones).
+
         Example:
             >>> report.add_equalization(folded, lt.equalize(model, x))  # doctest: +SKIP
         """
-        from .analyzer import weight_ranges
+        from .analyzer import name_list, weight_ranges
 
         old, new = weight_ranges(before), weight_ranges(after)
         common = [n for n in old if n in new and len(old[n].min) == len(new[n].min)]
@@ -86,7 +90,8 @@ class AnalysisReport:
             layers = sorted(common, key=lambda n: -gain[n])[:max_layers]
         missing = [n for n in layers if n not in common]
         if missing:
-            raise KeyError(f"layer(s) {missing} are not conv/linear layers of both models")
+            raise UnknownLayerError(f"layers={missing}: not a conv/linear layer with the same channel count in both "
+                                    f"models; valid names ({len(common)}): {name_list(common)}")
         self.equalization = [(old[n], new[n]) for n in layers]
 
     # ------------------------------------------------------------------ figures

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..errors import CalibrationDataError
 from ..graph import as_tuple
 
 # Modules that act on each channel separately and keep the channel count.
@@ -131,10 +132,16 @@ def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterab
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for batch in data:
+            for index, batch in enumerate(data):
                 inputs = tuple(x.to(device) for x in as_tuple(batch) if isinstance(x, torch.Tensor))
-                model(*inputs)
-                original(*inputs)
+                try:
+                    model(*inputs)
+                    original(*inputs)
+                except RuntimeError as err:  # torch names a layer's weight; say which batch does not fit
+                    raise CalibrationDataError(
+                        f"the model fails on calibration batch {index} (input shapes "
+                        f"{[tuple(x.shape) for x in inputs]}): {err}. Give batches shaped like the example "
+                        "input.") from err
                 x = captured["current"]
                 out_h, out_w = (math.floor((x.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] *
                                             (conv.kernel_size[d] - 1) - 1) / conv.stride[d]) + 1 for d in (0, 1))

@@ -9,17 +9,21 @@ AIMET guide), each with its own target; the targets multiply to the overall one.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
+import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..graph import prepare
+from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
+from ..graph import as_tuple, prepare
 from ..ptq.auto import call_eval_fn
 from .channel_pruning import (PruningPath, channels_for_ratio, prune_channels, prunable_layer, pruning_path,
                               reconstruct, sample_grams, select_channels)
@@ -176,14 +180,19 @@ def compress(
             remaining target split evenly over the remaining stages).
         candidates: number of evenly spaced candidate ratios (default 10) or the ratios themselves.
         rank_multiple: round ranks / kept channels up to a multiple of this (hardware-friendly sizes).
-        skip_layers: layer names (as in ``lt.compress.cost(lt.prepare(model, x), x)``) to leave alone.
+        skip_layers: layer names (as in ``lt.compress.cost(lt.prepare(model, x), x)``) to leave alone; an
+            unknown name raises :class:`~leantorch.UnknownLayerError`, as does one in ``ratios``.
         cache_dir: where eval-score tables are saved (``eval_scores_<scheme>.json``) and reused.
         layer_callback: ``callback(model, layer)`` after each layer is compressed, e.g. a short fine-tune.
         num_batches: calibration batches used per channel-pruning sampling.
 
     Raises:
         CompressionError: target outside (0, 1), nothing compressible, unreachable target, bad manual ratios.
-        EvalFunctionError: ``eval_fn`` raised or returned a non-number.
+        InvalidOptionError: ``candidates`` gives no ratio below 1.
+        UnknownLayerError: a name in ``skip_layers`` or ``ratios`` is not a layer of the model (lists them).
+        CalibrationDataError: channel pruning without calibration batches, or NaN/Inf in one (checked
+            before anything is compressed).
+        EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
     The input model is never modified.
 
@@ -196,8 +205,8 @@ def compress(
         True
     """
     schemes = [scheme] if isinstance(scheme, str) else list(scheme)
-    _check_arguments(schemes, target_mac_ratio, ratios, calibration, stage_targets)
-    data = list(calibration)[:num_batches] if calibration is not None else None
+    _check_arguments(schemes, target_mac_ratio, ratios, stage_targets, candidates)
+    data = _calibration_batches(calibration, num_batches) if "channel_pruning" in schemes else None
     stages: list[CompressionInfo] = []
     current: nn.Module = model
     achieved = 1.0
@@ -208,7 +217,7 @@ def compress(
             min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
         current, info = _compress_stage(current, example_input, eval_fn, name, target, ratios, data, candidates,
                                         rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image,
-                                        progress)
+                                        progress, check_skip=index == 0)
         stages.append(info)
         achieved *= info.mac_ratio
     if len(stages) == 1:
@@ -224,14 +233,12 @@ def compress(
 
 
 def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float] | None,
-                     calibration: Any, stage_targets: Sequence[float] | None) -> None:
+                     stage_targets: Sequence[float] | None, candidates: "int | Sequence[float]") -> None:
     unknown = [s for s in schemes if s not in SCHEMES]
     if not schemes or unknown:
         raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(SCHEMES)}")
     if not (isinstance(target, (int, float)) and 0.0 < target < 1.0):
         raise CompressionError(f"target_mac_ratio={target!r} must be in (0, 1): e.g. 0.5 keeps half the MACs")
-    if "channel_pruning" in schemes and calibration is None:
-        raise CompressionError("channel_pruning samples activations: pass calibration=<batches>")
     if ratios is not None and len(schemes) > 1:
         raise CompressionError("manual ratios apply to a single scheme; run the stages one by one")
     if stage_targets is not None:
@@ -240,34 +247,81 @@ def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float]
         if not math.isclose(math.prod(stage_targets), target, rel_tol=1e-3):
             raise CompressionError(f"the product of stage_targets ({math.prod(stage_targets):.4g}) must equal "
                                    f"target_mac_ratio ({target})")
+    if not _valid_candidates(candidates):
+        raise InvalidOptionError(f"candidates={candidates!r}: pass a count ≥ 2 (evenly spaced ratios) or ratios in "
+                                 "(0, 1] with at least one below 1, e.g. [0.25, 0.5, 0.75]")
+
+
+def _valid_candidates(candidates: Any) -> bool:
+    """A count ≥ 2 or ratios in (0, 1] with one below 1.0: without such a ratio nothing can be compressed,
+    which would otherwise surface later as "the target cannot be reached"."""
+    if isinstance(candidates, bool) or isinstance(candidates, str):
+        return False
+    if isinstance(candidates, numbers.Integral):
+        return candidates >= 2
+    try:
+        ratios = list(candidates)
+    except TypeError:
+        return False
+    valid = [r for r in ratios if isinstance(r, numbers.Real) and not isinstance(r, bool) and 0.0 < r <= 1.0]
+    return len(valid) == len(ratios) and any(r < 1.0 for r in valid)
+
+
+def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int) -> list[Any]:
+    """The first ``num_batches`` batches, checked now: NaN/Inf would reach the least-squares fits and show up
+    only later, as a NaN score blamed on eval_fn."""
+    if isinstance(calibration, torch.Tensor):
+        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
+                                   "single tensor: wrap it as [tensor]")
+    data = [] if calibration is None else list(itertools.islice(calibration, max(num_batches, 0)))
+    if not data:
+        got = "calibration=None" if calibration is None else f"no batch (num_batches={num_batches})"
+        raise CalibrationDataError(f"channel_pruning samples activations but got {got}: pass calibration=<a list "
+                                   "or DataLoader of input batches like the example input> and num_batches ≥ 1")
+    for index, batch in enumerate(data):
+        tensors = [x for x in as_tuple(batch) if isinstance(x, torch.Tensor)]
+        if not tensors:
+            raise CalibrationDataError(f"calibration batch {index} is a {type(batch).__name__} without tensors: "
+                                       "give input tensors, or tuples whose first items are the inputs")
+        for j, x in enumerate(tensors):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise CalibrationDataError(f"calibration batch {index}, tensor {j} (shape {tuple(x.shape)}) "
+                                           "contains NaN or Inf; clean or drop that batch.")
+    return data
 
 
 def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.Module], float], scheme: str,
                     target: float, ratios: dict[str, float] | None, data: list[Any] | None,
                     candidates: "int | Sequence[float]", multiple: int, skip: Sequence[str],
                     cache_dir: str | Path | None, callback: Callable[[nn.Module, str], None] | None,
-                    samples_per_image: int, progress: bool) -> tuple[fx.GraphModule, CompressionInfo]:
+                    samples_per_image: int, progress: bool,
+                    check_skip: bool = False) -> tuple[fx.GraphModule, CompressionInfo]:
     gm = prepare(model, example_input)
     gm.eval()
     costs = cost(gm, example_input)
+    unknown = [n for n in skip if n not in costs.layers]
+    if unknown and check_skip:  # later stages see renamed layers (an SVD pair is "<name>.0", "<name>.1")
+        raise UnknownLayerError(f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
+                                f"({len(costs.layers)}): {', '.join(costs.layers)}")
     stage = _Stage(gm, scheme, costs, skip, data, multiple, samples_per_image)
     if not stage.layers:
         raise CompressionError(f"no layer can be compressed by {scheme}: "
                                + "; ".join(f"{n}: {r}" for n, r in list(stage.skipped.items())[:5]))
     seconds: dict[str, float] = {}
-    baseline = call_eval_fn(eval_fn, gm)
+    baseline = call_eval_fn(eval_fn, gm, "the uncompressed model")
     table = None
     start = time.perf_counter()
     if ratios is not None:
         chosen = _manual_ratios(ratios, stage)
     else:
-        grid = default_candidates(candidates) if isinstance(candidates, int) else sorted({*candidates, 1.0})
+        grid = (default_candidates(int(candidates)) if isinstance(candidates, numbers.Integral)
+                else sorted({*candidates, 1.0}))
 
         def score_with(layer: str, ratio: float) -> float:
             trial = copy.deepcopy(gm)
             if stage.apply(trial, layer, ratio) is None:
                 return baseline
-            return call_eval_fn(eval_fn, trial)
+            return call_eval_fn(eval_fn, trial, f"the model with layer {layer} compressed to ratio {ratio}")
 
         path = Path(cache_dir) / f"eval_scores_{scheme}.json" if cache_dir is not None else None
         table = build_table(stage.layers, grid, score_with, baseline, scheme,
@@ -291,12 +345,17 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
     gm.eval()
     after = cost(gm, example_input)
     info = CompressionInfo(scheme, target, {n: chosen[n] for n in sizes}, sizes, costs.total_macs, after.total_macs,
-                           costs.total_params, after.total_params, baseline, call_eval_fn(eval_fn, gm), table,
+                           costs.total_params, after.total_params, baseline,
+                           call_eval_fn(eval_fn, gm, f"the {scheme}-compressed model"), table,
                            stage.skipped, seconds)
     return gm, info
 
 
 def _manual_ratios(ratios: dict[str, float], stage: _Stage) -> dict[str, float]:
+    unknown = [n for n in ratios if n not in stage.costs.layers]
+    if unknown:
+        raise UnknownLayerError(f"ratios={unknown}: not a conv/linear layer of the model; valid names "
+                                f"({len(stage.costs.layers)}): {', '.join(stage.costs.layers)}")
     bad = {n: r for n, r in ratios.items() if n not in stage.layers or not (0.0 < r <= 1.0)}
     if bad:
         reasons = {n: stage.skipped.get(n, "not a layer of the model" if n not in stage.costs.layers

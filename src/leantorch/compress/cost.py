@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import as_tuple
+from ..graph import as_tuple, run_checked
+from .ratio_selection import CompressionError
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
@@ -70,12 +71,14 @@ def layer_macs(module: nn.Module, input_shape: tuple[int, ...], output_shape: tu
     if isinstance(module, nn.Linear):
         rows = math.prod(output_shape[1:-1]) if len(output_shape) > 1 else 1
         return rows * module.in_features * module.out_features
-    kernel = math.prod(module.kernel_size)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        kernel = math.prod(module.kernel_size)
         return module.in_channels * math.prod(input_shape[2:]) * (module.out_channels // module.groups) * kernel
     if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = math.prod(module.kernel_size)
         return module.out_channels * math.prod(output_shape[2:]) * (module.in_channels // module.groups) * kernel
-    raise TypeError(f"no MAC formula for {type(module).__name__}")
+    raise CompressionError(f"no MAC formula for {type(module).__name__}: the cost model counts "
+                           f"{', '.join(c.__name__ for c in COUNTED)} layers")
 
 
 def cost(model: nn.Module, example_input: Any) -> CostReport:
@@ -105,8 +108,7 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(*as_tuple(example_input))
+        run_checked(model, as_tuple(example_input))  # an input that does not fit: InputShapeError
     finally:
         model.train(was_training)
         for h in handles:

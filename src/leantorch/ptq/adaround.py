@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, prepare
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import ENCODINGS_VERSION
@@ -121,6 +122,10 @@ def adaround(
             the paper's choice); ``False`` uses the float model's.
         objective: ``"moments"`` (exact expectation, default) or ``"minibatch"`` (the paper's sampling).
 
+    Raises:
+        InvalidOptionError: an unknown ``objective``.
+        CalibrationDataError: no calibration batch (``None``, empty, ``num_batches < 1``), or NaN/Inf in one.
+
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
         >>> data = [torch.randn(8, 3, 10, 10)]
@@ -129,12 +134,20 @@ def adaround(
         'adaround.encodings'
     """
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise InvalidOptionError(f"objective={objective!r}: use one of {', '.join(map(repr, OBJECTIVES))}")
+    # The data is checked before tracing: a missing data set should fail fast. NaN/Inf in it is refused
+    # by sim.compute_encodings below, naming the batch.
+    if isinstance(calibration, torch.Tensor):
+        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
+                                   "single tensor: wrap it as [tensor]")
+    data = [as_tuple(b)[0] for _, b in zip(range(num_batches), [] if calibration is None else calibration)]
+    if not data:
+        raise CalibrationDataError(
+            f"adaround needs calibration data (got {'None' if calibration is None else 'no batch'}"
+            f"{'' if num_batches >= 1 else f' with num_batches={num_batches}'}): pass a list or DataLoader of "
+            "input batches like the example input, and num_batches ≥ 1")
     reference = prepare(model, example_input)
     gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
-    data = [as_tuple(b)[0] for _, b in zip(range(num_batches), calibration)]
-    if not data:
-        raise ValueError("adaround needs calibration data")
     sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, param_scheme=param_scheme,
                    per_channel=per_channel, config=config)
     sim.compute_encodings(data, progress=False)

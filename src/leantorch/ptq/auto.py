@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
-from ..errors import LeanTorchError
+from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
 from ..quant.sim import QuantSim
 from .adaround import adaround
 from .bn_fold import fold_batch_norms
@@ -25,8 +26,8 @@ class EvalFunctionError(LeanTorchError):
     """The user's eval_fn raised or returned something that is not a finite number."""
 
 
-def call_eval_fn(eval_fn: Callable[[nn.Module], float], model: nn.Module) -> float:
-    """``eval_fn(model)`` as a float; a clear error naming eval_fn otherwise.
+def call_eval_fn(eval_fn: Callable[[nn.Module], float], model: nn.Module, what: str = "the model") -> float:
+    """``eval_fn(model)`` as a float; a clear error naming eval_fn and ``what`` was scored otherwise.
 
     Example:
         >>> call_eval_fn(lambda m: 0.5, nn.Identity())
@@ -35,9 +36,15 @@ def call_eval_fn(eval_fn: Callable[[nn.Module], float], model: nn.Module) -> flo
     try:
         value = eval_fn(model)
     except Exception as exc:
-        raise EvalFunctionError(f"eval_fn raised {type(exc).__name__}: {exc}") from exc
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise EvalFunctionError(f"eval_fn must return a finite number (higher is better), got {value!r}")
+        raise EvalFunctionError(f"eval_fn raised {type(exc).__name__} on {what}: {exc}") from exc
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise EvalFunctionError(f"eval_fn must return a finite number (higher is better), got {value!r} "
+                                f"({type(value).__name__}) on {what}: return e.g. float(accuracy)")
+    if not math.isfinite(float(value)):
+        raise EvalFunctionError(
+            f"eval_fn must return a finite number (higher is better), got {value!r} on {what}. A NaN score "
+            "usually comes from NaN model outputs (check the evaluation data for NaN/Inf) or an empty "
+            "evaluation set (0/0); an Inf one from a loss that overflowed.")
     return float(value)
 
 
@@ -71,13 +78,25 @@ def auto_quant(
     ``eval_fn(model) -> float`` scores a model (higher is better); it is called with the float model
     and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
 
+    Raises:
+        CalibrationDataError: no calibration batch, or NaN/Inf in one.
+        InvalidOptionError: ``allowed_drop`` is negative or not finite.
+        EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
+
     Example:
         >>> result = auto_quant(model, x[:1], calib, eval_fn, allowed_drop=0.01)  # doctest: +SKIP
         >>> result.stages[-1]["stage"]                                            # doctest: +SKIP
         'cle'
     """
-    calibration = list(calibration)
-    float_score = call_eval_fn(eval_fn, model)
+    if isinstance(allowed_drop, bool) or not isinstance(allowed_drop, numbers.Real) or \
+            not (math.isfinite(allowed_drop) and allowed_drop >= 0):
+        raise InvalidOptionError(f"allowed_drop={allowed_drop!r}: pass the score drop you accept, a finite "
+                                 "number ≥ 0 (e.g. 0.01 for one point of accuracy)")
+    calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else list(calibration)
+    if not calibration:
+        raise CalibrationDataError("auto_quant needs calibration data: pass a list or DataLoader of input "
+                                   "batches like the example input (a single tensor: wrap it as [tensor])")
+    float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop
     stages: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]
     best: tuple[float, nn.Module, QuantSim] | None = None
@@ -107,7 +126,7 @@ def auto_quant(
         start = time.perf_counter()
         candidate, sim = build(name)
         sim.compute_encodings(calibration, progress=progress)
-        score = call_eval_fn(eval_fn, sim.model)
+        score = call_eval_fn(eval_fn, sim.model, f"the quantized model after {name}")
         stages.append({"stage": name, "score": score, "seconds": time.perf_counter() - start})
         log.info("auto_quant %s: %.4f (target %.4f)", name, score, target)
         if best is None or score > best[0]:

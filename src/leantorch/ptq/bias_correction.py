@@ -23,6 +23,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .. import ops
+from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, prepare
 from ..quant.sim import QuantSim
 from .layer_io import StopForward, channel_means, stop_after
@@ -30,6 +31,7 @@ from .layer_io import StopForward, channel_means, stop_after
 log = logging.getLogger(__name__)
 
 Method = Literal["empirical", "analytical", "hybrid"]
+METHODS = ("empirical", "analytical", "hybrid")
 
 
 def bias_correction(
@@ -52,7 +54,11 @@ def bias_correction(
         method: ``"empirical"``, ``"analytical"`` (needs ``model.output_stats`` from
             :func:`leantorch.fold_batch_norms`/:func:`leantorch.equalize`) or ``"hybrid"``.
         param_bw, act_bw, scheme, per_channel, config: the quantization the correction is for.
-        num_samples: calibration samples used for the means.
+        num_samples: calibration samples used for the means (≥ 1).
+
+    Raises:
+        InvalidOptionError: an unknown ``method``, ``num_samples < 1``, or ``analytical`` without BN statistics.
+        CalibrationDataError: ``empirical``/``hybrid`` without calibration batches, or NaN/Inf in one.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
@@ -61,16 +67,24 @@ def bias_correction(
         >>> fixed.get_submodule("2").bias.shape
         torch.Size([4])
     """
-    if method not in ("empirical", "analytical", "hybrid"):
-        raise ValueError(f"method must be empirical, analytical or hybrid, not {method!r}")
-    gm = prepare(model, example_input)
-    stats = dict(getattr(gm, "output_stats", {}))
-    if method == "analytical" and not stats:
-        raise ValueError("analytical bias correction needs BN statistics: pass a model from "
-                         "lt.fold_batch_norms(...) or lt.equalize(...), or use method='hybrid'")
+    if method not in METHODS:
+        raise InvalidOptionError(f"method={method!r}: use one of {', '.join(map(repr, METHODS))}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise InvalidOptionError(f"num_samples={num_samples!r}: pass the number of calibration samples, ≥ 1")
+    # Options and data are checked before tracing, so that a mistake fails fast. NaN/Inf in the data is
+    # refused by sim.compute_encodings below, naming the batch.
+    if method == "analytical" and not getattr(model, "output_stats", None):
+        raise InvalidOptionError("method='analytical' needs BN statistics, which this model does not carry: "
+                                 "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
+                                 "method='hybrid' with calibration data")
     data = _take(calibration, num_samples) if method != "analytical" else []
     if method != "analytical" and not data:
-        raise ValueError(f"{method} bias correction needs calibration data")
+        raise CalibrationDataError(
+            f"method={method!r} bias correction needs calibration data (got "
+            f"{'None' if calibration is None else 'no batch'}): pass a list or DataLoader of input batches like "
+            "the example input, or use method='analytical' on a BN-folded model")
+    gm = prepare(model, example_input)
+    stats = dict(getattr(gm, "output_stats", {}))
     sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel,
                    config=config)
     sim.compute_encodings(data if data else (lambda m: m(*as_tuple(example_input))), progress=False)
@@ -96,8 +110,11 @@ def bias_correction(
 
 
 def _take(calibration: Iterable[Any] | None, num_samples: int) -> list[torch.Tensor]:
+    if isinstance(calibration, torch.Tensor):
+        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
+                                   "single tensor: wrap it as [tensor]")
     batches, seen = [], 0
-    for batch in calibration or []:
+    for batch in [] if calibration is None else calibration:
         x = as_tuple(batch)[0]
         batches.append(x[: num_samples - seen])
         seen += len(batches[-1])

@@ -33,6 +33,7 @@ import torch
 from torch import fx, nn
 
 from .. import ops
+from ..errors import InvalidOptionError
 from ..graph import call_sites, prepare
 from .bn_fold import fold_batch_norms
 from .relu6 import replace_relu6
@@ -328,7 +329,8 @@ def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.G
         ['Conv2d', 'ReLU', 'Conv2d']
     """
     if relu6 not in ("bound", "replace"):
-        raise ValueError(f"relu6 must be 'bound' or 'replace', got {relu6!r}")
+        raise InvalidOptionError(f"relu6={relu6!r}: use 'bound' (keeps ReLU6 exact, the default) or 'replace' "
+                                 "(ReLU6 becomes ReLU, as in the DFQ paper)")
     folded, pairs = fold_batch_norms(model, example_input)
     if relu6 == "replace":
         folded = replace_relu6(folded, inplace=True)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CalibrationDataError
+
 # Images per chunk when unfolding: a 112×112 depthwise layer's patches of 32 images would take ~350 MB.
 _CHUNK = 8
 
@@ -102,7 +104,8 @@ class InputMoments:
     def second_moment(self) -> torch.Tensor:
         """``E[z zᵀ]`` as ``[groups, n, n]`` (float64)."""
         if self.sum is None:
-            raise ValueError("no inputs were accumulated")
+            raise CalibrationDataError("no layer inputs were accumulated: call add(x) with at least one batch "
+                                       "of calibration data before second_moment()")
         return self.sum / self.count
 
 

@@ -80,6 +80,9 @@ def fit(
         2
     """
     _check_options(epochs, lr, range_lr, optimizer, weight_decay)
+    if train_batches is None or isinstance(train_batches, torch.Tensor) or not hasattr(train_batches, "__iter__"):
+        raise TrainingDataError(f"train_batches is a {type(train_batches).__name__}: pass an iterable of "
+                                "(inputs, targets) batches, such as a list or a DataLoader")
     model = sim.model
     missing = [name for name, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
