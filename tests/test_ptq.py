@@ -111,6 +111,7 @@ def test_bias_correction_removes_mean_output_error(method: str) -> None:
     assert mean_error(corrected) < 0.5 * mean_error(folded)
 
 
+@pytest.mark.slow  # model-level: minutes on 2 cores
 @pytest.mark.parametrize("objective", ["moments", "minibatch"])
 def test_adaround_beats_round_to_nearest_on_the_layer_objective(tmp_path, objective: str) -> None:
     """AdaRound minimises each layer's output error; on held-out inputs it must beat nearest rounding,
@@ -157,6 +158,7 @@ def test_auto_quant_stops_at_first_stage_meeting_target(resnet) -> None:
         lt.auto_quant(resnet, data[0][:1], data, lambda m: 1 / 0, progress=False)
 
 
+@pytest.mark.slow  # model-level: minutes on 2 cores
 def test_adaround_with_quantized_inputs_compensates_the_error_of_earlier_layers(tmp_path) -> None:
     """Asymmetric reconstruction (the default) fits a layer to what the quantized layer before feeds it.
 

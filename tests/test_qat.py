@@ -102,6 +102,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
+@pytest.mark.slow  # model-level: minutes on 2 cores
 def test_qat_recovers_accuracy_lost_to_quantization() -> None:
     model, x, y = tiny_task(seed=1)
     fp32 = accuracy(model, x, y)
