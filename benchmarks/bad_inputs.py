@@ -1202,7 +1202,7 @@ def first_line(text: str, limit: int = 220) -> str:
 
 def classify_api(case: Case, exc: BaseException | None, problem: str | None, post: list[str]) -> tuple[str, str]:
     partial = [p for p in post if p.startswith("PARTIAL:")]
-    post = [p for p in post if not p.startswith("PARTIAL:")]
+    post = [p for p in post if not p.startswith("PARTIAL:") and p != problem]
     if exc is None:
         if OK in case.expect and problem is None:
             outcome, note = OK, ""
@@ -1210,8 +1210,6 @@ def classify_api(case: Case, exc: BaseException | None, problem: str | None, pos
             outcome, note = "silent", problem or ""
         else:
             outcome, note = "silent", f"no error ({problem or 'returned normally'})"
-        if problem in post:
-            note = note if OK not in case.expect else ""
     elif isinstance(exc, lt.LeanTorchError):
         wanted = [c for c in (error_class(n) for n in case.expect if n != OK) if c is not None]
         outcome = "typed clear" if any(isinstance(exc, c) for c in wanted) else "typed misleading"
