@@ -1,18 +1,28 @@
-"""Built-in sample data that needs no network: random crops of scikit-image's photographs.
+"""Data: built-in samples that need no network (random crops of scikit-image's photographs, the
+digits set) and the command line's loading of user data (a directory of images or a ``.npy`` array).
 
 The crops form an unlabeled image set for calibration and for measuring agreement with the float model.
 Use disjoint seeds for calibration and evaluation.
+
+User data is checked where it is loaded, so that a bad file is named before any long computation: an
+unreadable or corrupt file, an empty set, NaN/Inf values (:func:`check_finite`), samples the model
+cannot run (:func:`check_model_accepts`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .errors import LeanTorchError
+from .errors import DataError, LeanTorchError
+
+#: Image file types read from a ``--data`` directory.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 #: The natural photographs bundled with scikit-image (no download needed).
 PHOTOGRAPHS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -106,3 +116,147 @@ def digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0
     mean, std = images[train].mean(), images[train].std()
     images = (images - mean) / std
     return images[train], labels[train], images[test], labels[test]
+
+
+def load_data(spec: str, count: int, image_size: int, error: type[DataError] = DataError) -> torch.Tensor:
+    """Up to ``count`` samples from ``DIR`` (images, resized to ``image_size``² and ImageNet-normalised),
+    ``file.npy`` (an array ``[N, ...]`` of model inputs) or ``builtin:images`` (photograph crops).
+
+    Raises:
+        DataError (``error``, e.g. CalibrationDataError): the path does not exist, a file cannot be read
+        or decoded (the message names it), no samples, or a sample contains NaN/Inf.
+
+    Example:
+        >>> load_data("builtin:images", 2, 32).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if spec == "builtin:images":
+        return sample_images(count, size=image_size, seed=0)
+    path = Path(spec)
+    if not path.exists():
+        raise error(f"--data {spec} does not exist (give a directory of images, a .npy file or builtin:images)")
+    if path.is_dir():
+        data = _load_image_dir(path, count, image_size, error)
+    elif path.suffix.lower() == ".npy":
+        data = _load_npy(path, count, error)
+    else:
+        raise error(f"--data {spec} is neither a directory, a .npy file nor builtin:images")
+    check_finite(data, f"--data {spec}", error)
+    return data
+
+
+def _load_npy(path: Path, count: int, error: type[DataError]) -> torch.Tensor:
+    try:
+        # Memory-mapped: only the first ``count`` samples of a large file are read.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim == 0 or len(array) == 0:
+            raise error(f"--data {path} holds an array of shape {array.shape}; expected [N, ...] with N ≥ 1 samples")
+        samples = np.array(array[:count], dtype=np.float32)
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise error(f"--data {path}: cannot read it as a numeric .npy array ({exc})") from exc
+    return torch.from_numpy(samples)
+
+
+def _load_image_dir(path: Path, count: int, image_size: int, error: type[DataError]) -> torch.Tensor:
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    except OSError as exc:
+        raise error(f"--data {path}: cannot list the directory ({exc.strerror})") from exc
+    if not files:
+        raise error(f"--data {path} has no {'/'.join(IMAGE_SUFFIXES)} images")
+    images = [_read_image(file, image_size, error) for file in files]
+    batch = torch.stack(images)
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def _read_image(file: Path, image_size: int, error: type[DataError]) -> torch.Tensor:
+    """One image as ``[3, image_size, image_size]`` in [0, 1]; grey and grey+alpha become RGB."""
+    from skimage.io import imread
+
+    try:
+        arr = np.asarray(imread(file))
+    except Exception as exc:  # decoders raise anything (OSError, ValueError, SyntaxError…) on a bad file
+        raise error(f"cannot read image {file}: {type(exc).__name__}: {exc}") from exc
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey (+ alpha)
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or 0 in arr.shape:
+        raise error(f"image {file} has shape {arr.shape}; expected a grey or RGB(A) image")
+    scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0  # 8- or 16-bit files
+    img = torch.from_numpy(arr[..., :3].astype(np.float32) / scale).permute(2, 0, 1)[None]
+    return F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
+def check_finite(data: torch.Tensor, source: str, error: type[DataError] = DataError) -> None:
+    """Raise ``error`` naming the first sample (index along dim 0) that holds NaN or Inf.
+
+    Example:
+        >>> check_finite(torch.tensor([[1.0], [float("nan")]]), "--data x.npy")
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.DataError: --data x.npy: sample 1 contains NaN or Inf (1 of 2 samples); fix or remove it
+    """
+    bad = (~torch.isfinite(data.reshape(len(data), -1))).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise error(f"{source}: sample {int(bad[0])} contains NaN or Inf ({len(bad)} of {len(data)} samples); "
+                    "fix or remove it")
+
+
+def check_model_accepts(model: nn.Module, data: torch.Tensor, source: str,
+                        error: type[DataError] = DataError) -> None:
+    """Run ``model`` on the first sample, so that data of the wrong shape is reported at once, with the
+    shape the failing (or first) Conv/Linear layer takes, not by a traceback deep in a long calibration.
+
+    Example:
+        >>> check_model_accepts(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(2, 5, 8, 8), "--data x.npy")
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.DataError: --data x.npy: the model cannot run on a sample of shape (5, 8, 8) (...); \
+its first layer 0 (Conv2d) takes samples shaped (3, H, W)
+    """
+    first: list[tuple[str, nn.Module]] = []
+    active: list[tuple[str, nn.Module]] = []  # layers entered and not left: a failure happened in the last
+
+    def entering(name: str, module: nn.Module) -> None:  # hooks must return None: a value replaces the data
+        first[:] = first or [(name, module)]
+        active.append((name, module))
+
+    def leaving(*_: object) -> None:
+        active.pop()
+
+    hooks = []
+    for name, layer in model.named_modules():
+        if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            hooks.append(layer.register_forward_pre_hook(lambda m, _, name=name: entering(name, m)))
+            hooks.append(layer.register_forward_hook(leaving))
+    try:
+        with torch.no_grad():
+            model(data[:1])
+    except Exception as exc:  # any failure of the user's model on the user's sample is a mismatch to report
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise error(f"{source}: the model cannot run on a sample of shape {tuple(data.shape[1:])} "
+                    f"({reason}){_expected_shape(first, active)}") from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _expected_shape(first: list[tuple[str, nn.Module]], active: list[tuple[str, nn.Module]]) -> str:
+    """What the failing layer (else the first one) takes, as a clause of the error message."""
+    if not first:
+        return ""
+    name, layer = active[-1] if active else first[0]
+    if isinstance(layer, nn.Linear):
+        shape = f"(..., {layer.in_features})"
+    else:
+        shape = "(" + ", ".join([str(layer.in_channels), *"DHW"[5 - layer.weight.dim():]]) + ")"
+    if (name, layer) == first[0]:
+        return f"; its first layer {name} ({type(layer).__name__}) takes samples shaped {shape}"
+    return f"; it fails in layer {name} ({type(layer).__name__}), which takes inputs shaped {shape}"

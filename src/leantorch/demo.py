@@ -13,25 +13,47 @@ import torch
 
 from .analysis import AnalysisReport, analyze
 from .data import batches, sample_images
+from .errors import InvalidOptionError
 from .evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from .models import efficientnet_lite0
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import equalize
 from .quant.sim import QuantSim
+from .staging import staged_outputs
 
 log = logging.getLogger(__name__)
+
+#: File name prefix of the demo's export.
+EXPORT_NAME = "efficientnet_lite0_w8a8"
 
 
 def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 256, batch_size: int = 32,
              progress: bool = True) -> list[dict[str, Any]]:
     """Quantize EfficientNet-Lite0 (W8A8) on sample-image crops, print a table, export to ``out``.
 
-    Calibration and evaluation crops use disjoint seeds (0 and 1). Returns the table rows.
+    Calibration and evaluation crops use disjoint seeds (0 and 1). Returns the table rows. The files
+    (``efficientnet_lite0_w8a8.{onnx,encodings,pth}``, ``report.html``) appear in ``out`` only when the
+    whole demo succeeded; an ``out`` that cannot be written is reported before any work.
 
     Example:
         >>> rows = run_demo("out", calibration=32, evaluation=64)  # doctest: +SKIP
     """
+    bad = {k: v for k, v in {"calibration": calibration, "evaluation": evaluation, "batch_size": batch_size}.items()
+           if not (isinstance(v, int) and v >= 1)}
+    if bad:
+        raise InvalidOptionError(f"run_demo needs positive integer counts, got {bad}")
+    with staged_outputs() as staging:
+        staged = staging.directory(out)
+        rows = _run(staged, calibration, evaluation, batch_size, progress)
+    final = Path(out)
+    print(f"\nexported: {', '.join(str(final / f'{EXPORT_NAME}.{ext}') for ext in ('onnx', 'encodings', 'pth'))}")
+    print(f"analysis of the naive W8A8 per-tensor model: {final / 'report.html'}")
+    return rows
+
+
+def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress: bool) -> list[dict[str, Any]]:
+    """The demo, writing into ``out`` (a staging directory)."""
     model = efficientnet_lite0()
     calib = batches(sample_images(calibration, seed=0), batch_size)
     evals = batches(sample_images(evaluation, seed=1), batch_size)
@@ -63,17 +85,16 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
         sims.append(sim)
     naive, best = sims[0], sims[-1]
     # uint8 weights (same grid): ONNX Runtime's default u8s8 kernels saturate on x86 CPUs without VNNI.
-    files = best.export(out, "efficientnet_lite0_w8a8", unsigned_weights=True)
+    files = best.export(out, EXPORT_NAME, unsigned_weights=True)
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.numpy()})[0] for b in evals]))
     rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out), 0.0))
     print(f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
     print(markdown_table(rows))
-    print(f"\nexported: {', '.join(str(p) for p in files.values())}")
     report = analysis_report(model, naive, calib, probe=evals[0][:8], progress=progress)
     report.add_equalization(folded, equalize(model, example))
-    print(f"analysis of the naive W8A8 per-tensor model: {report.to_html(Path(out) / 'report.html')}")
+    report.to_html(out / "report.html")
     return rows
 
 

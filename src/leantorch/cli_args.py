@@ -1,0 +1,228 @@
+"""Arguments of the ``leantorch`` command: the parser and the option types that validate values.
+
+A bad value is reported by argparse itself, before any work: ``argument --num-samples: must be a
+positive integer, got 0``. :class:`UsageError` carries that message to ``leantorch.cli.main``, which
+prints it on one line (no usage text) and exits with status 2.
+
+Example:
+    >>> build_parser().parse_args(["compress", "--model", "m:f", "--data", "d.npy", "--target", "0.3"]).target
+    0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Callable
+
+from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
+
+DESCRIPTION = ("Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
+               "Arguments, data and output locations are checked before any long computation; a mistake is "
+               "reported on one line (exit status 2; --debug shows the traceback), Ctrl-C exits with 130, and "
+               "outputs appear only when a command succeeds.")
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+# argparse calls these on the option's text; an ArgumentTypeError becomes "argument --x: <message>".
+def _number(text: str, kind: Callable[[str], float], what: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An integer ≥ 1 (sample counts, sizes, iterations)."""
+    value = int(_number(text, int, "an integer"))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _bitwidth(text: str) -> int:
+    """2–16, or 32 for "keep in floating point" (as ``check_bitwidth``)."""
+    value = int(_number(text, int, "an integer"))
+    if not (MIN_BITWIDTH <= value <= MAX_BITWIDTH or value == FLOAT_BITWIDTH):
+        raise argparse.ArgumentTypeError(f"{value} is not supported: use {MIN_BITWIDTH} to {MAX_BITWIDTH}, "
+                                         f"or {FLOAT_BITWIDTH} to keep floating point")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+def _open_unit_interval(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (e.g. 0.5 keeps half the MACs), "
+                                         f"got {text}")
+    return value
+
+
+def _file_name(text: str) -> str:
+    """A plain file name: the directory is given by --out."""
+    separators = [os.sep, os.altsep or os.sep]
+    if not text.strip() or text in (".", "..") or "\0" in text or any(s in text for s in separators):
+        raise argparse.ArgumentTypeError(f"must be a plain file name without a directory part (that is --out), "
+                                         f"got {text!r}")
+    return text
+
+
+def _path_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _html_path(text: str) -> str:
+    if not _path_text(text).lower().endswith((".html", ".htm")):
+        raise argparse.ArgumentTypeError(f"must be an .html file path, got {text!r}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- parser
+class UsageError(Exception):
+    """An argparse error: reported on one line like the other user errors, not with the usage text."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the subcommand these set the flag; absent, they leave the global default alone.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, show the full traceback instead of the one-line message")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log diagnostics (INFO level)")
+
+
+def _add_data_options(p: argparse.ArgumentParser, num_samples: int, batch_size: int, purpose: str) -> None:
+    p.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
+                   "(e.g. leantorch.models:efficientnet_lite0); NaN/Inf weights are refused")
+    p.add_argument("--data", required=True, help="a directory of .png/.jpg/.bmp images, a .npy array [N, ...] of "
+                   "model inputs, or builtin:images (scikit-image photograph crops); checked before any long work: "
+                   "unreadable files, NaN/Inf samples and samples the model cannot run are named")
+    p.add_argument("--num-samples", type=_positive_int, default=num_samples,
+                   help=f"{purpose} samples to use (default {num_samples})")
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"batch size (default {batch_size})")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="image side for image data (default 224)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``quantize`` and ``analyze``: model, data, bitwidths, techniques."""
+    _add_data_options(p, 256, 32, "calibration")
+    p.add_argument("--param-bw", type=_bitwidth, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--act-bw", type=_bitwidth, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--scheme", default="tf_enhanced", choices=["minmax", "tf_enhanced", "percentile", "mse"],
+                   help="range estimator (default tf_enhanced)")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
+    p.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
+    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
+    p.add_argument("--cle", action="store_true", help="cross-layer equalization (folds BN, scales layer pairs "
+                   "and depthwise triplets, absorbs high biases)")
+    p.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
+                   help="correct the mean output error of weight quantization")
+    p.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
+                   "weight encodings")
+    p.add_argument("--adaround-iterations", type=_positive_int, default=10_000, help="AdaRound iterations per "
+                   "layer (default 10000, as in the paper)")
+    p.add_argument("--adaround-lr", type=_positive_float, default=1e-3, help="AdaRound Adam learning rate, > 0 "
+                   "(default 1e-3, as in the paper; 1000 iterations at 1e-2 reach about the same objective ten "
+                   "times faster)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``leantorch`` command."""
+    parser = _Parser(prog="leantorch", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of "
+                        "the one-line message (also accepted after the subcommand)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    staged = (" Outputs appear only when the command succeeds: they are written to a temporary path next to "
+              "the destination and moved into place at the end; files already there are kept unless "
+              "overwritten by the new outputs.")
+
+    q = sub.add_parser("quantize", help="calibrate a QuantSim and export ONNX QDQ + encodings + weights",
+                       description="Quantize a model: trace it, optionally apply post-training techniques, "
+                                   "calibrate on data, print agreement with FP32 on that data, export "
+                                   "OUT/NAME.{onnx,encodings,pth} (and OUT/adaround.encodings with --adaround)."
+                                   + staged)
+    _add_common(q)
+    _add_model_options(q)
+    q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
+                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop")
+    q.add_argument("--allowed-drop", type=_non_negative_float, default=0.01, help="allowed top-1 agreement drop "
+                   "for --auto, ≥ 0 (default 0.01)")
+    q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
+    q.add_argument("--name", type=_file_name, default="model", help="file name prefix, a plain name (default model)")
+    q.add_argument("--uint8-weights", action="store_true", help="store symmetric weights as uint8 with zero "
+                   "point 128 (same grid): ONNX Runtime's fused kernels then stay exact on x86 CPUs without VNNI; "
+                   "leave off for TensorRT/QNN, which expect int8 weights")
+
+    a = sub.add_parser("analyze", help="quantization analysis: per-layer sensitivity, SQNR, ranges -> HTML report",
+                       description="Quantize a model as `quantize` does, then analyse where accuracy is lost "
+                                   "(score: output SQNR in dB against FP32 on the data, higher is better) and "
+                                   "write one self-contained HTML report (and, with --plots, the PNGs)." + staged)
+    _add_common(a)
+    _add_model_options(a)
+    a.add_argument("--out", type=_html_path, default="report.html", help="HTML report path, ending in .html "
+                   "(default report.html)")
+    a.add_argument("--plots", type=_path_text, help="also write every plot as PNG into this directory")
+    a.add_argument("--layers", nargs="+", help="layers for the sensitivity sweep, checked against the model's "
+                   "quantized layers before calibration (default: every quantized layer)")
+    a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
+
+    c = sub.add_parser("compress", help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
+                       description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "
+                                   "from an eval-score table (score: top-1 agreement with FP32 on held-out "
+                                   "samples of the data), cached in OUT as soon as it is complete (also when a "
+                                   "later step fails). Writes OUT/compressed.pt (TorchScript: torch.jit.load), "
+                                   "OUT/compressed.onnx (float), OUT/compression_report.html and the sensitivity "
+                                   "curves as PNG." + staged)
+    _add_common(c)
+    _add_data_options(c, 64, 16, "channel-pruning statistics")
+    c.add_argument("--scheme", nargs="+", default=["spatial_svd"], choices=["weight_svd", "spatial_svd",
+                   "channel_pruning"], help="one scheme, or several run as stages (e.g. spatial_svd "
+                   "channel_pruning); default spatial_svd")
+    c.add_argument("--target", type=_open_unit_interval, default=0.5, help="MACs after / before, strictly between "
+                   "0 and 1 (default 0.5)")
+    c.add_argument("--candidates", type=_positive_int, default=10, help="candidate ratios per layer (default 10)")
+    c.add_argument("--rank-multiple", type=_positive_int, default=8, help="round ranks/channels up to a multiple "
+                   "(default 8)")
+    c.add_argument("--skip", nargs="+", default=[], help="layer names to leave uncompressed (checked against the "
+                   "model's layers)")
+    c.add_argument("--eval-samples", type=_positive_int, default=64, help="held-out samples scoring each candidate "
+                   "(default 64)")
+    c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
+
+    d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
+                       description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "
+                                   "of the scikit-image photographs with disjoint seeds; prints top-1 "
+                                   "agreement, KL divergence and output SQNR against FP32; exports the model and "
+                                   "an analysis report to OUT." + staged)
+    _add_common(d)
+    d.add_argument("--out", type=_path_text, default="out", help="output directory (default out)")
+    d.add_argument("--calibration", type=_positive_int, default=128, help="calibration crops (default 128)")
+    d.add_argument("--evaluation", type=_positive_int, default=256, help="evaluation crops (default 256)")
+    d.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
