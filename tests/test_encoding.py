@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leantorch import Encoding, EncodingsFileError, UnsupportedBitwidthError, compute_encoding
+from leantorch import DataError, Encoding, EncodingsFileError, UnsupportedBitwidthError, compute_encoding
 from leantorch.quant.encoding import dequantize, quantize
 from leantorch.quant.quantizer import fake_quantize
 
@@ -132,3 +132,23 @@ def test_aimet_entries_are_checked(field: str, value, message: str) -> None:
     entry = compute_encoding(torch.tensor(-1.0), torch.tensor(3.0), 8, symmetric=False).to_aimet()[0]
     with pytest.raises(EncodingsFileError, match=message):
         Encoding.from_aimet([{**entry, field: value}])
+
+
+def test_range_beyond_float32_is_a_typed_error() -> None:
+    # float64 ranges no float32 scale can cover (and NaN/Inf) are refused, not turned into scale=inf.
+    for lo, hi in [(-1e300, 1e300), (float("nan"), 1.0), (-1.0, float("inf"))]:
+        with pytest.raises(DataError, match="float32"):
+            compute_encoding(torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), 8, False)
+
+
+@pytest.mark.parametrize("bw", [2, 8, 16])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_grid_near_float32_max_stays_finite(bw: int, symmetric: bool) -> None:
+    flt_max = float(np.finfo(np.float32).max)
+    enc = compute_encoding(torch.tensor(-3.4e38), torch.tensor(3.4e38), bw, symmetric)
+    assert -flt_max <= float(enc.min) and float(enc.max) <= flt_max and float(enc.scale) > 0
+    x = torch.tensor([-3.4e38, -1.0, 0.0, 1.0, 3.4e38])
+    assert bool(torch.isfinite(dequantize(quantize(x, enc), enc)).all())
+    assert bool(torch.isfinite(fake_quantize(x, enc.scale, enc.offset, bw)).all())
+    # The usual ranges keep the plain formula (the cap binds only within a few steps of float32's maximum).
+    assert int(compute_encoding(torch.tensor(-3.4e38), torch.tensor(3.4e38), 2, False).offset) == -2

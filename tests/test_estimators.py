@@ -94,3 +94,16 @@ def test_quantizer_names_tensor_with_nan_or_inf(bad: float) -> None:
     x[17] = bad
     with pytest.raises(CalibrationDataError, match="conv1.output_quantizers.0"):
         q(x)
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
+@pytest.mark.parametrize("value", [1e5, -1e30])
+def test_histogram_estimators_take_a_large_constant_channel(scheme: str, value: float) -> None:
+    # A constant channel once got a zero-width range (an absolute 1e-12 widening lost in float64 above ~1e4).
+    est = make_estimator(scheme, axis=0)
+    x = torch.randn(2, 50)
+    x[0] = value
+    est.observe(x)
+    lo, hi = est.compute_range(8, symmetric=False)
+    assert bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())
+    assert float(max(abs(lo[0]), abs(hi[0]))) == pytest.approx(abs(value), rel=1e-6)

@@ -139,7 +139,9 @@ class HistogramEstimator(RangeEstimator):
             flat = flat.float()
         lo, hi = (t.double() for t in torch.aminmax(flat, dim=1))
         if self.hist is None:
-            self.lo, self.hi = lo, torch.maximum(hi, lo + 1e-12)
+            # A constant channel still needs a range of positive width; relative to its magnitude, since an
+            # absolute 1e-12 vanishes in float64 above ~1e4 (and hi == lo makes the bin width 0).
+            self.lo, self.hi = lo, torch.maximum(hi, lo + torch.clamp(lo.abs() * 1e-10, min=1e-12))
             self.hist = torch.zeros(flat.shape[0], self.num_bins, dtype=torch.float64, device=flat.device)
         else:
             self._grow(torch.minimum(self.lo, lo), torch.maximum(self.hi, hi))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CalibrationDataError, EncodingsMissingError
-from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
+from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, make_estimator
 
 
@@ -176,11 +176,17 @@ class Quantizer(nn.Module):
 
     def _observe(self, x: torch.Tensor) -> None:
         # min/max propagate NaN and show Inf, so one reduction checks the whole tensor.
-        if not bool(torch.isfinite(torch.stack(torch.aminmax(x.detach().float()))).all()):
+        extremes = torch.stack(torch.aminmax(x.detach() if x.is_floating_point() else x.detach().float()))
+        if not bool(torch.isfinite(extremes).all()):
             raise CalibrationDataError(
                 f"{self.name or 'a quantized tensor'} contains NaN or Inf during calibration; "
                 "check the calibration data and the model's numerics for this tensor."
             )
+        if bool((extremes.abs() > FLT_MAX).any()):  # float64 data: no float32 grid reaches it
+            raise CalibrationDataError(
+                f"{self.name or 'a quantized tensor'} holds values up to {float(extremes.abs().max()):.4g} during "
+                f"calibration, beyond float32's largest value ({FLT_MAX:.4g}); quantization scales are float32. "
+                "Check the calibration data and the model's numerics for this tensor.")
         assert self._estimator is not None
         self._estimator.observe(x)
 
