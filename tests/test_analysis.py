@@ -139,11 +139,24 @@ def test_bad_layers_data_and_options_are_refused_before_eval_fn_runs(setup) -> N
         lt.analyze(sim, counting, data, bins=0, progress=False)
     with pytest.raises(lt.InvalidOptionError, match="num_batches=0"):
         lt.analyze(sim, counting, data, num_batches=0, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 1 is a dict with keys \['x'\]"):
+        lt.analyze(sim, counting, [data[0], {"x": data[1]}], progress=False)
+    with pytest.raises(lt.InvalidOptionError, match="layers=7: pass a layer name or a list of layer names"):
+        lt.analyze(sim, counting, data, layers=7, progress=False)
     assert not calls
     with pytest.raises(lt.CalibrationDataError, match="fails on calibration batch 1"):
         lt.analyze(sim, counting, [data[0], torch.randn(2, 4, 8, 8)], sensitivity=False, progress=False)
     assert enabled_states(sim) == states
     assert_unchanged(sim.model, before)
+
+
+def test_one_layer_name_as_a_string_is_that_layer(setup) -> None:
+    _, data, sim, eval_fn = setup
+    # A string was once iterated letter by letter ("no layer 'h', 'e', ...").
+    as_string = lt.analyze(sim, eval_fn, data, layers="head", progress=False)
+    as_list = lt.analyze(sim, eval_fn, data, layers=["head"], progress=False)
+    assert [row["layer"] for row in as_string.sensitivity] == ["head"]
+    assert as_string.sensitivity == as_list.sensitivity
 
 
 def test_nan_scores_name_the_model_that_was_scored(setup) -> None:

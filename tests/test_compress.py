@@ -258,6 +258,11 @@ def test_compress_names_unknown_layers_and_bad_options() -> None:
         lt.compress(model, x, lambda m: float("nan"), "weight_svd", 0.7, progress=False)
     with pytest.raises(lt.InputShapeError, match=r"\(1, 5, 10, 10\)"):
         lt.compress.cost(model, torch.randn(1, 5, 10, 10))
+    for value, what in ((float("nan"), "1 NaN value"), (float("inf"), "1 Inf value")):
+        bad_x = x.clone()
+        bad_x[0, 0, 0, 0] = value  # once gave a normal-looking cost report
+        with pytest.raises(lt.NonFiniteModelError, match=rf"example input 0 \(shape \(1, 3, 10, 10\)\) has {what}"):
+            lt.compress.cost(model, bad_x)
     with pytest.raises(lt.CompressionError, match="no MAC formula for ReLU"):
         layer_macs(nn.ReLU(), (1, 3), (1, 3))
     assert_unchanged(model, before)

@@ -168,3 +168,15 @@ def test_inf_masks_are_allowed_but_nan_outputs_are_named() -> None:
     torch.testing.assert_close(lt.prepare(model, x)(x), model(x))
     with pytest.raises(lt.NonFiniteModelError, match=r"output on the example input has 16 NaN value.*Fix that op"):
         lt.prepare(Masked(nan_in_forward=True), x)
+
+
+@pytest.mark.parametrize("model,message", [
+    (lambda x: x * 2, "model must be a torch.nn.Module, got function"),
+    (nn.Linear, r"got type .*create an instance first: Linear\(...\)"),
+    ({"weight": torch.ones(2, 2)}, "got dict .*state dict.*load_state_dict"),
+])
+def test_a_model_that_is_not_a_module_is_named_once_in_prepare(model, message: str) -> None:
+    x = torch.randn(1, 2)
+    for build in (lt.prepare, lt.QuantSim, lt.compress.cost):  # QuantSim and the cost model share the check
+        with pytest.raises(lt.InvalidOptionError, match=message):
+            build(model, x)

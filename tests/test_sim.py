@@ -51,6 +51,47 @@ def test_config_json_roundtrip_and_overrides(tmp_path, resnet) -> None:
         lt.QuantSim(resnet, torch.randn(1, 3, 32, 32), config="nope")
 
 
+@pytest.mark.parametrize("cfg,message", [
+    ({"param_symmetric": "False"}, "'param_symmetric' is 'False' \\(a str\\); it must be true or false"),
+    ({"op_types": {"Linear": {"per_channel": "x"}}}, "'op_types.Linear.per_channel' is 'x'"),
+    ({"op_types": []}, "'op_types' is \\[\\] \\(a list\\)"),
+    ({"op_types": {"Linaer": {"per_channel": True}}}, "unknown op type 'Linaer'"),
+    ({"supergroups": 5}, "'supergroups' is 5; it must be a list of non-empty lists"),
+    ({"supergroups": [[]]}, "'supergroups' is \\[\\[\\]\\]"),
+    ({"supergroups": [["Conv", 3]]}, "unknown op type 3"),
+    ({"name": 5}, "'name' is 5"),
+])
+def test_wrongly_typed_config_values_name_key_value_and_type(cfg, message) -> None:
+    model, x = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval(), torch.randn(2, 3)
+    before = state_snapshot(model)
+    with pytest.raises(lt.ConfigError, match=message):
+        lt.QuantSim(model, x, config=cfg)
+    assert_unchanged(model, before)
+    dataclass_cfg = lt.QuantSimConfig()
+    dataclass_cfg.per_channel = "yes"  # a dataclass built in code is checked too
+    with pytest.raises(lt.ConfigError, match="'per_channel' is 'yes'"):
+        lt.QuantSim(model, x, config=dataclass_cfg)
+
+
+@pytest.mark.parametrize("text", ["5", "null", "[[1]]", '"default"'])
+def test_config_file_must_hold_a_json_object(tmp_path, text: str) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(lt.ConfigError, match=r"c.json holds .* at its top level; a config file is a JSON object"):
+        lt.QuantSim(nn.Linear(3, 2), torch.randn(1, 3), config=str(path))
+
+
+def test_per_channel_and_range_learning_must_be_flags() -> None:
+    model, x = nn.Linear(3, 2).eval(), torch.randn(1, 3)
+    before = state_snapshot(model)
+    for kwargs, message in [({"per_channel": "yes"}, "per_channel='yes': pass True, False or None"),
+                            ({"per_channel": 1}, "per_channel=1"),
+                            ({"range_learning": "no"}, "range_learning='no': pass True or False")]:
+        with pytest.raises(lt.InvalidOptionError, match=message):
+            lt.QuantSim(model, x, **kwargs)
+    assert_unchanged(model, before)
+
+
 def test_calibration_with_iterable_and_callable_gives_same_encodings(resnet) -> None:
     data = calib()
     a = lt.QuantSim(resnet, data[0][:1], scheme="minmax")
@@ -98,6 +139,30 @@ def test_enable_disable_globally_and_per_layer(resnet) -> None:
         sim.set_param_quantization(False, layers=["nope"])
     with pytest.raises(KeyError, match=r"'layers.0.conv_1': did you mean 'layers.0.conv1'\?"):  # still a KeyError
         sim.set_activation_quantization(False, layers=["layers.0.conv_1"])
+    # One name as a plain string means that layer (it was once taken letter by letter).
+    sim.set_param_quantization(False)
+    sim.set_param_quantization(True, layers="fc")
+    assert {n for n in active(sim) if ".param_quantizers." in n} == {"fc.param_quantizers.weight"}
+    with pytest.raises(lt.InvalidOptionError, match="layers=5: pass a layer name or a list of layer names"):
+        sim.set_param_quantization(True, layers=5)
+
+
+def test_calibration_that_is_not_batches_is_named(resnet) -> None:
+    data = calib(1)
+    sim = lt.QuantSim(resnet, data[0][:1])
+    for bad, message in [(None, "calibration must be an iterable of batches .* or a callable\\(model\\), got None"),
+                         (5, "got int 5"), ({"x": data[0]}, "got a dict"),
+                         ([None], "calibration batch 0 is None; a batch must be a tensor, or a tuple/list whose "
+                                  "first 1 item\\(s\\) are the model's input tensor\\(s\\)"),
+                         ([{"x": data[0]}], r"calibration batch 0 is a dict with keys \['x'\].*\(batch\['x'\],\)"),
+                         ([(3, "label")], "calibration batch 0 is a tuple holding 0 tensor\\(s\\) \\(int 3, str 'label'\\)")]:
+        with pytest.raises(lt.CalibrationDataError, match=message):
+            sim.compute_encodings(bad, progress=False)
+    assert all(q.encoding is None for q in sim.quantizers().values())  # nothing was set
+    for n in (0, -1, 1.5):
+        with pytest.raises(lt.InvalidOptionError, match=f"num_batches={n}"):
+            sim.compute_encodings(data, num_batches=n, progress=False)
+    sim.compute_encodings([(data[0], torch.zeros(8))], progress=False)  # labels after the inputs are ignored
 
 
 def test_errors_change_nothing(resnet) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from . import ops
-from .errors import InputShapeError, NonFiniteModelError, TraceError
+from .errors import InputShapeError, InvalidOptionError, NonFiniteModelError, TraceError
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ _OP_TYPES: list[tuple[tuple[type, ...], str]] = [
     ((nn.Identity,), "Identity"),
     ((nn.Embedding,), "Embedding"),
 ]
+
+#: Every op type name a config may use (``"Unknown"``: leaf modules leantorch has no type for).
+OP_TYPE_NAMES = frozenset(name for _, name in _OP_TYPES) | {"Unknown"}
 
 #: Op types whose output is a selection/rearrangement of input values (already on the input's grid).
 PASSTHROUGH_TYPES = frozenset({"Flatten", "Pad", "MaxPool", "Dropout", "Identity"})
@@ -134,6 +137,7 @@ def prepare(
         verify: check that the traced model computes the same outputs on the example input.
 
     Raises:
+        InvalidOptionError: ``model`` is not an ``nn.Module`` (a function, a class, a state dict).
         NonFiniteModelError: the example input, a parameter or a buffer holds NaN/Inf, or the model's output on
             the example input holds NaN (names the tensors).
         TraceError: the model cannot be traced (names the module, the source line and the fix).
@@ -144,6 +148,7 @@ def prepare(
         >>> [type(m).__name__ for m in gm.children()]
         ['Conv2d', 'ReLU']
     """
+    check_module(model)
     inputs = as_tuple(example_input)
     check_finite(model, inputs)
     copy_ = copy.deepcopy(model)
@@ -170,6 +175,32 @@ def prepare(
         gm.output_stats = copy.deepcopy(model.output_stats)
     gm.train(was_training)
     return gm
+
+
+def check_module(model: Any, what: str = "model") -> None:
+    """Raise :class:`InvalidOptionError` unless ``model`` is an ``nn.Module`` instance.
+
+    Example:
+        >>> check_module(lambda x: x)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: model must be a torch.nn.Module, got function ...
+    """
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        fix = f"create an instance first: {model.__name__}(...)"
+    elif isinstance(model, dict):
+        fix = "this looks like a state dict: build the model and call model.load_state_dict(...) first"
+    else:
+        fix = "wrap the computation in an nn.Module whose forward calls it"
+    raise InvalidOptionError(f"{what} must be a torch.nn.Module, got {type(model).__name__} ({_short_repr(model)}): "
+                             f"{fix}")
+
+
+def _short_repr(value: Any) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_finite(model: nn.Module, inputs: tuple) -> None:

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import CalibrationDataError, EncodingsMissingError, InvalidOptionError, UnknownLayerError
+from ..batches import check_iterable
+from ..errors import CalibrationDataError, EncodingsMissingError, UnknownLayerError
 from ..metrics import sqnr_db_from_sums
+from ..options import as_names, check_count
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
@@ -83,7 +85,7 @@ def analyze(
         raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
                                     "sim.compute_encodings(...) before lt.analyze.")
     groups = _layer_quantizers(sim, configured)
-    chosen = list(groups) if layers is None else list(layers)
+    chosen = list(groups) if layers is None else as_names("layers", layers)  # a string is one name
     unknown = [n for n in chosen if n not in groups]
     if unknown:
         raise UnknownLayerError(f"layers={unknown}: no layer with an enabled quantizer has that name; valid names "
@@ -110,14 +112,13 @@ def analyze(
 def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None,
                  bins: int) -> list[Any]:
     """The batches to analyse, checked before the (expensive) sensitivity sweep rather than after it."""
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise InvalidOptionError(f"bins={bins!r}: pass the number of histogram bins, a whole number ≥ 1")
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
-                                    or num_batches < 1):
-        raise InvalidOptionError(f"num_batches={num_batches!r}: pass a whole number ≥ 1, or None for all batches")
+    check_count("bins", bins, hint=" (the number of histogram bins)")
+    if num_batches is not None:
+        check_count("num_batches", num_batches, hint=", or None for all batches")
     if calibration is None or isinstance(calibration, torch.Tensor):
         raise CalibrationDataError("lt.analyze needs calibration batches for SQNR, ranges and histograms: pass a "
                                    "list or DataLoader of input batches (a single tensor: wrap it as [tensor])")
+    check_iterable(calibration)  # a number, a string, a dict...
     data = list(itertools.islice(calibration, num_batches))
     if not data:
         raise CalibrationDataError("calibration data is empty: lt.analyze needs at least one batch for SQNR, "

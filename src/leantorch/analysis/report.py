@@ -81,10 +81,12 @@ class AnalysisReport:
         Example:
             >>> report.add_equalization(folded, lt.equalize(model, x))  # doctest: +SKIP
         """
+        from ..options import as_names
         from .analyzer import name_list, weight_ranges
 
         old, new = weight_ranges(before), weight_ranges(after)
         common = [n for n in old if n in new and len(old[n].min) == len(new[n].min)]
+        layers = None if layers is None else as_names("layers", layers)  # a string is one name
         if layers is None:
             gain = {n: old[n].spread / new[n].spread if new[n].spread > 0 else 0.0 for n in common}
             layers = sorted(common, key=lambda n: -gain[n])[:max_layers]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import as_tuple, run_checked
+from ..graph import as_tuple, check_finite, check_module, run_checked
 from .ratio_selection import CompressionError
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -87,12 +87,20 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
     Convolutions written as ``F.conv2d`` inside a module are counted after :func:`leantorch.prepare`
     has turned them into layers (``cost(lt.prepare(model, x), x)``).
 
+    Raises:
+        InvalidOptionError: ``model`` is not an ``nn.Module``.
+        NonFiniteModelError: the example input, a parameter or a buffer holds NaN/Inf (as :func:`leantorch.prepare`).
+        InputShapeError: ``example_input`` does not fit the model.
+
     Example:
         >>> report = cost(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 10)),
         ...               torch.randn(2, 3, 4, 4))
         >>> report.layers["0"].macs, report.layers["2"].macs, report.total_params
         (3456, 1280, 1514)
     """
+    check_module(model)
+    inputs = as_tuple(example_input)
+    check_finite(model, inputs)  # NaN/Inf: NonFiniteModelError, as lt.prepare raises
     report = CostReport()
     handles = []
     for name, module in model.named_modules():
@@ -108,7 +116,7 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
     was_training = model.training
     model.eval()
     try:
-        run_checked(model, as_tuple(example_input))  # an input that does not fit: InputShapeError
+        run_checked(model, inputs)  # an input that does not fit: InputShapeError
     finally:
         model.train(was_training)
         for h in handles:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..graph import PASSTHROUGH_TYPES
+from ..graph import OP_TYPE_NAMES, PASSTHROUGH_TYPES
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight.
 PER_CHANNEL_AXIS = {"Conv": 0, "Linear": 0, "ConvTranspose": 1}
@@ -111,30 +111,78 @@ class QuantSimConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantSimConfig":
-        """Build from a dict (as read from JSON); unknown keys raise ConfigError."""
+        """Build from a dict (as read from JSON); unknown keys and wrongly typed values raise ConfigError.
+
+        Example:
+            >>> QuantSimConfig.from_dict({"param_symmetric": "False"})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            leantorch.errors.ConfigError: config key 'param_symmetric' is 'False' (a str); it must be true or false...
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be an object of settings (a dict; in JSON {{...}}), got "
+                              f"{type(data).__name__} {_short(data)}; e.g. {{\"per_channel\": true}}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
+            raise ConfigError(f"unknown config keys {sorted(unknown, key=str)}; known keys: {sorted(known)}")
         data = dict(data)
         cfg = cls()
         op_types = data.pop("op_types", None)
         for key, value in data.items():
             setattr(cfg, key, value)
         if op_types is not None:
-            try:
-                cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
-            except TypeError as exc:
-                raise ConfigError(f"bad op_types entry: {exc}") from exc
+            if not isinstance(op_types, dict):
+                raise ConfigError(f"config key 'op_types' is {_short(op_types)} (a {type(op_types).__name__}); it "
+                                  'must be an object of op type → rule, e.g. {"Softmax": {"output_quantized": true}}')
+            rule_fields = {f.name for f in fields(OpRule)}
+            for op, rule in op_types.items():
+                bad = sorted(set(rule) - rule_fields, key=str) if isinstance(rule, dict) else None
+                if bad is None or bad:
+                    raise ConfigError(f"bad op_types entry {op!r}: {_short(rule)}; a rule is an object with keys "
+                                      f"from {sorted(rule_fields)} (true, false or null each)")
+            cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
+        cfg.validate()
         return cfg
+
+    def validate(self) -> "QuantSimConfig":
+        """Check every value's type (and op type names); returns ``self``.
+
+        Raises:
+            ConfigError: names the key, the value and the expected type.
+        """
+        for key in _BOOL_KEYS:
+            _check_bool(key, getattr(self, key))
+        if not isinstance(self.name, str):
+            raise ConfigError(f"config key 'name' is {_short(self.name)} (a {type(self.name).__name__}); it must be "
+                              "a string")
+        if not isinstance(self.op_types, dict):
+            raise ConfigError(f"config key 'op_types' is {_short(self.op_types)}; it must map op type names to rules")
+        for op, rule in self.op_types.items():
+            _check_op_type(op, "op_types")
+            if not isinstance(rule, OpRule):
+                raise ConfigError(f"op_types[{op!r}] is {_short(rule)}; it must be an OpRule (in JSON an object)")
+            for f in fields(OpRule):
+                _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
+        groups = self.supergroups
+        if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
+            raise ConfigError(f"config key 'supergroups' is {_short(groups)}; it must be a list of non-empty lists "
+                              'of op type names, e.g. [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]')
+        for group in groups:
+            for op in group:
+                _check_op_type(op, f"supergroup {group}")
+        return self
 
     @classmethod
     def from_json(cls, path: str | Path) -> "QuantSimConfig":
-        """Load a config file."""
+        """Load a config file (a JSON object; see the module docstring)."""
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} holds {type(data).__name__} {_short(data)} at its top level; a config "
+                              'file is a JSON object of settings, e.g. {"per_channel": true}')
         cfg = cls.from_dict(data)
         if "name" not in data:
             cfg.name = Path(path).stem
@@ -145,6 +193,30 @@ class QuantSimConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
 
+_BOOL_KEYS = ("output_quantized", "input_quantized", "params_quantized", "quantize_bias", "param_symmetric",
+              "activation_symmetric", "unsigned_symmetric", "per_channel", "model_input_quantized")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
+    """A JSON boolean, not a string or number that Python would take as one ("False" is truthy)."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return
+    allowed = "true, false or null" if allow_none else "true or false"
+    raise ConfigError(f"config key '{key}' is {_short(value)} (a {type(value).__name__}); it must be {allowed} "
+                      "(a JSON boolean, not a string or a number)")
+
+
+def _check_op_type(op: Any, where: str) -> None:
+    """Op type names come from :func:`leantorch.graph.op_type`; a misspelt one would silently match nothing."""
+    if op not in OP_TYPE_NAMES:
+        raise ConfigError(f"{where}: unknown op type {_short(op)}; known op types: {', '.join(sorted(OP_TYPE_NAMES))}")
+
+
 def load_config(config: "str | Path | QuantSimConfig | dict[str, Any]") -> QuantSimConfig:
     """A config from a preset name, a JSON path, a dict, or a config (copied).
 
@@ -153,7 +225,7 @@ def load_config(config: "str | Path | QuantSimConfig | dict[str, Any]") -> Quant
         False
     """
     if isinstance(config, QuantSimConfig):
-        return copy.deepcopy(config)
+        return copy.deepcopy(config).validate()
     if isinstance(config, dict):
         return QuantSimConfig.from_dict(config)
     if isinstance(config, Path) or str(config).endswith(".json"):

@@ -12,8 +12,10 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
 from ..graph import as_tuple, prepare, unknown_leaf_modules
+from ..options import as_names, check_count, check_flag
 from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
 from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, encodings_dict, match_encodings,
@@ -74,6 +76,8 @@ class QuantSim:
             scheme=QuantScheme.parse(scheme),
             param_scheme=QuantScheme.parse(param_scheme if param_scheme is not None else scheme),
         )
+        check_flag("per_channel", per_channel, allow_none=True)
+        check_flag("range_learning", range_learning)
         self.config = load_config(config)
         if per_channel is not None:
             self.config.per_channel = per_channel
@@ -118,17 +122,21 @@ class QuantSim:
         return first.device if first is not None else torch.device("cpu")
 
     # ------------------------------------------------------------------ switching
-    def set_param_quantization(self, enabled: bool, layers: Iterable[str] | None = None) -> None:
-        """Enable/disable weight quantizers globally or for the named layers (config-enabled ones only)."""
+    def set_param_quantization(self, enabled: bool, layers: str | Iterable[str] | None = None) -> None:
+        """Enable/disable weight quantizers globally or for the named layers (config-enabled ones only).
+
+        ``layers``: a layer name or names (as in :meth:`layers`); None means all.
+        """
         self._switch(enabled, layers, params=True)
 
-    def set_activation_quantization(self, enabled: bool, layers: Iterable[str] | None = None) -> None:
-        """Enable/disable input/output quantizers globally or for the named layers."""
+    def set_activation_quantization(self, enabled: bool, layers: str | Iterable[str] | None = None) -> None:
+        """Enable/disable input/output quantizers globally or for the named layers (a name or names)."""
         self._switch(enabled, layers, params=False)
 
-    def _switch(self, enabled: bool, layers: Iterable[str] | None, params: bool) -> None:
+    def _switch(self, enabled: bool, layers: str | Iterable[str] | None, params: bool) -> None:
+        check_flag("enabled", enabled)
         all_layers = self.layers()
-        names = list(all_layers) if layers is None else list(layers)
+        names = list(all_layers) if layers is None else as_names("layers", layers)
         missing = [n for n in names if n not in all_layers]
         if missing:
             raise UnknownLayerError(_unknown_layers_message(missing, list(all_layers)))
@@ -159,9 +167,14 @@ class QuantSim:
             progress: show a progress bar.
 
         Raises:
-            CalibrationDataError: empty data, NaN/Inf (naming the batch and tensor), wrong structure.
+            CalibrationDataError: empty data, NaN/Inf (naming the batch and tensor), wrong structure (what a
+                batch may be: :mod:`leantorch.batches`).
+            InvalidOptionError: ``num_batches`` is not a whole number ≥ 1 (or None).
         Nothing changes if an error is raised: previous encodings stay.
         """
+        check_iterable(calibration, allow_callable=True)
+        if num_batches is not None:
+            check_count("num_batches", num_batches, hint=", or None for all batches")
         activations = [q for q in self.activation_quantizers().values() if q.is_active and not q.frozen]
         # Weights are encoded first so that activation ranges are those of the quantized-weight model.
         params = self._param_encodings()
@@ -196,11 +209,6 @@ class QuantSim:
             if calibrating and not any(q._estimator.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
-        if isinstance(calibration, torch.Tensor):
-            raise CalibrationDataError(
-                "calibration must be an iterable of batches (e.g. a DataLoader or a list of tensors) or a "
-                "callable(model), not a single tensor: wrap it as [tensor]."
-            )
         total = num_batches if num_batches is not None else (len(calibration) if hasattr(calibration, "__len__") else None)
         seen = 0
         bar = tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False)
@@ -227,22 +235,8 @@ class QuantSim:
             raise CalibrationDataError("calibration data is empty: pass at least one batch")
 
     def _to_inputs(self, batch: Any, index: int) -> tuple:
-        """Model inputs of one calibration batch: the tensors of the batch (labels are dropped)."""
-        items = as_tuple(batch)
-        tensors = [x for x in items if isinstance(x, torch.Tensor)]
-        inputs = tuple(tensors[: len(self.example_input)])
-        if len(inputs) != len(self.example_input):
-            raise CalibrationDataError(
-                f"calibration batch {index} has {len(tensors)} tensor(s); the model takes "
-                f"{len(self.example_input)} input(s)"
-            )
-        for j, x in enumerate(inputs):
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                raise CalibrationDataError(
-                    f"calibration batch {index}, input {j} (shape {tuple(x.shape)}) contains NaN or Inf; "
-                    "clean or drop that batch."
-                )
-        return tuple(x.to(self.device) for x in inputs)
+        """Model inputs of one calibration batch on the sim's device (:func:`leantorch.batches.model_inputs`)."""
+        return model_inputs(batch, len(self.example_input), index, device=self.device)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
         out = []

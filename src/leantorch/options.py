@@ -1,0 +1,76 @@
+"""Checks of option values (flags, counts, rates), shared by every entry point so that a bad value is refused
+before any work, with one kind of error (:class:`~leantorch.errors.InvalidOptionError`) and one message style:
+``name=value: what is accepted``.
+
+Python's own coercions are what these checks exist to stop: ``per_channel="no"`` is truthy, ``range(0)``
+runs zero iterations without a word, and ``lr=nan`` only fails deep inside an optimizer.
+
+Example:
+    >>> check_count("iterations", 0)
+    Traceback (most recent call last):
+    ...
+    leantorch.errors.InvalidOptionError: iterations=0: pass a whole number ≥ 1
+    >>> check_positive("lr", 1e-3)
+    0.001
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+from .errors import InvalidOptionError
+
+
+def check_flag(name: str, value: Any, allow_none: bool = False) -> bool | None:
+    """``value`` if it is a bool (or None when ``allow_none``), else :class:`InvalidOptionError`."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    allowed = "True, False or None" if allow_none else "True or False"
+    raise InvalidOptionError(f"{name}={value!r}: pass {allowed} (a {type(value).__name__} is not a flag)")
+
+
+def check_count(name: str, value: Any, minimum: int = 1, hint: str = "") -> int:
+    """``value`` if it is a whole number ≥ ``minimum`` (``True`` is not a count), else InvalidOptionError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InvalidOptionError(f"{name}={value!r}: pass a whole number ≥ {minimum}{hint}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any, allow_zero: bool = False, hint: str = "") -> float:
+    """``value`` if it is a finite real number > 0 (≥ 0 with ``allow_zero``), else InvalidOptionError."""
+    ok = _is_real(value) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise InvalidOptionError(f"{name}={value!r}: pass a finite number {'≥' if allow_zero else '>'} 0{hint}")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any, hint: str = "") -> float:
+    """``value`` if it is a real number in ``[0, 1]``, else InvalidOptionError."""
+    if not (_is_real(value) and 0.0 <= value <= 1.0):
+        raise InvalidOptionError(f"{name}={value!r}: pass a fraction in [0, 1]{hint}")
+    return float(value)
+
+
+def as_names(name: str, value: str | Iterable[str]) -> list[str]:
+    """Layer names from one name or an iterable of names: a string is one name, not a sequence of letters.
+
+    Example:
+        >>> as_names("layers", "stem.0"), as_names("layers", ("a", "b"))
+        (['stem.0'], ['a', 'b'])
+    """
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = list(value)
+    except TypeError:
+        raise InvalidOptionError(f"{name}={value!r}: pass a layer name or a list of layer names") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise InvalidOptionError(f"{name}={value!r}: layer names are strings, got {bad[:3]!r}")
+    return names
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
