@@ -199,6 +199,25 @@ def test_html_is_one_self_contained_file_and_plots_are_pngs(report_file, tmp_pat
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and min(png_size(p.read_bytes())) > 50
 
 
+def test_report_output_paths_that_cannot_be_written_are_named(report_file, tmp_path) -> None:
+    report, _ = report_file
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("keep me")
+    (tmp_path / "a_dir").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for path, message in [(tmp_path / "a_dir", "a_dir is a directory: give a file path"),
+                          (a_file / "report.html", "taken.txt is a file, so report.html cannot be created in it"),
+                          (a_file / "sub" / "report.html", "taken.txt is a file, so no directory can be made there")]:
+        with pytest.raises(lt.OutputPathError, match=message):
+            report.to_html(path)
+    with pytest.raises(lt.InvalidOptionError, match="path=None: pass a path"):
+        report.to_html(None)
+    with pytest.raises(lt.OutputPathError, match="taken.txt is an existing file, not a directory"):
+        report.save_plots(a_file)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and a_file.read_text() == "keep me"
+    assert report.to_html(tmp_path / "new" / "r.html").read_text().startswith("<!")  # a new directory is fine
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -161,3 +161,61 @@ def test_efficientnet_onnx_follows_sim(tmp_path, efficientnet) -> None:
     assert np.mean(steps <= 2.001) >= 0.98, f"{np.mean(steps <= 2.001):.4f} within two steps"
     assert steps.max() <= 6.001
     assert np.mean(got.argmax(1) == want.argmax(1)) >= 15 / 16
+
+
+def _small_calibrated_sim(act_bw: int = 8) -> tuple[lt.QuantSim, torch.Tensor]:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    sim = lt.QuantSim(model, x[:1], act_bw=act_bw, per_channel=True)
+    sim.compute_encodings([x], progress=False)
+    return sim, x
+
+
+def test_opset_outside_the_supported_range_is_named_before_anything_is_written(tmp_path) -> None:
+    sim, x = _small_calibrated_sim()
+    for opset in (5, 12, 22, 99, "17", 17.0):
+        with pytest.raises(lt.InvalidOptionError, match=rf"opset={opset!r}: leantorch exports ONNX opsets 13 to 21"):
+            sim.export(tmp_path, "model", opset=opset)
+    wide, _ = _small_calibrated_sim(act_bw=16)
+    with pytest.raises(lt.InvalidOptionError, match="opset=17: .*more than 8 bits.*pass opset=21 or None"):
+        wide.export(tmp_path, "model", opset=17)
+    assert not list(tmp_path.iterdir())
+    for opset in (13, 21):  # both ends of the range export and run
+        files, got, want = export_and_run(sim, tmp_path / str(opset), x, opset=opset)
+        assert {o.version for o in onnx.load(str(files["onnx"])).opset_import if o.domain in ("", "ai.onnx")} == {opset}
+        np.testing.assert_allclose(got, want, atol=2 * output_step(sim, "3"))
+
+
+def test_bad_output_locations_are_refused_before_any_file_is_written(tmp_path) -> None:
+    sim, _ = _small_calibrated_sim()
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    cases = [((a_file, "model"), lt.OutputPathError, "taken is an existing file, not a directory"),
+             ((a_file / "sub", "model"), lt.OutputPathError, "taken is a file, so no directory can be made there"),
+             ((tmp_path / "out", ""), lt.OutputPathError, "filename_prefix='': give a plain file name"),
+             ((tmp_path / "out", "a/b"), lt.OutputPathError, "filename_prefix='a/b': give a plain file name"),
+             ((tmp_path / "out", ".."), lt.OutputPathError, "filename_prefix='..'"),
+             ((tmp_path / "out", None), lt.InvalidOptionError, "filename_prefix=None: pass a file name")]
+    for (path, prefix), error, message in cases:
+        with pytest.raises(error, match=message):
+            sim.export(path, prefix)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and a_file.read_text() == "keep me"
+
+
+def test_a_failed_export_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
+    sim, _ = _small_calibrated_sim()
+    files = sim.export(tmp_path, "model")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["model.encodings", "model.onnx", "model.pth"] and files["onnx"].exists()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail)  # the last of the three files fails
+    with pytest.raises(lt.OutputPathError, match=r"cannot write the export files model.\* in .*: No space left"):
+        sim.export(tmp_path, "model")
+    with pytest.raises(lt.OutputPathError, match="No space left"):
+        sim.export(tmp_path / "new", "other")
+    # The earlier export is intact, nothing half-written or temporary is left.
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownLayerError
+from ..paths import check_directory, check_file, writing
+from ..staging import staged_outputs
 from . import plots
 
 
@@ -118,32 +120,37 @@ class AnalysisReport:
         return sections
 
     def save_plots(self, directory: str | Path) -> list[Path]:
-        """Write every plot as a PNG file into ``directory``; returns the paths.
+        """Write every plot as a PNG file into ``directory`` (created if needed); returns the paths.
+
+        Raises:
+            OutputPathError: ``directory`` is a file or cannot be created or written (checked before rendering).
 
         Example:
             >>> paths = report.save_plots("plots")  # doctest: +SKIP
         """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for figures in self.figures().values():
-            for stem, png in figures:
-                path = out / f"{stem}.png"
-                path.write_bytes(png)
-                paths.append(path)
-        return paths
+        out = check_directory(directory, "directory")
+        figures = [(out / f"{stem}.png", png) for section in self.figures().values() for stem, png in section]
+        with writing(f"the plots in {out}"), staged_outputs() as staging:
+            for path, png in figures:
+                staging.file(path, option="directory").write_bytes(png)
+        return [path for path, _ in figures]
 
     def to_html(self, path: str | Path) -> Path:
-        """Write the report as ONE self-contained HTML file; returns its path.
+        """Write the report as ONE self-contained HTML file (its directory created if needed); returns its path.
+
+        Raises:
+            OutputPathError: ``path`` is a directory, lies under a file, or cannot be written (checked before
+                rendering; a failed write leaves no partial file).
 
         Example:
             >>> report.to_html("report.html")  # doctest: +SKIP
         """
         from .html import render
 
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(self, self.figures()), encoding="utf-8")
+        out = check_file(path, "path")
+        text = render(self, self.figures())
+        with writing(out), staged_outputs() as staging:
+            staging.file(out, option="path").write_text(text, encoding="utf-8")
         return out
 
     # ------------------------------------------------------------------ tables

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import io
+import numbers
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,8 +38,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import EncodingsMissingError, ExportError
+from ..errors import EncodingsMissingError, ExportError, InvalidOptionError
 from ..graph import as_tuple
+from ..options import check_flag
+from ..paths import check_directory, check_file_name, writing
+from ..staging import staged_outputs
 from .encoding import Encoding
 from .encodings_file import encodings_dict, same_encoding, write_encodings
 from .quantizer import Quantizer
@@ -63,6 +67,37 @@ class FileEncodings(NamedTuple):
     names: dict[str, dict[str, list[str]]]
 
 
+#: Opsets an export can have: 13 is the first with per-axis QuantizeLinear/DequantizeLinear, 21 the first with
+#: 16-bit ones. torch's TorchScript exporter writes at most opset 20; opset 21 only adds types (int16 QDQ) to
+#: the ops it writes at 20, so a model exported at 20 is stamped 21.
+MIN_OPSET, MAX_OPSET, WIDE_OPSET = 13, 21, 21
+_TORCHSCRIPT_MAX_OPSET = 20
+
+
+def check_opset(opset: Any, wide: bool) -> int:
+    """The opset to export at (``None``: 17, or 21 when a quantizer has more than 8 bits), checked.
+
+    Raises:
+        InvalidOptionError: outside 13..21, or below 21 with 16-bit quantizers (int16 QDQ needs opset 21).
+
+    Example:
+        >>> check_opset(None, wide=False), check_opset(None, wide=True), check_opset(13, wide=False)
+        (17, 21, 13)
+    """
+    if opset is None:
+        return WIDE_OPSET if wide else 17
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InvalidOptionError(
+            f"opset={opset!r}: leantorch exports ONNX opsets {MIN_OPSET} to {MAX_OPSET} ({MIN_OPSET} is the first with "
+            f"per-channel QuantizeLinear, {WIDE_OPSET} the first with 16-bit ones); None picks 17, or {WIDE_OPSET} "
+            "when a quantizer has more than 8 bits")
+    if wide and opset < WIDE_OPSET:
+        raise InvalidOptionError(
+            f"opset={opset}: this sim has quantizers with more than 8 bits, and 16-bit QuantizeLinear exists from "
+            f"opset {WIDE_OPSET} on: pass opset={WIDE_OPSET} or None")
+    return int(opset)
+
+
 def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
                     opset: int | None = None, unsigned_weights: bool = False) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
@@ -75,7 +110,15 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
     with the exact QDQ graph 50% with int8 weights, 100% with uint8). Keep the default (int8, zero point 0)
     for toolchains that require symmetric int8 weights (TensorRT, QNN).
 
+    The arguments and the output location are checked before anything is computed, and the three files are
+    written under temporary names and renamed into place only when all of them were written: a failed
+    export leaves no partial files (files already there from an earlier export stay as they were).
+
     Raises:
+        OutputPathError: ``path`` is a file or cannot be created/written; ``filename_prefix`` is empty or has a
+            directory part; writing failed (disk full...).
+        InvalidOptionError: ``filename_prefix`` is not a string; ``opset`` outside 13..21 (or below 21 with
+            16-bit quantizers).
         EncodingsMissingError: a quantizer in use has no encoding (call ``compute_encodings`` first).
 
     Example:
@@ -83,21 +126,25 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
         >>> sorted(paths)                       # doctest: +SKIP
         ['encodings', 'onnx', 'pth']
     """
+    prefix = check_file_name(filename_prefix, "filename_prefix")
+    out_dir = check_directory(path, "path")
+    check_opset(opset, wide=any(q.is_active and q.bitwidth > 8 for q in sim.quantizers().values()))
+    check_flag("unsigned_weights", unsigned_weights)
     missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
         raise EncodingsMissingError(
             f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
             "sim.compute_encodings(...) or load encodings before export."
         )
-    out_dir = Path(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     inputs = as_tuple(example_input) if example_input is not None else sim.example_input
     model_proto, encodings = build_qdq_onnx(sim, inputs, opset, unsigned_weights)
-    files = {"onnx": out_dir / f"{filename_prefix}.onnx", "encodings": out_dir / f"{filename_prefix}.encodings",
-             "pth": out_dir / f"{filename_prefix}.pth"}
-    onnx.save(model_proto, str(files["onnx"]))
-    write_encodings(files["encodings"], encodings)
-    torch.save(float_state_dict(sim), files["pth"])
+    files = {"onnx": out_dir / f"{prefix}.onnx", "encodings": out_dir / f"{prefix}.encodings",
+             "pth": out_dir / f"{prefix}.pth"}
+    with writing(f"the export files {prefix}.* in {out_dir}"), staged_outputs() as staging:
+        temporary = {kind: staging.file(dest, option="path") for kind, dest in files.items()}
+        onnx.save(model_proto, str(temporary["onnx"]))
+        write_encodings(temporary["encodings"], encodings)
+        torch.save(float_state_dict(sim), temporary["pth"])
     return files
 
 
@@ -117,7 +164,8 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
     wide = any(m.quantizer.bitwidth > 8 for m in entries)
-    export_opset = opset or (20 if wide else 17)
+    target_opset = check_opset(opset, wide)
+    export_opset = min(target_opset, _TORCHSCRIPT_MAX_OPSET)
     buffer = io.BytesIO()
     cpu_inputs = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in inputs)
     input_names = [f"input{i}" if len(cpu_inputs) > 1 else "input" for i in range(len(cpu_inputs))]
@@ -139,11 +187,11 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
     opsets = [o for o in proto.opset_import if o.domain != "leantorch"]
     del proto.opset_import[:]
     proto.opset_import.extend(opsets)
-    if wide:
+    if target_opset > export_opset:
         for o in proto.opset_import:
             if o.domain in ("", "ai.onnx"):
                 # Opset 21 only adds types (int16 QDQ) to the ops exported at 20: a pure version bump.
-                o.version = max(o.version, 21)
+                o.version = max(o.version, target_opset)
     onnx.checker.check_model(proto)
     return proto, encodings
 
