@@ -231,11 +231,14 @@ def test_channel_pruning_checks_calibration_before_blaming_eval_fn() -> None:
     bad = [d.clone() for d in data]
     bad[1][0, 0, 0, 0] = float("nan")  # once reached the least-squares fits and came back as a NaN score
     options = dict(scheme="channel_pruning", target_mac_ratio=0.7, rank_multiple=1, progress=False)
-    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 1, tensor 0 \(shape \(4, 3, 10, 10\)\)"):
+    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 1, input 0 \(shape \(4, 3, 10, 10\)\)"):
         lt.compress(model, x, score, calibration=bad, **options)
-    for empty, why in (([], "no batch"), (data, "num_batches=0")):
-        with pytest.raises(lt.CalibrationDataError, match=why):
-            lt.compress(model, x, score, calibration=empty, num_batches=0 if empty else 4, **options)
+    with pytest.raises(lt.CalibrationDataError, match="no batch"):
+        lt.compress(model, x, score, calibration=[], **options)
+    with pytest.raises(lt.InvalidOptionError, match="num_batches=0: pass a whole number ≥ 1"):
+        lt.compress(model, x, score, calibration=data, num_batches=0, **options)
+    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 0 is a dict with keys \['x'\]"):
+        lt.compress(model, x, score, calibration=[{"x": data[0]}], **options)
     with pytest.raises(lt.CalibrationDataError, match="not a single tensor"):
         lt.compress(model, x, score, calibration=data[0], **options)
     assert not calls  # all refused before eval_fn ran
@@ -244,6 +247,18 @@ def test_channel_pruning_checks_calibration_before_blaming_eval_fn() -> None:
     small, info = lt.compress(model, x, score, calibration=data, **options)  # the clean data works
     assert info.mac_ratio <= 0.7
     assert_unchanged(model, before)
+
+
+def test_channel_pruning_takes_labelled_batches_like_calibration_does() -> None:
+    # (inputs, labels) batches, as QuantSim.compute_encodings takes them, once reached forward() with the labels.
+    model, x, data = _prunable()
+    labelled = [(d, torch.zeros(len(d), dtype=torch.long)) for d in data]
+    options = dict(scheme="channel_pruning", ratios={"2": 0.5}, rank_multiple=1, progress=False)
+    plain, plain_info = lt.compress(model, x, lambda m: 1.0, calibration=data, **options)
+    with_labels, info = lt.compress(model, x, lambda m: 1.0, calibration=labelled, **options)
+    assert info.sizes == plain_info.sizes == {"2": 8}
+    for a, b in zip(plain.state_dict().values(), with_labels.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_compress_names_unknown_layers_and_bad_options() -> None:
@@ -265,4 +280,29 @@ def test_compress_names_unknown_layers_and_bad_options() -> None:
             lt.compress.cost(model, bad_x)
     with pytest.raises(lt.CompressionError, match="no MAC formula for ReLU"):
         layer_macs(nn.ReLU(), (1, 3), (1, 3))
+    for multiple in (0, -8, 2.5, True):
+        with pytest.raises(lt.InvalidOptionError, match=f"rank_multiple={multiple!r}: pass a whole number ≥ 1"):
+            lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.7, rank_multiple=multiple, progress=False)
     assert_unchanged(model, before)
+
+
+def test_skip_layers_as_one_string_and_a_cache_dir_that_is_a_file(tmp_path) -> None:
+    model, x, _ = _prunable()
+    calls = []
+
+    def score(m: nn.Module) -> float:
+        calls.append(1)
+        return 1.0
+
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a directory")
+    with pytest.raises(lt.OutputPathError, match="cache_dir .*cache is an existing file, not a directory"):
+        lt.compress(model, x, score, "weight_svd", 0.7, cache_dir=a_file, progress=False)
+    with pytest.raises(lt.OutputPathError, match="cache is a file, so no directory can be made there"):
+        lt.compress(model, x, score, "weight_svd", 0.7, cache_dir=a_file / "sub", progress=False)
+    assert not calls and a_file.read_text() == "not a directory"  # refused before any evaluation
+    # One name as a string is that layer (it was once matched as a substring of the string).
+    _, info = lt.compress(model, x, score, "weight_svd", 0.8, skip_layers="0", candidates=[0.25, 0.5],
+                          cache_dir=tmp_path / "new", progress=False)
+    assert info.skipped == {"0": "skipped by request"} and "0" not in info.ratios
+    assert (tmp_path / "new" / "eval_scores_weight_svd.json").exists()

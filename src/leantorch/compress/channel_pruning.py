@@ -116,7 +116,10 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch
 
 def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterable[Any], samples_per_image: int = 16,
                  seed: int = 0) -> _GramAccumulator:
-    """Gram matrices of ``layer``'s input patches in ``model`` and ``original`` at shared random positions."""
+    """Gram matrices of ``layer``'s input patches in ``model`` and ``original`` at shared random positions.
+
+    ``data``: the model inputs of each batch, a tensor or a tuple of tensors (labels already dropped, see
+    :func:`leantorch.batches.model_inputs`)."""
     conv = model.get_submodule(layer)
     grams = _GramAccumulator()
     gen = torch.Generator().manual_seed(seed)
@@ -133,7 +136,7 @@ def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterab
     try:
         with torch.no_grad():
             for index, batch in enumerate(data):
-                inputs = tuple(x.to(device) for x in as_tuple(batch) if isinstance(x, torch.Tensor))
+                inputs = tuple(x.to(device) for x in as_tuple(batch))  # the model inputs of a batch
                 try:
                     model(*inputs)
                     original(*inputs)

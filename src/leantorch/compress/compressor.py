@@ -22,8 +22,11 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
 from ..graph import as_tuple, prepare
+from ..options import as_names, check_count
+from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
 from .channel_pruning import (PruningPath, channels_for_ratio, prune_channels, prunable_layer, pruning_path,
                               reconstruct, sample_grams, select_channels)
@@ -179,19 +182,23 @@ def compress(
         stage_targets: per-stage targets; their product must equal ``target_mac_ratio`` (default: the
             remaining target split evenly over the remaining stages).
         candidates: number of evenly spaced candidate ratios (default 10) or the ratios themselves.
-        rank_multiple: round ranks / kept channels up to a multiple of this (hardware-friendly sizes).
-        skip_layers: layer names (as in ``lt.compress.cost(lt.prepare(model, x), x)``) to leave alone; an
+        rank_multiple: round ranks / kept channels up to a multiple of this (hardware-friendly sizes), ≥ 1.
+        skip_layers: a layer name or names (as in ``lt.compress.cost(lt.prepare(model, x), x)``) to leave alone; an
             unknown name raises :class:`~leantorch.UnknownLayerError`, as does one in ``ratios``.
-        cache_dir: where eval-score tables are saved (``eval_scores_<scheme>.json``) and reused.
+        cache_dir: where eval-score tables are saved (``eval_scores_<scheme>.json``) and reused; checked
+            before any work (created if needed).
         layer_callback: ``callback(model, layer)`` after each layer is compressed, e.g. a short fine-tune.
         num_batches: calibration batches used per channel-pruning sampling.
 
     Raises:
         CompressionError: target outside (0, 1), nothing compressible, unreachable target, bad manual ratios.
-        InvalidOptionError: ``candidates`` gives no ratio below 1.
+        InvalidOptionError: ``candidates`` gives no ratio below 1; ``rank_multiple``, ``num_batches`` or
+            ``samples_per_image`` is not a whole number ≥ 1.
+        OutputPathError: ``cache_dir`` is a file or cannot be created or written.
         UnknownLayerError: a name in ``skip_layers`` or ``ratios`` is not a layer of the model (lists them).
-        CalibrationDataError: channel pruning without calibration batches, or NaN/Inf in one (checked
-            before anything is compressed).
+        CalibrationDataError: channel pruning without calibration batches, or a batch that is not a tensor or
+            a tuple/list of the model's inputs (then labels), or NaN/Inf in one (checked before anything is
+            compressed).
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
     The input model is never modified.
@@ -206,7 +213,15 @@ def compress(
     """
     schemes = [scheme] if isinstance(scheme, str) else list(scheme)
     _check_arguments(schemes, target_mac_ratio, ratios, stage_targets, candidates)
-    data = _calibration_batches(calibration, num_batches) if "channel_pruning" in schemes else None
+    check_count("rank_multiple", rank_multiple, hint=" (1 keeps exact ranks and channel counts; 8 rounds them up "
+                "to multiples of 8)")
+    check_count("num_batches", num_batches)
+    check_count("samples_per_image", samples_per_image)
+    skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
+    if cache_dir is not None:
+        check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
+    data = _calibration_batches(calibration, num_batches, len(as_tuple(example_input))) \
+        if "channel_pruning" in schemes else None
     stages: list[CompressionInfo] = []
     current: nn.Module = model
     achieved = 1.0
@@ -267,27 +282,20 @@ def _valid_candidates(candidates: Any) -> bool:
     return len(valid) == len(ratios) and any(r < 1.0 for r in valid)
 
 
-def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int) -> list[Any]:
-    """The first ``num_batches`` batches, checked now: NaN/Inf would reach the least-squares fits and show up
-    only later, as a NaN score blamed on eval_fn."""
-    if isinstance(calibration, torch.Tensor):
-        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
-                                   "single tensor: wrap it as [tensor]")
-    data = [] if calibration is None else list(itertools.islice(calibration, max(num_batches, 0)))
+def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, num_inputs: int
+                         ) -> list[tuple[torch.Tensor, ...]]:
+    """The model inputs of the first ``num_batches`` batches (labels dropped as QuantSim's calibration does,
+    :func:`leantorch.batches.model_inputs`), checked now: NaN/Inf would reach the least-squares fits and show
+    up only later, as a NaN score blamed on eval_fn."""
+    if calibration is None:
+        raise CalibrationDataError("channel_pruning samples activations but got calibration=None: pass "
+                                   "calibration=<a list or DataLoader of input batches like the example input>")
+    check_iterable(calibration)
+    data = list(itertools.islice(calibration, num_batches))
     if not data:
-        got = "calibration=None" if calibration is None else f"no batch (num_batches={num_batches})"
-        raise CalibrationDataError(f"channel_pruning samples activations but got {got}: pass calibration=<a list "
-                                   "or DataLoader of input batches like the example input> and num_batches ≥ 1")
-    for index, batch in enumerate(data):
-        tensors = [x for x in as_tuple(batch) if isinstance(x, torch.Tensor)]
-        if not tensors:
-            raise CalibrationDataError(f"calibration batch {index} is a {type(batch).__name__} without tensors: "
-                                       "give input tensors, or tuples whose first items are the inputs")
-        for j, x in enumerate(tensors):
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                raise CalibrationDataError(f"calibration batch {index}, tensor {j} (shape {tuple(x.shape)}) "
-                                           "contains NaN or Inf; clean or drop that batch.")
-    return data
+        raise CalibrationDataError(f"channel_pruning samples activations but got no batch (num_batches="
+                                   f"{num_batches}): pass a non-empty list or DataLoader of input batches")
+    return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
 def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.Module], float], scheme: str,

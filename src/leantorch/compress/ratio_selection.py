@@ -23,6 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import LeanTorchError
+from ..paths import check_file, writing
+from ..staging import staged_outputs
 
 
 class CompressionError(LeanTorchError, ValueError):
@@ -55,9 +57,10 @@ class EvalScoreTable:
         data = {"scheme": self.scheme, "candidates": self.candidates, "baseline": self.baseline,
                 "fingerprint": self.fingerprint, "seconds": self.seconds,
                 "scores": {layer: {str(r): s for r, s in row.items()} for layer, row in self.scores.items()}}
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1))
+        out = check_file(path, "eval-score table path")
+        text = json.dumps(data, indent=1)
+        with writing(out), staged_outputs() as staging:  # a half-written cache would fail the next run
+            staging.file(out, option="eval-score table path").write_text(text)
         return out
 
     @classmethod
