@@ -147,16 +147,20 @@ def load_data(spec: str, count: int, image_size: int, error: type[DataError] = D
 
 def _load_npy(path: Path, count: int, error: type[DataError]) -> torch.Tensor:
     try:
+        with open(path, "rb") as file:
+            is_npy = file.read(6) == b"\x93NUMPY"  # without the header numpy suggests unpickling: not the fix
         # Memory-mapped: only the first ``count`` samples of a large file are read.
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if array.ndim == 0 or len(array) == 0:
-            raise error(f"--data {path} holds an array of shape {array.shape}; expected [N, ...] with N ≥ 1 samples")
-        samples = np.array(array[:count], dtype=np.float32)
-    except (OSError, ValueError, EOFError, TypeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise error(f"--data {path}: cannot read it as a numeric .npy array ({exc})") from exc
-    return torch.from_numpy(samples)
+        array = np.load(path, mmap_mode="r", allow_pickle=False) if is_npy else None
+    except (OSError, ValueError, EOFError) as exc:
+        raise error(f"--data {path}: cannot read it as a .npy array ({exc})") from exc
+    if array is None:
+        raise error(f"--data {path} is not a .npy file (no NumPy header); save arrays with numpy.save")
+    if array.ndim == 0 or len(array) == 0:
+        raise error(f"--data {path} holds an array of shape {array.shape}; expected [N, ...] with N ≥ 1 samples")
+    try:
+        return torch.from_numpy(np.array(array[:count], dtype=np.float32))
+    except (ValueError, TypeError) as exc:
+        raise error(f"--data {path} holds {array.dtype} values, not numbers ({exc})") from exc
 
 
 def _load_image_dir(path: Path, count: int, image_size: int, error: type[DataError]) -> torch.Tensor:
