@@ -225,12 +225,74 @@ def test_adaround_rejects_bad_options_and_data_with_typed_errors(tmp_path) -> No
     for missing in (None, []):
         with pytest.raises(lt.CalibrationDataError, match="adaround needs calibration data"):
             lt.adaround(net, x, missing, iterations=5, path=tmp_path, progress=False)
-    with pytest.raises(lt.CalibrationDataError, match="num_batches=0"):
+    with pytest.raises(lt.InvalidOptionError, match="num_batches=0: pass a whole number ≥ 1"):
         lt.adaround(net, x, data, num_batches=0, iterations=5, path=tmp_path, progress=False)
     with pytest.raises(lt.CalibrationDataError, match="batch 2.*NaN"):
         lt.adaround(net, x, _calibration(nan_in=2), iterations=5, path=tmp_path, progress=False)
     assert_unchanged(net, before)
     assert not list(tmp_path.iterdir())  # nothing written either
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("iterations", 0, "iterations=0: pass a whole number ≥ 1"),  # once ran zero steps without a word
+    ("iterations", -5, "iterations=-5"),
+    ("iterations", 2.5, "iterations=2.5"),
+    ("lr", float("nan"), "lr=nan: pass a finite number > 0"),  # once failed inside Adam, after calibration
+    ("lr", -1, "lr=-1: pass a finite number > 0"),
+    ("lr", 0, "lr=0"),
+    ("reg_param", -0.1, "reg_param=-0.1: pass a finite number ≥ 0"),
+    ("beta_range", (20, 0), r"beta_range\[1\]=0: pass a finite number > 0"),
+    ("beta_range", 20, r"beta_range=20: pass \(start, end\)"),
+    ("warm_start", 1.5, r"warm_start=1.5: pass a fraction in \[0, 1\]"),
+    ("batch_size", 0, "batch_size=0"),
+    ("use_quantized_inputs", "no", "use_quantized_inputs='no': pass True or False"),
+    ("per_channel", "yes", "per_channel='yes'"),
+])
+def test_adaround_refuses_bad_optimisation_options_before_any_work(tmp_path, monkeypatch, option, value,
+                                                                   message) -> None:
+    net, data = _small_net(), _calibration()
+    before = state_snapshot(net)
+    traced = []
+    monkeypatch.setattr("leantorch.ptq.adaround.prepare", lambda *a, **k: traced.append(1))
+    with pytest.raises(lt.InvalidOptionError, match=message):
+        lt.adaround(net, data[0][:1], data, path=tmp_path, progress=False, **{option: value})
+    assert not traced and not list(tmp_path.iterdir())
+    assert_unchanged(net, before)
+
+
+def test_adaround_output_location_is_checked_before_any_work(tmp_path, monkeypatch) -> None:
+    net, data = _small_net(), _calibration()
+    traced = []
+    monkeypatch.setattr("leantorch.ptq.adaround.prepare", lambda *a, **k: traced.append(1))
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    for kwargs, error, message in [({"path": a_file}, lt.OutputPathError, "taken is an existing file"),
+                                   ({"path": tmp_path, "filename_prefix": ""}, lt.OutputPathError, "filename_prefix=''"),
+                                   ({"path": tmp_path, "filename_prefix": None}, lt.InvalidOptionError,
+                                    "filename_prefix=None")]:
+        with pytest.raises(error, match=message):
+            lt.adaround(net, data[0][:1], data, iterations=5, progress=False, **kwargs)
+    assert not traced
+
+
+def test_ptq_batches_follow_the_calibration_rule(tmp_path) -> None:
+    """Batches with labels work everywhere; None and dict batches are named with the structure that works."""
+    net, data = _small_net(), _calibration()
+    x = data[0][:1]
+    labelled = [(d, torch.zeros(len(d), dtype=torch.long)) for d in data]
+    plain = lt.bias_correction(net, x, data, param_bw=4, progress=False)
+    with_labels = lt.bias_correction(net, x, labelled, param_bw=4, progress=False)
+    torch.testing.assert_close(plain.get_submodule("3").bias, with_labels.get_submodule("3").bias, rtol=0, atol=0)
+    structure = r"a batch must be a tensor, or a tuple/list whose first 1 item\(s\) are the model's input tensor"
+    for bad, message in [([None], "calibration batch 0 is None; " + structure),
+                         ([data[0], {"x": data[1]}], r"calibration batch 1 is a dict with keys \['x'\]; " + structure),
+                         (5, "calibration must be an iterable of batches .*, got int 5")]:
+        with pytest.raises(lt.CalibrationDataError, match=message):
+            lt.bias_correction(net, x, bad, progress=False)
+        with pytest.raises(lt.CalibrationDataError, match=message):
+            lt.adaround(net, x, bad, iterations=2, path=tmp_path, progress=False)
+    _, enc = lt.adaround(net, x, labelled, iterations=2, path=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [enc.name]
 
 
 def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
@@ -251,6 +313,8 @@ def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
         lt.auto_quant(net, x, data, nan_when_quantized, progress=False)
     with pytest.raises(lt.CalibrationDataError, match="auto_quant needs calibration data"):
         lt.auto_quant(net, x, [], lambda m: 1.0, progress=False)
+    with pytest.raises(lt.CalibrationDataError, match=r"calibration batch 1 is a dict with keys \['x'\]"):
+        lt.auto_quant(net, x, [data[0], {"x": data[1]}], lambda m: 1 / 0, progress=False)  # before eval_fn
     with pytest.raises(lt.InvalidOptionError, match="allowed_drop=-0.1"):
         lt.auto_quant(net, x, data, lambda m: 1.0, allowed_drop=-0.1, progress=False)
     assert_unchanged(net, before)

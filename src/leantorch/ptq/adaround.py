@@ -48,12 +48,16 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, prepare
+from ..options import check_count, check_flag, check_fraction, check_positive
+from ..paths import check_directory, check_file_name, writing
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import ENCODINGS_VERSION
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
+from ..staging import staged_outputs
 from .input_moments import InputMoments, factorize, grouped_weight, supports_moments
 from .layer_io import layer_io
 
@@ -63,6 +67,7 @@ ZETA, GAMMA = 1.1, -0.1
 OBJECTIVES = ("moments", "minibatch")
 
 Reconstruction = Callable[[torch.Tensor], torch.Tensor]
+Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
@@ -123,8 +128,13 @@ def adaround(
         objective: ``"moments"`` (exact expectation, default) or ``"minibatch"`` (the paper's sampling).
 
     Raises:
-        InvalidOptionError: an unknown ``objective``.
-        CalibrationDataError: no calibration batch (``None``, empty, ``num_batches < 1``), or NaN/Inf in one.
+        InvalidOptionError: an unknown ``objective``; ``iterations``, ``batch_size`` or ``num_batches`` not a whole
+            number ≥ 1; ``lr`` not finite and > 0; ``reg_param`` < 0; ``beta_range`` not two numbers > 0;
+            ``warm_start`` outside [0, 1]; a flag that is not a bool; ``filename_prefix`` not a string.
+        OutputPathError: ``path`` cannot be a directory or written, ``filename_prefix`` empty or path-like.
+        CalibrationDataError: no calibration batch (``None``, empty), a batch that is not a tensor or a tuple
+            of the model's inputs (then labels), or NaN/Inf in one.
+    All of these are checked before any work.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
@@ -133,19 +143,20 @@ def adaround(
         >>> enc.name
         'adaround.encodings'
     """
-    if objective not in OBJECTIVES:
-        raise InvalidOptionError(f"objective={objective!r}: use one of {', '.join(map(repr, OBJECTIVES))}")
-    # The data is checked before tracing: a missing data set should fail fast. NaN/Inf in it is refused
-    # by sim.compute_encodings below, naming the batch.
-    if isinstance(calibration, torch.Tensor):
-        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
-                                   "single tensor: wrap it as [tensor]")
-    data = [as_tuple(b)[0] for _, b in zip(range(num_batches), [] if calibration is None else calibration)]
+    _check_options(objective, iterations, lr, reg_param, beta_range, warm_start, batch_size, num_batches,
+                   use_quantized_inputs, per_channel)
+    out = check_directory(path, "path")
+    enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
+    # The data is checked before tracing: a missing data set should fail fast.
+    if calibration is None:
+        raise CalibrationDataError("adaround needs calibration data (got None): pass a list or DataLoader of input "
+                                   "batches like the example input")
+    check_iterable(calibration)
+    num_inputs = len(as_tuple(example_input))
+    data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
     if not data:
-        raise CalibrationDataError(
-            f"adaround needs calibration data (got {'None' if calibration is None else 'no batch'}"
-            f"{'' if num_batches >= 1 else f' with num_batches={num_batches}'}): pass a list or DataLoader of "
-            "input batches like the example input, and num_batches ≥ 1")
+        raise CalibrationDataError("adaround needs calibration data (got no batch): pass a list or DataLoader of "
+                                   "input batches like the example input")
     reference = prepare(model, example_input)
     gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
     sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, param_scheme=param_scheme,
@@ -172,18 +183,35 @@ def adaround(
             gm.get_submodule(name).weight.copy_(rounded)
             wrapper.module.weight.copy_(rounded)
         quantizer.frozen = True
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    enc_path = out / f"{filename_prefix}.encodings"
     _save_param_encodings(sim, enc_path)
     return gm, enc_path
 
 
-def _layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta_range: Any, warm_start: Any,
+                   batch_size: Any, num_batches: Any, use_quantized_inputs: Any, per_channel: Any) -> None:
+    """Refuse bad options before any work: ``range(0)`` would learn nothing without a word, a NaN or negative
+    rate would only fail inside Adam, after the model was traced and calibrated."""
+    if objective not in OBJECTIVES:
+        raise InvalidOptionError(f"objective={objective!r}: use one of {', '.join(map(repr, OBJECTIVES))}")
+    check_count("iterations", iterations, hint=" (optimisation steps per layer; the paper uses 10,000)")
+    check_positive("lr", lr, hint=" (Adam's learning rate; the paper uses 1e-3)")
+    check_positive("reg_param", reg_param, allow_zero=True, hint=" (the rounding regulariser's weight λ; 0.01)")
+    if not (isinstance(beta_range, (tuple, list)) and len(beta_range) == 2):
+        raise InvalidOptionError(f"beta_range={beta_range!r}: pass (start, end), two numbers > 0 such as (20, 2)")
+    for i, value in enumerate(beta_range):
+        check_positive(f"beta_range[{i}]", value, hint=" (both ends of the β schedule, e.g. (20, 2))")
+    check_fraction("warm_start", warm_start, hint=" (the share of iterations without the regulariser; 0.2)")
+    check_count("batch_size", batch_size)
+    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
+    check_flag("use_quantized_inputs", use_quantized_inputs)
+    check_flag("per_channel", per_channel, allow_none=True)
+
+
+def _layer_input(model: nn.Module, layer: nn.Module, x: Inputs) -> torch.Tensor:
     return layer_io(model, layer, [x], capture_output=False)[0][0]
 
 
-def _quantized_input(sim_model: nn.Module, wrapper: QuantWrapper, x: torch.Tensor) -> torch.Tensor:
+def _quantized_input(sim_model: nn.Module, wrapper: QuantWrapper, x: Inputs) -> torch.Tensor:
     """What the wrapped layer multiplies its weights with: its input after its input quantizer, if any."""
     inp = _layer_input(sim_model, wrapper, x)
     return wrapper.input_quantizers[0](inp) if len(wrapper.input_quantizers) else inp
@@ -191,7 +219,7 @@ def _quantized_input(sim_model: nn.Module, wrapper: QuantWrapper, x: torch.Tenso
 
 def _moments_reconstruction(reference: nn.Module, fp_layer: nn.Module,
                             quantized_inputs: tuple[nn.Module, QuantWrapper] | None,
-                            data: list[torch.Tensor]) -> Reconstruction:
+                            data: list[Inputs]) -> Reconstruction:
     """E‖W x − W̃ x̂‖² over all of ``data``, as ``‖W Aᵀ − W̃ Bᵀ‖²`` from the input second moments."""
     moments = InputMoments(fp_layer)
     with torch.no_grad():
@@ -210,7 +238,7 @@ def _moments_reconstruction(reference: nn.Module, fp_layer: nn.Module,
 
 
 def _minibatch_reconstruction(reference: nn.Module, fp_layer: nn.Module,
-                              quantized_inputs: tuple[nn.Module, QuantWrapper] | None, data: list[torch.Tensor],
+                              quantized_inputs: tuple[nn.Module, QuantWrapper] | None, data: list[Inputs],
                               batch_size: int, gen: torch.Generator) -> Reconstruction:
     """The paper's estimate: each call draws ``batch_size`` cached samples."""
     with torch.no_grad():
@@ -269,5 +297,6 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, reconstruction: Reconst
 
 def _save_param_encodings(sim: QuantSim, path: Path) -> None:
     params = {n: q.encoding.to_aimet() for n, q in sim.param_quantizers().items() if q.is_active and q.encoding}
-    path.write_text(json.dumps({"version": ENCODINGS_VERSION, "activation_encodings": {},
-                                "param_encodings": params}, indent=2))
+    text = json.dumps({"version": ENCODINGS_VERSION, "activation_encodings": {}, "param_encodings": params}, indent=2)
+    with writing(path), staged_outputs() as staging:
+        staging.file(path, option="path").write_text(text)

@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
+from ..graph import as_tuple
+from ..paths import check_directory
 from ..quant.sim import QuantSim
 from .adaround import adaround
 from .bn_fold import fold_batch_norms
@@ -79,8 +82,10 @@ def auto_quant(
     and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
 
     Raises:
-        CalibrationDataError: no calibration batch, or NaN/Inf in one.
+        CalibrationDataError: no calibration batch, a batch that is not a tensor or a tuple of the model's
+            inputs (then labels), or NaN/Inf in one (checked before ``eval_fn`` first runs).
         InvalidOptionError: ``allowed_drop`` is negative or not finite.
+        OutputPathError: ``path`` (where AdaRound writes its encodings) cannot be a directory.
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
     Example:
@@ -92,10 +97,15 @@ def auto_quant(
             not (math.isfinite(allowed_drop) and allowed_drop >= 0):
         raise InvalidOptionError(f"allowed_drop={allowed_drop!r}: pass the score drop you accept, a finite "
                                  "number ≥ 0 (e.g. 0.01 for one point of accuracy)")
-    calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else list(calibration)
+    calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else calibration
+    check_iterable(calibration)
+    calibration = list(calibration)
     if not calibration:
         raise CalibrationDataError("auto_quant needs calibration data: pass a list or DataLoader of input "
                                    "batches like the example input (a single tensor: wrap it as [tensor])")
+    for index, batch in enumerate(calibration):  # structure and NaN/Inf, before the first evaluation
+        model_inputs(batch, len(as_tuple(example_input)), index)
+    check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
     float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop
     stages: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]

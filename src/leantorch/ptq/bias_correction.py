@@ -23,10 +23,12 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .. import ops
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, prepare
+from ..options import check_count
 from ..quant.sim import QuantSim
-from .layer_io import StopForward, channel_means, stop_after
+from .layer_io import Batch, StopForward, channel_means, run_on, stop_after
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,8 @@ def bias_correction(
 
     Raises:
         InvalidOptionError: an unknown ``method``, ``num_samples < 1``, or ``analytical`` without BN statistics.
-        CalibrationDataError: ``empirical``/``hybrid`` without calibration batches, or NaN/Inf in one.
+        CalibrationDataError: ``empirical``/``hybrid`` without calibration batches, a batch that is not a tensor
+            or a tuple/list of the model's inputs (then labels), or NaN/Inf in one.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
@@ -69,15 +72,14 @@ def bias_correction(
     """
     if method not in METHODS:
         raise InvalidOptionError(f"method={method!r}: use one of {', '.join(map(repr, METHODS))}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise InvalidOptionError(f"num_samples={num_samples!r}: pass the number of calibration samples, ≥ 1")
+    check_count("num_samples", num_samples, hint=" (calibration samples used for the means)")
     # Options and data are checked before tracing, so that a mistake fails fast. NaN/Inf in the data is
     # refused by sim.compute_encodings below, naming the batch.
     if method == "analytical" and not getattr(model, "output_stats", None):
         raise InvalidOptionError("method='analytical' needs BN statistics, which this model does not carry: "
                                  "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
                                  "method='hybrid' with calibration data")
-    data = _take(calibration, num_samples) if method != "analytical" else []
+    data = _take(calibration, num_samples, len(as_tuple(example_input))) if method != "analytical" else []
     if method != "analytical" and not data:
         raise CalibrationDataError(
             f"method={method!r} bias correction needs calibration data (got "
@@ -109,28 +111,30 @@ def bias_correction(
     return gm
 
 
-def _take(calibration: Iterable[Any] | None, num_samples: int) -> list[torch.Tensor]:
-    if isinstance(calibration, torch.Tensor):
-        raise CalibrationDataError("calibration must be an iterable of batches (a list or a DataLoader), not a "
-                                   "single tensor: wrap it as [tensor]")
+def _take(calibration: Iterable[Any] | None, num_samples: int, num_inputs: int) -> list[Batch]:
+    """The model inputs of the batches (labels dropped, :func:`leantorch.batches.model_inputs`), cut at
+    ``num_samples`` samples."""
+    if calibration is None:
+        return []
+    check_iterable(calibration)
     batches, seen = [], 0
-    for batch in [] if calibration is None else calibration:
-        x = as_tuple(batch)[0]
-        batches.append(x[: num_samples - seen])
-        seen += len(batches[-1])
+    for index, batch in enumerate(calibration):
+        inputs = model_inputs(batch, num_inputs, index)
+        batches.append(tuple(x[: num_samples - seen] for x in inputs))
+        seen += len(batches[-1][0])
         if seen >= num_samples:
             break
     return batches
 
 
-def _quantized_means(sim: QuantSim, name: str, data: list[torch.Tensor]) -> torch.Tensor:
+def _quantized_means(sim: QuantSim, name: str, data: list[Batch]) -> torch.Tensor:
     """Per-channel output mean of layer ``name`` in the quantized-so-far simulated model."""
     wrapper = sim.layers()[name]
     total, count = None, 0
     with stop_after(wrapper) as captured, torch.no_grad():
         for x in data:
             try:
-                sim.model(x.to(sim.device))
+                run_on(sim.model, x, sim.device)
             except StopForward:
                 pass
             mean, n = captured.pop()

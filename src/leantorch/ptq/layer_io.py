@@ -7,10 +7,20 @@ cost of the layer-by-layer passes of bias correction and AdaRound on average.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence, Union
 
 import torch
 from torch import nn
+
+from ..graph import as_tuple
+
+#: One batch of model inputs: a tensor, or a tuple of tensors for a model with several inputs.
+Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def run_on(model: nn.Module, batch: Batch, device: torch.device) -> None:
+    """``model(*inputs)`` with the batch's inputs moved to ``device``."""
+    model(*(x.to(device) for x in as_tuple(batch)))
 
 
 class StopForward(Exception):
@@ -43,7 +53,7 @@ def stop_after(module: nn.Module) -> Iterator[list[tuple[torch.Tensor, int]]]:
         handle.remove()
 
 
-def channel_means(model: nn.Module, layers: list[str], data: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dict[str, torch.Tensor]:
     """Per-channel output means of the named layers of ``model`` over ``data`` (one pass per batch)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {name: 0 for name in layers}
@@ -58,14 +68,14 @@ def channel_means(model: nn.Module, layers: list[str], data: list[torch.Tensor])
     try:
         with torch.no_grad():
             for x in data:
-                model(x.to(device))
+                run_on(model, x, device)
     finally:
         for h in handles:
             h.remove()
     return {name: sums[name] / counts[name] for name in layers if counts[name]}
 
 
-def layer_io(model: nn.Module, layer: nn.Module, data: list[torch.Tensor], capture_output: bool = True
+def layer_io(model: nn.Module, layer: nn.Module, data: list[Batch], capture_output: bool = True
              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Inputs (first positional argument) and outputs of ``layer`` for each batch; stops each pass there."""
     inputs: list[torch.Tensor] = []
@@ -83,7 +93,7 @@ def layer_io(model: nn.Module, layer: nn.Module, data: list[torch.Tensor], captu
         with torch.no_grad():
             for x in data:
                 try:
-                    model(x.to(device))
+                    run_on(model, x, device)
                 except StopForward:
                     pass
     finally:
