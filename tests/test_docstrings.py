@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["leantorch.quant.encoding", "leantorch.quant.encodings_file", "leantorch.quant.estimators",
            "leantorch.quant.quantizer", "leantorch.quant.config", "leantorch.quant.wrapper", "leantorch.quant.sim", "leantorch.quant.qat", "leantorch.graph",
-           "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli",
+           "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli", "leantorch.cli_args", "leantorch.errors",
+           "leantorch.staging", "leantorch.paths", "leantorch.options", "leantorch.batches",
            "leantorch.ptq.bn_fold", "leantorch.ptq.cle", "leantorch.ptq.relu6", "leantorch.ptq.bias_correction",
            "leantorch.ptq.adaround", "leantorch.ptq.input_moments", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer",
            "leantorch.models.digits", "leantorch.analysis.analyzer", "leantorch.analysis.report",
