@@ -70,4 +70,4 @@ def test_shell_command_is_valid(argv: list[str]) -> None:
         assert exit_info.value.code == 0
         return
     args = parser.parse_args(argv[1:])
-    assert callable(args.func)
+    assert args.command == argv[1]
