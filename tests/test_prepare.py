@@ -180,3 +180,19 @@ def test_a_model_that_is_not_a_module_is_named_once_in_prepare(model, message: s
     for build in (lt.prepare, lt.QuantSim, lt.compress.cost):  # QuantSim and the cost model share the check
         with pytest.raises(lt.InvalidOptionError, match=message):
             build(model, x)
+
+
+@pytest.mark.parametrize("example,message", [
+    ([1, 2, 3], "example input 0 is int 1, not a tensor"),
+    (None, "example input 0 is NoneType None, not a tensor"),
+    ((), "the example input is empty"),
+])
+def test_an_example_input_that_is_not_tensors_is_named_before_the_data(example, message: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    data = [torch.randn(2, 3, 8, 8)]
+    # Entry points that check calibration batches against the number of inputs name the example input first.
+    for call in (lambda: lt.prepare(model, example), lambda: lt.QuantSim(model, example),
+                 lambda: lt.bias_correction(model, example, data, progress=False),
+                 lambda: lt.compress.cost(model, example)):
+        with pytest.raises(lt.InputShapeError, match=message):
+            call()

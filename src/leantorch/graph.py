@@ -83,6 +83,31 @@ def as_tuple(example_input: Any) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
+def example_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
+    """The example input as a tuple of tensors, checked: a tensor or a non-empty tuple/list of tensors.
+
+    Raises:
+        InputShapeError: ``None``, an empty tuple, or an item that is not a tensor (a number, a numpy array).
+
+    Example:
+        >>> example_inputs([1, 2])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InputShapeError: example input 0 is int 1, not a tensor: ...
+    """
+    inputs = as_tuple(example_input)
+    if not inputs:
+        raise InputShapeError("the example input is empty: pass a tensor (or a tuple of tensors) the model accepts, "
+                              "e.g. torch.randn(1, 3, 224, 224)")
+    for j, x in enumerate(inputs):
+        if not isinstance(x, torch.Tensor):
+            hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
+            raise InputShapeError(f"example input {j} is {type(x).__name__} {_short_repr(x)}, not a tensor: pass a "
+                                  f"tensor (or a tuple of tensors) the model accepts, e.g. torch.randn(1, 3, 224, "
+                                  f"224){hint}")
+    return inputs
+
+
 class _ScopeTracer(fx.Tracer):
     """fx tracer that records, for each node, the path of the module whose forward created it."""
 
@@ -141,7 +166,7 @@ def prepare(
         NonFiniteModelError: the example input, a parameter or a buffer holds NaN/Inf, or the model's output on
             the example input holds NaN (names the tensors).
         TraceError: the model cannot be traced (names the module, the source line and the fix).
-        InputShapeError: ``example_input`` does not fit the model.
+        InputShapeError: ``example_input`` is not a tensor or a tuple of tensors, or does not fit the model.
 
     Example:
         >>> gm = prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
@@ -149,7 +174,7 @@ def prepare(
         ['Conv2d', 'ReLU']
     """
     check_module(model)
-    inputs = as_tuple(example_input)
+    inputs = example_inputs(example_input)
     check_finite(model, inputs)
     copy_ = copy.deepcopy(model)
     was_training = copy_.training

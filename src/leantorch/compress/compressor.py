@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
-from ..graph import as_tuple, prepare
+from ..graph import example_inputs, prepare
 from ..options import as_names, check_count
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
@@ -220,7 +220,7 @@ def compress(
     skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
     if cache_dir is not None:
         check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
-    data = _calibration_batches(calibration, num_batches, len(as_tuple(example_input))) \
+    data = _calibration_batches(calibration, num_batches, len(example_inputs(example_input))) \
         if "channel_pruning" in schemes else None
     stages: list[CompressionInfo] = []
     current: nn.Module = model

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import as_tuple, check_finite, check_module, run_checked
+from ..graph import check_finite, check_module, example_inputs, run_checked
 from .ratio_selection import CompressionError
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -99,7 +99,7 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
         (3456, 1280, 1514)
     """
     check_module(model)
-    inputs = as_tuple(example_input)
+    inputs = example_inputs(example_input)
     check_finite(model, inputs)  # NaN/Inf: NonFiniteModelError, as lt.prepare raises
     report = CostReport()
     handles = []

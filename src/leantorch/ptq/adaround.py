@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
-from ..graph import as_tuple, prepare
+from ..graph import example_inputs, prepare
 from ..options import check_count, check_flag, check_fraction, check_positive
 from ..paths import check_directory, check_file_name, writing
 from ..quant.encoding import Encoding
@@ -152,7 +152,7 @@ def adaround(
         raise CalibrationDataError("adaround needs calibration data (got None): pass a list or DataLoader of input "
                                    "batches like the example input")
     check_iterable(calibration)
-    num_inputs = len(as_tuple(example_input))
+    num_inputs = len(example_inputs(example_input))
     data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
     if not data:
         raise CalibrationDataError("adaround needs calibration data (got no batch): pass a list or DataLoader of "

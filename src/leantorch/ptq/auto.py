@@ -15,7 +15,7 @@ from torch import nn
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
-from ..graph import as_tuple
+from ..graph import example_inputs
 from ..paths import check_directory
 from ..quant.sim import QuantSim
 from .adaround import adaround
@@ -104,7 +104,7 @@ def auto_quant(
         raise CalibrationDataError("auto_quant needs calibration data: pass a list or DataLoader of input "
                                    "batches like the example input (a single tensor: wrap it as [tensor])")
     for index, batch in enumerate(calibration):  # structure and NaN/Inf, before the first evaluation
-        model_inputs(batch, len(as_tuple(example_input)), index)
+        model_inputs(batch, len(example_inputs(example_input)), index)
     check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
     float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop

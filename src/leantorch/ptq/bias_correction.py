@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
-from ..graph import as_tuple, prepare
+from ..graph import as_tuple, example_inputs, prepare
 from ..options import check_count
 from ..quant.sim import QuantSim
 from .layer_io import Batch, StopForward, channel_means, run_on, stop_after
@@ -79,7 +79,7 @@ def bias_correction(
         raise InvalidOptionError("method='analytical' needs BN statistics, which this model does not carry: "
                                  "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
                                  "method='hybrid' with calibration data")
-    data = _take(calibration, num_samples, len(as_tuple(example_input))) if method != "analytical" else []
+    data = _take(calibration, num_samples, len(example_inputs(example_input))) if method != "analytical" else []
     if method != "analytical" and not data:
         raise CalibrationDataError(
             f"method={method!r} bias correction needs calibration data (got "

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
-from ..graph import as_tuple, prepare, unknown_leaf_modules
+from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
 from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
@@ -81,7 +81,7 @@ class QuantSim:
         self.config = load_config(config)
         if per_channel is not None:
             self.config.per_channel = per_channel
-        self.example_input = as_tuple(example_input)
+        self.example_input = example_inputs(example_input)
         gm = prepare(model, self.example_input, leaf_modules=leaf_modules)
         wrap_layers(gm)
         insert_model_input_quantizers(gm)
