@@ -39,6 +39,7 @@ def test_quantize_from_npy(tmp_path, capsys) -> None:
     assert _files(tmp_path / "out") == {"model.onnx", "model.encodings", "model.pth", "notes.txt"}
 
 
+@pytest.mark.slow  # the full per-layer sensitivity sweep
 def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
     code = main(["analyze", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
@@ -102,6 +103,7 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert "Per-layer sensitivity" in report and "Cross-layer equalization" in report
 
 
+@pytest.mark.slow  # runs every technique and AutoQuant end to end: minutes on 2 cores
 def test_quantize_with_cle_bias_correction_and_auto(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
     base = ["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
