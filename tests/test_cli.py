@@ -39,7 +39,7 @@ def test_quantize_from_npy(tmp_path, capsys) -> None:
     assert _files(tmp_path / "out") == {"model.onnx", "model.encodings", "model.pth", "notes.txt"}
 
 
-@pytest.mark.slow  # the full per-layer sensitivity sweep
+@pytest.mark.slow  # CLE, calibration, sensitivity and every plot end to end
 def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
     code = main(["analyze", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
