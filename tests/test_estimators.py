@@ -107,3 +107,10 @@ def test_histogram_estimators_take_a_large_constant_channel(scheme: str, value: 
     lo, hi = est.compute_range(8, symmetric=False)
     assert bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())
     assert float(max(abs(lo[0]), abs(hi[0]))) == pytest.approx(abs(value), rel=1e-6)
+
+
+def test_quantizer_names_float64_values_beyond_float32() -> None:
+    q = Quantizer(name="head.output_quantizers.0")
+    q.start_calibration()
+    with pytest.raises(CalibrationDataError, match=r"head.output_quantizers.0 holds values up to 1e\+300.*float32"):
+        q(torch.tensor([1.0, -1e300], dtype=torch.float64))

@@ -176,7 +176,8 @@ class Quantizer(nn.Module):
 
     def _observe(self, x: torch.Tensor) -> None:
         # min/max propagate NaN and show Inf, so one reduction checks the whole tensor.
-        extremes = torch.stack(torch.aminmax(x.detach() if x.is_floating_point() else x.detach().float()))
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 keeps values beyond float32
+        extremes = torch.stack(torch.aminmax(x.detach().to(wide)))
         if not bool(torch.isfinite(extremes).all()):
             raise CalibrationDataError(
                 f"{self.name or 'a quantized tensor'} contains NaN or Inf during calibration; "
