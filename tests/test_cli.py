@@ -217,7 +217,7 @@ def test_bad_data_is_named_before_any_work(tmp_path, no_long_work, capsys) -> No
         (QUANTIZE, wrong, ["--data", "(5, 32, 32)", "(3, H, W)"]),
         (QUANTIZE, _bad_npy(tmp_path, "nan.npy", nan), ["--data", "sample 2", "NaN"]),
         (COMPRESS, str(tmp_path / "nan.npy"), ["--data", "sample 2", "NaN"]),  # not "the target cannot be reached"
-        (ANALYZE, str(images), ["broken.png"]),
+        (ANALYZE, str(images), ["--data", "broken.png"]),
         (COMPRESS, _bad_npy(tmp_path, "few.npy", good[:4]), ["--data has 4 samples"]),
         (QUANTIZE, _bad_npy(tmp_path, "empty.npy", good[:0]), ["--data", "N ≥ 1"]),
     ]
@@ -248,6 +248,17 @@ def test_bad_output_location_or_layer_is_named_before_any_work(tmp_path, data_fi
     assert _files(tmp_path) == before and no_long_work == []
 
 
+@pytest.mark.parametrize("spec, words", [
+    ("math:pi", ["--model math:pi", "not a function or class"]),
+    ("leantorch.data:sample_images", ["--model leantorch.data:sample_images", "without arguments", "count"]),
+    ("nope_package:factory", ["--model nope_package:factory", "cannot load"]),
+])
+def test_model_spec_that_builds_no_model_is_named(tmp_path, data_file, no_long_work, capsys, spec, words) -> None:
+    assert main(["quantize", "--model", spec, "--data", data_file, "--out", str(tmp_path / "out")]) == 2
+    _one_error_line(capsys, *words)
+    assert not (tmp_path / "out").exists() and no_long_work == []
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_output_directory_is_reported(tmp_path, data_file, no_long_work, capsys) -> None:
     locked = tmp_path / "locked"
@@ -267,7 +278,7 @@ def test_model_with_nan_weights_is_refused(tmp_path, data_file, monkeypatch, no_
     models.nan_model = nan_model
     monkeypatch.setitem(sys.modules, "nan_models", models)
     assert main([*COMPRESS, "--model", "nan_models:nan_model", "--data", data_file, "--out", str(tmp_path / "c")]) == 2
-    _one_error_line(capsys, "nan_models:nan_model", "1.weight", "NaN or Inf")
+    _one_error_line(capsys, "nan_models:nan_model", "1.weight has 1 Inf value")
     assert not (tmp_path / "c").exists() and no_long_work == []
 
 

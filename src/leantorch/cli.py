@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from .cli_args import UsageError, build_parser
 from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
+from .graph import check_finite
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
@@ -60,20 +62,29 @@ def load_model(spec: str) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise InvalidOptionError(f"--model {spec}: cannot load it ({exc})") from exc
+    _check_factory(factory, spec)
     model = factory()
     if not isinstance(model, nn.Module):
         raise InvalidOptionError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    _check_model_finite(model, spec)
+    try:  # NaN/Inf weights make every later number meaningless: name them now, before any long work
+        check_finite(model, ())
+    except NonFiniteModelError as exc:
+        raise NonFiniteModelError(f"--model {spec}: {exc}") from exc
     return model.eval()
 
 
-def _check_model_finite(model: nn.Module, spec: str) -> None:
-    """NaN/Inf weights make every later number meaningless; name them now."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise NonFiniteModelError(f"--model {spec}: {len(bad)} parameter/buffer tensor(s) hold NaN or Inf "
-                                  f"(e.g. {', '.join(bad[:3])}); the model cannot be quantized or compressed")
+def _check_factory(factory: object, spec: str) -> None:
+    """The factory must be callable without arguments; a TypeError from inside it is the model's own."""
+    if not callable(factory):
+        raise InvalidOptionError(f"--model {spec} is a {type(factory).__name__}, not a function or class: name "
+                                 "a factory that returns an nn.Module")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise InvalidOptionError(f"--model {spec} cannot be called without arguments ({exc}): name a factory "
+                                 "whose arguments all have defaults, or write one that supplies them") from exc
+    except ValueError:  # no signature to inspect (some builtins): let the call itself decide
+        pass
 
 
 def _model_and_data(args: argparse.Namespace, count: int, error: type[DataError]) -> tuple[nn.Module, torch.Tensor]:

@@ -184,13 +184,13 @@ def _read_image(file: Path, image_size: int, error: type[DataError]) -> torch.Te
     try:
         arr = np.asarray(imread(file))
     except Exception as exc:  # decoders raise anything (OSError, ValueError, SyntaxError…) on a bad file
-        raise error(f"cannot read image {file}: {type(exc).__name__}: {exc}") from exc
+        raise error(f"--data {file}: cannot read this image ({type(exc).__name__}: {exc}); remove or replace the file") from exc
     if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey (+ alpha)
         arr = arr[..., 0]
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or 0 in arr.shape:
-        raise error(f"image {file} has shape {arr.shape}; expected a grey or RGB(A) image")
+        raise error(f"--data {file}: the image has shape {arr.shape}; expected a grey or RGB(A) image")
     scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0  # 8- or 16-bit files
     img = torch.from_numpy(arr[..., :3].astype(np.float32) / scale).permute(2, 0, 1)[None]
     return F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True,
