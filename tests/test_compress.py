@@ -306,3 +306,27 @@ def test_skip_layers_as_one_string_and_a_cache_dir_that_is_a_file(tmp_path) -> N
                           cache_dir=tmp_path / "new", progress=False)
     assert info.skipped == {"0": "skipped by request"} and "0" not in info.ratios
     assert (tmp_path / "new" / "eval_scores_weight_svd.json").exists()
+
+
+def test_cached_eval_score_table_is_reused_only_for_the_same_weights_and_eval_fn(tmp_path) -> None:
+    """A table cached for another model (same shapes, other weights) or another eval_fn/data (another
+    baseline score) must be recomputed, never silently reused."""
+    from leantorch.compress.ratio_selection import build_table, fingerprint
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    path = tmp_path / "table.json"
+    calls = []
+
+    def score(layer: str, ratio: float) -> float:
+        calls.append((layer, ratio))
+        return ratio
+
+    stamp = fingerprint(model, ["0", "2"], "weight_svd", [0.5, 1.0], 1)
+    build_table(["0", "2"], [0.5, 1.0], score, 1.0, "weight_svd", stamp, path, progress=False)
+    assert len(calls) == 2
+    build_table(["0", "2"], [0.5, 1.0], score, 1.0, "weight_svd", stamp, path, progress=False)
+    assert len(calls) == 2  # same model, same baseline: reused
+    build_table(["0", "2"], [0.5, 1.0], score, 0.9, "weight_svd", stamp, path, progress=False)
+    assert len(calls) == 4  # another baseline (eval_fn or data changed): recomputed
+    retrained = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    assert fingerprint(retrained, ["0", "2"], "weight_svd", [0.5, 1.0], 1) != stamp

@@ -12,19 +12,24 @@ reach the target; layers therefore give up MACs in order of how little their sco
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import LeanTorchError
 from ..paths import check_file, writing
 from ..staging import staged_outputs
+
+log = logging.getLogger(__name__)
 
 
 class CompressionError(LeanTorchError, ValueError):
@@ -76,9 +81,18 @@ class EvalScoreTable:
 
 
 def fingerprint(model: nn.Module, layers: list[str], scheme: str, candidates: list[float], multiple: int) -> str:
-    """What a saved table depends on: layer names and weight shapes, scheme, candidates, rank multiple."""
-    shapes = [f"{n}:{tuple(model.get_submodule(n).weight.shape)}" for n in layers]
-    return json.dumps([scheme, candidates, multiple, shapes])
+    """What a saved table depends on: layer names, weight shapes and values, scheme, candidates, rank multiple.
+
+    The values are hashed so that a retrained or fine-tuned model of the same architecture does not reuse
+    the scores of its predecessor.
+    """
+    digest = hashlib.sha256()
+    shapes = []
+    for name in layers:
+        weight = model.get_submodule(name).weight.detach()
+        shapes.append(f"{name}:{tuple(weight.shape)}")
+        digest.update(weight.to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return json.dumps([scheme, candidates, multiple, shapes, digest.hexdigest()])
 
 
 def build_table(
@@ -95,8 +109,11 @@ def build_table(
     when it holds a table with the same fingerprint; writing it there otherwise)."""
     if path is not None and Path(path).exists():
         cached = EvalScoreTable.load(path)
-        if cached.fingerprint == fingerprint_text:
+        # The baseline is the eval_fn's score of the same model: if it changed, so did the data or the
+        # metric, and the cached scores would rank layers by a different yardstick.
+        if cached.fingerprint == fingerprint_text and cached.baseline == baseline:
             return cached
+        log.info("eval-score table %s was made for another model, eval_fn or data; recomputing it", path)
     table = EvalScoreTable(scheme, candidates, baseline, fingerprint=fingerprint_text)
     start = time.perf_counter()
     jobs = [(layer, r) for layer in layers for r in candidates if r < 1.0]
