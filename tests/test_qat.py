@@ -164,6 +164,37 @@ def test_fit_rejects_bad_options_before_touching_the_sim(options: dict) -> None:
     assert_unchanged(sim.model, before)
 
 
+@pytest.mark.parametrize("progress", ["no", 0, None])
+def test_fit_rejects_a_progress_that_is_not_a_flag(progress) -> None:
+    sim, data = small_sim()
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.InvalidOptionError, match="progress"):
+        lt.qat.fit(sim, data, F.cross_entropy, progress=progress)
+    assert_unchanged(sim.model, before)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(z)
+
+
+def test_two_input_batches_take_the_last_item_as_target_and_too_few_inputs_are_refused() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, z, y = torch.randn(16, 4, generator=gen), torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,))
+    sim = lt.QuantSim(TwoInputs().eval(), (x[:1], z[:1]), param_bw=4, act_bw=4)
+    sim.compute_encodings([(x, z)], progress=False)
+    for batch in (((x, z), y), (x, z, y), [x, z, y]):  # nested inputs, or inputs first and the target last
+        assert len(lt.qat.fit(sim, [batch], F.cross_entropy, progress=False)) == 1
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.TrainingDataError, match=r"training batch 1 .*1 tensor\(s\).*takes 2 input"):
+        lt.qat.fit(sim, [((x, z), y), (x, y)], F.cross_entropy, lr=1e-3, progress=False)
+    assert not all(torch.equal(before[k], v) for k, v in state_snapshot(sim.model).items())  # batch 0 trained
+
+
 def test_nan_loss_restores_the_last_state_that_gave_a_finite_loss() -> None:
     sim, data = small_sim()
     seen: list[dict[str, torch.Tensor]] = []  # the sim's state at every call of the loss

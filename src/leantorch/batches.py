@@ -1,5 +1,6 @@
-"""The model inputs of a data batch: one rule for calibration, analysis, bias correction, AdaRound and
-channel pruning, so that a batch accepted by one is accepted by all.
+"""The model inputs of a data batch: one rule for calibration, analysis, bias correction, AdaRound,
+channel pruning and QAT (applied to what precedes a training batch's target), so that a batch accepted by
+one is accepted by all.
 
 A batch is either a tensor (the input of a one-input model) or a tuple/list holding the model's input
 tensors first, in order; what follows them (labels, sample ids) is ignored. So the batches of a labelled

@@ -53,6 +53,20 @@ def check_fraction(name: str, value: Any, hint: str = "") -> float:
     return float(value)
 
 
+def check_choice(name: str, value: Any, choices: tuple) -> Any:
+    """``value`` if it is one of ``choices``, else InvalidOptionError listing them.
+
+    Example:
+        >>> check_choice("optimizer", "rmsprop", ("adam", "sgd"))
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: optimizer='rmsprop': use one of 'adam', 'sgd'
+    """
+    if value not in choices:
+        raise InvalidOptionError(f"{name}={value!r}: use one of {', '.join(map(repr, choices))}")
+    return value
+
+
 def as_names(name: str, value: str | Iterable[str]) -> list[str]:
     """Layer names from one name or an iterable of names: a string is one name, not a sequence of letters.
 

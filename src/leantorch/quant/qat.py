@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import warnings
 from typing import Any, Callable, Iterable, Literal
 
@@ -24,8 +23,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import EncodingsMissingError, InvalidOptionError, TrainingDataError, TrainingDivergedError
-from ..graph import as_tuple
+from ..batches import model_inputs
+from ..errors import EncodingsMissingError, TrainingDataError, TrainingDivergedError
+from ..options import check_choice, check_count, check_flag, check_positive
 from .quantizer import Quantizer
 from .sim import QuantSim
 
@@ -50,21 +50,25 @@ def fit(
     Args:
         sim: a calibrated :class:`~leantorch.QuantSim` (``compute_encodings`` or loaded encodings).
         train_batches: re-iterable batches ``(inputs, targets)`` (a list or a DataLoader; a one-shot
-            generator only works with ``epochs=1``); inputs a tensor or a tuple of tensors.
+            generator only works with ``epochs=1``): the last item is the target, what precedes it the
+            model inputs, a tensor or a tuple of tensors (read as :func:`leantorch.batches.model_inputs` reads
+            a calibration batch: the model's first tensors, anything after them ignored).
         loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
         epochs: passes over the data, a whole number ≥ 1.
         lr: learning rate of the weights; ``range_lr`` that of learnable scales/offsets (default ``lr``);
             both finite and > 0.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         weight_decay: L2 penalty of the weights (not of the encodings), finite and ≥ 0.
+        progress: a progress bar per epoch, True or False.
 
     Raises:
-        InvalidOptionError: ``epochs``, ``lr``, ``range_lr``, ``weight_decay`` or ``optimizer`` out of range
-            (checked before the sim is touched).
+        InvalidOptionError: ``epochs``, ``lr``, ``range_lr``, ``weight_decay``, ``optimizer`` or ``progress``
+            out of range (checked before the sim is touched).
         EncodingsMissingError: the sim was not calibrated.
         TrainingDataError: the data is empty, an epoch after the first sees no batch (a one-shot iterator:
-            pass a list or a DataLoader), a batch is not ``(inputs, targets)``, or holds NaN/Inf (checked
-            before that batch's forward; the steps before it stay taken).
+            pass a list or a DataLoader), a batch is not ``(inputs, targets)``, holds fewer input tensors than
+            the model takes, or holds NaN/Inf (checked before that batch's forward; the steps before it stay
+            taken).
         TrainingDivergedError: the loss or an update became NaN/Inf; the trained tensors are restored to
             the last state that gave a finite loss (lower ``lr``).
 
@@ -79,7 +83,7 @@ def fit(
         >>> len(losses)
         2
     """
-    _check_options(epochs, lr, range_lr, optimizer, weight_decay)
+    _check_options(epochs, lr, range_lr, optimizer, weight_decay, progress)
     if train_batches is None or isinstance(train_batches, torch.Tensor) or not hasattr(train_batches, "__iter__"):
         raise TrainingDataError(f"train_batches is a {type(train_batches).__name__}: pass an iterable of "
                                 "(inputs, targets) batches, such as a list or a DataLoader")
@@ -103,7 +107,8 @@ def fit(
             model.train()
             for name in batch_norms:
                 model.get_submodule(name).eval()
-            losses.append(_train_epoch(model, opt, guard, train_batches, loss_fn, device, epoch, epochs, progress))
+            losses.append(_train_epoch(model, opt, guard, train_batches, loss_fn, len(sim.example_input), device,
+                                       epoch, epochs, progress))
             log.info("QAT epoch %d/%d: mean loss %.4f", epoch + 1, epochs, losses[-1])
     except (TrainingDataError, TrainingDivergedError) as exc:
         exc.losses = list(losses)  # type: ignore[attr-defined]  # only the epochs that completed
@@ -113,23 +118,15 @@ def fit(
     return losses
 
 
-def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any) -> None:
+def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any, progress: Any) -> None:
     """Reject bad options before anything is trained: a NaN or negative rate would poison every weight."""
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise InvalidOptionError(f"epochs={epochs!r}: pass the number of passes over the data, a whole number ≥ 1")
-    rates = {"lr": lr} if range_lr is None else {"lr": lr, "range_lr": range_lr}
-    for name, value in rates.items():
-        if not _is_real(value) or not (math.isfinite(value) and value > 0):
-            raise InvalidOptionError(f"{name}={value!r}: a learning rate must be a finite number > 0 "
-                                     f"(typical for QAT: 1e-5 to 1e-3)")
-    if not _is_real(weight_decay) or not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise InvalidOptionError(f"weight_decay={weight_decay!r}: pass a finite number ≥ 0 (0 turns it off)")
-    if optimizer not in OPTIMIZERS:
-        raise InvalidOptionError(f"optimizer={optimizer!r}: use one of {', '.join(map(repr, OPTIMIZERS))}")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    check_count("epochs", epochs, hint=" (the number of passes over the data)")
+    check_positive("lr", lr, hint=" (a learning rate; typical for QAT: 1e-5 to 1e-3)")
+    if range_lr is not None:
+        check_positive("range_lr", range_lr, hint=" (a learning rate; typical for QAT: 1e-5 to 1e-3)")
+    check_positive("weight_decay", weight_decay, allow_zero=True, hint=" (0 turns it off)")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_flag("progress", progress)
 
 
 def _make_optimizer(model: nn.Module, kind: str, lr: float, range_lr: float,
@@ -185,12 +182,12 @@ class _LastGoodState:
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodState, batches: Iterable[Any],
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
-                 epoch: int, epochs: int, progress: bool) -> float:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_inputs: int,
+                 device: torch.device, epoch: int, epochs: int, progress: bool) -> float:
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
-        inputs, targets = _batch_tensors(batch, epoch, step, device)
+        inputs, targets = _batch_tensors(batch, step, num_inputs, device)
         loss = loss_fn(model(*inputs), targets)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -220,17 +217,17 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
     return total / count
 
 
-def _batch_tensors(batch: Any, epoch: int, step: int, device: torch.device) -> tuple[tuple, Any]:
-    """``(inputs, targets)`` of one batch on ``device``; NaN/Inf is refused before it reaches the weights."""
+def _batch_tensors(batch: Any, step: int, num_inputs: int, device: torch.device) -> tuple[tuple, Any]:
+    """``(inputs, targets)`` of one batch on ``device``: the last item is the target, the model inputs are read
+    from what precedes it by :func:`leantorch.batches.model_inputs`; NaN/Inf is refused before it reaches the
+    weights."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TrainingDataError(f"training batch {step} is a {type(batch).__name__}, not (inputs, targets): "
                                 "yield a tuple such as (x, y) or ((x1, x2), y)")
-    inputs, targets = batch[:-1], batch[-1]
-    inputs = as_tuple(inputs[0] if len(inputs) == 1 else inputs)
-    for what, x in [*((f"input {j}", x) for j, x in enumerate(inputs)), ("the targets", targets)]:
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise TrainingDataError(
-                f"training batch {step} (epoch {epoch + 1}): {what} (shape {tuple(x.shape)}) contains NaN or Inf; "
-                "clean or drop that batch. Training stopped before this batch.")
-    moved = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-    return moved, targets.to(device) if isinstance(targets, torch.Tensor) else targets
+    targets = batch[-1]
+    inputs = model_inputs(batch[0] if len(batch) == 2 else batch[:-1], num_inputs, step, error=TrainingDataError,
+                          what="training batch", device=device)
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        raise TrainingDataError(f"training batch {step}, the targets (shape {tuple(targets.shape)}) contain NaN or "
+                                "Inf; clean or drop that batch.")
+    return inputs, targets.to(device) if isinstance(targets, torch.Tensor) else targets
