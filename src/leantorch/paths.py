@@ -52,7 +52,7 @@ def check_directory(path: Any, what: str = "path") -> Path:
     out = _as_path(path, what)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{what} {out} is an existing file, not a directory: choose another path")
-    ancestor = _existing_ancestor(out)
+    ancestor = existing_ancestor(out)
     if not ancestor.is_dir():
         raise OutputPathError(f"{what} {out}: {ancestor} is a file, so no directory can be made there")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -100,7 +100,13 @@ def _as_path(path: Any, what: str) -> Path:
     return Path(path)
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (a file or a directory).
+
+    Example:
+        >>> existing_ancestor(Path("/") / "no" / "such" / "dir") == Path("/")
+        True
+    """
     for candidate in (path.absolute(), *path.absolute().parents):
         if candidate.exists():
             return candidate
