@@ -144,7 +144,16 @@ BAD_ENTRIES = {
     "bitwidth text": (set_field(ACT, INTERMEDIATE, "bitwidth", "8"), r"bitwidth='8' is not supported"),
     "is_symmetric text": (set_field(ACT, INTERMEDIATE, "is_symmetric", "yes"), r"is_symmetric='yes' is not a boolean"),
     "is_symmetric int": (set_field(ACT, INTERMEDIATE, "is_symmetric", 1), r"is_symmetric=1 is not a boolean"),
-    "float dtype": (set_field(ACT, INTERMEDIATE, "dtype", "float"), r"dtype='float' is not simulated"),
+    "float dtype": (set_field(ACT, INTERMEDIATE, "dtype", "float"), r"dtype='float' .*float encodings are not "
+                                                                    "supported yet"),
+    "aimet float entry": (replace_entry(ACT, INTERMEDIATE, {"bitwidth": 16, "dtype": "float"}),
+                          r"2\.output_quantizers\.0'\]: dtype='float' \(bitwidth 16\): float encodings are not "
+                          "supported yet"),
+    "unknown dtype": (set_field(ACT, INTERMEDIATE, "dtype", "int8"), r"dtype='int8' is not a known dtype"),
+    "per-tensor entry on a per-channel weight": (
+        replace_entry(PARAM, CONV, [entry(8, True, 0.01, -128)], channel=None),
+        r"3\.weight'\]: the file has one encoding for 3\.weight but this sim quantizes it per channel "
+        r"\(4 channels along axis 0\): make the file with per_channel=True"),
     "entry not a dict": (replace_entry(ACT, INTERMEDIATE, 0.5), r"expected an entry object"),
     "entries not a list": (replace_entry(ACT, INTERMEDIATE, entry(8, False, 0.1, 0), channel=None),
                            r"expected a non-empty list"),
@@ -346,3 +355,50 @@ def test_freezing_needs_parameter_encodings(tmp_path, saved, target) -> None:
     with pytest.raises(lt.EncodingsFileError, match="no parameter encodings"):
         target.set_and_freeze_param_encodings(path)
     assert_same_state(target, before)
+
+
+def test_saving_refuses_a_directory_and_creates_a_missing_one(tmp_path, model) -> None:
+    sim = calibrated(model)
+    (tmp_path / "old.encodings").write_text("old")
+    with pytest.raises(lt.OutputPathError, match="is a directory: give a file path, e.g. .*model.encodings"):
+        sim.save_encodings(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(lt.OutputPathError, match="is a file"):
+        sim.save_encodings(tmp_path / "file" / "a.encodings")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "old.encodings"]  # nothing staged left
+    path = tmp_path / "new" / "deep" / "model.encodings"
+    sim.save_encodings(path)  # a missing directory is created, as export does
+    fresh = lt.QuantSim(model, torch.randn(1, 3, 8, 8))
+    assert fresh.load_encodings(path) == []
+
+
+def test_per_tensor_file_onto_a_per_channel_sim_is_refused(tmp_path, model) -> None:
+    path = tmp_path / "per_tensor.encodings"
+    calibrated(model, per_channel=False).save_encodings(path)
+    sim = calibrated(model, seed=7, per_channel=True)
+    before = snapshot(sim)
+    with pytest.raises(lt.EncodingsFileError, match=r"one encoding for \d\.weight but this sim quantizes it per "
+                                                    r"channel \(\d+ channels along axis 0\)"):
+        sim.load_encodings(path)
+    assert_same_state(sim, before)
+    assert sim.param_quantizers()[CONV].axis == 0
+
+
+def test_adaround_file_holds_active_param_encodings_only(tmp_path, model) -> None:
+    from leantorch.ptq.adaround import _save_param_encodings
+
+    sim = calibrated(model, per_channel=True)
+    path = tmp_path / "adaround.encodings"
+    _save_param_encodings(sim, path)
+    data = json.loads(path.read_text())
+    assert list(data) == ["version", "activation_encodings", "param_encodings"]
+    assert data["version"] == "0.6.1" and data["activation_encodings"] == {}
+    want = {n: q.encoding.to_aimet() for n, q in sim.param_quantizers().items() if q.is_active and q.encoding}
+    assert data["param_encodings"] == json.loads(json.dumps(want)) and CONV in want
+    with pytest.raises(lt.OutputPathError, match="is a directory"):
+        _save_param_encodings(sim, tmp_path)
+    q = sim.param_quantizers()[CONV]
+    q.set_encoding(lt.Encoding(8, True, torch.full((4,), float("nan")), torch.full((4,), -128), 0))
+    with pytest.raises(lt.EncodingsFileError, match="scale=nan"):  # checked like every written file
+        _save_param_encodings(sim, path)
+    assert json.loads(path.read_text())["param_encodings"] == data["param_encodings"]  # old file kept

@@ -680,7 +680,8 @@ def mutate(draw, info: dict[str, Any], kind: str) -> tuple[Any, str]:
         if len(entries) == 1:
             return data, "same"  # nothing to remove from a per-tensor entry: leave it
         del entries[ch]
-        return data, "either" if len(entries) == 1 else "error"
+        # one entry left on a per-channel quantizer: refused (never silently per-tensor); more: a wrong count
+        return data, "error"
     if kind == "channel_empty":
         data[section][key] = []
         return data, "error"

@@ -60,11 +60,14 @@ def check_directory(path: Any, what: str = "path") -> Path:
     return out
 
 
-def check_file(path: Any, what: str = "path") -> Path:
-    """``path`` as a Path if a file can be written there (its directory may be created); else OutputPathError."""
+def check_file(path: Any, what: str = "path", example: str = "report.html") -> Path:
+    """``path`` as a Path if a file can be written there (its directory may be created); else OutputPathError.
+
+    ``example`` is the file name suggested when ``path`` is a directory.
+    """
     out = _as_path(path, what)
     if out.is_dir():
-        raise OutputPathError(f"{what} {out} is a directory: give a file path, e.g. {out / 'report.html'}")
+        raise OutputPathError(f"{what} {out} is a directory: give a file path, e.g. {out / example}")
     if not out.name:
         raise OutputPathError(f"{what} {str(path)!r}: give a file path")
     parent = out.parent

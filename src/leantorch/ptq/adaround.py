@@ -37,7 +37,6 @@ Only weights change (biases stay); the scales/offsets are the sim's weight encod
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from pathlib import Path
@@ -52,12 +51,11 @@ from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import example_inputs, prepare
 from ..options import check_count, check_flag, check_fraction, check_positive
-from ..paths import check_directory, check_file_name, writing
+from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
-from ..quant.encodings_file import ENCODINGS_VERSION
+from ..quant.encodings_file import encodings_dict, write_encodings
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
-from ..staging import staged_outputs
 from .input_moments import InputMoments, factorize, grouped_weight, supports_moments
 from .layer_io import layer_io
 
@@ -296,7 +294,6 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, reconstruction: Reconst
 
 
 def _save_param_encodings(sim: QuantSim, path: Path) -> None:
-    params = {n: q.encoding.to_aimet() for n, q in sim.param_quantizers().items() if q.is_active and q.encoding}
-    text = json.dumps({"version": ENCODINGS_VERSION, "activation_encodings": {}, "param_encodings": params}, indent=2)
-    with writing(path), staged_outputs() as staging:
-        staging.file(path, option="path").write_text(text)
+    """The active parameter encodings only (activations empty), checked and staged like every written file."""
+    params = {n: q.encoding for n, q in sim.param_quantizers().items() if q.is_active and q.encoding is not None}
+    write_encodings(path, encodings_dict({}, params))

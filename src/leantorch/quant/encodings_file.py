@@ -21,8 +21,8 @@ entry and channel, the bad value and the fix):
 
 * ``version`` is one of :data:`READABLE_VERSIONS`; the file holds ``activation_encodings`` and/or
   ``param_encodings``, each a JSON object of non-empty lists of entry objects.
-* Every entry has ``bitwidth``, ``is_symmetric``, ``scale``, ``offset``, ``min`` and ``max``;
-  ``dtype``, if given, is ``"int"``.
+* ``dtype``, if given, is ``"int"`` (AIMET float entries, ``"dtype": "float"``, are not supported yet);
+  every entry has ``bitwidth``, ``is_symmetric``, ``scale``, ``offset``, ``min`` and ``max``.
 * ``bitwidth`` is an integer from 2 to 16; ``is_symmetric`` is true/false (or ``"True"``/``"False"``).
 * ``scale`` is finite and at least :data:`~leantorch.quant.encoding.MIN_SCALE` (and fits float32).
 * ``offset`` is an integer on the grid of :mod:`leantorch.quant.encoding`: asymmetric in
@@ -30,7 +30,8 @@ entry and channel, the bad value and the fix):
 * ``min ≤ max``, both finite, and ``min = offset * scale``, ``max = min + (2**bw - 1) * scale`` up to
   rounding (a thousandth of a step plus float32 rounding of the bounds).
 * The channels of one tensor share bitwidth and symmetry (and signedness); their number matches the
-  tensor's channels.
+  tensor's channels. A single entry for a quantizer that quantizes per channel (more than one channel) is
+  refused rather than silently turning it per-tensor.
 * Every name in the file names a quantizer of the model; one quantizer gets one encoding. Loading with
   ``strict=True`` also requires every active quantizer to be covered.
 """
@@ -46,6 +47,8 @@ from typing import Any
 import torch
 
 from ..errors import EncodingsFileError, UnsupportedBitwidthError
+from ..paths import check_file, writing
+from ..staging import staged_outputs
 from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth
 from .quantizer import Quantizer
 
@@ -196,12 +199,18 @@ def _parse_entry(entry: Any, label: str) -> tuple[int, bool, float, int]:
     if not isinstance(entry, dict):
         raise EncodingsFileError(f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
                                  f"min, max}}, got {_short(entry)}")
+    # dtype first: AIMET float entries ({"bitwidth": 16, "dtype": "float"}) have no scale/offset/min/max.
+    dtype = entry.get("dtype", "int")
+    if dtype == "float":
+        raise EncodingsFileError(f"{label}: dtype='float' (bitwidth {_short(entry.get('bitwidth'))}): float "
+                                 "encodings are not supported yet; only integer ('int') encodings can be loaded — "
+                                 "drop the entry to keep the tensor in full float")
+    if dtype != "int":
+        raise EncodingsFileError(f"{label}: dtype={_short(dtype)} is not a known dtype; only integer ('int') "
+                                 "encodings can be loaded — drop the entry to keep the tensor in float")
     missing = [f for f in REQUIRED_FIELDS if f not in entry]
     if missing:
         raise EncodingsFileError(f"{label}: missing field(s) {missing}; every entry needs {list(REQUIRED_FIELDS)}")
-    if entry.get("dtype", "int") != "int":
-        raise EncodingsFileError(f"{label}: dtype={entry['dtype']!r} is not simulated; only integer ('int') "
-                                 "encodings can be loaded — drop the entry to keep the tensor in float")
     bitwidth = _bitwidth(entry["bitwidth"], label)
     symmetric = _symmetry(entry["is_symmetric"], label)
     scale = _scale(entry["scale"], label)
@@ -336,10 +345,18 @@ def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
     channels = enc.scale.numel() if enc.scale.dim() else None
     axis = target.quantizer.axis if target.quantizer.axis is not None else target.channel_axis
     if channels is None:
+        per_channel = target.quantizer.axis
+        if per_channel is None:
+            return enc
+        count = target.shape[per_channel] if target.shape and per_channel < len(target.shape) else None
         # One entry on a one-channel per-channel weight stays per-channel, as it was saved.
-        if target.quantizer.axis is not None and target.shape and target.shape[target.quantizer.axis] == 1:
-            return replace(enc, scale=enc.scale.reshape(1), offset=enc.offset.reshape(1), axis=target.quantizer.axis)
-        return enc
+        if count == 1:
+            return replace(enc, scale=enc.scale.reshape(1), offset=enc.offset.reshape(1), axis=per_channel)
+        # Anything else would silently turn a per-channel quantizer per-tensor.
+        along = f"{count} channels along axis {per_channel}" if count is not None else f"along axis {per_channel}"
+        raise EncodingsFileError(
+            f"{label}: the file has one encoding for {target.key} but this sim quantizes it per channel ({along}): "
+            "make the file with per_channel=True, or build the sim per-tensor")
     if axis is None or (target.shape is not None and axis >= len(target.shape)):
         raise EncodingsFileError(f"{label}: {channels} per-channel entries, but {target.name} quantizes per tensor "
                                  "and has no channel axis; give one entry")
@@ -421,8 +438,15 @@ def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding]
     return data | (extra or {})
 
 
-def write_encodings(path: str | Path, data: dict[str, Any]) -> None:
+def write_encodings(path: str | Path, data: dict[str, Any], what: str = "path") -> None:
     """Check ``data`` with the reading rules, then write it as strict JSON (so every file written loads).
+
+    The destination is checked first (:func:`leantorch.paths.check_file`) and the file is staged
+    (:mod:`leantorch.staging`): a failed write leaves any existing file untouched.
+
+    Raises:
+        OutputPathError: ``path`` is a directory, or its directory cannot be created or written.
+        EncodingsFileError: ``data`` breaks a rule of this module (including a NaN or infinite number).
 
     Example:
         >>> import tempfile
@@ -431,8 +455,14 @@ def write_encodings(path: str | Path, data: dict[str, Any]) -> None:
         >>> read_encodings(path)["activation_encodings"]
         {}
     """
+    out = check_file(path, what, example="model.encodings")
     check_encodings(data, str(path))
     for section in SECTIONS:
         for key, entries in (data.get(section) or {}).items():
             parse_encoding(entries, f"{section}[{key!r}]")
-    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False))
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError as exc:  # a NaN/Inf outside the entries (e.g. in extra keys)
+        raise EncodingsFileError(f"{path}: {exc}; encodings files are strict JSON") from exc
+    with writing(out), staged_outputs() as staging:
+        staging.file(out, option=what).write_text(text)
