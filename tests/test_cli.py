@@ -353,3 +353,33 @@ def test_demo_stages_its_outputs(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr("leantorch.demo._run", half_done)
     assert main(["demo", "--out", str(tmp_path / "out")]) == 130
     assert _files(tmp_path) == set()
+
+
+# ------------------------------------------------------------------------------ options reach every technique
+def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_channel(tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    """--config per_channel without --per-channel: AdaRound must round per channel like the QuantSim (it used
+    to get per_channel=False and write per-tensor encodings)."""
+    import json
+
+    import leantorch.cli as cli
+
+    seen: dict = {}
+    real = cli.adaround
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "adaround", recording)
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    argv = ["quantize", "--model", MODEL, "--data", str(tmp_path / "d.npy"), "--image-size", "32",
+            "--num-samples", "4", "--no-progress", "--config", "per_channel", "--adaround",
+            "--adaround-iterations", "1", "--param-bw", "4", "--act-bw", "6", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen["per_channel"] is None and seen["config"] == "per_channel"
+    assert (seen["param_bw"], seen["act_bw"], seen["scheme"]) == (4, 6, "tf_enhanced")
+    assert (seen["iterations"], seen["lr"]) == (1, 1e-3)
+    encodings = json.loads((tmp_path / "o" / "adaround.encodings").read_text())
+    params = encodings.get("param_encodings", encodings)
+    assert params and all(len(v) > 1 for v in params.values()), "weights rounded per tensor"

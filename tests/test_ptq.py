@@ -320,3 +320,50 @@ def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
     assert_unchanged(net, before)
     with pytest.raises(lt.CalibrationDataError, match="call add"):
         InputMoments(nn.Linear(3, 2)).second_moment()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"iteration": 100}, r"no adaround option 'iteration'; choose from .*iterations.*lr"),
+    ({"path": "/tmp"}, r"'path' is set by auto_quant itself"),
+    ({"per_channel": True}, r"'per_channel' is set by auto_quant itself"),
+    ({"param_bw": 4}, r"'param_bw' is set by auto_quant itself"),
+    ({"iterations": 0}, r"iterations"),
+    ({"lr": float("nan")}, r"lr"),
+    ({"objective": "mean"}, r"objective='mean'"),
+    ({"filename_prefix": None}, r"filename_prefix"),
+    ([("iterations", 5)], r"adaround_kwargs=.*pass a dict"),
+])
+def test_auto_quant_checks_adaround_kwargs_before_any_evaluation(kwargs, words) -> None:
+    """A typo or a bad AdaRound option used to surface only when the third stage started (after the float,
+    BN-fold and CLE stages were scored), as a raw TypeError for an unknown key."""
+    net, data = _small_net(), _calibration()
+    calls = []
+
+    def eval_fn(m: nn.Module) -> float:
+        calls.append(m)
+        return 1.0
+
+    with pytest.raises(lt.InvalidOptionError, match=words):
+        lt.auto_quant(net, data[0][:1], data, eval_fn, adaround_kwargs=kwargs, progress=False)
+    assert calls == []
+
+
+def test_auto_quant_passes_adaround_kwargs_through(tmp_path, monkeypatch) -> None:
+    import leantorch.ptq.auto as auto
+
+    import functools
+
+    seen = {}
+
+    @functools.wraps(auto.adaround)  # keeps adaround's signature, which auto_quant checks the keys against
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop here: only the arguments matter
+
+    monkeypatch.setattr(auto, "adaround", recording)
+    net, data = _small_net(), _calibration()
+    with pytest.raises(KeyboardInterrupt):
+        lt.auto_quant(net, data[0][:1], data, lambda m: 1.0 if m is net else 0.0, path=tmp_path, progress=False,
+                      per_channel=None, config="per_channel",
+                      adaround_kwargs={"iterations": 3, "lr": 0.01})
+    assert (seen["iterations"], seen["lr"], seen["per_channel"], seen["config"]) == (3, 0.01, None, "per_channel")

@@ -123,10 +123,9 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
         model = bias_correction(model, example, calib, method=args.bias_correction, progress=progress, **options)
     encodings = None
     if args.adaround:
-        model, encodings = adaround(model, example, calib, param_bw=args.param_bw, act_bw=args.act_bw,
-                                    per_channel=args.per_channel, scheme=args.scheme, config=args.config,
-                                    path=adaround_dir, iterations=args.adaround_iterations, lr=args.adaround_lr,
-                                    progress=progress)
+        # The same quantization as the QuantSim that loads the file (per_channel None: the config decides).
+        model, encodings = adaround(model, example, calib, path=adaround_dir, iterations=args.adaround_iterations,
+                                    lr=args.adaround_lr, progress=progress, **options)
     if args.bias_correction or args.adaround:
         sim = QuantSim(model, example, **options)
     if encodings is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -16,8 +17,10 @@ from torch import nn
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
 from ..graph import example_inputs
-from ..paths import check_directory
+from ..paths import check_directory, check_file_name
+from ..quant.estimators import QuantScheme
 from ..quant.sim import QuantSim
+from .adaround import _check_options as _check_adaround_options
 from .adaround import adaround
 from .bn_fold import fold_batch_norms
 from .cle import equalize
@@ -84,7 +87,9 @@ def auto_quant(
     Raises:
         CalibrationDataError: no calibration batch, a batch that is not a tensor or a tuple of the model's
             inputs (then labels), or NaN/Inf in one (checked before ``eval_fn`` first runs).
-        InvalidOptionError: ``allowed_drop`` is negative or not finite.
+        InvalidOptionError: ``allowed_drop`` is negative or not finite; ``adaround_kwargs`` names an option
+            adaround does not take or one auto_quant sets itself (``path``, ``param_bw``, ``per_channel`` …), or
+            a value adaround would refuse (checked with adaround's own rules before ``eval_fn`` first runs).
         OutputPathError: ``path`` (where AdaRound writes its encodings) cannot be a directory.
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
@@ -106,6 +111,7 @@ def auto_quant(
     for index, batch in enumerate(calibration):  # structure and NaN/Inf, before the first evaluation
         model_inputs(batch, len(example_inputs(example_input)), index)
     check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
+    adaround_kwargs = _check_adaround_kwargs(adaround_kwargs, per_channel)
     float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop
     stages: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]
@@ -124,10 +130,9 @@ def auto_quant(
             candidate = equalize(model, example_input)
             return candidate, make_sim(candidate)
         base = equalize(model, example_input)
-        kwargs = dict(adaround_kwargs or {})
         candidate, encodings = adaround(base, example_input, calibration, param_bw=param_bw, act_bw=act_bw,
                                         per_channel=per_channel, scheme=scheme, config=config, path=path,
-                                        progress=progress, **kwargs)
+                                        progress=progress, **adaround_kwargs)
         sim = make_sim(candidate)
         sim.set_and_freeze_param_encodings(encodings)
         return candidate, sim
@@ -145,3 +150,37 @@ def auto_quant(
             break
     assert best is not None
     return AutoQuantResult(best[1], best[2], stages)
+
+
+#: adaround arguments that auto_quant passes itself (from its own arguments), so not in ``adaround_kwargs``.
+_SET_BY_AUTO_QUANT = ("model", "example_input", "calibration", "param_bw", "act_bw", "per_channel", "scheme",
+                      "config", "path", "progress")
+
+
+def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, Any]:
+    """``adaround_kwargs`` checked like adaround checks its own options, before the first ``eval_fn`` call: a
+    typo or a bad value would otherwise surface only after the float, BN-fold and CLE stages were scored."""
+    if adaround_kwargs is None:
+        return {}
+    if not isinstance(adaround_kwargs, dict) or not all(isinstance(k, str) for k in adaround_kwargs):
+        raise InvalidOptionError(f"adaround_kwargs={adaround_kwargs!r}: pass a dict of adaround options, e.g. "
+                                 "{'iterations': 1000}")
+    parameters = inspect.signature(adaround).parameters
+    accepted = [name for name in parameters if name not in _SET_BY_AUTO_QUANT]
+    for key in adaround_kwargs:
+        if key in _SET_BY_AUTO_QUANT:
+            raise InvalidOptionError(f"adaround_kwargs: {key!r} is set by auto_quant itself (pass it to "
+                                     f"auto_quant directly, if it is one of its arguments); adaround_kwargs "
+                                     f"takes {', '.join(accepted)}")
+        if key not in parameters:
+            raise InvalidOptionError(f"adaround_kwargs: no adaround option {key!r}; choose from "
+                                     f"{', '.join(accepted)}")
+    options = {name: p.default for name, p in parameters.items() if name in accepted}
+    options.update(adaround_kwargs, per_channel=per_channel)
+    # adaround's own check with the defaults merged: the same rules and messages as a direct call. Its
+    # arguments are matched by name, so a check that gains or loses an option still gets the right values.
+    names = inspect.signature(_check_adaround_options).parameters
+    _check_adaround_options(**{name: options[name] for name in names})
+    check_file_name(options["filename_prefix"])
+    QuantScheme.parse(options["param_scheme"])
+    return dict(adaround_kwargs)
