@@ -402,3 +402,12 @@ def test_adaround_file_holds_active_param_encodings_only(tmp_path, model) -> Non
     with pytest.raises(lt.EncodingsFileError, match="scale=nan"):  # checked like every written file
         _save_param_encodings(sim, path)
     assert json.loads(path.read_text())["param_encodings"] == data["param_encodings"]  # old file kept
+
+
+def test_error_messages_share_one_short_repr() -> None:
+    from leantorch.quant import config, encodings_file
+
+    assert not hasattr(encodings_file, "_short") and not hasattr(config, "_short")
+    assert encodings_file.short_repr is config.short_repr
+    with pytest.raises(lt.EncodingsFileError, match=r"x: expected an entry object .*got \[0, 1, .*\.\.\.$"):
+        encodings_file.parse_encoding([list(range(100))], "x")

@@ -135,3 +135,27 @@ def test_failed_rename_is_an_output_path_error(tmp_path, monkeypatch) -> None:
             monkeypatch.setattr(os, "replace", failing)
     monkeypatch.undo()
     assert _snapshot(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["model", "a b", ".hidden", "", " ", ".", "..", "a/b", "/abs", "x\0y"])
+def test_cli_file_name_uses_the_one_plain_file_name_rule(name) -> None:
+    import argparse
+
+    from leantorch.cli_args import _file_name
+    from leantorch.paths import check_file_name
+
+    try:
+        want = check_file_name(name)
+    except OutputPathError:
+        with pytest.raises(argparse.ArgumentTypeError, match="plain file name without a directory part"):
+            _file_name(name)
+    else:
+        assert _file_name(name) == want == name
+
+
+def test_staging_uses_the_paths_ancestor_rule(tmp_path) -> None:
+    from leantorch import staging as staging_module
+    from leantorch.paths import existing_ancestor
+
+    assert not hasattr(staging_module, "_existing_ancestor")
+    assert existing_ancestor(tmp_path / "a" / "b") == tmp_path and existing_ancestor(tmp_path) == tmp_path

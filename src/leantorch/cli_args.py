@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Callable
 
+from .errors import OutputPathError
+from .paths import check_file_name
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 
 DESCRIPTION = ("Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
@@ -76,12 +77,12 @@ def _open_unit_interval(text: str) -> float:
 
 
 def _file_name(text: str) -> str:
-    """A plain file name: the directory is given by --out."""
-    separators = [os.sep, os.altsep or os.sep]
-    if not text.strip() or text in (".", "..") or "\0" in text or any(s in text for s in separators):
+    """A plain file name (the rule of :func:`leantorch.paths.check_file_name`): the directory is given by --out."""
+    try:
+        return check_file_name(text, "--name")
+    except OutputPathError:
         raise argparse.ArgumentTypeError(f"must be a plain file name without a directory part (that is --out), "
-                                         f"got {text!r}")
-    return text
+                                          f"got {text!r}") from None
 
 
 def _path_text(text: str) -> str:

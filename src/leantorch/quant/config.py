@@ -121,7 +121,7 @@ class QuantSimConfig:
         """
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be an object of settings (a dict; in JSON {{...}}), got "
-                              f"{type(data).__name__} {_short(data)}; e.g. {{\"per_channel\": true}}")
+                              f"{type(data).__name__} {short_repr(data)}; e.g. {{\"per_channel\": true}}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -133,13 +133,13 @@ class QuantSimConfig:
             setattr(cfg, key, value)
         if op_types is not None:
             if not isinstance(op_types, dict):
-                raise ConfigError(f"config key 'op_types' is {_short(op_types)} (a {type(op_types).__name__}); it "
+                raise ConfigError(f"config key 'op_types' is {short_repr(op_types)} (a {type(op_types).__name__}); it "
                                   'must be an object of op type → rule, e.g. {"Softmax": {"output_quantized": true}}')
             rule_fields = {f.name for f in fields(OpRule)}
             for op, rule in op_types.items():
                 bad = sorted(set(rule) - rule_fields, key=str) if isinstance(rule, dict) else None
                 if bad is None or bad:
-                    raise ConfigError(f"bad op_types entry {op!r}: {_short(rule)}; a rule is an object with keys "
+                    raise ConfigError(f"bad op_types entry {op!r}: {short_repr(rule)}; a rule is an object with keys "
                                       f"from {sorted(rule_fields)} (true, false or null each)")
             cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
         cfg.validate()
@@ -154,19 +154,20 @@ class QuantSimConfig:
         for key in _BOOL_KEYS:
             _check_bool(key, getattr(self, key))
         if not isinstance(self.name, str):
-            raise ConfigError(f"config key 'name' is {_short(self.name)} (a {type(self.name).__name__}); it must be "
-                              "a string")
+            raise ConfigError(f"config key 'name' is {short_repr(self.name)} (a {type(self.name).__name__}); it must "
+                              "be a string")
         if not isinstance(self.op_types, dict):
-            raise ConfigError(f"config key 'op_types' is {_short(self.op_types)}; it must map op type names to rules")
+            raise ConfigError(f"config key 'op_types' is {short_repr(self.op_types)}; it must map op type names to "
+                              "rules")
         for op, rule in self.op_types.items():
             _check_op_type(op, "op_types")
             if not isinstance(rule, OpRule):
-                raise ConfigError(f"op_types[{op!r}] is {_short(rule)}; it must be an OpRule (in JSON an object)")
+                raise ConfigError(f"op_types[{op!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object)")
             for f in fields(OpRule):
                 _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
         groups = self.supergroups
         if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
-            raise ConfigError(f"config key 'supergroups' is {_short(groups)}; it must be a list of non-empty lists "
+            raise ConfigError(f"config key 'supergroups' is {short_repr(groups)}; it must be a list of non-empty lists "
                               'of op type names, e.g. [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]')
         for group in groups:
             for op in group:
@@ -181,8 +182,8 @@ class QuantSimConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"config {path} holds {type(data).__name__} {_short(data)} at its top level; a config "
-                              'file is a JSON object of settings, e.g. {"per_channel": true}')
+            raise ConfigError(f"config {path} holds {type(data).__name__} {short_repr(data)} at its top level; a "
+                              'config file is a JSON object of settings, e.g. {"per_channel": true}')
         cfg = cls.from_dict(data)
         if "name" not in data:
             cfg.name = Path(path).stem
@@ -197,9 +198,17 @@ _BOOL_KEYS = ("output_quantized", "input_quantized", "params_quantized", "quanti
               "activation_symmetric", "unsigned_symmetric", "per_channel", "model_input_quantized")
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages that quote a bad value.
+
+    Example:
+        >>> short_repr(list(range(100)))[-10:]
+        ' 20, 21...'
+        >>> short_repr("ok")
+        "'ok'"
+    """
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
@@ -207,14 +216,15 @@ def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
     if isinstance(value, bool) or (allow_none and value is None):
         return
     allowed = "true, false or null" if allow_none else "true or false"
-    raise ConfigError(f"config key '{key}' is {_short(value)} (a {type(value).__name__}); it must be {allowed} "
+    raise ConfigError(f"config key '{key}' is {short_repr(value)} (a {type(value).__name__}); it must be {allowed} "
                       "(a JSON boolean, not a string or a number)")
 
 
 def _check_op_type(op: Any, where: str) -> None:
     """Op type names come from :func:`leantorch.graph.op_type`; a misspelt one would silently match nothing."""
     if op not in OP_TYPE_NAMES:
-        raise ConfigError(f"{where}: unknown op type {_short(op)}; known op types: {', '.join(sorted(OP_TYPE_NAMES))}")
+        raise ConfigError(f"{where}: unknown op type {short_repr(op)}; known op types: "
+                          f"{', '.join(sorted(OP_TYPE_NAMES))}")
 
 
 def load_config(config: "str | Path | QuantSimConfig | dict[str, Any]") -> QuantSimConfig:

@@ -49,6 +49,7 @@ import torch
 from ..errors import EncodingsFileError, UnsupportedBitwidthError
 from ..paths import check_file, writing
 from ..staging import staged_outputs
+from .config import short_repr
 from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth
 from .quantizer import Quantizer
 
@@ -173,7 +174,7 @@ def parse_encoding(entries: Any, name: str) -> Encoding:
     """
     if not isinstance(entries, list) or not entries:
         raise EncodingsFileError(f"{name}: expected a non-empty list of entries (one per tensor or one per "
-                                 f"channel), got {_short(entries)}")
+                                 f"channel), got {short_repr(entries)}")
     many = len(entries) > 1
     parsed = [_parse_entry(e, f"{name} channel {i}" if many else name) for i, e in enumerate(entries)]
     first = parsed[0]
@@ -198,15 +199,15 @@ def _parse_entry(entry: Any, label: str) -> tuple[int, bool, float, int]:
     """(bitwidth, symmetric, scale, offset) of one entry, after every check of the module docstring."""
     if not isinstance(entry, dict):
         raise EncodingsFileError(f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
-                                 f"min, max}}, got {_short(entry)}")
+                                 f"min, max}}, got {short_repr(entry)}")
     # dtype first: AIMET float entries ({"bitwidth": 16, "dtype": "float"}) have no scale/offset/min/max.
     dtype = entry.get("dtype", "int")
     if dtype == "float":
-        raise EncodingsFileError(f"{label}: dtype='float' (bitwidth {_short(entry.get('bitwidth'))}): float "
+        raise EncodingsFileError(f"{label}: dtype='float' (bitwidth {short_repr(entry.get('bitwidth'))}): float "
                                  "encodings are not supported yet; only integer ('int') encodings can be loaded — "
                                  "drop the entry to keep the tensor in full float")
     if dtype != "int":
-        raise EncodingsFileError(f"{label}: dtype={_short(dtype)} is not a known dtype; only integer ('int') "
+        raise EncodingsFileError(f"{label}: dtype={short_repr(dtype)} is not a known dtype; only integer ('int') "
                                  "encodings can be loaded — drop the entry to keep the tensor in float")
     missing = [f for f in REQUIRED_FIELDS if f not in entry]
     if missing:
@@ -291,11 +292,6 @@ def _check_range(lo_value: Any, hi_value: Any, bitwidth: int, scale: float, offs
                 f"{label}: {field}={value!r} disagrees with scale={scale!r} and offset={offset} (which give "
                 f"{field}={want!r}); min must be offset * scale and max = min + {steps} * scale — fix the "
                 "numbers or recompute the entry")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- matching
