@@ -3,6 +3,7 @@ beats round-to-nearest, auto_quant stops at the first stage that meets the targe
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -367,3 +368,33 @@ def test_auto_quant_passes_adaround_kwargs_through(tmp_path, monkeypatch) -> Non
                       per_channel=None, config="per_channel",
                       adaround_kwargs={"iterations": 3, "lr": 0.01})
     assert (seen["iterations"], seen["lr"], seen["per_channel"], seen["config"]) == (3, 0.01, None, "per_channel")
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_empirical_bias_correction_of_linear_layers_on_sequences(embedding: bool) -> None:
+    """A Linear on [B, T, C] adds its bias along the last dim: the channel means must be taken there (they were
+    taken along dim 1, and _add_to_bias failed with a raw size-mismatch RuntimeError). After the correction,
+    the mean output error per channel on the calibration data is ~0 against a float64 reference."""
+    torch.manual_seed(0)
+    head = [nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)]
+    net = nn.Sequential(*([nn.Embedding(20, 8)] if embedding else []), *head).eval()
+    offset = 1 if embedding else 0
+    if embedding:
+        data = [torch.randint(0, 20, (4, 6)) for _ in range(2)]
+    else:
+        data = [torch.randn(4, 6, 8) for _ in range(2)]
+    last = str(offset + 2)
+
+    def mean_error(model: nn.Module) -> torch.Tensor:
+        """Per output channel of the last layer: E[quantized output] − E[float64 output] over the data."""
+        sim = lt.QuantSim(model, data[0][:1], param_bw=4, act_bw=32, scheme="minmax")
+        sim.compute_encodings(data, progress=False)
+        reference = copy.deepcopy(net).double()
+        with torch.no_grad():
+            errors = [sim.model(x).double() - reference(x if embedding else x.double()) for x in data]
+        return torch.cat([e.reshape(-1, e.shape[-1]) for e in errors]).mean(0)
+
+    corrected = lt.bias_correction(net, data[0][:1], data, param_bw=4, act_bw=32, scheme="minmax", progress=False)
+    assert corrected.get_submodule(last).bias.shape == (3,)
+    assert mean_error(net).abs().max() > 1e-2  # 4-bit weights shift the mean visibly before the correction
+    assert torch.allclose(mean_error(corrected), torch.zeros(3, dtype=torch.float64), atol=1e-5)
