@@ -241,3 +241,12 @@ def test_report_renders_in_headless_chromium(report_file, tmp_path) -> None:
         browser.close()
     assert errors == []
     assert sizes and all(done and natural > 0 and w > 0 and h > 0 for done, natural, w, h in sizes)
+
+
+def test_labelled_and_grouped_batches_are_analysed_like_plain_ones(setup) -> None:
+    _, data, sim, eval_fn = setup
+    plain = lt.analyze(sim, eval_fn, data, sensitivity=False, progress=False)
+    labels = torch.zeros(16, dtype=torch.long)
+    for batches in ([(x, labels) for x in data], [((x,), labels) for x in data]):
+        report = lt.analyze(sim, eval_fn, batches, sensitivity=False, progress=False)
+        assert report.layer_sqnr == plain.layer_sqnr

@@ -142,8 +142,8 @@ def test_non_finite_example_input_is_named_not_blamed_on_tracing() -> None:
     x = torch.randn(1, 3, 8, 8)
     x[0, 1, 2, 3] = float("nan")
     x[0, 0, 0, 0] = float("inf")
-    with pytest.raises(lt.NonFiniteModelError, match=r"example input 0 \(shape \(1, 3, 8, 8\)\) has 1 NaN value "
-                                                     r"and 1 Inf value"):
+    # The Inf is not named: an input may hold -inf on purpose (an attention mask)
+    with pytest.raises(lt.NonFiniteModelError, match=r"example input 0 \(shape \(1, 3, 8, 8\)\) has 1 NaN value: "):
         lt.prepare(model, x)
 
 
@@ -196,3 +196,36 @@ def test_an_example_input_that_is_not_tensors_is_named_before_the_data(example, 
                  lambda: lt.compress.cost(model, example)):
         with pytest.raises(lt.InputShapeError, match=message):
             call()
+
+
+class _MaskedLinear(nn.Module):
+    """forward(x, mask): an additive attention mask (-inf above the diagonal) as a model input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.fc(x) + mask, dim=-1)
+
+
+def test_an_inf_attention_mask_input_is_accepted_and_nan_input_refused() -> None:
+    model, x = _MaskedLinear().eval(), torch.randn(5, 5)
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    assert torch.isinf(mask).any()
+    gm = lt.prepare(model, (x, mask))
+    assert torch.allclose(gm(x, mask), model(x, mask))
+    lt.QuantSim(model, (x, mask), param_bw=8, act_bw=8)
+    lt.fold_batch_norms(model, (x, mask))
+    lt.equalize(model, (x, mask))
+    lt.compress.cost(model, (x, mask))
+    with pytest.raises(lt.NonFiniteModelError, match="example input 1 .* NaN"):
+        lt.prepare(model, (x, torch.full((5, 5), float("nan"))))
+
+
+def test_a_dtype_mismatch_is_reported_as_dtype_not_shape() -> None:
+    with pytest.raises(lt.InputShapeError, match="dtype: its parameters are torch.float32 on cpu, input 0 is "
+                                                 "torch.float64"):
+        lt.prepare(nn.Linear(3, 2), torch.randn(1, 3, dtype=torch.float64))
+    with pytest.raises(lt.InputShapeError, match="of the shape the model expects"):
+        lt.prepare(nn.Linear(3, 2), torch.randn(1, 4))

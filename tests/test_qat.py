@@ -262,11 +262,24 @@ def test_empty_data_and_malformed_batches_are_refused() -> None:
     assert_unchanged(sim.model, before)
 
 
-def test_a_one_shot_iterator_is_refused_when_it_runs_dry() -> None:
+def test_a_one_shot_iterator_with_several_epochs_is_refused_before_training() -> None:
     sim, data = small_sim()
     assert len(lt.qat.fit(sim, iter(data), F.cross_entropy, epochs=1, progress=False)) == 1  # fine once
-    with pytest.raises(lt.TrainingDataError, match="epoch 2 of 3 saw no batch.*list or a DataLoader") as info:
+    before = state_snapshot(sim.model)
+    with pytest.raises(lt.TrainingDataError, match="one-shot iterator .*3 epochs.*list or a DataLoader") as info:
         lt.qat.fit(sim, (b for b in data), F.cross_entropy, epochs=3, progress=False)
-    assert len(info.value.losses) == 1  # only the epoch that ran
-    assert_all_finite(sim.model)
+    assert info.value.losses == []  # refused before the first epoch: no weight changed
+    assert_unchanged(sim.model, before)
     assert len(lt.qat.fit(sim, data, F.cross_entropy, epochs=2, progress=False)) == 2
+
+
+def test_fit_accepts_map_style_datasets_grouped_inputs_and_numpy_flags() -> None:
+    from torch.utils.data import Subset, TensorDataset
+    sim, data = small_sim()
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    dataset = TensorDataset(x[:4], y[:4])  # map-style: iterated through __getitem__ (one sample per "batch")
+    assert len(lt.qat.fit(sim, dataset, F.cross_entropy, epochs=2, progress=np.bool_(False))) == 2
+    assert len(lt.qat.fit(sim, Subset(dataset, [0, 1]), F.cross_entropy, progress=False)) == 1
+    assert len(lt.qat.fit(sim, [((x,), y)], F.cross_entropy, progress=False)) == 1  # ((inputs...), targets)
+    with pytest.raises(lt.TrainingDataError, match="targets .* NaN or Inf"):
+        lt.qat.fit(sim, [(x, y.float() * float("inf"))], F.mse_loss, progress=False)

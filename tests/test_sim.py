@@ -263,3 +263,55 @@ def test_runs_on_cuda(resnet) -> None:
     with torch.no_grad():
         out = sim.model(data[0])
     assert out.is_cuda and lt.metrics.sqnr_db(model(data[0]), out) > 20
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(4, 2)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.a(x1) + self.b(x2)
+
+
+def test_calibration_reads_grouped_inputs_and_map_style_datasets() -> None:
+    from torch.utils.data import Subset, TensorDataset
+    x1, x2, y = torch.randn(4, 3), torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+    sim = lt.QuantSim(_TwoInputs(), (x1[:1], x2[:1]), param_bw=8, act_bw=8)
+    sim.compute_encodings([((x1, x2), y)], progress=False)  # the default collate of ((x1, x2), y) samples
+    one = lt.QuantSim(nn.Linear(3, 2), x1[:1], param_bw=8, act_bw=8)
+    data = TensorDataset(x1, y)  # map-style: iterated through __getitem__
+    one.compute_encodings(data, progress=False)
+    one.compute_encodings(Subset(data, [0, 2]), progress=False)
+    with pytest.raises(lt.CalibrationDataError, match=r"\(int 1, a tuple of 2 \(\(2,\), \(2,\)\)\)"):
+        sim.compute_encodings([(1, (torch.randn(2), torch.randn(2)))], progress=False)  # shapes, not tensor reprs
+
+
+def test_calibration_still_refuses_inf_in_a_float_input() -> None:
+    sim = lt.QuantSim(nn.Linear(3, 2), torch.randn(1, 3), param_bw=8, act_bw=8)
+    with pytest.raises(lt.CalibrationDataError, match="batch 1, input 0 .* NaN or Inf"):
+        sim.compute_encodings([torch.randn(2, 3), torch.tensor([[1.0, float("-inf"), 0.0]])], progress=False)
+
+
+class _Raises(nn.Module):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.fc, self.exc = nn.Linear(3, 2), exc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and x.shape[0] == 7:
+            raise self.exc
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"),
+                                 lt.EncodingsMissingError("no encoding")])
+def test_out_of_memory_and_leantorch_errors_are_not_reported_as_a_bad_batch(exc: Exception) -> None:
+    from leantorch.batches import run_batch
+    model = _Raises(exc)
+    with pytest.raises(type(exc)) as info:
+        run_batch(model, (torch.randn(7, 3),), 0)
+    assert info.value is exc
+    with pytest.raises(lt.CalibrationDataError, match=r"batch 3 \(input shapes \[\(7, 2\)\]; the example input had "
+                                                      r"\[\(1, 3\)\]\)"):
+        run_batch(nn.Linear(3, 2), (torch.randn(7, 2),), 3, example_shapes=[(1, 3)])

@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from . import ops
+from .batches import all_finite
 from .errors import InputShapeError, InvalidOptionError, NonFiniteModelError, TraceError
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
 
@@ -229,11 +230,13 @@ def _short_repr(value: Any) -> str:
 
 
 def check_finite(model: nn.Module, inputs: tuple) -> None:
-    """Raise :class:`NonFiniteModelError` naming every float input, parameter or buffer with NaN/Inf.
+    """Raise :class:`NonFiniteModelError` naming a float input with NaN, or every parameter with NaN/Inf and
+    buffer with NaN (or Inf, in normalization statistics).
 
     Checked before tracing because NaN propagates to the outputs, where it would make the traced model look
-    different from the original and be reported as a tracing problem. Inf is allowed in buffers outside
-    normalization layers: attention masks hold -inf on purpose.
+    different from the original and be reported as a tracing problem. Inf is allowed in the example inputs
+    and in buffers outside normalization layers: attention masks hold -inf on purpose, whether passed to
+    ``forward`` (``forward(x, mask)``) or stored in the model.
 
     Example:
         >>> layer = nn.Linear(2, 2)
@@ -244,10 +247,10 @@ def check_finite(model: nn.Module, inputs: tuple) -> None:
         leantorch.errors.NonFiniteModelError: weight has 1 NaN value. The model is corrupt: ...
     """
     for j, x in enumerate(inputs):
-        count = _non_finite(x, allow_inf=False)
+        count = _non_finite(x, allow_inf=True)  # an attention mask input holds -inf on purpose
         if count:
             raise NonFiniteModelError(f"example input {j} (shape {tuple(x.shape)}) has {count}: pass an example "
-                                      "input without NaN/Inf (any real sample of your data will do).")
+                                      "input without NaN (any real sample of your data will do).")
     found = [(name, count) for name, p in model.named_parameters() if (count := _non_finite(p, allow_inf=False))]
     for prefix, module in model.named_modules():
         statistics = isinstance(module, nn.modules.batchnorm._NormBase)  # running mean/var must be finite
@@ -269,7 +272,7 @@ def _non_finite(x: Any, allow_inf: bool) -> str:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         return ""
     x = x.detach()
-    if bool(torch.isfinite(x).all()):  # the common case costs one reduction
+    if all_finite(x):  # the common case costs one min/max reduction
         return ""
     nan, inf = int(torch.isnan(x).sum()), 0 if allow_inf else int(torch.isinf(x).sum())
     parts = [f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
@@ -292,11 +295,29 @@ def run_checked(model: nn.Module, inputs: tuple) -> Any:
             return model(*inputs)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-            raise InputShapeError(
-                f"the model fails on the example input of shape(s) {shapes}: {exc}. "
-                "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
-                "ImageNet classifier)."
-            ) from exc
+            mismatch = _dtype_device_mismatch(model, inputs)
+            fix = (f"Pass an example input of the model's {mismatch}" if mismatch else
+                   "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
+                   "ImageNet classifier)")
+            raise InputShapeError(f"the model fails on the example input of shape(s) {shapes}: {exc}. {fix}.") from exc
+
+
+def _dtype_device_mismatch(model: nn.Module, inputs: tuple) -> str:
+    """How the float inputs differ from the model's first float parameter in dtype/device ("" if they do not):
+    e.g. "dtype and device: the model's parameters are torch.float32 on cpu, input 0 is torch.float64 on cpu"."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return ""
+    for j, x in enumerate(inputs):
+        if not isinstance(x, torch.Tensor):
+            continue
+        dtype = x.is_floating_point() and x.dtype != param.dtype
+        device = x.device != param.device
+        if dtype or device:
+            what = " and ".join(w for w, bad in (("dtype", dtype), ("device", device)) if bad)
+            return (f"{what}: its parameters are {param.dtype} on {param.device}, input {j} is {x.dtype} on "
+                    f"{x.device} (e.g. x.to(dtype={param.dtype}, device='{param.device}'))")
+    return ""
 
 
 def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> fx.GraphModule:

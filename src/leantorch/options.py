@@ -20,13 +20,17 @@ import math
 import numbers
 from typing import Any, Iterable
 
+import numpy as np
+
 from .errors import InvalidOptionError
 
 
 def check_flag(name: str, value: Any, allow_none: bool = False) -> bool | None:
     """``value`` if it is a bool (or None when ``allow_none``), else :class:`InvalidOptionError`."""
-    if isinstance(value, bool) or (allow_none and value is None):
-        return value
+    if isinstance(value, (bool, np.bool_)):  # numpy's bool (e.g. from a comparison of arrays) is a flag too
+        return bool(value)
+    if allow_none and value is None:
+        return None
     allowed = "True, False or None" if allow_none else "True or False"
     raise InvalidOptionError(f"{name}={value!r}: pass {allowed} (a {type(value).__name__} is not a flag)")
 

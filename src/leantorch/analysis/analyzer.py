@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batches import check_iterable
+from ..batches import check_iterable, model_inputs, run_batch
 from ..errors import CalibrationDataError, EncodingsMissingError, UnknownLayerError
 from ..metrics import sqnr_db_from_sums
 from ..options import as_names, check_count
@@ -110,8 +110,8 @@ def analyze(
 
 
 def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None,
-                 bins: int) -> list[Any]:
-    """The batches to analyse, checked before the (expensive) sensitivity sweep rather than after it."""
+                 bins: int) -> list[tuple[torch.Tensor, ...]]:
+    """The model inputs of the batches to analyse, checked before the (expensive) sensitivity sweep rather than after it."""
     check_count("bins", bins, hint=" (the number of histogram bins)")
     if num_batches is not None:
         check_count("num_batches", num_batches, hint=", or None for all batches")
@@ -123,9 +123,10 @@ def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: 
     if not data:
         raise CalibrationDataError("calibration data is empty: lt.analyze needs at least one batch for SQNR, "
                                    "ranges and histograms")
-    for index, batch in enumerate(data):
-        sim._to_inputs(batch, index)  # raises CalibrationDataError naming the batch (NaN/Inf, wrong structure)
-    return data
+    # CalibrationDataError names a batch of the wrong structure or with NaN/Inf. The inputs stay where they are
+    # (each batch is moved to the sim's device when it runs, not the whole set at once).
+    num_inputs = len(sim.example_input)
+    return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
 def name_list(names: list[str], limit: int = 30) -> str:
@@ -183,7 +184,7 @@ def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configure
     return rows
 
 
-def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data: list[Any], bins: int,
+def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data: list[tuple], bins: int,
                          progress: bool) -> tuple[dict[str, float], dict[str, ActivationStats]]:
     """Per-layer output SQNR (quantized vs FP32) and histograms of what each activation quantizer sees.
 
@@ -198,7 +199,7 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     hi: dict[str, torch.Tensor] = {}
     bar = tqdm(total=2 * len(data), desc="per-layer SQNR and ranges", unit="pass", disable=not progress, leave=False)
     for index, batch in enumerate(data):
-        inputs = sim._to_inputs(batch, index)
+        inputs = _on_device(sim, batch)
         _enable(configured, lambda q: False)
         with _capture_outputs(wrappers) as reference:
             _run(sim, inputs, index)
@@ -224,7 +225,7 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     with _observe_inputs(watched, _histogram(counts, edges, bins)):
         for index, batch in enumerate(tqdm(data, desc="activation histograms", unit="batch", disable=not progress,
                                            leave=False)):
-            _run(sim, sim._to_inputs(batch, index), index)
+            _run(sim, _on_device(sim, batch), index)
     sqnr = {n: sqnr_db_from_sums(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
     stats = {}
     for n in counts:
@@ -235,17 +236,16 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
     return sqnr, stats
 
 
+def _on_device(sim: QuantSim, inputs: tuple) -> tuple:
+    return tuple(x.to(sim.device) for x in inputs)
+
+
 def _run(sim: QuantSim, inputs: tuple, index: int) -> None:
     was_training = sim.model.training
     sim.model.eval()
     try:
         with torch.no_grad():
-            sim.model(*inputs)
-    except RuntimeError as err:  # torch names a layer's weight, not the batch: say which batch does not fit
-        raise CalibrationDataError(
-            f"the model fails on calibration batch {index} (input shapes {[tuple(x.shape) for x in inputs]}; the "
-            f"example input had {[tuple(x.shape) for x in sim.example_input]}): {err}. Give batches shaped like "
-            "the example input.") from err
+            run_batch(sim.model, inputs, index, example_shapes=[tuple(x.shape) for x in sim.example_input])
     finally:
         sim.model.train(was_training)
 

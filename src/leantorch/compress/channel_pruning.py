@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import CalibrationDataError
+from ..batches import run_batch
 from ..graph import as_tuple
 
 # Modules that act on each channel separately and keep the channel count.
@@ -137,14 +137,8 @@ def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterab
         with torch.no_grad():
             for index, batch in enumerate(data):
                 inputs = tuple(x.to(device) for x in as_tuple(batch))  # the model inputs of a batch
-                try:
-                    model(*inputs)
-                    original(*inputs)
-                except RuntimeError as err:  # torch names a layer's weight; say which batch does not fit
-                    raise CalibrationDataError(
-                        f"the model fails on calibration batch {index} (input shapes "
-                        f"{[tuple(x.shape) for x in inputs]}): {err}. Give batches shaped like the example "
-                        "input.") from err
+                run_batch(model, inputs, index)  # a batch that does not fit: CalibrationDataError naming it
+                run_batch(original, inputs, index)
                 x = captured["current"]
                 out_h, out_w = (math.floor((x.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] *
                                             (conv.kernel_size[d] - 1) - 1) / conv.stride[d]) + 1 for d in (0, 1))

@@ -14,6 +14,7 @@ so that small fine-tuning batches cannot corrupt them.
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import math
 import warnings
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batches import model_inputs
+from ..batches import all_finite, is_iterable, model_inputs
 from ..errors import EncodingsMissingError, TrainingDataError, TrainingDivergedError
 from ..options import check_choice, check_count, check_flag, check_positive
 from .quantizer import Quantizer
@@ -65,8 +66,8 @@ def fit(
         InvalidOptionError: ``epochs``, ``lr``, ``range_lr``, ``weight_decay``, ``optimizer`` or ``progress``
             out of range (checked before the sim is touched).
         EncodingsMissingError: the sim was not calibrated.
-        TrainingDataError: the data is empty, an epoch after the first sees no batch (a one-shot iterator:
-            pass a list or a DataLoader), a batch is not ``(inputs, targets)``, holds fewer input tensors than
+        TrainingDataError: the data is empty, is a one-shot iterator while ``epochs > 1`` (refused before
+            training; pass a list or a DataLoader), an epoch after the first sees no batch, a batch is not ``(inputs, targets)``, holds fewer input tensors than
             the model takes, or holds NaN/Inf (checked before that batch's forward; the steps before it stay
             taken).
         TrainingDivergedError: the loss or an update became NaN/Inf; the trained tensors are restored to
@@ -84,9 +85,15 @@ def fit(
         2
     """
     _check_options(epochs, lr, range_lr, optimizer, weight_decay, progress)
-    if train_batches is None or isinstance(train_batches, torch.Tensor) or not hasattr(train_batches, "__iter__"):
+    if train_batches is None or isinstance(train_batches, torch.Tensor) or not is_iterable(train_batches):
         raise TrainingDataError(f"train_batches is a {type(train_batches).__name__}: pass an iterable of "
                                 "(inputs, targets) batches, such as a list or a DataLoader")
+    if epochs > 1 and isinstance(train_batches, collections.abc.Iterator):  # refused before any weight changes
+        error = TrainingDataError(
+            f"train_batches is a one-shot iterator ({type(train_batches).__name__}): the first of the {epochs} "
+            "epochs would use it up. Pass a re-iterable such as a list or a DataLoader, or epochs=1.")
+        error.losses = []  # type: ignore[attr-defined]  # no epoch ran
+        raise error
     model = sim.model
     missing = [name for name, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
@@ -178,7 +185,7 @@ class _LastGoodState:
     @torch.no_grad()
     def current_is_finite(self) -> bool:
         # One reduction per tensor and a single device sync for all of them.
-        return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
+        return all_finite(*self.params)
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodState, batches: Iterable[Any],
@@ -227,7 +234,9 @@ def _batch_tensors(batch: Any, step: int, num_inputs: int, device: torch.device)
     targets = batch[-1]
     inputs = model_inputs(batch[0] if len(batch) == 2 else batch[:-1], num_inputs, step, error=TrainingDataError,
                           what="training batch", device=device)
-    if isinstance(targets, torch.Tensor) and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+    if isinstance(targets, torch.Tensor):
+        targets = targets.to(device)  # checked where it will be used
+    if isinstance(targets, torch.Tensor) and not all_finite(targets):
         raise TrainingDataError(f"training batch {step}, the targets (shape {tuple(targets.shape)}) contain NaN or "
                                 "Inf; clean or drop that batch.")
-    return inputs, targets.to(device) if isinstance(targets, torch.Tensor) else targets
+    return inputs, targets

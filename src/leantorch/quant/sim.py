@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..batches import check_iterable, model_inputs
+from ..batches import check_iterable, model_inputs, run_batch
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
 from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
@@ -217,16 +217,7 @@ class QuantSim:
                 if num_batches is not None and index >= num_batches:
                     break
                 inputs = self._to_inputs(batch, index)
-                try:
-                    self.model(*inputs)
-                except RuntimeError as err:
-                    # torch's message names a layer's weight, not the batch; say which batch and what fits
-                    shapes = [tuple(x.shape) for x in inputs]
-                    expected = [tuple(x.shape) for x in self.example_input]
-                    raise CalibrationDataError(
-                        f"the model fails on calibration batch {index} (input shapes {shapes}; the example "
-                        f"input had {expected}): {err}. Give batches shaped like the example input."
-                    ) from err
+                run_batch(self.model, inputs, index, example_shapes=[tuple(x.shape) for x in self.example_input])
                 seen += 1
                 bar.update(1)
         finally:
@@ -235,7 +226,8 @@ class QuantSim:
             raise CalibrationDataError("calibration data is empty: pass at least one batch")
 
     def _to_inputs(self, batch: Any, index: int) -> tuple:
-        """Model inputs of one calibration batch on the sim's device (:func:`leantorch.batches.model_inputs`)."""
+        """Model inputs of one calibration batch on the sim's device (:func:`leantorch.batches.model_inputs`);
+        CalibrationDataError names a batch that is not one (wrong structure, NaN/Inf)."""
         return model_inputs(batch, len(self.example_input), index, device=self.device)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
