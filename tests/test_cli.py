@@ -383,3 +383,46 @@ def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_cha
     encodings = json.loads((tmp_path / "o" / "adaround.encodings").read_text())
     params = encodings.get("param_encodings", encodings)
     assert params and all(len(v) > 1 for v in params.values()), "weights rounded per tensor"
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--cle"], "--cle"), (["--fold-bn"], "--fold-bn"), (["--bias-correction", "empirical"], "--bias-correction"),
+    (["--adaround"], "--adaround"), (["--cle", "--adaround"], "--cle --adaround"),
+])
+def test_auto_with_a_technique_flag_is_a_usage_error_before_any_work(tmp_path, data_file, no_long_work, capsys,
+                                                                     flags, named) -> None:
+    """--auto picks the techniques itself: a technique flag beside it used to be silently ignored."""
+    before = _files(tmp_path)
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(tmp_path / "o"), "--auto", *flags]) == 2
+    _one_error_line(capsys, "--auto chooses the techniques itself", f"drop {named}")
+    assert _files(tmp_path) == before and no_long_work == []
+
+
+def test_auto_passes_the_adaround_options_to_auto_quant(tmp_path, data_file, monkeypatch, capsys) -> None:
+    """--adaround-iterations/--adaround-lr used to be ignored by --auto (AdaRound then ran 10,000 iterations)."""
+    import leantorch.ptq.auto as auto
+
+    seen: dict = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # only the arguments matter
+
+    monkeypatch.setattr(auto, "auto_quant", recording)
+    argv = [*QUANTIZE, "--data", data_file, "--out", str(tmp_path / "o"), "--auto", "--adaround-iterations", "500",
+            "--adaround-lr", "0.01", "--config", "per_channel", "--no-progress"]
+    assert main(argv) == 130
+    assert seen["adaround_kwargs"] == {"iterations": 500, "lr": 0.01}
+    assert seen["per_channel"] is None and seen["config"] == "per_channel"
+
+
+def test_unknown_layer_lists_at_most_30_names(capsys) -> None:
+    from leantorch.cli import _check_names
+    from leantorch.errors import UnknownLayerError
+
+    valid = [f"layers.{i}.conv" for i in range(300)]
+    with pytest.raises(UnknownLayerError) as info:
+        _check_names("--skip", [f"nope{i}" for i in range(100)], valid)
+    message = str(info.value)
+    assert "layers.29.conv" in message and "layers.30.conv" not in message and "(300 in all)" in message
+    assert "nope29" in message and "nope30" not in message and "(100 in all)" in message

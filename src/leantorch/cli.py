@@ -31,7 +31,7 @@ from .cli_args import UsageError, build_parser
 from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
-from .graph import check_finite
+from .graph import check_finite, prepare
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
@@ -147,17 +147,40 @@ def _check_sweep_layers(sim: QuantSim, layers: Sequence[str] | None) -> None:
 
 
 def _check_names(option: str, names: Sequence[str], valid: Sequence[str]) -> None:
+    """Every name must be in ``valid``; the message lists at most :data:`_MAX_NAMES` of each (a model may
+    have hundreds of layers)."""
     unknown = [n for n in names if n not in valid]
     if unknown:
-        shown = ", ".join(valid[:30]) + (f", … ({len(valid)} in all)" if len(valid) > 30 else "")
-        raise UnknownLayerError(f"{option}: no layer named {', '.join(unknown)}; choose from {shown}")
+        raise UnknownLayerError(f"{option}: no layer named {_some(unknown)}; choose from {_some(valid)}")
+
+
+_MAX_NAMES = 30
+
+
+def _some(names: Sequence[str]) -> str:
+    """The first :data:`_MAX_NAMES` names, then how many there are in all."""
+    shown = ", ".join(names[:_MAX_NAMES])
+    return shown + (f", … ({len(names)} in all)" if len(names) > _MAX_NAMES else "")
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def _check_auto(args: argparse.Namespace) -> None:
+    """--auto picks BN fold / CLE / AdaRound itself: a technique flag beside it would be silently ignored."""
+    if not args.auto:
+        return
+    chosen = [flag for flag, on in (("--fold-bn", args.fold_bn), ("--cle", args.cle),
+                                    ("--bias-correction", args.bias_correction), ("--adaround", args.adaround)) if on]
+    if chosen:
+        raise InvalidOptionError(f"--auto chooses the techniques itself; drop {' '.join(chosen)} (or drop --auto "
+                                 "to apply them yourself). --adaround-iterations and --adaround-lr do apply to "
+                                 "--auto's AdaRound stage")
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .evaluation import Agreement, markdown_table, model_outputs
     from .ptq.auto import auto_quant
 
+    _check_auto(args)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
         model, data = _model_and_data(args, args.num_samples, CalibrationDataError)
@@ -173,7 +196,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 return Agreement.of(reference, model_outputs(candidate, calib, progress=False)).top1
 
             result = auto_quant(model, example, calib, agreement, allowed_drop=args.allowed_drop, path=out,
-                                progress=progress, **_sim_options(args))
+                                progress=progress, **_sim_options(args),
+                                adaround_kwargs={"iterations": args.adaround_iterations, "lr": args.adaround_lr})
             print(markdown_table(result.stages))
             sim = result.sim
         else:
@@ -231,7 +255,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         evals = batches(data[args.num_samples:], args.batch_size)
         example = calib[0][:1]
         if args.skip:
-            _check_names("--skip", args.skip, list(compression.cost(_prepare(model, example), example).layers))
+            _check_names("--skip", args.skip, list(compression.cost(prepare(model, example), example).layers))
         # The long part starts here.
         reference = model_outputs(model, evals, progress=False)
 
@@ -253,12 +277,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     final = Path(args.out)
     print(f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}")
     return 0
-
-
-def _prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    from .graph import prepare
-
-    return prepare(model, example)
 
 
 def _export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
