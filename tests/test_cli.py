@@ -15,6 +15,7 @@ import torch
 
 from leantorch.cli import build_parser, main
 from leantorch.errors import DataError, ExportError
+from leantorch.models import ResNetSmall
 from leantorch.quant.sim import QuantSim
 
 
@@ -75,7 +76,15 @@ def test_compress_writes_model_onnx_report_and_curves(tmp_path, capsys) -> None:
 def test_compress_failure_keeps_the_cache_and_the_earlier_outputs(tmp_path, monkeypatch, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
     out = tmp_path / "c"
-    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+
+    def seeded_model() -> torch.nn.Module:  # the same weights each run: the cache is keyed on them
+        torch.manual_seed(0)
+        return ResNetSmall()
+
+    models = types.ModuleType("seeded_models")
+    models.resnet = seeded_model
+    monkeypatch.setitem(sys.modules, "seeded_models", models)
+    args = ["compress", "--model", "seeded_models:resnet", "--data", str(tmp_path / "data.npy"),
             "--target", "0.7", "--candidates", "4", "--num-samples", "4", "--eval-samples", "4",
             "--out", str(out), "--no-progress"]
     assert main(args) == 0
