@@ -145,9 +145,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
                    "weight encodings")
     p.add_argument("--adaround-iterations", type=_positive_int, default=10_000, help="AdaRound iterations per "
-                   "layer (default 10000, as in the paper)")
-    p.add_argument("--adaround-lr", type=_positive_float, default=1e-3, help="AdaRound Adam learning rate, > 0 "
-                   "(default 1e-3, as in the paper; 1000 iterations at 1e-2 reach about the same objective ten "
+                   "layer, also for --auto's AdaRound stage (default 10000, as in the paper)")
+    p.add_argument("--adaround-lr", type=_positive_float, default=1e-3, help="AdaRound Adam learning rate, > 0, "
+                   "also for --auto (default 1e-3, as in the paper; 1000 iterations at 1e-2 reach about the same objective ten "
                    "times faster)")
 
 
@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     _add_model_options(q)
     q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
-                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop")
+                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses the "
+                   "techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction or --adaround")
     q.add_argument("--allowed-drop", type=_non_negative_float, default=0.01, help="allowed top-1 agreement drop "
                    "for --auto, ≥ 0 (default 0.01)")
     q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
