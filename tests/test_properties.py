@@ -924,3 +924,29 @@ def test_non_object_json_config_raises_config_error(text) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError):
             lt.QuantSim(model, x, config=str(path))
+
+
+@settings(PROPS, max_examples=60)
+@given(st.lists(st.sampled_from([0.0, -1.5, 3e38, float("nan"), float("inf"), float("-inf")]), max_size=6),
+       st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+def test_all_finite_agrees_with_isfinite(values: list[float], dtype: torch.dtype) -> None:
+    from leantorch.batches import all_finite
+    x = torch.tensor(values, dtype=torch.float64).to(dtype)  # 3e38 overflows to Inf in float16
+    assert all_finite(x) == bool(torch.isfinite(x).all())
+    assert all_finite(x, torch.ones(2)) == all_finite(x)
+    assert all_finite(torch.tensor([1, 2]))  # integers cannot hold NaN/Inf
+
+
+def test_numpy_bools_are_flags() -> None:
+    from leantorch.options import check_flag
+    assert check_flag("progress", np.bool_(False)) is False
+    assert check_flag("progress", np.array([1, 2]).all()) is True
+    with pytest.raises(lt.InvalidOptionError, match="progress=1: pass True or False"):
+        check_flag("progress", 1)
+
+
+def test_values_beyond_float32_are_named_only_for_float64() -> None:
+    for dtype, match in ((torch.float64, "beyond float32's largest value"), (torch.float32, "NaN or Inf")):
+        q = Quantizer(8, scheme="minmax", name="t")
+        with pytest.raises(CalibrationDataError, match=match):
+            q.encoding_from_tensor(torch.tensor([1.0, 1e39], dtype=torch.float64).to(dtype))
