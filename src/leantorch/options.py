@@ -90,5 +90,16 @@ def as_names(name: str, value: str | Iterable[str]) -> list[str]:
     return names
 
 
+def name_list(names: list[str], limit: int = 30) -> str:
+    """Names for an error message: all of them, or the first ``limit`` and how many more.
+
+    Example:
+        >>> name_list([f"layer{i}" for i in range(40)], limit=2)
+        'layer0, layer1, … (38 more)'
+    """
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … ({len(names) - limit} more)"
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..batches import check_iterable, model_inputs, run_batch
 from ..errors import CalibrationDataError, EncodingsMissingError, UnknownLayerError
 from ..metrics import sqnr_db_from_sums
-from ..options import as_names, check_count
+from ..options import as_names, check_count, name_list
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
@@ -127,12 +127,6 @@ def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: 
     # (each batch is moved to the sim's device when it runs, not the whole set at once).
     num_inputs = len(sim.example_input)
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
-
-
-def name_list(names: list[str], limit: int = 30) -> str:
-    """Names for an error message: all of them, or the first ``limit`` and how many more."""
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown}, … ({len(names) - limit} more)"
 
 
 def _layer_quantizers(sim: QuantSim, configured: dict[Quantizer, bool]) -> dict[str, list[Quantizer]]:

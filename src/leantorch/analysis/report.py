@@ -83,8 +83,8 @@ class AnalysisReport:
         Example:
             >>> report.add_equalization(folded, lt.equalize(model, x))  # doctest: +SKIP
         """
-        from ..options import as_names
-        from .analyzer import name_list, weight_ranges
+        from ..options import as_names, name_list
+        from .analyzer import weight_ranges
 
         old, new = weight_ranges(before), weight_ranges(after)
         common = [n for n in old if n in new and len(old[n].min) == len(new[n].min)]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
 from ..graph import example_inputs, prepare
-from ..options import as_names, check_count
+from ..options import as_names, check_count, name_list
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
 from .channel_pruning import (PruningPath, channels_for_ratio, prune_channels, prunable_layer, pruning_path,
@@ -310,7 +310,7 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
     unknown = [n for n in skip if n not in costs.layers]
     if unknown and check_skip:  # later stages see renamed layers (an SVD pair is "<name>.0", "<name>.1")
         raise UnknownLayerError(f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
-                                f"({len(costs.layers)}): {', '.join(costs.layers)}")
+                                f"({len(costs.layers)}): {name_list(list(costs.layers))}")
     stage = _Stage(gm, scheme, costs, skip, data, multiple, samples_per_image)
     if not stage.layers:
         raise CompressionError(f"no layer can be compressed by {scheme}: "
@@ -363,7 +363,7 @@ def _manual_ratios(ratios: dict[str, float], stage: _Stage) -> dict[str, float]:
     unknown = [n for n in ratios if n not in stage.costs.layers]
     if unknown:
         raise UnknownLayerError(f"ratios={unknown}: not a conv/linear layer of the model; valid names "
-                                f"({len(stage.costs.layers)}): {', '.join(stage.costs.layers)}")
+                                f"({len(stage.costs.layers)}): {name_list(list(stage.costs.layers))}")
     bad = {n: r for n, r in ratios.items() if n not in stage.layers or not (0.0 < r <= 1.0)}
     if bad:
         reasons = {n: stage.skipped.get(n, "not a layer of the model" if n not in stage.costs.layers
