@@ -28,7 +28,7 @@ from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, example_inputs, prepare
 from ..options import check_count
 from ..quant.sim import QuantSim
-from .layer_io import Batch, StopForward, run_on
+from .layer_io import Batch, StopForward, channel_means, run_on, stop_after
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def bias_correction(
     sim.compute_encodings(data if data else (lambda m: m(*as_tuple(example_input))), progress=False)
     layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
               and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active]
-    float_means = _float_means(gm, layers, data) if data else {}
+    float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}
     for name in tqdm(layers, desc="bias correction", unit="layer", disable=not progress, leave=False):
         expected = _expected_input(gm, name, stats) if method != "empirical" else None
@@ -127,62 +127,15 @@ def _take(calibration: Iterable[Any] | None, num_samples: int, num_inputs: int) 
     return batches
 
 
-def _output_mean(layer: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Float64 mean of ``layer``'s output per output channel, and the number of values per channel.
-
-    The channels are where the bias is added: the last dim of a Linear output (``[B, C]``, ``[B, T, C]`` …),
-    dim 1 of a convolution's (``[B, C, H, W]``)."""
-    y = y.detach().double()
-    if isinstance(layer, nn.Linear) or y.dim() < 3:
-        flat = y.reshape(-1, y.shape[-1])
-        return flat.mean(0), flat.shape[0]
-    dims = [d for d in range(y.dim()) if d != 1]
-    return y.mean(dim=dims), y.numel() // y.shape[1]
-
-
-def _float_means(gm: fx.GraphModule, layers: list[str], data: list[Batch]) -> dict[str, torch.Tensor]:
-    """Per-channel output means of the named layers of the float model over ``data`` (one pass per batch)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys(layers, 0)
-    handles = []
-    for name in layers:
-        layer = gm.get_submodule(name)
-
-        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor, name: str = name, layer: nn.Module = layer) -> None:
-            mean, n = _output_mean(layer, out)
-            sums[name] = sums[name] + mean * n if name in sums else mean * n
-            counts[name] += n
-        handles.append(layer.register_forward_hook(hook))
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad():
-            for x in data:
-                run_on(gm, x, device)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: sums[name] / counts[name] for name in layers if counts[name]}
-
-
 def _quantized_means(sim: QuantSim, name: str, data: list[Batch]) -> torch.Tensor:
     """Per-channel output mean of layer ``name`` in the quantized-so-far simulated model (each pass stops there)."""
     wrapper = sim.layers()[name]
-    captured: list[tuple[torch.Tensor, int]] = []
-
-    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
-        captured.append(_output_mean(wrapper.module, out))
-        raise StopForward
-
-    handle = wrapper.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for x in data:
-                try:
-                    run_on(sim.model, x, sim.device)
-                except StopForward:
-                    pass
-    finally:
-        handle.remove()
+    with stop_after(wrapper, wrapper.module) as captured, torch.no_grad():
+        for x in data:
+            try:
+                run_on(sim.model, x, sim.device)
+            except StopForward:
+                pass
     total = sum(mean * n for mean, n in captured)
     return total / sum(n for _, n in captured)
 

@@ -27,23 +27,28 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has run."""
 
 
-def _channel_mean(y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean per channel (dim 1 for ≥3-D tensors, last dim otherwise) and the number of samples."""
+def _channel_mean(y: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, int]:
+    """Float64 mean of ``layer``'s output per output channel, and the number of values per channel.
+
+    The channels are where the bias is added: the last dim of a Linear output (``[B, C]``, ``[B, T, C]`` …),
+    dim 1 of a convolution's (``[B, C, H, W]``)."""
     y = y.detach().double()
-    if y.dim() >= 3:
-        dims = [d for d in range(y.dim()) if d != 1]
-        return y.mean(dim=dims), y.numel() // y.shape[1]
-    flat = y.reshape(-1, y.shape[-1])
-    return flat.mean(0), flat.shape[0]
+    if isinstance(layer, nn.Linear) or y.dim() < 3:
+        flat = y.reshape(-1, y.shape[-1])
+        return flat.mean(0), flat.shape[0]
+    dims = [d for d in range(y.dim()) if d != 1]
+    return y.mean(dim=dims), y.numel() // y.shape[1]
 
 
 @contextlib.contextmanager
-def stop_after(module: nn.Module) -> Iterator[list[tuple[torch.Tensor, int]]]:
-    """While active, ``module``'s forward appends (channel mean, count) of its output and stops the pass."""
+def stop_after(module: nn.Module, layer: nn.Module | None = None) -> Iterator[list[tuple[torch.Tensor, int]]]:
+    """While active, ``module``'s forward appends (channel mean, count) of its output and stops the pass.
+
+    ``layer`` is the layer whose channels are meant (default ``module``; the wrapped layer for a wrapper)."""
     captured: list[tuple[torch.Tensor, int]] = []
 
     def hook(_m: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        captured.append(_channel_mean(output))
+        captured.append(_channel_mean(output, layer if layer is not None else module))
         raise StopForward
 
     handle = module.register_forward_hook(hook)
@@ -59,11 +64,13 @@ def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dic
     counts: dict[str, int] = {name: 0 for name in layers}
     handles = []
     for name in layers:
-        def hook(_m, _i, out, name=name):  # type: ignore[no-untyped-def]
-            mean, n = _channel_mean(out)
-            sums[name] = sums.get(name, 0) + mean * n
+        layer = model.get_submodule(name)
+
+        def hook(_m, _i, out, name=name, layer=layer):  # type: ignore[no-untyped-def]
+            mean, n = _channel_mean(out, layer)
+            sums[name] = sums[name] + mean * n if name in sums else mean * n
             counts[name] += n
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
+        handles.append(layer.register_forward_hook(hook))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
