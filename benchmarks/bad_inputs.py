@@ -589,7 +589,10 @@ def register_example_input() -> None:
 
     for label, expect, factory in variants:
         for api in ("prepare", "QuantSim", "fold_batch_norms", "equalize", "bias_correction", "compress.cost"):
-            add("example input", f"{api}(example_input={label})", expect, make(api, factory))
+            # Inf is legal in an example input (attention masks hold -inf) and MACs do not depend on values,
+            # so the cost model may accept it; the APIs that run the values must still refuse what it causes.
+            allowed = (*expect, OK) if (api, label) == ("compress.cost", "Inf") else expect
+            add("example input", f"{api}(example_input={label})", allowed, make(api, factory))
 
 
 def register_models() -> None:
