@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import fx, nn
@@ -28,7 +28,8 @@ from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, example_inputs, prepare
 from ..options import check_count
 from ..quant.sim import QuantSim
-from .layer_io import Batch, StopForward, channel_means, run_on, stop_after
+from .frontier import Frontier
+from .layer_io import Batch, channel_mean, channel_means
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,24 @@ def bias_correction(
               and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active]
     float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}
-    for name in tqdm(layers, desc="bias correction", unit="layer", disable=not progress, leave=False):
-        expected = _expected_input(gm, name, stats) if method != "empirical" else None
-        if expected is not None:
-            shift = _analytical_shift(sim, name, expected)
-            counts["analytical"] += 1
-        elif method != "analytical":
-            shift = float_means[name] - _quantized_means(sim, name, data)
-            counts["empirical"] += 1
-        else:
-            continue
-        _add_to_bias(gm.get_submodule(name), shift)
-        _add_to_bias(sim.layers()[name].module, shift)
+    bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=not progress, leave=False)
+    with torch.no_grad():
+        for name, quantized_outputs, frontier in _layers_in_order(sim, layers, data):
+            bar.update(1)
+            expected = _expected_input(gm, name, stats) if method != "empirical" else None
+            if expected is not None:
+                shift = _analytical_shift(sim, name, expected)
+                counts["analytical"] += 1
+            elif method != "analytical":
+                shift = float_means[name] - _mean_of(sim.layers()[name].module, quantized_outputs)
+                counts["empirical"] += 1
+            else:
+                continue
+            _add_to_bias(gm.get_submodule(name), shift)
+            _add_to_bias(sim.layers()[name].module, shift)
+            if frontier is not None:
+                frontier.rerun()  # later layers must see this layer's corrected output
+    bar.close()
     log.info("bias correction: %(analytical)d analytical, %(empirical)d empirical", counts)
     gm.output_stats = stats
     return gm
@@ -127,17 +134,31 @@ def _take(calibration: Iterable[Any] | None, num_samples: int, num_inputs: int) 
     return batches
 
 
-def _quantized_means(sim: QuantSim, name: str, data: list[Batch]) -> torch.Tensor:
-    """Per-channel output mean of layer ``name`` in the quantized-so-far simulated model (each pass stops there)."""
-    wrapper = sim.layers()[name]
-    with stop_after(wrapper, wrapper.module) as captured, torch.no_grad():
-        for x in data:
-            try:
-                run_on(sim.model, x, sim.device)
-            except StopForward:
-                pass
-    total = sum(mean * n for mean, n in captured)
-    return total / sum(n for _, n in captured)
+def _layers_in_order(sim: QuantSim, layers: list[str], data: list[Batch]
+                     ) -> Iterator[tuple[str, list[torch.Tensor], Frontier | None]]:
+    """Each layer with its quantized outputs on ``data`` in the model corrected so far, in graph order.
+
+    With data, the calibration set is advanced through ``sim.model`` once (:class:`Frontier`): each layer's
+    outputs come from the live activations, not from re-running the model up to it, so the sweep costs one
+    forward pass instead of one per layer. Without data (analytical), the layers come in the same order."""
+    wanted = set(layers)
+    if not data:
+        graph_order = [str(n.target) for n in sim.model.graph.nodes if n.op == "call_module"]
+        for name in dict.fromkeys(n for n in graph_order if n in wanted):
+            yield name, [], None
+        return
+    frontier = Frontier(sim.model, [tuple(x.to(sim.device) for x in as_tuple(batch)) for batch in data])
+    for node, outputs in frontier:
+        name = str(node.target)
+        if node.op == "call_module" and name in wanted:
+            wanted.discard(name)  # a layer called twice is corrected at its first call, as before
+            yield name, outputs, frontier
+
+
+def _mean_of(layer: nn.Module, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Per-channel mean of ``layer``'s outputs over all batches (float64)."""
+    parts = [channel_mean(y, layer) for y in outputs]
+    return sum(mean * n for mean, n in parts) / sum(n for _, n in parts)
 
 
 def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor | None:

@@ -1,13 +1,13 @@
 """Capturing what flows into and out of layers: channel means, cached inputs/outputs, early stop.
 
 Running a model only up to the layer of interest (raising :class:`StopForward` from a hook) halves the
-cost of the layer-by-layer passes of bias correction and AdaRound on average.
+cost of AdaRound's layer-by-layer passes on average (bias correction advances a :class:`~.frontier.Frontier`
+instead, which costs one pass in all).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has run."""
 
 
-def _channel_mean(y: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, int]:
+def channel_mean(y: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, int]:
     """Float64 mean of ``layer``'s output per output channel, and the number of values per channel.
 
     The channels are where the bias is added: the last dim of a Linear output (``[B, C]``, ``[B, T, C]`` …),
@@ -40,24 +40,6 @@ def _channel_mean(y: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, int]
     return y.mean(dim=dims), y.numel() // y.shape[1]
 
 
-@contextlib.contextmanager
-def stop_after(module: nn.Module, layer: nn.Module | None = None) -> Iterator[list[tuple[torch.Tensor, int]]]:
-    """While active, ``module``'s forward appends (channel mean, count) of its output and stops the pass.
-
-    ``layer`` is the layer whose channels are meant (default ``module``; the wrapped layer for a wrapper)."""
-    captured: list[tuple[torch.Tensor, int]] = []
-
-    def hook(_m: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        captured.append(_channel_mean(output, layer if layer is not None else module))
-        raise StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
 def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dict[str, torch.Tensor]:
     """Per-channel output means of the named layers of ``model`` over ``data`` (one pass per batch)."""
     sums: dict[str, torch.Tensor] = {}
@@ -67,7 +49,7 @@ def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dic
         layer = model.get_submodule(name)
 
         def hook(_m, _i, out, name=name, layer=layer):  # type: ignore[no-untyped-def]
-            mean, n = _channel_mean(out, layer)
+            mean, n = channel_mean(out, layer)
             sums[name] = sums[name] + mean * n if name in sums else mean * n
             counts[name] += n
         handles.append(layer.register_forward_hook(hook))

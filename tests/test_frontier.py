@@ -1,0 +1,83 @@
+"""Frontier: node-by-node advance of a data set equals plain forward passes; bias correction built on it
+equals the layer-by-layer algorithm that re-runs the model for every layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+import leantorch as lt
+from leantorch.models import ResNetSmall, TransformerClassifier
+from leantorch.ptq.frontier import Frontier
+
+
+def test_frontier_values_equal_forward_passes_and_dead_values_are_dropped(resnet) -> None:
+    gm = fx.symbolic_trace(resnet)
+    batches = [(torch.randn(4, 3, 32, 32),), (torch.randn(2, 3, 32, 32),)]
+    frontier = Frontier(gm, batches)
+    outputs, held = None, []
+    for node, values in frontier:
+        held.append(max(len(env) for env in frontier.envs))
+        if node.op == "output":
+            outputs = values
+    with torch.no_grad():
+        for (x,), y in zip(batches, outputs):
+            assert torch.equal(resnet(x), y)
+    assert max(held) < len(frontier.nodes) / 2  # only the live values are kept, not every node's
+
+
+def test_rerun_propagates_a_changed_layer() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.randn(5, 3)
+    frontier = Frontier(fx.symbolic_trace(model), [(x,)])
+    with torch.no_grad():
+        for node, _ in frontier:
+            if node.target == "0":
+                model[0].bias.add_(1.0)  # the traced module shares the parameter
+                frontier.rerun()
+            if node.op == "output":
+                assert torch.equal(_[0], model(x))
+
+
+def _layer_by_layer_reference(model: nn.Module, x: torch.Tensor, data: list[torch.Tensor]) -> nn.Module:
+    """Empirical bias correction the quadratic way: for each layer in graph order, run the whole corrected
+    sim, take the layer's per-channel output mean and move the bias by the float mean minus it."""
+    gm = lt.prepare(model, x)
+    sim = lt.QuantSim(gm, x, param_bw=4)
+    sim.compute_encodings(data, progress=False)
+    layers = [str(n.target) for n in sim.model.graph.nodes if n.op == "call_module"
+              and str(n.target) in sim.layers() and sim.layers()[str(n.target)].op_type in ("Conv", "Linear")]
+
+    def channel_means(net: nn.Module, module: nn.Module, layer: nn.Module) -> torch.Tensor:
+        captured = []
+        handle = module.register_forward_hook(lambda m, i, out: captured.append(out.detach().double()))
+        with torch.no_grad():
+            for batch in data:
+                net(batch)
+        handle.remove()
+        dims = lambda y: [d for d in range(y.dim()) if d != (y.dim() - 1 if isinstance(layer, nn.Linear) else 1)]
+        return sum(y.sum(dims(y)) for y in captured) / sum(y.numel() // y.shape[-1 if isinstance(layer, nn.Linear)
+                                                                                    else 1] for y in captured)
+
+    float_means = {n: channel_means(gm, gm.get_submodule(n), gm.get_submodule(n)) for n in layers}
+    for name in layers:
+        layer = sim.layers()[name].module
+        shift = float_means[name] - channel_means(sim.model, sim.layers()[name], layer)
+        for module in (gm.get_submodule(name), layer):
+            if module.bias is None:  # a layer without bias gets one
+                module.bias = nn.Parameter(torch.zeros(shift.shape, dtype=module.weight.dtype))
+            module.bias.data += shift.to(module.bias.dtype)
+    return gm
+
+
+def test_bias_correction_equals_the_layer_by_layer_reference() -> None:
+    torch.manual_seed(0)
+    for model, data in [
+        (ResNetSmall(width=8).eval(), [torch.randn(8, 3, 32, 32) for _ in range(3)]),
+        (TransformerClassifier(in_features=16, num_classes=5, dim=32, depth=2).eval(),
+         [torch.randn(4, 10, 16) for _ in range(2)]),
+    ]:
+        corrected = lt.bias_correction(model, data[0][:1], data, param_bw=4, progress=False)
+        reference = _layer_by_layer_reference(model, data[0][:1], data)
+        for (name, got), (_, want) in zip(corrected.state_dict().items(), reference.state_dict().items()):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=name)
