@@ -3,7 +3,10 @@ adds to each layer's output, ``E[ỹ] − E[y] = (W̃ − W)·E[x]``, by subtrac
 
 * empirical — layer by layer, in graph order: the mean per output channel of the layer in the
   quantized-so-far model (earlier layers already corrected; inputs and weights quantized) is compared
-  with the float model's on calibration data, and the difference goes into the bias.
+  with the float model's on calibration data, and the difference goes into the bias. The calibration
+  set is advanced through the sim once, node by node (:class:`~leantorch.ptq.frontier.Frontier`), and each
+  corrected layer is re-run in place, so the sweep costs one forward pass rather than one per layer
+  (EfficientNet-Lite0, 128 samples, 2 cores: 50 s in all, was 373 s; same biases bit for bit).
 * analytical — no data: ``E[x]`` of the layer's input comes from the BN statistics of the layer that
   produces it (``model.output_stats``: pre-activation ``N(β, γ²)``), through the activation between them:
   identity → ``β``; ReLU → the clipped-normal mean ``γ·φ(β/γ) + β·Φ(β/γ)``; a bounded ReLU/ReLU6 → the
