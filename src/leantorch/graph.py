@@ -15,6 +15,7 @@ from . import ops
 from .batches import all_finite
 from .errors import InputShapeError, InvalidOptionError, NonFiniteModelError, TraceError
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
+from .options import short_repr
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def example_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
     for j, x in enumerate(inputs):
         if not isinstance(x, torch.Tensor):
             hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
-            raise InputShapeError(f"example input {j} is {type(x).__name__} {_short_repr(x)}, not a tensor: pass a "
+            raise InputShapeError(f"example input {j} is {type(x).__name__} {short_repr(x, 60)}, not a tensor: pass a "
                                   f"tensor (or a tuple of tensors) the model accepts, e.g. torch.randn(1, 3, 224, "
                                   f"224){hint}")
     return inputs
@@ -220,13 +221,8 @@ def check_module(model: Any, what: str = "model") -> None:
         fix = "this looks like a state dict: build the model and call model.load_state_dict(...) first"
     else:
         fix = "wrap the computation in an nn.Module whose forward calls it"
-    raise InvalidOptionError(f"{what} must be a torch.nn.Module, got {type(model).__name__} ({_short_repr(model)}): "
+    raise InvalidOptionError(f"{what} must be a torch.nn.Module, got {type(model).__name__} ({short_repr(model, 60)}): "
                              f"{fix}")
-
-
-def _short_repr(value: Any) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_finite(model: nn.Module, inputs: tuple) -> None:

@@ -90,6 +90,19 @@ def as_names(name: str, value: str | Iterable[str]) -> list[str]:
     return names
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters, for error messages that quote a bad value.
+
+    Example:
+        >>> short_repr(list(range(100)))[-10:]
+        ' 20, 21...'
+        >>> short_repr("ok")
+        "'ok'"
+    """
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def name_list(names: list[str], limit: int = 30) -> str:
     """Names for an error message: all of them, or the first ``limit`` and how many more.
 

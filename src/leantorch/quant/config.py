@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..options import short_repr
 from ..graph import OP_TYPE_NAMES, PASSTHROUGH_TYPES
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight.
@@ -196,19 +197,6 @@ class QuantSimConfig:
 
 _BOOL_KEYS = ("output_quantized", "input_quantized", "params_quantized", "quantize_bias", "param_symmetric",
               "activation_symmetric", "unsigned_symmetric", "per_channel", "model_input_quantized")
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages that quote a bad value.
-
-    Example:
-        >>> short_repr(list(range(100)))[-10:]
-        ' 20, 21...'
-        >>> short_repr("ok")
-        "'ok'"
-    """
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:

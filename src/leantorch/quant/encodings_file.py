@@ -47,9 +47,9 @@ from typing import Any
 import torch
 
 from ..errors import EncodingsFileError, UnsupportedBitwidthError
+from ..options import short_repr
 from ..paths import check_file, writing
 from ..staging import staged_outputs
-from .config import short_repr
 from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth
 from .quantizer import Quantizer
 
