@@ -56,7 +56,7 @@ from .quantizer import Quantizer
 __all__ = [
     "ENCODINGS_VERSION", "READABLE_VERSIONS", "SECTIONS", "NAMES_KEY", "REQUIRED_FIELDS", "Target",
     "check_encodings", "read_encodings", "parse_encoding", "match_encodings", "uncovered", "check_coverage",
-    "same_encoding", "encodings_dict", "write_encodings",
+    "same_encoding", "encodings_dict", "encodings_text", "write_encodings",
 ]
 
 #: Version of the AIMET encodings-file format written by leantorch.
@@ -452,13 +452,24 @@ def write_encodings(path: str | Path, data: dict[str, Any], what: str = "path") 
         {}
     """
     out = check_file(path, what, example="model.encodings")
-    check_encodings(data, str(path))
+    text = encodings_text(data, str(path))
+    with writing(out), staged_outputs() as staging:
+        staging.file(out, option=what).write_text(text)
+
+
+def encodings_text(data: dict[str, Any], source: str = "the encodings") -> str:
+    """``data`` checked with the reading rules and serialised as strict JSON (what :func:`write_encodings`
+    writes; for a caller that stages its own files).
+
+    Example:
+        >>> encodings_text({"version": "0.6.1", "param_encodings": {}}).splitlines()[1]
+        '  "version": "0.6.1",'
+    """
+    check_encodings(data, source)
     for section in SECTIONS:
         for key, entries in (data.get(section) or {}).items():
             parse_encoding(entries, f"{section}[{key!r}]")
     try:
-        text = json.dumps(data, indent=2, allow_nan=False)
+        return json.dumps(data, indent=2, allow_nan=False)
     except ValueError as exc:  # a NaN/Inf outside the entries (e.g. in extra keys)
-        raise EncodingsFileError(f"{path}: {exc}; encodings files are strict JSON") from exc
-    with writing(out), staged_outputs() as staging:
-        staging.file(out, option=what).write_text(text)
+        raise EncodingsFileError(f"{source}: {exc}; encodings files are strict JSON") from exc

@@ -44,7 +44,7 @@ from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
 from .encoding import Encoding
-from .encodings_file import encodings_dict, same_encoding, write_encodings
+from .encodings_file import encodings_dict, encodings_text, same_encoding
 from .quantizer import Quantizer
 
 if TYPE_CHECKING:
@@ -143,7 +143,8 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
     with writing(f"the export files {prefix}.* in {out_dir}"), staged_outputs() as staging:
         temporary = {kind: staging.file(dest, option="path") for kind, dest in files.items()}
         onnx.save(model_proto, str(temporary["onnx"]))
-        write_encodings(temporary["encodings"], encodings)
+        # the file is already staged with the others: serialise it (checked) without staging it again
+        temporary["encodings"].write_text(encodings_text(encodings, str(files["encodings"])))
         torch.save(float_state_dict(sim), temporary["pth"])
     return files
 
