@@ -13,7 +13,7 @@ import torch
 
 from .analysis import AnalysisReport, analyze
 from .data import batches, sample_images
-from .errors import InvalidOptionError
+from .options import check_count
 from .evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from .models import efficientnet_lite0
 from .ptq.bias_correction import bias_correction
@@ -39,10 +39,8 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
     Example:
         >>> rows = run_demo("out", calibration=32, evaluation=64)  # doctest: +SKIP
     """
-    bad = {k: v for k, v in {"calibration": calibration, "evaluation": evaluation, "batch_size": batch_size}.items()
-           if not (isinstance(v, int) and v >= 1)}
-    if bad:
-        raise InvalidOptionError(f"run_demo needs positive integer counts, got {bad}")
+    for name, count in {"calibration": calibration, "evaluation": evaluation, "batch_size": batch_size}.items():
+        check_count(name, count)
     with staged_outputs() as staging:
         staged = staging.directory(out)
         rows = _run(staged, calibration, evaluation, batch_size, progress)

@@ -141,7 +141,7 @@ def adaround(
         >>> enc.name
         'adaround.encodings'
     """
-    _check_options(objective, iterations, lr, reg_param, beta_range, warm_start, batch_size, num_batches,
+    check_options(objective, iterations, lr, reg_param, beta_range, warm_start, batch_size, num_batches,
                    use_quantized_inputs, per_channel)
     out = check_directory(path, "path")
     enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
@@ -185,8 +185,8 @@ def adaround(
     return gm, enc_path
 
 
-def _check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta_range: Any, warm_start: Any,
-                   batch_size: Any, num_batches: Any, use_quantized_inputs: Any, per_channel: Any) -> None:
+def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta_range: Any, warm_start: Any,
+                  batch_size: Any, num_batches: Any, use_quantized_inputs: Any, per_channel: Any) -> None:
     """Refuse bad options before any work: ``range(0)`` would learn nothing without a word, a NaN or negative
     rate would only fail inside Adam, after the model was traced and calibrated."""
     if objective not in OBJECTIVES:

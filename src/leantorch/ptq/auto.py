@@ -17,10 +17,11 @@ from torch import nn
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
 from ..graph import example_inputs
+from ..options import check_positive
 from ..paths import check_directory, check_file_name
 from ..quant.estimators import QuantScheme
 from ..quant.sim import QuantSim
-from .adaround import _check_options as _check_adaround_options
+from .adaround import check_options as check_adaround_options
 from .adaround import adaround
 from .bn_fold import fold_batch_norms
 from .cle import equalize
@@ -98,10 +99,8 @@ def auto_quant(
         >>> result.stages[-1]["stage"]                                            # doctest: +SKIP
         'cle'
     """
-    if isinstance(allowed_drop, bool) or not isinstance(allowed_drop, numbers.Real) or \
-            not (math.isfinite(allowed_drop) and allowed_drop >= 0):
-        raise InvalidOptionError(f"allowed_drop={allowed_drop!r}: pass the score drop you accept, a finite "
-                                 "number ≥ 0 (e.g. 0.01 for one point of accuracy)")
+    check_positive("allowed_drop", allowed_drop, allow_zero=True,
+                   hint=" (the score drop you accept, e.g. 0.01 for one point of accuracy)")
     calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else calibration
     check_iterable(calibration)
     calibration = list(calibration)
@@ -179,8 +178,8 @@ def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, 
     options.update(adaround_kwargs, per_channel=per_channel)
     # adaround's own check with the defaults merged: the same rules and messages as a direct call. Its
     # arguments are matched by name, so a check that gains or loses an option still gets the right values.
-    names = inspect.signature(_check_adaround_options).parameters
-    _check_adaround_options(**{name: options[name] for name in names})
+    names = inspect.signature(check_adaround_options).parameters
+    check_adaround_options(**{name: options[name] for name in names})
     check_file_name(options["filename_prefix"])
     QuantScheme.parse(options["param_scheme"])
     return dict(adaround_kwargs)
