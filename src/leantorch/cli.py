@@ -36,7 +36,6 @@ from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import equalize
-from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
 from .staging import staged_outputs
 
@@ -136,14 +135,10 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
 
 def _check_sweep_layers(sim: QuantSim, layers: Sequence[str] | None) -> None:
     """--layers must name layers ``lt.analyze`` can sweep: the model inputs or a layer with an enabled quantizer."""
-    from .analysis import MODEL_INPUTS
+    from .analysis import sweepable_layers
 
-    if not layers:
-        return
-    valid = [MODEL_INPUTS] if any(q.enabled for q in sim.model.input_quantizers) else []
-    valid += [name for name, wrapper in sim.layers().items()
-              if any(isinstance(q, Quantizer) and q.enabled for q in wrapper.modules())]
-    _check_names("--layers", layers, valid)
+    if layers:
+        _check_names("--layers", layers, sweepable_layers(sim))
 
 
 def _check_names(option: str, names: Sequence[str], valid: Sequence[str]) -> None:

@@ -129,6 +129,18 @@ def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: 
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
+def sweepable_layers(sim: QuantSim) -> list[str]:
+    """Names :func:`analyze` accepts in ``layers``: the model inputs (``"input_quantizers"``) and every layer
+    with an enabled quantizer.
+
+    Example:
+        >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4))
+        >>> sweepable_layers(sim)
+        ['input_quantizers', '0']
+    """
+    return list(_layer_quantizers(sim, {q: q.enabled for q in sim.quantizers().values()}))
+
+
 def _layer_quantizers(sim: QuantSim, configured: dict[Quantizer, bool]) -> dict[str, list[Quantizer]]:
     """The enabled quantizers of each layer (and of the model inputs), layers without any left out."""
     groups: dict[str, list[Quantizer]] = {}
