@@ -81,3 +81,33 @@ def test_bias_correction_equals_the_layer_by_layer_reference() -> None:
         reference = _layer_by_layer_reference(model, data[0][:1], data)
         for (name, got), (_, want) in zip(corrected.state_dict().items(), reference.state_dict().items()):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=name)
+
+
+def test_fork_runs_the_suffix_without_touching_the_frontier() -> None:
+    torch.manual_seed(0)
+    # An in-place ReLU in the suffix must not change the values the parent frontier goes on with.
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)).eval()
+    gm = fx.symbolic_trace(model)
+    x = torch.randn(5, 3)
+    frontier = Frontier(gm, [(x,)])
+    relu = next(n for n in gm.graph.nodes if n.target == "1")
+    frontier.advance_to(relu)
+    before = frontier.inputs_of(relu)[0][0].clone()
+    assert (before < 0).any()
+    with torch.no_grad():
+        forked = frontier.fork().run_rest()
+        assert torch.equal(forked[0], model(x))
+        assert torch.equal(frontier.inputs_of(relu)[0][0], before)
+        assert torch.equal(frontier.run_rest()[0], model(x))
+
+
+def test_spilled_values_give_the_same_outputs(resnet) -> None:
+    gm = fx.symbolic_trace(resnet)
+    batches = [(torch.randn(3, 3, 32, 32),), (torch.randn(2, 3, 32, 32),)]
+    with torch.no_grad():
+        in_memory = Frontier(gm, batches).run_rest()
+        on_disk = Frontier(gm, batches, max_bytes=0)
+        spilled = on_disk.run_rest()
+    assert on_disk.spilled_bytes > 0 and on_disk.held_bytes <= 0
+    for a, b in zip(in_memory, spilled):
+        assert torch.equal(a, b)

@@ -6,15 +6,23 @@ a forward pass per layer, O(depth²) in all. A :class:`Frontier` instead holds, 
 still needed by nodes not yet run (the frontier), and advances it one node at a time; a changed layer is
 re-run in place. The whole sweep then costs about one forward pass over the data.
 
+Sweeps that try one change at a time (per-layer sensitivity, a compression candidate per layer and ratio)
+need the model's output with only that change: :meth:`Frontier.fork` copies the frontier just before the
+changed node, and :meth:`Frontier.run_rest` runs only the suffix of the graph from there.
+
 Memory: the frontier of every batch at once (the live activations of the whole calibration set at the
 widest point of the graph). Batches are advanced together so that each node runs once per batch, in the
-same order and with the same arithmetic as a plain forward pass.
+same order and with the same arithmetic as a plain forward pass. With ``max_bytes``, values beyond that
+budget are kept in memory-mapped files on disk (the operating system pages them in and out), so a
+calibration set larger than memory still advances, more slowly.
 """
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -27,6 +35,9 @@ class Frontier:
     Args:
         gm: a traced model (``torch.fx.GraphModule``), e.g. ``sim.model``.
         batches: the model inputs of each batch (a tuple of tensors per batch, already on the model's device).
+        max_bytes: keep at most this many bytes of live tensors in memory (device or RAM); values produced
+            beyond it go to memory-mapped temporary files and come back to their device when read.
+            ``None``: no limit.
 
     Example:
         >>> gm = fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()))
@@ -35,7 +46,8 @@ class Frontier:
         [('0', [(2, 4), (5, 4)]), ('1', [(2, 4), (5, 4)])]
     """
 
-    def __init__(self, gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]]) -> None:
+    def __init__(self, gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]],
+                 max_bytes: int | None = None) -> None:
         self.gm = gm
         self.batches = list(batches)
         self.nodes = list(gm.graph.nodes)
@@ -46,6 +58,12 @@ class Frontier:
         self.placeholders = {node: i for i, node in enumerate(n for n in self.nodes if n.op == "placeholder")}
         self.envs: list[dict[fx.Node, Any]] = [{} for _ in self.batches]
         self.position = 0
+        self.max_bytes = max_bytes
+        self.held_bytes = 0  # bytes of live tensors kept in memory (not on disk)
+        self.spilled_bytes = 0  # bytes ever written to disk (a diagnostic for tests and logs)
+        self._spill_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._spilled: dict[int, torch.device] = {}  # id(cpu memmap tensor) -> device it came from
+        self._spill_count = 0
 
     def __iter__(self) -> Iterator[tuple[fx.Node, list[Any]]]:
         """Run the remaining nodes in order; yields each node and its value for every batch.
@@ -57,7 +75,51 @@ class Frontier:
             self._drop_dead_values()
             self._run(node)
             self.position += 1
-            yield node, [env[node] for env in self.envs]
+            yield node, [self._load(env[node]) for env in self.envs]
+
+    def peek(self) -> fx.Node | None:
+        """The node the next step of the iteration will run (``None`` at the end)."""
+        return self.nodes[self.position] if self.position < len(self.nodes) else None
+
+    def advance_to(self, node: fx.Node) -> None:
+        """Run every node before ``node`` (which must not have run yet), so that :meth:`peek` is ``node``."""
+        target = self.nodes.index(node)
+        if target < self.position:
+            raise ValueError(f"node {node.name} has already run")
+        for _ in zip(range(target - self.position), self):
+            pass
+
+    def inputs_of(self, node: fx.Node) -> list[tuple[Any, ...]]:
+        """The positional arguments ``node`` is (or was, before moving on) called with, per batch."""
+        return [tuple(fx.node.map_arg(node.args, lambda n: self._load(env[n]))) for env in self.envs]
+
+    def fork(self) -> "Frontier":
+        """An independent copy at the same position; running it leaves this frontier untouched.
+
+        The live tensors are cloned: a node of the suffix may work in place (``ReLU(inplace=True)``) and must
+        not change the values this frontier goes on with. Cost: one copy of the live activations.
+
+        Example:
+            >>> gm = fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()))
+            >>> frontier = Frontier(gm, [(torch.randn(2, 3),)])
+            >>> frontier.advance_to(list(gm.graph.nodes)[2])   # stop before the ReLU
+            >>> torch.equal(frontier.fork().run_rest()[0], gm(frontier.batches[0][0]))
+            True
+        """
+        copy = Frontier.__new__(Frontier)
+        copy.__dict__.update(self.__dict__)
+        copy.envs = [{node: _clone(self._load(value)) for node, value in env.items()} for env in self.envs]
+        copy.max_bytes, copy.held_bytes, copy.spilled_bytes = None, 0, 0  # a fork is short-lived
+        copy._spill_dir, copy._spilled = None, {}
+        return copy
+
+    def run_rest(self) -> list[Any]:
+        """Run the remaining nodes; returns the graph's output for every batch."""
+        outputs: list[Any] = []
+        for node, values in self:
+            if node.op == "output":
+                outputs = values
+        return outputs
 
     def rerun(self) -> list[Any]:
         """Run the node last yielded again on every batch (after its module changed); returns the new values.
@@ -65,20 +127,53 @@ class Frontier:
         Its inputs are still held: values are dropped only when the iteration moves on."""
         node = self.nodes[self.position - 1]
         self._run(node)
-        return [env[node] for env in self.envs]
+        return [self._load(env[node]) for env in self.envs]
 
     def _drop_dead_values(self) -> None:
         for env in self.envs:
             for node in [n for n in env if self.last_use[n] < self.position]:
-                del env[node]
+                self._forget(env.pop(node))
 
     def _run(self, node: fx.Node) -> None:
         for env, batch in zip(self.envs, self.batches):
-            env[node] = self._execute(node, env, batch)
+            if node in env:  # a rerun replaces the value
+                self._forget(env.pop(node))
+            env[node] = self._keep(self._execute(node, env, batch))
+
+    # -- memory budget: values past ``max_bytes`` live in memory-mapped files -------------------------------
+    def _keep(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or self.max_bytes is None:
+            return value
+        size = value.numel() * value.element_size()
+        if self.held_bytes + size <= self.max_bytes or value.dtype not in _NUMPY_DTYPES:
+            self.held_bytes += size
+            return value
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.TemporaryDirectory(prefix="leantorch-frontier-")
+        # A fresh name per value: reusing one (ids recur once objects die) would truncate a live mapping.
+        self._spill_count += 1
+        path = f"{self._spill_dir.name}/{self._spill_count}.bin"
+        mapped = np.memmap(path, dtype=_NUMPY_DTYPES[value.dtype], mode="w+", shape=tuple(value.shape) or (1,))
+        mapped[...] = value.detach().cpu().numpy().reshape(mapped.shape)
+        stored = torch.from_numpy(mapped).reshape(value.shape)
+        self._spilled[id(stored)] = value.device
+        self.spilled_bytes += size
+        return stored
+
+    def _load(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and id(value) in self._spilled:
+            return value.to(self._spilled[id(value)], copy=True)
+        return value
+
+    def _forget(self, value: Any) -> None:
+        if not isinstance(value, torch.Tensor) or self.max_bytes is None:
+            return
+        if self._spilled.pop(id(value), None) is None:
+            self.held_bytes -= value.numel() * value.element_size()
 
     def _execute(self, node: fx.Node, env: dict[fx.Node, Any], batch: tuple[torch.Tensor, ...]) -> Any:
-        args = fx.node.map_arg(node.args, lambda n: env[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        args = fx.node.map_arg(node.args, lambda n: self._load(env[n]))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self._load(env[n]))
         if node.op == "placeholder":
             position = self.placeholders[node]
             return batch[position] if position < len(batch) else (node.args[0] if node.args else None)
@@ -95,3 +190,19 @@ class Frontier:
             receiver, *rest = args
             return getattr(receiver, str(node.target))(*rest, **kwargs)
         return args[0]  # output
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+                 torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a tensor, or of the tensors inside a tuple/list/dict (other values are immutable enough)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(v) for v in value) if not hasattr(value, "_fields") else type(value)(
+            *(_clone(v) for v in value))
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
