@@ -64,7 +64,43 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def sqnr_score(model: nn.Module, probe: list[torch.Tensor], cap_db: float = 200.0) -> Callable[[nn.Module], float]:
+class OutputScore:
+    """An ``eval_fn`` that scores a model by its outputs on fixed probe batches against a reference's outputs.
+
+    Calling it runs the whole candidate model, like any ``eval_fn``. Sweeps that change one layer at a time
+    (``lt.analyze``'s sensitivity, ``lt.compress``'s eval-score table) recognise it: they cache the model's
+    activations at each layer and run only the part after the changed layer (:meth:`score_outputs` turns
+    those outputs into the same score). A plain function works there too, at the cost of full runs.
+
+    Args:
+        reference: the model whose outputs are the yardstick (run once, here).
+        probe: the input batches (tensors, one input per model).
+        metric: ``metric(reference_outputs, candidate_outputs) -> float``, higher is better.
+        name: what the score is, for tables and logs.
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> score = OutputScore(net, [torch.randn(4, 3)], metric=lambda ref, out: -float((ref - out).abs().max()))
+        >>> score(net)
+        -0.0
+    """
+
+    def __init__(self, reference: nn.Module, probe: list[torch.Tensor],
+                 metric: Callable[[torch.Tensor, torch.Tensor], float], name: str = "score") -> None:
+        self.probe = list(probe)
+        self.metric = metric
+        self.name = name
+        self.reference_outputs = model_outputs(reference, self.probe, progress=False)
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.metric(self.reference_outputs, model_outputs(model, self.probe, progress=False))
+
+    def score_outputs(self, outputs: list[torch.Tensor]) -> float:
+        """The score of a model whose outputs on the probe batches (one tensor per batch) are ``outputs``."""
+        return self.metric(self.reference_outputs, torch.cat([y.float().cpu() for y in outputs]))
+
+
+def sqnr_score(model: nn.Module, probe: list[torch.Tensor], cap_db: float = 200.0) -> OutputScore:
     """An ``eval_fn`` scoring a candidate by its output SQNR (dB) against ``model`` on ``probe`` batches.
 
     A continuous score separates layers even on a few samples, where top-1 agreement ties; identical
@@ -75,9 +111,15 @@ def sqnr_score(model: nn.Module, probe: list[torch.Tensor], cap_db: float = 200.
         >>> score(nn.Linear(3, 2)) < 200.0
         True
     """
-    reference = model_outputs(model, probe, progress=False)
+    return OutputScore(model, probe, lambda ref, out: min(sqnr_db(ref, out), cap_db), name="output SQNR (dB)")
 
-    def score(candidate: nn.Module) -> float:
-        return min(sqnr_db(reference, model_outputs(candidate, probe, progress=False)), cap_db)
 
-    return score
+def agreement_score(model: nn.Module, probe: list[torch.Tensor]) -> OutputScore:
+    """An ``eval_fn`` scoring a candidate by its top-1 agreement with ``model`` on ``probe`` batches.
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> agreement_score(net, [torch.randn(4, 3)])(net)
+        1.0
+    """
+    return OutputScore(model, probe, top1_agreement, name="top-1 agreement")
