@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs, run_batch
+from ..evaluation import OutputScore
 from ..errors import CalibrationDataError, EncodingsMissingError, UnknownLayerError
 from ..metrics import sqnr_db_from_sums
 from ..options import as_names, check_count, name_list
@@ -31,6 +32,7 @@ from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
+from ..sweep import Trial, suffix_outputs
 from .report import ActivationStats, AnalysisReport, WeightRanges
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,12 @@ def _score(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dic
 
 def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
                  groups: dict[str, list[Quantizer]], chosen: list[str], progress: bool) -> list[dict[str, Any]]:
+    """Each chosen layer's score with only its quantizers on, and with all but its quantizers on."""
+    if isinstance(eval_fn, OutputScore):
+        only = _suffix_scores(sim, eval_fn, configured, groups, chosen, base_on=False, progress=progress)
+        all_but = _suffix_scores(sim, eval_fn, configured, groups, chosen, base_on=True, progress=progress)
+        return [{"layer": name, "only this layer quantized": only[name], "all but this layer quantized": all_but[name]}
+                for name in chosen]
     rows = []
     for name in tqdm(chosen, desc="per-layer sensitivity", unit="layer", disable=not progress, leave=False):
         mine = set(groups[name])
@@ -188,6 +196,34 @@ def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configure
                                                    f"the model with all but {name} quantized"),
         })
     return rows
+
+
+def _suffix_scores(sim: QuantSim, score: OutputScore, configured: dict[Quantizer, bool],
+                   groups: dict[str, list[Quantizer]], chosen: list[str], base_on: bool,
+                   progress: bool) -> dict[str, float]:
+    """The sweep with every quantizer off (``base_on=False``) or on, flipping one layer's at a time, running
+    only the part of the model from that layer on (:mod:`leantorch.sweep`); the same scores as full runs."""
+    _enable(configured, lambda q: base_on)
+    what = "all but {} quantized" if base_on else "only {} quantized"
+
+    def flip(name: str) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        @contextlib.contextmanager
+        def change() -> Iterator[None]:
+            for q in groups[name]:
+                q.enabled = not base_on
+            try:
+                yield
+            finally:
+                for q in groups[name]:
+                    q.enabled = base_on
+        return change
+
+    trials = [Trial(name, tuple(groups[name]), flip(name)) for name in chosen]
+    probe = [(x.to(sim.device),) for x in score.probe]
+    return suffix_outputs(
+        sim.model, probe, trials, progress=progress, desc=f"sensitivity ({what.format('one layer')})",
+        on_result=lambda name, outputs: call_eval_fn(lambda _: score.score_outputs(outputs), sim.model,
+                                                     f"the model with {what.format(name)}"))
 
 
 def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data: list[tuple], bins: int,
