@@ -222,7 +222,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         # The long part starts here. AdaRound's encodings file is not an output of `analyze`.
         progress = not args.no_progress
         sim = _calibrated_sim(structured, sim, calib, args, Path(scratch), progress)
-        report = analyze(sim, sqnr_score(model, calib[:1]), calib, layers=args.layers,
+        # The sensitivity score is output SQNR on a few samples: a continuous score ranks layers on 8 images,
+        # and each of the ~2 × layers sweep runs costs in proportion to the samples (--thorough: 32).
+        probe_samples = args.sensitivity_samples or (32 if args.thorough else 8)
+        probe = batches(data[:probe_samples], args.batch_size)
+        report = analyze(sim, sqnr_score(model, probe), calib, layers=args.layers,
                          sensitivity=not args.no_sensitivity, progress=progress)
         if args.cle:
             report.add_equalization(fold_batch_norms(model, example)[0], sim.model)

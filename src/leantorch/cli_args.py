@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--layers", nargs="+", help="layers for the sensitivity sweep, checked against the model's "
                    "quantized layers before calibration (default: every quantized layer)")
     a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
+    a.add_argument("--sensitivity-samples", type=_positive_int, help="samples scored in the sensitivity sweep "
+                   "(default 8, 32 with --thorough); the sweep runs only the part of the model after each layer")
+    a.add_argument("--thorough", action="store_true", help="slower, steadier settings (32 sensitivity samples)")
 
     c = sub.add_parser("compress", help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
                        description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "

@@ -93,11 +93,17 @@ def suffix_outputs(gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...
     try:
         with torch.no_grad():
             frontier = Frontier(gm, batches, max_bytes=max_bytes)
-            for trial in tqdm(ordered, desc=desc, unit="trial", disable=not progress, leave=False):
-                frontier.advance_to(nodes[start(trial)])
-                with trial.change():
-                    outputs = frontier.fork().run_rest()
-                results[trial.key] = on_result(trial.key, outputs) if on_result is not None else outputs
+            # Progress counts graph nodes run, not trials: an early layer's suffix is most of the model, a late
+            # one's a few nodes, so a per-trial ETA would start far too pessimistic and end too optimistic.
+            bar = tqdm(total=sum(len(nodes) - start(t) for t in ordered), desc=desc, unit="node",
+                       disable=not progress, leave=False)
+            with bar:
+                for trial in ordered:
+                    frontier.advance_to(nodes[start(trial)])
+                    with trial.change():
+                        outputs = frontier.fork().run_rest()
+                    results[trial.key] = on_result(trial.key, outputs) if on_result is not None else outputs
+                    bar.update(len(nodes) - start(trial))
     finally:
         gm.train(was_training)
     return results
