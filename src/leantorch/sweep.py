@@ -71,7 +71,7 @@ def first_calls(gm: fx.GraphModule) -> dict[int, int]:
 
 
 def suffix_outputs(gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]], trials: Sequence[Trial],
-                   progress: bool = True, desc: str = "sweep", max_bytes: int | None = None,
+                   progress: bool = True, desc: str = "sweep", max_bytes: int | str | None = "auto",
                    on_result: Callable[[Hashable, list[Any]], Any] | None = None) -> dict[Hashable, Any]:
     """The model's outputs on ``batches`` for each trial, running only the nodes from the trial's change on.
 

@@ -19,6 +19,7 @@ calibration set larger than memory still advances, more slowly.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any, Iterator, Sequence
 
@@ -37,6 +38,7 @@ class Frontier:
         batches: the model inputs of each batch (a tuple of tensors per batch, already on the model's device).
         max_bytes: keep at most this many bytes of live tensors in memory (device or RAM); values produced
             beyond it go to memory-mapped temporary files and come back to their device when read.
+            ``"auto"`` (default): half of the physical memory, or of the free GPU memory for a model on CUDA.
             ``None``: no limit.
 
     Example:
@@ -47,7 +49,7 @@ class Frontier:
     """
 
     def __init__(self, gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]],
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | str | None = "auto") -> None:
         self.gm = gm
         self.batches = list(batches)
         self.nodes = list(gm.graph.nodes)
@@ -58,7 +60,7 @@ class Frontier:
         self.placeholders = {node: i for i, node in enumerate(n for n in self.nodes if n.op == "placeholder")}
         self.envs: list[dict[fx.Node, Any]] = [{} for _ in self.batches]
         self.position = 0
-        self.max_bytes = max_bytes
+        self.max_bytes = _memory_budget(self.batches) if max_bytes == "auto" else max_bytes
         self.held_bytes = 0  # bytes of live tensors kept in memory (not on disk)
         self.spilled_bytes = 0  # bytes ever written to disk (a diagnostic for tests and logs)
         self._spill_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -144,6 +146,7 @@ class Frontier:
     def _keep(self, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or self.max_bytes is None:
             return value
+        assert isinstance(self.max_bytes, int)
         size = value.numel() * value.element_size()
         if self.held_bytes + size <= self.max_bytes or value.dtype not in _NUMPY_DTYPES:
             self.held_bytes += size
@@ -206,3 +209,15 @@ def _clone(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clone(v) for k, v in value.items()}
     return value
+
+
+def _memory_budget(batches: Sequence[tuple[Any, ...]]) -> int | None:
+    """Half of the memory where the batches live: free GPU memory for CUDA tensors, physical RAM otherwise."""
+    first = next((x for batch in batches for x in batch if isinstance(x, torch.Tensor)), None)
+    if first is not None and first.device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(first.device)
+        return free // 2
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit rather than a wrong one
+        return None
