@@ -91,7 +91,7 @@ def pruning_path(gm: fx.GraphModule, layer: str) -> PruningPath | str:
         node = node.args[0]
 
 
-class _GramAccumulator:
+class GramAccumulator:
     """Σ XᵀX of the compressed model's patches and Σ XᵀX' against the original model's patches."""
 
     def __init__(self) -> None:
@@ -106,6 +106,20 @@ class _GramAccumulator:
         self.cross = cross if self.cross is None else self.cross + cross
         self.count += xc.shape[0]
 
+    def add_inputs(self, conv: nn.Conv2d, current: torch.Tensor, original: torch.Tensor, samples_per_image: int,
+                   generator: torch.Generator) -> None:
+        """Add the patches of one batch of ``conv``'s inputs (``current``: the model being compressed,
+        ``original``: the original model) at ``samples_per_image`` random output positions per image.
+
+        The positions come from ``generator`` (one ``randperm`` per image, in order), so feeding the same
+        batches in the same order gives the same Gram matrices however the inputs were obtained."""
+        out_h, out_w = (math.floor((current.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] *
+                                    (conv.kernel_size[d] - 1) - 1) / conv.stride[d]) + 1 for d in (0, 1))
+        count = min(samples_per_image, out_h * out_w)
+        positions = torch.stack([torch.randperm(out_h * out_w, generator=generator)[:count]
+                                 for _ in range(current.shape[0])])
+        self.add(_patches(conv, current, positions), _patches(conv, original, positions))
+
 
 def _patches(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Unfolded input patches ``[B * S, C·kh·kw]`` at ``positions`` (``[B, S]`` indices)."""
@@ -115,13 +129,13 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch
 
 
 def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterable[Any], samples_per_image: int = 16,
-                 seed: int = 0) -> _GramAccumulator:
+                 seed: int = 0) -> GramAccumulator:
     """Gram matrices of ``layer``'s input patches in ``model`` and ``original`` at shared random positions.
 
     ``data``: the model inputs of each batch, a tensor or a tuple of tensors (labels already dropped, see
     :func:`leantorch.batches.model_inputs`)."""
     conv = model.get_submodule(layer)
-    grams = _GramAccumulator()
+    grams = GramAccumulator()
     gen = torch.Generator().manual_seed(seed)
     captured: dict[str, torch.Tensor] = {}
 
@@ -139,13 +153,7 @@ def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterab
                 inputs = tuple(x.to(device) for x in as_tuple(batch))  # the model inputs of a batch
                 run_batch(model, inputs, index)  # a batch that does not fit: CalibrationDataError naming it
                 run_batch(original, inputs, index)
-                x = captured["current"]
-                out_h, out_w = (math.floor((x.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] *
-                                            (conv.kernel_size[d] - 1) - 1) / conv.stride[d]) + 1 for d in (0, 1))
-                count = min(samples_per_image, out_h * out_w)
-                positions = torch.stack([torch.randperm(out_h * out_w, generator=gen)[:count]
-                                         for _ in range(x.shape[0])])
-                grams.add(_patches(conv, x, positions), _patches(conv, captured["original"], positions))
+                grams.add_inputs(conv, captured["current"], captured["original"], samples_per_image, gen)
     finally:
         for h in handles:
             h.remove()
@@ -174,7 +182,7 @@ def select_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int) -> torc
     return torch.nonzero(~removed).flatten().cpu()
 
 
-def reconstruct(weight: torch.Tensor, grams: _GramAccumulator, kept: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+def reconstruct(weight: torch.Tensor, grams: GramAccumulator, kept: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
     """Least-squares weights ``(n_out, kept, kh, kw)`` reproducing ``X_original · Wᵀ`` from the kept channels
     of ``X_compressed`` (normal equations on the sampled Gram matrices, ridge relative to their trace)."""
     n_out, channels, kh, kw = weight.shape

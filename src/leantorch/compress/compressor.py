@@ -28,12 +28,13 @@ from ..graph import example_inputs, prepare
 from ..options import as_names, check_count, name_list
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
-from .channel_pruning import (PruningPath, channels_for_ratio, prune_channels, prunable_layer, pruning_path,
-                              reconstruct, sample_grams, select_channels)
-from .cost import CostReport, cost
-from .ratio_selection import (CompressionError, EvalScoreTable, build_table, default_candidates, fingerprint,
-                              greedy_select)
-from .svd import decomposable, macs_per_rank, rank_for_ratio, spatial_svd, weight_svd
+from ..evaluation import OutputScore
+from .cost import cost
+from .pruning_pass import prune_in_one_pass
+from .ratio_selection import (CompressionError, EvalScoreTable, build_table_by_layers, default_candidates,
+                              fingerprint, greedy_select)
+from .stage import Stage
+from .suffix_table import layer_nodes, rows_fn, suffix_work
 
 log = logging.getLogger(__name__)
 
@@ -70,88 +71,6 @@ class CompressionInfo:
         return [{"layer": n, "ratio": r, "rank or channels": self.sizes.get(n, "")} for n, r in self.ratios.items()]
 
 
-class _Stage:
-    """One scheme applied to one traced model: which layers, how to compress one, at what cost."""
-
-    def __init__(self, gm: fx.GraphModule, scheme: str, costs: CostReport, skip: Sequence[str],
-                 data: list[Any] | None, multiple: int, samples_per_image: int) -> None:
-        self.gm, self.scheme, self.costs, self.multiple = gm, scheme, costs, multiple
-        self.data, self.samples_per_image = data, samples_per_image
-        self.reference = copy.deepcopy(gm) if scheme == "channel_pruning" else None
-        self.layers: list[str] = []
-        self.skipped: dict[str, str] = {}
-        self.paths: dict[str, PruningPath] = {}
-        for name in costs.layers:
-            reason = self._reason_to_skip(name, skip)
-            if reason:
-                self.skipped[name] = reason
-            else:
-                self.layers.append(name)
-
-    def _reason_to_skip(self, name: str, skip: Sequence[str]) -> str:
-        module = self.gm.get_submodule(name)
-        if name in skip:
-            return "skipped by request"
-        if self.scheme == "channel_pruning":
-            if not prunable_layer(module):
-                return f"{type(module).__name__} (groups={getattr(module, 'groups', 1)}) has no input channels to select"
-            path = pruning_path(self.gm, name)
-            if isinstance(path, PruningPath):
-                self.paths[name] = path
-                return ""
-            return path
-        if not decomposable(module, self.scheme):
-            return f"{type(module).__name__} cannot be decomposed by {self.scheme}"
-        if macs_per_rank(module, self.scheme, self.costs.layers[name]) >= self.costs.layers[name].macs:
-            return "a rank-1 decomposition would not save MACs"
-        return ""
-
-    def size_for(self, name: str, ratio: float) -> int | None:
-        """Rank or kept input channels ``apply`` would use at ``ratio``; None if that saves nothing."""
-        module, layer_cost = self.gm.get_submodule(name), self.costs.layers[name]
-        if self.scheme == "channel_pruning":
-            keep = channels_for_ratio(module, ratio, self.multiple)
-            return keep if keep < module.in_channels else None
-        rank = rank_for_ratio(module, self.scheme, layer_cost, ratio, self.multiple)
-        return rank if rank * macs_per_rank(module, self.scheme, layer_cost) < layer_cost.macs else None
-
-    def estimate_macs(self, ratios: dict[str, float]) -> float:
-        """Total MACs per sample after compressing with ``ratios``, with rounding and, for channel
-        pruning, the output channels removed from producers and depthwise convs on the way."""
-        macs = {n: float(c.macs) for n, c in self.costs.layers.items()}
-        for name, ratio in ratios.items():
-            size = self.size_for(name, ratio) if ratio < 1.0 else None
-            if size is None:
-                continue
-            module = self.gm.get_submodule(name)
-            if self.scheme != "channel_pruning":
-                macs[name] = size * macs_per_rank(module, self.scheme, self.costs.layers[name])
-                continue
-            kept = size / module.in_channels
-            path = self.paths[name]
-            for touched in [name, path.producer, *path.depthwise]:
-                macs[touched] *= kept
-        return sum(macs.values())
-
-    def apply(self, model: fx.GraphModule, name: str, ratio: float) -> int | None:
-        """Compress ``name`` in ``model`` (in place) to about ``ratio`` of its MACs; returns the rank or the
-        kept channels, None when that would not save anything."""
-        size = self.size_for(name, ratio)
-        if size is None:
-            return None
-        module = model.get_submodule(name)
-        if self.scheme == "channel_pruning":
-            assert self.reference is not None and self.data is not None
-            grams = sample_grams(model, self.reference, name, self.data, self.samples_per_image)
-            kept = select_channels(module.weight, grams.current, size)
-            prune_channels(model, self.paths[name], kept, reconstruct(module.weight, grams, kept))
-            return size
-        pair = weight_svd(module, size) if self.scheme == "weight_svd" else spatial_svd(module, size)
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, pair)
-        return size
-
-
 def compress(
     model: nn.Module,
     example_input: Any,
@@ -169,6 +88,8 @@ def compress(
     num_batches: int = 4,
     samples_per_image: int = 16,
     progress: bool = True,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> tuple[nn.Module, CompressionInfo]:
     """Compress ``model`` to about ``target_mac_ratio`` of its MACs; returns ``(new model, info)``.
 
@@ -189,11 +110,21 @@ def compress(
             before any work (created if needed).
         layer_callback: ``callback(model, layer)`` after each layer is compressed, e.g. a short fine-tune.
         num_batches: calibration batches used per channel-pruning sampling.
+        workers: ``None``/``1``: the eval-score table is computed in this process. ``N`` > 1: its layers are split
+            into ``N`` contiguous chunks run on Ray workers (:func:`leantorch.parallel.run_chunks`; needs the
+            ``ray`` extra). Each worker advances its own copy of the model over its chunk.
+        ray_address: run the table's chunks on an existing Ray cluster (``"auto"``, ``"ray://host:10001"``).
+
+    Speed: with an :class:`~leantorch.evaluation.OutputScore` eval_fn (e.g. :func:`~leantorch.evaluation.sqnr_score`,
+    :func:`~leantorch.evaluation.agreement_score`) each table entry runs only the part of the model after
+    its layer, and channel pruning's statistics are gathered once per layer; the scores are the same as with
+    full runs. Applying channel pruning advances the calibration batches once through the model (no
+    ``layer_callback``) instead of re-running the prefix of every pruned layer.
 
     Raises:
         CompressionError: target outside (0, 1), nothing compressible, unreachable target, bad manual ratios.
-        InvalidOptionError: ``candidates`` gives no ratio below 1; ``rank_multiple``, ``num_batches`` or
-            ``samples_per_image`` is not a whole number ≥ 1.
+        InvalidOptionError: ``candidates`` gives no ratio below 1; ``rank_multiple``, ``num_batches``,
+            ``samples_per_image`` or ``workers`` is not a whole number ≥ 1; ``ray_address`` is not a string.
         OutputPathError: ``cache_dir`` is a file or cannot be created or written.
         UnknownLayerError: a name in ``skip_layers`` or ``ratios`` is not a layer of the model (lists them).
         CalibrationDataError: channel pruning without calibration batches, or a batch that is not a tensor or
@@ -218,6 +149,12 @@ def compress(
     check_count("num_batches", num_batches)
     check_count("samples_per_image", samples_per_image)
     skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
+    if workers is not None:
+        check_count("workers", workers, hint=" (1 runs in this process)")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise InvalidOptionError(f"ray_address={ray_address!r}: pass 'auto', 'ray://host:port' or None")
+    run = _Run(candidates, rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image, progress,
+               workers, ray_address)
     if cache_dir is not None:
         check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
     data = _calibration_batches(calibration, num_batches, len(example_inputs(example_input))) \
@@ -230,9 +167,8 @@ def compress(
         # remaining stages, so a stage that lands below its share (rank granularity) leaves more room.
         target = stage_targets[index] if stage_targets else \
             min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
-        current, info = _compress_stage(current, example_input, eval_fn, name, target, ratios, data, candidates,
-                                        rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image,
-                                        progress, check_skip=index == 0)
+        current, info = _compress_stage(current, example_input, eval_fn, name, target, ratios, data, run,
+                                        check_skip=index == 0)
         stages.append(info)
         achieved *= info.mac_ratio
     if len(stages) == 1:
@@ -298,20 +234,32 @@ def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, nu
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The options every stage shares (checked by :func:`compress`)."""
+
+    candidates: "int | Sequence[float]"
+    multiple: int
+    skip: Sequence[str]
+    cache_dir: str | Path | None
+    callback: Callable[[nn.Module, str], None] | None
+    samples_per_image: int
+    progress: bool
+    workers: int | None
+    ray_address: str | None
+
+
 def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.Module], float], scheme: str,
-                    target: float, ratios: dict[str, float] | None, data: list[Any] | None,
-                    candidates: "int | Sequence[float]", multiple: int, skip: Sequence[str],
-                    cache_dir: str | Path | None, callback: Callable[[nn.Module, str], None] | None,
-                    samples_per_image: int, progress: bool,
+                    target: float, ratios: dict[str, float] | None, data: list[Any] | None, run: _Run,
                     check_skip: bool = False) -> tuple[fx.GraphModule, CompressionInfo]:
     gm = prepare(model, example_input)
     gm.eval()
     costs = cost(gm, example_input)
-    unknown = [n for n in skip if n not in costs.layers]
+    unknown = [n for n in run.skip if n not in costs.layers]
     if unknown and check_skip:  # later stages see renamed layers (an SVD pair is "<name>.0", "<name>.1")
         raise UnknownLayerError(f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
                                 f"({len(costs.layers)}): {name_list(list(costs.layers))}")
-    stage = _Stage(gm, scheme, costs, skip, data, multiple, samples_per_image)
+    stage = Stage(gm, scheme, costs, run.skip, data, run.multiple, run.samples_per_image)
     if not stage.layers:
         raise CompressionError(f"no layer can be compressed by {scheme}: "
                                + "; ".join(f"{n}: {r}" for n, r in list(stage.skipped.items())[:5]))
@@ -322,18 +270,7 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
     if ratios is not None:
         chosen = _manual_ratios(ratios, stage)
     else:
-        grid = (default_candidates(int(candidates)) if isinstance(candidates, numbers.Integral)
-                else sorted({*candidates, 1.0}))
-
-        def score_with(layer: str, ratio: float) -> float:
-            trial = copy.deepcopy(gm)
-            if stage.apply(trial, layer, ratio) is None:
-                return baseline
-            return call_eval_fn(eval_fn, trial, f"the model with layer {layer} compressed to ratio {ratio}")
-
-        path = Path(cache_dir) / f"eval_scores_{scheme}.json" if cache_dir is not None else None
-        table = build_table(stage.layers, grid, score_with, baseline, scheme,
-                            fingerprint(gm, stage.layers, scheme, grid, multiple), path, progress)
+        table = _eval_score_table(stage, eval_fn, baseline, run)
         seconds["table"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen, threshold = greedy_select(table, stage.estimate_macs, target * costs.total_macs)
@@ -341,14 +278,18 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
                  sum(r < 1.0 for r in chosen.values()))
     seconds["selection"] = time.perf_counter() - start
     start = time.perf_counter()
-    sizes = {}
-    todo = [n for n in stage.layers if chosen.get(n, 1.0) < 1.0]
-    for name in tqdm(todo, desc=f"compressing ({scheme})", unit="layer", disable=not progress, leave=False):
-        size = stage.apply(gm, name, chosen[name])
-        if size is not None:
-            sizes[name] = size
-            if callback is not None:
-                callback(gm, name)
+    if scheme == "channel_pruning" and run.callback is None:
+        sizes = prune_in_one_pass(stage, {n: chosen.get(n, 1.0) for n in stage.layers}, run.progress)
+    else:  # SVD needs no data; a fine-tune callback may change any weight, so each layer re-runs its prefix
+        sizes = {}
+        todo = [n for n in stage.layers if chosen.get(n, 1.0) < 1.0]
+        for name in tqdm(todo, desc=f"compressing ({scheme})", unit="layer", disable=not run.progress, leave=False):
+            size = stage.apply(gm, name, chosen[name])
+            if size is not None:
+                sizes[name] = size
+                if run.callback is not None:
+                    run.callback(gm, name)
+    sizes = {n: sizes[n] for n in stage.layers if n in sizes}  # the table's layer order, as before
     seconds["apply"] = time.perf_counter() - start
     gm.eval()
     after = cost(gm, example_input)
@@ -359,7 +300,49 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
     return gm, info
 
 
-def _manual_ratios(ratios: dict[str, float], stage: _Stage) -> dict[str, float]:
+def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], baseline: float,
+                      run: _Run) -> EvalScoreTable:
+    """Score every (layer, candidate ratio). An :class:`~leantorch.evaluation.OutputScore` runs only the part of
+    the model after each layer (:mod:`.suffix_table`); any other eval_fn scores a compressed deep copy."""
+    gm, scheme = stage.gm, stage.scheme
+    grid = (default_candidates(int(run.candidates)) if isinstance(run.candidates, numbers.Integral)
+            else sorted({*run.candidates, 1.0}))
+    # Graph order, so that the contiguous chunks of a parallel back end each walk one stretch of the model.
+    layers = sorted(stage.layers, key=layer_nodes(gm, stage.layers).__getitem__)
+    if isinstance(eval_fn, OutputScore):
+        rows = rows_fn(stage, eval_fn, grid, baseline, run.progress and _serial(run))
+    else:
+        def rows(chunk: list[str]) -> list[dict[float, float]]:
+            jobs = [(layer, r) for layer in chunk for r in grid if r < 1.0]
+            out: dict[str, dict[float, float]] = {layer: {} for layer in chunk}
+            for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval",
+                                     disable=not (run.progress and _serial(run)), leave=False):
+                trial = copy.deepcopy(gm)
+                out[layer][ratio] = baseline if stage.apply(trial, layer, ratio) is None else call_eval_fn(
+                    eval_fn, trial, f"the model with layer {layer} compressed to ratio {ratio}")
+            return [out[layer] for layer in chunk]
+
+    def chunked(chunk: list[str]) -> list[dict[float, float]]:
+        if _serial(run):
+            return rows(chunk)
+        from ..parallel import run_chunks  # Ray is an optional extra: imported only when asked for
+
+        work = suffix_work(stage, chunk)
+        return run_chunks(rows, chunk, workers=run.workers, ray_address=run.ray_address, progress=run.progress,
+                          desc=f"eval-score table ({scheme})", weights=[work[n] for n in chunk])
+
+    path = Path(run.cache_dir) / f"eval_scores_{scheme}.json" if run.cache_dir is not None else None
+    table = build_table_by_layers(layers, grid, chunked, baseline, scheme,
+                                  fingerprint(gm, stage.layers, scheme, grid, run.multiple), path)
+    table.scores = {n: table.scores[n] for n in stage.layers}  # the cost report's order, as before
+    return table
+
+
+def _serial(run: _Run) -> bool:
+    return (run.workers or 1) == 1 and run.ray_address is None
+
+
+def _manual_ratios(ratios: dict[str, float], stage: Stage) -> dict[str, float]:
     unknown = [n for n in ratios if n not in stage.costs.layers]
     if unknown:
         raise UnknownLayerError(f"ratios={unknown}: not a conv/linear layer of the model; valid names "

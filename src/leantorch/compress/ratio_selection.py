@@ -106,7 +106,41 @@ def build_table(
     progress: bool = True,
 ) -> EvalScoreTable:
     """Evaluate ``score_with(layer, ratio)`` for every layer and candidate below 1.0 (reusing ``path``
-    when it holds a table with the same fingerprint; writing it there otherwise)."""
+    when it holds a table with the same fingerprint; writing it there otherwise).
+
+    Example:
+        >>> build_table(["a"], [0.5, 1.0], lambda layer, r: r, 1.0, "weight_svd", "", progress=False).scores
+        {'a': {1.0: 1.0, 0.5: 0.5}}
+    """
+    def score_layers(chunk: list[str]) -> list[dict[float, float]]:
+        jobs = [(layer, r) for layer in chunk for r in candidates if r < 1.0]
+        rows: dict[str, dict[float, float]] = {layer: {} for layer in chunk}
+        for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval", disable=not progress,
+                                 leave=False):
+            rows[layer][ratio] = score_with(layer, ratio)
+        return [rows[layer] for layer in chunk]
+
+    return build_table_by_layers(layers, candidates, score_layers, baseline, scheme, fingerprint_text, path)
+
+
+def build_table_by_layers(
+    layers: list[str],
+    candidates: list[float],
+    score_layers: Callable[[list[str]], list[dict[float, float]]],
+    baseline: float,
+    scheme: str,
+    fingerprint_text: str,
+    path: str | Path | None = None,
+) -> EvalScoreTable:
+    """The table from ``score_layers(layers)``, one ``{ratio: score}`` row per layer for the candidates below
+    1.0 (a function of a list of layers, so that a back end can run contiguous chunks of them in parallel);
+    reuses ``path`` when it holds a table with the same fingerprint and baseline, writes it there otherwise.
+
+    Example:
+        >>> rows = lambda chunk: [{0.5: 0.9} for _ in chunk]
+        >>> build_table_by_layers(["a", "b"], [0.5, 1.0], rows, 1.0, "weight_svd", "").scores["b"]
+        {1.0: 1.0, 0.5: 0.9}
+    """
     if path is not None and Path(path).exists():
         cached = EvalScoreTable.load(path)
         # The baseline is the eval_fn's score of the same model: if it changed, so did the data or the
@@ -116,12 +150,11 @@ def build_table(
         log.info("eval-score table %s was made for another model, eval_fn or data; recomputing it", path)
     table = EvalScoreTable(scheme, candidates, baseline, fingerprint=fingerprint_text)
     start = time.perf_counter()
-    jobs = [(layer, r) for layer in layers for r in candidates if r < 1.0]
-    for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval", disable=not progress,
-                             leave=False):
-        table.scores.setdefault(layer, {1.0: baseline})[ratio] = score_with(layer, ratio)
-    for layer in layers:
-        table.scores.setdefault(layer, {1.0: baseline})
+    rows = score_layers(list(layers))
+    if len(rows) != len(layers):
+        raise CompressionError(f"the table function returned {len(rows)} rows for {len(layers)} layers")
+    for layer, row in zip(layers, rows):
+        table.scores[layer] = {1.0: baseline, **{float(r): float(v) for r, v in row.items() if r < 1.0}}
     table.seconds = time.perf_counter() - start
     if path is not None:
         table.save(path)
