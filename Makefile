@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[demo,test]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[demo,test,ray]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 demo: $(STAMP)
