@@ -14,7 +14,9 @@ which ``λ = 0``. Defaults follow the paper: 10,000 iterations, λ = 0.01, Adam 
 ``x`` is the float model's input to the layer. ``x̂`` is, by default, the input the simulated model gives
 the layer with the layers before already adarounded and activations quantized (the paper's "asymmetric
 reconstruction"), so each layer also compensates the error that reaches it; ``use_quantized_inputs=False``
-makes ``x̂ = x``. Targets always come from an untouched copy of the float model. On EfficientNet-Lite0 at
+makes ``x̂ = x``. Targets always come from an untouched copy of the float model. Both inputs come from one
+sweep of the calibration batches through each model, node by node (:class:`~leantorch.ptq.frontier.Frontier`),
+rather than from re-running the model up to every layer, so gathering them costs about one forward pass. On EfficientNet-Lite0 at
 W4A8 per-channel the asymmetric form is what makes AdaRound work: top-1 agreement with FP32 is 0.13 with
 round-to-nearest, 0.27 with AdaRound on float inputs and 0.80 with quantized inputs
 (``benchmarks/ptq_efficientnet.py``), because each layer corrects the error that reaches it instead of
@@ -40,7 +42,7 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +57,8 @@ from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import encodings_dict, write_encodings
 from ..quant.sim import QuantSim
-from ..quant.wrapper import QuantWrapper
+from .frontier import Frontier
 from .input_moments import InputMoments, factorize, grouped_weight, supports_moments
-from .layer_io import layer_io
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +166,23 @@ def adaround(
     layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
               and w.param_quantizers["weight"].is_active]
     gen = torch.Generator().manual_seed(seed)
-    for name in tqdm(layers, desc="adaround", unit="layer", disable=not progress, leave=False):
+    bar = tqdm(total=len(layers), desc="adaround", unit="layer", disable=not progress, leave=False)
+    for name, inputs, quantized in _layer_inputs(reference, sim, layers, data, use_quantized_inputs):
+        bar.update(1)
         wrapper = sim.layers()[name]
         fp_layer = reference.get_submodule(name)
-        quantized_inputs = (sim.model, wrapper) if use_quantized_inputs else None
         if objective == "moments" and supports_moments(fp_layer):
-            reconstruction = _moments_reconstruction(reference, fp_layer, quantized_inputs, data)
+            reconstruction = _moments_reconstruction(fp_layer, inputs, quantized)
         else:
-            reconstruction = _minibatch_reconstruction(reference, fp_layer, quantized_inputs, data, batch_size,
-                                                       gen)
+            reconstruction = _minibatch_reconstruction(fp_layer, inputs, quantized, batch_size, gen)
         quantizer = wrapper.param_quantizers["weight"]
         rounded = _learn_rounding(fp_layer.weight.detach(), quantizer.encoding, reconstruction, iterations,
                                   reg_param, beta_range, warm_start, lr)
         with torch.no_grad():
             gm.get_submodule(name).weight.copy_(rounded)
-            wrapper.module.weight.copy_(rounded)
+            wrapper.module.weight.copy_(rounded)  # the sim frontier runs this layer next, with the rounding
         quantizer.frozen = True
+    bar.close()
     _save_param_encodings(sim, enc_path)
     return gm, enc_path
 
@@ -205,26 +207,58 @@ def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta
     check_flag("per_channel", per_channel, allow_none=True)
 
 
-def _layer_input(model: nn.Module, layer: nn.Module, x: Inputs) -> torch.Tensor:
-    return layer_io(model, layer, [x], capture_output=False)[0][0]
+def _layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs],
+                  use_quantized_inputs: bool) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
+    """Each layer in graph order with its float inputs and (asymmetric mode) its quantized inputs, per batch.
+
+    The calibration batches are advanced node by node through the float model and, in lock step, through
+    ``sim.model`` (:class:`~leantorch.ptq.frontier.Frontier`), stopping just before each layer: the whole sweep
+    costs about one forward pass of each model instead of one per layer (O(depth²)). The sim's layer runs
+    when the sweep moves on, after the caller has copied the rounded weight into its wrapper, so later layers
+    see the adarounded output (the caller must do so before asking for the next layer)."""
+    batches = [tuple(x.to(sim.device) for x in batch) for batch in data]
+    float_nodes, sim_nodes = _first_calls(reference, layers), _first_calls(sim.model, layers)
+    float_frontier = Frontier(reference, batches)
+    sim_frontier = Frontier(sim.model, batches) if use_quantized_inputs else None
+    order = sorted((name for name in layers if name in sim_nodes and name in float_nodes),
+                   key=lambda name: sim_frontier.nodes.index(sim_nodes[name]) if sim_frontier
+                   else float_frontier.nodes.index(float_nodes[name]))
+    for name in order:
+        inputs = _first_arguments(float_frontier, float_nodes[name])
+        quantized = None
+        if sim_frontier is not None:
+            wrapper = sim.layers()[name]
+            with torch.no_grad():
+                # what the wrapped layer multiplies its weights with: its input after its input quantizer
+                quantized = [wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
+                             for x in _first_arguments(sim_frontier, sim_nodes[name])]
+        yield name, inputs, quantized
 
 
-def _quantized_input(sim_model: nn.Module, wrapper: QuantWrapper, x: Inputs) -> torch.Tensor:
-    """What the wrapped layer multiplies its weights with: its input after its input quantizer, if any."""
-    inp = _layer_input(sim_model, wrapper, x)
-    return wrapper.input_quantizers[0](inp) if len(wrapper.input_quantizers) else inp
+def _first_calls(gm: fx.GraphModule, layers: list[str]) -> dict[str, fx.Node]:
+    """The first ``call_module`` node of each named layer (a layer called twice is fitted at its first call)."""
+    wanted, found = set(layers), {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in wanted and node.target not in found:
+            found[str(node.target)] = node
+    return found
 
 
-def _moments_reconstruction(reference: nn.Module, fp_layer: nn.Module,
-                            quantized_inputs: tuple[nn.Module, QuantWrapper] | None,
-                            data: list[Inputs]) -> Reconstruction:
-    """E‖W x − W̃ x̂‖² over all of ``data``, as ``‖W Aᵀ − W̃ Bᵀ‖²`` from the input second moments."""
+def _first_arguments(frontier: Frontier, node: fx.Node) -> list[torch.Tensor]:
+    """The first argument of ``node`` for every batch, advancing ``frontier`` to just before the node."""
+    with torch.no_grad():
+        frontier.advance_to(node)
+    return [args[0].detach() for args in frontier.inputs_of(node)]
+
+
+def _moments_reconstruction(fp_layer: nn.Module, inputs: list[torch.Tensor],
+                            quantized: list[torch.Tensor] | None) -> Reconstruction:
+    """E‖W x − W̃ x̂‖² over all batches, as ``‖W Aᵀ − W̃ Bᵀ‖²`` from the input second moments."""
     moments = InputMoments(fp_layer)
     with torch.no_grad():
-        for x in data:
-            x_hat = _quantized_input(*quantized_inputs, x) if quantized_inputs else None
-            moments.add(_layer_input(reference, fp_layer, x), x_hat)
-    a, b = factorize(moments.second_moment(), split=quantized_inputs is not None)
+        for i, x in enumerate(inputs):
+            moments.add(x, quantized[i] if quantized is not None else None)
+    a, b = factorize(moments.second_moment(), split=quantized is not None)
     weight = fp_layer.weight.detach()
     target = grouped_weight(fp_layer, weight.float()) @ a.transpose(1, 2)
     b_t = b.transpose(1, 2)
@@ -235,15 +269,13 @@ def _moments_reconstruction(reference: nn.Module, fp_layer: nn.Module,
     return reconstruction
 
 
-def _minibatch_reconstruction(reference: nn.Module, fp_layer: nn.Module,
-                              quantized_inputs: tuple[nn.Module, QuantWrapper] | None, data: list[Inputs],
-                              batch_size: int, gen: torch.Generator) -> Reconstruction:
+def _minibatch_reconstruction(fp_layer: nn.Module, inputs: list[torch.Tensor],
+                              quantized: list[torch.Tensor] | None, batch_size: int,
+                              gen: torch.Generator) -> Reconstruction:
     """The paper's estimate: each call draws ``batch_size`` cached samples."""
     with torch.no_grad():
-        fp_inputs = [_layer_input(reference, fp_layer, x) for x in data]
-        inputs = [_quantized_input(*quantized_inputs, x) for x in data] if quantized_inputs else fp_inputs
-        targets = torch.cat([_apply(fp_layer, fp_layer.weight, x) for x in fp_inputs])
-    x_all = torch.cat(inputs)
+        targets = torch.cat([_apply(fp_layer, fp_layer.weight, x) for x in inputs])
+    x_all = torch.cat(quantized if quantized is not None else inputs)
 
     def reconstruction(candidate: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=gen).to(x_all.device)
