@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .cli_args import UsageError, build_parser
+from .cli_args import COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError, build_parser
 from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
@@ -242,8 +242,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from . import compress as compression
     from .compress.report import write_report
-    from .evaluation import Agreement, markdown_table, model_outputs
+    from .evaluation import agreement_score, markdown_table
 
+    settings = COMPRESS_THOROUGH if args.thorough else COMPRESS_DEFAULTS
+    for key, value in settings.items():  # given values win over both
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
         model, data = _model_and_data(args, args.num_samples + args.eval_samples, DataError)
@@ -255,18 +259,16 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         example = calib[0][:1]
         if args.skip:
             _check_names("--skip", args.skip, list(compression.cost(prepare(model, example), example).layers))
-        # The long part starts here.
-        reference = model_outputs(model, evals, progress=False)
-
-        def agreement(candidate: nn.Module) -> float:
-            return Agreement.of(reference, model_outputs(candidate, evals, progress=False)).top1
+        # The long part starts here. An OutputScore (not a plain function): the eval-score table then runs only
+        # the part of the model after each candidate layer.
+        agreement = agreement_score(model, evals)
 
         # The eval-score tables are a cache, not an output: they go straight to --out, so that a later
         # run (another --target, or after a failure further on) reuses them.
         compressed, info = compression.compress(
             model, example, agreement, args.scheme, args.target, calibration=calib, candidates=args.candidates,
             rank_multiple=args.rank_multiple, skip_layers=args.skip, cache_dir=args.out,
-            progress=not args.no_progress)
+            progress=not args.no_progress, workers=args.workers, ray_address=args.ray_address)
         print(markdown_table([{"scheme": info.scheme, "MAC ratio": info.mac_ratio, "MACs before": info.macs_before,
                                "MACs after": info.macs_after, "top-1 agreement": info.score}]))
         # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.

@@ -151,6 +151,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    "times faster)")
 
 
+# compress: defaults that finish the README command (EfficientNet-Lite0) in a few minutes on 2 CPU cores, and
+# the slower settings of --thorough (denser candidates, more samples per score).
+COMPRESS_DEFAULTS = {"candidates": 5, "eval_samples": 32}
+COMPRESS_THOROUGH = {"candidates": 10, "eval_samples": 64}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``leantorch`` command."""
     parser = _Parser(prog="leantorch", description=DESCRIPTION)
@@ -210,13 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "channel_pruning); default spatial_svd")
     c.add_argument("--target", type=_open_unit_interval, default=0.5, help="MACs after / before, strictly between "
                    "0 and 1 (default 0.5)")
-    c.add_argument("--candidates", type=_positive_int, default=10, help="candidate ratios per layer (default 10)")
+    c.add_argument("--candidates", type=_positive_int, help=f"candidate ratios per layer, evenly spaced (default "
+                   f"{COMPRESS_DEFAULTS['candidates']}, {COMPRESS_THOROUGH['candidates']} with --thorough)")
     c.add_argument("--rank-multiple", type=_positive_int, default=8, help="round ranks/channels up to a multiple "
                    "(default 8)")
     c.add_argument("--skip", nargs="+", default=[], help="layer names to leave uncompressed (checked against the "
                    "model's layers)")
-    c.add_argument("--eval-samples", type=_positive_int, default=64, help="held-out samples scoring each candidate "
-                   "(default 64)")
+    c.add_argument("--eval-samples", type=_positive_int, help="held-out samples scoring each candidate (default "
+                   f"{COMPRESS_DEFAULTS['eval_samples']}, {COMPRESS_THOROUGH['eval_samples']} with --thorough)")
+    c.add_argument("--thorough", action="store_true", help="the slower settings: "
+                   + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in COMPRESS_THOROUGH.items()))
+    c.add_argument("--workers", type=_positive_int, help="compute the eval-score table on N Ray worker processes "
+                   "(local Ray; needs the ray extra); default: in this process")
+    c.add_argument("--ray-address", help="compute the eval-score table on an existing Ray cluster ('auto' or "
+                   "'ray://host:10001')")
     c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
 
     d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",

@@ -153,6 +153,8 @@ def compress(
         check_count("workers", workers, hint=" (1 runs in this process)")
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise InvalidOptionError(f"ray_address={ray_address!r}: pass 'auto', 'ray://host:port' or None")
+    if (workers or 1) > 1 or ray_address is not None:
+        _check_ray()  # before the baseline and the table, not when the table's workers start
     run = _Run(candidates, rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image, progress,
                workers, ray_address)
     if cache_dir is not None:
@@ -336,6 +338,15 @@ def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], basel
                                   fingerprint(gm, stage.layers, scheme, grid, run.multiple), path)
     table.scores = {n: table.scores[n] for n in stage.layers}  # the cost report's order, as before
     return table
+
+
+def _check_ray() -> None:
+    import importlib.util
+
+    from ..parallel import INSTALL_HINT, RayNotInstalledError
+
+    if importlib.util.find_spec("ray") is None:
+        raise RayNotInstalledError(f"workers > 1 or a ray_address needs Ray, which is not installed: {INSTALL_HINT}")
 
 
 def _serial(run: _Run) -> bool:

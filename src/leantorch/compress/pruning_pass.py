@@ -60,8 +60,8 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
     samples = sum(len(batch[0]) for batch in batches)
     # Progress in MACs run (both models, up to each layer): the layers sit at very different depths.
     reached = {n: sum(c.macs for m, c in stage.costs.layers.items() if start[m] < start[n]) for n in todo}
-    bar = tqdm(total=round(2 * samples * reached[todo[-1]] / 1e9, 3), desc="pruning (channel_pruning)",
-               unit="GMAC", disable=not progress, leave=False)
+    bar = tqdm(total=2 * samples * reached[todo[-1]], desc="pruning (channel_pruning)", unit="MAC", unit_scale=True,
+               disable=not progress, leave=False)
     sizes: dict[str, int] = {}
     done = 0
     with torch.no_grad(), bar:
@@ -75,7 +75,7 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
             # Step over the layer reading only the kept channels of its (still full-width) input.
             with swapped(conv, lambda x, conv=conv, kept=kept: type(conv).forward(conv, x.index_select(1, kept))):
                 current.advance_to(nodes[start[name] + 1])
-            bar.update(2 * samples * (reached[name] - done) / 1e9)
+            bar.update(2 * samples * (reached[name] - done))
             done = reached[name]
     return sizes
 

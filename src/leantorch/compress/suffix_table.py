@@ -86,9 +86,9 @@ def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseli
     # Progress in MACs actually run (each candidate runs the suffix from its layer on the probe samples): an
     # early layer's candidates cost most of a forward pass, a late one's a few percent, so counting
     # candidates would give an ETA far too pessimistic at the start and too optimistic at the end.
-    total = sum(work[n] * samples * len(ratios) for n in order) / 1e9
-    bar = tqdm(total=round(total, 3), desc=f"eval-score table ({stage.scheme})", unit="GMAC", disable=not progress,
-               leave=False)
+    total = sum(int(work[n]) * samples * len(ratios) for n in order)
+    bar = tqdm(total=total, desc=f"eval-score table ({stage.scheme})", unit="MAC", unit_scale=True,
+               disable=not progress, leave=False)
     try:
         with torch.no_grad(), bar:
             for name in order:
@@ -106,7 +106,7 @@ def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseli
                             outputs = probe.fork().run_rest()
                         what = f"the model with layer {name} compressed to ratio {ratio}"
                         row[ratio] = call_eval_fn(lambda _m: score.score_outputs(outputs), gm, what)
-                    bar.update(work[name] * samples / 1e9)
+                    bar.update(int(work[name]) * samples)
                 rows[name] = row
     finally:
         gm.train(was_training)
