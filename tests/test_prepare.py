@@ -229,3 +229,19 @@ def test_a_dtype_mismatch_is_reported_as_dtype_not_shape() -> None:
         lt.prepare(nn.Linear(3, 2), torch.randn(1, 3, dtype=torch.float64))
     with pytest.raises(lt.InputShapeError, match="of the shape the model expects"):
         lt.prepare(nn.Linear(3, 2), torch.randn(1, 4))
+
+
+def test_a_prepared_and_a_quantized_model_pickle() -> None:
+    """Ray workers, torch.save and multiprocessing pickle models: string annotations (``from __future__
+    import annotations``) and leantorch's tracer used to make that fail."""
+    import pickle
+
+    from leantorch.models import ResNetSmall
+
+    model = ResNetSmall(num_classes=10, width=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    sim = lt.QuantSim(model, x[:1], param_bw=4)
+    sim.compute_encodings([x], progress=False)
+    for gm in (lt.prepare(model, x[:1]), sim.model):
+        with torch.no_grad():
+            assert torch.equal(pickle.loads(pickle.dumps(gm))(x), gm(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -56,3 +57,22 @@ def test_sensitivity_from_suffixes_equals_full_runs() -> None:
         assert fast.sensitivity == slow.sensitivity
         assert fast.scores == slow.scores
         assert len({row["only this layer quantized"] for row in fast.sensitivity}) > 2  # layers do differ
+
+
+@pytest.mark.slow
+def test_sensitivity_on_two_ray_workers_equals_the_serial_sweep() -> None:
+    pytest.importorskip("ray")
+    torch.manual_seed(0)
+    model = ResNetSmall(num_classes=10, width=8).eval()
+    data = [torch.randn(6, 3, 32, 32) for _ in range(2)]
+    sim = lt.QuantSim(model, data[0][:1], param_bw=4, act_bw=4)
+    sim.compute_encodings(data, progress=False)
+    score = sqnr_score(model, data[:1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers run one thread each: the same float reductions
+    try:
+        serial = lt.analyze(sim, score, data, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = lt.analyze(sim, score, data, progress=False, workers=2)
+    assert parallel.sensitivity == serial.sensitivity

@@ -226,8 +226,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         # and each of the ~2 × layers sweep runs costs in proportion to the samples (--thorough: 32).
         probe_samples = args.sensitivity_samples or (32 if args.thorough else 8)
         probe = batches(data[:probe_samples], args.batch_size)
+        # SQNR per layer and histograms need no more than a few batches to be stable (--thorough: all of them).
         report = analyze(sim, sqnr_score(model, probe), calib, layers=args.layers,
-                         sensitivity=not args.no_sensitivity, progress=progress)
+                         num_batches=None if args.thorough else max(1, 64 // args.batch_size),
+                         sensitivity=not args.no_sensitivity, progress=progress, workers=args.workers,
+                         ray_address=args.ray_address)
         if args.cle:
             report.add_equalization(fold_batch_norms(model, example)[0], sim.model)
         print(markdown_table(report.summary_rows()))

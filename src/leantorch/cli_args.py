@@ -128,6 +128,13 @@ def _add_data_options(p: argparse.ArgumentParser, num_samples: int, batch_size: 
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def add_parallel_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--workers N`` / ``--ray-address ADDR``: run ``what`` on Ray (the optional extra ``leantorch[ray]``)."""
+    p.add_argument("--workers", type=_positive_int, help=f"run {what} in N local Ray worker processes "
+                   "(pip install \"leantorch[ray]\"); default: in this process")
+    p.add_argument("--ray-address", help=f"run {what} on an existing Ray cluster (auto, ray://host:10001)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``quantize`` and ``analyze``: model, data, bitwidths, techniques."""
     _add_data_options(p, 256, 32, "calibration")
@@ -200,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
     a.add_argument("--sensitivity-samples", type=_positive_int, help="samples scored in the sensitivity sweep "
                    "(default 8, 32 with --thorough); the sweep runs only the part of the model after each layer")
-    a.add_argument("--thorough", action="store_true", help="slower, steadier settings (32 sensitivity samples)")
+    add_parallel_options(a, "the sensitivity sweep")
+    a.add_argument("--thorough", action="store_true", help="slower, steadier settings: 32 sensitivity samples, "
+                   "per-layer SQNR and histograms on every sample instead of the first 64")
 
     c = sub.add_parser("compress", help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
                        description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "

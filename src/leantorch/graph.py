@@ -113,7 +113,8 @@ def example_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
 class _ScopeTracer(fx.Tracer):
     """fx tracer that records, for each node, the path of the module whose forward created it."""
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
+    # Defaults: unpickling a GraphModule re-traces its generated code with a no-argument tracer of this class.
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
         self.lt_scope: list[str] = [""]
@@ -191,6 +192,12 @@ def prepare(
     shared = split_shared_stateless_modules(gm)
     if shared:
         log.warning("modules called at several places share one set of quantizers: %s", ", ".join(shared))
+    for node in gm.graph.nodes:
+        # ``from __future__ import annotations`` makes argument annotations strings ("torch.Tensor"); fx turns
+        # them into a str global that GraphModule.__reduce__ cannot import, so the model would not pickle
+        # (Ray workers, torch.save, multiprocessing). The annotation is documentation only: drop it.
+        if isinstance(node.type, str):
+            node.type = None
     gm.graph.lint()
     gm.recompile()
     gm.eval()
