@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .errors import InvalidOptionError, LeanTorchError
 from .options import check_count, check_flag, short_repr
 
-__all__ = ["run_chunks", "split_contiguous", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
+__all__ = ["run_chunks", "split_contiguous", "check_backend", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -158,11 +158,9 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
         [5, 5, 5, 5, 5]
     """
     items = list(items)
-    workers = None if workers is None else check_count("workers", workers, hint=" (1 runs in this process)")
+    workers = check_backend(workers, ray_address)
     progress = check_flag("progress", progress)
     threads_per_worker = check_count("threads_per_worker", threads_per_worker)
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-        raise InvalidOptionError(f"ray_address={ray_address!r}: pass 'auto', 'ray://host:port' or None")
     if weights is not None:
         _check_weights(weights, len(items))
     if (workers or 1) == 1 and ray_address is None:
@@ -182,6 +180,26 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
     finally:
         if started or connected:  # a local Ray we started stops; a cluster we connected to only loses us
             ray.shutdown()
+
+
+def check_backend(workers: Any, ray_address: Any) -> int | None:
+    """Refuse bad ``workers``/``ray_address`` values, and Ray back ends where Ray is not installed, before any
+    long work (a sweep usually starts after minutes of calibration). Returns ``workers`` as an int or None.
+
+    Example:
+        >>> check_backend(None, None) is None
+        True
+        >>> check_backend(0, None)
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: workers=0: pass a whole number ≥ 1 (1 runs in this process)
+    """
+    workers = None if workers is None else check_count("workers", workers, hint=" (1 runs in this process)")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise InvalidOptionError(f"ray_address={ray_address!r}: pass 'auto', 'ray://host:port' or None")
+    if (workers or 1) > 1 or ray_address is not None:
+        _import_ray(workers, ray_address)
+    return workers
 
 
 def _checked(fn: Callable[[list[T]], list[R]], chunk: list[T]) -> list[R]:

@@ -32,7 +32,7 @@ from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
-from ..parallel import run_chunks
+from ..parallel import check_backend, run_chunks
 from ..sweep import Trial, first_calls, suffix_outputs
 from .report import ActivationStats, AnalysisReport, WeightRanges
 
@@ -101,6 +101,7 @@ def analyze(
         raise UnknownLayerError(f"layers={unknown}: no layer with an enabled quantizer has that name; valid names "
                                 f"({len(groups)}): {name_list(list(groups))}")
     data = _calibration(sim, calibration, num_batches, bins)
+    check_backend(workers, ray_address)
     params = {q for q in configured if q.is_param}
     with _restored(configured):
         scores = {
