@@ -10,6 +10,11 @@ every position of every calibration sample, is a quadratic form in the weights:
 by streaming the data replaces caching every activation, and one optimisation step then costs
 ``out × K × rank`` instead of a convolution over the cached images. :func:`factorize` returns ``A, B``
 with ``E‖…‖² = ‖W Aᵀ − W̃ Bᵀ‖²`` so the target ``W Aᵀ`` is computed once.
+
+AdaRound needs only the gradient, ``∂/∂W̃ = 2 (W̃ E[p̂ p̂ᵀ] − W E[p p̂ᵀ])``: :class:`QuadraticObjective` gathers just
+those two blocks (half the work of the full moment, no eigendecomposition) and a step costs one
+``out × K × K`` product per group. Where the data spans fewer than ``K/2`` positions (a classifier on a few
+hundred samples), the patches themselves are the cheaper factors: :class:`LowRankObjective`.
 """
 
 from __future__ import annotations
@@ -134,3 +139,127 @@ def factorize(moment: torch.Tensor, split: bool, rel_tol: float = 1e-6) -> tuple
         return factor, factor
     k = moment.shape[-1] // 2
     return factor[:, :, :k], factor[:, :, k:]
+
+
+def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input patches as ``[batch · groups, K, positions]`` (per sample; :func:`patches` merges the samples).
+
+    Unlike :func:`patches` this needs no permuted copy (and for 1×1 stride-1 convolutions no unfold at all):
+    the per-sample products are summed afterwards, which is what makes gathering moments cheap."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    if isinstance(layer, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, stride = (1, layer.kernel_size[0]), (1, layer.stride[0])
+        padding, dilation = (0, layer.padding[0]), (1, layer.dilation[0])
+    else:
+        kernel, stride, padding, dilation = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    if all(v == 1 for v in (*kernel, *stride, *dilation)) and not any(padding):
+        cols = x.reshape(x.shape[0], x.shape[1], -1)  # a 1×1 convolution's patches are its input pixels
+    else:
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C·k, L]
+    n, ck, length = cols.shape
+    return cols.reshape(n * layer.groups, ck // layer.groups, length)
+
+
+def _per_group_products(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``Σ_positions p(x) p(y)ᵀ`` per group as ``[groups, K, K]`` (float64), in chunks of samples."""
+    groups = getattr(layer, "groups", 1)
+    total: torch.Tensor | None = None
+    for start in range(0, x.shape[0], _CHUNK):
+        a = _columns(layer, x[start:start + _CHUNK].float())
+        b = a if y is x else _columns(layer, y[start:start + _CHUNK].float())
+        part = torch.bmm(a, b.transpose(1, 2))
+        part = part.reshape(-1, groups, *part.shape[1:]).sum(0).double()
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+def _positions(layer: nn.Module, x: torch.Tensor) -> int:
+    """How many patches ``layer`` sees in ``x`` (samples × output positions)."""
+    if isinstance(layer, nn.Linear):
+        return x.numel() // x.shape[-1]
+    return _columns(layer, x[:1]).shape[-1] * x.shape[0]
+
+
+class QuadraticObjective:
+    """``E‖W p − W̃ p̂‖²`` (summed over output channels, averaged over positions) as a function of ``W̃``.
+
+    Gathers ``G = E[p̂ p̂ᵀ]`` and ``C = W E[p p̂ᵀ]`` per group (float64 sums, float32 for the steps), so
+    :meth:`gradient` is one product per call; ``p̂ = p`` when ``quantized`` is None.
+
+    Example:
+        >>> layer = nn.Linear(3, 2, bias=False)
+        >>> x = torch.randn(50, 3)
+        >>> objective = QuadraticObjective(layer, layer.weight.detach(), [x])
+        >>> float(objective.gradient(layer.weight.detach()).abs().max()) < 1e-5   # W̃ = W is the minimum
+        True
+    """
+
+    def __init__(self, layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
+                 quantized: list[torch.Tensor] | None = None) -> None:
+        self.layer = layer
+        gram = cross = None
+        count = 0
+        with torch.no_grad():
+            for i, x in enumerate(inputs):
+                x_hat = quantized[i] if quantized is not None else x
+                g = _per_group_products(layer, x_hat, x_hat)
+                c = g if quantized is None else _per_group_products(layer, x, x_hat)
+                gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+                count += _positions(layer, x)
+        if gram is None or cross is None:
+            raise CalibrationDataError("no layer inputs: pass at least one batch of calibration data")
+        self.gram = (gram / count).float()
+        self.target = (grouped_weight(layer, weight.double()) @ (cross / count)).float()
+
+    def gradient(self, candidate: torch.Tensor) -> torch.Tensor:
+        """``∂E/∂W̃`` at ``candidate`` (the weight's shape)."""
+        w = grouped_weight(self.layer, candidate.float())
+        return torch.baddbmm(self.target, w, self.gram, beta=-2.0, alpha=2.0).reshape(candidate.shape)
+
+
+class LowRankObjective:
+    """The same objective from the patches themselves, for data with fewer positions than ``K/2``.
+
+    ``∂/∂W̃ = 2/n · (W̃ P̂ − W P) P̂ᵀ`` costs ``2 · out · K · n`` per call, less than the ``out · K²`` of
+    :class:`QuadraticObjective` when ``n < K/2`` (a classifier fitted on a few hundred samples).
+
+    Example:
+        >>> layer = nn.Linear(8, 2, bias=False)
+        >>> x = torch.randn(3, 8)
+        >>> low, full = LowRankObjective(layer, layer.weight, [x]), QuadraticObjective(layer, layer.weight, [x])
+        >>> w = torch.randn(2, 8)
+        >>> torch.allclose(low.gradient(w), full.gradient(w), atol=1e-5)
+        True
+    """
+
+    def __init__(self, layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
+                 quantized: list[torch.Tensor] | None = None) -> None:
+        self.layer = layer
+        with torch.no_grad():
+            p = torch.cat([patches(layer, x.float()) for x in inputs], dim=-1)
+            p_hat = p if quantized is None else torch.cat([patches(layer, x.float()) for x in quantized], dim=-1)
+            self.count = p.shape[-1]
+            self.p_hat = p_hat
+            self.target = grouped_weight(layer, weight.detach().float()) @ p
+
+    def gradient(self, candidate: torch.Tensor) -> torch.Tensor:
+        """``∂E/∂W̃`` at ``candidate`` (the weight's shape)."""
+        error = grouped_weight(self.layer, candidate.float()) @ self.p_hat - self.target
+        return (error @ self.p_hat.transpose(1, 2)).mul_(2.0 / self.count).reshape(candidate.shape)
+
+
+def layer_objective(layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
+                    quantized: list[torch.Tensor] | None = None) -> QuadraticObjective | LowRankObjective:
+    """The cheaper exact form of ``E‖W p − W̃ p̂‖²`` for these inputs (see the two classes).
+
+    Example:
+        >>> type(layer_objective(nn.Linear(64, 4), torch.zeros(4, 64), [torch.randn(8, 64)])).__name__
+        'LowRankObjective'
+    """
+    k = grouped_weight(layer, weight).shape[-1]
+    if 2 * sum(_positions(layer, x) for x in inputs) < k:
+        return LowRankObjective(layer, weight, inputs, quantized)
+    return QuadraticObjective(layer, weight, inputs, quantized)
