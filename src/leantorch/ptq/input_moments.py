@@ -162,18 +162,23 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.reshape(n * layer.groups, ck // layer.groups, length)
 
 
-def _per_group_products(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``Σ_positions p(x) p(y)ᵀ`` per group as ``[groups, K, K]`` (float64), in chunks of samples."""
+def _per_group_products(layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ p̂ p̂ᵀ`` and ``Σ p p̂ᵀ`` over positions, per group as ``[groups, K, K]`` (float64), in chunks of
+    samples; each input is unfolded once. ``x_hat=None`` means ``p̂ = p`` (then both sums are one tensor)."""
     groups = getattr(layer, "groups", 1)
-    total: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
     for start in range(0, x.shape[0], _CHUNK):
-        a = _columns(layer, x[start:start + _CHUNK].float())
-        b = a if y is x else _columns(layer, y[start:start + _CHUNK].float())
-        part = torch.bmm(a, b.transpose(1, 2))
-        part = part.reshape(-1, groups, *part.shape[1:]).sum(0).double()
-        total = part if total is None else total + part
-    assert total is not None
-    return total
+        p = _columns(layer, x[start:start + _CHUNK].float())
+        p_hat = p if x_hat is None else _columns(layer, x_hat[start:start + _CHUNK].float())
+        g = torch.bmm(p_hat, p_hat.transpose(1, 2))
+        g = g.reshape(-1, groups, *g.shape[1:]).sum(0).double()
+        c = g if x_hat is None else torch.bmm(p, p_hat.transpose(1, 2))
+        c = c if x_hat is None else c.reshape(-1, groups, *c.shape[1:]).sum(0).double()
+        gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
+    assert gram is not None and cross is not None
+    return gram, cross
 
 
 def _positions(layer: nn.Module, x: torch.Tensor) -> int:
@@ -204,9 +209,7 @@ class QuadraticObjective:
         count = 0
         with torch.no_grad():
             for i, x in enumerate(inputs):
-                x_hat = quantized[i] if quantized is not None else x
-                g = _per_group_products(layer, x_hat, x_hat)
-                c = g if quantized is None else _per_group_products(layer, x, x_hat)
+                g, c = _per_group_products(layer, x, quantized[i] if quantized is not None else None)
                 gram, cross = (g, c) if gram is None else (gram + g, cross + c)
                 count += _positions(layer, x)
         if gram is None or cross is None:
