@@ -1,8 +1,9 @@
 """Capturing what flows into and out of layers: channel means, cached inputs/outputs, early stop.
 
-Running a model only up to the layer of interest (raising :class:`StopForward` from a hook) halves the
-cost of AdaRound's layer-by-layer passes on average (bias correction advances a :class:`~.frontier.Frontier`
-instead, which costs one pass in all).
+:func:`layer_io` runs a model only up to the layer of interest (raising :class:`StopForward` from a hook):
+one pass per layer of interest. Layer-by-layer algorithms over a whole model (bias correction, AdaRound)
+advance a :class:`~.frontier.Frontier` instead, which costs about one pass in all; :func:`layer_io` stays for
+a single layer's inputs and outputs, and as the reference those sweeps are tested against.
 """
 
 from __future__ import annotations
