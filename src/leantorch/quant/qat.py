@@ -10,6 +10,13 @@ BatchNorm: leantorch **folds BatchNorm before QAT** rather than simulating the f
 then exactly the weights that get quantized and exported. If BatchNorm layers are left in the sim,
 :func:`fit` warns and keeps their running statistics frozen (eval mode), the usual practice late in QAT,
 so that small fine-tuning batches cannot corrupt them.
+
+Distributed (DDP): under ``torch.distributed`` (e.g. ``torchrun``), :func:`fit` wraps ``sim.model`` in
+``DistributedDataParallel`` for the training (or re-wraps the module of a ``sim.model`` that already is one).
+The wrap broadcasts rank 0's weights and encodings (parameters and buffers) to every rank; learned scales and
+offsets are parameters, so their gradients are averaged like the weights' and they stay identical on all ranks.
+Quantizer buffers do not change during training, so they are not re-broadcast at every step. Each rank passes
+its own share of the data, with the same number of batches per epoch (checked when the data has a length).
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..batches import all_finite, is_iterable, model_inputs
+from ..distributed import DistributedMismatchError, check_same, merge_group, reduce_scalar
 from ..errors import EncodingsMissingError, TrainingDataError, TrainingDivergedError
 from ..options import check_choice, check_count, check_flag, check_positive
 from .quantizer import Quantizer
@@ -33,6 +42,7 @@ from .sim import QuantSim
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
+_OK, _DIVERGED, _FAILED = 0.0, 1.0, 2.0  # per-step status shared across ranks (the maximum wins)
 
 
 def fit(
@@ -45,6 +55,8 @@ def fit(
     optimizer: Literal["adam", "sgd"] = "adam",
     weight_decay: float = 0.0,
     progress: bool = True,
+    distributed: bool | None = None,
+    process_group: Any = None,
 ) -> list[float]:
     """Train ``sim.model`` for ``epochs`` passes over ``train_batches``; returns the mean loss per epoch.
 
@@ -60,7 +72,11 @@ def fit(
             both finite and > 0.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         weight_decay: L2 penalty of the weights (not of the encodings), finite and ≥ 0.
-        progress: a progress bar per epoch, True or False.
+        progress: a progress bar per epoch, True or False (shown on rank 0 only when distributed).
+        distributed: train with ``DistributedDataParallel`` over the ranks of ``torch.distributed``, each rank
+            passing its own share of the data. None (default): when a process group with more than one rank is
+            initialised, or ``sim.model`` already is a ``DistributedDataParallel``. Every rank must call it.
+        process_group: the ranks to train with (default: all, or those of a ``sim.model`` DDP wrapper).
 
     Raises:
         InvalidOptionError: ``epochs``, ``lr``, ``range_lr``, ``weight_decay``, ``optimizer`` or ``progress``
@@ -71,7 +87,10 @@ def fit(
             the model takes, or holds NaN/Inf (checked before that batch's forward; the steps before it stay
             taken).
         TrainingDivergedError: the loss or an update became NaN/Inf; the trained tensors are restored to
-            the last state that gave a finite loss (lower ``lr``).
+            the last state that gave a finite loss (lower ``lr``). Distributed: on every rank when any
+            rank's loss diverged.
+        DistributedMismatchError: the ranks' quantizers or numbers of batches differ, or training failed on
+            another rank (raised there with its own error); no rank is left waiting.
 
     Both training errors carry ``losses``: the mean loss of every epoch that completed before the error.
 
@@ -94,35 +113,65 @@ def fit(
             "epochs would use it up. Pass a re-iterable such as a list or a DataLoader, or epochs=1.")
         error.losses = []  # type: ignore[attr-defined]  # no epoch ran
         raise error
-    model = sim.model
+    base = sim.model.module if isinstance(sim.model, DistributedDataParallel) else sim.model
+    if process_group is None and isinstance(sim.model, DistributedDataParallel):
+        process_group = sim.model.process_group
+    group = merge_group(distributed, process_group)
     missing = [name for name, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
         raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
                                     "sim.compute_encodings(...) before quantization-aware training.")
-    opt = _make_optimizer(model, optimizer, lr, range_lr if range_lr is not None else lr, weight_decay)
-    guard = _LastGoodState([p for group in opt.param_groups for p in group["params"]])
-    batch_norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    device = sim.device
+    model = base if group is None else _wrap_ddp(base, train_batches, group, device)
+    opt = _make_optimizer(base, optimizer, lr, range_lr if range_lr is not None else lr, weight_decay)
+    guard = _LastGoodState([p for group_ in opt.param_groups for p in group_["params"]])
+    batch_norms = [name for name, m in base.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if batch_norms:
         warnings.warn(f"{len(batch_norms)} BatchNorm layer(s) are not folded (e.g. {batch_norms[:3]}); their "
                       "statistics stay frozen during QAT. Fold them first: lt.fold_batch_norms(model, x).",
                       stacklevel=2)
-    device = sim.device
-    was_training = model.training
+    if group is not None and torch.distributed.get_rank(group) != 0:
+        progress = False  # one progress bar, not one per rank
+    was_training = base.training
     losses: list[float] = []
     try:
         for epoch in range(epochs):
             model.train()
             for name in batch_norms:
-                model.get_submodule(name).eval()
+                base.get_submodule(name).eval()
             losses.append(_train_epoch(model, opt, guard, train_batches, loss_fn, len(sim.example_input), device,
-                                       epoch, epochs, progress))
+                                       epoch, epochs, progress, group))
             log.info("QAT epoch %d/%d: mean loss %.4f", epoch + 1, epochs, losses[-1])
-    except (TrainingDataError, TrainingDivergedError) as exc:
+    except (TrainingDataError, TrainingDivergedError, DistributedMismatchError) as exc:
         exc.losses = list(losses)  # type: ignore[attr-defined]  # only the epochs that completed
         raise
     finally:
-        model.train(was_training)
+        base.train(was_training)
     return losses
+
+
+def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
+              device: torch.device) -> DistributedDataParallel:
+    """``base`` in a fresh DistributedDataParallel, after checking that the ranks train the same thing.
+
+    Fresh, even when ``sim.model`` already was a DDP wrapper: calibration replaces encoding tensors (and
+    range learning turns them into new parameters) after the user wrapped, and a wrapper only synchronises the
+    tensors it saw when it was built. Building it broadcasts rank 0's parameters and buffers, weights and
+    encodings alike, so every rank starts from the same state.
+    """
+    described = [(name, q.bitwidth, q.symmetric, q.axis, q.is_active, q.is_learnable,
+                  None if q.scale is None else tuple(q.scale.shape))
+                 for name, q in base.named_modules() if isinstance(q, Quantizer)]
+    check_same(group, described, "quantizers (name, bitwidth, symmetric, axis, active, learnable, shape)")
+    if hasattr(train_batches, "__len__"):
+        # Uneven shards would leave the ranks with more batches waiting for the others' gradients forever.
+        check_same(group, [len(train_batches)], "number of training batches per epoch (shard the data evenly, "
+                   "e.g. DistributedSampler(drop_last=True))")
+    # Learnable encodings of inactive quantizers get no gradient; DDP must be told to expect that.
+    unused = any(p.requires_grad for m in base.modules() if isinstance(m, Quantizer) and not m.is_active
+                 for p in m.parameters(recurse=False))
+    return DistributedDataParallel(base, device_ids=[device] if device.type == "cuda" else None,
+                                   process_group=group, broadcast_buffers=False, find_unused_parameters=unused)
 
 
 def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any, progress: Any) -> None:
@@ -190,13 +239,26 @@ class _LastGoodState:
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodState, batches: Iterable[Any],
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_inputs: int,
-                 device: torch.device, epoch: int, epochs: int, progress: bool) -> float:
+                 device: torch.device, epoch: int, epochs: int, progress: bool, group: Any = None) -> float:
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
-        inputs, targets = _batch_tensors(batch, step, num_inputs, device)
-        loss = loss_fn(model(*inputs), targets)
-        value = float(loss.detach())
+        try:
+            inputs, targets = _batch_tensors(batch, step, num_inputs, device)
+            loss = loss_fn(model(*inputs), targets)
+            value = float(loss.detach())
+        except Exception:
+            if group is not None:
+                reduce_scalar(group, _FAILED)  # the other ranks raise instead of waiting for its gradients
+            raise
+        if group is not None:
+            # Every rank takes the same branch: all step, all restore, or all raise.
+            status = reduce_scalar(group, _OK if math.isfinite(value) else _DIVERGED)
+            if status == _FAILED:
+                raise DistributedMismatchError(f"QAT failed on another rank at epoch {epoch + 1}, step {step} (see its "
+                                               "error); this rank stopped there too.")
+            if status == _DIVERGED and math.isfinite(value):
+                value = float("nan")  # another rank's loss; reported as this step's
         if not math.isfinite(value):
             state = ("were restored to the last state that gave a finite loss" if guard.restore()
                      else "are as before training (no step was taken)")
@@ -221,6 +283,9 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
             "the training data is empty: pass at least one (inputs, targets) batch" if epoch == 0 else
             f"epoch {epoch + 1} of {epochs} saw no batch: train_batches is a one-shot iterator (e.g. a generator) "
             "that the first epoch used up; pass a re-iterable such as a list or a DataLoader, or epochs=1.")
+    if group is not None:  # the mean over all ranks' batches, the same number on every rank
+        world = torch.distributed.get_world_size(group)
+        return reduce_scalar(group, total, "sum") / reduce_scalar(group, count, "sum") if world > 1 else total / count
     return total / count
 
 

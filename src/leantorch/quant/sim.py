@@ -13,6 +13,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs, run_batch
+from ..distributed import any_rank_failed, merge_estimators, merge_group
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
 from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
@@ -20,7 +21,7 @@ from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
 from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, encodings_dict, match_encodings,
                              read_encodings, write_encodings)
-from .estimators import QuantScheme
+from .estimators import QuantScheme, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
@@ -157,7 +158,8 @@ class QuantSim:
                 q.enabled = enabled and q.configured_enabled
 
     # ------------------------------------------------------------------ calibration
-    def compute_encodings(self, calibration: Any, num_batches: int | None = None, progress: bool = True) -> None:
+    def compute_encodings(self, calibration: Any, num_batches: int | None = None, progress: bool = True,
+                          distributed: bool | None = None, process_group: Any = None) -> None:
         """Calibrate: run data through the model and set every quantizer's encoding.
 
         Args:
@@ -165,17 +167,32 @@ class QuantSim:
                 runs the model itself.
             num_batches: stop after this many batches of an iterable.
             progress: show a progress bar.
+            distributed: merge the range statistics of all ``torch.distributed`` ranks before computing
+                encodings, so every rank gets the encodings of all ranks' data (each rank passes its own
+                share). None (default): merge when a process group is initialised with more than one rank.
+                Every rank must call this (a collective); see :mod:`leantorch.distributed`.
+            process_group: the ranks to merge over (default: all).
 
         Raises:
             CalibrationDataError: empty data, NaN/Inf (naming the batch and tensor), wrong structure (what a
                 batch may be: :mod:`leantorch.batches`).
-            InvalidOptionError: ``num_batches`` is not a whole number ≥ 1 (or None).
+            InvalidOptionError: ``num_batches`` is not a whole number ≥ 1 (or None); ``distributed=True``
+                without an initialised process group.
+            DistributedMismatchError: calibration failed on another rank, or the ranks' quantizers differ.
         Nothing changes if an error is raised: previous encodings stay.
+
+        Example:
+            >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(1, 4), scheme="minmax")
+            >>> sim.compute_encodings([torch.randn(8, 4) for _ in range(2)], progress=False)
+            >>> all(q.encoding is not None for q in sim.quantizers().values() if q.is_active)
+            True
         """
         check_iterable(calibration, allow_callable=True)
         if num_batches is not None:
             check_count("num_batches", num_batches, hint=", or None for all batches")
-        activations = [q for q in self.activation_quantizers().values() if q.is_active and not q.frozen]
+        group = merge_group(distributed, process_group)
+        named = {n: q for n, q in self.activation_quantizers().items() if q.is_active and not q.frozen}
+        activations = list(named.values())
         # Weights are encoded first so that activation ranges are those of the quantized-weight model.
         params = self._param_encodings()
         previous = [(q, q.encoding) for q, _ in params]
@@ -185,11 +202,17 @@ class QuantSim:
             q.set_encoding(enc)
         for q in activations:
             q.start_calibration()
+        ran = False
         try:
             with torch.no_grad():
                 self._run_calibration(calibration, num_batches, progress)
+            ran = True
+            if group is not None:
+                merge_estimators({n: q._estimator for n, q in named.items()}, group, self.device)
             results = [(q, q.finish_calibration(apply=False)) for q in activations]
         except BaseException:
+            if group is not None and not ran:
+                any_rank_failed(group, failed=True)  # the other ranks raise instead of waiting at the merge
             for q in activations:
                 q.abort_calibration()
             for q, enc in previous:
@@ -197,6 +220,7 @@ class QuantSim:
             raise
         finally:
             self.model.train(was_training)
+            release_scratch()
         for q, enc in results:
             if enc is None:
                 log.warning("quantizer %s saw no data during calibration", q.name)

@@ -1,0 +1,188 @@
+"""Distributed calibration and QAT: two gloo ranks on CPU (spawned processes) against one process.
+
+One module-scoped spawn runs every distributed scenario (process start-up dominates the cost); each test
+then checks one property of what the ranks saved.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import leantorch as lt
+from leantorch.distributed import DistributedMismatchError, merge_group
+from leantorch.errors import InvalidOptionError
+
+WORLD = 2
+SCHEMES = ("minmax", "tf_enhanced", "percentile", "mse")
+
+
+def small_model(extra: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+              nn.Linear(8 * 8 * 8, 5)]
+    if extra:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def calibration_batches() -> list[torch.Tensor]:
+    """Eight batches whose ranges grow, so that histograms are re-binned along the way."""
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(4, 3, 8, 8, generator=gen) * (1 + 0.3 * i) for i in range(8)]
+
+
+def training_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(2)
+    return [(torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 5, (8,), generator=gen)) for _ in range(4)]
+
+
+def encodings(sim: lt.QuantSim) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {n: (q.encoding.scale.clone(), q.encoding.offset.clone())
+            for n, q in sim.quantizers().items() if q.encoding is not None}
+
+
+def calibrate(scheme: str, batches: list[torch.Tensor], **kwargs: Any) -> lt.QuantSim:
+    sim = lt.QuantSim(small_model(), batches[0][:1], scheme=scheme, per_channel=True)
+    sim.compute_encodings(batches, progress=False, **kwargs)
+    return sim
+
+
+def qat_sim() -> lt.QuantSim:
+    sim = lt.QuantSim(small_model(), training_batches()[0][0][:1], param_bw=4, act_bw=4, scheme="minmax",
+                      range_learning=True)
+    sim.compute_encodings([x for x, _ in training_batches()], progress=False, distributed=False)
+    return sim
+
+
+def _error_name(fn: Any) -> str:
+    try:
+        fn()
+    except Exception as exc:  # the type is what the test checks
+        return type(exc).__name__
+    return "none"
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        results: dict[str, Any] = {}
+        shard = calibration_batches()[rank::WORLD]  # interleaved, as DistributedSampler shards
+        for scheme in SCHEMES:
+            results[scheme] = encodings(calibrate(scheme, shard))
+        # A rank whose data holds NaN raises its own error; the other one must not wait forever.
+        bad = [b.clone() for b in shard]
+        if rank == 1:
+            bad[1][0, 0, 0, 0] = float("nan")
+        results["failure"] = _error_name(lambda: calibrate("minmax", bad))
+        # Ranks with different quantizers are refused on every rank.
+        other = lt.QuantSim(small_model(extra=rank == 1), shard[0][:1], scheme="minmax")
+        results["mismatch"] = _error_name(lambda: other.compute_encodings(shard, progress=False))
+        # QAT: each rank its half of the batches of the single-process run below (SGD: averaged gradients).
+        sim = qat_sim()
+        results["qat_before"] = encodings(sim)
+        losses = lt.qat.fit(sim, training_batches()[rank::WORLD], nn.functional.cross_entropy, epochs=2,
+                            lr=1e-2, range_lr=1e-2, optimizer="sgd", progress=False)
+        results["qat"] = encodings(sim)
+        results["qat_losses"] = losses
+        results["qat_weights"] = {k: v.clone() for k, v in sim.model.state_dict().items()}
+        results["qat_uneven"] = _error_name(lambda: lt.qat.fit(sim, training_batches()[: 1 + rank],
+                                                               nn.functional.cross_entropy, progress=False))
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+pytestmark = pytest.mark.slow  # two spawned processes: ~20 s
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1]), name
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_ranks_agree_bit_for_bit(ranks: list[dict[str, Any]], scheme: str) -> None:
+    assert_same(ranks[0][scheme], ranks[1][scheme])
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "tf_enhanced", "mse"])
+def test_two_ranks_on_split_data_equal_one_process_on_all(ranks: list[dict[str, Any]], scheme: str) -> None:
+    # minmax: exact by construction. tf_enhanced/mse: equal here because their candidate grids are much
+    # coarser than the histogram bins that re-binning moves mass between (leantorch.distributed).
+    assert_same(ranks[0][scheme], encodings(calibrate(scheme, calibration_batches(), distributed=False)))
+
+
+def test_percentile_two_ranks_within_a_bin_of_one_process(ranks: list[dict[str, Any]]) -> None:
+    single = encodings(calibrate("percentile", calibration_batches(), distributed=False))
+    for name, (scale, offset) in ranks[0]["percentile"].items():
+        ref_scale, ref_offset = single[name]
+        # A range within about one histogram bin (range/2048) of the single-process one.
+        assert torch.allclose(scale, ref_scale, rtol=2e-3), name
+        assert (offset - ref_offset).abs().max() <= 1, name
+
+
+def test_a_failing_rank_makes_every_rank_raise(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["failure"] == "CalibrationDataError"
+    assert ranks[0]["failure"] == "DistributedMismatchError"
+
+
+def test_ranks_with_different_quantizers_are_refused(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["mismatch"] == ranks[1]["mismatch"] == "DistributedMismatchError"
+
+
+def test_qat_under_ddp_keeps_encodings_identical_across_ranks(ranks: list[dict[str, Any]]) -> None:
+    assert_same(ranks[0]["qat"], ranks[1]["qat"])
+    assert ranks[0]["qat_losses"] == ranks[1]["qat_losses"]
+    # Range learning did move the encodings.
+    assert any(not torch.equal(ranks[0]["qat"][n][0], ranks[0]["qat_before"][n][0]) for n in ranks[0]["qat"])
+
+
+def test_qat_under_ddp_matches_one_process_on_the_global_batches(ranks: list[dict[str, Any]]) -> None:
+    # DDP averages the gradients of the two ranks' batches: the gradient of the mean loss over both batches,
+    # which is what one process sees when each step takes both ranks' batches together.
+    sim = qat_sim()
+    data = training_batches()
+    merged = [(torch.cat([data[i][0], data[i + 1][0]]), torch.cat([data[i][1], data[i + 1][1]]))
+              for i in range(0, len(data), WORLD)]
+    lt.qat.fit(sim, merged, nn.functional.cross_entropy, epochs=2, lr=1e-2, range_lr=1e-2, optimizer="sgd",
+               progress=False, distributed=False)
+    for name, value in sim.model.state_dict().items():
+        assert torch.allclose(ranks[0]["qat_weights"][name].float(), value.float(), rtol=1e-4, atol=1e-5), name
+
+
+def test_qat_refuses_uneven_shards_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["qat_uneven"] == ranks[1]["qat_uneven"] == "DistributedMismatchError"
+
+
+def test_distributed_true_without_a_process_group_is_refused() -> None:
+    assert merge_group(None) is None and merge_group(False) is None
+    with pytest.raises(InvalidOptionError, match="init_process_group"):
+        merge_group(True)
+    sim = lt.QuantSim(small_model(), torch.randn(1, 3, 8, 8), scheme="minmax")
+    with pytest.raises(InvalidOptionError):
+        sim.compute_encodings([torch.randn(2, 3, 8, 8)], progress=False, distributed=True)
+    assert issubclass(DistributedMismatchError, lt.LeanTorchError)
