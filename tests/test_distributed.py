@@ -95,6 +95,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["qat"] = encodings(sim)
         results["qat_losses"] = losses
         results["qat_weights"] = {k: v.clone() for k, v in sim.model.state_dict().items()}
+        # Fixed encodings (buffers) that differ between ranks are replaced by rank 0's when training starts.
+        fixed = lt.QuantSim(small_model(), shard[0][:1], param_bw=4, act_bw=4, scheme="minmax")
+        fixed.compute_encodings(shard, progress=False, distributed=False)  # per-rank data: ranks differ
+        results["fixed_before"] = encodings(fixed)
+        lt.qat.fit(fixed, training_batches()[rank::WORLD][:1], nn.functional.cross_entropy, progress=False)
+        results["fixed_after"] = encodings(fixed)
         results["qat_uneven"] = _error_name(lambda: lt.qat.fit(sim, training_batches()[: 1 + rank],
                                                                nn.functional.cross_entropy, progress=False))
         torch.save(results, Path(out) / f"rank{rank}.pt")
@@ -172,6 +178,13 @@ def test_qat_under_ddp_matches_one_process_on_the_global_batches(ranks: list[dic
                progress=False, distributed=False)
     for name, value in sim.model.state_dict().items():
         assert torch.allclose(ranks[0]["qat_weights"][name].float(), value.float(), rtol=1e-4, atol=1e-5), name
+
+
+def test_qat_starts_from_rank_zeros_fixed_encodings(ranks: list[dict[str, Any]]) -> None:
+    before = [r["fixed_before"] for r in ranks]
+    assert any(not torch.equal(before[0][n][0], before[1][n][0]) for n in before[0])  # the ranks did differ
+    assert_same(ranks[0]["fixed_after"], ranks[1]["fixed_after"])
+    assert_same(ranks[1]["fixed_after"], before[0])  # rank 0's, unchanged by training (they are buffers)
 
 
 def test_qat_refuses_uneven_shards_on_every_rank(ranks: list[dict[str, Any]]) -> None:

@@ -22,6 +22,7 @@ its own share of the data, with the same number of batches per epoch (checked wh
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import logging
 import math
 import warnings
@@ -156,8 +157,8 @@ def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
 
     Fresh, even when ``sim.model`` already was a DDP wrapper: calibration replaces encoding tensors (and
     range learning turns them into new parameters) after the user wrapped, and a wrapper only synchronises the
-    tensors it saw when it was built. Building it broadcasts rank 0's parameters and buffers, weights and
-    encodings alike, so every rank starts from the same state.
+    tensors it saw when it was built. Rank 0's buffers (fixed encodings) are broadcast here and DDP broadcasts
+    its parameters (weights, learnable encodings), so every rank starts from the same state.
     """
     described = [(name, q.bitwidth, q.symmetric, q.axis, q.is_active, q.is_learnable,
                   None if q.scale is None else tuple(q.scale.shape))
@@ -167,11 +168,18 @@ def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
         # Uneven shards would leave the ranks with more batches waiting for the others' gradients forever.
         check_same(group, [len(train_batches)], "number of training batches per epoch (shard the data evenly, "
                    "e.g. DistributedSampler(drop_last=True))")
+    # Fixed encodings are buffers: sent once from rank 0 here, not before every forward (they do not change;
+    # DDP's `broadcast_buffers=False` would skip the first sync as well).
+    source = torch.distributed.get_global_rank(group, 0)
+    for buffer in base.buffers():
+        torch.distributed.broadcast(buffer.data, src=source, group=group)
+    no_resync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                 inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
     # Learnable encodings of inactive quantizers get no gradient; DDP must be told to expect that.
     unused = any(p.requires_grad for m in base.modules() if isinstance(m, Quantizer) and not m.is_active
                  for p in m.parameters(recurse=False))
     return DistributedDataParallel(base, device_ids=[device] if device.type == "cuda" else None,
-                                   process_group=group, broadcast_buffers=False, find_unused_parameters=unused)
+                                   process_group=group, find_unused_parameters=unused, **no_resync)
 
 
 def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any, progress: Any) -> None:
