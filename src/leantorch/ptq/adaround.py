@@ -16,8 +16,8 @@ the layer with the layers before already adarounded and activations quantized (t
 reconstruction"), so each layer also compensates the error that reaches it; ``use_quantized_inputs=False``
 makes ``x̂ = x``. Targets always come from an untouched copy of the float model. Both inputs come from one
 sweep of the calibration batches through each model, node by node (:class:`~leantorch.ptq.frontier.Frontier`),
-rather than from re-running the model up to every layer, so gathering them costs about one forward pass. On EfficientNet-Lite0 at
-W4A8 per-channel the asymmetric form is what makes AdaRound work: top-1 agreement with FP32 is 0.13 with
+rather than from re-running the model up to every layer: gathering them costs about one forward pass of
+each model, not one per layer. On EfficientNet-Lite0 at W4A8 per-channel the asymmetric form is what makes AdaRound work: top-1 agreement with FP32 is 0.13 with
 round-to-nearest, 0.27 with AdaRound on float inputs and 0.80 with quantized inputs
 (``benchmarks/ptq_efficientnet.py``), because each layer corrects the error that reaches it instead of
 letting it compound over depth.
@@ -27,7 +27,9 @@ Deviations from the paper, and why:
 - ``objective="moments"`` (default): the expectation is computed exactly over all calibration samples
   from the input second moments (:mod:`leantorch.ptq.input_moments`) instead of estimated on random
   mini-batches of 32 cached inputs. Same objective, no sampling noise, memory independent of the
-  number of samples, and a step costs no convolution, which makes AdaRound affordable on a CPU.
+  number of samples, and a step costs no convolution: its gradient is ``2 (W̃ E[x̂x̂ᵀ] − W E[xx̂ᵀ])``, one
+  product per step (:class:`~leantorch.ptq.input_moments.QuadraticObjective`), and the chain rule through
+  ``h(V)`` and the regulariser is written out (no autograd graph), which makes AdaRound affordable on a CPU.
   ``objective="minibatch"`` is the paper's procedure (cached inputs, ``batch_size`` samples per step); it
   is also used for layers whose input cannot be unfolded (ConvTranspose, Conv3d, non-zero padding).
 - The loss is on the layer's pre-activation output (no activation function inside the loss), as AIMET
@@ -306,6 +308,7 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, gradient: Gradient, ite
         h_raw = sig * (ZETA - GAMMA) + GAMMA
         h = h_raw.clamp(0.0, 1.0)
         grad = gradient(torch.addcmul(base, slope, h)).to(weight.dtype).mul_(slope)
+        passes = h_raw.eq(h)  # where the rectifier does not clip (h is overwritten below)
         if step >= warm and reg_param > 0:
             progress = (step - warm) / max(1, iterations - warm)
             beta = beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos(progress * math.pi))
@@ -313,7 +316,7 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, gradient: Gradient, ite
             r = h.mul_(2.0).sub_(1.0)
             grad.addcmul_(r.sign(), r.abs_().log_().mul_(beta - 1).exp_(), value=-2.0 * reg_param * beta)
         # ∂h/∂V = (ζ − γ)·σ(1 − σ) where the rectifier passes, 0 where it clips
-        grad.mul_(sig).mul_(1.0 - sig).mul_((h_raw >= 0) & (h_raw <= 1)).mul_(ZETA - GAMMA)
+        grad.mul_(sig).mul_(1.0 - sig).mul_(passes).mul_(ZETA - GAMMA)
         v.grad = grad
         optimizer.step()
     hard = (rectified_sigmoid(v) >= 0.5).to(weight.dtype)
