@@ -235,10 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{COMPRESS_DEFAULTS['eval_samples']}, {COMPRESS_THOROUGH['eval_samples']} with --thorough)")
     c.add_argument("--thorough", action="store_true", help="the slower settings: "
                    + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in COMPRESS_THOROUGH.items()))
-    c.add_argument("--workers", type=_positive_int, help="compute the eval-score table on N Ray worker processes "
-                   "(local Ray; needs the ray extra); default: in this process")
-    c.add_argument("--ray-address", help="compute the eval-score table on an existing Ray cluster ('auto' or "
-                   "'ray://host:10001')")
+    add_parallel_options(c, "the eval-score table")
     c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
 
     d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
