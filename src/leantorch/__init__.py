@@ -12,6 +12,8 @@ from .errors import (
     LeanTorchError,
     NonFiniteModelError,
     OutputPathError,
+    ParallelBackendError,
+    RayNotInstalledError,
     TraceError,
     TrainingDataError,
     TrainingDivergedError,
@@ -38,3 +40,5 @@ from . import analysis
 from .analysis import AnalysisReport, analyze
 from . import compress
 from .compress import CompressionError
+from . import evaluation
+from .evaluation import OutputScore, agreement_score, sqnr_score

@@ -83,3 +83,15 @@ class TrainingDivergedError(LeanTorchError, FloatingPointError):
 
 class OutputPathError(LeanTorchError, ValueError):
     """An output location cannot be written (not a directory, no permission, an empty file name)."""
+
+
+class RayNotInstalledError(InvalidOptionError, ImportError):
+    """``workers`` > 1 or a ``ray_address`` was given but Ray is not installed; the message names the fix.
+
+    An ``ImportError`` too, so ``except ImportError`` around optional back ends keeps working."""
+
+
+class ParallelBackendError(LeanTorchError, RuntimeError):
+    """Ray itself failed (a worker process died, out of memory, the cluster went away), or a sweep function
+    returned the wrong number of results for its chunk. Errors raised by the sweep function are re-raised
+    with their own type instead."""

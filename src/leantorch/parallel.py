@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
-from .errors import InvalidOptionError, LeanTorchError
+from .errors import InvalidOptionError, ParallelBackendError, RayNotInstalledError
 from .options import check_count, check_flag, short_repr
 
 __all__ = ["run_chunks", "split_contiguous", "check_backend", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
@@ -51,18 +51,6 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "leantorch[ray]"'
-
-
-class RayNotInstalledError(InvalidOptionError, ImportError):
-    """``workers`` > 1 or a ``ray_address`` was given but Ray is not installed; the message names the fix.
-
-    An ``ImportError`` too, so ``except ImportError`` around optional back ends keeps working."""
-
-
-class ParallelBackendError(LeanTorchError, RuntimeError):
-    """Ray itself failed (a worker process died, out of memory, the cluster went away), or a sweep function
-    returned the wrong number of results for its chunk. Errors raised by the sweep function are re-raised
-    with their own type instead."""
 
 
 def split_contiguous(items: Sequence[T], parts: int, weights: Sequence[float] | None = None) -> list[list[T]]:

@@ -10,6 +10,7 @@ layers drops from ``layers × model`` to about ``layers × model / 2`` plus one 
 changed layers sit late in the model.
 
 Example:
+    >>> import contextlib
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     >>> gm = fx.symbolic_trace(net)
     >>> probe = [(torch.randn(3, 4),)]
@@ -30,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Hashable, Sequence
 

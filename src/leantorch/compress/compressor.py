@@ -26,6 +26,7 @@ from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
 from ..graph import example_inputs, prepare
 from ..options import as_names, check_count, name_list
+from ..parallel import check_backend
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
 from ..evaluation import OutputScore
@@ -149,12 +150,7 @@ def compress(
     check_count("num_batches", num_batches)
     check_count("samples_per_image", samples_per_image)
     skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
-    if workers is not None:
-        check_count("workers", workers, hint=" (1 runs in this process)")
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-        raise InvalidOptionError(f"ray_address={ray_address!r}: pass 'auto', 'ray://host:port' or None")
-    if (workers or 1) > 1 or ray_address is not None:
-        _check_ray()  # before the baseline and the table, not when the table's workers start
+    workers = check_backend(workers, ray_address)  # before the baseline and the table, not when workers start
     run = _Run(candidates, rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image, progress,
                workers, ray_address)
     if cache_dir is not None:
@@ -338,15 +334,6 @@ def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], basel
                                   fingerprint(gm, stage.layers, scheme, grid, run.multiple), path)
     table.scores = {n: table.scores[n] for n in stage.layers}  # the cost report's order, as before
     return table
-
-
-def _check_ray() -> None:
-    import importlib.util
-
-    from ..parallel import INSTALL_HINT, RayNotInstalledError
-
-    if importlib.util.find_spec("ray") is None:
-        raise RayNotInstalledError(f"workers > 1 or a ray_address needs Ray, which is not installed: {INSTALL_HINT}")
 
 
 def _serial(run: _Run) -> bool:
