@@ -31,8 +31,6 @@ FLOWS: dict[str, tuple[list[str], str]] = {
     "analyze": (["analyze", *EFFNET, "--out", "{out}/report.html"], "README: analysis + per-layer sensitivity"),
     "compress": (["compress", *EFFNET, "--scheme", "channel_pruning", "--target", "0.75", "--out", "{out}"],
                  "README: channel pruning to 0.75 MACs"),
-    "compress-svd+cp": (["compress", *EFFNET, "--scheme", "spatial_svd", "channel_pruning", "--target", "0.5",
-                         "--out", "{out}"], "README: spatial SVD + channel pruning to 0.5 MACs"),
     "adaround-w4a8": (["quantize", *EFFNET, "--param-bw", "4", "--act-bw", "8", "--per-channel", "--fold-bn",
                        "--adaround", "--out", "{out}"], "AdaRound W4A8 per-channel (CLI defaults)"),
     "auto": (["quantize", *EFFNET, "--auto", "--out", "{out}"], "AutoQuant (BN fold, CLE, AdaRound ...)"),
