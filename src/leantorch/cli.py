@@ -22,12 +22,13 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .cli_args import COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError, build_parser
+from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError,
+                       build_parser)
 from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
@@ -171,10 +172,18 @@ def _check_auto(args: argparse.Namespace) -> None:
                                  "--auto's AdaRound stage")
 
 
+def _fill_defaults(args: argparse.Namespace, defaults: dict[str, Any], thorough: dict[str, Any]) -> None:
+    """Options left unset take the quick default, or the slow one with --thorough; given values win over both."""
+    for key, value in (thorough if args.thorough else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .evaluation import Agreement, markdown_table, model_outputs
     from .ptq.auto import auto_quant
 
+    _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
     _check_auto(args)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
@@ -210,6 +219,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .evaluation import markdown_table, sqnr_score
 
+    _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
     with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
         report_path = staging.file(args.out)
         plots_dir = staging.directory(args.plots, "--plots") if args.plots else None
@@ -247,10 +257,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .compress.report import write_report
     from .evaluation import agreement_score, markdown_table
 
-    settings = COMPRESS_THOROUGH if args.thorough else COMPRESS_DEFAULTS
-    for key, value in settings.items():  # given values win over both
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    _fill_defaults(args, COMPRESS_DEFAULTS, COMPRESS_THOROUGH)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
         model, data = _model_and_data(args, args.num_samples + args.eval_samples, DataError)
