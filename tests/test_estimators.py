@@ -114,3 +114,39 @@ def test_quantizer_names_float64_values_beyond_float32() -> None:
     q.start_calibration()
     with pytest.raises(CalibrationDataError, match=r"head.output_quantizers.0 holds values up to 1e\+300.*float32"):
         q(torch.tensor([1.0, -1e300], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("size", [1_000, 3_000_000])  # the large one takes the threaded counting path
+def test_per_tensor_histogram_equals_torch_histc(size: int) -> None:
+    gen = torch.Generator().manual_seed(size)
+    x = torch.cat([torch.randn(size, generator=gen), torch.randint(-3, 4, (size // 10,), generator=gen).float()])
+    lo, hi = x.min(), x.max()
+    from leantorch.quant.estimators import histc_counts
+    assert torch.equal(histc_counts(x, lo, hi, 512), torch.histc(x, 512, float(lo), float(hi)).double())
+
+
+def _old_search(est: HistogramEstimator, bw: int, symmetric: bool) -> tuple[float, float]:
+    """The range search as it was: every candidate's noise summed bin by bin (expected_noise), argmin."""
+    from leantorch.quant.estimators import expected_noise
+    lo, hi = est.lo.clamp(max=0.0), est.hi.clamp(min=0.0)
+    unsigned = symmetric and bool((est.lo >= 0).all())
+    cand_lo, cand_hi = est.candidates(lo, hi, bw, symmetric, unsigned)
+    delta = cand_hi / (2 ** (bw - 1) - 1) if symmetric and not unsigned else (cand_hi - cand_lo) / (2**bw - 1)
+    best = expected_noise(est.hist, est.bin_centres(), cand_lo, cand_hi, delta, est.gamma).argmin(1, keepdim=True)
+    return cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "mse"])
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_sum_search_picks_what_the_bin_by_bin_sum_picks(scheme: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    est = make_estimator(scheme, axis=0)
+    for i in range(3):  # growing ranges: re-binned histograms
+        x = torch.randn(6, 3000, generator=gen) * (1 + i)
+        x[::2] = x[::2].relu() + 0.1 * seed  # some all-positive channels (unsigned, clamped windows)
+        x[1, :5] = 30.0  # an outlier
+        est.observe(x)
+    for bw, symmetric in [(8, False), (8, True), (4, False), (3, True), (16, False)]:
+        lo, hi = est.compute_range(bw, symmetric)
+        ref_lo, ref_hi = _old_search(est, bw, symmetric)
+        assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), (bw, symmetric)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
 import torch
@@ -228,9 +229,24 @@ def histc_counts(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins:
     index_dtype = torch.int16 if bins < 2**15 else torch.int32
     index = scratch.get(x.numel(), index_dtype, x.device)
     index.copy_(pos)  # truncation toward zero; pos >= 0
-    counts = torch.bincount(index, minlength=bins + 1).double()
+    counts = _bincount(index, bins + 1).double()
     counts[bins - 1] += counts[bins]  # x == hi lands on index B: histc counts it in the last bin
     return counts[:bins]
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _bincount(index: torch.Tensor, minlength: int) -> torch.Tensor:
+    """``torch.bincount`` split over torch's CPU threads: its counting loop is serial, and torch ops release the
+    GIL. Integer counts, so the split sums exactly."""
+    threads = torch.get_num_threads()
+    if threads < 2 or index.device.type != "cpu" or index.numel() < (1 << 21):
+        return torch.bincount(index, minlength=minlength)
+    if not _POOL or _POOL[0]._max_workers != threads:
+        _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="leantorch-histogram")]
+    parts = [_POOL[0].submit(torch.bincount, part, minlength=minlength) for part in index.chunk(threads)]
+    return torch.stack([p.result() for p in parts]).sum(0)
 
 
 class HistogramEstimator(RangeEstimator):
@@ -338,8 +354,8 @@ def search_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi
         True
     """
     channels, bins = hist.shape
-    # ~32k elements per temporary: below torch's parallel grain size (no thread wake-ups) and cache-resident.
-    chunk = max(1, (1 << 15) // max(bins + 1, lo.shape[1]))
+    # ~128k elements per temporary: cache-resident, and few enough chunks that per-op overhead stays small.
+    chunk = max(1, (1 << 17) // max(bins + 1, lo.shape[1]))
     parts = [_search_chunk(hist[s:s + chunk], centres[s:s + chunk], lo[s:s + chunk], hi[s:s + chunk],
                            delta[s:s + chunk], gamma) for s in range(0, channels, chunk)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -355,26 +371,23 @@ def _search_chunk(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, h
     mass = torch.cat([zero, hist.cumsum(1)], 1)
     first = torch.cat([zero, (hist * i[:bins]).cumsum(1)], 1)
     second = torch.cat([zero, (hist * i[:bins] ** 2).cumsum(1)], 1)
-    j = i - 1
-    left1 = j * mass - first
-    left2 = (j * j) * mass - 2 * j * first + second
-    # ... and over bins i >= n: mass, Σp·(i-n), Σp·(i-n)².
-    rmass, rfirst, rsecond = mass[:, -1:] - mass, first[:, -1:] - first, second[:, -1:] - second
-    right1 = rfirst - i * rmass
-    right2 = rsecond - 2 * i * rfirst + (i * i) * rmass
-    # The centre just left of each n (bin n-1) and just right of it (bin n); 0 where there is none (no mass).
-    prev = torch.cat([zero, centres], 1)
-    nxt = torch.cat([centres, zero], 1)
     below_n = _count_centres(centres, width, lo, inclusive=False)  # bins with centre < a (clipped)
     above_n = _count_centres(centres, width, hi, inclusive=True)  # bins with centre <= b
-    k = lo.shape[1]
-    left = torch.stack([mass, left1, left2, prev], 1).gather(2, below_n[:, None, :].expand(-1, 4, k))
-    right = torch.stack([rmass, right1, right2, nxt, mass], 1).gather(2, above_n[:, None, :].expand(-1, 5, k))
-    r = torch.where(below_n > 0, lo - left[:, 3], 0.0)
-    s = torch.where(above_n < bins, right[:, 3] - hi, 0.0)
-    below = r * (r * left[:, 0] + 2 * width * left[:, 1]) + width * width * left[:, 2]
-    above = s * (s * right[:, 0] + 2 * width * right[:, 1]) + width * width * right[:, 2]
-    inside = right[:, 4] - left[:, 0]
+    # Gathered at [C, K] before combining: cheaper than combining at [C, B+1] when K < B.
+    p, s1, s2 = mass.gather(1, below_n), first.gather(1, below_n), second.gather(1, below_n)
+    j = below_n.to(hist.dtype) - 1
+    left1, left2 = j * p - s1, (j * j) * p - 2 * j * s1 + s2
+    # ... and over bins i >= n: mass, Σp·(i-n), Σp·(i-n)².
+    q = above_n.to(hist.dtype)
+    at_b = mass.gather(1, above_n)
+    rp, r1, r2 = mass[:, -1:] - at_b, first[:, -1:] - first.gather(1, above_n), second[:, -1:] - second.gather(1, above_n)
+    right1, right2 = r1 - q * rp, r2 - 2 * q * r1 + (q * q) * rp
+    # Distance to the centre just left of a (bin n-1) and just right of b (bin n); 0 where there is none.
+    r = torch.where(below_n > 0, lo - centres.gather(1, (below_n - 1).clamp(min=0)), 0.0)
+    s = torch.where(above_n < bins, centres.gather(1, above_n.clamp(max=bins - 1)) - hi, 0.0)
+    below = r * (r * p + 2 * width * left1) + width * width * left2
+    above = s * (s * rp + 2 * width * right1) + width * width * right2
+    inside = at_b - p
     return inside * (delta * delta / 12.0) + gamma * (below + above)
 
 
