@@ -22,9 +22,8 @@ containing its centre) instead of storing data.
 Speed: a per-tensor histogram is binned with torch.histc's exact float32 arithmetic
 (``bin = trunc((x - lo) * B / (hi - lo))``) in reused scratch buffers with tensor-valued bounds, so the
 counts equal ``torch.histc``'s while skipping its per-element bounds checks, fresh allocations and (on a GPU)
-host syncs. The range search evaluates every candidate in O(log B) from prefix sums of the histogram
-(:func:`search_noise`) instead of summing all B bins per candidate (:func:`expected_noise`, kept as the
-reference); both pick the same candidate.
+host syncs. The range search evaluates every candidate in O(1) from prefix sums of the histogram
+(:mod:`.range_search`) instead of summing all B bins per candidate; both pick the same candidate.
 
 Distributed calibration (:mod:`leantorch.distributed`) merges estimators through :meth:`RangeEstimator.extremes`,
 :meth:`RangeEstimator.adopt_range` and :meth:`RangeEstimator.counts`: a common range first, then summed counts.
@@ -32,14 +31,18 @@ Distributed calibration (:mod:`leantorch.distributed`) merges estimators through
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
 import torch
 
 from ..errors import ConfigError
+from .histogram import histc_counts, release_scratch
+from .range_search import expected_noise, search_noise
+
+__all__ = ["QuantScheme", "RangeEstimator", "MinMaxEstimator", "HistogramEstimator", "TfEnhancedEstimator",
+           "MseEstimator", "PercentileEstimator", "make_estimator", "channels_first", "channel_extremes",
+           "expected_noise", "search_noise", "histc_counts", "release_scratch"]
 
 
 class QuantScheme(str, Enum):
@@ -169,86 +172,6 @@ class MinMaxEstimator(RangeEstimator):
         return self._squeeze(self.min.double()), self._squeeze(self.max.double())
 
 
-class _Scratch:
-    """Work buffers of the per-tensor histogram, reused across calls.
-
-    Why: a fresh multi-megabyte CPU tensor is page-faulted in on every call, which costs several times the
-    arithmetic on it; activations of one model have a bounded size, so two buffers grown on demand serve
-    them all. :func:`release_scratch` frees them (``QuantSim.compute_encodings`` calls it when done).
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        buf = self.buffers.get((device, dtype))
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype, device=device)
-            self.buffers[(device, dtype)] = buf
-        return buf[:numel]
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch() -> _Scratch:
-    if not hasattr(_SCRATCH, "value"):
-        _SCRATCH.value = _Scratch()
-    return _SCRATCH.value
-
-
-def release_scratch() -> None:
-    """Free the histogram work buffers of this thread (they are re-allocated on the next calibration)."""
-    _SCRATCH.__dict__.pop("value", None)
-
-
-def histc_counts(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """``torch.histc(values, bins, lo, hi)`` as float64 counts, for tensor-valued bounds (no host sync).
-
-    Same float32 arithmetic as histc: ``bin = trunc((x - lo) * bins / (hi - lo))``, the right edge counted in
-    the last bin, and ``[lo - 1, hi + 1]`` when ``lo == hi`` in float32. Every value must lie in ``[lo, hi]``.
-
-    Example:
-        >>> x = torch.randn(1000)
-        >>> lo, hi = x.min(), x.max()
-        >>> bool((histc_counts(x, lo, hi, 512) == torch.histc(x, 512, float(lo), float(hi))).all())
-        True
-    """
-    x = values.reshape(-1)
-    x = x if x.dtype == torch.float32 else x.float()
-    lo32, hi32 = lo.reshape(1).float(), hi.reshape(1).float()
-    same = lo32 == hi32
-    lo32, hi32 = torch.where(same, lo32 - 1, lo32), torch.where(same, hi32 + 1, hi32)
-    scratch = _scratch()
-    pos = torch.sub(x, lo32, out=scratch.get(x.numel(), torch.float32, x.device))
-    if bins & (bins - 1) == 0:
-        # (x-lo)*B/w == (x-lo)/(w/B) exactly when B is a power of two (both scalings are exact): one pass less.
-        pos.div_((hi32 - lo32) / bins)
-    else:
-        pos.mul_(bins).div_(hi32 - lo32)
-    index_dtype = torch.int16 if bins < 2**15 else torch.int32
-    index = scratch.get(x.numel(), index_dtype, x.device)
-    index.copy_(pos)  # truncation toward zero; pos >= 0
-    counts = _bincount(index, bins + 1).double()
-    counts[bins - 1] += counts[bins]  # x == hi lands on index B: histc counts it in the last bin
-    return counts[:bins]
-
-
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def _bincount(index: torch.Tensor, minlength: int) -> torch.Tensor:
-    """``torch.bincount`` split over torch's CPU threads: its counting loop is serial, and torch ops release the
-    GIL. Integer counts, so the split sums exactly."""
-    threads = torch.get_num_threads()
-    if threads < 2 or index.device.type != "cpu" or index.numel() < (1 << 21):
-        return torch.bincount(index, minlength=minlength)
-    if not _POOL or _POOL[0]._max_workers != threads:
-        _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="leantorch-histogram")]
-    parts = [_POOL[0].submit(torch.bincount, part, minlength=minlength) for part in index.chunk(threads)]
-    return torch.stack([p.result() for p in parts]).sum(0)
-
-
 class HistogramEstimator(RangeEstimator):
     """Base of the histogram-based estimators: a fixed number of bins per channel, re-binned on growth."""
 
@@ -319,98 +242,6 @@ class HistogramEstimator(RangeEstimator):
         assert self.lo is not None and self.hi is not None
         steps = (torch.arange(self.num_bins, device=self.lo.device, dtype=torch.float64) + 0.5) / self.num_bins
         return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps[None, :]
-
-
-def expected_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                   delta: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Expected quantization noise of range candidates (see module docstring), summed bin by bin.
-
-    The O(C·K·B) reference of :func:`search_noise`. ``hist``/``centres``: ``[C, B]``;
-    ``lo``/``hi``/``delta``: ``[C, K]``; returns ``[C, K]``.
-    """
-    c = centres[:, None, :]
-    a, b = lo[..., None], hi[..., None]
-    clip_err = torch.where(c < a, (a - c) ** 2, torch.where(c > b, (c - b) ** 2, torch.zeros_like(c)))
-    in_range = (c >= a) & (c <= b)
-    noise = in_range * (delta[..., None] ** 2 / 12.0) + gamma * clip_err
-    return (noise * hist[:, None, :]).sum(-1)
-
-
-def search_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                 delta: torch.Tensor, gamma: float) -> torch.Tensor:
-    """:func:`expected_noise` in O(C·(B + K·log B)), from prefix sums over the (equally spaced) bins.
-
-    With ``r = a - c_j`` for the last centre ``c_j < a`` and ``d_i = j - i`` bins, the clipping noise below
-    ``a`` is ``Σ p_i (r + d_i w)² = r² Σp + 2rw Σp·d + w² Σp·d²``: all terms are non-negative (no
-    cancellation), and ``Σp·d``, ``Σp·d²`` are exact integer sums, known per ``j`` from prefix sums of ``p``,
-    ``p·i``, ``p·i²``. Likewise above ``b``. Channels go in chunks that keep every temporary in cache.
-
-    Example:
-        >>> hist = torch.rand(2, 64, dtype=torch.float64).mul(9).round()
-        >>> centres = (torch.arange(64.0, dtype=torch.float64) + 0.5).expand(2, 64) / 64
-        >>> lo, hi = torch.rand(2, 5, dtype=torch.float64) * 0.4, 0.6 + torch.rand(2, 5, dtype=torch.float64) * 0.4
-        >>> ref = expected_noise(hist, centres, lo, hi, (hi - lo) / 15, 3.0)
-        >>> bool(torch.allclose(search_noise(hist, centres, lo, hi, (hi - lo) / 15, 3.0), ref, rtol=1e-12))
-        True
-    """
-    channels, bins = hist.shape
-    # ~128k elements per temporary: cache-resident, and few enough chunks that per-op overhead stays small.
-    chunk = max(1, (1 << 17) // max(bins + 1, lo.shape[1]))
-    parts = [_search_chunk(hist[s:s + chunk], centres[s:s + chunk], lo[s:s + chunk], hi[s:s + chunk],
-                           delta[s:s + chunk], gamma) for s in range(0, channels, chunk)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _search_chunk(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  delta: torch.Tensor, gamma: float) -> torch.Tensor:
-    channels, bins = hist.shape
-    width = (centres[:, -1:] - centres[:, :1]) / max(bins - 1, 1)
-    i = torch.arange(bins + 1, dtype=hist.dtype, device=hist.device)
-    zero = hist.new_zeros(channels, 1)
-    # Per n = number of bins counted from the left: mass, Σp·(n-1-i) and Σp·(n-1-i)² over bins i < n ...
-    mass = torch.cat([zero, hist.cumsum(1)], 1)
-    first = torch.cat([zero, (hist * i[:bins]).cumsum(1)], 1)
-    second = torch.cat([zero, (hist * i[:bins] ** 2).cumsum(1)], 1)
-    below_n = _count_centres(centres, width, lo, inclusive=False)  # bins with centre < a (clipped)
-    above_n = _count_centres(centres, width, hi, inclusive=True)  # bins with centre <= b
-    # Gathered at [C, K] before combining: cheaper than combining at [C, B+1] when K < B.
-    p, s1, s2 = mass.gather(1, below_n), first.gather(1, below_n), second.gather(1, below_n)
-    j = below_n.to(hist.dtype) - 1
-    left1, left2 = j * p - s1, (j * j) * p - 2 * j * s1 + s2
-    # ... and over bins i >= n: mass, Σp·(i-n), Σp·(i-n)².
-    q = above_n.to(hist.dtype)
-    at_b = mass.gather(1, above_n)
-    rp, r1, r2 = mass[:, -1:] - at_b, first[:, -1:] - first.gather(1, above_n), second[:, -1:] - second.gather(1, above_n)
-    right1, right2 = r1 - q * rp, r2 - 2 * q * r1 + (q * q) * rp
-    # Distance to the centre just left of a (bin n-1) and just right of b (bin n); 0 where there is none.
-    r = torch.where(below_n > 0, lo - centres.gather(1, (below_n - 1).clamp(min=0)), 0.0)
-    s = torch.where(above_n < bins, centres.gather(1, above_n.clamp(max=bins - 1)) - hi, 0.0)
-    below = r * (r * p + 2 * width * left1) + width * width * left2
-    above = s * (s * rp + 2 * width * right1) + width * width * right2
-    inside = at_b - p
-    return inside * (delta * delta / 12.0) + gamma * (below + above)
-
-
-def _count_centres(centres: torch.Tensor, width: torch.Tensor, x: torch.Tensor, inclusive: bool) -> torch.Tensor:
-    """Per row, how many centres are ``< x`` (``<= x`` when ``inclusive``): ``torch.searchsorted``'s answer.
-
-    Why not searchsorted: batched over rows it is ~100x slower on CPU than this arithmetic guess (the centres
-    are equally spaced) corrected against the actual centres, which float rounding can shift by a hair.
-    """
-    bins = centres.shape[1]
-    guess = torch.nan_to_num((x - centres[:, :1]) / width, nan=0.0, posinf=bins, neginf=0.0)
-    # Truncation, not floor/ceil (slow on CPU here); the corrections below absorb the difference.
-    count = (guess + 1 if inclusive else guess + 0.5).clamp_(0, bins).to(torch.int64)
-    inf = centres.new_full((centres.shape[0], 1), float("inf"))
-    padded = torch.cat([-inf, centres, inf], 1)  # padded[n] is centre n-1, padded[n + 1] centre n
-    for _ in range(bins + 1):
-        left, right = padded.gather(1, count), padded.gather(1, count + 1)
-        too_many = left > x if inclusive else left >= x  # centre count-1 should not be counted
-        too_few = right <= x if inclusive else right < x  # centre count should be counted
-        if not bool((too_many | too_few).any()):
-            break
-        count = count - too_many.long() + too_few.long()
-    return count
 
 
 class _SearchEstimator(HistogramEstimator):
