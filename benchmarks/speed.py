@@ -8,7 +8,9 @@ at a source tree, so the same script times this tree and an older one (a git wor
 
 A previous run that passes ``--previous-limit`` seconds is stopped and reported as "> limit" (the ratio is
 then a lower bound). Flows run one after another, never in parallel, so that they do not slow each other
-down; on a busy machine all times inflate, ratios less so. ``--flows`` picks a subset by name.
+down; on a busy machine all times inflate, ratios less so. ``--flows`` picks a subset by name. Each tree runs
+with its own CLI defaults (e.g. AdaRound's iterations, the compression candidates): the ratios are what a user
+of the README's commands sees, algorithm and default changes together.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ def main() -> None:
         row = {"flow": name, "what": what, "seconds": f"{seconds:.0f}" + ("" if ok else f" (failed: {last})")}
         if args.previous:
             before, finished, last_before = run_flow(args.previous, flow, args.previous_limit)
-            row["previous s"] = f"{before:.0f}" if finished else f"> {before:.0f}"
-            row["speed-up"] = f"{before / seconds:.1f}×" if finished else f"> {before / seconds:.1f}×"
+            stopped = last_before == "stopped at the limit"
+            row["previous s"] = (f"{before:.0f}" if finished else f"> {before:.0f}" if stopped
+                                 else f"{before:.0f} (failed: {last_before})")
+            row["speed-up"] = ("n/a" if not ok or not (finished or stopped) else
+                               f"{before / seconds:.1f}×" if finished else f"> {before / seconds:.1f}×")
         rows.append(row)
         print(" | ".join(str(v) for v in row.values()), flush=True)
     keys = list(rows[0])

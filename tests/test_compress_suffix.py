@@ -127,3 +127,25 @@ def test_layer_callback_still_sees_each_pruned_layer() -> None:
     assert seen and [n for n, _ in seen] == list(info.sizes)
     assert all(channels == info.sizes[n] for n, channels in seen)
     assert copy.deepcopy(small) is not None
+
+
+def test_channel_pruning_skips_a_conv_called_at_several_places() -> None:
+    from torch import nn
+
+    from leantorch.compress.stage import Stage
+    from leantorch.compress.cost import cost
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            return self.c2(torch.relu(self.c1(self.c2(torch.relu(self.c1(x))))))
+
+    x = torch.randn(2, 3, 8, 8)
+    gm = lt.prepare(Twice().eval(), x)
+    stage = Stage(gm, "channel_pruning", cost(gm, x), [], [x], 1, 4)
+    assert "c2" not in stage.layers and "called at 2 places" in stage.skipped["c2"]

@@ -16,7 +16,9 @@ MODULES = ["leantorch.quant.encoding", "leantorch.quant.encodings_file", "leanto
            "leantorch.models.digits", "leantorch.analysis.analyzer", "leantorch.analysis.report",
            "leantorch.analysis.html", "leantorch.compress.cost", "leantorch.compress.svd",
            "leantorch.compress.channel_pruning", "leantorch.compress.ratio_selection",
-           "leantorch.compress.compressor", "leantorch.compress.report"]
+           "leantorch.compress.compressor", "leantorch.compress.report", "leantorch.sweep", "leantorch.parallel",
+           "leantorch.distributed", "leantorch.quant.histogram", "leantorch.quant.range_search",
+           "leantorch.compress.suffix_table", "leantorch.compress.pruning_pass", "leantorch.compress.stage"]
 
 
 @pytest.mark.parametrize("name", MODULES)

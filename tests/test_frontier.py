@@ -111,3 +111,41 @@ def test_spilled_values_give_the_same_outputs(resnet) -> None:
     assert on_disk.spilled_bytes > 0 and on_disk.held_bytes <= 0
     for a, b in zip(in_memory, spilled):
         assert torch.equal(a, b)
+
+
+class _InPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        z = torch.relu_(y)  # z is y
+        z.mul_(2.0)
+        return self.b(y) + self.c(z)
+
+
+def test_in_place_ops_see_one_tensor_when_spilling_and_forking() -> None:
+    gm = fx.symbolic_trace(_InPlace().eval())
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        expected = gm(x)
+        spilled = Frontier(gm, [(x,)], max_bytes=0)
+        assert torch.equal(spilled.run_rest()[0], expected)
+        assert spilled.spilled_bytes > 0  # something was spilled, just not the values written in place
+        for node in list(gm.graph.nodes)[1:-1]:
+            frontier = Frontier(gm, [(x,)], max_bytes=0)
+            frontier.advance_to(node)
+            assert torch.equal(frontier.fork().run_rest()[0], expected), node.name
+            assert torch.equal(frontier.run_rest()[0], expected), node.name
+
+
+def test_bfloat16_values_spill_and_come_back_exactly() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).to(torch.bfloat16).eval()
+    gm = fx.symbolic_trace(model)
+    x = torch.randn(5, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        frontier = Frontier(gm, [(x,)], max_bytes=0)
+        out = frontier.run_rest()[0]
+        assert frontier.spilled_bytes > 0 and out.dtype == torch.bfloat16
+        assert torch.equal(out, model(x))

@@ -4,6 +4,7 @@ from .errors import (
     CalibrationDataError,
     ConfigError,
     DataError,
+    DistributedMismatchError,
     EncodingsFileError,
     EncodingsMissingError,
     ExportError,

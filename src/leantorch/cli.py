@@ -33,6 +33,7 @@ from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
 from .graph import check_finite, prepare
+from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
@@ -220,6 +221,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .evaluation import markdown_table, sqnr_score
 
     _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
+    check_backend(args.workers, args.ray_address)  # before calibration and AdaRound, not after
     with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
         report_path = staging.file(args.out)
         plots_dir = staging.directory(args.plots, "--plots") if args.plots else None

@@ -158,7 +158,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    f"(default {ADAROUND_DEFAULTS['adaround_lr']:g}; {ADAROUND_THOROUGH['adaround_lr']:g} with "
                    "--thorough, as in the paper)")
     p.add_argument("--thorough", action="store_true", help="slower settings: AdaRound as in the paper; for "
-                   "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the first 64")
+                   "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the first batches "
+                   "up to 64 samples")
 
 
 # AdaRound: 1,000 steps at lr 1e-2 reach the paper's 10,000 at 1e-3 (EfficientNet-Lite0 W4A8 per-channel: top-1

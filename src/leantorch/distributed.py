@@ -37,13 +37,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import InvalidOptionError, LeanTorchError
+from .errors import DistributedMismatchError, InvalidOptionError
 from .quant.estimators import HistogramEstimator, RangeEstimator
-
-
-class DistributedMismatchError(LeanTorchError, RuntimeError):
-    """Ranks disagree on what to synchronise (quantizer names, schemes, channels, data size), or one rank
-    failed; raised on every rank so that none waits forever in a collective."""
 
 
 def merge_group(distributed: bool | None = None, process_group: Any = None) -> Any | None:

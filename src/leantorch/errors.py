@@ -95,3 +95,8 @@ class ParallelBackendError(LeanTorchError, RuntimeError):
     """Ray itself failed (a worker process died, out of memory, the cluster went away), or a sweep function
     returned the wrong number of results for its chunk. Errors raised by the sweep function are re-raised
     with their own type instead."""
+
+
+class DistributedMismatchError(LeanTorchError, RuntimeError):
+    """Ranks disagree on what to synchronise (quantizer names, schemes, channels, data size), or one rank
+    failed; raised on every rank so that none waits forever in a collective."""

@@ -10,6 +10,7 @@ it computes what the pruned model computes (the producer's dropped output channe
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 from typing import Any, Callable, Iterator, Sequence
@@ -72,6 +73,7 @@ class Stage:
         self.layers: list[str] = []
         self.skipped: dict[str, str] = {}
         self.paths: dict[str, PruningPath] = {}
+        self.calls = collections.Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
         for name in costs.layers:
             reason = self._reason_to_skip(name, skip)
             if reason:
@@ -87,10 +89,16 @@ class Stage:
             if not prunable_layer(module):
                 return f"{type(module).__name__} (groups={getattr(module, 'groups', 1)}) has no input channels to select"
             path = pruning_path(self.gm, name)
-            if isinstance(path, PruningPath):
-                self.paths[name] = path
-                return ""
-            return path
+            if not isinstance(path, PruningPath):
+                return path
+            # A module called at several places sees several inputs; its channels cannot be chosen from one
+            # call's statistics, and pruning its producer would change the other calls' values too.
+            reused = [f"{m} is called at {self.calls[m]} places" for m in
+                      [name, path.producer, *path.batch_norms, *path.depthwise] if self.calls.get(m, 0) > 1]
+            if reused:
+                return "; ".join(reused)
+            self.paths[name] = path
+            return ""
         if not decomposable(module, self.scheme):
             return f"{type(module).__name__} cannot be decomposed by {self.scheme}"
         if macs_per_rank(module, self.scheme, self.costs.layers[name]) >= self.costs.layers[name].macs:

@@ -19,6 +19,7 @@ calibration set larger than memory still advances, more slowly.
 
 from __future__ import annotations
 
+import operator
 import os
 import tempfile
 from typing import Any, Iterator, Sequence
@@ -38,7 +39,8 @@ class Frontier:
         batches: the model inputs of each batch (a tuple of tensors per batch, already on the model's device).
         max_bytes: keep at most this many bytes of live tensors in memory (device or RAM); values produced
             beyond it go to memory-mapped temporary files and come back to their device when read.
-            ``"auto"`` (default): half of the physical memory, or of the free GPU memory for a model on CUDA.
+            ``"auto"`` (default): a quarter of the physical memory, or of the free GPU memory on CUDA (room for
+            the two frontiers algorithms advance side by side). Values an in-place op writes to stay in memory.
             ``None``: no limit.
 
     Example:
@@ -64,7 +66,9 @@ class Frontier:
         self.held_bytes = 0  # bytes of live tensors kept in memory (not on disk)
         self.spilled_bytes = 0  # bytes ever written to disk (a diagnostic for tests and logs)
         self._spill_dir: tempfile.TemporaryDirectory[str] | None = None
-        self._spilled: dict[int, torch.device] = {}  # id(cpu memmap tensor) -> device it came from
+        # id(cpu memmap tensor) -> the device, dtype and shape of the value it holds
+        self._spilled: dict[int, tuple[torch.device, torch.dtype, tuple[int, ...]]] = {}
+        self.in_place = _in_place_values(gm, self.nodes)
         self._spill_count = 0
 
     def __iter__(self) -> Iterator[tuple[fx.Node, list[Any]]]:
@@ -98,8 +102,9 @@ class Frontier:
     def fork(self) -> "Frontier":
         """An independent copy at the same position; running it leaves this frontier untouched.
 
-        The live tensors are cloned: a node of the suffix may work in place (``ReLU(inplace=True)``) and must
-        not change the values this frontier goes on with. Cost: one copy of the live activations.
+        The live tensors held in memory are cloned (tensors that alias each other stay aliased): a node of the
+        suffix may work in place (``ReLU(inplace=True)``) and must not change the values this frontier goes on
+        with. Cost: one copy of the in-memory live activations; spilled ones are shared.
 
         Example:
             >>> gm = fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()))
@@ -110,9 +115,16 @@ class Frontier:
         """
         copy = Frontier.__new__(Frontier)
         copy.__dict__.update(self.__dict__)
-        copy.envs = [{node: _clone(self._load(value)) for node, value in env.items()} for env in self.envs]
-        copy.max_bytes, copy.held_bytes, copy.spilled_bytes = None, 0, 0  # a fork is short-lived
-        copy._spill_dir, copy._spilled = None, {}
+        # Spilled values are shared, not copied: nothing mutates them (values an in-place op touches are never
+        # spilled), and loading them would defeat the budget. The fork spends what is left of it.
+        memo: dict[int, Any] = {}
+        copy.envs = [{node: value if id(value) in self._spilled else _clone(value, memo)
+                      for node, value in env.items()} for env in self.envs]
+        copy._spilled = {id(v): self._spilled[id(v)] for env in copy.envs for v in env.values() if id(v) in self._spilled}
+        if self.max_bytes is not None:
+            copy.max_bytes = max(0, self.max_bytes - self.held_bytes)
+        copy.held_bytes, copy.spilled_bytes, copy._spill_count = 0, 0, 0
+        copy._spill_dir = None
         return copy
 
     def run_rest(self) -> list[Any]:
@@ -140,32 +152,40 @@ class Frontier:
         for env, batch in zip(self.envs, self.batches):
             if node in env:  # a rerun replaces the value
                 self._forget(env.pop(node))
-            env[node] = self._keep(self._execute(node, env, batch))
+            env[node] = self._keep(node, self._execute(node, env, batch))
 
     # -- memory budget: values past ``max_bytes`` live in memory-mapped files -------------------------------
-    def _keep(self, value: Any) -> Any:
+    def _keep(self, node: fx.Node, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or self.max_bytes is None:
             return value
         assert isinstance(self.max_bytes, int)
         size = value.numel() * value.element_size()
-        if self.held_bytes + size <= self.max_bytes or value.dtype not in _NUMPY_DTYPES:
+        # A value an in-place op writes to (or produces) must stay one tensor: a spilled copy would not see the
+        # write. Dtypes without a same-size integer view (complex) stay in memory too.
+        if (self.held_bytes + size <= self.max_bytes or node in self.in_place
+                or value.element_size() not in _RAW_DTYPES):
             self.held_bytes += size
             return value
         if self._spill_dir is None:
             self._spill_dir = tempfile.TemporaryDirectory(prefix="leantorch-frontier-")
-        # A fresh name per value: reusing one (ids recur once objects die) would truncate a live mapping.
         self._spill_count += 1
         path = f"{self._spill_dir.name}/{self._spill_count}.bin"
-        mapped = np.memmap(path, dtype=_NUMPY_DTYPES[value.dtype], mode="w+", shape=tuple(value.shape) or (1,))
-        mapped[...] = value.detach().cpu().numpy().reshape(mapped.shape)
-        stored = torch.from_numpy(mapped).reshape(value.shape)
-        self._spilled[id(stored)] = value.device
+        raw = value.detach().contiguous().view(_RAW_DTYPES[value.element_size()]) if value.dim() else \
+            value.detach().reshape(1).view(_RAW_DTYPES[value.element_size()])
+        mapped = np.memmap(path, dtype=_NUMPY_RAW[value.element_size()], mode="w+", shape=tuple(raw.shape) or (1,))
+        mapped[...] = raw.cpu().numpy().reshape(mapped.shape)
+        mapped.flush()
+        # The mapping stays valid after the name is gone (POSIX); the file's space is freed when the value dies.
+        os.unlink(path)
+        stored = torch.from_numpy(mapped).reshape(raw.shape)
+        self._spilled[id(stored)] = (value.device, value.dtype, tuple(value.shape))
         self.spilled_bytes += size
         return stored
 
     def _load(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor) and id(value) in self._spilled:
-            return value.to(self._spilled[id(value)], copy=True)
+            device, dtype, shape = self._spilled[id(value)]
+            return value.to(device, copy=True).view(dtype).reshape(shape)
         return value
 
     def _forget(self, value: Any) -> None:
@@ -195,29 +215,57 @@ class Frontier:
         return args[0]  # output
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-                 torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
+# Values are spilled as raw bytes through a same-size integer view (bfloat16, bool ... included).
+_RAW_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NUMPY_RAW = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
-def _clone(value: Any) -> Any:
-    """A copy of a tensor, or of the tensors inside a tuple/list/dict (other values are immutable enough)."""
+def _in_place_values(gm: fx.GraphModule, nodes: list[fx.Node]) -> set[fx.Node]:
+    """Nodes whose value an in-place op may write to or return: the inputs and outputs of such ops
+    (``x.add_(y)``, ``operator.iadd``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
+    touched: set[fx.Node] = set()
+    for node in nodes:
+        if node.op == "call_module":
+            in_place = bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+        elif node.op in ("call_function", "call_method"):
+            name = str(getattr(node.target, "__name__", node.target))
+            in_place = (name.endswith("_") and not name.endswith("__")) or (
+                node.target in _OPERATOR_IN_PLACE) or node.kwargs.get("inplace") is True
+        else:
+            in_place = False
+        if in_place:
+            touched.add(node)
+            touched.update(n for n in node.all_input_nodes)
+    return touched
+
+
+_OPERATOR_IN_PLACE = {getattr(operator, name) for name in dir(operator) if name.startswith("i") and
+                      name[1:] in dir(operator) and callable(getattr(operator, name))}
+
+
+def _clone(value: Any, memo: dict[int, Any]) -> Any:
+    """A copy of a tensor, or of the tensors inside a tuple/list/dict (other values are immutable enough).
+    ``memo`` maps ``id(original)`` to its copy, so that values that were one tensor stay one tensor."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        if id(value) not in memo:
+            memo[id(value)] = value.clone()
+        return memo[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v) for v in value) if not hasattr(value, "_fields") else type(value)(
-            *(_clone(v) for v in value))
+        return type(value)(_clone(v, memo) for v in value) if not hasattr(value, "_fields") else type(value)(
+            *(_clone(v, memo) for v in value))
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: _clone(v, memo) for k, v in value.items()}
     return value
 
 
 def _memory_budget(batches: Sequence[tuple[Any, ...]]) -> int | None:
-    """Half of the memory where the batches live: free GPU memory for CUDA tensors, physical RAM otherwise."""
+    """A quarter of the memory where the batches live (free GPU memory for CUDA tensors, physical RAM
+    otherwise): algorithms advance two frontiers side by side (float and quantized, probe and calibration)."""
     first = next((x for batch in batches for x in batch if isinstance(x, torch.Tensor)), None)
     if first is not None and first.device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(first.device)
-        return free // 2
+        return free // 4
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit rather than a wrong one
         return None
