@@ -149,3 +149,26 @@ def test_channel_pruning_skips_a_conv_called_at_several_places() -> None:
     gm = lt.prepare(Twice().eval(), x)
     stage = Stage(gm, "channel_pruning", cost(gm, x), [], [x], 1, 4)
     assert "c2" not in stage.layers and "called at 2 places" in stage.skipped["c2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["spatial_svd", "channel_pruning"])
+def test_eval_score_table_on_two_ray_workers_equals_the_serial_table(scheme: str) -> None:
+    pytest.importorskip("ray")
+    model = chain()
+    x = images(1, 0)
+    options = dict(target_mac_ratio=0.7, calibration=[images(4, s) for s in range(1, 3)],
+                   candidates=[0.25, 0.5, 0.75], rank_multiple=1, progress=False)
+    threads = torch.get_num_threads()
+    # Each Ray worker runs one thread; so does this process here (reference outputs and baseline included), so
+    # that every float reduction is split the same way.
+    torch.set_num_threads(1)
+    try:
+        score = sqnr_score(model, [images(5, 10)])
+        _, serial = lt.compress(model, x, score, scheme, **options)
+        _, parallel = lt.compress(model, x, score, scheme, workers=2, **options)
+    finally:
+        torch.set_num_threads(threads)
+    assert serial.table is not None and parallel.table is not None
+    assert parallel.table.scores == serial.table.scores
+    assert parallel.ratios == serial.ratios
