@@ -12,24 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
 import leantorch as lt
 from leantorch.data import batches, sample_images
 from leantorch.models import efficientnet_lite0
-
-
-def _timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+# The sibling script's timing (run as `python benchmarks/...`, the script's folder is on sys.path).
+from quantsim import paired_medians
 
 
 def main() -> None:
@@ -46,13 +36,7 @@ def main() -> None:
     sims = {scheme: lt.QuantSim(folded, example, param_bw=8, act_bw=8, scheme=scheme, per_channel=True)
             for scheme in ("minmax", "tf_enhanced")}
     runs = {scheme: (lambda s=sim: s.compute_encodings(calib, progress=False)) for scheme, sim in sims.items()}
-    for fn in runs.values():
-        fn()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {scheme: [] for scheme in runs}
-    for _ in range(args.repeats):
-        for scheme, fn in runs.items():
-            times[scheme].append(_timed(fn))
-    med = {scheme: statistics.median(t) for scheme, t in times.items()}
+    med = paired_medians(runs, args.repeats)
     print(f"EfficientNet-Lite0 (BN folded, W8A8 per-channel), {args.samples} images in batches of "
           f"{args.batch_size}, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
           f"{torch.get_num_threads()} torch threads, leantorch from {os.path.dirname(lt.__file__)}, "

@@ -64,18 +64,11 @@ def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose((w @ p).reshape(3, 3, 3), conv(x)[0] - conv.bias[:, None, None], atol=1e-6)
         True
     """
+    cols = _columns(layer, x)
     if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
-    if isinstance(layer, nn.Conv1d):
-        x = x.unsqueeze(2)
-        kernel, stride = (1, layer.kernel_size[0]), (1, layer.stride[0])
-        padding, dilation = (0, layer.padding[0]), (1, layer.dilation[0])
-    else:
-        kernel, stride, padding, dilation = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C·k, L]
-    n, ck, length = cols.shape
-    groups = layer.groups
-    return cols.reshape(n, groups, ck // groups, length).permute(1, 2, 0, 3).reshape(groups, ck // groups, -1)
+        return cols
+    _, k, length = cols.shape  # [N · groups, K, L] -> [groups, K, N · L]
+    return cols.reshape(x.shape[0], layer.groups, k, length).permute(1, 2, 0, 3).reshape(layer.groups, k, -1)
 
 
 class InputMoments:
