@@ -421,7 +421,8 @@ def test_auto_passes_the_adaround_options_to_auto_quant(tmp_path, data_file, mon
     argv = [*QUANTIZE, "--data", data_file, "--out", str(tmp_path / "o"), "--auto", "--adaround-iterations", "500",
             "--adaround-lr", "0.01", "--config", "per_channel", "--no-progress"]
     assert main(argv) == 130
-    assert seen["adaround_kwargs"] == {"iterations": 500, "lr": 0.01}
+    # AdaRound learns from the first min(128, --num-samples) samples: 4 samples in batches of 4 is one batch
+    assert seen["adaround_kwargs"] == {"iterations": 500, "lr": 0.01, "num_batches": 1}
     assert seen["per_channel"] is None and seen["config"] == "per_channel"
 
 
@@ -447,3 +448,28 @@ def test_adaround_defaults_are_quick_and_thorough_gives_the_papers_schedule() ->
         args = build_parser().parse_args(common + extra)
         _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
         assert (args.adaround_iterations, args.adaround_lr) == expected
+
+
+@pytest.mark.parametrize("samples,batch,expected", [(256, 8, 16), (256, 32, 4), (100, 8, 13), (4, 4, 1), (256, 48, 3)])
+def test_adaround_learns_from_the_first_128_samples_whatever_the_batch_size(samples, batch, expected) -> None:
+    from leantorch.cli import _adaround_options
+
+    args = build_parser().parse_args([*QUANTIZE[:3], "--data", "x.npy", "--num-samples", str(samples),
+                                      "--batch-size", str(batch), "--adaround"])
+    args.adaround_iterations, args.adaround_lr = 1000, 0.01
+    assert _adaround_options(args)["num_batches"] == expected
+
+
+def test_channels_last_only_for_image_batches_of_conv_models() -> None:
+    from torch import nn
+
+    from leantorch.cli import channels_last
+
+    conv, images = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8)
+    model, data = channels_last(conv, images)
+    assert data.is_contiguous(memory_format=torch.channels_last) and torch.equal(data, images)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(data), conv(images))
+    mlp, rows = nn.Linear(8, 2), torch.randn(2, 8)
+    same_model, same_rows = channels_last(mlp, rows)
+    assert same_model is mlp and same_rows is rows

@@ -159,6 +159,35 @@ def test_auto_quant_stops_at_first_stage_meeting_target(resnet) -> None:
         lt.auto_quant(resnet, data[0][:1], data, lambda m: 1 / 0, progress=False)
 
 
+def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, monkeypatch) -> None:
+    """The AdaRound stage rounds the CLE stage's model itself (CLE runs once, not once per stage)."""
+    import functools
+
+    import leantorch.ptq.auto as auto
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    data = [torch.randn(4, 3, 8, 8)]
+    equalized, rounded_from = [], []
+    real_equalize, real_adaround = auto.equalize, auto.adaround
+
+    def counting_equalize(*args, **kwargs):
+        equalized.append(real_equalize(*args, **kwargs))
+        return equalized[-1]
+
+    @functools.wraps(real_adaround)  # auto_quant checks adaround_kwargs against adaround's signature
+    def recording_adaround(model, *args, **kwargs):
+        rounded_from.append(model)
+        return real_adaround(model, *args, **kwargs)
+
+    monkeypatch.setattr(auto, "equalize", counting_equalize)
+    monkeypatch.setattr(auto, "adaround", recording_adaround)
+    scores = iter([1.0, 0.0, 0.0, 0.0])  # the float model, then stages that never reach the target
+    result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), allowed_drop=0.0, path=tmp_path,
+                           adaround_kwargs={"iterations": 2}, progress=False)
+    assert [s["stage"] for s in result.stages] == ["float", "bn_fold", "cle", "adaround"]
+    assert len(equalized) == 1 and rounded_from == equalized
+
+
 @pytest.mark.slow  # model-level: minutes on 2 cores
 def test_adaround_with_quantized_inputs_compensates_the_error_of_earlier_layers(tmp_path) -> None:
     """Asymmetric reconstruction (the default) fits a layer to what the quantized layer before feeds it.

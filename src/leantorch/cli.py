@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError,
+from .allocator import keep_freed_memory
+from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_SAMPLES, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError,
                        build_parser)
 from .data import batches, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
@@ -93,7 +94,25 @@ def _model_and_data(args: argparse.Namespace, count: int, error: type[DataError]
     model = load_model(args.model)
     data = load_data(args.data, count, args.image_size, error)
     check_model_accepts(model, data, f"--data {args.data}", error)
-    return model, data
+    return channels_last(model, data)
+
+
+def channels_last(model: nn.Module, data: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A model with 2-D convolutions (converted in place) and its image batches in the channels-last memory
+    layout; anything else unchanged.
+
+    Why: PyTorch's CPU convolutions (depthwise ones above all) run 1.5–2× faster on NHWC tensors, and every
+    flow of the command is dominated by forward passes; the values are the same (only the float summation
+    order inside a convolution may differ, by about 1e-6 relative), and the export does not depend on it.
+
+    Example:
+        >>> m, x = channels_last(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8))
+        >>> x.is_contiguous(memory_format=torch.channels_last), m.weight.is_contiguous(memory_format=torch.channels_last)
+        (True, True)
+    """
+    if data.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model, data
+    return model.to(memory_format=torch.channels_last), data.contiguous(memory_format=torch.channels_last)
 
 
 def _sim_options(args: argparse.Namespace) -> dict:
@@ -112,6 +131,12 @@ def _structural(model: nn.Module, example: torch.Tensor, args: argparse.Namespac
     return model
 
 
+def _adaround_options(args: argparse.Namespace) -> dict[str, Any]:
+    """AdaRound's schedule, and its data: the first ADAROUND_SAMPLES calibration samples whatever --batch-size."""
+    return {"iterations": args.adaround_iterations, "lr": args.adaround_lr,
+            "num_batches": max(1, -(-min(ADAROUND_SAMPLES, args.num_samples) // args.batch_size))}
+
+
 def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], args: argparse.Namespace,
                     adaround_dir: Path, progress: bool) -> QuantSim:
     """--bias-correction → --adaround → calibrated QuantSim (the long part).
@@ -125,8 +150,8 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
     encodings = None
     if args.adaround:
         # The same quantization as the QuantSim that loads the file (per_channel None: the config decides).
-        model, encodings = adaround(model, example, calib, path=adaround_dir, iterations=args.adaround_iterations,
-                                    lr=args.adaround_lr, progress=progress, **options)
+        model, encodings = adaround(model, example, calib, path=adaround_dir, progress=progress,
+                                    **_adaround_options(args), **options)
     if args.bias_correction or args.adaround:
         sim = QuantSim(model, example, **options)
     if encodings is not None:
@@ -196,18 +221,24 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         # The long part starts here.
         progress = not args.no_progress
         reference = model_outputs(model, calib, progress=progress, desc="FP32")
+        scored: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # outputs of each model auto_quant scored
         if args.auto:
             def agreement(candidate: nn.Module) -> float:
-                return Agreement.of(reference, model_outputs(candidate, calib, progress=False)).top1
+                outputs = model_outputs(candidate, calib, progress=False)
+                scored[id(candidate)] = (candidate, outputs)  # the module is kept alive, so its id stays unique
+                return Agreement.of(reference, outputs).top1
 
             result = auto_quant(model, example, calib, agreement, allowed_drop=args.allowed_drop, path=out,
                                 progress=progress, **_sim_options(args),
-                                adaround_kwargs={"iterations": args.adaround_iterations, "lr": args.adaround_lr})
+                                adaround_kwargs=_adaround_options(args))
             print(markdown_table(result.stages))
             sim = result.sim
         else:
             sim = _calibrated_sim(structured, sim, calib, args, out, progress)
-        row = Agreement.of(reference, model_outputs(sim.model, calib, progress=progress, desc="quantized"))
+        # auto_quant's chosen model was scored on these batches already: its outputs are reused, not recomputed.
+        outputs = scored[id(sim.model)][1] if id(sim.model) in scored else \
+            model_outputs(sim.model, calib, progress=progress, desc="quantized")
+        row = Agreement.of(reference, outputs)
         print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": row.top1,
                                "KL divergence": row.kl, "output SQNR (dB)": row.sqnr_db}]))
         sim.export(out, args.name, unsigned_weights=args.uint8_weights)
@@ -327,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _user_error(exc)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    keep_freed_memory()  # forward passes reuse freed activation memory instead of page-faulting it in again
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -121,14 +121,18 @@ def auto_quant(
                        per_channel=per_channel, config=config)
         return sim
 
+    equalized: list[nn.Module] = []  # the CLE stage's model, which the AdaRound stage starts from
+
     def build(name: str) -> tuple[nn.Module, QuantSim]:
         if name == "bn_fold":
             candidate = fold_batch_norms(model, example_input)[0]
             return candidate, make_sim(candidate)
         if name == "cle":
-            candidate = equalize(model, example_input)
-            return candidate, make_sim(candidate)
-        base = equalize(model, example_input)
+            equalized.append(equalize(model, example_input))
+            return equalized[0], make_sim(equalized[0])
+        # The stages run in order, so CLE ran already: reuse its model (adaround does not modify its input)
+        # instead of equalizing a second time.
+        base = equalized[0]
         candidate, encodings = adaround(base, example_input, calibration, param_bw=param_bw, act_bw=act_bw,
                                         per_channel=per_channel, scheme=scheme, config=config, path=path,
                                         progress=progress, **adaround_kwargs)
