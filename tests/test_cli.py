@@ -388,7 +388,7 @@ def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_cha
     assert main(argv) == 0, capsys.readouterr().err
     assert seen["per_channel"] is None and seen["config"] == "per_channel"
     assert (seen["param_bw"], seen["act_bw"], seen["scheme"]) == (4, 6, "tf_enhanced")
-    assert (seen["iterations"], seen["lr"]) == (1, 1e-2)  # the quick default lr; --thorough: the paper's 1e-3
+    assert (seen["iterations"], seen["lr"]) == (1, 2e-2)  # the quick default lr; --thorough: the paper's 1e-3
     encodings = json.loads((tmp_path / "o" / "adaround.encodings").read_text())
     params = encodings.get("param_encodings", encodings)
     assert params and all(len(v) > 1 for v in params.values()), "weights rounded per tensor"
@@ -443,7 +443,7 @@ def test_adaround_defaults_are_quick_and_thorough_gives_the_papers_schedule() ->
     from leantorch.cli_args import ADAROUND_DEFAULTS, ADAROUND_THOROUGH, build_parser
 
     common = ["quantize", "--model", "m:f", "--data", "d.npy", "--adaround"]
-    for extra, expected in [([], (1000, 1e-2)), (["--thorough"], (10_000, 1e-3)),
+    for extra, expected in [([], (500, 2e-2)), (["--thorough"], (10_000, 1e-3)),
                             (["--thorough", "--adaround-lr", "0.05"], (10_000, 0.05))]:
         args = build_parser().parse_args(common + extra)
         _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
