@@ -72,7 +72,8 @@ def test_serial_calls_fn_once_in_this_process() -> None:
 @pytest.mark.parametrize("kwargs", [dict(workers=0), dict(workers=True), dict(workers=2.0), dict(ray_address=""),
                                     dict(ray_address=5), dict(progress="no"), dict(threads_per_worker=0),
                                     dict(weights=[1.0]), dict(weights=[1.0, -1.0, 0.0]),
-                                    dict(weights=[1.0, float("nan"), 0.0])])
+                                    dict(weights=[1.0, float("nan"), 0.0]), dict(gpus_per_worker=-0.5),
+                                    dict(gpus_per_worker=float("inf")), dict(gpus_per_worker="1")])
 def test_bad_options_are_refused(kwargs: dict) -> None:
     with pytest.raises(InvalidOptionError):
         run_chunks(lambda c: c, [1, 2, 3], **kwargs)
@@ -110,6 +111,26 @@ def test_local_ray_splits_contiguously_and_shuts_down() -> None:
     pids = {r[3] for r in results}
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
     assert {r[4] for r in results} == {1}
+
+
+@pytest.mark.slow
+def test_a_gpu_request_the_cluster_cannot_meet_is_refused_instead_of_waiting_forever(monkeypatch) -> None:
+    """A CUDA model's sweep reserves GPUs per task; on a Ray without (enough) GPUs, Ray would queue the tasks
+    forever, so the sweep fails at once and says why."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a local Ray with no GPUs, also on a GPU machine
+    with pytest.raises(ParallelBackendError, match="gpus_per_worker=0.5: the Ray cluster has 0 GPUs"):
+        run_chunks(_where, list(range(4)), workers=2, progress=False, gpus_per_worker=0.5)
+    assert not ray.is_initialized()  # the local Ray it started is shut down on the error too
+
+
+def test_gpu_share_follows_the_model_device() -> None:
+    from leantorch.parallel import gpu_share
+
+    assert gpu_share("cpu", 8) == 0.0 and gpu_share(torch.device("cpu"), None) == 0.0
+    assert gpu_share("cuda:0", 2, gpu_count=1) == 0.5  # two tasks share the one GPU
+    assert gpu_share("cuda", 3, gpu_count=6) == 1.0  # never more than one GPU per task
+    assert gpu_share("cuda", None, gpu_count=1) == 1.0
 
 
 class _ChannelScores:

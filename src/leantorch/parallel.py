@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .errors import InvalidOptionError, ParallelBackendError, RayNotInstalledError
 from .options import check_count, check_flag, short_repr
 
-__all__ = ["run_chunks", "split_contiguous", "check_backend", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
+__all__ = ["run_chunks", "split_contiguous", "check_backend", "gpu_share", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -115,7 +115,8 @@ def _weighted_cuts(weights: list[float], parts: int) -> list[int]:
 
 def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: int | None = None,
                ray_address: str | None = None, progress: bool = True, desc: str = "",
-               weights: Sequence[float] | None = None, threads_per_worker: int = 1) -> list[R]:
+               weights: Sequence[float] | None = None, threads_per_worker: int = 1,
+               gpus_per_worker: float = 0.0) -> list[R]:
     """``fn`` applied to contiguous chunks of ``items``, the results concatenated in input order.
 
     Args:
@@ -131,6 +132,8 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
         desc: the bar's label.
         weights: one cost per item for :func:`split_contiguous`, so chunks hold equal work.
         threads_per_worker: torch threads (and CPUs reserved) per Ray task.
+        gpus_per_worker: GPUs each Ray task reserves (a fraction shares one), for a function that holds a CUDA
+            model: Ray hides GPUs from tasks that reserve none. :func:`gpu_share` gives the usual value.
 
     Determinism: a task sets ``torch.set_num_threads(threads_per_worker)``. One thread per worker keeps N
     workers from each starting one thread per core (N× oversubscription, slower than serial), and it fixes
@@ -149,6 +152,7 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
     workers = check_backend(workers, ray_address)
     progress = check_flag("progress", progress)
     threads_per_worker = check_count("threads_per_worker", threads_per_worker)
+    gpus_per_worker = _check_gpus(gpus_per_worker)
     if weights is not None:
         _check_weights(weights, len(items))
     if (workers or 1) == 1 and ray_address is None:
@@ -162,12 +166,43 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
         if cpus < threads_per_worker:  # such a task could never be scheduled: Ray would wait forever
             raise InvalidOptionError(f"threads_per_worker={threads_per_worker}: the Ray cluster has {cpus} CPUs; "
                                      "pass at most that many")
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if gpus < gpus_per_worker:  # the same: a task asking for more GPUs than exist would never start
+            raise ParallelBackendError(f"gpus_per_worker={gpus_per_worker:g}: the Ray cluster has {gpus:g} GPUs; "
+                                       "run the sweep where the model's GPU is part of the cluster, or move the "
+                                       "model to the CPU")
         parts = workers if workers is not None else max(1, cpus // threads_per_worker)
         chunks = split_contiguous(items, parts, weights)
-        return _run_on_ray(ray, fn, chunks, progress, desc, threads_per_worker)
+        return _run_on_ray(ray, fn, chunks, progress, desc, threads_per_worker, gpus_per_worker)
     finally:
         if started or connected:  # a local Ray we started stops; a cluster we connected to only loses us
             ray.shutdown()
+
+
+def gpu_share(device: Any, workers: int | None, gpu_count: int | None = None) -> float:
+    """GPUs per Ray task for a sweep of a model on ``device``: none on the CPU; on CUDA an equal share of this
+    machine's GPUs (``gpu_count``, default ``torch.cuda.device_count()``), at most one per task.
+
+    A task that reserves no GPU sees none (Ray empties ``CUDA_VISIBLE_DEVICES``), so a CUDA model could not
+    even be unpickled there. The model is rebuilt on the task's first visible GPU, i.e. ``cuda:0`` there: keep
+    the model on ``cuda:0`` here.
+
+    Example:
+        >>> gpu_share("cpu", 4), gpu_share("cuda:0", 4, gpu_count=1), gpu_share("cuda", 2, gpu_count=4)
+        (0.0, 0.25, 1.0)
+    """
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return 0.0
+    count = torch.cuda.device_count() if gpu_count is None else gpu_count
+    return min(1.0, count / max(1, workers or 1))
+
+
+def _check_gpus(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidOptionError(f"gpus_per_worker={value!r}: pass a number ≥ 0 (e.g. 0.5: two tasks share a GPU)")
+    return float(value)
 
 
 def check_backend(workers: Any, ray_address: Any) -> int | None:
@@ -250,8 +285,8 @@ def _ensure_ray(ray: Any, workers: int | None, ray_address: str | None, threads:
 
 
 def _run_on_ray(ray: Any, fn: Callable[[list[T]], list[R]], chunks: list[list[T]], progress: bool, desc: str,
-                threads: int) -> list[R]:
-    task = ray.remote(num_cpus=threads)(_run_chunk)
+                threads: int, gpus: float) -> list[R]:
+    task = ray.remote(num_cpus=threads, num_gpus=gpus)(_run_chunk)
     fn_ref = ray.put(fn)  # pickled once; every task reads the same copy from the object store
     refs = [task.remote(fn_ref, chunk, threads) for chunk in chunks]
     order = {ref: i for i, ref in enumerate(refs)}

@@ -32,7 +32,7 @@ from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
-from ..parallel import check_backend, run_chunks
+from ..parallel import check_backend, gpu_share, run_chunks
 from ..sweep import Trial, first_calls, suffix_outputs
 from .report import ActivationStats, AnalysisReport, WeightRanges
 
@@ -206,7 +206,8 @@ def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configure
 
     rows = run_chunks(rows_for, ordered, workers=workers, ray_address=ray_address, progress=progress,
                       desc="per-layer sensitivity (chunks)",
-                      weights=[len(sim.model.graph.nodes) - start[name] for name in ordered])
+                      weights=[len(sim.model.graph.nodes) - start[name] for name in ordered],
+                      gpus_per_worker=gpu_share(next((p.device for p in sim.model.parameters()), "cpu"), workers))
     return sorted(rows, key=lambda row: order[row["layer"]])
 
 

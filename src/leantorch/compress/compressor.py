@@ -323,11 +323,13 @@ def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], basel
     def chunked(chunk: list[str]) -> list[dict[float, float]]:
         if _serial(run):
             return rows(chunk)
-        from ..parallel import run_chunks  # Ray is an optional extra: imported only when asked for
+        from ..parallel import gpu_share, run_chunks  # Ray is an optional extra: imported only when asked for
 
         work = suffix_work(stage, chunk)
+        device = next((p.device for p in gm.parameters()), "cpu")
         return run_chunks(rows, chunk, workers=run.workers, ray_address=run.ray_address, progress=run.progress,
-                          desc=f"eval-score table ({scheme})", weights=[work[n] for n in chunk])
+                          desc=f"eval-score table ({scheme})", weights=[work[n] for n in chunk],
+                          gpus_per_worker=gpu_share(device, run.workers))
 
     path = Path(run.cache_dir) / f"eval_scores_{scheme}.json" if run.cache_dir is not None else None
     table = build_table_by_layers(layers, grid, chunked, baseline, scheme,
