@@ -463,7 +463,7 @@ def test_adaround_learns_from_the_first_128_samples_whatever_the_batch_size(samp
 def test_channels_last_only_for_image_batches_of_conv_models() -> None:
     from torch import nn
 
-    from leantorch.cli import channels_last
+    from leantorch.data import channels_last
 
     conv, images = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8)
     model, data = channels_last(conv, images)

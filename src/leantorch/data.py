@@ -88,6 +88,25 @@ def batches(data: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(torch.split(data, batch_size))
 
 
+def channels_last(model: nn.Module, data: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A model with 2-D convolutions (converted in place) and its image batches in the channels-last memory
+    layout; anything else unchanged.
+
+    Why: PyTorch's CPU convolutions (depthwise ones above all) run 1.5–2× faster on NHWC tensors, and every
+    flow of the ``leantorch`` command is dominated by forward passes; the values are the same (only the float summation
+    order inside a convolution may differ, by about 1e-6 relative), and the export does not depend on it.
+
+    Example:
+        >>> m, x = channels_last(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8))
+        >>> nhwc = torch.channels_last
+        >>> x.is_contiguous(memory_format=nhwc), m.weight.is_contiguous(memory_format=nhwc)
+        (True, True)
+    """
+    if data.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model, data
+    return model.to(memory_format=torch.channels_last), data.contiguous(memory_format=torch.channels_last)
+
+
 def digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 labelled 8×8 handwritten digits as ``(x_train, y_train, x_test, y_test)``.

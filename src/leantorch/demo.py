@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 
 from .analysis import AnalysisReport, analyze
-from .data import batches, sample_images
+from .data import batches, channels_last, sample_images
 from .options import check_count
 from .evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from .models import efficientnet_lite0
@@ -52,9 +52,9 @@ def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 
 
 def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress: bool) -> list[dict[str, Any]]:
     """The demo, writing into ``out`` (a staging directory)."""
-    model = efficientnet_lite0()
-    calib = batches(sample_images(calibration, seed=0), batch_size)
-    evals = batches(sample_images(evaluation, seed=1), batch_size)
+    model, calib_images = channels_last(efficientnet_lite0(), sample_images(calibration, seed=0))
+    calib = batches(calib_images, batch_size)
+    evals = batches(channels_last(model, sample_images(evaluation, seed=1))[1], batch_size)
     reference = model_outputs(model, evals, progress, desc="FP32")
     rows = [_row("FP32", Agreement.of(reference, reference), 0.0)]
     example = calib[0][:1]
@@ -85,7 +85,7 @@ def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress
     # uint8 weights (same grid): ONNX Runtime's default u8s8 kernels saturate on x86 CPUs without VNNI.
     files = best.export(out, EXPORT_NAME, unsigned_weights=True)
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
-    ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.numpy()})[0] for b in evals]))
+    ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.contiguous().numpy()})[0] for b in evals]))
     rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out), 0.0))
     print(f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
