@@ -94,7 +94,7 @@ def test_compress_failure_keeps_the_cache_and_the_earlier_outputs(tmp_path, monk
         path.write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("leantorch.cli._export_float_onnx", interrupted)
+    monkeypatch.setattr("leantorch.compress.latency.export_float_onnx", interrupted)
     assert main(args[:-3] + ["--target", "0.6", "--out", str(out)]) == 130
     assert {name: (out / name).read_bytes() for name in _files(out)} == earlier
     assert (out / "eval_scores_spatial_svd.json").exists()  # the cache, reused by the second run

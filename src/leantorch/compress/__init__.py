@@ -1,4 +1,5 @@
-"""Model compression: cost model, weight SVD, spatial SVD, channel pruning, per-layer ratio selection.
+"""Model compression: cost model, weight SVD, spatial SVD, channel pruning, per-layer ratio selection, and
+the ONNX Runtime latency of the result (``lt.compress.compare_latency``).
 
 ``lt.compress`` is this package and is also callable: ``lt.compress(model, x, eval_fn, ...)`` is
 :func:`leantorch.compress.compressor.compress`; ``lt.compress.cost(model, x)`` is the cost model.
@@ -9,10 +10,11 @@ import types
 
 from .compressor import SCHEMES, CompressionInfo, compress
 from .cost import CostReport, LayerCost, cost
+from .latency import compare_latency
 from .ratio_selection import CompressionError, EvalScoreTable
 
 __all__ = ["SCHEMES", "CompressionError", "CompressionInfo", "CostReport", "EvalScoreTable", "LayerCost",
-           "compress", "cost"]
+           "compare_latency", "compress", "cost"]
 
 
 class _CallableModule(types.ModuleType):
