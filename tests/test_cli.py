@@ -73,6 +73,30 @@ def test_compress_writes_model_onnx_report_and_curves(tmp_path, capsys) -> None:
     assert main(args[:-1] + ["--target", "1.5", "--no-progress"]) == 2  # one-line error, no traceback
 
 
+def test_compress_then_quantize_scores_exports_qdq_and_times_both(tmp_path, capsys) -> None:
+    """compress --quantize: the compressed model is BN-folded, quantized (W8A8 per-channel), scored, exported as
+    QDQ that ONNX Runtime runs like the simulation, and timed against the original quantized the same way."""
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+            "--scheme", "channel_pruning", "--target", "0.7", "--candidates", "3", "--rank-multiple", "1",
+            "--num-samples", "8", "--eval-samples", "16", "--batch-size", "8", "--out", str(tmp_path / "c"),
+            "--quantize", "w8a8", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 agreement w8a8" in printed
+    for model in ("original", "compressed", "original w8a8", "compressed_w8a8"):
+        assert f"| {model} | 1 |" in printed and f"| {model} | 32 |" in printed  # both batch sizes timed
+    out = tmp_path / "c"
+    assert {"compressed_w8a8.onnx", "compressed_w8a8.encodings", "compressed_w8a8.pth"} <= _files(out)
+    # The QDQ file is the compressed model quantized: close to the compressed float model, not another model.
+    compressed = torch.jit.load(str(out / "compressed.pt"))
+    session = ort.InferenceSession(str(out / "compressed_w8a8.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        float_out, qdq_out = compressed(x), torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert (qdq_out - float_out).abs().max() < 0.25 * float_out.abs().max()
+
+
 def test_compress_failure_keeps_the_cache_and_the_earlier_outputs(tmp_path, monkeypatch, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
     out = tmp_path / "c"

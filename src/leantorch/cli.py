@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_SAMPLES, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_THOROUGH, UsageError,
-                       build_parser)
+from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_SAMPLES, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_QUANTIZE,
+                       COMPRESS_THOROUGH, UsageError, build_parser)
 from .data import batches, channels_last, check_model_accepts, load_data
 from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
                      UnknownLayerError)
@@ -274,7 +274,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .evaluation import agreement_score, markdown_table
 
     _fill_defaults(args, COMPRESS_DEFAULTS, COMPRESS_THOROUGH)
-    with staged_outputs() as staging:
+    with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
         out = staging.directory(args.out)
         model, data = _model_and_data(args, args.num_samples + args.eval_samples, DataError)
         if len(data) <= args.num_samples:
@@ -295,20 +295,42 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             model, example, agreement, args.scheme, args.target, calibration=calib, candidates=args.candidates,
             rank_multiple=args.rank_multiple, skip_layers=args.skip, cache_dir=args.out,
             progress=not args.no_progress, workers=args.workers, ray_address=args.ray_address)
-        print(markdown_table([{"scheme": info.scheme, "MAC ratio": info.mac_ratio, "MACs before": info.macs_before,
-                               "MACs after": info.macs_after, "top-1 agreement": info.score}]))
+        summary = {"scheme": info.scheme, "MAC ratio": info.mac_ratio, "MACs before": info.macs_before,
+                   "MACs after": info.macs_after, "top-1 agreement": info.score}
         # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
         torch.jit.save(torch.jit.trace(compressed, example), str(out / "compressed.pt"))
         export_float_onnx(compressed, example, out / "compressed.onnx")
-        # What the MAC ratio buys in a runtime: ONNX Runtime on both float models, runs alternated.
-        latency = compression.compare_latency({"original": model, "compressed": out / "compressed.onnx"}, example,
-                                              batch_sizes=(1, 32), repeats=10)
-        print(markdown_table([{**row, "MAC ratio": 1.0 if row["model"] == "original" else info.mac_ratio}
-                              for row in latency]))
+        timed: dict[str, Any] = {"original": model, "compressed": out / "compressed.onnx"}
+        if args.quantize:
+            name = f"compressed_{args.quantize}"
+            sim = _quantize_preset(compressed, example, calib, args.quantize)
+            summary[f"top-1 agreement {args.quantize}"] = agreement(sim.model)
+            timed[f"original {args.quantize}"] = _quantize_preset(model, example, calib, args.quantize).export(
+                scratch, "original")["onnx"]
+            timed[name] = sim.export(out, name)["onnx"]
+        print(markdown_table([summary]))
+        # What the MAC ratio buys in a runtime: ONNX Runtime on the original and the compressed model (and their
+        # quantized exports), runs alternated; ratios against the original (float, or quantized the same way).
+        rows = []
+        for pair in ([*timed][:2], [*timed][2:]):
+            if pair:
+                rows += [{**row, "MAC ratio": info.mac_ratio if row["model"].startswith("compressed") else 1.0}
+                         for row in compression.compare_latency({k: timed[k] for k in pair}, example, repeats=10)]
+        print(markdown_table(rows))
         write_report(info, out / "compression_report.html", plots_dir=out)
     final = Path(args.out)
-    print(f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}")
+    quantized = f", {final / f'compressed_{args.quantize}'}.{{onnx,encodings,pth}}" if args.quantize else ""
+    print(f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}"
+          f"{quantized}")
     return 0
+
+
+def _quantize_preset(model: nn.Module, example: torch.Tensor, calib: list[torch.Tensor], preset: str) -> QuantSim:
+    """``compress --quantize``: BN folded, per-channel weights, calibrated QuantSim of a (compressed) model."""
+    param_bw, act_bw = COMPRESS_QUANTIZE[preset]
+    sim = QuantSim(fold_batch_norms(model, example)[0], example, param_bw=param_bw, act_bw=act_bw, per_channel=True)
+    sim.compute_encodings(calib, progress=False)
+    return sim
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -167,6 +167,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 # AdaRound: 500 steps at lr 2e-2 reach the paper's 10,000 at 1e-3 (EfficientNet-Lite0 W4A8 per-channel: top-1
 # agreement with FP32 0.801, 0.800 at 1,000/1e-2, 0.796 at 10,000/1e-3; benchmarks/ptq_efficientnet.py) in a
 # twentieth of the time; --thorough keeps the paper's schedule.
+#: compress --quantize presets: (weight bits, activation bits)
+COMPRESS_QUANTIZE = {"w8a8": (8, 8), "w8a16": (8, 16), "w4a8": (4, 8)}
+
 ADAROUND_DEFAULTS = {"adaround_iterations": 500, "adaround_lr": 2e-2}
 ADAROUND_THOROUGH = {"adaround_iterations": 10_000, "adaround_lr": 1e-3}
 #: calibration samples AdaRound learns from (the first ones), whatever the batch size
@@ -249,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--thorough", action="store_true", help="the slower settings: "
                    + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in COMPRESS_THOROUGH.items()))
     add_parallel_options(c, "the eval-score table")
+    c.add_argument("--quantize", choices=list(COMPRESS_QUANTIZE), help="then quantize the compressed model (BN "
+                   "folded, per-channel weights, tf_enhanced activations calibrated on the --num-samples samples), "
+                   "score it too, write OUT/compressed_<preset>.{onnx,encodings,pth} (QDQ) and time it in ONNX "
+                   "Runtime against the original quantized the same way")
     c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
 
     d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
