@@ -341,3 +341,37 @@ def test_channel_pruning_passes_out_of_memory_through_unchanged() -> None:
         sample_grams(model, copy.deepcopy(model), "0", [torch.randn(1, 3, 8, 8)])
     with pytest.raises(lt.CalibrationDataError, match=r"fails on calibration batch 0 \(input shapes \[\(1, 2, 8, 8\)\]"):
         sample_grams(model[:1], copy.deepcopy(model[:1]), "0", [torch.randn(1, 2, 8, 8)])
+
+
+def test_a_compressed_model_goes_through_cle_quantsim_and_a_qdq_export_that_onnx_runtime_matches(tmp_path) -> None:
+    """Compress → quantize in one flow (API): the compressed GraphModule is an ordinary model for BN folding, CLE,
+    QuantSim and the QDQ export; ONNX Runtime runs the export within a step of the simulation."""
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.normal_(0, 0.1, generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    x = torch.randn(16, 3, 12, 12, generator=gen)
+    compressed, info = lt.compress(model, x[:1], lambda m: 0.0, "channel_pruning", ratios={"3": 0.5, "6": 0.5},
+                                   calibration=[x])
+    assert info.macs_after < info.macs_before
+    equalized = lt.equalize(compressed, x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(equalized(x), compressed(x), rtol=1e-4, atol=1e-4)  # CLE keeps the function
+    sim = lt.QuantSim(equalized, x[:1], per_channel=True)
+    sim.compute_encodings([x], progress=False)
+    files = sim.export(tmp_path, "compressed_w8a8")
+    options = ort.SessionOptions()  # the QDQ graph as written (the fused u8s8 kernels saturate on CPUs w/o VNNI)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        simulated = sim.model(x)
+    exported = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    step = float(sim.quantizers()[next(n for n in sim.quantizers() if "output" in n and n.startswith("6"))]
+                 .encoding.scale.max())
+    assert (exported - simulated).abs().max() <= step * 1.01
