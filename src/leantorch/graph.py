@@ -19,49 +19,9 @@ from .options import short_repr
 
 log = logging.getLogger(__name__)
 
-# Op type names used by configs and supergroups. Order matters where classes inherit (ReLU6 < Hardtanh).
-_OP_TYPES: list[tuple[tuple[type, ...], str]] = [
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "Conv"),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "ConvTranspose"),
-    ((nn.Linear,), "Linear"),
-    ((nn.modules.batchnorm._BatchNorm,), "BatchNorm"),
-    ((nn.LayerNorm,), "LayerNorm"),
-    ((nn.GroupNorm,), "GroupNorm"),
-    ((nn.ReLU6,), "ReLU6"),
-    ((nn.ReLU,), "ReLU"),
-    ((ops.BoundedReLU,), "BoundedReLU"),
-    ((nn.Hardtanh,), "Hardtanh"),
-    ((nn.GELU,), "GELU"),
-    ((nn.Sigmoid,), "Sigmoid"),
-    ((nn.Tanh,), "Tanh"),
-    ((nn.SiLU,), "SiLU"),
-    ((nn.Hardswish,), "Hardswish"),
-    ((nn.Hardsigmoid,), "Hardsigmoid"),
-    ((nn.LeakyReLU, nn.PReLU), "LeakyReLU"),
-    ((nn.ELU,), "ELU"),
-    ((nn.Softmax, nn.LogSoftmax), "Softmax"),
-    ((ops.Add,), "Add"),
-    ((ops.Sub,), "Sub"),
-    ((ops.Mul,), "Mul"),
-    ((ops.Div,), "Div"),
-    ((ops.MatMul,), "MatMul"),
-    ((ops.Cat,), "Concat"),
-    ((ops.Interpolate, nn.Upsample), "Interpolate"),
-    ((ops.Mean,), "Mean"),
-    ((nn.Flatten, nn.Unflatten), "Flatten"),
-    ((ops.Pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "Pad"),
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d), "MaxPool"),
-    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), "AvgPool"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d), "Dropout"),
-    ((nn.Identity,), "Identity"),
-    ((nn.Embedding,), "Embedding"),
-]
-
-#: Every op type name a config may use (``"Unknown"``: leaf modules leantorch has no type for).
-OP_TYPE_NAMES = frozenset(name for _, name in _OP_TYPES) | {"Unknown"}
-
-#: Op types whose output is a selection/rearrangement of input values (already on the input's grid).
-PASSTHROUGH_TYPES = frozenset({"Flatten", "Pad", "MaxPool", "Dropout", "Identity"})
+# Op type tables, derived from the op registry (leantorch.ops): one registration per op type.
+OP_TYPE_NAMES = ops.OP_TYPE_NAMES
+PASSTHROUGH_TYPES = ops.PASSTHROUGH_TYPES
 
 
 def op_type(module: nn.Module) -> str:
@@ -74,10 +34,8 @@ def op_type(module: nn.Module) -> str:
     wrapped = getattr(module, "op_type", None)  # a QuantWrapper knows the type of what it wraps
     if isinstance(wrapped, str):
         return wrapped
-    for classes, name in _OP_TYPES:
-        if isinstance(module, classes):
-            return name
-    return "Unknown"
+    spec = ops.spec_for(module)
+    return "Unknown" if spec is None else spec.name
 
 
 def as_tuple(example_input: Any) -> tuple:
@@ -123,8 +81,10 @@ class _ScopeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
-        # leantorch's own layers (op modules, quantizers, wrappers) are never traced through.
-        if type(m).__module__ == "leantorch.ops" or type(m).__module__.startswith("leantorch.quant."):
+        # leantorch's own layers (op modules, quantizers, wrappers) and every class registered as an op type are
+        # never traced through. Only the exact registered class: a user's nn.Conv2d subclass with its own
+        # forward (EfficientNet's Conv2dStaticSamePadding) must still be traced into.
+        if (type(m).__module__.startswith(("leantorch.ops.", "leantorch.quant.")) or ops.is_registered_class(type(m))):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

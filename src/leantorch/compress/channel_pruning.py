@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..batches import run_batch
+from .. import ops
 from ..graph import as_tuple
 
 # Modules that act on each channel separately and keep the channel count.
@@ -52,7 +53,9 @@ class PruningPath:
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.groups > 1
+    # The shared definition (leantorch.ops.conv), limited to the exact class: pruning rebuilds the layer as a
+    # plain nn.Conv2d, which would drop a subclass's own forward.
+    return type(m) is nn.Conv2d and ops.is_depthwise(m)
 
 
 def prunable_layer(m: nn.Module) -> bool:

@@ -13,17 +13,19 @@ Biases, activations, norms and additions are not counted (they are not multiply-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..ops import counted, counted_classes, spec_for
 from ..graph import check_finite, check_module, example_inputs, run_checked
 from .ratio_selection import CompressionError
 
-COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+#: The module classes counted when this module was imported; the cost model itself asks the op registry
+#: (an op type with ``OpSpec.mac_count``), so op types registered later are counted too.
+COUNTED = counted_classes()
 
 
 @dataclass
@@ -68,17 +70,11 @@ def layer_macs(module: nn.Module, input_shape: tuple[int, ...], output_shape: tu
         >>> layer_macs(nn.Conv2d(3, 8, 3, stride=2, padding=1), (1, 3, 8, 8), (1, 8, 4, 4))
         3456
     """
-    if isinstance(module, nn.Linear):
-        rows = math.prod(output_shape[1:-1]) if len(output_shape) > 1 else 1
-        return rows * module.in_features * module.out_features
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        kernel = math.prod(module.kernel_size)
-        return module.in_channels * math.prod(input_shape[2:]) * (module.out_channels // module.groups) * kernel
-    if isinstance(module, nn.modules.conv._ConvNd):
-        kernel = math.prod(module.kernel_size)
-        return module.out_channels * math.prod(output_shape[2:]) * (module.in_channels // module.groups) * kernel
-    raise CompressionError(f"no MAC formula for {type(module).__name__}: the cost model counts "
-                           f"{', '.join(c.__name__ for c in COUNTED)} layers")
+    spec = spec_for(module)
+    if spec is None or spec.mac_count is None:
+        raise CompressionError(f"no MAC formula for {type(module).__name__}: the cost model counts "
+                               f"{', '.join(c.__name__ for c in counted_classes())} layers")
+    return spec.mac_count(module, input_shape, output_shape)
 
 
 def cost(model: nn.Module, example_input: Any) -> CostReport:
@@ -104,7 +100,7 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
     report = CostReport()
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, COUNTED) and not any(isinstance(c, COUNTED) for c in module.children()):
+        if counted(module) and not any(counted(c) for c in module.children()):
             def hook(m: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
                 in_shape, out_shape = tuple(inputs[0].shape), tuple(output.shape)
                 macs = layer_macs(m, in_shape, out_shape)

@@ -53,8 +53,8 @@ class ScalingSet:
     between: list[list[str]]
 
 
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+# One definition of "depthwise", shared with channel pruning (leantorch.ops.conv).
+_is_depthwise = ops.is_depthwise
 
 
 def _is_scalable_layer(m: nn.Module) -> bool:

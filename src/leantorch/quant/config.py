@@ -26,10 +26,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import short_repr
-from ..graph import OP_TYPE_NAMES, PASSTHROUGH_TYPES
+from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES
 
-#: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight.
-PER_CHANNEL_AXIS = {"Conv": 0, "Linear": 0, "ConvTranspose": 1}
+#: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
+#: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
+PER_CHANNEL_AXIS = WEIGHT_AXES
 
 
 @dataclass

@@ -1,0 +1,14 @@
+"""Functional ops made modules by :func:`leantorch.prepare`: arithmetic, concat, resize, mean."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .modules import Add, Cat, Div, Interpolate, MatMul, Mean, Mul, Sub
+from .registry import OpSpec, register
+
+for _name, _classes in [
+    ("Add", (Add,)), ("Sub", (Sub,)), ("Mul", (Mul,)), ("Div", (Div,)), ("MatMul", (MatMul,)),
+    ("Concat", (Cat,)), ("Interpolate", (Interpolate, nn.Upsample)), ("Mean", (Mean,)),
+]:
+    register(OpSpec(_name, _classes))

@@ -1,0 +1,11 @@
+"""Normalisations: ``BatchNorm`` (every ``_BatchNorm``), ``LayerNorm``, ``GroupNorm``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .registry import OpSpec, register
+
+BATCH_NORM = register(OpSpec("BatchNorm", (nn.modules.batchnorm._BatchNorm,)))
+LAYER_NORM = register(OpSpec("LayerNorm", (nn.LayerNorm,)))
+GROUP_NORM = register(OpSpec("GroupNorm", (nn.GroupNorm,)))

@@ -1,0 +1,159 @@
+"""The op registry: one :class:`OpSpec` per op type, and the tables every other module derives from it.
+
+An op type (``"Conv"``, ``"ReLU6"``, ``"Add"`` ...) is what configs, supergroups and reports name. Each is
+registered once, in the file of its op family (``conv.py``, ``activation.py`` ...); a new op type is one
+new file that calls :func:`register`. The views below (:data:`OP_TYPE_NAMES`, :data:`PASSTHROUGH_TYPES`,
+:data:`WEIGHT_AXES`) read the registry on every use, so an op registered after import is seen at once.
+
+Lookup walks the module's class hierarchy (most derived class first), so a subclass of ``nn.Conv2d`` is a
+``"Conv"`` and ``nn.ReLU6`` (a ``Hardtanh`` subclass) is a ``"ReLU6"`` whatever the registration order.
+
+Example:
+    >>> from torch import nn
+    >>> spec_for(nn.ReLU6()).name, spec_for(nn.Conv2d(1, 1, 1)).weight_axis, spec_for(nn.Module()) is None
+    ('ReLU6', 0, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+
+#: ``mac_count(module, input_shape, output_shape)``: MACs per sample of one call with these batched shapes.
+MacCount = Callable[[nn.Module, tuple, tuple], int]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything leantorch knows about one op type.
+
+    Attributes:
+        name: the op type name configs and supergroups use.
+        modules: the module classes recognised as this op (subclasses match too).
+        passthrough: the output only selects/rearranges input values (already on the input's grid), so
+            the default config leaves it unquantized.
+        weight_axis: the output-channel axis of ``weight`` when it may be quantized per channel (None: never).
+        mac_count: the cost model's MAC formula; None means the cost model does not count this op.
+    """
+
+    name: str
+    modules: tuple[type, ...]
+    passthrough: bool = False
+    weight_axis: int | None = None
+    mac_count: MacCount | None = None
+
+
+_SPECS: dict[str, OpSpec] = {}
+_BY_CLASS: dict[type, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    """Add an op type; returns it. Raises :class:`ConfigError` if its name or a module class is taken.
+
+    Example:
+        >>> register(OpSpec("Conv", ()))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.ConfigError: op type 'Conv' is already registered ...
+    """
+    if spec.name in _SPECS or spec.name == "Unknown":
+        raise ConfigError(f"op type {spec.name!r} is already registered (pick another name, or "
+                          f"unregister({spec.name!r}) first)")
+    taken = [c.__name__ for c in spec.modules if c in _BY_CLASS]
+    if taken:
+        raise ConfigError(f"{', '.join(taken)} already belong to op type {_BY_CLASS[spec.modules[0]].name!r}")
+    _SPECS[spec.name] = spec
+    for cls in spec.modules:
+        _BY_CLASS[cls] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove an op type (tests register toy ops and take them away again)."""
+    spec = _SPECS.pop(name)
+    for cls in spec.modules:
+        del _BY_CLASS[cls]
+
+
+def spec_for(module: nn.Module) -> OpSpec | None:
+    """The spec of a module's most derived registered class, None for modules leantorch has no type for."""
+    for cls in type(module).__mro__:
+        spec = _BY_CLASS.get(cls)
+        if spec is not None:
+            return spec
+    return None
+
+
+def is_registered_class(cls: type) -> bool:
+    """Whether ``cls`` itself (not a base of it) is registered: tracing keeps such modules opaque."""
+    return cls in _BY_CLASS
+
+
+def specs() -> tuple[OpSpec, ...]:
+    """All registered specs, in registration order."""
+    return tuple(_SPECS.values())
+
+
+class _NameView(Set):
+    """A read-only set of op type names, recomputed from the registry on each use."""
+
+    def __init__(self, select: Callable[[OpSpec], bool], extra: tuple[str, ...] = ()) -> None:
+        self._select, self._extra = select, extra
+
+    def _names(self) -> list[str]:
+        return [s.name for s in _SPECS.values() if self._select(s)] + list(self._extra)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(map(repr, self._names()))}}}"
+
+
+class _WeightAxes(Mapping):
+    """Op type name → per-channel weight axis, for the registered ops that have one."""
+
+    def _axes(self) -> dict[str, int]:
+        return {s.name: s.weight_axis for s in _SPECS.values() if s.weight_axis is not None}
+
+    def __getitem__(self, name: str) -> int:
+        return self._axes()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._axes())
+
+    def __len__(self) -> int:
+        return len(self._axes())
+
+    def __repr__(self) -> str:
+        return repr(self._axes())
+
+
+#: Every op type name a config may use (``"Unknown"``: leaf modules leantorch has no type for).
+OP_TYPE_NAMES: Set = _NameView(lambda s: True, extra=("Unknown",))
+#: Op types whose output is a selection/rearrangement of input values (already on the input's grid).
+PASSTHROUGH_TYPES: Set = _NameView(lambda s: s.passthrough)
+#: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight.
+WEIGHT_AXES: Mapping = _WeightAxes()
+
+
+def counted(module: nn.Module) -> bool:
+    """Whether the cost model counts this module's MACs (its op type has a MAC formula)."""
+    spec = spec_for(module)
+    return spec is not None and spec.mac_count is not None
+
+
+def counted_classes() -> tuple[type, ...]:
+    """The module classes the cost model counts, in registration order (for messages)."""
+    return tuple(c for s in _SPECS.values() if s.mac_count is not None for c in s.modules)

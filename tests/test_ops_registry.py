@@ -1,0 +1,218 @@
+"""The op registry (leantorch.ops) answers exactly what the per-op tables it replaced answered, has one
+depthwise definition, and takes a new op type in one registration."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import leantorch as lt
+from leantorch import ops
+from leantorch.compress.cost import COUNTED, cost, layer_macs
+from leantorch.errors import ConfigError
+from leantorch.graph import OP_TYPE_NAMES, PASSTHROUGH_TYPES, op_type
+from leantorch.quant.config import PER_CHANNEL_AXIS, load_config
+
+# The tables as they were written out before the registry (graph.py _OP_TYPES, PASSTHROUGH_TYPES,
+# quant/config.py PER_CHANNEL_AXIS, compress/cost.py COUNTED): the expected values.
+OLD_OP_TYPES = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "Conv"),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "ConvTranspose"),
+    ((nn.Linear,), "Linear"),
+    ((nn.modules.batchnorm._BatchNorm,), "BatchNorm"),
+    ((nn.LayerNorm,), "LayerNorm"),
+    ((nn.GroupNorm,), "GroupNorm"),
+    ((nn.ReLU6,), "ReLU6"),
+    ((nn.ReLU,), "ReLU"),
+    ((ops.BoundedReLU,), "BoundedReLU"),
+    ((nn.Hardtanh,), "Hardtanh"),
+    ((nn.GELU,), "GELU"),
+    ((nn.Sigmoid,), "Sigmoid"),
+    ((nn.Tanh,), "Tanh"),
+    ((nn.SiLU,), "SiLU"),
+    ((nn.Hardswish,), "Hardswish"),
+    ((nn.Hardsigmoid,), "Hardsigmoid"),
+    ((nn.LeakyReLU, nn.PReLU), "LeakyReLU"),
+    ((nn.ELU,), "ELU"),
+    ((nn.Softmax, nn.LogSoftmax), "Softmax"),
+    ((ops.Add,), "Add"),
+    ((ops.Sub,), "Sub"),
+    ((ops.Mul,), "Mul"),
+    ((ops.Div,), "Div"),
+    ((ops.MatMul,), "MatMul"),
+    ((ops.Cat,), "Concat"),
+    ((ops.Interpolate, nn.Upsample), "Interpolate"),
+    ((ops.Mean,), "Mean"),
+    ((nn.Flatten, nn.Unflatten), "Flatten"),
+    ((ops.Pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "Pad"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d), "MaxPool"),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), "AvgPool"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d), "Dropout"),
+    ((nn.Identity,), "Identity"),
+    ((nn.Embedding,), "Embedding"),
+]
+OLD_PASSTHROUGH = {"Flatten", "Pad", "MaxPool", "Dropout", "Identity"}
+OLD_PER_CHANNEL_AXIS = {"Conv": 0, "Linear": 0, "ConvTranspose": 1}
+OLD_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+               nn.Linear)
+
+
+def _old_op_type(module: nn.Module) -> str:
+    for classes, name in OLD_OP_TYPES:
+        if isinstance(module, classes):
+            return name
+    return "Unknown"
+
+
+def _old_layer_macs(module: nn.Module, input_shape: tuple, output_shape: tuple) -> int:
+    if isinstance(module, nn.Linear):
+        rows = math.prod(output_shape[1:-1]) if len(output_shape) > 1 else 1
+        return rows * module.in_features * module.out_features
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        kernel = math.prod(module.kernel_size)
+        return module.in_channels * math.prod(input_shape[2:]) * (module.out_channels // module.groups) * kernel
+    kernel = math.prod(module.kernel_size)
+    return module.out_channels * math.prod(output_shape[2:]) * (module.in_channels // module.groups) * kernel
+
+
+def _old_cle_depthwise(m: nn.Module) -> bool:  # ptq/cle.py before the registry
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+
+
+def _old_pruning_depthwise(m: nn.Module) -> bool:  # compress/channel_pruning.py before the registry
+    return type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.groups > 1
+
+
+class _SamePadConv(nn.Conv2d):
+    """Like EfficientNet's Conv2dStaticSamePadding: a Conv2d subclass with its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, [1, 1, 1, 1]), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _every_old_class() -> list[type]:
+    return [cls for classes, _ in OLD_OP_TYPES for cls in classes]
+
+
+@pytest.mark.parametrize("cls", _every_old_class() + [nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm,
+                                                      _SamePadConv, nn.LazyConv2d, nn.Module, nn.Sequential])
+def test_op_type_matches_old_table(cls: type) -> None:
+    module = cls.__new__(cls)  # no constructor arguments needed: lookup only looks at the class
+    nn.Module.__init__(module)
+    assert op_type(module) == _old_op_type(module)
+
+
+def test_name_tables_match_old_tables() -> None:
+    assert set(OP_TYPE_NAMES) == {name for _, name in OLD_OP_TYPES} | {"Unknown"}
+    assert set(PASSTHROUGH_TYPES) == OLD_PASSTHROUGH
+    assert dict(PER_CHANNEL_AXIS) == OLD_PER_CHANNEL_AXIS
+    assert COUNTED == OLD_COUNTED
+    assert "Conv" in OP_TYPE_NAMES and "Nope" not in OP_TYPE_NAMES and "Unknown" in OP_TYPE_NAMES
+
+
+def test_mac_formulas_match_old_cost_model() -> None:
+    rng = random.Random(0)
+    for _ in range(60):
+        groups = rng.choice([1, 2, 4])
+        cin, cout, k = groups * rng.randint(1, 4), groups * rng.randint(1, 4), rng.randint(1, 3)
+        kind = rng.choice([nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d])
+        layer = kind(cin, cout, k, groups=groups, stride=rng.randint(1, 2))
+        x = torch.randn(1, cin, *[rng.randint(k, 7)] * (len(layer.kernel_size)))
+        y = layer(x)
+        assert layer_macs(layer, tuple(x.shape), tuple(y.shape)) == _old_layer_macs(layer, tuple(x.shape),
+                                                                                    tuple(y.shape))
+    for shape in [(2, 5), (2, 3, 5), (1, 2, 3, 5)]:
+        layer = nn.Linear(5, 7)
+        out = shape[:-1] + (7,)
+        assert layer_macs(layer, shape, out) == _old_layer_macs(layer, shape, out)
+    with pytest.raises(lt.CompressionError, match="no MAC formula for ReLU"):
+        layer_macs(nn.ReLU(), (1, 2), (1, 2))
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(8, 8, 3, groups=8), _SamePadConv(8, 8, 3, groups=8), nn.Conv2d(8, 16, 3, groups=8),
+    nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 8, 3), nn.Conv2d(1, 1, 3), nn.Conv1d(8, 8, 3, groups=8),
+    nn.ConvTranspose2d(8, 8, 3, groups=8), nn.Linear(8, 8)])
+def test_one_depthwise_definition(layer: nn.Module) -> None:
+    from leantorch.compress import channel_pruning
+    from leantorch.ptq import cle
+    assert ops.is_depthwise(layer) == _old_cle_depthwise(layer)
+    assert cle._is_depthwise(layer) == _old_cle_depthwise(layer)
+    assert channel_pruning._is_depthwise(layer) == _old_pruning_depthwise(layer)
+
+
+def test_register_refuses_duplicates() -> None:
+    with pytest.raises(ConfigError, match="already registered"):
+        ops.register(ops.OpSpec("Conv", ()))
+    with pytest.raises(ConfigError, match="already belong to op type 'Linear'"):
+        ops.register(ops.OpSpec("MyLinear", (nn.Linear,)))
+
+
+@pytest.mark.parametrize("name", ["leantorch.ops.registry", "leantorch.ops.conv", "leantorch.ops.linear",
+                                  "leantorch.ops.modules"])
+def test_registry_docstrings(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), extraglobs={"torch": torch, "nn": nn})
+    assert result.failed == 0
+
+
+# --- A new op type is one registration: everything below the class is the whole "file" of the new op. ---
+
+class ToyDense(nn.Module):
+    """A custom weighted layer (not a torch.nn class): y = x @ weight.T * 2."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight) * 2
+
+
+def _toy_macs(module: nn.Module, input_shape: tuple, output_shape: tuple) -> int:
+    return math.prod(output_shape[1:-1]) * module.weight.shape[0] * module.weight.shape[1]
+
+
+@pytest.fixture
+def toy_op():
+    spec = ops.register(ops.OpSpec("ToyDense", (ToyDense,), weight_axis=0, mac_count=_toy_macs))
+    yield spec
+    ops.unregister("ToyDense")
+
+
+def test_new_op_in_one_registration(toy_op, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), ToyDense(8, 4)).eval()
+    x = torch.randn(16, 6)
+    # recognised (kept opaque by tracing) and named in configs
+    gm = lt.prepare(model, x)
+    assert [op_type(m) for m in gm.children()] == ["Linear", "ReLU", "ToyDense"]
+    assert "ToyDense" in OP_TYPE_NAMES and PER_CHANNEL_AXIS["ToyDense"] == 0
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"op_types": {"ToyDense": {"per_channel": True}}}))
+    load_config(str(config))
+    # cost-counted
+    report = cost(model, x)
+    assert report.layers["2"].macs == 8 * 4 and report.layers["2"].kind == "ToyDense"
+    # quantized: its weight per output channel, its output on the grid
+    sim = lt.QuantSim(model, x, per_channel=True)
+    sim.compute_encodings([x])
+    wrapper = sim.model.get_submodule("2")
+    assert wrapper.op_type == "ToyDense"
+    assert wrapper.param_quantizers["weight"].enabled and wrapper.param_quantizers["weight"].axis == 0
+    assert wrapper.output_quantizers[0].enabled
+    out = sim.model(x)
+    assert torch.allclose(out, model(x), atol=0.1)
+    # exported: ONNX + encodings naming its weight
+    sim.export(tmp_path, "toy")
+    assert (tmp_path / "toy.onnx").is_file()
+    encodings = json.loads((tmp_path / "toy.encodings").read_text())
+    assert "2.weight" in encodings["param_encodings"]
+    assert len(encodings["param_encodings"]["2.weight"]) == 4  # one encoding per output channel
