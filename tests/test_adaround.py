@@ -13,6 +13,7 @@ from torch import nn
 
 import leantorch as lt
 from leantorch.ptq import adaround as adaround_module
+from leantorch.ptq import layer_rounding
 from leantorch.models import ResNetSmall
 from leantorch.ptq.input_moments import LowRankObjective, QuadraticObjective, layer_objective
 from leantorch.ptq.layer_io import layer_io
@@ -46,7 +47,7 @@ def _net() -> nn.Module:
 def _run(tmp_path, monkeypatch, old: bool, **kwargs):  # type: ignore[no-untyped-def]
     with monkeypatch.context() as patch:
         if old:
-            patch.setattr(adaround_module, "_layer_inputs", _prefix_rerun_inputs)
+            patch.setattr(layer_rounding, "layer_inputs", _prefix_rerun_inputs)
         torch.manual_seed(0)
         data = [torch.randn(4, 3, 12, 12) for _ in range(3)]
         out = tmp_path / ("old" if old else "new")

@@ -12,7 +12,7 @@ MODULES = ["leantorch.quant.encoding", "leantorch.quant.encodings_file", "leanto
            "leantorch.ops", "leantorch.metrics", "leantorch.evaluation", "leantorch.data", "leantorch.cli", "leantorch.cli_args", "leantorch.errors",
            "leantorch.staging", "leantorch.paths", "leantorch.options", "leantorch.batches",
            "leantorch.ptq.bn_fold", "leantorch.ptq.cle", "leantorch.ptq.relu6", "leantorch.ptq.bias_correction",
-           "leantorch.ptq.adaround", "leantorch.ptq.input_moments", "leantorch.ptq.frontier", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer",
+           "leantorch.ptq.adaround", "leantorch.ptq.layer_rounding", "leantorch.ptq.input_moments", "leantorch.ptq.frontier", "leantorch.ptq.auto", "leantorch.models.resnet", "leantorch.models.transformer",
            "leantorch.models.digits", "leantorch.analysis.analyzer", "leantorch.analysis.report",
            "leantorch.analysis.html", "leantorch.compress.cost", "leantorch.compress.svd",
            "leantorch.compress.channel_pruning", "leantorch.compress.ratio_selection",

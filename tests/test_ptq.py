@@ -283,7 +283,7 @@ def test_adaround_refuses_bad_optimisation_options_before_any_work(tmp_path, mon
     net, data = _small_net(), _calibration()
     before = state_snapshot(net)
     traced = []
-    monkeypatch.setattr("leantorch.ptq.adaround.prepare", lambda *a, **k: traced.append(1))
+    monkeypatch.setattr("leantorch.ptq.layer_rounding.prepare", lambda *a, **k: traced.append(1))
     with pytest.raises(lt.InvalidOptionError, match=message):
         lt.adaround(net, data[0][:1], data, path=tmp_path, progress=False, **{option: value})
     assert not traced and not list(tmp_path.iterdir())
@@ -293,7 +293,7 @@ def test_adaround_refuses_bad_optimisation_options_before_any_work(tmp_path, mon
 def test_adaround_output_location_is_checked_before_any_work(tmp_path, monkeypatch) -> None:
     net, data = _small_net(), _calibration()
     traced = []
-    monkeypatch.setattr("leantorch.ptq.adaround.prepare", lambda *a, **k: traced.append(1))
+    monkeypatch.setattr("leantorch.ptq.layer_rounding.prepare", lambda *a, **k: traced.append(1))
     a_file = tmp_path / "taken"
     a_file.write_text("")
     for kwargs, error, message in [({"path": a_file}, lt.OutputPathError, "taken is an existing file"),

@@ -41,27 +41,21 @@ Only weights change (biases stay); the scales/offsets are the sim's weight encod
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from tqdm.auto import tqdm
 
-from ..batches import check_iterable, model_inputs
-from ..errors import CalibrationDataError, InvalidOptionError
-from ..graph import example_inputs, prepare
+from ..errors import InvalidOptionError
 from ..options import check_count, check_flag, check_fraction, check_positive
-from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
-from ..quant.encodings_file import encodings_dict, write_encodings
-from ..quant.sim import QuantSim
-from .frontier import Frontier
 from .input_moments import layer_objective, supports_moments
+from .layer_rounding import round_layers
+from .layer_rounding import save_param_encodings as _save_param_encodings  # noqa: F401  (tests' old import path)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +63,6 @@ ZETA, GAMMA = 1.1, -0.1
 OBJECTIVES = ("moments", "minibatch")
 
 Gradient = Callable[[torch.Tensor], torch.Tensor]  # ∂(reconstruction error)/∂W̃ at a candidate W̃
-Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
@@ -150,49 +143,22 @@ def adaround(
     """
     check_options(objective, iterations, lr, reg_param, beta_range, warm_start, batch_size, num_batches,
                    use_quantized_inputs, per_channel)
-    out = check_directory(path, "path")
-    enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
-    # The data is checked before tracing: a missing data set should fail fast.
-    if calibration is None:
-        raise CalibrationDataError("adaround needs calibration data (got None): pass a list or DataLoader of input "
-                                   "batches like the example input")
-    check_iterable(calibration)
-    num_inputs = len(example_inputs(example_input))
-    data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
-    if not data:
-        raise CalibrationDataError("adaround needs calibration data (got no batch): pass a list or DataLoader of "
-                                   "input batches like the example input")
-    reference = prepare(model, example_input)
-    gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
-    sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, param_scheme=param_scheme,
-                   per_channel=per_channel, config=config)
-    sim.compute_encodings(data, progress=False)
-    if not use_quantized_inputs:
-        sim.set_activation_quantization(False)
-    layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
-              and w.param_quantizers["weight"].is_active]
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=len(layers), desc="adaround", unit="layer", disable=not progress, leave=False)
-    for name, inputs, quantized in _layer_inputs(reference, sim, layers, data, use_quantized_inputs):
-        bar.update(1)
-        wrapper = sim.layers()[name]
-        fp_layer = reference.get_submodule(name)
+
+    def learn(name: str, fp_layer: nn.Module, encoding: Encoding, inputs: list[torch.Tensor],
+              quantized: list[torch.Tensor] | None) -> torch.Tensor:
         weight = fp_layer.weight.detach()
         if objective == "moments" and supports_moments(fp_layer):
             gradient = layer_objective(fp_layer, weight, inputs, quantized).gradient
         else:
             gradient = _minibatch_gradient(fp_layer, inputs, quantized, batch_size, gen)
         del inputs, quantized  # the objective holds what it needs; the activations can go
-        quantizer = wrapper.param_quantizers["weight"]
-        rounded = _learn_rounding(weight, quantizer.encoding, gradient, iterations, reg_param, beta_range,
-                                  warm_start, lr)
-        with torch.no_grad():
-            gm.get_submodule(name).weight.copy_(rounded)
-            wrapper.module.weight.copy_(rounded)  # the sim frontier runs this layer next, with the rounding
-        quantizer.frozen = True
-    bar.close()
-    _save_param_encodings(sim, enc_path)
-    return gm, enc_path
+        return _learn_rounding(weight, encoding, gradient, iterations, reg_param, beta_range, warm_start, lr)
+
+    return round_layers(model, example_input, calibration, learn, param_bw=param_bw, act_bw=act_bw,
+                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
+                        num_batches=num_batches, use_quantized_inputs=use_quantized_inputs, path=path,
+                        filename_prefix=filename_prefix, progress=progress, what="adaround")
 
 
 def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta_range: Any, warm_start: Any,
@@ -213,50 +179,6 @@ def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta
     check_count("num_batches", num_batches, hint=" (calibration batches to use)")
     check_flag("use_quantized_inputs", use_quantized_inputs)
     check_flag("per_channel", per_channel, allow_none=True)
-
-
-def _layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs],
-                  use_quantized_inputs: bool) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
-    """Each layer in graph order with its float inputs and (asymmetric mode) its quantized inputs, per batch.
-
-    The calibration batches are advanced node by node through the float model and, in lock step, through
-    ``sim.model`` (:class:`~leantorch.ptq.frontier.Frontier`), stopping just before each layer: the whole sweep
-    costs about one forward pass of each model instead of one per layer (O(depth²)). The sim's layer runs
-    when the sweep moves on, after the caller has copied the rounded weight into its wrapper, so later layers
-    see the adarounded output (the caller must do so before asking for the next layer)."""
-    batches = [tuple(x.to(sim.device) for x in batch) for batch in data]
-    float_nodes, sim_nodes = _first_calls(reference, layers), _first_calls(sim.model, layers)
-    float_frontier = Frontier(reference, batches)
-    sim_frontier = Frontier(sim.model, batches) if use_quantized_inputs else None
-    order = sorted((name for name in layers if name in sim_nodes and name in float_nodes),
-                   key=lambda name: sim_frontier.nodes.index(sim_nodes[name]) if sim_frontier
-                   else float_frontier.nodes.index(float_nodes[name]))
-    for name in order:
-        inputs = _first_arguments(float_frontier, float_nodes[name])
-        quantized = None
-        if sim_frontier is not None:
-            wrapper = sim.layers()[name]
-            with torch.no_grad():
-                # what the wrapped layer multiplies its weights with: its input after its input quantizer
-                quantized = [wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
-                             for x in _first_arguments(sim_frontier, sim_nodes[name])]
-        yield name, inputs, quantized
-
-
-def _first_calls(gm: fx.GraphModule, layers: list[str]) -> dict[str, fx.Node]:
-    """The first ``call_module`` node of each named layer (a layer called twice is fitted at its first call)."""
-    wanted, found = set(layers), {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and node.target in wanted and node.target not in found:
-            found[str(node.target)] = node
-    return found
-
-
-def _first_arguments(frontier: Frontier, node: fx.Node) -> list[torch.Tensor]:
-    """The first argument of ``node`` for every batch, advancing ``frontier`` to just before the node."""
-    with torch.no_grad():
-        frontier.advance_to(node)
-    return [args[0].detach() for args in frontier.inputs_of(node)]
 
 
 def _minibatch_gradient(fp_layer: nn.Module, inputs: list[torch.Tensor], quantized: list[torch.Tensor] | None,
@@ -334,9 +256,3 @@ def _fused_if_supported(v: torch.Tensor) -> dict[str, bool]:
     except (RuntimeError, ValueError, TypeError):
         return {}
     return {"fused": True}
-
-
-def _save_param_encodings(sim: QuantSim, path: Path) -> None:
-    """The active parameter encodings only (activations empty), checked and staged like every written file."""
-    params = {n: q.encoding for n, q in sim.param_quantizers().items() if q.is_active and q.encoding is not None}
-    write_encodings(path, encodings_dict({}, params))

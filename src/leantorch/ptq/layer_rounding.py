@@ -1,0 +1,141 @@
+"""The sweep shared by layer-wise weight rounding (AdaRound, GPTQ): each Conv/Linear in graph order gets its
+float inputs and, in lock step, the inputs the partially rounded and quantized model gives it; the caller
+returns the rounded weight, which later layers then see.
+
+The calibration batches are advanced node by node through the float model and through ``sim.model``
+(:class:`~leantorch.ptq.frontier.Frontier`): the whole sweep costs about one forward pass of each model
+instead of one per layer (O(depth²)).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from ..batches import check_iterable, model_inputs
+from ..errors import CalibrationDataError
+from ..graph import example_inputs, prepare
+from ..paths import check_directory, check_file_name
+from ..quant.encoding import Encoding
+from ..quant.encodings_file import encodings_dict, write_encodings
+from ..quant.sim import QuantSim
+from .frontier import Frontier
+
+__all__ = ["RoundLayer", "round_layers", "layer_inputs", "save_param_encodings"]
+
+Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
+
+#: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
+#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid).
+RoundLayer = Callable[[str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"], torch.Tensor]
+
+
+def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any], round_layer: RoundLayer, *,
+                 param_bw: int, act_bw: int, per_channel: bool | None, scheme: str, param_scheme: str, config: Any,
+                 num_batches: int, use_quantized_inputs: bool, path: str | Path, filename_prefix: str,
+                 progress: bool, what: str) -> tuple[fx.GraphModule, Path]:
+    """Round every quantized Conv/Linear weight of ``model`` with ``round_layer``, layer by layer in graph order;
+    return the rounded model and its frozen weight encodings (``<path>/<filename_prefix>.encodings``).
+
+    The weight grids are those of a QuantSim built with these options and calibrated on the first
+    ``num_batches`` batches; with ``use_quantized_inputs`` each layer sees the inputs of that sim with the
+    layers before it already rounded (asymmetric reconstruction), else float inputs. ``what`` names the
+    algorithm in messages and the progress bar. The input model is not modified.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+        >>> data = [torch.randn(8, 4)]
+        >>> nearest = lambda name, layer, enc, x, xq: layer.weight.detach()  # a stand-in: keep the weights
+        >>> rounded, enc = round_layers(net, data[0][:1], data, nearest, param_bw=8, act_bw=8, per_channel=True,
+        ...     scheme="minmax", param_scheme="minmax", config="default", num_batches=1, use_quantized_inputs=True,
+        ...     path="/tmp", filename_prefix="nearest", progress=False, what="nearest")
+        >>> enc.name
+        'nearest.encodings'
+    """
+    out = check_directory(path, "path")
+    enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
+    # The data is checked before tracing: a missing data set should fail fast.
+    if calibration is None:
+        raise CalibrationDataError(f"{what} needs calibration data (got None): pass a list or DataLoader of input "
+                                   "batches like the example input")
+    check_iterable(calibration)
+    num_inputs = len(example_inputs(example_input))
+    data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
+    if not data:
+        raise CalibrationDataError(f"{what} needs calibration data (got no batch): pass a list or DataLoader of "
+                                   "input batches like the example input")
+    reference = prepare(model, example_input)
+    gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
+    sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, param_scheme=param_scheme,
+                   per_channel=per_channel, config=config)
+    sim.compute_encodings(data, progress=False)
+    if not use_quantized_inputs:
+        sim.set_activation_quantization(False)
+    layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
+              and w.param_quantizers["weight"].is_active]
+    bar = tqdm(total=len(layers), desc=what, unit="layer", disable=not progress, leave=False)
+    for name, inputs, quantized in layer_inputs(reference, sim, layers, data, use_quantized_inputs):
+        bar.update(1)
+        wrapper = sim.layers()[name]
+        quantizer = wrapper.param_quantizers["weight"]
+        rounded = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
+        del inputs, quantized  # the activations can go before the next layer's arrive
+        with torch.no_grad():
+            gm.get_submodule(name).weight.copy_(rounded)
+            wrapper.module.weight.copy_(rounded)  # the sim frontier runs this layer next, with the rounding
+        quantizer.frozen = True
+    bar.close()
+    save_param_encodings(sim, enc_path)
+    return gm, enc_path
+
+
+def layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs],
+                 use_quantized_inputs: bool) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
+    """Each layer in graph order with its float inputs and (asymmetric mode) its quantized inputs, per batch.
+
+    The sim's layer runs when the sweep moves on, after the caller has copied the rounded weight into its
+    wrapper, so later layers see the rounded output (the caller must do so before asking for the next layer)."""
+    batches = [tuple(x.to(sim.device) for x in batch) for batch in data]
+    float_nodes, sim_nodes = _first_calls(reference, layers), _first_calls(sim.model, layers)
+    float_frontier = Frontier(reference, batches)
+    sim_frontier = Frontier(sim.model, batches) if use_quantized_inputs else None
+    order = sorted((name for name in layers if name in sim_nodes and name in float_nodes),
+                   key=lambda name: sim_frontier.nodes.index(sim_nodes[name]) if sim_frontier
+                   else float_frontier.nodes.index(float_nodes[name]))
+    for name in order:
+        inputs = _first_arguments(float_frontier, float_nodes[name])
+        quantized = None
+        if sim_frontier is not None:
+            wrapper = sim.layers()[name]
+            with torch.no_grad():
+                # what the wrapped layer multiplies its weights with: its input after its input quantizer
+                quantized = [wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
+                             for x in _first_arguments(sim_frontier, sim_nodes[name])]
+        yield name, inputs, quantized
+
+
+def _first_calls(gm: fx.GraphModule, layers: list[str]) -> dict[str, fx.Node]:
+    """The first ``call_module`` node of each named layer (a layer called twice is fitted at its first call)."""
+    wanted, found = set(layers), {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in wanted and node.target not in found:
+            found[str(node.target)] = node
+    return found
+
+
+def _first_arguments(frontier: Frontier, node: fx.Node) -> list[torch.Tensor]:
+    """The first argument of ``node`` for every batch, advancing ``frontier`` to just before the node."""
+    with torch.no_grad():
+        frontier.advance_to(node)
+    return [args[0].detach() for args in frontier.inputs_of(node)]
+
+
+def save_param_encodings(sim: QuantSim, path: Path) -> None:
+    """The active parameter encodings only (activations empty), checked and staged like every written file."""
+    params = {n: q.encoding for n, q in sim.param_quantizers().items() if q.is_active and q.encoding is not None}
+    write_encodings(path, encodings_dict({}, params))
