@@ -36,6 +36,7 @@ from .ptq.cle import cross_layer_scale, equalize
 from .ptq.relu6 import replace_relu6
 from .ptq.bias_correction import bias_correction
 from .ptq.adaround import adaround
+from .ptq.gptq import gptq
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from . import analysis
 from .analysis import AnalysisReport, analyze

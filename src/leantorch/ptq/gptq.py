@@ -1,0 +1,151 @@
+"""GPTQ: round each layer's weights column by column, feeding every rounding error forward through the inverse
+input Hessian (Frantar et al., 2023, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers").
+
+Per layer (and per group of a grouped conv), with ``W`` the weight as ``[out, K]`` (K ordered like the layer's
+input patches) and ``H = E[x̂ x̂ᵀ] + λ·mean(diag H)·I`` from the inputs the partially quantized model gives it::
+
+    U = chol(H⁻¹)ᵀ (upper)
+    for k in 0 … K-1:
+        q_k = Q(w_k)                      # the weight quantizer's grid (per output channel or per tensor)
+        e_k = (w_k − q_k) / U_kk
+        w_j −= e_k · U_kj   for j > k     # the error is compensated by the columns not yet rounded
+
+which greedily minimises ``E‖W x̂ − Ŵ x̂‖²``, one column at a time. Columns go in blocks of ``block_size``
+(the updates of later blocks are one matrix product per block), in float64. Input channels that never carry
+signal (``H_kk = 0``) are rounded as they are. Layers are visited in graph order with the layers before them
+already rounded (:func:`~leantorch.ptq.layer_rounding.round_layers`, as AdaRound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import fx, nn
+
+from ..errors import InvalidOptionError
+from ..options import check_count, check_flag, check_positive
+from ..quant.encoding import Encoding
+from .input_moments import QuadraticObjective, grouped_weight, supports_moments
+from .layer_rounding import round_layers
+
+__all__ = ["gptq", "gptq_round"]
+
+
+def gptq(model: nn.Module, example_input: Any, calibration: Iterable[Any], param_bw: int = 4, act_bw: int = 8,
+         per_channel: bool | None = True, scheme: str = "tf_enhanced", param_scheme: str = "mse",
+         config: Any = "default", num_batches: int = 4, damping: float = 0.01, block_size: int = 128,
+         use_quantized_inputs: bool = True, path: str | Path = ".", filename_prefix: str = "gptq",
+         progress: bool = True) -> tuple[fx.GraphModule, Path]:
+    """Round every Conv/Linear weight with GPTQ; return the model and a frozen-encodings file.
+
+    Same contract as :func:`~leantorch.ptq.adaround.adaround`: the returned model's weights lie on their
+    quantization grids (chosen by ``param_scheme`` from the float weights); load the file into the QuantSim you
+    evaluate with (``sim.set_and_freeze_param_encodings(path)``). One pass over the model, no iterations: each
+    layer costs one Cholesky factorisation of its ``K × K`` input Hessian and ``O(out · K²)`` updates. Runs on the
+    model's device; the input model is not modified.
+
+    Args:
+        damping: λ, added to the Hessian's diagonal as a fraction of its mean (the paper's 1%).
+        block_size: columns rounded before the later columns are updated (the paper's lazy batch updates).
+        use_quantized_inputs: the Hessian of the partially quantized model's layer inputs (default), or of
+            the float model's.
+        Others: as :func:`~leantorch.ptq.adaround.adaround` (``num_batches`` calibration batches are used).
+
+    Raises:
+        InvalidOptionError: ``damping`` not finite and ≥ 0, ``block_size``/``num_batches`` not a whole number ≥ 1,
+            a flag that is not a bool; also a layer whose input cannot be unfolded into patches (a conv with
+            ``padding="same"`` or non-zero padding modes), named.
+        OutputPathError, CalibrationDataError: as adaround, before any work.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        >>> data = [torch.randn(8, 3, 10, 10)]
+        >>> rounded, enc = gptq(net, data[0][:1], data, progress=False, path="/tmp")
+        >>> enc.name
+        'gptq.encodings'
+    """
+    check_positive("damping", damping, allow_zero=True, hint=" (a fraction of the Hessian's mean diagonal, e.g. 0.01)")
+    check_count("block_size", block_size, hint=" (columns per lazy update, e.g. 128)")
+    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
+    check_flag("use_quantized_inputs", use_quantized_inputs)
+    check_flag("per_channel", per_channel, allow_none=True)
+
+    def round_layer(name: str, fp_layer: nn.Module, encoding: Encoding, inputs: list[torch.Tensor],
+                    quantized: list[torch.Tensor] | None) -> torch.Tensor:
+        if not supports_moments(fp_layer):
+            raise InvalidOptionError(f"gptq: layer {name!r} ({fp_layer}) has a padding GPTQ cannot unfold into "
+                                     "input patches; use padding given as numbers with padding_mode='zeros'")
+        weight = fp_layer.weight.detach()
+        hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
+        rows = grouped_weight(fp_layer, weight)
+        return gptq_round(rows, hessian, encoding, damping, block_size).reshape(weight.shape)
+
+    return round_layers(model, example_input, calibration, round_layer, param_bw=param_bw, act_bw=act_bw,
+                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
+                        num_batches=num_batches, use_quantized_inputs=use_quantized_inputs, path=path,
+                        filename_prefix=filename_prefix, progress=progress, what="gptq")
+
+
+def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, encoding: Encoding, damping: float = 0.01,
+               block_size: int = 128) -> torch.Tensor:
+    """GPTQ-rounded ``weight`` (``[groups, out/groups, K]``) for input Hessians ``hessian`` (``[groups, K, K]``),
+    on ``encoding``'s grid (per tensor, or per output channel along axis 0). Returns ``weight``'s shape and dtype
+(computed in float64).
+
+    Example:
+        >>> from leantorch.quant.encoding import compute_encoding
+        >>> _ = torch.manual_seed(0)
+        >>> w = torch.randn(1, 4, 16)
+        >>> x = torch.randn(16, 256) * torch.linspace(0.1, 2, 16)[:, None]   # inputs of unequal scale
+        >>> enc = compute_encoding(w.amin((0, 2)), w.amax((0, 2)), 3, symmetric=True, axis=0)
+        >>> q = gptq_round(w, (x @ x.T / 256)[None], enc)
+        >>> nearest = gptq_round(w, torch.eye(16)[None], enc, damping=0.0)   # H = I: round to nearest
+        >>> err = lambda v: float(((w - v)[0] @ x).pow(2).mean())
+        >>> err(q) < err(nearest)
+        True
+    """
+    groups, out, k = weight.shape
+    w = weight.detach().to(torch.float64).clone()
+    h = hessian.detach().to(device=w.device, dtype=torch.float64).clone()
+    scale, offset = _grid(encoding, groups, out, w.device)
+    steps = encoding.num_steps
+
+    def nearest(column: torch.Tensor) -> torch.Tensor:  # the quantizer's grid, rounding half to even like ONNX
+        return scale * (torch.clamp(torch.round(column / scale) - offset, 0, steps) + offset)
+
+    diag = h.diagonal(dim1=-2, dim2=-1)
+    dead = diag == 0  # inputs that are always zero: nothing to compensate with, nothing to compensate for
+    diag.add_(dead.to(h.dtype))  # a unit there keeps H positive definite; its column is decoupled below
+    h.masked_fill_(dead[:, :, None] & ~torch.eye(k, dtype=torch.bool, device=h.device), 0.0)
+    diag.add_(damping * diag.mean(-1, keepdim=True))
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    rounded = torch.empty_like(w)
+    for start in range(0, k, block_size):
+        end = min(start + block_size, k)
+        block = w[:, :, start:end].clone()
+        errors = torch.empty_like(block)
+        u = upper[:, start:end, start:end]
+        for j in range(end - start):
+            column = block[:, :, j]
+            q = nearest(column)
+            rounded[:, :, start + j] = q
+            err = (column - q) / u[:, j, j][:, None]
+            block[:, :, j:] -= err[:, :, None] * u[:, None, j, j:]
+            errors[:, :, j] = err
+        w[:, :, end:] -= errors @ upper[:, start:end, end:]
+    return rounded.to(weight.dtype)
+
+
+def _grid(encoding: Encoding, groups: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoding``'s scale and offset shaped ``[groups, out/groups]`` (per channel) or ``[1, 1]`` (per tensor)."""
+    scale = encoding.scale.to(device=device, dtype=torch.float64)
+    offset = encoding.offset.to(device=device, dtype=torch.float64)
+    if encoding.axis is None:
+        return scale.reshape(1, 1), offset.reshape(1, 1)
+    if encoding.axis != 0 or scale.numel() != groups * out:
+        raise InvalidOptionError(f"gptq rounds per output channel (axis 0, {groups * out} channels); got an "
+                                 f"encoding along axis {encoding.axis} with {scale.numel()} channels")
+    return scale.reshape(groups, out), offset.reshape(groups, out)
