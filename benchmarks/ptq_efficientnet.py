@@ -30,9 +30,11 @@ def main() -> None:
                              "lr 2e-2 (W4A8 per-channel: 0.796 vs 0.801) at a twentieth of the CPU time")
     parser.add_argument("--adaround-lr", type=float, default=2e-2)
     parser.add_argument("--adaround-batches", type=int, default=4, help="calibration batches AdaRound fits on")
-    parser.add_argument("--adaround-inputs", choices=["quantized", "float", "both"], default="both",
+    parser.add_argument("--adaround-inputs", choices=["quantized", "float", "both", "none"], default="both",
                         help="fit each layer to the partially quantized model's inputs (the paper's asymmetric "
                              "reconstruction, leantorch's default), to float inputs, or run both")
+    parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True,
+                        help="also a GPTQ row (same grids and calibration batches as AdaRound)")
     parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -103,6 +105,14 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
             row(f"W4A8 per-channel mse weights + AdaRound ({inputs} inputs), BN folded", rounded,
                 fold_s + ada_s, time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse",
                 frozen=encodings)
+    if args.gptq:
+        with tempfile.TemporaryDirectory() as tmp:  # GPTQ on the same grids and data as AdaRound
+            start = time.perf_counter()
+            rounded, encodings = lt.gptq(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
+                                         param_scheme="mse", num_batches=args.adaround_batches, path=tmp)
+            gptq_s = time.perf_counter() - start
+            row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", rounded, fold_s + gptq_s,
+                time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse", frozen=encodings)
 
 
 if __name__ == "__main__":

@@ -497,3 +497,23 @@ def test_channels_last_only_for_image_batches_of_conv_models() -> None:
     mlp, rows = nn.Linear(8, 2), torch.randn(2, 8)
     same_model, same_rows = channels_last(mlp, rows)
     assert same_model is mlp and same_rows is rows
+
+
+def test_gptq_flag_rounds_with_gptq_and_freezes_the_weights(tmp_path, data_file, monkeypatch, capsys) -> None:
+    import leantorch.cli as cli
+
+    called: list[dict] = []
+    real = cli.gptq
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        called.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "gptq", recording)
+    out = tmp_path / "o"
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--param-bw", "4", "--per-channel",
+                 "--no-progress"]) == 0
+    assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
+    assert (out / "gptq.encodings").exists() and (out / "model.onnx").exists()
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--adaround"]) == 2  # one or the other
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--auto"]) == 2

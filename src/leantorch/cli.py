@@ -38,6 +38,7 @@ from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
+from .ptq.gptq import gptq
 from .ptq.cle import equalize
 from .quant.sim import QuantSim
 from .staging import staged_outputs
@@ -134,7 +135,10 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
         # The same quantization as the QuantSim that loads the file (per_channel None: the config decides).
         model, encodings = adaround(model, example, calib, path=adaround_dir, progress=progress,
                                     **_adaround_options(args), **options)
-    if args.bias_correction or args.adaround:
+    if args.gptq:  # the same data and grids as AdaRound's
+        model, encodings = gptq(model, example, calib, path=adaround_dir, progress=progress,
+                                num_batches=_adaround_options(args)["num_batches"], **options)
+    if args.bias_correction or args.adaround or args.gptq:
         sim = QuantSim(model, example, **options)
     if encodings is not None:
         sim.set_and_freeze_param_encodings(encodings)
@@ -173,7 +177,8 @@ def _check_auto(args: argparse.Namespace) -> None:
     if not args.auto:
         return
     chosen = [flag for flag, on in (("--fold-bn", args.fold_bn), ("--cle", args.cle),
-                                    ("--bias-correction", args.bias_correction), ("--adaround", args.adaround)) if on]
+                                    ("--bias-correction", args.bias_correction), ("--adaround", args.adaround),
+                                    ("--gptq", args.gptq)) if on]
     if chosen:
         raise InvalidOptionError(f"--auto chooses the techniques itself; drop {' '.join(chosen)} (or drop --auto "
                                  "to apply them yourself). --adaround-iterations and --adaround-lr do apply to "

@@ -151,8 +151,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    "and depthwise triplets, absorbs high biases)")
     p.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
                    help="correct the mean output error of weight quantization")
-    p.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
-                   "weight encodings")
+    rounding = p.add_mutually_exclusive_group()
+    rounding.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
+                          "weight encodings")
+    rounding.add_argument("--gptq", action="store_true", help="round weights with GPTQ (error feedback through the "
+                          "inverse input Hessian; one pass, no iterations) and freeze the weight encodings")
     p.add_argument("--adaround-iterations", type=_positive_int, help="AdaRound iterations per layer, also for "
                    f"--auto's AdaRound stage (default {ADAROUND_DEFAULTS['adaround_iterations']}; "
                    f"{ADAROUND_THOROUGH['adaround_iterations']} with --thorough, as in the paper)")
