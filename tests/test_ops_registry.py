@@ -216,3 +216,94 @@ def test_new_op_in_one_registration(toy_op, tmp_path) -> None:
     encodings = json.loads((tmp_path / "toy.encodings").read_text())
     assert "2.weight" in encodings["param_encodings"]
     assert len(encodings["param_encodings"]["2.weight"]) == 4  # one encoding per output channel
+
+
+# --- Roles: the old predicates of CLE, bias correction and channel pruning, written out. ---
+
+def _old_cle_scalable(m):
+    return isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d))
+                                        and (m.groups == 1 or _old_cle_depthwise(m)))
+
+
+def _old_relu6(m):
+    return isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)
+
+
+def _old_cle_activation(m):
+    return isinstance(m, (nn.ReLU, ops.BoundedReLU)) or _old_relu6(m)
+
+
+def _old_equivariant(m):
+    if _old_cle_activation(m) or isinstance(m, (nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.ZeroPad2d)):
+        return True
+    if isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d)):
+        return m.value == 0
+    return isinstance(m, ops.Pad) and m.mode == "constant" and not m.value
+
+
+def _old_zero_pads(m):
+    return isinstance(m, (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, ops.Pad))
+
+
+def _old_bc_activation(m):
+    return isinstance(m, (nn.ReLU, nn.ReLU6, ops.BoundedReLU))
+
+
+def _old_bc_transparent(m):
+    return isinstance(m, (nn.Identity, nn.Dropout))
+
+
+_OLD_CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                    nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.ZeroPad2d,
+                    nn.ConstantPad2d, nn.MaxPool2d, nn.AvgPool2d)
+
+ROLE_MODULES = [
+    nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3, groups=4), nn.Conv2d(4, 8, 3), nn.Conv2d(4, 4, 3, groups=4),
+    nn.Conv2d(4, 8, 3, groups=2), _SamePadConv(4, 4, 3, groups=4), nn.Conv3d(2, 2, 1), nn.ConvTranspose2d(4, 4, 3),
+    nn.Linear(3, 3), nn.Embedding(4, 2), nn.BatchNorm2d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4),
+    nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.Hardtanh(0.0, 6.0), nn.Hardtanh(0.0, 4.0),
+    ops.BoundedReLU(torch.ones(4)), nn.GELU(), nn.SiLU(), nn.Sigmoid(), nn.Tanh(), nn.Hardswish(),
+    nn.Hardsigmoid(), nn.LeakyReLU(), nn.PReLU(), nn.ELU(), nn.Softmax(1), nn.LogSoftmax(1),
+    ops.Add(), ops.Sub(), ops.Mul(), ops.Div(), ops.MatMul(), ops.Cat(1), ops.Interpolate(scale_factor=2),
+    nn.Upsample(scale_factor=2), ops.Mean(1),
+    nn.Flatten(), nn.Unflatten(1, (2, 2)), nn.ZeroPad2d(1), nn.ConstantPad1d(1, 0.0), nn.ConstantPad1d(1, 2.0),
+    nn.ConstantPad2d(1, 0.0), nn.ConstantPad2d(1, 1.0), nn.ConstantPad3d(1, 0.0), ops.Pad([1, 1]),
+    ops.Pad([1, 1], value=1.0), ops.Pad([1, 1], mode="reflect"),
+    nn.MaxPool1d(2), nn.MaxPool2d(2), nn.MaxPool3d(2), nn.AdaptiveMaxPool2d(1), nn.AvgPool1d(2), nn.AvgPool2d(2),
+    nn.AvgPool3d(2), nn.AdaptiveAvgPool1d(1), nn.AdaptiveAvgPool2d(1), nn.Dropout(), nn.Dropout1d(), nn.Dropout2d(),
+    nn.Dropout3d(), nn.Identity(), nn.Module(), nn.Sequential(),
+]
+
+
+@pytest.mark.parametrize("module", ROLE_MODULES, ids=lambda m: repr(m)[:40])
+def test_roles_match_old_predicates(module: nn.Module) -> None:
+    from leantorch.compress import channel_pruning
+    from leantorch.ptq import cle
+    assert cle._is_scalable_layer(module) == _old_cle_scalable(module)
+    assert cle._is_relu6(module) == _old_relu6(module)
+    assert cle._is_activation(module) == _old_cle_activation(module)
+    assert cle._scale_equivariant(module) == _old_equivariant(module)
+    assert ops.has_role(module, "zero_pads") == _old_zero_pads(module)
+    assert (ops.relu_upper(module) is not None) == _old_bc_activation(module)
+    assert ops.has_role(module, "bc_transparent") == _old_bc_transparent(module)
+    assert ops.has_role(module, "prune_channelwise") == isinstance(module, _OLD_CHANNELWISE)
+
+
+def test_relu_upper_matches_old_bias_correction() -> None:
+    mean = torch.randn(4, dtype=torch.float64)
+    bounded = ops.BoundedReLU(torch.rand(4) + 1)
+    for module, old in [(nn.ReLU(), torch.full_like(mean, math.inf)), (nn.ReLU6(), torch.full_like(mean, 6.0)),
+                        (bounded, bounded.upper.double())]:
+        bound = ops.relu_upper(module)
+        new = bound.double() if isinstance(bound, torch.Tensor) else torch.full_like(mean, bound)
+        assert torch.equal(new, old)
+
+
+def test_default_supergroups_match_old_config() -> None:
+    from leantorch.quant.config import QuantSimConfig
+    old = [["Conv", "BatchNorm"], ["ConvTranspose", "BatchNorm"], ["Linear", "BatchNorm"]]
+    for act in ("ReLU", "ReLU6", "BoundedReLU"):
+        old += [["Conv", act], ["Conv", "BatchNorm", act], ["ConvTranspose", act],
+                ["ConvTranspose", "BatchNorm", act], ["Linear", act], ["Add", act]]
+    assert ops.default_supergroups() == old
+    assert QuantSimConfig().supergroups == old

@@ -35,12 +35,6 @@ from ..batches import run_batch
 from .. import ops
 from ..graph import as_tuple
 
-# Modules that act on each channel separately and keep the channel count.
-_CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.ZeroPad2d,
-                nn.ConstantPad2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
 @dataclass
 class PruningPath:
     """What pruning ``layer``'s input channels touches: BatchNorms and depthwise convs on the way up,
@@ -89,7 +83,7 @@ def pruning_path(gm: fx.GraphModule, layer: str) -> PruningPath | str:
             depthwise.append(str(node.target))
         elif type(module) is nn.Conv2d and module.groups == 1:
             return PruningPath(layer, batch_norms, depthwise, str(node.target))
-        elif not isinstance(module, _CHANNELWISE):
+        elif not ops.has_role(module, "prune_channelwise"):  # mixes channels, or keeps state per channel
             return f"{node.target} ({type(module).__name__}) ties or mixes channels"
         node = node.args[0]
 

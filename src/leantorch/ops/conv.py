@@ -15,7 +15,7 @@ import math
 
 from torch import nn
 
-from .registry import OpSpec, register
+from .registry import ACT, OpSpec, register
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -40,7 +40,17 @@ def conv_transpose_macs(module: nn.Module, input_shape: tuple, output_shape: tup
     return module.in_channels * math.prod(input_shape[2:]) * (module.out_channels // module.groups) * kernel
 
 
-CONV = register(OpSpec("Conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d), weight_axis=0, mac_count=conv_macs))
+def _cle_scalable(module: nn.Module) -> bool:
+    # CLE scales a 1-D/2-D conv's output channels when each one has its own filter over all inputs, or is
+    # depthwise (the scale then passes straight through to the next layer).
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and (module.groups == 1 or is_depthwise(module))
+
+
+# Runtimes fuse a conv with the BatchNorm and/or activation after it.
+_FUSED = (("BatchNorm",), (ACT,), ("BatchNorm", ACT))
+
+CONV = register(OpSpec("Conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d), weight_axis=0, mac_count=conv_macs,
+                       supergroups=_FUSED, cle_scalable=_cle_scalable))
 # A transposed conv's weight is (in, out / groups, k...): its output channels are axis 1.
 CONV_TRANSPOSE = register(OpSpec("ConvTranspose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
-                                 weight_axis=1, mac_count=conv_transpose_macs))
+                                 weight_axis=1, mac_count=conv_transpose_macs, supergroups=_FUSED))

@@ -18,11 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
+
+#: A role of an op: a constant, or a predicate on the module (where it depends on the module's settings).
+Role = Union[bool, Callable[[nn.Module], bool]]
+#: In :attr:`OpSpec.supergroups`: any op type with ``fusable_activation``.
+ACT = "*activation"
 
 #: ``mac_count(module, input_shape, output_shape)``: MACs per sample of one call with these batched shapes.
 MacCount = Callable[[nn.Module, tuple, tuple], int]
@@ -39,6 +45,18 @@ class OpSpec:
             the default config leaves it unquantized.
         weight_axis: the output-channel axis of ``weight`` when it may be quantized per channel (None: never).
         mac_count: the cost model's MAC formula; None means the cost model does not count this op.
+        supergroups: chains that start at this op and run fused (only their last output is quantized), as
+            the op type names that follow it; :data:`ACT` stands for every ``fusable_activation``.
+        fusable_activation: may end a supergroup in place of :data:`ACT`.
+
+    Roles (each ``True``/``False`` or a predicate on the module, for roles that depend on its settings):
+        cle_scalable: CLE may scale this layer's output channels (and the next one's inputs).
+        cle_activation: a (bounded) ReLU CLE may scale through; cle_relu6: one with the fixed bound 6.
+        cle_equivariant: ``f(s·x) = s·f(x)`` per channel, so CLE may scale through it.
+        zero_pads: pads zeros (CLE's high-bias absorption would turn them into ``-c``).
+        relu_upper: for a ReLU-like clip ``[0, upper]``, its upper bound (bias correction's analytical mean).
+        bc_transparent: leaves channel means unchanged (bias correction looks through it).
+        prune_channelwise: acts on each channel on its own (channel pruning looks through it).
     """
 
     name: str
@@ -46,6 +64,16 @@ class OpSpec:
     passthrough: bool = False
     weight_axis: int | None = None
     mac_count: MacCount | None = None
+    supergroups: tuple[tuple[str, ...], ...] = ()
+    fusable_activation: bool = False
+    cle_scalable: Role = False
+    cle_activation: Role = False
+    cle_relu6: Role = False
+    cle_equivariant: Role = False
+    zero_pads: Role = False
+    relu_upper: Callable[[nn.Module], float | torch.Tensor] | None = None
+    bc_transparent: Role = False
+    prune_channelwise: Role = False
 
 
 _SPECS: dict[str, OpSpec] = {}
@@ -157,3 +185,34 @@ def counted(module: nn.Module) -> bool:
 def counted_classes() -> tuple[type, ...]:
     """The module classes the cost model counts, in registration order (for messages)."""
     return tuple(c for s in _SPECS.values() if s.mac_count is not None for c in s.modules)
+
+
+def has_role(module: nn.Module, role: str) -> bool:
+    """Whether ``module``'s op type plays ``role`` (an :class:`OpSpec` role field) for this module.
+
+    Example:
+        >>> from torch import nn
+        >>> has_role(nn.Hardtanh(0.0, 6.0), "cle_relu6"), has_role(nn.Hardtanh(), "cle_relu6")
+        (True, False)
+    """
+    spec = spec_for(module)
+    if spec is None:
+        return False
+    value = getattr(spec, role)
+    return bool(value(module)) if callable(value) else bool(value)
+
+
+def default_supergroups() -> list[list[str]]:
+    """The default config's supergroups: every op's chains without an activation, then for each fusable
+    activation (in registration order) every op's chains ending in it."""
+    groups = [[s.name, *tail] for s in _SPECS.values() for tail in s.supergroups if ACT not in tail]
+    for act in [s.name for s in _SPECS.values() if s.fusable_activation]:
+        groups += [[s.name, *(act if t == ACT else t for t in tail)]
+                   for s in _SPECS.values() for tail in s.supergroups if ACT in tail]
+    return groups
+
+
+def relu_upper(module: nn.Module) -> float | torch.Tensor | None:
+    """The upper clip of a ReLU-like module (``inf``, ``6.0``, a per-channel tensor), None if it is none."""
+    spec = spec_for(module)
+    return None if spec is None or spec.relu_upper is None else spec.relu_upper(module)

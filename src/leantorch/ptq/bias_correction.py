@@ -18,7 +18,7 @@ adds to each layer's output, ``E[ỹ] − E[y] = (W̃ − W)·E[x]``, by subtrac
 from __future__ import annotations
 
 import logging
-import math
+import math  # the docstring examples use it
 from typing import Any, Iterable, Iterator, Literal
 
 import torch
@@ -170,9 +170,9 @@ def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor 
     source, activation = node.args[0], None
     while isinstance(source, fx.Node) and source.op == "call_module" and source.target not in stats:
         module = gm.get_submodule(source.target)
-        if isinstance(module, (nn.ReLU, nn.ReLU6, ops.BoundedReLU)) and activation is None:
+        if ops.relu_upper(module) is not None and activation is None:  # a ReLU-like clip (op registry)
             activation = module
-        elif not isinstance(module, (nn.Identity, nn.Dropout)):
+        elif not ops.has_role(module, "bc_transparent"):
             return None  # padding, pooling ... change the mean in ways the statistics do not describe
         source = source.args[0]
     if not (isinstance(source, fx.Node) and source.op == "call_module" and source.target in stats):
@@ -180,8 +180,8 @@ def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor 
     mean, std = (t.double() for t in stats[source.target])
     if activation is None:
         return mean
-    upper = torch.full_like(mean, math.inf) if isinstance(activation, nn.ReLU) else (
-        torch.full_like(mean, 6.0) if isinstance(activation, nn.ReLU6) else activation.upper.double())
+    bound = ops.relu_upper(activation)
+    upper = bound.double() if isinstance(bound, torch.Tensor) else torch.full_like(mean, bound)
     return clipped_normal_mean(mean, std, torch.zeros_like(mean), upper)
 
 

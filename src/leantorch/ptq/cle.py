@@ -57,27 +57,22 @@ class ScalingSet:
 _is_depthwise = ops.is_depthwise
 
 
+# The op registry's CLE roles (OpSpec.cle_*): which layers scale, which ops a scale passes through.
 def _is_scalable_layer(m: nn.Module) -> bool:
-    if isinstance(m, nn.Linear):
-        return True
-    return isinstance(m, (nn.Conv1d, nn.Conv2d)) and (m.groups == 1 or _is_depthwise(m))
+    return ops.has_role(m, "cle_scalable")
 
 
 def _is_relu6(m: nn.Module) -> bool:
-    return isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)  # ReLU6 is a Hardtanh
+    return ops.has_role(m, "cle_relu6")
 
 
 def _is_activation(m: nn.Module) -> bool:
-    return isinstance(m, (nn.ReLU, ops.BoundedReLU)) or _is_relu6(m)
+    return ops.has_role(m, "cle_activation")
 
 
 def _scale_equivariant(m: nn.Module) -> bool:
     """f(s·x) = s·f(x) for every s > 0, per channel (ReLU6 once turned into a bounded ReLU)."""
-    if _is_activation(m) or isinstance(m, (nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.ZeroPad2d)):
-        return True
-    if isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d)):
-        return m.value == 0
-    return isinstance(m, ops.Pad) and m.mode == "constant" and not m.value
+    return ops.has_role(m, "cle_equivariant")
 
 
 def _next_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node | None, list[str]]:
@@ -308,8 +303,7 @@ def _pads_input(gm: fx.GraphModule, scaling_set: ScalingSet, i: int) -> bool:
     nxt = gm.get_submodule(scaling_set.layers[i + 1])
     padding = getattr(nxt, "padding", 0)
     padded = padding == "same" or (isinstance(padding, tuple) and any(p > 0 for p in padding))
-    return padded or any(isinstance(m, (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, ops.Pad))
-                         for m in _between(gm, scaling_set, i))
+    return padded or any(ops.has_role(m, "zero_pads") for m in _between(gm, scaling_set, i))
 
 
 def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.GraphModule:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import short_repr
-from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES
+from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES, default_supergroups
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
 #: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
@@ -54,11 +54,8 @@ class ResolvedRule:
 
 
 def _default_supergroups() -> list[list[str]]:
-    groups = [["Conv", "BatchNorm"], ["ConvTranspose", "BatchNorm"], ["Linear", "BatchNorm"]]
-    for act in ("ReLU", "ReLU6", "BoundedReLU"):
-        groups += [["Conv", act], ["Conv", "BatchNorm", act], ["ConvTranspose", act],
-                   ["ConvTranspose", "BatchNorm", act], ["Linear", act], ["Add", act]]
-    return groups
+    # Each op's OpSpec.supergroups (Conv→BN→ReLU ...), expanded over the fusable activations.
+    return default_supergroups()
 
 
 def _default_op_types() -> dict[str, OpRule]:
