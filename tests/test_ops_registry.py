@@ -157,7 +157,7 @@ def test_register_refuses_duplicates() -> None:
 
 
 @pytest.mark.parametrize("name", ["leantorch.ops.registry", "leantorch.ops.conv", "leantorch.ops.linear",
-                                  "leantorch.ops.modules"])
+                                  "leantorch.ops.modules", "leantorch.ops.rules", "leantorch.ops"])
 def test_registry_docstrings(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), extraglobs={"torch": torch, "nn": nn})
     assert result.failed == 0
@@ -307,3 +307,57 @@ def test_default_supergroups_match_old_config() -> None:
                 ["ConvTranspose", "BatchNorm", act], ["Linear", act], ["Add", act]]
     assert ops.default_supergroups() == old
     assert QuantSimConfig().supergroups == old
+
+
+# --- Recognition: the functional calls prepare() turns into op modules (graph_rewrite's old tables). ---
+
+OLD_FUNCTION_TARGETS = {
+    "operator.add", "torch.add", "operator.sub", "torch.sub", "operator.mul", "torch.mul", "operator.truediv",
+    "torch.div", "operator.matmul", "torch.matmul", "torch.bmm", "torch.cat", "torch.concat", "F.relu", "torch.relu",
+    "F.relu6", "F.hardtanh", "F.gelu", "torch.sigmoid", "F.sigmoid", "torch.tanh", "F.tanh", "F.silu",
+    "F.hardswish", "F.hardsigmoid", "F.leaky_relu", "F.softmax", "torch.softmax", "F.interpolate", "torch.mean",
+    "torch.flatten", "F.adaptive_avg_pool2d", "F.avg_pool2d", "F.max_pool2d", "F.pad"}
+OLD_METHODS = {"add", "sub", "mul", "div", "matmul", "relu", "sigmoid", "tanh", "softmax", "mean", "flatten"}
+
+# (call, args, kwargs) → the module the old rules made (repr) and its tensor arguments, or None.
+RULE_CASES = [
+    ("operator.add", ("a", "b"), {}, "Add()", ("a", "b")), ("torch.add", ("a", "b"), {"alpha": 2}, None, None),
+    ("torch.bmm", ("a", "b"), {}, "MatMul()", ("a", "b")), ("torch.cat", (["a", "b"], 1), {}, "Cat(dim=1)", ("a", "b")),
+    ("torch.cat", ("a",), {}, None, None), ("F.relu", ("x",), {"inplace": True}, "ReLU()", ("x",)),
+    ("F.relu", ("x",), {"other": 1}, None, None), ("F.hardtanh", ("x", 0.0, 6.0), {}, "ReLU6()", ("x",)),
+    ("F.hardtanh", ("x",), {"max_val": 2.0}, "Hardtanh(min_val=-1.0, max_val=2.0)", ("x",)),
+    ("F.gelu", ("x",), {"approximate": "tanh"}, "GELU(approximate='tanh')", ("x",)),
+    ("F.leaky_relu", ("x", 0.2), {}, "LeakyReLU(negative_slope=0.2)", ("x",)),
+    ("F.softmax", ("x",), {"dim": -1}, "Softmax(dim=-1)", ("x",)), ("F.softmax", ("x",), {}, None, None),
+    ("torch.softmax", ("x", 1), {"dtype": torch.float64}, None, None),
+    ("F.interpolate", ("x", None, 2.0), {"mode": "nearest"}, "Interpolate(size=None, scale_factor=2.0, mode=nearest)",
+     ("x",)),
+    ("torch.mean", ("x", (2, 3), True), {}, "Mean(dim=(2, 3), keepdim=True)", ("x",)),
+    ("torch.mean", ("x",), {"dtype": torch.float64}, None, None),
+    ("torch.flatten", ("x", 1), {}, "Flatten(start_dim=1, end_dim=-1)", ("x",)),
+    ("F.adaptive_avg_pool2d", ("x", 1), {}, "AdaptiveAvgPool2d(output_size=1)", ("x",)),
+    ("F.max_pool2d", ("x", 2), {"stride": 1}, "MaxPool2d(kernel_size=2, stride=1, padding=0, dilation=1, "
+                                             "ceil_mode=False)", ("x",)),
+    ("F.avg_pool2d", ("x", 3, 2, 1), {}, "AvgPool2d(kernel_size=3, stride=2, padding=1)", ("x",)),
+    ("F.pad", ("x", [1, 1]), {"value": 0.5}, "Pad(pad=(1, 1), mode=constant)", ("x",)),
+]
+
+
+def _target(name: str):
+    module, _, attr = name.partition(".")
+    return getattr({"operator": __import__("operator"), "torch": torch, "F": F}[module], attr)
+
+
+def test_function_and_method_tables_match_old_graph_rewrite() -> None:
+    from leantorch.ops import registry
+    assert set(registry._FUNCTIONS) == {_target(n) for n in OLD_FUNCTION_TARGETS}
+    assert set(registry._METHODS) == OLD_METHODS
+
+
+@pytest.mark.parametrize("name,args,kwargs,module,tensor_args", RULE_CASES, ids=lambda c: str(c)[:30])
+def test_function_rules_make_the_old_modules(name, args, kwargs, module, tensor_args) -> None:
+    made = ops.function_rule(_target(name))(args, kwargs)
+    if module is None:
+        assert made is None
+    else:
+        assert (repr(made[0]), made[1]) == (module, tensor_args)

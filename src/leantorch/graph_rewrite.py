@@ -10,121 +10,19 @@ from __future__ import annotations
 
 import copy
 import logging
-import operator
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from . import ops
+from .ops.rules import arg
 
 log = logging.getLogger(__name__)
 
-# A rule gets (args, kwargs) of the node; it returns (module, tensor-args) or None to leave the node.
-Rule = Callable[[tuple, dict], "tuple[nn.Module, tuple] | None"]
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
-
-
-def _binary(factory: Callable[[], nn.Module]) -> Rule:
-    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
-        if len(args) != 2 or kwargs.get("alpha", 1) != 1:
-            return None
-        return factory(), tuple(args)
-    return rule
-
-
-def _unary(factory: Callable[[tuple, dict], nn.Module | None]) -> Rule:
-    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
-        module = factory(args, kwargs)
-        return None if module is None else (module, (args[0],))
-    return rule
-
-
-def _hardtanh(args: tuple, kwargs: dict) -> nn.Module:
-    lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
-    return nn.ReLU6() if (lo, hi) == (0.0, 6.0) else nn.Hardtanh(lo, hi)
-
-
-def _softmax(args: tuple, kwargs: dict) -> nn.Module | None:
-    dim = _arg(args, kwargs, 1, "dim")
-    return None if dim is None or kwargs.get("dtype") is not None else nn.Softmax(dim=dim)
-
-
-def _mean(args: tuple, kwargs: dict) -> nn.Module | None:
-    if kwargs.get("dtype") is not None:
-        return None
-    return ops.Mean(_arg(args, kwargs, 1, "dim"), bool(_arg(args, kwargs, 2, "keepdim", False)))
-
-
-def _flatten(args: tuple, kwargs: dict) -> nn.Module:
-    return nn.Flatten(_arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1))
-
-
-def _interpolate(args: tuple, kwargs: dict) -> nn.Module:
-    names = ["size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"]
-    fixed = {name: args[i + 1] for i, name in enumerate(names) if len(args) > i + 1}
-    fixed.update({k: v for k, v in kwargs.items() if k in names})
-    return ops.Interpolate(**fixed)
-
-
-def _cat(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
-    tensors = args[0] if args else kwargs.get("tensors")
-    if not isinstance(tensors, (list, tuple)):
-        return None
-    return ops.Cat(_arg(args, kwargs, 1, "dim", 0)), tuple(tensors)
-
-
-def _pool(cls: type[nn.Module], names: list[str]) -> Rule:
-    def factory(args: tuple, kwargs: dict) -> nn.Module:
-        fixed = {name: args[i + 1] for i, name in enumerate(names) if len(args) > i + 1}
-        fixed.update({k: v for k, v in kwargs.items() if k in names})
-        return cls(**fixed)
-    return _unary(factory)
-
-
-def _pad(args: tuple, kwargs: dict) -> nn.Module:
-    return ops.Pad(_arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant"),
-                   _arg(args, kwargs, 3, "value", None))
-
-
-def _simple(cls: type[nn.Module]) -> Rule:
-    # ``inplace`` does not change the value; the module version is never in place.
-    return _unary(lambda args, kwargs: cls() if len(args) <= 2 and set(kwargs) <= {"inplace"} else None)
-
-
-_RELU, _SIGMOID, _TANH = _simple(nn.ReLU), _simple(nn.Sigmoid), _simple(nn.Tanh)
-_GELU = _unary(lambda a, k: nn.GELU(approximate=_arg(a, k, 1, "approximate", "none")))
-_LEAKY = _unary(lambda a, k: nn.LeakyReLU(_arg(a, k, 1, "negative_slope", 0.01)))
-_AVGPOOL2D = _pool(nn.AvgPool2d, ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"])
-_MAXPOOL2D = _pool(nn.MaxPool2d, ["kernel_size", "stride", "padding", "dilation", "ceil_mode"])
-
-FUNCTION_RULES: dict[Any, Rule] = {
-    operator.add: _binary(ops.Add), torch.add: _binary(ops.Add),
-    operator.sub: _binary(ops.Sub), torch.sub: _binary(ops.Sub),
-    operator.mul: _binary(ops.Mul), torch.mul: _binary(ops.Mul),
-    operator.truediv: _binary(ops.Div), torch.div: _binary(ops.Div),
-    operator.matmul: _binary(ops.MatMul), torch.matmul: _binary(ops.MatMul), torch.bmm: _binary(ops.MatMul),
-    torch.cat: _cat, torch.concat: _cat,
-    F.relu: _RELU, torch.relu: _RELU, F.relu6: _simple(nn.ReLU6), F.hardtanh: _unary(_hardtanh),
-    F.gelu: _GELU, torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH,
-    F.silu: _simple(nn.SiLU), F.hardswish: _simple(nn.Hardswish), F.hardsigmoid: _simple(nn.Hardsigmoid),
-    F.leaky_relu: _LEAKY, F.softmax: _unary(_softmax), torch.softmax: _unary(_softmax),
-    F.interpolate: _unary(_interpolate), torch.mean: _unary(_mean), torch.flatten: _unary(_flatten),
-    F.adaptive_avg_pool2d: _pool(nn.AdaptiveAvgPool2d, ["output_size"]),
-    F.avg_pool2d: _AVGPOOL2D, F.max_pool2d: _MAXPOOL2D, F.pad: _unary(_pad),
-}
-
-METHOD_RULES: dict[str, Rule] = {
-    "add": _binary(ops.Add), "sub": _binary(ops.Sub), "mul": _binary(ops.Mul), "div": _binary(ops.Div),
-    "matmul": _binary(ops.MatMul), "relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH,
-    "softmax": _unary(_softmax), "mean": _unary(_mean), "flatten": _unary(_flatten),
-}
+# Which calls become which op modules is each op's OpSpec.functions / OpSpec.methods (leantorch.ops).
+_arg = arg  # the weighted-functional rules below read arguments the same way
 
 
 def is_float_tensor_node(node: fx.Node) -> bool:
@@ -166,9 +64,9 @@ def functional_to_modules(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         rule = None
         if node.op == "call_function":
-            rule = FUNCTION_RULES.get(node.target)
+            rule = ops.function_rule(node.target)
         elif node.op == "call_method":
-            rule = METHOD_RULES.get(node.target)
+            rule = ops.method_rule(node.target)
         if rule is None or not is_float_tensor_node(node):
             continue
         made = rule(tuple(node.args), dict(node.kwargs))

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .rules import Rule
 
 #: A role of an op: a constant, or a predicate on the module (where it depends on the module's settings).
 Role = Union[bool, Callable[[nn.Module], bool]]
@@ -48,6 +49,9 @@ class OpSpec:
         supergroups: chains that start at this op and run fused (only their last output is quantized), as
             the op type names that follow it; :data:`ACT` stands for every ``fusable_activation``.
         fusable_activation: may end a supergroup in place of :data:`ACT`.
+        functions: ``(target, rule)`` pairs: fx ``call_function`` targets (``F.relu``, ``operator.add``) that
+            become this op's module (see :mod:`leantorch.ops.rules`).
+        methods: ``(name, rule)`` pairs for tensor methods (``x.relu()``).
 
     Roles (each ``True``/``False`` or a predicate on the module, for roles that depend on its settings):
         cle_scalable: CLE may scale this layer's output channels (and the next one's inputs).
@@ -66,6 +70,8 @@ class OpSpec:
     mac_count: MacCount | None = None
     supergroups: tuple[tuple[str, ...], ...] = ()
     fusable_activation: bool = False
+    functions: tuple[tuple[Any, Rule], ...] = ()
+    methods: tuple[tuple[str, Rule], ...] = ()
     cle_scalable: Role = False
     cle_activation: Role = False
     cle_relu6: Role = False
@@ -78,6 +84,8 @@ class OpSpec:
 
 _SPECS: dict[str, OpSpec] = {}
 _BY_CLASS: dict[type, OpSpec] = {}
+_FUNCTIONS: dict[Any, Rule] = {}
+_METHODS: dict[str, Rule] = {}
 
 
 def register(spec: OpSpec) -> OpSpec:
@@ -95,7 +103,12 @@ def register(spec: OpSpec) -> OpSpec:
     taken = [c.__name__ for c in spec.modules if c in _BY_CLASS]
     if taken:
         raise ConfigError(f"{', '.join(taken)} already belong to op type {_BY_CLASS[spec.modules[0]].name!r}")
+    targets = [t for t, _ in spec.functions if t in _FUNCTIONS] + [m for m, _ in spec.methods if m in _METHODS]
+    if targets:
+        raise ConfigError(f"{', '.join(map(str, targets))} already become another op type's module")
     _SPECS[spec.name] = spec
+    _FUNCTIONS.update(spec.functions)
+    _METHODS.update(spec.methods)
     for cls in spec.modules:
         _BY_CLASS[cls] = spec
     return spec
@@ -106,6 +119,10 @@ def unregister(name: str) -> None:
     spec = _SPECS.pop(name)
     for cls in spec.modules:
         del _BY_CLASS[cls]
+    for target, _ in spec.functions:
+        del _FUNCTIONS[target]
+    for method, _ in spec.methods:
+        del _METHODS[method]
 
 
 def spec_for(module: nn.Module) -> OpSpec | None:
@@ -216,3 +233,13 @@ def relu_upper(module: nn.Module) -> float | torch.Tensor | None:
     """The upper clip of a ReLU-like module (``inf``, ``6.0``, a per-channel tensor), None if it is none."""
     spec = spec_for(module)
     return None if spec is None or spec.relu_upper is None else spec.relu_upper(module)
+
+
+def function_rule(target: Any) -> Rule | None:
+    """The rule that turns a ``call_function`` of ``target`` into an op module, None if no op has one."""
+    return _FUNCTIONS.get(target)
+
+
+def method_rule(name: str) -> Rule | None:
+    """The rule that turns a ``call_method`` of tensor method ``name`` into an op module, None if none."""
+    return _METHODS.get(name)
