@@ -135,20 +135,12 @@ def test_ranks_agree_bit_for_bit(ranks: list[dict[str, Any]], scheme: str) -> No
     assert_same(ranks[0][scheme], ranks[1][scheme])
 
 
-@pytest.mark.parametrize("scheme", ["minmax", "tf_enhanced", "mse"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_two_ranks_on_split_data_equal_one_process_on_all(ranks: list[dict[str, Any]], scheme: str) -> None:
-    # minmax: exact by construction. tf_enhanced/mse: equal here because their candidate grids are much
-    # coarser than the histogram bins that re-binning moves mass between (leantorch.distributed).
+    # Exact by construction for every scheme: minmax merges extremes; the histograms live on a grid chosen
+    # from the range alone, and re-gridding moves whole bins (leantorch.quant.histogram), so the merged
+    # histogram is the one-process histogram, bit for bit.
     assert_same(ranks[0][scheme], encodings(calibrate(scheme, calibration_batches(), distributed=False)))
-
-
-def test_percentile_two_ranks_within_a_bin_of_one_process(ranks: list[dict[str, Any]]) -> None:
-    single = encodings(calibrate("percentile", calibration_batches(), distributed=False))
-    for name, (scale, offset) in ranks[0]["percentile"].items():
-        ref_scale, ref_offset = single[name]
-        # A range within about one histogram bin (range/2048) of the single-process one.
-        assert torch.allclose(scale, ref_scale, rtol=2e-3), name
-        assert (offset - ref_offset).abs().max() <= 1, name
 
 
 def test_a_failing_rank_makes_every_rank_raise(ranks: list[dict[str, Any]]) -> None:

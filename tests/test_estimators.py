@@ -9,6 +9,7 @@ import torch
 from leantorch.errors import CalibrationDataError
 from leantorch.quant.estimators import (HistogramEstimator, MinMaxEstimator, MseEstimator, PercentileEstimator,
                                         TfEnhancedEstimator, make_estimator)
+from leantorch.quant.histogram import grid_counts, grid_for, regrid
 from leantorch.quant.quantizer import Quantizer
 
 
@@ -73,7 +74,7 @@ def test_percentile_matches_numpy() -> None:
     est.observe(x[:200_000])
     est.observe(x[200_000:])
     lo, hi = est.compute_range(8, False)
-    width = float(x.max() - x.min()) / est.num_bins
+    width = 2.0 ** float(est.exponent[0])  # the grid's bin width
     assert float(lo) == pytest.approx(np.percentile(x.numpy(), 0.1), abs=2 * width)
     assert float(hi) == pytest.approx(np.percentile(x.numpy(), 99.9), abs=2 * width)
 
@@ -116,13 +117,61 @@ def test_quantizer_names_float64_values_beyond_float32() -> None:
         q(torch.tensor([1.0, -1e300], dtype=torch.float64))
 
 
+def _reference_counts(x: torch.Tensor, exponent: int, start: int, slots: int) -> torch.Tensor:
+    """Bin numbers trunc(x / 2**e) in float64 (exact for float32 data), counted slot by slot."""
+    bins = torch.trunc(x.double() / 2.0**exponent).long() - start
+    assert int(bins.min()) >= 0 and int(bins.max()) < slots
+    return torch.bincount(bins, minlength=slots).double()
+
+
 @pytest.mark.parametrize("size", [1_000, 3_000_000])  # the large one takes the threaded counting path
-def test_per_tensor_histogram_equals_torch_histc(size: int) -> None:
+@pytest.mark.parametrize("shift", [0.0, 2.5, -40.0])  # windows starting at bin 0, above it, below it
+def test_per_tensor_grid_counts_equal_a_float64_reference(size: int, shift: float) -> None:
     gen = torch.Generator().manual_seed(size)
     x = torch.cat([torch.randn(size, generator=gen), torch.randint(-3, 4, (size // 10,), generator=gen).float()])
-    lo, hi = x.min(), x.max()
-    from leantorch.quant.estimators import histc_counts
-    assert torch.equal(histc_counts(x, lo, hi, 512), torch.histc(x, 512, float(lo), float(hi)).double())
+    x = x + shift
+    lo, hi = x.min().double().reshape(1), x.max().double().reshape(1)
+    exponent, start = grid_for(lo, hi, 512)
+    counts = grid_counts(x[None, :], exponent, start, 512)
+    assert torch.equal(counts[0], _reference_counts(x, int(exponent), int(start), 512))
+    assert float(counts.sum()) == x.numel()
+
+
+def test_per_channel_grid_counts_equal_a_float64_reference() -> None:
+    x = torch.randn(5, 4000, generator=torch.Generator().manual_seed(1)) * torch.tensor([[1e-3], [1], [7], [300], [1e6]])
+    x[2] = x[2].relu()
+    exponent, start = grid_for(x.min(1).values.double(), x.max(1).values.double(), 64)
+    counts = grid_counts(x, exponent, start, 64)
+    for c in range(5):
+        assert torch.equal(counts[c], _reference_counts(x[c], int(exponent[c]), int(start[c]), 64)), c
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
+def test_any_batch_order_gives_the_one_pass_histogram_bit_for_bit(scheme: str) -> None:
+    # The grid is a function of the range and re-gridding moves whole bins: streaming is exact, so the
+    # histogram (and the encoding) cannot depend on how the data was split into batches.
+    gen = torch.Generator().manual_seed(3)
+    data = torch.cat([torch.randn(30_000, generator=gen) * s + m for s, m in [(1, 0), (0.01, 3), (20, -5), (1e-4, 0)]])
+    one_pass = make_estimator(scheme)
+    one_pass.observe(data)
+    for seed in range(3):
+        order = data[torch.randperm(data.numel(), generator=torch.Generator().manual_seed(seed))]
+        streamed = make_estimator(scheme)
+        for chunk in order.split([7, 1000, 30_000, 2, 50_000, 38_991]):
+            streamed.observe(chunk)
+        assert torch.equal(streamed.hist, one_pass.hist) and torch.equal(streamed.exponent, one_pass.exponent)
+        for bw, symmetric in [(8, False), (4, True)]:
+            for a, b in zip(streamed.compute_range(bw, symmetric), one_pass.compute_range(bw, symmetric)):
+                assert torch.equal(a, b)
+
+
+def test_regrid_equals_binning_directly_on_the_coarser_grid() -> None:
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(4)) * torch.tensor([[1.0], [3.0], [0.2]])
+    narrow = x[:, :2500]
+    e0, s0 = grid_for(narrow.min(1).values.double(), narrow.max(1).values.double(), 128)
+    e1, s1 = grid_for(x.min(1).values.double(), x.max(1).values.double(), 128)
+    moved = regrid(grid_counts(narrow, e0, s0, 128), e0, s0, e1, s1)
+    assert bool((e1 >= e0).all()) and torch.equal(moved, grid_counts(narrow, e1, s1, 128))
 
 
 def _old_search(est: HistogramEstimator, bw: int, symmetric: bool) -> tuple[float, float]:
@@ -132,7 +181,8 @@ def _old_search(est: HistogramEstimator, bw: int, symmetric: bool) -> tuple[floa
     unsigned = symmetric and bool((est.lo >= 0).all())
     cand_lo, cand_hi = est.candidates(lo, hi, bw, symmetric, unsigned)
     delta = cand_hi / (2 ** (bw - 1) - 1) if symmetric and not unsigned else (cand_hi - cand_lo) / (2**bw - 1)
-    best = expected_noise(est.hist, est.bin_centres(), cand_lo, cand_hi, delta, est.gamma).argmin(1, keepdim=True)
+    left, right = est.bin_edges()  # every bin at its true midpoint (bin 0's is 0), summed bin by bin
+    best = expected_noise(est.hist, (left + right) / 2, cand_lo, cand_hi, delta, est.gamma).argmin(1, keepdim=True)
     return cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]
 
 

@@ -11,16 +11,11 @@ How statistics merge (:func:`merge_estimators`), in three collectives whatever t
 2. one MIN all-reduce of every estimator's per-channel ``[min, -max]``: the common range;
 3. each rank re-bins its histograms onto the common range, then one SUM all-reduce of all counts.
 
-minmax: the merged range is the global one, so encodings equal those of one process on all the data,
-bit for bit. Histogram estimators (tf_enhanced, percentile, mse): counts are integers (exact in float64, in any
-summation order) and the merged histogram is the same on every rank, so all ranks get identical encodings.
-Against one process on all the data, the histograms differ only by *where re-binning happened*: a
-streaming histogram re-bins (each bin's mass moves to the new bin containing its centre, at most one bin
-width, range/512) whenever a batch widens the range, and a rank re-bins at its own batches plus once at the
-merge. The candidate grids of tf_enhanced (17 widths x 21 positions) and mse (100 scales) are far coarser
-than the bins, so encodings almost always come out identical; otherwise they differ by one candidate step
-(percentile: by about one bin). Exact equality would need the histogram of every batch on the final range,
-i.e. a second pass over the data.
+Every scheme gives the encodings of one process on all the data, bit for bit. minmax: the merged range is the
+global one. Histogram estimators (tf_enhanced, percentile, mse): their exact extremes merge like minmax, and
+their counts live on a power-of-two grid chosen from the range alone (:mod:`leantorch.quant.histogram`): each
+rank re-grids onto the grid of the global range by moving whole bins, which is exactly the histogram its data
+would have had there, and integer counts sum exactly in float64 in any order.
 
 Example (under ``torchrun --nproc-per-node 2``)::
 

@@ -1,7 +1,7 @@
 """Range estimators: stream over calibration batches with bounded memory, then propose ``(min, max)``.
 
 * ``minmax``     — running minimum and maximum (AIMET "tf").
-* ``tf_enhanced`` — a 512-bin histogram; a 2-D search over (step size, window position) candidates for the
+* ``tf_enhanced`` — a 512-slot histogram; a 2-D search over (step size, window position) candidates for the
   range that minimises the expected quantization noise (AIMET's "tf_enhanced"/SQNR analyser)::
 
       noise(a, b) = Σ_bins  p_i · [ Δ²/12                      if a ≤ c_i ≤ b   (rounding noise)
@@ -15,34 +15,36 @@
   dimension: the observed range scaled by ``α ∈ (0, 1]`` towards zero (the "MSE clipping" of Nagel et
   al.'s white paper).
 
-Memory per estimator is O(channels × bins) whatever the number of batches: when a batch extends the
-range, the existing histogram is re-binned onto the wider range (each old bin's mass goes to the new bin
-containing its centre) instead of storing data.
+Memory per estimator is O(channels × bins) whatever the number of batches. The histogram lives on the
+nested power-of-two grid of :mod:`.histogram`, chosen from the range alone: a batch that widens the range
+merges whole bins (exact), so any order of batches ends with the histogram of all data on the grid of the
+final range. Between a quarter and all of the 512 slots (2048 for percentile) fall inside the range.
 
-Speed: a per-tensor histogram is binned with torch.histc's exact float32 arithmetic
-(``bin = trunc((x - lo) * B / (hi - lo))``) in reused scratch buffers with tensor-valued bounds, so the
-counts equal ``torch.histc``'s while skipping its per-element bounds checks, fresh allocations and (on a GPU)
-host syncs. The range search evaluates every candidate in O(1) from prefix sums of the histogram
-(:mod:`.range_search`) instead of summing all B bins per candidate; both pick the same candidate.
+Speed: the per-tensor hot path is one multiplication by ``2**-e``, a truncating int16 cast and a bincount, in
+reused scratch buffers with tensor-valued bounds (no host syncs on a GPU). The range search evaluates every
+candidate in O(1) from prefix sums of the histogram (:mod:`.range_search`) instead of summing every bin per
+candidate; both pick the same candidate.
 
 Distributed calibration (:mod:`leantorch.distributed`) merges estimators through :meth:`RangeEstimator.extremes`,
-:meth:`RangeEstimator.adopt_range` and :meth:`RangeEstimator.counts`: a common range first, then summed counts.
+:meth:`RangeEstimator.adopt_range` and :meth:`RangeEstimator.counts`: a common range first, then summed counts;
+the result equals one process on all the data, bit for bit.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from enum import Enum
 
 import torch
 
 from ..errors import ConfigError
-from .histogram import histc_counts, release_scratch
+from .histogram import bin_edges, grid_counts, grid_for, regrid, release_scratch, uniform_view
 from .range_search import expected_noise, search_noise
 
 __all__ = ["QuantScheme", "RangeEstimator", "MinMaxEstimator", "HistogramEstimator", "TfEnhancedEstimator",
-           "MseEstimator", "PercentileEstimator", "make_estimator", "channels_first", "channel_extremes",
-           "expected_noise", "search_noise", "histc_counts", "release_scratch"]
+           "MseEstimator", "PercentileEstimator", "make_estimator", "compute_ranges", "search_ranges",
+           "channels_first", "channel_extremes", "expected_noise", "search_noise", "release_scratch"]
 
 
 class QuantScheme(str, Enum):
@@ -123,8 +125,18 @@ class RangeEstimator(ABC):
         self.axis = axis
 
     @abstractmethod
-    def observe(self, x: torch.Tensor) -> None:
-        """Fold one batch of the tensor into the statistics."""
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Fold one batch of the tensor into the statistics.
+
+        ``extremes``: the whole tensor's ``(min, max)`` when the caller has them already (the quantizer's
+        NaN check computes them); used by per-tensor estimators instead of a second reduction.
+        """
+
+    def _extremes(self, flat: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        if extremes is None or self.axis is not None:
+            return channel_extremes(flat)
+        return extremes[0].reshape(1), extremes[1].reshape(1)
 
     @abstractmethod
     def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
@@ -168,8 +180,9 @@ class MinMaxEstimator(RangeEstimator):
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
 
-    def observe(self, x: torch.Tensor) -> None:
-        lo, hi = channel_extremes(channels_first(x.detach(), self.axis))
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        lo, hi = self._extremes(channels_first(x.detach(), self.axis), extremes)
+        lo, hi = lo.to(x.dtype), hi.to(x.dtype)
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
         self.max = hi if self.max is None else torch.maximum(self.max, hi)
 
@@ -192,34 +205,41 @@ class MinMaxEstimator(RangeEstimator):
 
 
 class HistogramEstimator(RangeEstimator):
-    """Base of the histogram-based estimators: a fixed number of bins per channel, re-binned on growth."""
+    """Base of the histogram-based estimators: exact data extremes plus counts on the grid of their range.
+
+    The counts live on the nested power-of-two grid of :mod:`.histogram` (``num_bins`` slots, re-gridded
+    exactly when a batch widens the range), so the statistics after any sequence of batches, or merged over
+    ranks, equal those of one pass over all the data, bit for bit.
+    """
 
     def __init__(self, axis: int | None = None, num_bins: int = 512) -> None:
         super().__init__(axis)
         self.num_bins = num_bins
-        self.lo: torch.Tensor | None = None  # [C] float64 left edge
-        self.hi: torch.Tensor | None = None  # [C] float64 right edge
-        self.hist: torch.Tensor | None = None  # [C, B] float64 counts
+        self.lo: torch.Tensor | None = None  # [C] float64, the data's minimum
+        self.hi: torch.Tensor | None = None  # [C] float64, the data's maximum
+        self.exponent: torch.Tensor | None = None  # [C] int64, grid exponent (see histogram.grid_for)
+        self.start: torch.Tensor | None = None  # [C] int64, first bin of the window
+        self.hist: torch.Tensor | None = None  # [C, num_bins] float64 counts
 
     @property
     def has_data(self) -> bool:
         return self.hist is not None
 
-    def observe(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         flat = channels_first(x.detach(), self.axis)
         if not flat.is_floating_point():
             flat = flat.float()
-        lo, hi = (t.double() for t in channel_extremes(flat))
+        lo, hi = (t.double() for t in self._extremes(flat, extremes))
         if self.hist is None:
             self._start(lo, hi)
         else:
             self._grow(torch.minimum(self.lo, lo), torch.maximum(self.hi, hi))
-        self.hist += self._bin_counts(flat, self.lo, self.hi)
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        self.hist += grid_counts(flat, self.exponent, self.start, self.num_bins)
 
     def _start(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        # A constant channel still needs a range of positive width; relative to its magnitude, since an
-        # absolute 1e-12 vanishes in float64 above ~1e4 (and hi == lo makes the bin width 0).
-        self.lo, self.hi = lo, torch.maximum(hi, lo + torch.clamp(lo.abs() * 1e-10, min=1e-12))
+        self.lo, self.hi = lo, hi
+        self.exponent, self.start = grid_for(lo, hi, self.num_bins)
         self.hist = torch.zeros(lo.shape[0], self.num_bins, dtype=torch.float64, device=lo.device)
 
     def extremes(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -234,33 +254,25 @@ class HistogramEstimator(RangeEstimator):
     def counts(self) -> torch.Tensor | None:
         return self.hist
 
-    def _bin_counts(self, values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-        channels, bins = values.shape[0], self.num_bins
-        if channels == 1 and weights is None:
-            return histc_counts(values, lo, hi, bins)[None, :]  # per-tensor activations: the hot path
-        scale = (bins / (hi - lo)).to(values.dtype)
-        # Bin index in the data's dtype: after clamping at 0, truncation equals floor.
-        idx = ((values - lo[:, None].to(values.dtype)) * scale[:, None]).clamp_(0, bins - 1).to(torch.int64)
-        idx += torch.arange(channels, device=values.device)[:, None] * bins
-        w = None if weights is None else weights.reshape(-1)
-        counts = torch.bincount(idx.reshape(-1), weights=w, minlength=channels * bins)
-        return counts.reshape(channels, bins).double()
-
     def _grow(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
-        # Re-binning onto an unchanged range is the identity, so skipping it is exact; on a GPU the check
-        # would cost a host sync per batch, more than the 512-bin re-binning it saves.
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        # An unchanged range keeps its grid; on a GPU the check would cost a host sync per batch, more than
+        # the 512-slot re-gridding it saves.
         if new_lo.device.type == "cpu" and bool((new_lo == self.lo).all()) and bool((new_hi == self.hi).all()):
             return
-        centres = self.bin_centres()
-        self.hist = self._bin_counts(centres, new_lo, new_hi, weights=self.hist)
-        self.lo, self.hi = new_lo, new_hi
+        exponent, start = grid_for(new_lo, new_hi, self.num_bins)
+        self.hist = regrid(self.hist, self.exponent, self.start, exponent, start)
+        self.lo, self.hi, self.exponent, self.start = new_lo, new_hi, exponent, start
 
-    def bin_centres(self) -> torch.Tensor:
-        """Bin centres, ``[C, B]``."""
-        assert self.lo is not None and self.hi is not None
-        steps = (torch.arange(self.num_bins, device=self.lo.device, dtype=torch.float64) + 0.5) / self.num_bins
-        return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps[None, :]
+    def bin_edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left and right edges of every slot, ``[C, num_bins]`` each."""
+        assert self.exponent is not None and self.start is not None
+        return bin_edges(self.exponent, self.start, self.num_bins)
+
+    def uniform_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(counts, centres, mass of bin 0)``: the bins at their midpoints (:func:`~.histogram.uniform_view`)."""
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        return uniform_view(self.hist, self.exponent, self.start)
 
 
 class _SearchEstimator(HistogramEstimator):
@@ -273,19 +285,81 @@ class _SearchEstimator(HistogramEstimator):
                    unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate ``(min, max)`` pairs, each ``[C, K]``, for observed ranges ``lo, hi`` ``[C]``."""
 
+    def settings(self) -> tuple:
+        """What the candidates depend on besides the range (estimators with equal settings search together)."""
+        return (self.num_bins, self.gamma)
+
+    def is_unsigned(self, symmetric: bool, unsigned_symmetric: bool) -> bool:
+        """True when a symmetric range may start at 0: allowed, and no channel saw a negative value."""
+        assert self.lo is not None
+        return symmetric and unsigned_symmetric and bool((self.lo >= 0).all())
+
     def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.hist is not None and self.lo is not None and self.hi is not None
-        lo, hi = self.lo.clamp(max=0.0), self.hi.clamp(min=0.0)
-        unsigned = symmetric and unsigned_symmetric and bool((self.lo >= 0).all())
-        cand_lo, cand_hi = self.candidates(lo, hi, bitwidth, symmetric, unsigned)
-        if symmetric and not unsigned:
-            delta = cand_hi / (2 ** (bitwidth - 1) - 1)
+        return search_ranges([self], bitwidth, symmetric, self.is_unsigned(symmetric, unsigned_symmetric))[0]
+
+
+def search_ranges(estimators: Sequence[_SearchEstimator], bitwidth: int, symmetric: bool, unsigned: bool
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:meth:`~RangeEstimator.compute_range` of estimators of one kind and settings, as one batched search.
+
+    Why batched: a search costs a few dozen small tensor ops whatever its size, so one search over the
+    channels of every activation quantizer of a model takes little more time than one over a single tensor.
+    Each channel's result is the one its own search would give.
+    """
+    first = estimators[0]
+    for est in estimators:
+        assert est.hist is not None and est.lo is not None and est.hi is not None
+        assert type(est) is type(first) and est.settings() == first.settings(), "one kind and settings per batch"
+    lo = torch.cat([est.lo for est in estimators]).clamp(max=0.0)  # type: ignore[misc]
+    hi = torch.cat([est.hi for est in estimators]).clamp(min=0.0)  # type: ignore[misc]
+    cand_lo, cand_hi = first.candidates(lo, hi, bitwidth, symmetric, unsigned)
+    if symmetric and not unsigned:
+        delta = cand_hi / (2 ** (bitwidth - 1) - 1)
+    else:
+        delta = (cand_hi - cand_lo) / (2**bitwidth - 1)
+    views = [est.uniform_view() for est in estimators]
+    hist, centres, zero_mass = (torch.cat([v[i] for v in views]) for i in range(3))
+    noise = search_noise(hist, centres, cand_lo, cand_hi, delta, first.gamma)
+    # Bin 0's mass sits at 0, off the equally spaced grid: its noise is added bin by bin (one bin).
+    noise += expected_noise(zero_mass[:, None], torch.zeros_like(zero_mass)[:, None], cand_lo, cand_hi, delta,
+                            first.gamma)
+    best = noise.argmin(dim=1, keepdim=True)
+    best_lo, best_hi = cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]  # first of equal ones
+    sizes = [v[0].shape[0] for v in views]
+    return [(est._squeeze(a), est._squeeze(b))
+            for est, a, b in zip(estimators, best_lo.split(sizes), best_hi.split(sizes))]
+
+
+def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[est.compute_range(bitwidth, symmetric, unsigned_symmetric) for est, ... in jobs]``, with the range
+    searches of estimators that share kind, settings, grid, signedness and device run as one batch
+    (:func:`search_ranges`). Every estimator must have data.
+
+    Example:
+        >>> ests = [TfEnhancedEstimator() for _ in range(3)]
+        >>> for i, est in enumerate(ests):
+        ...     est.observe(torch.randn(10_000) * (i + 1))
+        >>> together = compute_ranges([(est, 8, False, True) for est in ests])
+        >>> all(torch.equal(a, b) for est, pair in zip(ests, together)
+        ...     for a, b in zip(est.compute_range(8, False), pair))
+        True
+    """
+    results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(jobs)
+    groups: dict[tuple, list[int]] = {}
+    for i, (est, bitwidth, symmetric, unsigned_symmetric) in enumerate(jobs):
+        if isinstance(est, _SearchEstimator):
+            unsigned = est.is_unsigned(symmetric, unsigned_symmetric)
+            assert est.lo is not None
+            key = (type(est), est.settings(), bitwidth, symmetric, unsigned, est.lo.device)
+            groups.setdefault(key, []).append(i)
         else:
-            delta = (cand_hi - cand_lo) / (2**bitwidth - 1)
-        noise = search_noise(self.hist, self.bin_centres(), cand_lo, cand_hi, delta, self.gamma)
-        best = noise.argmin(dim=1, keepdim=True)  # the first of equal candidates, as before
-        return self._squeeze(cand_lo.gather(1, best)[:, 0]), self._squeeze(cand_hi.gather(1, best)[:, 0])
+            results[i] = est.compute_range(bitwidth, symmetric, unsigned_symmetric)
+    for (_, _, bitwidth, symmetric, unsigned, _), members in groups.items():
+        found = search_ranges([jobs[i][0] for i in members], bitwidth, symmetric, unsigned)  # type: ignore[misc]
+        for i, pair in zip(members, found):
+            results[i] = pair
+    return [r for r in results if r is not None]
 
 
 class TfEnhancedEstimator(_SearchEstimator):
@@ -307,6 +381,9 @@ class TfEnhancedEstimator(_SearchEstimator):
         self.delta_candidates = delta_candidates
         self.offset_candidates = offset_candidates
         self.symmetric_candidates = symmetric_candidates
+
+    def settings(self) -> tuple:
+        return (*super().settings(), self.delta_candidates, self.offset_candidates, self.symmetric_candidates)
 
     def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
                    unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,6 +421,9 @@ class MseEstimator(_SearchEstimator):
         super().__init__(axis, num_bins)
         self.num_candidates = num_candidates
 
+    def settings(self) -> tuple:
+        return (*super().settings(), self.num_candidates)
+
     def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
                    unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = torch.linspace(1.0 / self.num_candidates, 1.0, self.num_candidates,
@@ -360,8 +440,8 @@ class PercentileEstimator(HistogramEstimator):
     Example:
         >>> est = PercentileEstimator(percentile=99.0)
         >>> est.observe(torch.arange(10_000.0))
-        >>> [round(float(v)) for v in est.compute_range(8, False)]
-        [98, 9901]
+        >>> [round(float(v)) for v in est.compute_range(8, False)]   # edges of bins of 8 holding 99 and 9900
+        [96, 9904]
     """
 
     def __init__(self, axis: int | None = None, num_bins: int = 2048, percentile: float = 99.99) -> None:
@@ -374,13 +454,15 @@ class PercentileEstimator(HistogramEstimator):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.hist is not None and self.lo is not None and self.hi is not None
         cdf = self.hist.cumsum(1) / self.hist.sum(1, keepdim=True)
-        width = (self.hi - self.lo) / self.num_bins
+        left, right = self.bin_edges()
         q = self.percentile / 100.0
         first = torch.searchsorted(cdf, torch.full_like(cdf[:, :1], 1.0 - q)).clamp(max=self.num_bins - 1)
         last = torch.searchsorted(cdf, torch.full_like(cdf[:, :1], q)).clamp(max=self.num_bins - 1)
-        lo = self.lo + first[:, 0] * width  # left edge of the bin holding the lower percentile
-        hi = self.lo + (last[:, 0] + 1) * width  # right edge of the bin holding the upper one
-        return self._squeeze(torch.minimum(lo, self.hi)), self._squeeze(torch.minimum(hi, self.hi))
+        # Left edge of the bin holding the lower percentile, right edge of the one holding the upper one, both
+        # inside the data's range.
+        lo = left.gather(1, first)[:, 0].clamp(self.lo, self.hi)
+        hi = right.gather(1, last)[:, 0].clamp(self.lo, self.hi)
+        return self._squeeze(lo), self._squeeze(hi)
 
 
 def make_estimator(scheme: "str | QuantScheme", axis: int | None = None) -> RangeEstimator:

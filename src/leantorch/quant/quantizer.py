@@ -19,13 +19,14 @@ learned values snapped to a valid grid (positive scale, integer offset), so they
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import CalibrationDataError, EncodingsMissingError
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
-from .estimators import QuantScheme, RangeEstimator, make_estimator
+from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
 
 
 class Quantizer(nn.Module):
@@ -149,15 +150,13 @@ class Quantizer(nn.Module):
 
     def finish_calibration(self, apply: bool = True) -> Encoding | None:
         """Stop collecting; compute the encoding (and use it when ``apply``). None if nothing was seen."""
+        return finish_calibrations([self], apply)[0]
+
+    def take_statistics(self) -> RangeEstimator | None:
+        """Stop collecting and hand over the statistics (None when nothing was seen); the encoding stays."""
         self._calibrating = False
         estimator, self._estimator = self._estimator, None
-        if estimator is None or not estimator.has_data:
-            return None
-        lo, hi = estimator.compute_range(self.bitwidth, self.symmetric, self.unsigned_symmetric)
-        enc = compute_encoding(lo, hi, self.bitwidth, self.symmetric, self.unsigned_symmetric, self.axis)
-        if apply:
-            self.set_encoding(enc.to(lo.device))
-        return enc
+        return estimator if estimator is not None and estimator.has_data else None
 
     def abort_calibration(self) -> None:
         """Drop collected statistics; the previous encoding stays."""
@@ -177,7 +176,8 @@ class Quantizer(nn.Module):
     def _observe(self, x: torch.Tensor) -> None:
         # min/max propagate NaN and show Inf, so one reduction checks the whole tensor.
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 keeps values beyond float32
-        extremes = torch.stack(torch.aminmax(x.detach().to(wide)))
+        lo, hi = torch.aminmax(x.detach().to(wide))
+        extremes = torch.stack([lo, hi])
         if not bool(torch.isfinite(extremes).all()):
             raise CalibrationDataError(
                 f"{self.name or 'a quantized tensor'} contains NaN or Inf during calibration; "
@@ -190,7 +190,7 @@ class Quantizer(nn.Module):
                 f"calibration, beyond float32's largest value ({FLT_MAX:.4g}); quantization scales are float32. "
                 "Check the calibration data and the model's numerics for this tensor.")
         assert self._estimator is not None
-        self._estimator.observe(x)
+        self._estimator.observe(x, (lo, hi))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +224,29 @@ class Quantizer(nn.Module):
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
         state = "enabled" if self.enabled else "disabled"
         return f"bw={self.bitwidth}, {kind}, {where}, scheme={self.scheme.value}, {state}"
+
+
+def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> list[Encoding | None]:
+    """:meth:`Quantizer.finish_calibration` of many quantizers, with their range searches batched
+    (:func:`~leantorch.quant.estimators.compute_ranges`): same encodings, one search per kind of estimator.
+
+    Example:
+        >>> qs = [Quantizer(scheme="tf_enhanced") for _ in range(2)]
+        >>> for q in qs:
+        ...     q.start_calibration(); _ = q(torch.randn(1000))
+        >>> [enc.bitwidth for enc in finish_calibrations(qs)]
+        [8, 8]
+    """
+    jobs = [(q, q.take_statistics()) for q in quantizers]
+    seen = [(q, est) for q, est in jobs if est is not None]
+    ranges = compute_ranges([(est, q.bitwidth, q.symmetric, q.unsigned_symmetric) for q, est in seen])
+    found: dict[int, Encoding] = {}
+    for (q, _), (lo, hi) in zip(seen, ranges):
+        enc = compute_encoding(lo, hi, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis)
+        if apply:
+            q.set_encoding(enc.to(lo.device))
+        found[id(q)] = enc
+    return [found.get(id(q)) for q in quantizers]
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,

@@ -23,7 +23,7 @@ from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, encoding
                              read_encodings, write_encodings)
 from .estimators import QuantScheme, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
-from .quantizer import Quantizer
+from .quantizer import Quantizer, finish_calibrations
 from .wrapper import QuantWrapper
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class QuantSim:
             ran = True
             if group is not None:
                 merge_estimators({n: q._estimator for n, q in named.items()}, group, self.device)
-            results = [(q, q.finish_calibration(apply=False)) for q in activations]
+            results = list(zip(activations, finish_calibrations(activations, apply=False)))
         except BaseException:
             if group is not None and not ran:
                 any_rank_failed(group, failed=True)  # the other ranks raise instead of waiting at the merge
@@ -255,17 +255,21 @@ class QuantSim:
         return model_inputs(batch, len(self.example_input), index, device=self.device)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
-        out = []
-        for name, q in self.param_quantizers().items():
-            if q.is_active and not q.frozen:
-                layer, _, pname = name.rpartition(".")
-                weight = getattr(self.layers()[layer].module, pname).detach()
-                q.start_calibration()
-                q._observe(weight)
-                enc = q.finish_calibration(apply=False)
-                assert enc is not None
-                out.append((q, enc))
-        return out
+        quantizers = []
+        try:
+            for name, q in self.param_quantizers().items():
+                if q.is_active and not q.frozen:
+                    layer, _, pname = name.rpartition(".")
+                    quantizers.append(q)
+                    q.start_calibration()
+                    q(getattr(self.layers()[layer].module, pname).detach())  # calibrating: observes, returns it
+        except BaseException:
+            for q in quantizers:
+                q.abort_calibration()
+            raise
+        encodings = finish_calibrations(quantizers, apply=False)
+        assert all(enc is not None for enc in encodings)
+        return list(zip(quantizers, encodings))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ encodings files
     def save_encodings(self, path: str | Path) -> None:
