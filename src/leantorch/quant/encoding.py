@@ -23,6 +23,9 @@ Every grid fits float32 (scales are float32 in the simulation, ONNX and the file
 ranges within a few steps of ``FLT_MAX`` can) gets a scale capped so that both grid ends stay finite
 (asymmetric: ``scale ≤ 2·FLT_MAX / 2**bw``, the offset then clamped to keep ``min`` and ``max`` inside;
 symmetric: ``scale ≤ FLT_MAX / 2**(bw-1)``; unsigned: ``scale ≤ FLT_MAX / (2**bw - 1)``).
+
+The arithmetic itself is in :mod:`.primitives` (pure tensor functions); this module wraps it in
+:class:`Encoding`.
 """
 
 from __future__ import annotations
@@ -32,16 +35,12 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError, UnsupportedBitwidthError
+from ..errors import UnsupportedBitwidthError
+from . import primitives
+from .primitives import FLT_MAX as FLT_MAX, MIN_SCALE as MIN_SCALE  # re-exported: their home was here
 
 #: Bitwidths that are simulated. 32 means "leave this tensor in floating point".
 MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
-
-# Smallest scale we allow: a tensor that is constant zero still needs a valid (non-zero) grid.
-MIN_SCALE = 1e-10
-
-#: Largest finite float32: every grid (scale, min, max) must stay within it.
-FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_bitwidth(bitwidth: Any, what: str = "bitwidth") -> int:
@@ -163,48 +162,8 @@ def compute_encoding(
         (-128, 2.0)
     """
     check_bitwidth(bitwidth)
-    lo, hi = torch.as_tensor(min_val, dtype=torch.float64), torch.as_tensor(max_val, dtype=torch.float64)
-    _check_fits_float32(lo, hi)
-    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
-    num_steps = 2**bitwidth - 1
-    if symmetric and unsigned_symmetric and bool((lo >= 0).all()):
-        scale = _as_scale(hi / num_steps, limit=FLT_MAX / num_steps)
-        offset = torch.zeros_like(scale, dtype=torch.int64)
-    elif symmetric:
-        abs_max = torch.maximum(-lo, hi)
-        half = 2 ** (bitwidth - 1)
-        scale = _as_scale(abs_max / (half - 1), limit=FLT_MAX / half)
-        offset = torch.full_like(scale, -half, dtype=torch.int64)
-    else:
-        scale = _as_scale((hi - lo) / num_steps, limit=2 * FLT_MAX / (num_steps + 1))
-        # Derive the offset from the float32 scale that every consumer will use.
-        s64 = scale.double()
-        offset = torch.round(lo / s64).clamp(-num_steps, 0)
-        # Both grid ends inside float32 (binds only for ranges within a few steps of FLT_MAX).
-        lowest, highest = torch.ceil(-FLT_MAX / s64), torch.floor(FLT_MAX / s64) - num_steps
-        offset = torch.minimum(torch.maximum(offset, lowest), highest).to(torch.int64)
+    scale, offset = primitives.grid_from_range(min_val, max_val, bitwidth, symmetric, unsigned_symmetric)
     return Encoding(bitwidth, bool(symmetric), scale, offset, axis)
-
-
-def _check_fits_float32(lo: torch.Tensor, hi: torch.Tensor) -> None:
-    """Refuse a range no float32 grid can cover (NaN, Inf, or float64 magnitudes above FLT_MAX)."""
-    values = torch.cat([lo.reshape(-1), hi.reshape(-1)])
-    bad = values[~(torch.isfinite(values) & (values.abs() <= FLT_MAX))]
-    if bad.numel():
-        raise DataError(
-            f"cannot quantize a range holding {float(bad[0]):.4g}: NaN, Inf and magnitudes beyond float32's "
-            f"largest value ({FLT_MAX:.4g}) have no float32 quantization grid. Check the data (or the model's "
-            "numerics) for values of that size, or rescale them into float32's range.")
-
-
-def _as_scale(scale: torch.Tensor, limit: float) -> torch.Tensor:
-    """``scale`` clamped to ``[MIN_SCALE, limit]`` and rounded to float32 without exceeding ``limit``."""
-    scale32 = torch.clamp(scale, min=MIN_SCALE, max=limit).to(torch.float32)
-    # Rounding to float32 may step above ``limit``; one float32 step down is then below it.
-    over = scale32.double() > limit
-    if bool(over.any()):
-        scale32 = torch.where(over, torch.nextafter(scale32, torch.zeros_like(scale32)), scale32)
-    return scale32
 
 
 def quantize(x: torch.Tensor, enc: Encoding) -> torch.Tensor:
@@ -217,21 +176,9 @@ def quantize(x: torch.Tensor, enc: Encoding) -> torch.Tensor:
         >>> quantize(torch.tensor([0.0, 1.0, 9.0]), enc).tolist()
         [0, 100, 255]
     """
-    scale, offset = _broadcastable(enc, x)
-    q = torch.round(x.double() / scale.double()) - offset
-    return q.clamp(0, enc.num_steps).to(torch.int64)
+    return primitives.quantize(x, enc.scale, enc.offset, enc.bitwidth, enc.axis)
 
 
 def dequantize(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     """Real values ``(q + offset) * scale`` (float32) of integer codes ``q``."""
-    scale, offset = _broadcastable(enc, q)
-    return ((q.double() + offset) * scale.double()).to(torch.float32)
-
-
-def _broadcastable(enc: Encoding, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale, offset = enc.scale.to(x.device), enc.offset.to(x.device)
-    if enc.axis is None:
-        return scale, offset
-    shape = [1] * x.dim()
-    shape[enc.axis] = -1
-    return scale.reshape(shape), offset.reshape(shape)
+    return primitives.dequantize(q, enc.scale, enc.offset, enc.axis)

@@ -4,21 +4,21 @@ A quantizer is in one of three states:
 
 * calibrating — passes the tensor through unchanged and feeds it to its range estimator;
 * quantizing  — ``x̂ = (clamp(round(x/scale) - offset, 0, 2**bw-1) + offset) * scale`` via
-  ``torch.fake_quantize_per_{tensor,channel}_affine`` (gradient: identity inside the range, zero
+  :func:`~leantorch.quant.primitives.fake_quantize` (gradient: identity inside the range, zero
   outside — the clipped straight-through estimator);
 * exporting   — as quantizing, but leaves a marker node in the ONNX graph that :mod:`.export` replaces by
   QuantizeLinear/DequantizeLinear.
 
 The encoding lives in buffers (``scale``, ``offset``) so that ``.to(device)`` and ``state_dict`` carry it.
 With ``range_learning`` the same names hold ``nn.Parameter``s instead (``offset`` as a float, learnable for
-asymmetric encodings only) and training uses torch's learnable fake-quant kernels, whose gradients with
-respect to scale and zero point are those of LSQ (Esser et al., 2020). Inference and export always use the
+asymmetric encodings only) and training uses
+:func:`~leantorch.quant.primitives.learnable_fake_quantize`, whose gradients with respect to scale and
+offset are those of LSQ (Esser et al., 2020). Inference and export always use the
 learned values snapped to a valid grid (positive scale, integer offset), so they stay exact.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +27,9 @@ from torch import nn
 from ..errors import CalibrationDataError, EncodingsMissingError
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
+# The numerics live in .primitives; fake_quantize and learnable_fake_quantize stay importable from here.
+from .primitives import fake_quantize as fake_quantize, learnable_fake_quantize as learnable_fake_quantize
+from .primitives import lsq_grad_scale
 
 
 class Quantizer(nn.Module):
@@ -215,9 +218,8 @@ class Quantizer(nn.Module):
     def _lsq_grad_factor(self, x: torch.Tensor) -> float:
         """LSQ's gradient scale ``1/sqrt(N * Q_P)``: N is the number of weights for a parameter, the number
         of features per sample for an activation; Q_P the largest positive integer level."""
-        levels = 2 ** (self.bitwidth - 1) - 1 if self.symmetric else 2**self.bitwidth - 1
         count = x.numel() if self.is_param or x.dim() < 2 else x[0].numel()
-        return 1.0 / math.sqrt(max(count, 1) * max(levels, 1))
+        return lsq_grad_scale(count, self.bitwidth, self.symmetric)
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
@@ -247,73 +249,6 @@ def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> 
             q.set_encoding(enc.to(lo.device))
         found[id(q)] = enc
     return [found.get(id(q)) for q in quantizers]
-
-
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
-                  axis: int | None = None) -> torch.Tensor:
-    """Quantize-dequantize ``x`` with torch's native kernels (STE gradients).
-
-    Without gradients, ``round(x / scale)`` is computed exactly as ONNX QuantizeLinear defines it (float32
-    division, round half to even). With gradients, torch's fake-quant kernels are used (STE); they
-    multiply by ``1/scale`` instead, which can differ by one step only at values within float32 rounding
-    of a half-step tie.
-
-    Example:
-        >>> fake_quantize(torch.tensor([0.26, 9.0]), torch.tensor(0.1), torch.tensor(0), 4).tolist()
-        [0.30000001192092896, 1.5]
-    """
-    qmax = 2**bitwidth - 1
-    work = x if x.dtype == torch.float32 else x.float()
-    if axis is not None:
-        axis = axis % x.dim()
-    if not (torch.is_grad_enabled() and work.requires_grad):
-        out = _fake_quantize_inference(work, scale.float(), offset, qmax, axis)
-    elif axis is None:
-        zero_point = (-offset).to(torch.int32)
-        out = torch.fake_quantize_per_tensor_affine(work, scale.reshape(1).float(), zero_point.reshape(1), 0, qmax)
-    else:
-        out = torch.fake_quantize_per_channel_affine(work, scale.float(), (-offset).to(torch.int32), axis, 0, qmax)
-    return out if out.dtype == x.dtype else out.to(x.dtype)
-
-
-def learnable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
-                            axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
-    """Fake quantization with gradients for ``scale`` and (float) ``offset`` (torch's LSQ kernels).
-
-    The kernels take a positive scale; ``|scale|`` keeps a step that overshot zero usable.
-
-    Example:
-        >>> s = nn.Parameter(torch.tensor(0.1)); o = nn.Parameter(torch.tensor(-8.0))
-        >>> learnable_fake_quantize(torch.tensor([0.26, 9.0]), s, o, 4).sum().backward()
-        >>> s.grad is not None and o.grad is not None
-        True
-    """
-    qmax = 2**bitwidth - 1
-    work = x if x.dtype == torch.float32 else x.float()
-    scale = scale.abs().clamp_min(MIN_SCALE)
-    zero_point = -offset.to(torch.float32)
-    if axis is None:
-        out = torch._fake_quantize_learnable_per_tensor_affine(work, scale.reshape(1), zero_point.reshape(1), 0,
-                                                               qmax, grad_factor)
-    else:
-        out = torch._fake_quantize_learnable_per_channel_affine(work, scale, zero_point, axis % x.dim(), 0, qmax,
-                                                                grad_factor)
-    return out if out.dtype == x.dtype else out.to(x.dtype)
-
-
-def _fake_quantize_inference(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, qmax: int,
-                             axis: int | None) -> torch.Tensor:
-    """ONNX QuantizeLinear/DequantizeLinear arithmetic (float32 ``x / scale``, half-to-even rounding) as
-    in-place elementwise ops: about 2.5x faster on CPU than the native kernel, which also builds a
-    gradient mask."""
-    if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, offset = scale.reshape(shape), offset.reshape(shape)
-    offset = offset.to(torch.float32)
-    out = torch.div(x, scale)
-    out.round_().sub_(offset).clamp_(0, qmax).add_(offset).mul_(scale)
-    return out
 
 
 class OnnxQuantizeMarker(torch.autograd.Function):
