@@ -191,7 +191,9 @@ def test_bad_entry_is_refused_and_nothing_changes(tmp_path, saved, target, case:
 
 BAD_FILES = {
     "only a version": ({"version": "0.6.1"}, r"holds no encodings"),
-    "unknown version": (lambda d: d.update(version="1.0.0"), r"version '1\.0\.0' is not supported"),
+    "unknown version": (lambda d: d.update(version="3.0.0"), r"version '3\.0\.0' is not supported"),
+    "0.6.1 layout labelled 1.0.0": (lambda d: d.update(version="1.0.0"),
+                                    r"'activation_encodings' must be a JSON list of entries .* in version 1\.0\.0"),
     "no version": (lambda d: d.pop("version"), r"version None is not supported"),
     "numeric version": (lambda d: d.update(version=0.61), r"version 0\.61 is not supported"),
     "not an object": ([1, 2], r"expected a JSON object, got list"),

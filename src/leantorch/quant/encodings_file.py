@@ -1,6 +1,11 @@
-"""AIMET encodings files (format 0.6.1): read, validate, match to quantizers, write — in one place.
+"""AIMET encodings files (formats 0.6.1, 1.0.0 and 2.0.0): read, validate, match to quantizers, write.
 
-Layout::
+Every file is read, checked and matched in the 0.6.1 layout below; files of versions 1.0.0 and 2.0.0 (lists
+of entries carrying their name; 2.0.0 with ONNX QuantizeLinear's fields) are converted to it on reading and
+from it on writing (:mod:`.encodings_formats`, which defines them field by field). Writing defaults to
+0.6.1 (:data:`ENCODINGS_VERSION`); ``version=`` / ``encodings_version=`` picks another.
+
+Layout (0.6.1)::
 
     {"version": "0.6.1",
      "activation_encodings": {name: [entry, ...]},    # one entry per tensor, or one per channel
@@ -20,7 +25,9 @@ Rules, all checked before anything is applied (:class:`~leantorch.errors.Encodin
 entry and channel, the bad value and the fix):
 
 * ``version`` is one of :data:`READABLE_VERSIONS`; the file holds ``activation_encodings`` and/or
-  ``param_encodings``, each a JSON object of non-empty lists of entry objects.
+  ``param_encodings``, each a JSON object of non-empty lists of entry objects (1.0.0: each a list of
+  named entries; 2.0.0: one list ``encodings``). 1.0.0/2.0.0 entries are checked field by field under their
+  own names first (see :mod:`.encodings_formats`), then as converted 0.6.1 entries.
 * ``dtype``, if given, is ``"int"`` (AIMET float entries, ``"dtype": "float"``, are not supported yet);
   every entry has ``bitwidth``, ``is_symmetric``, ``scale``, ``offset``, ``min`` and ``max``.
 * ``bitwidth`` is an integer from 2 to 16; ``is_symmetric`` is true/false (or ``"True"``/``"False"``).
@@ -47,22 +54,24 @@ from typing import Any
 import torch
 
 from ..errors import EncodingsFileError, UnsupportedBitwidthError
-from ..options import short_repr
+from ..options import check_choice, short_repr
 from ..paths import check_file, writing
 from ..staging import staged_outputs
 from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth
+from .encodings_formats import POOLED, VERSIONS, from_legacy, to_legacy
 from .quantizer import Quantizer
 
 __all__ = [
     "ENCODINGS_VERSION", "READABLE_VERSIONS", "SECTIONS", "NAMES_KEY", "REQUIRED_FIELDS", "Target",
-    "check_encodings", "read_encodings", "parse_encoding", "match_encodings", "uncovered", "check_coverage",
+    "check_version", "check_encodings", "read_encodings", "parse_encoding", "match_encodings", "uncovered",
+    "check_coverage",
     "same_encoding", "encodings_dict", "encodings_text", "write_encodings",
 ]
 
-#: Version of the AIMET encodings-file format written by leantorch.
+#: Version of the AIMET encodings-file format written by default.
 ENCODINGS_VERSION = "0.6.1"
-#: Versions whose layout this module reads (AIMET 1.0.0/2.0.0 list entries differently).
-READABLE_VERSIONS = ("0.6.1",)
+#: Versions this module reads (told apart by the ``version`` key) and writes.
+READABLE_VERSIONS = VERSIONS
 #: The two sections of a file, in the order they are matched.
 SECTIONS = ("activation_encodings", "param_encodings")
 #: Top-level key mapping file names back to quantizer names (written by the ONNX export).
@@ -95,9 +104,24 @@ class Target:
     channel_axis: int | None = None
 
 
+def check_version(version: Any, what: str = "encodings_version") -> str:
+    """``version`` if leantorch writes it (one of :data:`READABLE_VERSIONS`), else InvalidOptionError.
+
+    Example:
+        >>> check_version("1.0.0")
+        '1.0.0'
+        >>> check_version("0.6.2")
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: encodings_version='0.6.2': use one of '0.6.1', '1.0.0', '2.0.0'
+    """
+    return check_choice(what, version, READABLE_VERSIONS)
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def read_encodings(path: str | Path) -> dict[str, Any]:
-    """Read and check the structure of an encodings file (entries are checked by :func:`match_encodings`).
+    """Read and check the structure of an encodings file of any version in :data:`READABLE_VERSIONS`, in the
+    0.6.1 layout (see :func:`check_encodings`; entries are checked by :func:`match_encodings`).
 
     Example:
         >>> import tempfile
@@ -114,7 +138,11 @@ def read_encodings(path: str | Path) -> dict[str, Any]:
 
 
 def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
-    """Check the top level of a parsed file: version, sections, name map. Returns ``data``.
+    """Check the top level of a parsed file: version, sections, name map. Returns it in the 0.6.1 layout.
+
+    A 0.6.1 file is returned as it is; a 1.0.0 file with its lists turned into ``{name: [entry, ...]}``
+    sections; a 2.0.0 file with its list turned into the section ``"encodings"`` (activations and parameters
+    alike). The ``version`` key keeps the file's version.
 
     Example:
         >>> check_encodings({"version": "0.6.1"})  # doctest: +ELLIPSIS
@@ -126,11 +154,15 @@ def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
         raise EncodingsFileError(f"{source} is not an encodings file: expected a JSON object, got "
                                  f"{type(data).__name__}")
     version = data.get("version")
-    if version not in READABLE_VERSIONS:
+    if not isinstance(version, str) or version not in READABLE_VERSIONS:
         raise EncodingsFileError(
             f"{source}: encodings version {version!r} is not supported; leantorch reads {list(READABLE_VERSIONS)}. "
-            "Write the file with AIMET's encoding_version='0.6.1' (or sim.save_encodings)."
+            "Write the file with AIMET's encoding_version set to one of them (or sim.save_encodings)."
         )
+    if version != ENCODINGS_VERSION:
+        data = to_legacy(data, source)
+        _check_names_map(data.get(NAMES_KEY), source)
+        return data
     present = [s for s in SECTIONS if s in data]
     if not present:
         raise EncodingsFileError(f"{source} holds no encodings: neither {SECTIONS[0]!r} nor {SECTIONS[1]!r} is "
@@ -299,6 +331,10 @@ def match_encodings(data: dict[str, Any], targets: list[Target], source: str = "
                     ) -> list[tuple[Target, Encoding]]:
     """Pair every entry of a checked file with its quantizer(s); nothing is applied.
 
+    ``data`` is what :func:`read_encodings` / :func:`check_encodings` return (a 0.6.1 file dict works as it
+    is; a 1.0.0 or 2.0.0 one is checked and converted first). Entries of a 2.0.0 file, which has no symmetry
+    flag, are symmetric when their quantizer is and their grid is symmetric.
+
     Raises :class:`EncodingsFileError` for a bad number, an unknown name, a wrong channel count or two
     different encodings for one quantizer.
 
@@ -309,25 +345,34 @@ def match_encodings(data: dict[str, Any], targets: list[Target], source: str = "
         >>> [(t.name, float(enc.scale)) for t, enc in match_encodings(data, [target])]
         [('relu.output_quantizers.0', 0.5)]
     """
+    if any(isinstance(data.get(s), list) for s in (*SECTIONS, POOLED)):
+        data = check_encodings(data, source)  # a 1.0.0/2.0.0 file as read from JSON
     by_name = {t.name: t for t in targets}
     by_key = {(t.is_param, t.key): t for t in targets}
     names = data.get(NAMES_KEY) or {}
     plan: dict[int, tuple[Target, Encoding, str]] = {}
     unknown: list[str] = []
-    for section in SECTIONS:
+    pooled = data.get("version") == "2.0.0"
+    for section in (*SECTIONS, POOLED) if pooled else SECTIONS:
         for key, entries in (data.get(section) or {}).items():
             label = f"{section}[{key!r}]"
             enc = parse_encoding(entries, label)
-            mapped = names.get(section, {}).get(key)
+            if section == POOLED:  # one list: the name is a parameter's or an activation quantizer's
+                mapped = names.get(SECTIONS[1], {}).get(key, names.get(SECTIONS[0], {}).get(key))
+                default = by_key.get((True, key)) or by_key.get((False, key))
+            else:
+                mapped = names.get(section, {}).get(key)
+                default = by_key.get((section == "param_encodings", key))
             if mapped is None:  # saved files name the quantizer (activations) or the parameter
-                found = [(key, by_key.get((section == "param_encodings", key)))]
+                found = [(key, default)]
             else:  # exported files carry the names of the quantizers behind each ONNX name
                 found = [(f"{key} → {n}", by_name.get(n)) for n in mapped]
             for what, target in found:
                 if target is None:
                     unknown.append(what)
                 else:
-                    _add(plan, target, _fit(enc, target, label), label)
+                    fitted = _fit(enc, target, label)
+                    _add(plan, target, _with_symmetry_of(fitted, target) if section == POOLED else fitted, label)
     if unknown:
         raise EncodingsFileError(
             f"{source}: {len(unknown)} encoding(s) name no quantizer of this model, e.g. {unknown[:3]}; was the "
@@ -360,6 +405,13 @@ def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
         raise EncodingsFileError(f"{label}: the file has {channels} per-channel encodings but {target.key} has "
                                  f"{target.shape[axis]} channels along axis {axis}; was it written for another model?")
     return replace(enc, axis=axis)
+
+
+def _with_symmetry_of(enc: Encoding, target: Target) -> Encoding:
+    """A 2.0.0 entry (no symmetry flag) is symmetric when its quantizer is and its grid is a symmetric one."""
+    grid = bool((enc.offset == -(2 ** (enc.bitwidth - 1))).all()) or bool((enc.offset == 0).all())
+    symmetric = bool(target.quantizer.symmetric) and grid
+    return enc if enc.symmetric == symmetric else replace(enc, symmetric=symmetric)
 
 
 def _add(plan: dict[int, tuple[Target, Encoding, str]], target: Target, enc: Encoding, label: str) -> None:
@@ -416,8 +468,11 @@ def check_coverage(targets: list[Target], plan: list[tuple[Target, Encoding]], s
 # ---------------------------------------------------------------------------------------------- writing
 def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding],
                    quantizer_names: dict[str, dict[str, list[str]]] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON object of an encodings file (AIMET 0.6.1) for encodings keyed by their file names.
+                   extra: dict[str, Any] | None = None, version: str = ENCODINGS_VERSION) -> dict[str, Any]:
+    """The JSON object of an encodings file (AIMET ``version``) for encodings keyed by their file names.
+
+    For 1.0.0 and 2.0.0 the encodings are checked first (an invalid one raises EncodingsFileError naming
+    it); ``quantizer_names`` and ``extra`` are top-level keys in every version.
 
     Example:
         >>> from leantorch.quant.encoding import compute_encoding
@@ -425,13 +480,25 @@ def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding]
         >>> data = encodings_dict({}, {"fc.weight": e})
         >>> data["version"], data["param_encodings"]["fc.weight"][0]["offset"]
         ('0.6.1', -128)
+        >>> encodings_dict({}, {"fc.weight": e}, version="1.0.0")["param_encodings"][0]["offset"]
+        [-128]
+        >>> encodings_dict({}, {"fc.weight": e}, version="2.0.0")["encodings"][0]["output_dtype"]
+        'int8'
     """
+    check_version(version, "version")
     data: dict[str, Any] = {"version": ENCODINGS_VERSION,
                             "activation_encodings": {n: e.to_aimet() for n, e in activations.items()},
                             "param_encodings": {n: e.to_aimet() for n, e in params.items()}}
     if quantizer_names is not None:
         data[NAMES_KEY] = quantizer_names
-    return data | (extra or {})
+    data |= extra or {}
+    if version == ENCODINGS_VERSION:
+        return data
+    for section in SECTIONS:  # the 0.6.1 checks name the bad encoding before its fields are moved
+        for key, entries in data[section].items():
+            parse_encoding(entries, f"{section}[{key!r}]")
+    axes = {(s, n): e.axis for s, encs in zip(SECTIONS, (activations, params)) for n, e in encs.items()}
+    return from_legacy(data, version, axes)
 
 
 def write_encodings(path: str | Path, data: dict[str, Any], what: str = "path") -> None:
@@ -458,16 +525,16 @@ def write_encodings(path: str | Path, data: dict[str, Any], what: str = "path") 
 
 
 def encodings_text(data: dict[str, Any], source: str = "the encodings") -> str:
-    """``data`` checked with the reading rules and serialised as strict JSON (what :func:`write_encodings`
-    writes; for a caller that stages its own files).
+    """``data`` (a file of any version in :data:`READABLE_VERSIONS`) checked with the reading rules and
+    serialised as strict JSON (what :func:`write_encodings` writes; for a caller that stages its own files).
 
     Example:
         >>> encodings_text({"version": "0.6.1", "param_encodings": {}}).splitlines()[1]
         '  "version": "0.6.1",'
     """
-    check_encodings(data, source)
-    for section in SECTIONS:
-        for key, entries in (data.get(section) or {}).items():
+    checked = check_encodings(data, source)
+    for section in (*SECTIONS, POOLED) if checked.get("version") == "2.0.0" else SECTIONS:
+        for key, entries in (checked.get(section) or {}).items():
             parse_encoding(entries, f"{section}[{key!r}]")
     try:
         return json.dumps(data, indent=2, allow_nan=False)

@@ -15,7 +15,8 @@ each active quantizer leaves a ``leantorch::Quantize`` marker node. Each marker 
   ``scale = s_input * s_weight`` (the form ONNX Runtime's integer kernels expect; error far below one
   output step).
 
-The encodings file follows AIMET's encodings format version 0.6.1: ``activation_encodings`` keyed by ONNX
+The encodings file follows AIMET's encodings format version 0.6.1 (or 1.0.0 / 2.0.0 with
+``encodings_version``, see :mod:`.encodings_formats`): ``activation_encodings`` keyed by ONNX
 tensor name (the tensor that enters QuantizeLinear), ``param_encodings`` keyed by parameter (initializer)
 name, each a list of ``{bitwidth, dtype, is_symmetric, min, max, offset, scale}`` (one per channel). The
 extra key ``quantizer_names`` maps each of those names back to the quantizer(s) behind it, so that
@@ -44,7 +45,7 @@ from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
 from .encoding import Encoding
-from .encodings_file import encodings_dict, encodings_text, same_encoding
+from .encodings_file import ENCODINGS_VERSION, check_version, encodings_dict, encodings_text, same_encoding
 from .quantizer import Quantizer
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ def check_opset(opset: Any, wide: bool) -> int:
 
 
 def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
-                    opset: int | None = None, unsigned_weights: bool = False) -> dict[str, Path]:
+                    opset: int | None = None, unsigned_weights: bool = False,
+                    encodings_version: str = ENCODINGS_VERSION) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
 
     Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``).
@@ -118,7 +120,7 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
         OutputPathError: ``path`` is a file or cannot be created/written; ``filename_prefix`` is empty or has a
             directory part; writing failed (disk full...).
         InvalidOptionError: ``filename_prefix`` is not a string; ``opset`` outside 13..21 (or below 21 with
-            16-bit quantizers).
+            16-bit quantizers); ``encodings_version`` not one of "0.6.1", "1.0.0", "2.0.0".
         EncodingsMissingError: a quantizer in use has no encoding (call ``compute_encodings`` first).
 
     Example:
@@ -130,6 +132,7 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
     out_dir = check_directory(path, "path")
     check_opset(opset, wide=any(q.is_active and q.bitwidth > 8 for q in sim.quantizers().values()))
     check_flag("unsigned_weights", unsigned_weights)
+    check_version(encodings_version)
     missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
         raise EncodingsMissingError(
@@ -137,7 +140,7 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
             "sim.compute_encodings(...) or load encodings before export."
         )
     inputs = as_tuple(example_input) if example_input is not None else sim.example_input
-    model_proto, encodings = build_qdq_onnx(sim, inputs, opset, unsigned_weights)
+    model_proto, encodings = build_qdq_onnx(sim, inputs, opset, unsigned_weights, encodings_version)
     files = {"onnx": out_dir / f"{prefix}.onnx", "encodings": out_dir / f"{prefix}.encodings",
              "pth": out_dir / f"{prefix}.pth"}
     with writing(f"the export files {prefix}.* in {out_dir}"), staged_outputs() as staging:
@@ -159,8 +162,8 @@ def float_state_dict(sim: "QuantSim") -> dict[str, torch.Tensor]:
     return state
 
 
-def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, unsigned_weights: bool = False
-                   ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, unsigned_weights: bool = False,
+                   encodings_version: str = ENCODINGS_VERSION) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
@@ -182,7 +185,8 @@ def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, uns
     _drop_unused_initializers(proto)
     found = _rename_keys(found, _strip_wrapper_names(proto))
     encodings = encodings_dict(found.activations, found.params, found.names,
-                               extra={"excluded_layers": [], "quantizer_args": _quantizer_args(entries)})
+                               extra={"excluded_layers": [], "quantizer_args": _quantizer_args(entries)},
+                               version=encodings_version)
     # Shapes recorded during tracing describe the example batch; let runtimes infer them instead.
     del proto.graph.value_info[:]
     opsets = [o for o in proto.opset_import if o.domain != "leantorch"]

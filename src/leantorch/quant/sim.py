@@ -19,8 +19,8 @@ from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
 from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
-from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, encodings_dict, match_encodings,
-                             read_encodings, write_encodings)
+from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, check_version, encodings_dict,
+                             match_encodings, read_encodings, write_encodings)
 from .estimators import QuantScheme, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
@@ -272,17 +272,23 @@ class QuantSim:
         return list(zip(quantizers, encodings))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ encodings files
-    def save_encodings(self, path: str | Path) -> None:
-        """Write all encodings (AIMET 0.6.1 entries; activations by quantizer name, params by param name).
+    def save_encodings(self, path: str | Path, encodings_version: str = ENCODINGS_VERSION) -> None:
+        """Write all encodings (activations by quantizer name, params by param name) in AIMET's encodings
+        format ``encodings_version``: ``"0.6.1"`` (default), ``"1.0.0"`` or ``"2.0.0"``.
 
         The file loads back with :meth:`load_encodings` into any ``QuantSim`` of the same model and config.
+
+        Raises:
+            InvalidOptionError: ``encodings_version`` is not one of the three (checked before anything is written).
         """
+        check_version(encodings_version)
         activations = {n: q.encoding for n, q in self.activation_quantizers().items() if q.encoding is not None}
         params = {n: q.encoding for n, q in self.param_quantizers().items() if q.encoding is not None}
-        write_encodings(path, encodings_dict(activations, params))
+        write_encodings(path, encodings_dict(activations, params, version=encodings_version))
 
     def load_encodings(self, path: str | Path, freeze: bool = False, strict: bool = True) -> list[str]:
-        """Load a file written by :meth:`save_encodings` or :meth:`export` (or an AIMET 0.6.1 file named alike).
+        """Load a file written by :meth:`save_encodings` or :meth:`export` (or an AIMET file named alike), in
+        encodings format 0.6.1, 1.0.0 or 2.0.0 (told apart by its ``version`` key).
 
         Every number and name is checked first (rules in :mod:`leantorch.quant.encodings_file`); on any
         error nothing is applied.
@@ -344,15 +350,19 @@ class QuantSim:
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
-               opset: int | None = None, unsigned_weights: bool = False) -> dict[str, Path]:
+               opset: int | None = None, unsigned_weights: bool = False,
+               encodings_version: str = ENCODINGS_VERSION) -> dict[str, Path]:
         """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
 
         ``unsigned_weights=True`` stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86
-        CPUs without VNNI. See :func:`leantorch.quant.export.export_quantsim`.
+        CPUs without VNNI. ``encodings_version`` is the AIMET encodings format of ``prefix.encodings``:
+        ``"0.6.1"`` (default), ``"1.0.0"`` or ``"2.0.0"``; every one loads back with :meth:`load_encodings`.
+        See :func:`leantorch.quant.export.export_quantsim`.
         """
         from .export import export_quantsim
 
-        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights)
+        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights,
+                               encodings_version)
 
 
 
