@@ -58,18 +58,18 @@ from ..options import check_choice, short_repr
 from ..paths import check_file, writing
 from ..staging import staged_outputs
 from .encoding import FLOAT_BITWIDTH, MIN_SCALE, Encoding, check_bitwidth
-from .encodings_formats import POOLED, VERSIONS, from_legacy, to_legacy
+from .encodings_formats import POOLED, VERSIONS, EncodingsVersion, from_legacy, to_legacy
 from .quantizer import Quantizer
 
 __all__ = [
-    "ENCODINGS_VERSION", "READABLE_VERSIONS", "SECTIONS", "NAMES_KEY", "REQUIRED_FIELDS", "Target",
+    "ENCODINGS_VERSION", "EncodingsVersion", "READABLE_VERSIONS", "SECTIONS", "NAMES_KEY", "REQUIRED_FIELDS", "Target",
     "check_version", "check_encodings", "read_encodings", "parse_encoding", "match_encodings", "uncovered",
     "check_coverage",
     "same_encoding", "encodings_dict", "encodings_text", "write_encodings",
 ]
 
 #: Version of the AIMET encodings-file format written by default.
-ENCODINGS_VERSION = "0.6.1"
+ENCODINGS_VERSION: EncodingsVersion = "0.6.1"
 #: Versions this module reads (told apart by the ``version`` key) and writes.
 READABLE_VERSIONS = VERSIONS
 #: The two sections of a file, in the order they are matched.
@@ -468,7 +468,8 @@ def check_coverage(targets: list[Target], plan: list[tuple[Target, Encoding]], s
 # ---------------------------------------------------------------------------------------------- writing
 def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding],
                    quantizer_names: dict[str, dict[str, list[str]]] | None = None,
-                   extra: dict[str, Any] | None = None, version: str = ENCODINGS_VERSION) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None, version: EncodingsVersion = ENCODINGS_VERSION
+                   ) -> dict[str, Any]:
     """The JSON object of an encodings file (AIMET ``version``) for encodings keyed by their file names.
 
     For 1.0.0 and 2.0.0 the encodings are checked first (an invalid one raises EncodingsFileError naming

@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import EncodingsFileError
 from ..options import short_repr
 from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH, MIN_SCALE
 
-__all__ = ["VERSIONS", "POOLED", "legacy_entries", "to_legacy", "from_legacy"]
+__all__ = ["EncodingsVersion", "VERSIONS", "POOLED", "legacy_entries", "to_legacy", "from_legacy"]
 
+#: An AIMET encodings-file format version that leantorch reads and writes.
+EncodingsVersion = Literal["0.6.1", "1.0.0", "2.0.0"]
 #: The versions read and written, oldest first.
-VERSIONS = ("0.6.1", "1.0.0", "2.0.0")
+VERSIONS: tuple[str, ...] = get_args(EncodingsVersion)
 #: The section of a 2.0.0 file (one list for activations and parameters).
 POOLED = "encodings"
 _SECTIONS = ("activation_encodings", "param_encodings")
@@ -285,8 +287,9 @@ def from_legacy(data: dict[str, Any], version: str, axes: dict[tuple[str, str], 
         >>> from_legacy({"version": "0.6.1", "activation_encodings": {"x": [entry]}}, "2.0.0")["encodings"]
         [{'name': 'x', 'output_dtype': 'uint8', 'y_scale': 0.5, 'y_zero_point': 3}]
         >>> v1 = from_legacy({"version": "0.6.1", "activation_encodings": {"x": [entry]}}, "1.0.0")
-        >>> v1["activation_encodings"][0]
-        {'name': 'x', 'enc_type': 'PER_TENSOR', 'dtype': 'INT', 'bw': 8, 'is_sym': False, 'scale': [0.5], 'offset': [-3]}
+        >>> v1["activation_encodings"][0]  # doctest: +NORMALIZE_WHITESPACE
+        {'name': 'x', 'enc_type': 'PER_TENSOR', 'dtype': 'INT', 'bw': 8, 'is_sym': False,
+         'scale': [0.5], 'offset': [-3]}
     """
     axes = axes or {}
     out: dict[str, Any] = {"version": version}

@@ -45,7 +45,8 @@ from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
 from .encoding import Encoding
-from .encodings_file import ENCODINGS_VERSION, check_version, encodings_dict, encodings_text, same_encoding
+from .encodings_file import (ENCODINGS_VERSION, EncodingsVersion, check_version, encodings_dict, encodings_text,
+                             same_encoding)
 from .quantizer import Quantizer
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def check_opset(opset: Any, wide: bool) -> int:
 
 def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
                     opset: int | None = None, unsigned_weights: bool = False,
-                    encodings_version: str = ENCODINGS_VERSION) -> dict[str, Path]:
+                    encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
 
     Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``).
@@ -163,7 +164,8 @@ def float_state_dict(sim: "QuantSim") -> dict[str, torch.Tensor]:
 
 
 def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, unsigned_weights: bool = False,
-                   encodings_version: str = ENCODINGS_VERSION) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                   encodings_version: EncodingsVersion = ENCODINGS_VERSION
+                   ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)

@@ -19,8 +19,8 @@ from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
 from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
-from .encodings_file import (ENCODINGS_VERSION, Target, check_coverage, check_version, encodings_dict,
-                             match_encodings, read_encodings, write_encodings)
+from .encodings_file import (ENCODINGS_VERSION, EncodingsVersion, Target, check_coverage, check_version,
+                             encodings_dict, match_encodings, read_encodings, write_encodings)
 from .estimators import QuantScheme, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
@@ -272,7 +272,7 @@ class QuantSim:
         return list(zip(quantizers, encodings))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ encodings files
-    def save_encodings(self, path: str | Path, encodings_version: str = ENCODINGS_VERSION) -> None:
+    def save_encodings(self, path: str | Path, encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> None:
         """Write all encodings (activations by quantizer name, params by param name) in AIMET's encodings
         format ``encodings_version``: ``"0.6.1"`` (default), ``"1.0.0"`` or ``"2.0.0"``.
 
@@ -351,7 +351,7 @@ class QuantSim:
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
                opset: int | None = None, unsigned_weights: bool = False,
-               encodings_version: str = ENCODINGS_VERSION) -> dict[str, Path]:
+               encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> dict[str, Path]:
         """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
 
         ``unsigned_weights=True`` stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86
