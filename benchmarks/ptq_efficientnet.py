@@ -35,6 +35,8 @@ def main() -> None:
                              "reconstruction, leantorch's default), to float inputs, or run both")
     parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True,
                         help="also a GPTQ row (same grids and calibration batches as AdaRound)")
+    parser.add_argument("--seq-mse", action=argparse.BooleanOptionalAction, default=True,
+                        help="also a SeqMSE row (same calibration batches as AdaRound)")
     parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -113,6 +115,14 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
             gptq_s = time.perf_counter() - start
             row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", rounded, fold_s + gptq_s,
                 time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse", frozen=encodings)
+    if args.seq_mse:
+        with tempfile.TemporaryDirectory() as tmp:  # SeqMSE chooses the grids itself (from minmax ranges)
+            start = time.perf_counter()
+            chosen, encodings = lt.seq_mse(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
+                                           num_batches=args.adaround_batches, path=tmp)
+            seq_s = time.perf_counter() - start
+            row("W4A8 per-channel SeqMSE weights (quantized inputs), BN folded", chosen, fold_s + seq_s,
+                time.perf_counter(), param_bw=4, per_channel=True, frozen=encodings)
 
 
 if __name__ == "__main__":

@@ -517,3 +517,23 @@ def test_gptq_flag_rounds_with_gptq_and_freezes_the_weights(tmp_path, data_file,
     assert (out / "gptq.encodings").exists() and (out / "model.onnx").exists()
     assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--adaround"]) == 2  # one or the other
     assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--auto"]) == 2
+
+
+def test_seq_mse_flag_chooses_the_encodings_and_freezes_them(tmp_path, data_file, monkeypatch) -> None:
+    import leantorch.cli as cli
+
+    called: list[dict] = []
+    real = cli.seq_mse
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        called.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "seq_mse", recording)
+    out = tmp_path / "o"
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--param-bw", "4", "--per-channel",
+                 "--no-progress"]) == 0
+    assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
+    assert (out / "seq_mse.encodings").exists() and (out / "model.onnx").exists()
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--gptq"]) == 2  # one technique
+    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--auto"]) == 2

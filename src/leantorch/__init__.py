@@ -37,6 +37,7 @@ from .ptq.relu6 import replace_relu6
 from .ptq.bias_correction import bias_correction
 from .ptq.adaround import adaround
 from .ptq.gptq import gptq
+from .ptq.seq_mse import seq_mse
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from . import analysis
 from .analysis import AnalysisReport, analyze

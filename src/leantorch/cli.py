@@ -39,6 +39,7 @@ from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.gptq import gptq
+from .ptq.seq_mse import seq_mse
 from .ptq.cle import equalize
 from .quant.sim import QuantSim
 from .staging import staged_outputs
@@ -122,7 +123,7 @@ def _adaround_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], args: argparse.Namespace,
                     adaround_dir: Path, progress: bool) -> QuantSim:
-    """--bias-correction → --adaround → calibrated QuantSim (the long part).
+    """--bias-correction → --adaround / --gptq / --seq-mse → calibrated QuantSim (the long part).
 
     ``sim`` is the (uncalibrated) QuantSim of ``model`` built to check the options; it is used as it is
     unless a technique changes the weights."""
@@ -138,7 +139,10 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
     if args.gptq:  # the same data and grids as AdaRound's
         model, encodings = gptq(model, example, calib, path=adaround_dir, progress=progress,
                                 num_batches=_adaround_options(args)["num_batches"], **options)
-    if args.bias_correction or args.adaround or args.gptq:
+    if args.seq_mse:  # the same data as AdaRound's; the grids are what it chooses
+        model, encodings = seq_mse(model, example, calib, path=adaround_dir, progress=progress,
+                                   num_batches=_adaround_options(args)["num_batches"], **options)
+    if args.bias_correction or args.adaround or args.gptq or args.seq_mse:
         sim = QuantSim(model, example, **options)
     if encodings is not None:
         sim.set_and_freeze_param_encodings(encodings)
@@ -178,7 +182,7 @@ def _check_auto(args: argparse.Namespace) -> None:
         return
     chosen = [flag for flag, on in (("--fold-bn", args.fold_bn), ("--cle", args.cle),
                                     ("--bias-correction", args.bias_correction), ("--adaround", args.adaround),
-                                    ("--gptq", args.gptq)) if on]
+                                    ("--gptq", args.gptq), ("--seq-mse", args.seq_mse)) if on]
     if chosen:
         raise InvalidOptionError(f"--auto chooses the techniques itself; drop {' '.join(chosen)} (or drop --auto "
                                  "to apply them yourself). --adaround-iterations and --adaround-lr do apply to "

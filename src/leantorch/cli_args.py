@@ -156,6 +156,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                           "weight encodings")
     rounding.add_argument("--gptq", action="store_true", help="round weights with GPTQ (error feedback through the "
                           "inverse input Hessian; one pass, no iterations) and freeze the weight encodings")
+    rounding.add_argument("--seq-mse", action="store_true", help="choose each weight encoding by Sequential MSE "
+                          "(the range, of 20 shrunk ones, with the least layer output error; one pass) and freeze "
+                          "the weight encodings")
     p.add_argument("--adaround-iterations", type=_positive_int, help="AdaRound iterations per layer, also for "
                    f"--auto's AdaRound stage (default {ADAROUND_DEFAULTS['adaround_iterations']}; "
                    f"{ADAROUND_THOROUGH['adaround_iterations']} with --thorough, as in the paper)")

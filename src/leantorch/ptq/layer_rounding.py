@@ -1,4 +1,4 @@
-"""The sweep shared by layer-wise weight rounding (AdaRound, GPTQ): each Conv/Linear in graph order gets its
+"""The sweep shared by layer-wise weight rounding (AdaRound, GPTQ, SeqMSE): each Conv/Linear in graph order gets its
 float inputs and, in lock step, the inputs the partially rounded and quantized model gives it; the caller
 returns the rounded weight, which later layers then see.
 
@@ -31,8 +31,10 @@ __all__ = ["RoundLayer", "round_layers", "layer_inputs", "save_param_encodings"]
 Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
 #: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
-#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid).
-RoundLayer = Callable[[str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"], torch.Tensor]
+#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), or ``(weight,
+#: encoding)`` when the layer also chooses its grid (SeqMSE).
+RoundLayer = Callable[[str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"],
+                      "torch.Tensor | tuple[torch.Tensor, Encoding]"]
 
 
 def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any], round_layer: RoundLayer, *,
@@ -83,8 +85,12 @@ def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any
         bar.update(1)
         wrapper = sim.layers()[name]
         quantizer = wrapper.param_quantizers["weight"]
+        assert quantizer.encoding is not None
         rounded = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
         del inputs, quantized  # the activations can go before the next layer's arrive
+        if isinstance(rounded, tuple):
+            rounded, chosen = rounded
+            quantizer.set_encoding(chosen.to(rounded.device))
         with torch.no_grad():
             gm.get_submodule(name).weight.copy_(rounded)
             wrapper.module.weight.copy_(rounded)  # the sim frontier runs this layer next, with the rounding

@@ -1,0 +1,161 @@
+"""Sequential MSE (AIMET's SeqMSE): per layer, in graph order, pick the weight encoding whose quantized weight
+minimises the layer's output error on calibration data, with the layers before it already quantized.
+
+Candidates, as AIMET defines them: the weight's range per output channel (per tensor for per-tensor
+quantizers), shrunk towards zero by ``α = i / n`` for ``i = 1 … n`` (``n = num_candidates``); each gives a grid
+and the weight rounded to nearest on it. The error of a candidate ``W̃`` is the layer's mean squared output
+error over the calibration positions, computed exactly from second moments of the layer's input patches
+(:class:`~leantorch.ptq.input_moments.QuadraticObjective`: ``G = E[x̂ x̂ᵀ]``, ``C = E[x x̂ᵀ]``)::
+
+    err(W̃) − err(W) = e G eᵀ − 2 e (W G − W C)ᵀ      with e = W − W̃, per output channel
+
+so every candidate costs one product with ``G`` instead of a pass over the data. Per-channel quantizers pick
+the best candidate for each output channel (channels do not interact), per-tensor ones the best sum.
+
+Inputs (AIMET's ``inp_symmetry``): ``"symqt"`` (default) compares ``W x̂`` with ``W̃ x̂`` on the quantized
+model's inputs ``x̂``; ``"asym"`` compares the float layer's output ``W x`` with ``W̃ x̂``; ``"symfp"`` uses
+float inputs on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..errors import InvalidOptionError
+from ..options import check_choice, check_count, check_flag
+from ..quant.encoding import Encoding, compute_encoding
+from .input_moments import QuadraticObjective, grouped_weight, supports_moments
+from .layer_rounding import round_layers
+
+__all__ = ["seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
+
+#: AIMET's ``inp_symmetry`` choices (see the module docstring).
+INPUT_MODES = ("symqt", "asym", "symfp")
+
+
+def seq_mse(model: nn.Module, example_input: Any, calibration: Iterable[Any], param_bw: int = 4, act_bw: int = 8,
+            per_channel: bool | None = True, scheme: str = "tf_enhanced", param_scheme: str = "minmax",
+            config: Any = "default", num_batches: int = 4, num_candidates: int = 20, inputs: str = "symqt",
+            path: str | Path = ".", filename_prefix: str = "seq_mse", progress: bool = True
+            ) -> tuple[fx.GraphModule, Path]:
+    """Choose every Conv/Linear weight encoding by Sequential MSE; return the model and a frozen-encodings file.
+
+    Same contract as :func:`~leantorch.ptq.adaround.adaround`: the returned model's weights lie on their chosen
+    grids (rounded to nearest); load the file into the QuantSim you evaluate with
+    (``sim.set_and_freeze_param_encodings(path)``). Layers are visited once, in graph order, with the layers
+    before them already quantized; activations are advanced layer by layer (linear cost in depth). Runs on
+    the model's device; the input model is not modified.
+
+    Args:
+        num_candidates: ranges tried per layer (``α = 1/n … 1`` of the weight's range; AIMET's default 20).
+        inputs: ``"symqt"``, ``"asym"`` or ``"symfp"`` (module docstring).
+        param_scheme: the scheme of the starting grids (only their bitwidth, symmetry and axis matter here).
+        Others: as :func:`~leantorch.ptq.adaround.adaround` (``num_batches`` calibration batches are used).
+
+    Raises:
+        InvalidOptionError: ``num_candidates``/``num_batches`` not a whole number ≥ 1, an unknown ``inputs``;
+            a layer whose input cannot be unfolded into patches (a conv with ``padding="same"`` or non-zero
+            padding modes), named.
+        OutputPathError, CalibrationDataError: as adaround, before any work.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        >>> data = [torch.randn(8, 3, 10, 10)]
+        >>> chosen, enc = seq_mse(net, data[0][:1], data, progress=False, path="/tmp")
+        >>> enc.name
+        'seq_mse.encodings'
+    """
+    check_count("num_candidates", num_candidates, hint=" (ranges tried per layer, e.g. 20)")
+    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
+    check_choice("inputs", inputs, INPUT_MODES)
+    check_flag("per_channel", per_channel, allow_none=True)
+
+    def choose(name: str, fp_layer: nn.Module, encoding: Encoding, float_inputs: list[torch.Tensor],
+               quantized: list[torch.Tensor] | None) -> tuple[torch.Tensor, Encoding]:
+        if not supports_moments(fp_layer):
+            raise InvalidOptionError(f"seq_mse: layer {name!r} ({fp_layer}) has a padding SeqMSE cannot unfold into "
+                                     "input patches; use padding given as numbers with padding_mode='zeros'")
+        weight = fp_layer.weight.detach()
+        if inputs == "asym":
+            objective = QuadraticObjective(fp_layer, weight, float_inputs, quantized)
+        else:  # both sides on the same inputs: quantized ones (symqt), or float ones (symfp)
+            objective = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else float_inputs)
+        rows = grouped_weight(fp_layer, weight)
+        best = seq_mse_search(rows, objective.gram, objective.target, encoding, num_candidates)
+        return _nearest(rows.double(), best, rows.shape).reshape(weight.shape).to(weight.dtype), best
+
+    return round_layers(model, example_input, calibration, choose, param_bw=param_bw, act_bw=act_bw,
+                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
+                        num_batches=num_batches, use_quantized_inputs=inputs != "symfp", path=path,
+                        filename_prefix=filename_prefix, progress=progress, what="seq_mse")
+
+
+def seq_mse_search(weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding,
+                   num_candidates: int = 20) -> Encoding:
+    """The encoding, among ``num_candidates`` shrunk ranges, with the least output error (module docstring).
+
+    ``weight``: ``[groups, out/groups, K]``; ``gram``: ``[groups, K, K]`` (``E[x̂ x̂ᵀ]``); ``target``: like ``weight``
+    (``W E[x x̂ᵀ]``; ``W G`` when both sides see the same inputs). ``encoding`` gives the bitwidth, symmetry
+    and axis (per tensor, or per output channel along axis 0). Returns an encoding of the same kind.
+
+    Example:
+        >>> from leantorch.quant.encoding import compute_encoding
+        >>> _ = torch.manual_seed(0)
+        >>> w = torch.randn(1, 4, 16); w[0, :, 0] = 8.0           # an outlier column the data never uses
+        >>> x = torch.randn(16, 512); x[0] = 0.0
+        >>> gram = (x @ x.T / 512)[None]
+        >>> full = compute_encoding(w.amin((0, 2)), w.amax((0, 2)), 4, symmetric=True, axis=0)
+        >>> chosen = seq_mse_search(w, gram, w @ gram, full)
+        >>> bool((chosen.scale < full.scale).all())               # the grid no longer spends steps on it
+        True
+    """
+    errors, encodings = candidate_errors(weight, gram, target, encoding, num_candidates)
+    if encoding.axis is None:
+        best = int(errors.sum(dim=(1, 2)).argmin())  # the first of equal candidates
+        return encodings[best]
+    best_per_channel = errors.flatten(1).argmin(0)[None]  # [1, out]: each output channel's best candidate
+    scale = torch.stack([e.scale for e in encodings])
+    offset = torch.stack([e.offset for e in encodings])
+    index = best_per_channel.to(scale.device)
+    return Encoding(encoding.bitwidth, encoding.symmetric, scale.gather(0, index)[0], offset.gather(0, index)[0],
+                    encoding.axis)
+
+
+def candidate_errors(weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding,
+                     num_candidates: int) -> tuple[torch.Tensor, list[Encoding]]:
+    """Output error (minus the float weight's own) of each candidate, ``[num_candidates, groups, out/groups]``
+    in float64, and the candidates' encodings (ranges ``α·[min, max]`` of the weight, ``α = i/n``)."""
+    groups, out, k = weight.shape
+    w = weight.detach().double()
+    g = gram.detach().to(device=w.device, dtype=torch.float64)
+    # W G − W C per row: zero when both sides see the same inputs.
+    drift = torch.bmm(w, g) - target.detach().to(device=w.device, dtype=torch.float64)
+    if encoding.axis is None:
+        lo, hi = w.min(), w.max()
+    else:
+        lo, hi = w.amin(dim=2).reshape(-1), w.amax(dim=2).reshape(-1)
+    unsigned = encoding.symmetric and not encoding.is_signed
+    encodings, errors = [], []
+    for i in range(1, num_candidates + 1):
+        alpha = i / num_candidates
+        candidate = compute_encoding(lo * alpha, hi * alpha, encoding.bitwidth, encoding.symmetric,
+                                     unsigned_symmetric=unsigned, axis=encoding.axis)
+        e = w - _nearest(w, candidate, weight.shape)
+        errors.append((torch.bmm(e, g) * e).sum(-1) - 2 * (e * drift).sum(-1))
+        encodings.append(candidate)
+    return torch.stack(errors), encodings
+
+
+def _nearest(w: torch.Tensor, encoding: Encoding, shape: torch.Size) -> torch.Tensor:
+    """``w`` (float64, ``[groups, out/groups, K]``) rounded to nearest (half to even, as ONNX) on the grid."""
+    groups, out, _ = shape
+    scale = encoding.scale.to(device=w.device, dtype=torch.float64)
+    offset = encoding.offset.to(device=w.device, dtype=torch.float64)
+    if encoding.axis is not None:
+        scale, offset = scale.reshape(groups, out, 1), offset.reshape(groups, out, 1)
+    return scale * (torch.clamp(torch.round(w / scale) - offset, 0, encoding.num_steps) + offset)
