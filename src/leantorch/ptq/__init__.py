@@ -1,1 +1,1 @@
-"""Post-training quantization techniques (BN folding; more to come: CLE, bias correction, AdaRound)."""
+"""Post-training techniques: BN folding, CLE, bias correction, AdaRound, GPTQ, SeqMSE and AutoQuant."""
