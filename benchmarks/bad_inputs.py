@@ -46,9 +46,10 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,14 +70,14 @@ class Case:
     group: str
     name: str
     expect: tuple[str, ...]  # error class names and/or "ok"
-    fn: Callable[["Ctx"], "str | None"] | None = None  # API case: returns None if correct, else a problem
+    fn: Callable[[Ctx], str | None] | None = None  # API case: returns None if correct, else a problem
     cli: dict[str, Any] | None = None  # CLI case: argv, names, setup, expect_files
 
 
 CASES: list[Case] = []
 
 
-def add(group: str, name: str, expect: "str | tuple[str, ...]", fn: Callable[["Ctx"], "str | None"]) -> None:
+def add(group: str, name: str, expect: str | tuple[str, ...], fn: Callable[[Ctx], str | None]) -> None:
     CASES.append(Case(group, name, (expect,) if isinstance(expect, str) else tuple(expect), fn=fn))
 
 
@@ -108,13 +109,13 @@ class Ctx:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.tracked: list[tuple[str, nn.Module, dict[str, torch.Tensor], bool]] = []
-        self.checks: list[Callable[[], "str | None"]] = []
+        self.checks: list[Callable[[], str | None]] = []
 
     def track(self, model: nn.Module, label: str = "model") -> nn.Module:
         self.tracked.append((label, model, snapshot(model), model.training))
         return model
 
-    def after(self, check: Callable[[], "str | None"]) -> None:
+    def after(self, check: Callable[[], str | None]) -> None:
         """A check run after the case whether or not it raised; a problem makes the outcome silent."""
         self.checks.append(check)
 
@@ -425,7 +426,7 @@ def register_options() -> None:
     add("option", "export(opset=99)", ("InvalidOptionError", "ExportError"), export(opset=99))
 
 
-def calibration_variants(shape: tuple[int, ...]) -> list[tuple[str, "str | tuple[str, ...]", Callable[[], Any]]]:
+def calibration_variants(shape: tuple[int, ...]) -> list[tuple[str, str | tuple[str, ...], Callable[[], Any]]]:
     """(label, expectation, factory) of calibration data for a model taking ``[N, *shape]``."""
     bad_channels = (shape[0] + 2,) + shape[1:]
 
@@ -655,7 +656,8 @@ def register_models() -> None:
 
     add("model", "QuantSim(model=<a lambda>)", ("TraceError", "InvalidOptionError"), not_a_module)
 
-    def valid(factory: Callable[[], nn.Module], x: torch.Tensor, data: list[Any], **kw: Any) -> Callable[[Ctx], str | None]:
+    def valid(factory: Callable[[], nn.Module], x: torch.Tensor, data: list[Any],
+              **kw: Any) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(factory())
             sim = lt.QuantSim(model, x, **kw)
@@ -970,7 +972,8 @@ def register_layers_analyze_export() -> None:
     add("analyze", "report.to_html(<an existing directory>)", "OutputPathError", report_to(existing_dir))
     add("analyze", "report.to_html(<a path under a file>)", "OutputPathError", report_to(under_file))
 
-    def export(path: Callable[[Ctx], Path], prefix: Any = "model", calibrate: bool = True) -> Callable[[Ctx], str | None]:
+    def export(path: Callable[[Ctx], Path], prefix: Any = "model",
+               calibrate: bool = True) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
             sim = calibrated(model) if calibrate else lt.QuantSim(model, xin(), scheme="minmax")

@@ -47,7 +47,8 @@ def main() -> None:
     print(f"EfficientNet-Lite0, {args.samples} samples, W8A8 per-tensor tf_enhanced, {torch.get_num_threads()} "
           "threads\n")
     print(markdown_table([
-        {"step": "QuantSim + calibration (tf_enhanced)", "seconds": calibration, "× one sim pass": calibration / forward},
+        {"step": "QuantSim + calibration (tf_enhanced)", "seconds": calibration,
+         "× one sim pass": calibration / forward},
         {"step": "one sim forward pass", "seconds": forward, "× one sim pass": 1.0},
         {"step": "empirical bias correction (all of it)", "seconds": correction,
          "× one sim pass": correction / forward},

@@ -15,11 +15,12 @@ import os
 
 import torch
 
+# The sibling script's timing (run as `python benchmarks/...`, the script's folder is on sys.path).
+from quantsim import paired_medians
+
 import leantorch as lt
 from leantorch.data import batches, sample_images
 from leantorch.models import efficientnet_lite0
-# The sibling script's timing (run as `python benchmarks/...`, the script's folder is on sys.path).
-from quantsim import paired_medians
 
 
 def main() -> None:

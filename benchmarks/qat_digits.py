@@ -47,7 +47,8 @@ def main() -> None:
 
     start = time.perf_counter()
     ptq = quantized(False)
-    rows.append({"model": f"W{args.bits}A{args.bits} PTQ (BN folded)", "test accuracy": accuracy(ptq.model, x_test, y_test),
+    rows.append({"model": f"W{args.bits}A{args.bits} PTQ (BN folded)",
+                 "test accuracy": accuracy(ptq.model, x_test, y_test),
                  "seconds": time.perf_counter() - start})
     for label, range_learning in (("QAT", False), ("QAT + range learning", True)):
         start = time.perf_counter()

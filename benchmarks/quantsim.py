@@ -56,7 +56,8 @@ def forward_table(device: str, batch: torch.Tensor, calib: list[torch.Tensor], r
         sim.compute_encodings(calib[:2], progress=False)
         x = batch.to(device)
         with torch.no_grad():
-            t = paired_medians({"fp": lambda: model(x), "q": lambda: sim.model(x)}, repeats)
+            t = paired_medians({"fp": lambda model=model, x=x: model(x), "q": lambda sim=sim, x=x: sim.model(x)},
+                               repeats)
         t_fp, t_q = t["fp"], t["q"]
         rows.append({"model": label, "FP32 forward (s)": t_fp, "sim.model forward (s)": t_q,
                      "sim / FP32": t_q / t_fp})
@@ -95,7 +96,7 @@ def onnx_table(batch: torch.Tensor, calib: list[torch.Tensor], repeats: int) -> 
         }
         for size in (1, len(batch)):
             x = batch[:size].numpy()
-            times = paired_medians({name: (lambda s=s: s.run(None, {"input": x})) for name, s in sessions.items()},
+            times = paired_medians({name: (lambda s=s, x=x: s.run(None, {"input": x})) for name, s in sessions.items()},
                                    repeats)
             fp = times["FP32"]
             for name, t in times.items():

@@ -9,7 +9,6 @@ import torch
 
 from leantorch.models import ResNetSmall, TransformerClassifier
 
-
 # Under pytest-xdist each worker would start one torch thread per core: `-n 2` on 2 cores ran 4 threads, and
 # OpenMP threads that wait on each other slowed a loaded machine down many times over. One share each instead.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
 import leantorch as lt
+from leantorch.models import ResNetSmall
 from leantorch.ptq import adaround as adaround_module
 from leantorch.ptq import layer_rounding
-from leantorch.models import ResNetSmall
 from leantorch.ptq.input_moments import LowRankObjective, QuadraticObjective, layer_objective
 from leantorch.ptq.layer_io import layer_io
 from leantorch.quant.encoding import compute_encoding

@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 import leantorch as lt
-from leantorch.compress.channel_pruning import (PruningPath, prune_channels, pruning_path, reconstruct,
-                                                sample_grams, select_channels)
+from leantorch.compress.channel_pruning import (
+    PruningPath,
+    prune_channels,
+    pruning_path,
+    reconstruct,
+    sample_grams,
+    select_channels,
+)
 from leantorch.compress.cost import layer_macs
 from leantorch.compress.ratio_selection import EvalScoreTable, greedy_select
 from leantorch.compress.svd import full_rank, spatial_svd, weight_svd
@@ -339,7 +345,8 @@ def test_channel_pruning_passes_out_of_memory_through_unchanged() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), OutOfMemory())
     with pytest.raises(torch.OutOfMemoryError):  # not a CalibrationDataError blaming the batch's shape
         sample_grams(model, copy.deepcopy(model), "0", [torch.randn(1, 3, 8, 8)])
-    with pytest.raises(lt.CalibrationDataError, match=r"fails on calibration batch 0 \(input shapes \[\(1, 2, 8, 8\)\]"):
+    with pytest.raises(lt.CalibrationDataError,
+                       match=r"fails on calibration batch 0 \(input shapes \[\(1, 2, 8, 8\)\]"):
         sample_grams(model[:1], copy.deepcopy(model[:1]), "0", [torch.randn(1, 2, 8, 8)])
 
 

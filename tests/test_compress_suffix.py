@@ -111,7 +111,8 @@ def test_suffix_table_names_a_calibration_batch_the_model_cannot_run() -> None:
     model = chain()
     x = images(1, 0)
     score = sqnr_score(model, [images(4, 10)])
-    with pytest.raises(lt.CalibrationDataError, match=r"fails on calibration batch 1 \(input shapes \[\(2, 5, 12, 12\)\]"):
+    with pytest.raises(lt.CalibrationDataError,
+                       match=r"fails on calibration batch 1 \(input shapes \[\(2, 5, 12, 12\)\]"):
         lt.compress(model, x, score, "channel_pruning", 0.7, calibration=[images(2, 1), torch.randn(2, 5, 12, 12)],
                     progress=False)
 
@@ -132,8 +133,8 @@ def test_layer_callback_still_sees_each_pruned_layer() -> None:
 def test_channel_pruning_skips_a_conv_called_at_several_places() -> None:
     from torch import nn
 
-    from leantorch.compress.stage import Stage
     from leantorch.compress.cost import cost
+    from leantorch.compress.stage import Stage
 
     class Twice(nn.Module):
         def __init__(self) -> None:

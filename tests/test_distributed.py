@@ -6,7 +6,6 @@ then checks one property of what the ranks saved.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any

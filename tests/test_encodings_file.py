@@ -10,13 +10,15 @@ import copy
 import json
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import leantorch as lt
+
 INTERMEDIATE = "2.output_quantizers.0"  # the ReLU after conv 0 (asymmetric, unsigned range)
 MODEL_INPUT = "input_quantizers.0"  # asymmetric, negative offset
 CONV = "3.weight"  # a per-channel (4 channels) symmetric weight in the per-channel config

@@ -12,7 +12,8 @@ import copy
 import doctest
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx

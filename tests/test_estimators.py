@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from leantorch.errors import CalibrationDataError
-from leantorch.quant.estimators import (HistogramEstimator, MinMaxEstimator, MseEstimator, PercentileEstimator,
-                                        TfEnhancedEstimator, make_estimator)
+from leantorch.quant.estimators import (
+    HistogramEstimator,
+    MinMaxEstimator,
+    MseEstimator,
+    PercentileEstimator,
+    TfEnhancedEstimator,
+    make_estimator,
+)
 from leantorch.quant.histogram import grid_counts, grid_for, regrid
 from leantorch.quant.quantizer import Quantizer
 
@@ -138,7 +144,8 @@ def test_per_tensor_grid_counts_equal_a_float64_reference(size: int, shift: floa
 
 
 def test_per_channel_grid_counts_equal_a_float64_reference() -> None:
-    x = torch.randn(5, 4000, generator=torch.Generator().manual_seed(1)) * torch.tensor([[1e-3], [1], [7], [300], [1e6]])
+    x = (torch.randn(5, 4000, generator=torch.Generator().manual_seed(1))
+         * torch.tensor([[1e-3], [1], [7], [300], [1e6]]))
     x[2] = x[2].relu()
     exponent, start = grid_for(x.min(1).values.double(), x.max(1).values.double(), 64)
     counts = grid_counts(x, exponent, start, 64)

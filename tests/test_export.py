@@ -56,7 +56,8 @@ def test_resnet_onnx_matches_sim_within_one_output_step(tmp_path, resnet, bw: in
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
     else:
         assert quant_types == {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
-    per_axis = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)]
+    per_axis = [n for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)]
     assert bool(per_axis) == per_channel
 
 
@@ -74,7 +75,8 @@ def test_encodings_file_names_onnx_tensors_and_params(tmp_path, resnet) -> None:
     assert set(enc["param_encodings"]) <= initializers and "layers.0.conv1.weight" in enc["param_encodings"]
     # Each name maps back to the quantizer(s) it came from, so a new sim of the model can load the file.
     names = enc["quantizer_names"]
-    assert {s: set(m) for s, m in names.items()} == {s: set(enc[s]) for s in ("activation_encodings", "param_encodings")}
+    assert ({s: set(m) for s, m in names.items()}
+            == {s: set(enc[s]) for s in ("activation_encodings", "param_encodings")})
     assert names["param_encodings"]["layers.0.conv1.weight"] == ["layers.0.conv1.param_quantizers.weight"]
     assert names["activation_encodings"]["input"] == ["input_quantizers.0"]
     assert sorted(n for m in names.values() for v in m.values() for n in v) == \

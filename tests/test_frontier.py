@@ -55,7 +55,9 @@ def _layer_by_layer_reference(model: nn.Module, x: torch.Tensor, data: list[torc
             for batch in data:
                 net(batch)
         handle.remove()
-        dims = lambda y: [d for d in range(y.dim()) if d != (y.dim() - 1 if isinstance(layer, nn.Linear) else 1)]
+
+        def dims(y: torch.Tensor) -> list[int]:
+            return [d for d in range(y.dim()) if d != (y.dim() - 1 if isinstance(layer, nn.Linear) else 1)]
         return sum(y.sum(dims(y)) for y in captured) / sum(y.numel() // y.shape[-1 if isinstance(layer, nn.Linear)
                                                                                     else 1] for y in captured)
 

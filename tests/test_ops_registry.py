@@ -277,7 +277,6 @@ ROLE_MODULES = [
 
 @pytest.mark.parametrize("module", ROLE_MODULES, ids=lambda m: repr(m)[:40])
 def test_roles_match_old_predicates(module: nn.Module) -> None:
-    from leantorch.compress import channel_pruning
     from leantorch.ptq import cle
     assert cle._is_scalable_layer(module) == _old_cle_scalable(module)
     assert cle._is_relu6(module) == _old_relu6(module)

@@ -15,9 +15,19 @@ import torch
 from leantorch import DataError
 from leantorch.quant import primitives
 from leantorch.quant.encoding import compute_encoding
-from leantorch.quant.primitives import (FLT_MAX, MIN_SCALE, asymmetric_grid, dequantize, fake_quantize,
-                                        grid_from_range, learnable_fake_quantize, lsq_grad_scale, quantize,
-                                        symmetric_grid, unsigned_grid)
+from leantorch.quant.primitives import (
+    FLT_MAX,
+    MIN_SCALE,
+    asymmetric_grid,
+    dequantize,
+    fake_quantize,
+    grid_from_range,
+    learnable_fake_quantize,
+    lsq_grad_scale,
+    quantize,
+    symmetric_grid,
+    unsigned_grid,
+)
 from leantorch.quant.quantizer import Quantizer
 
 BITWIDTHS = list(range(2, 17))

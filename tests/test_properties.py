@@ -28,8 +28,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import leantorch as lt
-from leantorch.errors import (CalibrationDataError, ConfigError, EncodingsFileError, LeanTorchError,
-                              UnsupportedBitwidthError)
+from leantorch.errors import (
+    CalibrationDataError,
+    ConfigError,
+    EncodingsFileError,
+    LeanTorchError,
+    UnsupportedBitwidthError,
+)
 from leantorch.quant.config import PER_CHANNEL_AXIS, QuantSimConfig
 from leantorch.quant.encoding import MIN_SCALE, Encoding, check_bitwidth, compute_encoding, dequantize, quantize
 from leantorch.quant.encodings_file import same_encoding

@@ -297,7 +297,8 @@ def test_adaround_output_location_is_checked_before_any_work(tmp_path, monkeypat
     a_file = tmp_path / "taken"
     a_file.write_text("")
     for kwargs, error, message in [({"path": a_file}, lt.OutputPathError, "taken is an existing file"),
-                                   ({"path": tmp_path, "filename_prefix": ""}, lt.OutputPathError, "filename_prefix=''"),
+                                   ({"path": tmp_path, "filename_prefix": ""}, lt.OutputPathError,
+                                    "filename_prefix=''"),
                                    ({"path": tmp_path, "filename_prefix": None}, lt.InvalidOptionError,
                                     "filename_prefix=None")]:
         with pytest.raises(error, match=message):
@@ -379,9 +380,9 @@ def test_auto_quant_checks_adaround_kwargs_before_any_evaluation(kwargs, words) 
 
 
 def test_auto_quant_passes_adaround_kwargs_through(tmp_path, monkeypatch) -> None:
-    import leantorch.ptq.auto as auto
-
     import functools
+
+    import leantorch.ptq.auto as auto
 
     seen = {}
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import leantorch as lt
+from leantorch.quant.quantizer import learnable_fake_quantize
 
 from .conftest import assert_unchanged, state_snapshot
-from leantorch.quant.quantizer import learnable_fake_quantize
 
 
 def lsq_reference(x: np.ndarray, scale: float, offset: int, bw: int) -> tuple[np.ndarray, float, float]:

@@ -155,7 +155,8 @@ def test_calibration_that_is_not_batches_is_named(resnet) -> None:
                          ([None], "calibration batch 0 is None; a batch must be a tensor, or a tuple/list whose "
                                   "first 1 item\\(s\\) are the model's input tensor\\(s\\)"),
                          ([{"x": data[0]}], r"calibration batch 0 is a dict with keys \['x'\].*\(batch\['x'\],\)"),
-                         ([(3, "label")], "calibration batch 0 is a tuple holding 0 tensor\\(s\\) \\(int 3, str 'label'\\)")]:
+                         ([(3, "label")],
+                          "calibration batch 0 is a tuple holding 0 tensor\\(s\\) \\(int 3, str 'label'\\)")]:
         with pytest.raises(lt.CalibrationDataError, match=message):
             sim.compute_encodings(bad, progress=False)
     assert all(q.encoding is None for q in sim.quantizers().values())  # nothing was set
@@ -232,7 +233,8 @@ def test_encodings_save_load_roundtrip_and_frozen_params(tmp_path, resnet) -> No
     frozen.set_and_freeze_param_encodings(tmp_path / "enc.json")
     frozen.compute_encodings(data, progress=False)
     q = frozen.quantizers()["stem.0.param_quantizers.weight"]
-    assert q.frozen and q.bitwidth == 8 and torch.equal(q.scale, sim.quantizers()["stem.0.param_quantizers.weight"].scale)
+    assert q.frozen and q.bitwidth == 8
+    assert torch.equal(q.scale, sim.quantizers()["stem.0.param_quantizers.weight"].scale)
 
 
 def test_bad_encodings_files_are_rejected_before_anything_changes(tmp_path, resnet) -> None:

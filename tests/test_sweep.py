@@ -53,7 +53,7 @@ def test_sensitivity_from_suffixes_equals_full_runs() -> None:
         sim.compute_encodings(data, progress=False)
         score = sqnr_score(model, data[:1])
         fast = lt.analyze(sim, score, data, progress=False)
-        slow = lt.analyze(sim, lambda m: score(m), data, progress=False)  # a plain function: full runs
+        slow = lt.analyze(sim, lambda m, score=score: score(m), data, progress=False)  # a plain function: full runs
         assert fast.sensitivity == slow.sensitivity
         assert fast.scores == slow.scores
         assert len({row["only this layer quantized"] for row in fast.sensitivity}) > 2  # layers do differ

@@ -203,7 +203,8 @@ def _read_image(file: Path, image_size: int, error: type[DataError]) -> torch.Te
     try:
         arr = np.asarray(imread(file))
     except Exception as exc:  # decoders raise anything (OSError, ValueError, SyntaxError…) on a bad file
-        raise error(f"--data {file}: cannot read this image ({type(exc).__name__}: {exc}); remove or replace the file") from exc
+        raise error(f"--data {file}: cannot read this image ({type(exc).__name__}: {exc}); "
+                    "remove or replace the file") from exc
     if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey (+ alpha)
         arr = arr[..., 0]
     if arr.ndim == 2:

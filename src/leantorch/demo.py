@@ -13,9 +13,9 @@ import torch
 
 from .analysis import AnalysisReport, analyze
 from .data import batches, channels_last, sample_images
-from .options import check_count
 from .evaluation import Agreement, markdown_table, model_outputs, sqnr_score
 from .models import efficientnet_lite0
+from .options import check_count
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import equalize
@@ -86,7 +86,8 @@ def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress
     files = best.export(out, EXPORT_NAME, unsigned_weights=True)
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.contiguous().numpy()})[0] for b in evals]))
-    rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out), 0.0))
+    rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out),
+                     0.0))
     print(f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
           "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
     print(markdown_table(rows))

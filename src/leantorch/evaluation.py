@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class Agreement:
     sqnr_db: float
 
     @classmethod
-    def of(cls, reference: torch.Tensor, other: torch.Tensor) -> "Agreement":
+    def of(cls, reference: torch.Tensor, other: torch.Tensor) -> Agreement:
         """Top-1 agreement, KL divergence and SQNR of ``other`` against ``reference`` logits."""
         return cls(top1_agreement(reference, other), kl_divergence(reference, other), sqnr_db(reference, other))
 

@@ -6,7 +6,8 @@ import copy
 import logging
 import os
 import traceback
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn

@@ -134,7 +134,7 @@ def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
     return replaced
 
 
-def _param(gm: fx.GraphModule, arg: Any) -> "tuple[nn.Parameter, str] | None":
+def _param(gm: fx.GraphModule, arg: Any) -> tuple[nn.Parameter, str] | None:
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
         value = _fetch(gm, arg.target)
         if isinstance(value, nn.Parameter):
@@ -149,7 +149,7 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
-def _optional_param(gm: fx.GraphModule, arg: Any) -> "tuple[bool, nn.Parameter | None]":
+def _optional_param(gm: fx.GraphModule, arg: Any) -> tuple[bool, nn.Parameter | None]:
     """(ok, param): ok is False when ``arg`` is a computed tensor we cannot own."""
     if arg is None:
         return True, None
@@ -158,7 +158,7 @@ def _optional_param(gm: fx.GraphModule, arg: Any) -> "tuple[bool, nn.Parameter |
 
 
 def _owned_weight_and_bias(gm: fx.GraphModule, args: tuple, kwargs: dict
-                           ) -> "tuple[nn.Parameter, nn.Parameter | None, str] | None":
+                           ) -> tuple[nn.Parameter, nn.Parameter | None, str] | None:
     """(weight, bias, owner) of a functional conv/linear whose weight and bias are model parameters."""
     weight = _param(gm, _arg(args, kwargs, 1, "weight"))
     ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
@@ -167,7 +167,7 @@ def _owned_weight_and_bias(gm: fx.GraphModule, args: tuple, kwargs: dict
     return weight[0], bias, weight[1]
 
 
-def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
     args, kwargs = tuple(node.args), dict(node.kwargs)
     owned = _owned_weight_and_bias(gm, args, kwargs)
     if owned is None:
@@ -183,7 +183,7 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str]
     return conv, owner
 
 
-def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
     owned = _owned_weight_and_bias(gm, tuple(node.args), dict(node.kwargs))
     if owned is None:
         return None
@@ -193,7 +193,7 @@ def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, st
     return linear, owner
 
 
-def _layer_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> "tuple[nn.Module, str] | None":
+def _layer_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
     args, kwargs = tuple(node.args), dict(node.kwargs)
     ok_w, weight = _optional_param(gm, _arg(args, kwargs, 2, "weight"))
     ok_b, bias = _optional_param(gm, _arg(args, kwargs, 3, "bias"))

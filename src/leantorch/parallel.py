@@ -36,14 +36,16 @@ import math
 import os
 import re
 import sys
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
 from .errors import InvalidOptionError, ParallelBackendError, RayNotInstalledError
 from .options import check_count, check_flag, short_repr
 
-__all__ = ["run_chunks", "split_contiguous", "check_backend", "gpu_share", "RayNotInstalledError", "ParallelBackendError", "INSTALL_HINT"]
+__all__ = ["run_chunks", "split_contiguous", "check_backend", "gpu_share", "RayNotInstalledError",
+           "ParallelBackendError", "INSTALL_HINT"]
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -35,9 +35,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .errors import OutputPathError
 from .paths import existing_ancestor, writing

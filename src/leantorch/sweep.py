@@ -31,8 +31,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -56,7 +58,7 @@ class Trial:
 
     key: Hashable
     modules: tuple[nn.Module, ...]
-    change: Callable[[], ContextManager[Any]]
+    change: Callable[[], AbstractContextManager[Any]]
 
 
 def first_calls(gm: fx.GraphModule) -> dict[int, int]:

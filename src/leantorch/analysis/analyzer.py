@@ -17,22 +17,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs, run_batch
-from ..evaluation import OutputScore
 from ..errors import CalibrationDataError, EncodingsMissingError, UnknownLayerError
+from ..evaluation import OutputScore
 from ..metrics import sqnr_db_from_sums
 from ..options import as_names, check_count, name_list
+from ..parallel import check_backend, gpu_share, run_chunks
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
-from ..parallel import check_backend, gpu_share, run_chunks
 from ..sweep import Trial, first_calls, suffix_outputs
 from .report import ActivationStats, AnalysisReport, WeightRanges
 
@@ -123,7 +124,8 @@ def analyze(
 
 def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None,
                  bins: int) -> list[tuple[torch.Tensor, ...]]:
-    """The model inputs of the batches to analyse, checked before the (expensive) sensitivity sweep rather than after it."""
+    """The model inputs of the batches to analyse, checked before the (expensive) sensitivity sweep rather than
+    after it."""
     check_count("bins", bins, hint=" (the number of histogram bins)")
     if num_batches is not None:
         check_count("num_batches", num_batches, hint=", or None for all batches")
@@ -223,9 +225,9 @@ def _sensitivity_rows(sim: QuantSim, eval_fn: Callable[[nn.Module], float], conf
         mine = set(groups[name])
         rows.append({
             "layer": name,
-            "only this layer quantized": _score(sim, eval_fn, configured, lambda q: q in mine,
+            "only this layer quantized": _score(sim, eval_fn, configured, lambda q, mine=mine: q in mine,
                                                 f"the model with only {name} quantized"),
-            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q: q not in mine,
+            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q, mine=mine: q not in mine,
                                                    f"the model with all but {name} quantized"),
         })
     return rows

@@ -108,7 +108,8 @@ def png_size(png: bytes) -> tuple[int, int]:
     """(width, height) of a PNG from its IHDR chunk.
 
     Example:
-        >>> png_size(b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00\\x00\\x00\\rIHDR" + (3).to_bytes(4, "big") + (2).to_bytes(4, "big"))
+        >>> png_size(b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00\\x00\\x00\\rIHDR"
+        ...          + (3).to_bytes(4, "big") + (2).to_bytes(4, "big"))
         (3, 2)
     """
     return struct.unpack(">II", png[16:24])

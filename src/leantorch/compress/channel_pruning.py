@@ -24,16 +24,18 @@ model input, an add, a linear layer): pruning jointly across such ties is not at
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..batches import run_batch
 from .. import ops
+from ..batches import run_batch
 from ..graph import as_tuple
+
 
 @dataclass
 class PruningPath:

@@ -14,9 +14,10 @@ import logging
 import math
 import numbers
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import fx, nn
@@ -24,16 +25,22 @@ from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
+from ..evaluation import OutputScore
 from ..graph import example_inputs, prepare
 from ..options import as_names, check_count, name_list
 from ..parallel import check_backend
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
-from ..evaluation import OutputScore
 from .cost import cost
 from .pruning_pass import prune_in_one_pass
-from .ratio_selection import (CompressionError, EvalScoreTable, build_table_by_layers, default_candidates,
-                              fingerprint, greedy_select)
+from .ratio_selection import (
+    CompressionError,
+    EvalScoreTable,
+    build_table_by_layers,
+    default_candidates,
+    fingerprint,
+    greedy_select,
+)
 from .stage import Stage
 from .suffix_table import layer_nodes, rows_fn, suffix_work
 
@@ -60,7 +67,7 @@ class CompressionInfo:
     table: EvalScoreTable | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    stages: list["CompressionInfo"] = field(default_factory=list)
+    stages: list[CompressionInfo] = field(default_factory=list)
 
     @property
     def mac_ratio(self) -> float:
@@ -76,12 +83,12 @@ def compress(
     model: nn.Module,
     example_input: Any,
     eval_fn: Callable[[nn.Module], float],
-    scheme: "Scheme | Sequence[Scheme]" = "spatial_svd",
+    scheme: Scheme | Sequence[Scheme] = "spatial_svd",
     target_mac_ratio: float = 0.5,
     ratios: dict[str, float] | None = None,
     calibration: Iterable[Any] | None = None,
     stage_targets: Sequence[float] | None = None,
-    candidates: "int | Sequence[float]" = 10,
+    candidates: int | Sequence[float] = 10,
     rank_multiple: int = 8,
     skip_layers: Sequence[str] = (),
     cache_dir: str | Path | None = None,
@@ -182,7 +189,7 @@ def compress(
 
 
 def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float] | None,
-                     stage_targets: Sequence[float] | None, candidates: "int | Sequence[float]") -> None:
+                     stage_targets: Sequence[float] | None, candidates: int | Sequence[float]) -> None:
     unknown = [s for s in schemes if s not in SCHEMES]
     if not schemes or unknown:
         raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(SCHEMES)}")
@@ -236,7 +243,7 @@ def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, nu
 class _Run:
     """The options every stage shares (checked by :func:`compress`)."""
 
-    candidates: "int | Sequence[float]"
+    candidates: int | Sequence[float]
     multiple: int
     skip: Sequence[str]
     cache_dir: str | Path | None

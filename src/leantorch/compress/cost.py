@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops import counted, counted_classes, spec_for
 from ..graph import check_finite, check_module, example_inputs, run_checked
+from ..ops import counted, counted_classes, spec_for
 from .ratio_selection import CompressionError
 
 #: The module classes counted when this module was imported; the cost model itself asks the op registry

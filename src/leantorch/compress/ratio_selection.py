@@ -17,9 +17,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class EvalScoreTable:
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "EvalScoreTable":
+    def load(cls, path: str | Path) -> EvalScoreTable:
         """Read a table written by :meth:`save`."""
         try:
             data = json.loads(Path(path).read_text())

@@ -13,13 +13,23 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .channel_pruning import (GramAccumulator, PruningPath, channels_for_ratio, prunable_layer, prune_channels,
-                              pruning_path, reconstruct, sample_grams, select_channels)
+from .channel_pruning import (
+    GramAccumulator,
+    PruningPath,
+    channels_for_ratio,
+    prunable_layer,
+    prune_channels,
+    pruning_path,
+    reconstruct,
+    sample_grams,
+    select_channels,
+)
 from .cost import CostReport
 from .svd import decomposable, macs_per_rank, rank_for_ratio, spatial_svd, weight_svd
 
@@ -87,7 +97,8 @@ class Stage:
             return "skipped by request"
         if self.scheme == "channel_pruning":
             if not prunable_layer(module):
-                return f"{type(module).__name__} (groups={getattr(module, 'groups', 1)}) has no input channels to select"
+                groups = getattr(module, 'groups', 1)
+                return f"{type(module).__name__} (groups={groups}) has no input channels to select"
             path = pruning_path(self.gm, name)
             if not isinstance(path, PruningPath):
                 return path

@@ -19,7 +19,7 @@ advances its own frontiers from the model input over its range.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import fx, nn
@@ -105,7 +105,7 @@ def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseli
                         with swapped(module, replacement):
                             outputs = probe.fork().run_rest()
                         what = f"the model with layer {name} compressed to ratio {ratio}"
-                        row[ratio] = call_eval_fn(lambda _m: score.score_outputs(outputs), gm, what)
+                        row[ratio] = call_eval_fn(lambda _m, outputs=outputs: score.score_outputs(outputs), gm, what)
                     bar.update(int(work[name]) * samples)
                 rows[name] = row
     finally:

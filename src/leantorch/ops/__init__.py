@@ -18,11 +18,31 @@ from __future__ import annotations
 import torch  # noqa: F401  (the doctest above uses it)
 
 from .modules import Add, BoundedReLU, Cat, Div, Interpolate, MatMul, Mean, Mul, Pad, Sub
-from .registry import (ACT, OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES, OpSpec, counted, counted_classes,
-                       default_supergroups, function_rule, has_role, is_registered_class, method_rule, register,
-                       relu_upper, spec_for, specs, unregister)
-# Importing a family registers its op types; the order is the order of specs() (names, messages).
-from . import conv, linear, norm, activation, elementwise, shape  # noqa: E402,F401
+from .registry import (
+    ACT,
+    OP_TYPE_NAMES,
+    PASSTHROUGH_TYPES,
+    WEIGHT_AXES,
+    OpSpec,
+    counted,
+    counted_classes,
+    default_supergroups,
+    function_rule,
+    has_role,
+    is_registered_class,
+    method_rule,
+    register,
+    relu_upper,
+    spec_for,
+    specs,
+    unregister,
+)
+
+# Importing a family registers its op types; the order is the order of specs() (names, messages), so it is
+# kept out of import sorting.
+# isort: off
+from . import conv, linear, norm, activation, elementwise, shape  # noqa: F401
+# isort: on
 from .conv import is_depthwise
 
 __all__ = ["Add", "BoundedReLU", "Cat", "Div", "Interpolate", "MatMul", "Mean", "Mul", "Pad", "Sub",

@@ -16,7 +16,7 @@ from .registry import ACT, OpSpec, register
 from .rules import arg, binary, unary
 
 
-def _cat(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+def _cat(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
     tensors = args[0] if args else kwargs.get("tensors")
     if not isinstance(tensors, (list, tuple)):
         return None

@@ -16,9 +16,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .rules import Rule
 
 #: A role of an op: a constant, or a predicate on the module (where it depends on the module's settings).
-Role = Union[bool, Callable[[nn.Module], bool]]
+Role = bool | Callable[[nn.Module], bool]
 #: In :attr:`OpSpec.supergroups`: any op type with ``fusable_activation``.
 ACT = "*activation"
 

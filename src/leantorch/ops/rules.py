@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -31,7 +32,7 @@ def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -
 
 def binary(factory: Callable[[], nn.Module]) -> Rule:
     """``f(a, b)`` → ``factory()(a, b)``; calls with ``alpha != 1`` (``torch.add(a, b, alpha=2)``) stay."""
-    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+    def rule(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
         if len(args) != 2 or kwargs.get("alpha", 1) != 1:
             return None
         return factory(), tuple(args)
@@ -40,7 +41,7 @@ def binary(factory: Callable[[], nn.Module]) -> Rule:
 
 def unary(factory: Callable[[tuple, dict], nn.Module | None]) -> Rule:
     """``f(x, ...)`` → ``factory(args, kwargs)(x)`` (None from the factory: leave the call)."""
-    def rule(args: tuple, kwargs: dict) -> "tuple[nn.Module, tuple] | None":
+    def rule(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
         module = factory(args, kwargs)
         return None if module is None else (module, (args[0],))
     return rule

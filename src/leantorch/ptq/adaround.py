@@ -18,10 +18,10 @@ reconstruction"), so each layer also compensates the error that reaches it; ``us
 makes ``x̂ = x``. Targets always come from an untouched copy of the float model. Both inputs come from one
 sweep of the calibration batches through each model, node by node (:class:`~leantorch.ptq.frontier.Frontier`),
 rather than from re-running the model up to every layer: gathering them costs about one forward pass of
-each model, not one per layer. On EfficientNet-Lite0 at W4A8 per-channel the asymmetric form is what makes AdaRound work: top-1 agreement with FP32 is 0.13 with
-round-to-nearest, 0.27 with AdaRound on float inputs and 0.80 with quantized inputs
-(``benchmarks/ptq_efficientnet.py``), because each layer corrects the error that reaches it instead of
-letting it compound over depth.
+each model, not one per layer. On EfficientNet-Lite0 at W4A8 per-channel the asymmetric form is what makes
+AdaRound work: top-1 agreement with FP32 is 0.13 with round-to-nearest, 0.27 with AdaRound on float inputs
+and 0.80 with quantized inputs (``benchmarks/ptq_efficientnet.py``), because each layer corrects the error
+that reaches it instead of letting it compound over depth.
 
 Deviations from the paper, and why:
 
@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

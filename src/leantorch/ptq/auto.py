@@ -7,9 +7,10 @@ import logging
 import math
 import numbers
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,8 +22,8 @@ from ..options import check_positive
 from ..paths import check_directory, check_file_name
 from ..quant.estimators import QuantScheme
 from ..quant.sim import QuantSim
-from .adaround import check_options as check_adaround_options
 from .adaround import adaround
+from .adaround import check_options as check_adaround_options
 from .bn_fold import fold_batch_norms
 from .cle import equalize
 

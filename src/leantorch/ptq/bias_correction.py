@@ -18,8 +18,9 @@ adds to each layer's output, ``E[ỹ] − E[y] = (W̃ − W)·E[x]``, by subtrac
 from __future__ import annotations
 
 import logging
-import math  # the docstring examples use it
-from typing import Any, Iterable, Iterator, Literal
+import math  # noqa: F401  (the docstring examples use it)
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
 import torch
 from torch import fx, nn
@@ -189,7 +190,8 @@ def clipped_normal_mean(mu: torch.Tensor, sigma: torch.Tensor, lo: torch.Tensor,
     """E[clamp(X, lo, hi)] for X ~ N(mu, sigma²) (closed form; sigma = 0 gives clamp(mu)).
 
     Example:
-        >>> round(float(clipped_normal_mean(torch.tensor(0.), torch.tensor(1.), torch.tensor(0.), torch.tensor(math.inf))), 4)
+        >>> mean = clipped_normal_mean(torch.tensor(0.), torch.tensor(1.), torch.tensor(0.), torch.tensor(math.inf))
+        >>> round(float(mean), 4)
         0.3989
     """
     sigma = sigma.clamp(min=1e-12)

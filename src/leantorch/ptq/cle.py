@@ -128,7 +128,8 @@ def _bound_relu6s(gm: fx.GraphModule, sets: list[ScalingSet]) -> int:
             for name in names:
                 if _is_relu6(gm.get_submodule(name)):
                     parent, _, leaf = name.rpartition(".")
-                    setattr(gm.get_submodule(parent) if parent else gm, leaf, ops.BoundedReLU(torch.full((weight.shape[0],), 6.0, dtype=weight.dtype, device=weight.device)))
+                    upper = torch.full((weight.shape[0],), 6.0, dtype=weight.dtype, device=weight.device)
+                    setattr(gm.get_submodule(parent) if parent else gm, leaf, ops.BoundedReLU(upper))
                     count += 1
     gm.recompile()
     return count

@@ -22,7 +22,8 @@ from __future__ import annotations
 import operator
 import os
 import tempfile
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,9 +98,9 @@ class Frontier:
 
     def inputs_of(self, node: fx.Node) -> list[tuple[Any, ...]]:
         """The positional arguments ``node`` is (or was, before moving on) called with, per batch."""
-        return [tuple(fx.node.map_arg(node.args, lambda n: self._load(env[n]))) for env in self.envs]
+        return [tuple(fx.node.map_arg(node.args, lambda n, env=env: self._load(env[n]))) for env in self.envs]
 
-    def fork(self) -> "Frontier":
+    def fork(self) -> Frontier:
         """An independent copy at the same position; running it leaves this frontier untouched.
 
         The live tensors held in memory are cloned (tensors that alias each other stay aliased): a node of the
@@ -120,7 +121,8 @@ class Frontier:
         memo: dict[int, Any] = {}
         copy.envs = [{node: value if id(value) in self._spilled else _clone(value, memo)
                       for node, value in env.items()} for env in self.envs]
-        copy._spilled = {id(v): self._spilled[id(v)] for env in copy.envs for v in env.values() if id(v) in self._spilled}
+        copy._spilled = {id(v): self._spilled[id(v)]
+                         for env in copy.envs for v in env.values() if id(v) in self._spilled}
         if self.max_bytes is not None:
             copy.max_bytes = max(0, self.max_bytes - self.held_bytes)
         copy.held_bytes, copy.spilled_bytes, copy._spill_count = 0, 0, 0

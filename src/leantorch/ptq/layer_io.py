@@ -8,7 +8,7 @@ a single layer's inputs and outputs, and as the reference those sweeps are teste
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch import nn
 from ..graph import as_tuple
 
 #: One batch of model inputs: a tensor, or a tuple of tensors for a model with several inputs.
-Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
+Batch = torch.Tensor | Sequence[torch.Tensor]
 
 
 def run_on(model: nn.Module, batch: Batch, device: torch.device) -> None:

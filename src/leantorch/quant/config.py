@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..options import short_repr
 from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES, default_supergroups
+from ..options import short_repr
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
 #: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
@@ -100,7 +100,7 @@ class QuantSimConfig:
         )
 
     @classmethod
-    def preset(cls, name: str) -> "QuantSimConfig":
+    def preset(cls, name: str) -> QuantSimConfig:
         """``default`` (per-tensor everywhere) or ``per_channel`` (per-channel weights)."""
         if name == "default":
             return cls(name="default")
@@ -109,7 +109,7 @@ class QuantSimConfig:
         raise ConfigError(f"unknown config preset {name!r}; use 'default', 'per_channel' or a JSON file path")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuantSimConfig":
+    def from_dict(cls, data: dict[str, Any]) -> QuantSimConfig:
         """Build from a dict (as read from JSON); unknown keys and wrongly typed values raise ConfigError.
 
         Example:
@@ -144,7 +144,7 @@ class QuantSimConfig:
         cfg.validate()
         return cfg
 
-    def validate(self) -> "QuantSimConfig":
+    def validate(self) -> QuantSimConfig:
         """Check every value's type (and op type names); returns ``self``.
 
         Raises:
@@ -174,7 +174,7 @@ class QuantSimConfig:
         return self
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "QuantSimConfig":
+    def from_json(cls, path: str | Path) -> QuantSimConfig:
         """Load a config file (a JSON object; see the module docstring)."""
         try:
             data = json.loads(Path(path).read_text())
@@ -213,7 +213,7 @@ def _check_op_type(op: Any, where: str) -> None:
                           f"{', '.join(sorted(OP_TYPE_NAMES))}")
 
 
-def load_config(config: "str | Path | QuantSimConfig | dict[str, Any]") -> QuantSimConfig:
+def load_config(config: str | Path | QuantSimConfig | dict[str, Any]) -> QuantSimConfig:
     """A config from a preset name, a JSON path, a dict, or a config (copied).
 
     Example:

@@ -37,7 +37,8 @@ import torch
 
 from ..errors import UnsupportedBitwidthError
 from . import primitives
-from .primitives import FLT_MAX as FLT_MAX, MIN_SCALE as MIN_SCALE  # re-exported: their home was here
+from .primitives import FLT_MAX as FLT_MAX  # re-exported: their home was here
+from .primitives import MIN_SCALE as MIN_SCALE
 
 #: Bitwidths that are simulated. 32 means "leave this tensor in floating point".
 MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
@@ -105,7 +106,7 @@ class Encoding:
         """True for per-channel encodings."""
         return self.axis is not None
 
-    def to(self, device: torch.device | str) -> "Encoding":
+    def to(self, device: torch.device | str) -> Encoding:
         """Return the same encoding with its tensors on ``device``."""
         return Encoding(self.bitwidth, self.symmetric, self.scale.to(device), self.offset.to(device), self.axis)
 
@@ -129,7 +130,7 @@ class Encoding:
         return entries
 
     @classmethod
-    def from_aimet(cls, entries: list[dict[str, Any]], axis: int | None = None) -> "Encoding":
+    def from_aimet(cls, entries: list[dict[str, Any]], axis: int | None = None) -> Encoding:
         """Parse AIMET encodings-file entries (a list of one entry, or one per channel along ``axis``).
 
         Every number is checked as :func:`leantorch.quant.encodings_file.parse_encoding` does (a scale

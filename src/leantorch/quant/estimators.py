@@ -56,7 +56,7 @@ class QuantScheme(str, Enum):
     MSE = "mse"
 
     @classmethod
-    def parse(cls, value: "str | QuantScheme") -> "QuantScheme":
+    def parse(cls, value: str | QuantScheme) -> QuantScheme:
         """Accept an enum member or its name (AIMET's ``tf`` is an alias of ``minmax``).
 
         Example:
@@ -465,7 +465,7 @@ class PercentileEstimator(HistogramEstimator):
         return self._squeeze(lo), self._squeeze(hi)
 
 
-def make_estimator(scheme: "str | QuantScheme", axis: int | None = None) -> RangeEstimator:
+def make_estimator(scheme: str | QuantScheme, axis: int | None = None) -> RangeEstimator:
     """Estimator for ``scheme`` (``minmax``, ``tf_enhanced``, ``percentile``, ``mse``).
 
     Example:

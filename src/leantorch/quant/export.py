@@ -45,8 +45,14 @@ from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
 from .encoding import Encoding
-from .encodings_file import (ENCODINGS_VERSION, EncodingsVersion, check_version, encodings_dict, encodings_text,
-                             same_encoding)
+from .encodings_file import (
+    ENCODINGS_VERSION,
+    EncodingsVersion,
+    check_version,
+    encodings_dict,
+    encodings_text,
+    same_encoding,
+)
 from .quantizer import Quantizer
 
 if TYPE_CHECKING:
@@ -100,7 +106,7 @@ def check_opset(opset: Any, wide: bool) -> int:
     return int(opset)
 
 
-def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, example_input: Any = None,
+def export_quantsim(sim: QuantSim, path: str | Path, filename_prefix: str, example_input: Any = None,
                     opset: int | None = None, unsigned_weights: bool = False,
                     encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
@@ -153,7 +159,7 @@ def export_quantsim(sim: "QuantSim", path: str | Path, filename_prefix: str, exa
     return files
 
 
-def float_state_dict(sim: "QuantSim") -> dict[str, torch.Tensor]:
+def float_state_dict(sim: QuantSim) -> dict[str, torch.Tensor]:
     """Float weights of the simulated model under the prepared model's names (``conv1.weight``)."""
     state = {}
     for name, tensor in sim.model.state_dict().items():
@@ -163,7 +169,7 @@ def float_state_dict(sim: "QuantSim") -> dict[str, torch.Tensor]:
     return state
 
 
-def build_qdq_onnx(sim: "QuantSim", inputs: tuple, opset: int | None = None, unsigned_weights: bool = False,
+def build_qdq_onnx(sim: QuantSim, inputs: tuple, opset: int | None = None, unsigned_weights: bool = False,
                    encodings_version: EncodingsVersion = ENCODINGS_VERSION
                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""

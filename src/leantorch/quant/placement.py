@@ -82,7 +82,7 @@ def insert_model_input_quantizers(gm: fx.GraphModule) -> list[Quantizer]:
         gm.input_quantizers.append(q)
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(f"input_quantizers.{len(quantizers)}", args=(node,))
-        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
         new.meta.update(node.meta)
         quantizers.append(q)
     gm.recompile()

@@ -26,7 +26,8 @@ import inspect
 import logging
 import math
 import warnings
-from typing import Any, Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -84,9 +85,9 @@ def fit(
             out of range (checked before the sim is touched).
         EncodingsMissingError: the sim was not calibrated.
         TrainingDataError: the data is empty, is a one-shot iterator while ``epochs > 1`` (refused before
-            training; pass a list or a DataLoader), an epoch after the first sees no batch, a batch is not ``(inputs, targets)``, holds fewer input tensors than
-            the model takes, or holds NaN/Inf (checked before that batch's forward; the steps before it stay
-            taken).
+            training; pass a list or a DataLoader), an epoch after the first sees no batch, a batch is not
+            ``(inputs, targets)``, holds fewer input tensors than the model takes, or holds NaN/Inf (checked
+            before that batch's forward; the steps before it stay taken).
         TrainingDivergedError: the loss or an update became NaN/Inf; the trained tensors are restored to
             the last state that gave a finite loss (lower ``lr``). Distributed: on every rank when any
             rank's loss diverged.

@@ -27,8 +27,10 @@ from torch import nn
 from ..errors import CalibrationDataError, EncodingsMissingError
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
+
 # The numerics live in .primitives; fake_quantize and learnable_fake_quantize stay importable from here.
-from .primitives import fake_quantize as fake_quantize, learnable_fake_quantize as learnable_fake_quantize
+from .primitives import fake_quantize as fake_quantize
+from .primitives import learnable_fake_quantize as learnable_fake_quantize
 from .primitives import lsq_grad_scale
 
 
@@ -48,7 +50,7 @@ class Quantizer(nn.Module):
         self,
         bitwidth: int = 8,
         symmetric: bool = False,
-        scheme: "str | QuantScheme" = QuantScheme.TF_ENHANCED,
+        scheme: str | QuantScheme = QuantScheme.TF_ENHANCED,
         axis: int | None = None,
         unsigned_symmetric: bool = True,
         enabled: bool = True,

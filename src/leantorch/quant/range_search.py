@@ -68,7 +68,8 @@ def _search_chunk(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, h
     # ... and over bins i >= n: mass, Σp·(i-n), Σp·(i-n)².
     q = above_n.to(hist.dtype)
     at_b = mass.gather(1, above_n)
-    rp, r1, r2 = mass[:, -1:] - at_b, first[:, -1:] - first.gather(1, above_n), second[:, -1:] - second.gather(1, above_n)
+    rp = mass[:, -1:] - at_b
+    r1, r2 = first[:, -1:] - first.gather(1, above_n), second[:, -1:] - second.gather(1, above_n)
     right1, right2 = r1 - q * rp, r2 - 2 * q * r1 + (q * q) * rp
     # Distance to the centre just left of a (bin n-1) and just right of b (bin n); 0 where there is none.
     r = torch.where(below_n > 0, lo - centres.gather(1, (below_n - 1).clamp(min=0)), 0.0)

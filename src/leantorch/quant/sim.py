@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -19,8 +20,17 @@ from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag
 from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
-from .encodings_file import (ENCODINGS_VERSION, EncodingsVersion, Target, check_coverage, check_version,
-                             encodings_dict, match_encodings, read_encodings, write_encodings)
+from .encodings_file import (
+    ENCODINGS_VERSION,
+    EncodingsVersion,
+    Target,
+    check_coverage,
+    check_version,
+    encodings_dict,
+    match_encodings,
+    read_encodings,
+    write_encodings,
+)
 from .estimators import QuantScheme, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
@@ -64,11 +74,11 @@ class QuantSim:
         example_input: Any,
         param_bw: int = 8,
         act_bw: int = 8,
-        scheme: "str | QuantScheme" = "tf_enhanced",
+        scheme: str | QuantScheme = "tf_enhanced",
         per_channel: bool | None = None,
-        config: "str | Path | QuantSimConfig | dict[str, Any]" = "default",
-        param_scheme: "str | QuantScheme | None" = None,
-        leaf_modules: "list[type | str] | None" = None,
+        config: str | Path | QuantSimConfig | dict[str, Any] = "default",
+        param_scheme: str | QuantScheme | None = None,
+        leaf_modules: list[type | str] | None = None,
         range_learning: bool = False,
     ) -> None:
         self.settings = QuantSettings(
@@ -233,7 +243,8 @@ class QuantSim:
             if calibrating and not any(q._estimator.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
-        total = num_batches if num_batches is not None else (len(calibration) if hasattr(calibration, "__len__") else None)
+        total = (num_batches if num_batches is not None
+                 else (len(calibration) if hasattr(calibration, "__len__") else None))
         seen = 0
         bar = tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False)
         try:
