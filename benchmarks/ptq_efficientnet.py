@@ -116,12 +116,12 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
             row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", rounded, fold_s + gptq_s,
                 time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse", frozen=encodings)
     if args.seq_mse:
-        with tempfile.TemporaryDirectory() as tmp:  # SeqMSE chooses the grids itself (from minmax ranges)
+        with tempfile.TemporaryDirectory() as tmp:  # SeqMSE chooses the grids itself (shrunk minmax ranges)
             start = time.perf_counter()
             chosen, encodings = lt.seq_mse(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
                                            num_batches=args.adaround_batches, path=tmp)
             seq_s = time.perf_counter() - start
-            row("W4A8 per-channel SeqMSE weights (quantized inputs), BN folded", chosen, fold_s + seq_s,
+            row("W4A8 per-channel SeqMSE weights (asym inputs), BN folded", chosen, fold_s + seq_s,
                 time.perf_counter(), param_bw=4, per_channel=True, frozen=encodings)
 
 
