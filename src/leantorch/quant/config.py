@@ -91,7 +91,10 @@ class QuantSimConfig:
     def rule(self, op_type: str) -> ResolvedRule:
         """Settings for layers of ``op_type``."""
         over = self.op_types.get(op_type, OpRule())
-        pick = lambda value, default: default if value is None else value  # noqa: E731
+
+        def pick(value: bool | None, default: bool) -> bool:
+            return default if value is None else value
+
         return ResolvedRule(
             input_quantized=pick(over.input_quantized, self.input_quantized),
             output_quantized=pick(over.output_quantized, self.output_quantized),

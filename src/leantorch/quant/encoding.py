@@ -57,7 +57,8 @@ def check_bitwidth(bitwidth: Any, what: str = "bitwidth") -> int:
             f"{what}={bitwidth!r} is not supported: use an integer from {MIN_BITWIDTH} to "
             f"{MAX_BITWIDTH}, or {FLOAT_BITWIDTH} to keep the tensor in floating point."
         )
-    return bitwidth
+    checked: int = bitwidth  # an int, as checked above
+    return checked
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class Encoding:
     @property
     def num_steps(self) -> int:
         """Number of quantization steps, ``2**bw - 1``."""
-        return 2**self.bitwidth - 1
+        steps: int = 2**self.bitwidth - 1  # (typeshed types int ** int as Any: the exponent could be negative)
+        return steps
 
     @property
     def min(self) -> torch.Tensor:

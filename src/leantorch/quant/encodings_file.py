@@ -115,7 +115,8 @@ def check_version(version: Any, what: str = "encodings_version") -> str:
         ...
         leantorch.errors.InvalidOptionError: encodings_version='0.6.2': use one of '0.6.1', '1.0.0', '2.0.0'
     """
-    return check_choice(what, version, READABLE_VERSIONS)
+    checked: str = check_choice(what, version, READABLE_VERSIONS)
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -160,9 +161,9 @@ def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
             "Write the file with AIMET's encoding_version set to one of them (or sim.save_encodings)."
         )
     if version != ENCODINGS_VERSION:
-        data = to_legacy(data, source)
-        _check_names_map(data.get(NAMES_KEY), source)
-        return data
+        legacy = to_legacy(data, source)
+        _check_names_map(legacy.get(NAMES_KEY), source)
+        return legacy
     present = [s for s in SECTIONS if s in data]
     if not present:
         raise EncodingsFileError(f"{source} holds no encodings: neither {SECTIONS[0]!r} nor {SECTIONS[1]!r} is "

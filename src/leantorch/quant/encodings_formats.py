@@ -62,7 +62,7 @@ _SYMMETRY = {True: True, False: False, "True": True, "False": False, "true": Tru
 _NOT_YET = "not supported yet (leantorch has no blockwise quantization); only per-tensor and per-channel"
 
 
-def legacy_entries(bitwidth: Any, symmetric: Any, scales: list, offsets: list) -> list[dict[str, Any]]:
+def legacy_entries(bitwidth: Any, symmetric: Any, scales: list[Any], offsets: list[Any]) -> list[dict[str, Any]]:
     """0.6.1 entries (one per value of ``scales``) with ``min``/``max`` derived from scale and offset.
 
     Values that are not numbers are passed on as they are, for the 0.6.1 checks to name them.

@@ -35,6 +35,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 import torch
 
@@ -96,7 +97,8 @@ def storage_order(x: torch.Tensor) -> torch.Tensor:
     """``x`` with its dimensions permuted into memory order (outermost first): a contiguous view whenever ``x``
     is dense (e.g. channels-last), so that ``reshape(-1)`` of it does not copy. Dimensions of size 1 and equal
     strides keep their order."""
-    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+    # mypy checks the lambda against stride()'s first overload (no dim: a tuple), hence the ignore
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))  # type: ignore[operator]
     return x.permute(order) if order != list(range(x.dim())) else x
 
 
@@ -233,6 +235,7 @@ class HistogramEstimator(RangeEstimator):
         if self.hist is None:
             self._start(lo, hi)
         else:
+            assert self.lo is not None and self.hi is not None  # set with hist
             self._grow(torch.minimum(self.lo, lo), torch.maximum(self.hi, hi))
         assert self.hist is not None and self.exponent is not None and self.start is not None
         self.hist += grid_counts(flat, self.exponent, self.start, self.num_bins)
@@ -256,6 +259,7 @@ class HistogramEstimator(RangeEstimator):
 
     def _grow(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
         assert self.hist is not None and self.exponent is not None and self.start is not None
+        assert self.lo is not None and self.hi is not None  # set with hist
         # An unchanged range keeps its grid; on a GPU the check would cost a host sync per batch, more than
         # the 512-slot re-gridding it saves.
         if new_lo.device.type == "cpu" and bool((new_lo == self.lo).all()) and bool((new_hi == self.hi).all()):
@@ -285,7 +289,7 @@ class _SearchEstimator(HistogramEstimator):
                    unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate ``(min, max)`` pairs, each ``[C, K]``, for observed ranges ``lo, hi`` ``[C]``."""
 
-    def settings(self) -> tuple:
+    def settings(self) -> tuple[Any, ...]:
         """What the candidates depend on besides the range (estimators with equal settings search together)."""
         return (self.num_bins, self.gamma)
 
@@ -328,7 +332,7 @@ def search_ranges(estimators: Sequence[_SearchEstimator], bitwidth: int, symmetr
     best_lo, best_hi = cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]  # first of equal ones
     sizes = [v[0].shape[0] for v in views]
     return [(est._squeeze(a), est._squeeze(b))
-            for est, a, b in zip(estimators, best_lo.split(sizes), best_hi.split(sizes))]
+            for est, a, b in zip(estimators, best_lo.split(sizes), best_hi.split(sizes))]  # type: ignore[no-untyped-call]
 
 
 def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -346,7 +350,7 @@ def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> li
         True
     """
     results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(jobs)
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (est, bitwidth, symmetric, unsigned_symmetric) in enumerate(jobs):
         if isinstance(est, _SearchEstimator):
             unsigned = est.is_unsigned(symmetric, unsigned_symmetric)
@@ -382,7 +386,7 @@ class TfEnhancedEstimator(_SearchEstimator):
         self.offset_candidates = offset_candidates
         self.symmetric_candidates = symmetric_candidates
 
-    def settings(self) -> tuple:
+    def settings(self) -> tuple[Any, ...]:
         return (*super().settings(), self.delta_candidates, self.offset_candidates, self.symmetric_candidates)
 
     def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
@@ -421,7 +425,7 @@ class MseEstimator(_SearchEstimator):
         super().__init__(axis, num_bins)
         self.num_candidates = num_candidates
 
-    def settings(self) -> tuple:
+    def settings(self) -> tuple[Any, ...]:
         return (*super().settings(), self.num_candidates)
 
     def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
@@ -472,7 +476,7 @@ def make_estimator(scheme: str | QuantScheme, axis: int | None = None) -> RangeE
         >>> type(make_estimator("tf_enhanced")).__name__
         'TfEnhancedEstimator'
     """
-    kinds = {
+    kinds: dict[QuantScheme, type[RangeEstimator]] = {
         QuantScheme.MINMAX: MinMaxEstimator,
         QuantScheme.TF_ENHANCED: TfEnhancedEstimator,
         QuantScheme.PERCENTILE: PercentileEstimator,

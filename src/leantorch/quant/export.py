@@ -32,7 +32,7 @@ import io
 import numbers
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import onnx
@@ -57,6 +57,8 @@ from .quantizer import Quantizer
 
 if TYPE_CHECKING:
     from .sim import QuantSim
+
+_V = TypeVar("_V")
 
 
 class Marked(NamedTuple):
@@ -94,7 +96,7 @@ def check_opset(opset: Any, wide: bool) -> int:
     """
     if opset is None:
         return WIDE_OPSET if wide else 17
-    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= opset <= MAX_OPSET:
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise InvalidOptionError(
             f"opset={opset!r}: leantorch exports ONNX opsets {MIN_OPSET} to {MAX_OPSET} ({MIN_OPSET} is the first with "
             f"per-channel QuantizeLinear, {WIDE_OPSET} the first with 16-bit ones); None picks 17, or {WIDE_OPSET} "
@@ -169,7 +171,7 @@ def float_state_dict(sim: QuantSim) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_qdq_onnx(sim: QuantSim, inputs: tuple, opset: int | None = None, unsigned_weights: bool = False,
+def build_qdq_onnx(sim: QuantSim, inputs: tuple[Any, ...], opset: int | None = None, unsigned_weights: bool = False,
                    encodings_version: EncodingsVersion = ENCODINGS_VERSION
                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
@@ -183,7 +185,8 @@ def build_qdq_onnx(sim: QuantSim, inputs: tuple, opset: int | None = None, unsig
     input_names = [f"input{i}" if len(cpu_inputs) > 1 else "input" for i in range(len(cpu_inputs))]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, cpu_inputs, buffer, dynamo=False, opset_version=export_opset,
+        # torch's stub types f as a path, but the TorchScript exporter also writes to a file object
+        torch.onnx.export(model, cpu_inputs, buffer, dynamo=False, opset_version=export_opset,  # type: ignore[arg-type]
                           input_names=input_names, output_names=["output"],
                           custom_opsets={"leantorch": 1}, do_constant_folding=True,
                           dynamic_axes={n: {0: "batch"} for n in input_names} | {"output": {0: "batch"}})
@@ -231,7 +234,7 @@ def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
     return entries
 
 
-def _container(enc: Encoding, unsigned: bool = False) -> tuple[int, np.dtype]:
+def _container(enc: Encoding, unsigned: bool = False) -> tuple[int, type[np.integer[Any]]]:
     signed = enc.is_signed and not unsigned
     if enc.bitwidth <= 8:
         return (TensorProto.INT8, np.int8) if signed else (TensorProto.UINT8, np.uint8)
@@ -251,7 +254,7 @@ def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, 
     shift = 2 ** (enc.bitwidth - 1) if enc.is_signed and not unsigned else 0
     zero_point = (-enc.offset.detach().cpu().numpy() - shift).astype(np_type)
     inits = [numpy_helper.from_array(scale, f"{stem}_scale"), numpy_helper.from_array(zero_point, f"{stem}_zero_point")]
-    attrs = {"axis": enc.axis} if enc.axis is not None else {}
+    attrs: dict[str, Any] = {"axis": enc.axis} if enc.axis is not None else {}
     nodes = []
     source = x
     container_bits = 8 if enc.bitwidth <= 8 else 16
@@ -324,7 +327,10 @@ def _record(found: FileEncodings, section: str, encodings: dict[str, Encoding], 
 
 def _rename_keys(found: FileEncodings, renames: dict[str, str]) -> FileEncodings:
     """Apply initializer renames to the file's keys, so that every key names a tensor of the ONNX model."""
-    rename = lambda mapping: {renames.get(k, k): v for k, v in mapping.items()}  # noqa: E731
+
+    def rename(mapping: dict[str, _V]) -> dict[str, _V]:
+        return {renames.get(k, k): v for k, v in mapping.items()}
+
     return FileEncodings(rename(found.activations), rename(found.params),
                          {section: rename(names) for section, names in found.names.items()})
 

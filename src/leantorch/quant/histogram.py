@@ -93,7 +93,8 @@ _SCRATCH = threading.local()
 def _scratch() -> _Scratch:
     if not hasattr(_SCRATCH, "value"):
         _SCRATCH.value = _Scratch()
-    return _SCRATCH.value
+    scratch: _Scratch = _SCRATCH.value
+    return scratch
 
 
 def release_scratch() -> None:
@@ -147,7 +148,7 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
     start16 = start.to(torch.int16)
     lane_offsets = _lane_offsets(min(x.numel(), _CHUNK), lanes, slots, x.device)
     total: torch.Tensor | None = None
-    for part in x.split(_CHUNK) if x.device.type == "cpu" else (x,):
+    for part in x.split(_CHUNK) if x.device.type == "cpu" else (x,):  # type: ignore[no-untyped-call]  # unannotated in torch
         scaled = torch.mul(part, scale, out=scratch.get(part.numel(), scale.dtype, x.device))
         index = scratch.get(part.numel(), torch.int16, x.device)
         index.copy_(scaled)  # truncation toward zero; |bin| < 2**15 by the choice of exponent

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import operator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import fx, nn
@@ -53,7 +54,7 @@ def wrap_layers(gm: fx.GraphModule) -> dict[str, QuantWrapper]:
     for node, module in list(call_sites(gm)):
         num_inputs = sum(1 for a in node.args if isinstance(a, fx.Node))
         wrapper = QuantWrapper(module, op_type(module), num_inputs, _count_tensor_outputs(node))
-        _set_submodule(gm, node.target, wrapper)
+        _set_submodule(gm, _target(node), wrapper)
         wrappers[str(node.target)] = wrapper
     return wrappers
 
@@ -65,6 +66,12 @@ def _count_tensor_outputs(node: fx.Node) -> int:
     return 1 if isinstance(value, torch.Tensor) else 0
 
 
+def _target(node: fx.Node) -> str:
+    """The qualified name a ``call_module`` node calls (fx types targets as ``str | Callable``)."""
+    assert isinstance(node.target, str)
+    return node.target
+
+
 def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     parent_name, _, leaf = target.rpartition(".")
     setattr(gm.get_submodule(parent_name) if parent_name else gm, leaf, module)
@@ -72,14 +79,15 @@ def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 
 def insert_model_input_quantizers(gm: fx.GraphModule) -> list[Quantizer]:
     """Add a quantizer after each tensor placeholder (``input_quantizers.N``)."""
-    gm.add_module("input_quantizers", nn.ModuleList())
-    quantizers = []
+    input_quantizers = nn.ModuleList()
+    gm.add_module("input_quantizers", input_quantizers)
+    quantizers: list[Quantizer] = []
     for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
         value = node.meta.get("lt_value")
         if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
             continue
         q = Quantizer(enabled=False)
-        gm.input_quantizers.append(q)
+        input_quantizers.append(q)
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(f"input_quantizers.{len(quantizers)}", args=(node,))
         node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
@@ -95,8 +103,8 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
     for wrapper in wrappers.values():
         _configure_layer(wrapper, config, settings)
     internal_edges = _apply_supergroups(gm, config)
-    for q in gm.input_quantizers:
-        _configure_activation(q, config, settings, enabled=config.model_input_quantized)
+    for q in cast(nn.ModuleList, gm.input_quantizers):
+        _configure_activation(cast(Quantizer, q), config, settings, enabled=config.model_input_quantized)
     _close_gaps(gm, config, settings, internal_edges)
     for name, module in gm.named_modules():
         if isinstance(module, Quantizer):
@@ -106,10 +114,11 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
 def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: QuantSettings) -> None:
     rule = config.rule(wrapper.op_type)
     for q in wrapper.output_quantizers:
-        _configure_activation(q, config, settings, rule.output_quantized)
+        _configure_activation(cast(Quantizer, q), config, settings, rule.output_quantized)
     for q in wrapper.input_quantizers:
-        _configure_activation(q, config, settings, rule.input_quantized)
-    for name, q in wrapper.param_quantizers.items():
+        _configure_activation(cast(Quantizer, q), config, settings, rule.input_quantized)
+    for name, module in wrapper.param_quantizers.items():
+        q = cast(Quantizer, module)
         q.bitwidth, q.scheme = settings.param_bw, settings.param_scheme
         q.symmetric, q.unsigned_symmetric = config.param_symmetric, False
         if name == "weight":
@@ -131,8 +140,8 @@ def _apply_supergroups(gm: fx.GraphModule, config: QuantSimConfig) -> set[tuple[
     for pattern in sorted(config.supergroups, key=len, reverse=True):
         for chain in find_chains(gm, pattern):
             for producer, consumer in zip(chain, chain[1:]):
-                for q in gm.get_submodule(producer.target).output_quantizers:
-                    q.enabled = False
+                for q in cast(QuantWrapper, gm.get_submodule(_target(producer))).output_quantizers:
+                    cast(Quantizer, q).enabled = False
                 edges.add((producer, consumer))
     return edges
 
@@ -150,10 +159,10 @@ def _close_gaps(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSetti
             if (source, node) in internal_edges:
                 continue
             # A model input is governed by `model_input_quantized` alone.
-            if source is not None and (isinstance(gm.get_submodule(source.target), Quantizer)
+            if source is not None and (isinstance(gm.get_submodule(_target(source)), Quantizer)
                                        or _output_is_quantized(gm, source)):
                 continue
-            _configure_activation(q, config, settings, enabled=True)
+            _configure_activation(cast(Quantizer, q), config, settings, enabled=True)
             log.debug("input %s of %s is not on a grid; quantizing it", arg.name, node.target)
 
 
@@ -166,19 +175,20 @@ def _grid_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     """Follow data-movement ops back to the node that computed the values of ``node``."""
     while True:
         if node.op in ("call_method", "call_function") and node.target in _DATA_MOVEMENT:
-            node = node.args[0]
+            arg = node.args[0]
         elif node.op == "call_module":
-            module = gm.get_submodule(node.target)
+            module = gm.get_submodule(_target(node))
             if isinstance(module, QuantWrapper) and module.op_type in PASSTHROUGH_TYPES:
-                node = node.args[0]
+                arg = node.args[0]
             else:
                 return node
         else:
             return node if node.op == "call_module" else None
-        if not isinstance(node, fx.Node):
+        if not isinstance(arg, fx.Node):
             return None
+        node = arg
 
 
 def _output_is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
-    module = gm.get_submodule(node.target)
+    module = gm.get_submodule(_target(node))
     return isinstance(module, QuantWrapper) and any(q.enabled for q in module.output_quantizers)

@@ -26,8 +26,8 @@ import inspect
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Sized
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..batches import all_finite, is_iterable, model_inputs
-from ..distributed import DistributedMismatchError, check_same, merge_group, reduce_scalar
-from ..errors import EncodingsMissingError, TrainingDataError, TrainingDivergedError
+from ..distributed import check_same, merge_group, reduce_scalar
+from ..errors import DistributedMismatchError, EncodingsMissingError, TrainingDataError, TrainingDivergedError
 from ..options import check_choice, check_count, check_flag, check_positive
 from .quantizer import Quantizer
 from .sim import QuantSim
@@ -145,7 +145,7 @@ def fit(
                                        epoch, epochs, progress, group))
             log.info("QAT epoch %d/%d: mean loss %.4f", epoch + 1, epochs, losses[-1])
     except (TrainingDataError, TrainingDivergedError, DistributedMismatchError) as exc:
-        exc.losses = list(losses)  # type: ignore[attr-defined]  # only the epochs that completed
+        exc.losses = list(losses)  # type: ignore[union-attr]  # only the epochs that completed
         raise
     finally:
         base.train(was_training)
@@ -167,14 +167,14 @@ def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
     check_same(group, described, "quantizers (name, bitwidth, symmetric, axis, active, learnable, shape)")
     if hasattr(train_batches, "__len__"):
         # Uneven shards would leave the ranks with more batches waiting for the others' gradients forever.
-        check_same(group, [len(train_batches)], "number of training batches per epoch (shard the data evenly, "
-                   "e.g. DistributedSampler(drop_last=True))")
+        check_same(group, [len(cast(Sized, train_batches))], "number of training batches per epoch (shard the data "
+                   "evenly, e.g. DistributedSampler(drop_last=True))")
     # Fixed encodings are buffers: sent once from rank 0 here, not before every forward (they do not change;
     # DDP's `broadcast_buffers=False` would skip the first sync as well).
     source = torch.distributed.get_global_rank(group, 0)
     for buffer in base.buffers():
         torch.distributed.broadcast(buffer.data, src=source, group=group)
-    no_resync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+    no_resync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                  inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
     # Learnable encodings of inactive quantizers get no gradient; DDP must be told to expect that.
     unused = any(p.requires_grad for m in base.modules() if isinstance(m, Quantizer) and not m.is_active
@@ -276,7 +276,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
                 "Fix: lower lr (and range_lr), e.g. by 10x, or check loss_fn on this batch.")
         guard.save()  # this state just gave a finite loss: the one to go back to if the step goes wrong
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
         opt.step()
         # A NaN weight can hide behind a quantizer (clamped onto the grid) and never show in the loss.
         if not guard.current_is_finite():
@@ -298,7 +298,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
     return total / count
 
 
-def _batch_tensors(batch: Any, step: int, num_inputs: int, device: torch.device) -> tuple[tuple, Any]:
+def _batch_tensors(batch: Any, step: int, num_inputs: int,
+                   device: torch.device) -> tuple[tuple[torch.Tensor, ...], Any]:
     """``(inputs, targets)`` of one batch on ``device``: the last item is the target, the model inputs are read
     from what precedes it by :func:`leantorch.batches.model_inputs`; NaN/Inf is refused before it reaches the
     weights."""

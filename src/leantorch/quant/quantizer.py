@@ -45,6 +45,11 @@ class Quantizer(nn.Module):
     """
 
     op_type = "Quantize"
+    # Registered as buffers (or as parameters under range learning) in __init__/_store_grid; declared here
+    # so that type checkers see tensors rather than nn.Module.__getattr__'s Tensor | Module.
+    scale: torch.Tensor | None
+    offset: torch.Tensor | None
+    configured_enabled: bool  # set by QuantSim the first time it switches this quantizer off or on
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class Quantizer(nn.Module):
 
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 scale, int64 offset) in use; learned values are snapped to a valid grid."""
+        assert self.scale is not None and self.offset is not None, "called only once an encoding is set"
         if not self.is_learnable:
             return self.scale, self.offset
         scale = self.scale.detach().abs().clamp_min(MIN_SCALE)
@@ -124,13 +130,16 @@ class Quantizer(nn.Module):
             self._store_grid(scale.clone(), offset.clone(), learnable=enabled and not self.frozen)
 
     def _store_grid(self, scale: torch.Tensor | None, offset: torch.Tensor | None, learnable: bool) -> None:
-        if learnable and self.is_learnable and self.scale.shape == scale.shape:
-            # Update in place so that an optimizer built earlier keeps training the same tensors.
-            with torch.no_grad():
-                self.scale.copy_(scale)
-                self.offset.copy_(offset.to(self.offset.dtype))
-            self.offset.requires_grad_(not self.symmetric)
-            return
+        if learnable and self.is_learnable:
+            # learnable is only asked for with an encoding, and is_learnable means one is held
+            assert scale is not None and offset is not None and self.scale is not None and self.offset is not None
+            if self.scale.shape == scale.shape:
+                # Update in place so that an optimizer built earlier keeps training the same tensors.
+                with torch.no_grad():
+                    self.scale.copy_(scale)
+                    self.offset.copy_(offset.to(self.offset.dtype))
+                self.offset.requires_grad_(not self.symmetric)
+                return
         for name in ("scale", "offset"):
             self._parameters.pop(name, None)
             self._buffers.pop(name, None)
@@ -209,12 +218,16 @@ class Quantizer(nn.Module):
                 f"quantizer {self.name or ''} has no encoding: call sim.compute_encodings(...) "
                 "(or load encodings) before evaluating or exporting the model."
             )
+        assert self.offset is not None  # set together with scale
         if self.is_learnable and torch.is_grad_enabled() and self.export_index is None:
             return learnable_fake_quantize(x, self.scale, self.offset, self.bitwidth, self.axis,
                                            self._lsq_grad_factor(x))
         scale, offset = self._grid()
         if self.export_index is not None:
-            return OnnxQuantizeMarker.apply(x, scale, offset, self.bitwidth, self.axis, self.export_index)
+            # torch's stubs leave Function.apply untyped
+            marked: torch.Tensor = OnnxQuantizeMarker.apply(  # type: ignore[no-untyped-call]
+                x, scale, offset, self.bitwidth, self.axis, self.export_index)
+            return marked
         return fake_quantize(x, scale, offset, self.bitwidth, self.axis)
 
     def _lsq_grad_factor(self, x: torch.Tensor) -> float:
@@ -261,7 +274,7 @@ class OnnxQuantizeMarker(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, scale, offset, bitwidth, axis, index):  # type: ignore[no-untyped-def,override]
+    def forward(ctx, x, scale, offset, bitwidth, axis, index):  # type: ignore[no-untyped-def]
         return fake_quantize(x, scale, offset, bitwidth, axis)
 
     @staticmethod

@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -31,7 +31,7 @@ from .encodings_file import (
     read_encodings,
     write_encodings,
 )
-from .estimators import QuantScheme, release_scratch
+from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
 from .wrapper import QuantWrapper
@@ -119,7 +119,8 @@ class QuantSim:
 
     def param_quantizers(self) -> dict[str, Quantizer]:
         """Parameter quantizers keyed by parameter name (``"conv1.weight"``), as in encodings files."""
-        return {f"{layer}.{p}": q for layer, w in self.layers().items() for p, q in w.param_quantizers.items()}
+        return {f"{layer}.{p}": cast(Quantizer, q)
+                for layer, w in self.layers().items() for p, q in w.param_quantizers.items()}
 
     def activation_quantizers(self) -> dict[str, Quantizer]:
         """Input/output quantizers keyed by their qualified module name."""
@@ -153,16 +154,16 @@ class QuantSim:
             raise UnknownLayerError(_unknown_layers_message(missing, list(all_layers)))
         for name in names:
             wrapper = all_layers[name]
-            groups = [wrapper.param_quantizers.values()] if params else \
+            groups: list[Iterable[nn.Module]] = [wrapper.param_quantizers.values()] if params else \
                 [wrapper.input_quantizers, wrapper.output_quantizers]
             for group in groups:
-                for q in group:
+                for q in map(_as_quantizer, group):
                     # Remember what the config chose so that re-enabling restores exactly that.
                     if not hasattr(q, "configured_enabled"):
                         q.configured_enabled = q.enabled
                     q.enabled = enabled and q.configured_enabled
         if not params and layers is None:
-            for q in self.model.input_quantizers:
+            for q in map(_as_quantizer, cast(nn.ModuleList, self.model.input_quantizers)):
                 if not hasattr(q, "configured_enabled"):
                     q.configured_enabled = q.enabled
                 q.enabled = enabled and q.configured_enabled
@@ -218,29 +219,31 @@ class QuantSim:
                 self._run_calibration(calibration, num_batches, progress)
             ran = True
             if group is not None:
-                merge_estimators({n: q._estimator for n, q in named.items()}, group, self.device)
+                # every one of them was started above, so none is None
+                estimators = cast(dict[str, RangeEstimator], {n: q._estimator for n, q in named.items()})
+                merge_estimators(estimators, group, self.device)
             results = list(zip(activations, finish_calibrations(activations, apply=False)))
         except BaseException:
             if group is not None and not ran:
                 any_rank_failed(group, failed=True)  # the other ranks raise instead of waiting at the merge
             for q in activations:
                 q.abort_calibration()
-            for q, enc in previous:
-                q.set_encoding(enc)
+            for q, old in previous:
+                q.set_encoding(old)
             raise
         finally:
             self.model.train(was_training)
             release_scratch()
-        for q, enc in results:
-            if enc is None:
+        for q, found in results:
+            if found is None:
                 log.warning("quantizer %s saw no data during calibration", q.name)
-            q.set_encoding(enc)
+            q.set_encoding(found)
 
     def _run_calibration(self, calibration: Any, num_batches: int | None, progress: bool) -> None:
         if callable(calibration) and not isinstance(calibration, (torch.Tensor, list, tuple)):
             calibration(self.model)
             calibrating = [q for q in self.activation_quantizers().values() if q._estimator is not None]
-            if calibrating and not any(q._estimator.has_data for q in calibrating):
+            if calibrating and not any(q._estimator is not None and q._estimator.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
         total = (num_batches if num_batches is not None
@@ -260,7 +263,7 @@ class QuantSim:
         if seen == 0:
             raise CalibrationDataError("calibration data is empty: pass at least one batch")
 
-    def _to_inputs(self, batch: Any, index: int) -> tuple:
+    def _to_inputs(self, batch: Any, index: int) -> tuple[torch.Tensor, ...]:
         """Model inputs of one calibration batch on the sim's device (:func:`leantorch.batches.model_inputs`);
         CalibrationDataError names a batch that is not one (wrong structure, NaN/Inf)."""
         return model_inputs(batch, len(self.example_input), index, device=self.device)
@@ -375,6 +378,11 @@ class QuantSim:
         return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights,
                                encodings_version)
 
+
+
+def _as_quantizer(module: nn.Module) -> Quantizer:
+    """An entry of a quantizer ModuleList/ModuleDict, typed as the Quantizer it is."""
+    return cast(Quantizer, module)
 
 
 def _unknown_layers_message(missing: list[str], valid: list[str]) -> str:

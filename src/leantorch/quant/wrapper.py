@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,30 +34,31 @@ class QuantWrapper(nn.Module):
             {name: Quantizer(enabled=False) for name, _ in module.named_parameters(recurse=False)}
         )
         for q in self.param_quantizers.values():
-            q.is_param = True
+            cast(Quantizer, q).is_param = True
         # Exact types only: a subclass (e.g. a conv that pads in its own forward) goes the generic way.
         self._kind = "conv" if type(module) in _CONVS else "linear" if type(module) is nn.Linear else "generic"
-        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        self._cache: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        num_inputs = len(self.input_quantizers)
         args = tuple(
-            q(a) if i < len(self.input_quantizers) and isinstance(a, torch.Tensor) else a
-            for i, (a, q) in enumerate(zip(args, list(self.input_quantizers) + [None] * len(args)))
+            self.input_quantizers[i](a) if i < num_inputs and isinstance(a, torch.Tensor) else a
+            for i, a in enumerate(args)
         )
         params = self.quantized_params()
         if not params:
             out = self.module(*args, **kwargs)
         elif self._kind == "conv":
-            m = self.module
-            out = m._conv_forward(args[0], params.get("weight", m.weight), params.get("bias", m.bias))
+            conv = cast(nn.modules.conv._ConvNd, self.module)
+            out = conv._conv_forward(args[0], params.get("weight", conv.weight), params.get("bias", conv.bias))
         elif self._kind == "linear":
-            m = self.module
-            out = F.linear(args[0], params.get("weight", m.weight), params.get("bias", m.bias))
+            linear = cast(nn.Linear, self.module)
+            out = F.linear(args[0], params.get("weight", linear.weight), params.get("bias", linear.bias))
         else:
             out = self._call_with_params(params, args, kwargs)
         return self._quantize_outputs(out)
 
-    def _call_with_params(self, params: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
+    def _call_with_params(self, params: dict[str, torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the module's own forward with some parameters swapped for their quantized versions.
 
         (``torch.func.functional_call`` does the same but cannot be traced by the ONNX exporter.)
@@ -65,7 +66,7 @@ class QuantWrapper(nn.Module):
         slots = self.module._parameters
         saved = {name: slots[name] for name in params}
         try:
-            slots.update(params)
+            slots.update(params)  # type: ignore[arg-type]  # plain tensors in the parameter slots, for this call only
             return self.module(*args, **kwargs)
         finally:
             slots.update(saved)
