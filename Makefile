@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench browser clean
+.PHONY: demo test test-fast lint bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[demo,test,ray]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[demo,test,ray,lint]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,12 @@ test: $(STAMP) browser
 # The development loop: everything but the tests marked slow (model-level runs, README examples).
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" tests
+
+# Lint and type checks (settings in pyproject.toml): ruff on all the code, mypy --strict on the packages listed
+# in [tool.mypy] files (those that pass it so far). Also run by the pre-commit hooks (.pre-commit-config.yaml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 # The HTML report is tested in a real headless Chromium (Debian's package). Where it cannot be installed
 # (not root, no apt) that one test is skipped and says why; everything else still runs.
