@@ -9,8 +9,8 @@ from torch import nn
 
 import leantorch as lt
 from leantorch.errors import InvalidOptionError
-from leantorch.quant.encoding import compute_encoding
 from leantorch.ptq.seq_mse import candidate_errors, seq_mse_search
+from leantorch.quant.encoding import compute_encoding
 
 
 def _brute_force(w: torch.Tensor, x: torch.Tensor, xq: torch.Tensor, enc, n: int) -> torch.Tensor:
@@ -34,8 +34,9 @@ def _brute_force(w: torch.Tensor, x: torch.Tensor, xq: torch.Tensor, enc, n: int
 @pytest.mark.parametrize("same_inputs", [True, False])
 def test_candidate_errors_equal_brute_force_output_mse(per_channel: bool, symmetric: bool, same_inputs: bool) -> None:
     gen = torch.Generator().manual_seed(int(per_channel) + 2 * int(symmetric) + 4 * int(same_inputs))
-    w = torch.randn(6, 12, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 3, 6, dtype=torch.float64)[:, None]
-    x = torch.randn(12, 400, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 2, 12, dtype=torch.float64)[:, None]
+    f64 = torch.float64
+    w = torch.randn(6, 12, generator=gen, dtype=f64) * torch.linspace(0.2, 3, 6, dtype=f64)[:, None]
+    x = torch.randn(12, 400, generator=gen, dtype=f64) * torch.linspace(0.1, 2, 12, dtype=f64)[:, None]
     xq = x if same_inputs else x + 0.05 * torch.randn(12, 400, generator=gen, dtype=torch.float64)
     axis = 0 if per_channel else None
     lo, hi = (w.amin(1), w.amax(1)) if per_channel else (w.min(), w.max())
@@ -94,7 +95,7 @@ def test_seq_mse_end_to_end_weights_on_frozen_grids_and_better_than_nearest(tmp_
     for name, q in sim.param_quantizers().items():
         if name.endswith("weight") and q.is_active:
             layer = name.rpartition(".")[0]
-            weight = getattr(sim.layers()[layer].module, "weight").detach()
+            weight = sim.layers()[layer].module.weight.detach()
             assert torch.equal(q(weight), weight), name  # on its grid: quantizing changes nothing
     nearest = lt.QuantSim(net, data[0][:1], param_bw=4, act_bw=8, per_channel=True, param_scheme="minmax")
     nearest.compute_encodings(data, progress=False)

@@ -24,24 +24,33 @@ from .errors import (
 from .graph import prepare
 
 __version__ = "0.1.0"
+from . import analysis, compress, evaluation, graph, metrics
+from .analysis import AnalysisReport, analyze
+from .compress import CompressionError
+from .evaluation import OutputScore, agreement_score, sqnr_score
+from .ptq.adaround import adaround
+from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
+from .ptq.bias_correction import bias_correction
+from .ptq.bn_fold import fold_batch_norms
+from .ptq.cle import cross_layer_scale, equalize
+from .ptq.gptq import gptq
+from .ptq.relu6 import replace_relu6
+from .ptq.seq_mse import seq_mse
+from .quant import qat
 from .quant.config import OpRule, QuantSimConfig
 from .quant.encoding import Encoding, compute_encoding
 from .quant.estimators import QuantScheme
 from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
-from .quant import qat
-from . import graph, metrics
-from .ptq.bn_fold import fold_batch_norms
-from .ptq.cle import cross_layer_scale, equalize
-from .ptq.relu6 import replace_relu6
-from .ptq.bias_correction import bias_correction
-from .ptq.adaround import adaround
-from .ptq.gptq import gptq
-from .ptq.seq_mse import seq_mse
-from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
-from . import analysis
-from .analysis import AnalysisReport, analyze
-from . import compress
-from .compress import CompressionError
-from . import evaluation
-from .evaluation import OutputScore, agreement_score, sqnr_score
+
+__all__ = [
+    "__version__", "CalibrationDataError", "ConfigError", "DataError", "DistributedMismatchError",
+    "EncodingsFileError", "EncodingsMissingError", "ExportError", "InputShapeError", "InvalidOptionError",
+    "LeanTorchError", "NonFiniteModelError", "OutputPathError", "ParallelBackendError", "RayNotInstalledError",
+    "TraceError", "TrainingDataError", "TrainingDivergedError", "UnknownLayerError", "UnsupportedBitwidthError",
+    "prepare", "analysis", "compress", "evaluation", "graph", "metrics", "AnalysisReport", "analyze",
+    "CompressionError", "OutputScore", "agreement_score", "sqnr_score", "adaround", "AutoQuantResult",
+    "EvalFunctionError", "auto_quant", "bias_correction", "fold_batch_norms", "cross_layer_scale", "equalize",
+    "gptq", "replace_relu6", "seq_mse", "qat", "OpRule", "QuantSimConfig", "Encoding", "compute_encoding",
+    "QuantScheme", "Quantizer", "QuantSim",
+]

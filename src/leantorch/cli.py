@@ -21,26 +21,41 @@ import logging
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .cli_args import (ADAROUND_DEFAULTS, ADAROUND_SAMPLES, ADAROUND_THOROUGH, COMPRESS_DEFAULTS, COMPRESS_QUANTIZE,
-                       COMPRESS_THOROUGH, UsageError, build_parser)
+from .cli_args import (
+    ADAROUND_DEFAULTS,
+    ADAROUND_SAMPLES,
+    ADAROUND_THOROUGH,
+    COMPRESS_DEFAULTS,
+    COMPRESS_QUANTIZE,
+    COMPRESS_THOROUGH,
+    UsageError,
+    build_parser,
+)
 from .data import batches, channels_last, check_model_accepts, load_data
-from .errors import (CalibrationDataError, DataError, InvalidOptionError, LeanTorchError, NonFiniteModelError,
-                     UnknownLayerError)
+from .errors import (
+    CalibrationDataError,
+    DataError,
+    InvalidOptionError,
+    LeanTorchError,
+    NonFiniteModelError,
+    UnknownLayerError,
+)
 from .graph import check_finite, prepare
 from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
 from .ptq.bn_fold import fold_batch_norms
+from .ptq.cle import equalize
 from .ptq.gptq import gptq
 from .ptq.seq_mse import seq_mse
-from .ptq.cle import equalize
 from .quant.sim import QuantSim
 from .staging import staged_outputs
 

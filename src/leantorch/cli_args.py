@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import OutputPathError
 from .paths import check_file_name
@@ -166,8 +166,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    f"(default {ADAROUND_DEFAULTS['adaround_lr']:g}; {ADAROUND_THOROUGH['adaround_lr']:g} with "
                    "--thorough, as in the paper)")
     p.add_argument("--thorough", action="store_true", help="slower settings: AdaRound as in the paper; for "
-                   "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the first batches "
-                   "up to 64 samples")
+                   "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the "
+                   "first batches up to 64 samples")
 
 
 # AdaRound: 500 steps at lr 2e-2 reach the paper's 10,000 at 1e-3 (EfficientNet-Lite0 W4A8 per-channel: top-1
@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     _add_model_options(q)
     q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
-                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses the "
-                   "techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction or --adaround")
+                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses "
+                   "the techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction, "
+                   "--adaround, --gptq or --seq-mse")
     q.add_argument("--allowed-drop", type=_non_negative_float, default=0.01, help="allowed top-1 agreement drop "
                    "for --auto, ≥ 0 (default 0.01)")
     q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")

@@ -19,8 +19,9 @@ already rounded (:func:`~leantorch.ptq.layer_rounding.round_layers`, as AdaRound
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn

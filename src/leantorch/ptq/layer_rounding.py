@@ -10,8 +10,9 @@ instead of one per layer (O(depth²)).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import fx, nn
