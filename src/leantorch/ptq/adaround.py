@@ -45,11 +45,12 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import InvalidOptionError
 from ..options import check_count, check_flag, check_fraction, check_positive
@@ -88,7 +89,7 @@ def adaround(
     calibration: Iterable[Any],
     param_bw: int = 4,
     act_bw: int = 8,
-    per_channel: bool = True,
+    per_channel: bool | None = True,
     scheme: str = "tf_enhanced",
     param_scheme: str = "mse",
     config: Any = "default",
@@ -148,7 +149,8 @@ def adaround(
 
     def learn(name: str, fp_layer: nn.Module, encoding: Encoding, inputs: list[torch.Tensor],
               quantized: list[torch.Tensor] | None) -> torch.Tensor:
-        weight = fp_layer.weight.detach()
+        weight = cast(torch.Tensor, fp_layer.weight).detach()
+        gradient: Gradient
         if objective == "moments" and supports_moments(fp_layer):
             gradient = layer_objective(fp_layer, weight, inputs, quantized).gradient
         else:
@@ -186,7 +188,7 @@ def _minibatch_gradient(fp_layer: nn.Module, inputs: list[torch.Tensor], quantiz
                        batch_size: int, gen: torch.Generator) -> Gradient:
     """The paper's estimate: each call draws ``batch_size`` cached samples and differentiates their error."""
     with torch.no_grad():
-        targets = torch.cat([_apply(fp_layer, fp_layer.weight, x) for x in inputs])
+        targets = torch.cat([_apply(fp_layer, cast(torch.Tensor, fp_layer.weight), x) for x in inputs])
     x_all = torch.cat(quantized if quantized is not None else inputs)
 
     def gradient(candidate: torch.Tensor) -> torch.Tensor:
@@ -205,7 +207,8 @@ def _apply(layer: nn.Module, weight: torch.Tensor, x: torch.Tensor, grad: bool =
     with torch.set_grad_enabled(grad):
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
-        return layer._conv_forward(x, weight, layer.bias)
+        conv = cast(_ConvNd, layer)
+        return conv._conv_forward(x, weight, conv.bias)
 
 
 @torch.no_grad()
@@ -250,7 +253,7 @@ def _learn_rounding(weight: torch.Tensor, enc: Encoding, gradient: Gradient, ite
     return scale * (torch.clamp(w_floor + hard - offset, 0, enc.num_steps) + offset)
 
 
-def _fused_if_supported(v: torch.Tensor) -> dict[str, bool]:
+def _fused_if_supported(v: torch.Tensor) -> dict[str, Any]:
     """Adam's fused kernel (one pass over V instead of about ten) where this torch build has it."""
     try:
         torch.optim.Adam([torch.zeros(1, device=v.device, dtype=v.dtype, requires_grad=True)], fused=True)

@@ -23,7 +23,7 @@ import operator
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class Frontier:
     """
 
     def __init__(self, gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]],
-                 max_bytes: int | str | None = "auto") -> None:
+                 max_bytes: int | Literal["auto"] | None = "auto") -> None:
         self.gm = gm
         self.batches = list(batches)
         self.nodes = list(gm.graph.nodes)
@@ -98,7 +98,8 @@ class Frontier:
 
     def inputs_of(self, node: fx.Node) -> list[tuple[Any, ...]]:
         """The positional arguments ``node`` is (or was, before moving on) called with, per batch."""
-        return [tuple(fx.node.map_arg(node.args, lambda n, env=env: self._load(env[n]))) for env in self.envs]
+        # map_arg calls the lambda at once, with this env (B023 is a false positive)
+        return [tuple(fx.node.map_arg(node.args, lambda n: self._load(env[n]))) for env in self.envs]  # noqa: B023
 
     def fork(self) -> Frontier:
         """An independent copy at the same position; running it leaves this frontier untouched.

@@ -19,9 +19,12 @@ hundred samples), the patches themselves are the cheaper factors: :class:`LowRan
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import CalibrationDataError
 
@@ -67,8 +70,9 @@ def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     cols = _columns(layer, x)
     if isinstance(layer, nn.Linear):
         return cols
+    groups = cast(_ConvNd, layer).groups
     _, k, length = cols.shape  # [N · groups, K, L] -> [groups, K, N · L]
-    return cols.reshape(x.shape[0], layer.groups, k, length).permute(1, 2, 0, 3).reshape(layer.groups, k, -1)
+    return cols.reshape(x.shape[0], groups, k, length).permute(1, 2, 0, 3).reshape(groups, k, -1)
 
 
 class InputMoments:
@@ -141,18 +145,25 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     the per-sample products are summed afterwards, which is what makes gathering moments cheap."""
     if isinstance(layer, nn.Linear):
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    conv = cast(_ConvNd, layer)
+    # numeric padding: supports_moments refuses padding="same"/"valid"
+    conv_padding = cast(tuple[int, ...], conv.padding)
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
-        kernel, stride = (1, layer.kernel_size[0]), (1, layer.stride[0])
-        padding, dilation = (0, layer.padding[0]), (1, layer.dilation[0])
+        kernel, stride = (1, conv.kernel_size[0]), (1, conv.stride[0])
+        padding, dilation = (0, conv_padding[0]), (1, conv.dilation[0])
     else:
-        kernel, stride, padding, dilation = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        kernel, stride, padding, dilation = conv.kernel_size, conv.stride, conv_padding, conv.dilation
     if all(v == 1 for v in (*kernel, *stride, *dilation)) and not any(padding):
         cols = x.reshape(x.shape[0], x.shape[1], -1)  # a 1×1 convolution's patches are its input pixels
     else:
         cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C·k, L]
     n, ck, length = cols.shape
-    return cols.reshape(n * layer.groups, ck // layer.groups, length)
+    return cols.reshape(n * conv.groups, ck // conv.groups, length)
 
 
 def _per_group_products(layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None
@@ -198,12 +209,13 @@ class QuadraticObjective:
     def __init__(self, layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
                  quantized: list[torch.Tensor] | None = None) -> None:
         self.layer = layer
-        gram = cross = None
+        gram: torch.Tensor | None = None
+        cross: torch.Tensor | None = None
         count = 0
         with torch.no_grad():
             for i, x in enumerate(inputs):
                 g, c = _per_group_products(layer, x, quantized[i] if quantized is not None else None)
-                gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+                gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
                 count += _positions(layer, x)
         if gram is None or cross is None:
             raise CalibrationDataError("no layer inputs: pass at least one batch of calibration data")

@@ -9,6 +9,7 @@ a single layer's inputs and outputs, and as the reference those sweeps are teste
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def layer_io(model: nn.Module, layer: nn.Module, data: list[Batch], capture_outp
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def hook(_m: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         inputs.append(args[0].detach())
         if capture_output:
             outputs.append(output.detach())
