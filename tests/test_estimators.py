@@ -207,3 +207,37 @@ def test_prefix_sum_search_picks_what_the_bin_by_bin_sum_picks(scheme: str, seed
         lo, hi = est.compute_range(bw, symmetric)
         ref_lo, ref_hi = _old_search(est, bw, symmetric)
         assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), (bw, symmetric)
+
+
+def test_a_registered_estimator_is_a_scheme_everywhere() -> None:
+    # One class in any module is enough: QuantSim, make_estimator and the CLI's --scheme choices accept it.
+    from leantorch.cli_args import build_parser
+    from leantorch.errors import ConfigError
+    from leantorch.quant.schemes import QuantScheme, register_estimator, unregister_estimator
+
+    @register_estimator("absmax_test")
+    class AbsMax(MinMaxEstimator):
+        """Symmetric range from the largest magnitude, whatever the quantizer's symmetry."""
+
+        def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True):
+            lo, hi = super().compute_range(bitwidth, symmetric, unsigned_symmetric)
+            top = torch.maximum(lo.abs(), hi.abs())
+            return -top, top
+
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            register_estimator("absmax_test")(AbsMax)
+        import leantorch as lt
+        sim = lt.QuantSim(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(1, 4), scheme="AbsMax_Test")
+        sim.compute_encodings([torch.rand(16, 4)], progress=False)
+        active = [q for q in sim.activation_quantizers().values() if q.is_active]
+        assert active and all(q.scheme == QuantScheme.parse("absmax_test") for q in active)
+        for q in active:  # the inputs are non-negative: only AbsMax makes their ranges symmetric
+            assert q.encoding is not None
+            assert float(q.encoding.min) == pytest.approx(-float(q.encoding.max), rel=0.02)
+        args = build_parser().parse_args(["quantize", "--model", "m.pt", "--data", "d.pt", "--scheme", "absmax_test"])
+        assert args.scheme == "absmax_test"
+    finally:
+        unregister_estimator("absmax_test")
+    with pytest.raises(ConfigError, match="choose one of: minmax, tf_enhanced"):
+        make_estimator("absmax_test")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .errors import OutputPathError
 from .paths import check_file_name
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
+from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
 
 DESCRIPTION = ("Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
                "Arguments, data and output locations are checked before any long computation; a mistake is "
@@ -142,8 +143,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p, 256, 8, "calibration")
     p.add_argument("--param-bw", type=_bitwidth, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
     p.add_argument("--act-bw", type=_bitwidth, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
-    p.add_argument("--scheme", default="tf_enhanced", choices=["minmax", "tf_enhanced", "percentile", "mse"],
-                   help="range estimator (default tf_enhanced)")
+    p.add_argument("--scheme", default="tf_enhanced", choices=estimator_names(),
+                   help="range estimator (default tf_enhanced; the choices are the registered estimators)")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
     p.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any
 
 import torch
@@ -42,37 +41,12 @@ import torch
 from ..errors import ConfigError
 from .histogram import bin_edges, grid_counts, grid_for, regrid, release_scratch, uniform_view
 from .range_search import expected_noise, search_noise
+from .schemes import QuantScheme, estimator_factory, estimator_names, register_estimator
 
 __all__ = ["QuantScheme", "RangeEstimator", "MinMaxEstimator", "HistogramEstimator", "TfEnhancedEstimator",
            "MseEstimator", "PercentileEstimator", "make_estimator", "compute_ranges", "search_ranges",
-           "channels_first", "channel_extremes", "expected_noise", "search_noise", "release_scratch"]
-
-
-class QuantScheme(str, Enum):
-    """How a quantizer's range is chosen from calibration data."""
-
-    MINMAX = "minmax"
-    TF_ENHANCED = "tf_enhanced"
-    PERCENTILE = "percentile"
-    MSE = "mse"
-
-    @classmethod
-    def parse(cls, value: str | QuantScheme) -> QuantScheme:
-        """Accept an enum member or its name (AIMET's ``tf`` is an alias of ``minmax``).
-
-        Example:
-            >>> QuantScheme.parse("tf")
-            <QuantScheme.MINMAX: 'minmax'>
-        """
-        if isinstance(value, cls):
-            return value
-        aliases = {"tf": "minmax", "post_training_tf": "minmax", "post_training_tf_enhanced": "tf_enhanced"}
-        name = aliases.get(str(value).lower(), str(value).lower())
-        try:
-            return cls(name)
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ConfigError(f"unknown quantization scheme {value!r}; choose one of: {choices}") from None
+           "channels_first", "channel_extremes", "expected_noise", "search_noise", "release_scratch",
+           "register_estimator", "estimator_names"]
 
 
 def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -167,6 +141,7 @@ class RangeEstimator(ABC):
         return t.reshape(()) if self.axis is None else t
 
 
+@register_estimator("minmax")
 class MinMaxEstimator(RangeEstimator):
     """Running min and max.
 
@@ -366,6 +341,7 @@ def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> li
     return [r for r in results if r is not None]
 
 
+@register_estimator("tf_enhanced")
 class TfEnhancedEstimator(_SearchEstimator):
     """Histogram search over step sizes and window positions; clipping noise weighted by γ = 3.
 
@@ -408,6 +384,7 @@ class TfEnhancedEstimator(_SearchEstimator):
         return start.reshape(c, -1), (start + width).reshape(c, -1)
 
 
+@register_estimator("mse")
 class MseEstimator(_SearchEstimator):
     """Observed range scaled by α ∈ (0, 1] towards zero; α minimising the plain MSE (γ = 1).
 
@@ -438,6 +415,7 @@ class MseEstimator(_SearchEstimator):
         return lo[:, None] * alpha, hi[:, None] * alpha
 
 
+@register_estimator("percentile")
 class PercentileEstimator(HistogramEstimator):
     """Range from the ``(100 - p)``-th to the ``p``-th percentile of the data.
 
@@ -469,17 +447,12 @@ class PercentileEstimator(HistogramEstimator):
         return self._squeeze(lo), self._squeeze(hi)
 
 
-def make_estimator(scheme: str | QuantScheme, axis: int | None = None) -> RangeEstimator:
-    """Estimator for ``scheme`` (``minmax``, ``tf_enhanced``, ``percentile``, ``mse``).
+def make_estimator(scheme: str, axis: int | None = None) -> RangeEstimator:
+    """Estimator for ``scheme``: a built-in (``minmax``, ``tf_enhanced``, ``percentile``, ``mse``) or one added
+    with :func:`~leantorch.quant.schemes.register_estimator`.
 
     Example:
         >>> type(make_estimator("tf_enhanced")).__name__
         'TfEnhancedEstimator'
     """
-    kinds: dict[QuantScheme, type[RangeEstimator]] = {
-        QuantScheme.MINMAX: MinMaxEstimator,
-        QuantScheme.TF_ENHANCED: TfEnhancedEstimator,
-        QuantScheme.PERCENTILE: PercentileEstimator,
-        QuantScheme.MSE: MseEstimator,
-    }
-    return kinds[QuantScheme.parse(scheme)](axis=axis)
+    return estimator_factory(scheme)(axis=axis)
