@@ -117,6 +117,8 @@ class BoundedReLU(nn.Module):
     which lets cross-layer equalization scale through ReLU6 exactly.
     """
 
+    upper: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(self, upper: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("upper", upper.detach().clone())

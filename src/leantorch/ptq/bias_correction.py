@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 import math  # noqa: F401  (the docstring examples use it)
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.conv import _ConvNd
 from tqdm.auto import tqdm
 
 from .. import ops
@@ -118,7 +119,7 @@ def bias_correction(
                 frontier.rerun()  # later layers must see this layer's corrected output
     bar.close()
     log.info("bias correction: %(analytical)d analytical, %(empirical)d empirical", counts)
-    gm.output_stats = stats
+    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute; torch types Module attributes as Tensor | Module
     return gm
 
 
@@ -128,7 +129,8 @@ def _take(calibration: Iterable[Any] | None, num_samples: int, num_inputs: int) 
     if calibration is None:
         return []
     check_iterable(calibration)
-    batches, seen = [], 0
+    batches: list[Batch] = []
+    seen = 0
     for index, batch in enumerate(calibration):
         inputs = model_inputs(batch, num_inputs, index)
         batches.append(tuple(x[: num_samples - seen] for x in inputs))
@@ -162,15 +164,16 @@ def _layers_in_order(sim: QuantSim, layers: list[str], data: list[Batch]
 def _mean_of(layer: nn.Module, outputs: list[torch.Tensor]) -> torch.Tensor:
     """Per-channel mean of ``layer``'s outputs over all batches (float64)."""
     parts = [channel_mean(y, layer) for y in outputs]
-    return sum(mean * n for mean, n in parts) / sum(n for _, n in parts)
+    return cast(torch.Tensor, sum(mean * n for mean, n in parts) / sum(n for _, n in parts))
 
 
-def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor | None:
+def _expected_input(gm: fx.GraphModule, name: str,
+                    stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
     """E[x] per input channel of layer ``name`` from the producer's statistics, if derivable."""
     node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
     source, activation = node.args[0], None
     while isinstance(source, fx.Node) and source.op == "call_module" and source.target not in stats:
-        module = gm.get_submodule(source.target)
+        module = gm.get_submodule(cast(str, source.target))  # a call_module target is the module's name
         if ops.relu_upper(module) is not None and activation is None:  # a ReLU-like clip (op registry)
             activation = module
         elif not ops.has_role(module, "bc_transparent"):
@@ -182,6 +185,7 @@ def _expected_input(gm: fx.GraphModule, name: str, stats: dict) -> torch.Tensor 
     if activation is None:
         return mean
     bound = ops.relu_upper(activation)
+    assert bound is not None  # activation was chosen for having one
     upper = bound.double() if isinstance(bound, torch.Tensor) else torch.full_like(mean, bound)
     return clipped_normal_mean(mean, std, torch.zeros_like(mean), upper)
 
@@ -197,8 +201,14 @@ def clipped_normal_mean(mu: torch.Tensor, sigma: torch.Tensor, lo: torch.Tensor,
     sigma = sigma.clamp(min=1e-12)
     normal = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
     a, b = (lo - mu) / sigma, (hi - mu) / sigma
-    pdf = lambda z: torch.where(torch.isinf(z), torch.zeros_like(z), normal.log_prob(z.clamp(-1e6, 1e6)).exp())  # noqa: E731
-    cdf_a, cdf_b = normal.cdf(a.clamp(-1e6, 1e6)), normal.cdf(b.clamp(-1e6, 1e6))
+
+    # (torch.distributions is unannotated, hence the ignores)
+    def pdf(z: torch.Tensor) -> torch.Tensor:
+        density: torch.Tensor = normal.log_prob(z.clamp(-1e6, 1e6)).exp()  # type: ignore[no-untyped-call]
+        return torch.where(torch.isinf(z), torch.zeros_like(z), density)
+
+    cdf_a: torch.Tensor = normal.cdf(a.clamp(-1e6, 1e6))  # type: ignore[no-untyped-call]
+    cdf_b: torch.Tensor = normal.cdf(b.clamp(-1e6, 1e6))  # type: ignore[no-untyped-call]
     finite_lo = torch.where(torch.isinf(lo), torch.zeros_like(lo), lo)
     finite_hi = torch.where(torch.isinf(hi), torch.zeros_like(hi), hi)
     inside = mu * (cdf_b - cdf_a) + sigma * (pdf(a) - pdf(b))
@@ -208,17 +218,18 @@ def clipped_normal_mean(mu: torch.Tensor, sigma: torch.Tensor, lo: torch.Tensor,
 def _analytical_shift(sim: QuantSim, name: str, expected_input: torch.Tensor) -> torch.Tensor:
     """-(W̃ − W)·E[x] per output channel."""
     wrapper = sim.layers()[name]
-    w = wrapper.module.weight.detach()
+    w = cast(torch.Tensor, wrapper.module.weight).detach()
     with torch.no_grad():
-        error = (wrapper.param_quantizers["weight"](w) - w).double()
+        quantized: torch.Tensor = wrapper.param_quantizers["weight"](w)
+        error = (quantized - w).double()
     ex = expected_input.to(error.device)
     if isinstance(wrapper.module, nn.Linear):
         return -(error @ ex)
-    if wrapper.module.groups == 1:
+    groups = cast(_ConvNd, wrapper.module).groups
+    if groups == 1:
         return -(error.sum(dim=tuple(range(2, error.dim()))) @ ex)
     # grouped/depthwise: output channel o reads input channels of its group
     per_group = error.shape[1]
-    groups = wrapper.module.groups
     ex_g = ex.reshape(groups, per_group)
     err = error.sum(dim=tuple(range(2, error.dim()))).reshape(groups, -1, per_group)
     return -torch.einsum("goi,gi->go", err, ex_g).reshape(-1)
@@ -226,8 +237,10 @@ def _analytical_shift(sim: QuantSim, name: str, expected_input: torch.Tensor) ->
 
 @torch.no_grad()
 def _add_to_bias(layer: nn.Module, shift: torch.Tensor) -> None:
-    shift = shift.to(layer.weight.device)
-    if layer.bias is None:
-        layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
+    weight = cast(torch.Tensor, layer.weight)
+    bias = cast(torch.Tensor | None, layer.bias)
+    shift = shift.to(weight.device)
+    if bias is None:
+        layer.bias = nn.Parameter(shift.to(weight.dtype))
     else:
-        layer.bias.add_(shift.to(layer.bias.dtype))
+        bias.add_(shift.to(bias.dtype))

@@ -11,10 +11,11 @@ folded weights is what the deployed model sees.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..graph import find_chains, prepare
 
@@ -50,7 +51,7 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
     pairs = []
     for pattern in _FOLDABLE:
         for layer_node, bn_node in find_chains(gm, pattern):
-            layer, bn = gm.get_submodule(layer_node.target), gm.get_submodule(bn_node.target)
+            layer, bn = gm.get_submodule(_name(layer_node)), cast(_BatchNorm, gm.get_submodule(_name(bn_node)))
             if not _foldable(layer, bn):
                 continue
             _fold_into(layer, bn)
@@ -62,7 +63,7 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm.output_stats = stats
+    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute; torch types Module attributes as Tensor | Module
     left = [n.target for n in gm.graph.nodes
             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm)]
     log.info("folded %d batch norm(s)", len(pairs))
@@ -82,7 +83,7 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
     pairs = []
     for pattern in (["BatchNorm", "Conv"], ["BatchNorm", "Linear"]):
         for bn_node, layer_node in find_chains(gm, pattern):
-            bn, layer = gm.get_submodule(bn_node.target), gm.get_submodule(layer_node.target)
+            bn, layer = cast(_BatchNorm, gm.get_submodule(_name(bn_node))), gm.get_submodule(_name(layer_node))
             if not bn.track_running_stats or bn.running_mean is None:
                 continue
             if isinstance(layer, nn.modules.conv._ConvNd):
@@ -90,14 +91,25 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
                 if layer.groups != 1 or any(p != 0 for p in padding):
                     continue
             _fold_before(layer, bn)
-            layer_node.replace_input_with(bn_node, bn_node.args[0])
+            layer_node.replace_input_with(bn_node, cast(fx.Node, bn_node.args[0]))  # the BN's input node
             gm.graph.erase_node(bn_node)
             pairs.append((str(layer_node.target), str(bn_node.target)))
     return pairs
 
 
-def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _name(node: fx.Node) -> str:
+    """The qualified name a ``call_module`` node calls (fx types targets as ``str | Callable``)."""
+    return cast(str, node.target)
+
+
+def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Conv/Linear/ConvTranspose layer's weight and bias (nn.Module types attributes as Tensor | Module)."""
+    return cast(torch.Tensor, layer.weight), cast("torch.Tensor | None", layer.bias)
+
+
+def _bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) with ``bn(x) = a·x + b`` per channel in eval mode (float64)."""
+    assert bn.running_var is not None and bn.running_mean is not None  # callers check track_running_stats
     std = torch.sqrt(bn.running_var.double() + bn.eps)
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
@@ -107,25 +119,27 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def _set_bias(layer: nn.Module, value: torch.Tensor) -> None:
-    if layer.bias is None:
-        layer.bias = nn.Parameter(value.to(layer.weight.dtype))
+    weight, bias = _weight_and_bias(layer)
+    if bias is None:
+        layer.bias = nn.Parameter(value.to(weight.dtype))
     else:
-        layer.bias.copy_(value.to(layer.bias.dtype))
+        bias.copy_(value.to(bias.dtype))
 
 
 @torch.no_grad()
-def _fold_before(layer: nn.Module, bn: nn.Module) -> None:
+def _fold_before(layer: nn.Module, bn: _BatchNorm) -> None:
     a, b = _bn_affine(bn)
-    weight = layer.weight.double()
+    layer_weight, layer_bias = _weight_and_bias(layer)
+    weight = layer_weight.double()
     shape = [1] * weight.dim()
     shape[1] = -1
     dims = [d for d in range(weight.dim()) if d != 0]
     extra = (weight * b.reshape(shape)).sum(dim=dims)
-    layer.weight.copy_((weight * a.reshape(shape)).to(layer.weight.dtype))
-    _set_bias(layer, (layer.bias.double() if layer.bias is not None else torch.zeros_like(extra)) + extra)
+    layer_weight.copy_((weight * a.reshape(shape)).to(layer_weight.dtype))
+    _set_bias(layer, (layer_bias.double() if layer_bias is not None else torch.zeros_like(extra)) + extra)
 
 
-def _bn_output_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_output_stats(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (mean, std) of a BN's output: its affine shift and scale."""
     n = bn.num_features
     beta = bn.bias.detach().clone() if bn.bias is not None else torch.zeros(n)
@@ -133,7 +147,7 @@ def _bn_output_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return beta.double(), gamma.double()
 
 
-def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
+def _foldable(layer: nn.Module, bn: _BatchNorm) -> bool:
     if not bn.track_running_stats or bn.running_mean is None:
         return False
     if isinstance(layer, nn.modules.conv._ConvTransposeNd):
@@ -142,12 +156,13 @@ def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
+def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:
     a, b = _bn_affine(bn)
-    weight = layer.weight.double()
+    layer_weight, layer_bias = _weight_and_bias(layer)
+    weight = layer_weight.double()
     out_axis = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
     shape = [1] * weight.dim()
     shape[out_axis] = -1
-    layer.weight.copy_((weight * a.reshape(shape)).to(layer.weight.dtype))
-    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(a)
+    layer_weight.copy_((weight * a.reshape(shape)).to(layer_weight.dtype))
+    bias = layer_bias.double() if layer_bias is not None else torch.zeros_like(a)
     _set_bias(layer, bias * a + b)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -51,6 +51,24 @@ class ScalingSet:
 
     layers: list[str]
     between: list[list[str]]
+
+
+#: Per layer name, the (mean, std) per output channel of its output (``model.output_stats``, from BN folding).
+Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    """A Conv/Linear layer's weight (nn.Module types attributes as ``Tensor | Module``)."""
+    return cast(torch.Tensor, m.weight)
+
+
+def _bias(m: nn.Module) -> torch.Tensor | None:
+    return cast("torch.Tensor | None", m.bias)
+
+
+def _name(node: fx.Node) -> str:
+    """The qualified name a ``call_module`` node calls (fx types targets as ``str | Callable``)."""
+    return cast(str, node.target)
 
 
 # One definition of "depthwise", shared with channel pruning (leantorch.ops.conv).
@@ -84,7 +102,7 @@ def _next_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node | None, list
         if len(users) != 1 or users[0].op != "call_module" or users[0].args[0] is not current:
             return None, between
         nxt = users[0]
-        module = gm.get_submodule(nxt.target)
+        module = gm.get_submodule(_name(nxt))
         if _is_scalable_layer(module):
             return nxt, between
         if not _scale_equivariant(module):
@@ -108,13 +126,13 @@ def find_scaling_sets(gm: fx.GraphModule) -> list[ScalingSet]:
         second, between1 = _next_layer(gm, node)
         if second is None:
             continue
-        second_module = gm.get_submodule(second.target)
+        second_module = gm.get_submodule(_name(second))
         if not _is_depthwise(second_module):
             if _compatible(module, second_module):
                 sets.append(ScalingSet([str(node.target), str(second.target)], [between1]))
             continue
         third, between2 = _next_layer(gm, second)
-        if third is not None and not _is_depthwise(gm.get_submodule(third.target)):
+        if third is not None and not _is_depthwise(gm.get_submodule(_name(third))):
             sets.append(ScalingSet([str(node.target), str(second.target), str(third.target)], [between1, between2]))
     return sets
 
@@ -124,7 +142,7 @@ def _bound_relu6s(gm: fx.GraphModule, sets: list[ScalingSet]) -> int:
     count = 0
     for scaling_set in sets:
         for i, names in enumerate(scaling_set.between):
-            weight = gm.get_submodule(scaling_set.layers[i]).weight
+            weight = _weight(gm.get_submodule(scaling_set.layers[i]))
             for name in names:
                 if _is_relu6(gm.get_submodule(name)):
                     parent, _, leaf = name.rpartition(".")
@@ -140,37 +158,38 @@ def _compatible(first: nn.Module, second: nn.Module) -> bool:
 
 
 def _out_channels(m: nn.Module) -> int:
-    return m.weight.shape[0]
+    return _weight(m).shape[0]
 
 
 def _in_channels(m: nn.Module) -> int:
-    return m.weight.shape[0] if _is_depthwise(m) else m.weight.shape[1]
+    return _weight(m).shape[0] if _is_depthwise(m) else _weight(m).shape[1]
 
 
 def output_ranges(m: nn.Module) -> torch.Tensor:
     """max |w| per output channel (float64)."""
-    return m.weight.detach().double().abs().reshape(m.weight.shape[0], -1).amax(1)
+    return _weight(m).detach().double().abs().reshape(_weight(m).shape[0], -1).amax(1)
 
 
 def input_ranges(m: nn.Module) -> torch.Tensor:
     """max |w| per input channel (float64); a depthwise conv's input channel is its output channel."""
-    w = m.weight.detach().double().abs()
+    w = _weight(m).detach().double().abs()
     if _is_depthwise(m):
         return w.reshape(w.shape[0], -1).amax(1)
     return w.transpose(0, 1).reshape(w.shape[1], -1).amax(1)
 
 
 @torch.no_grad()
-def _scale_output(m: nn.Module, factor: torch.Tensor, stats: dict, name: str, after: list[nn.Module]) -> None:
+def _scale_output(m: nn.Module, factor: torch.Tensor, stats: Stats, name: str, after: list[nn.Module]) -> None:
     """Divide output channel c of ``m`` by ``factor[c]`` (weights, bias, recorded statistics, and the
     bounds of bounded ReLUs in ``after``)."""
     for act in after:
         if isinstance(act, ops.BoundedReLU):
             act.upper.div_(factor.to(act.upper.dtype))
-    shape = [-1] + [1] * (m.weight.dim() - 1)
-    m.weight.div_(factor.reshape(shape).to(m.weight.dtype))
-    if m.bias is not None:
-        m.bias.div_(factor.to(m.bias.dtype))
+    weight, bias = _weight(m), _bias(m)
+    shape = [-1] + [1] * (weight.dim() - 1)
+    weight.div_(factor.reshape(shape).to(weight.dtype))
+    if bias is not None:
+        bias.div_(factor.to(bias.dtype))
     if name in stats:
         mean, std = stats[name]
         stats[name] = (mean / factor, std / factor)
@@ -179,11 +198,12 @@ def _scale_output(m: nn.Module, factor: torch.Tensor, stats: dict, name: str, af
 @torch.no_grad()
 def _scale_input(m: nn.Module, factor: torch.Tensor) -> None:
     """Multiply input channel c of ``m`` by ``factor[c]``."""
+    weight = _weight(m)
     if _is_depthwise(m):
-        m.weight.mul_(factor.reshape(-1, 1, 1, 1).to(m.weight.dtype))
+        weight.mul_(factor.reshape(-1, 1, 1, 1).to(weight.dtype))
     else:
-        shape = [1, -1] + [1] * (m.weight.dim() - 2)
-        m.weight.mul_(factor.reshape(shape).to(m.weight.dtype))
+        shape = [1, -1] + [1] * (weight.dim() - 2)
+        weight.mul_(factor.reshape(shape).to(weight.dtype))
 
 
 def _safe(r: torch.Tensor) -> torch.Tensor:
@@ -195,7 +215,7 @@ def _between(gm: fx.GraphModule, scaling_set: ScalingSet, i: int) -> list[nn.Mod
     return [gm.get_submodule(n) for n in scaling_set.between[i]]
 
 
-def _equalize_set(gm: fx.GraphModule, scaling_set: ScalingSet, stats: dict) -> float:
+def _equalize_set(gm: fx.GraphModule, scaling_set: ScalingSet, stats: Stats) -> float:
     """Apply one round of scaling to a set; returns the largest |log(scale)| used."""
     modules = [gm.get_submodule(n) for n in scaling_set.layers]
     if len(modules) == 2:
@@ -237,7 +257,7 @@ def cross_layer_scale(model: nn.Module, example_input: Any, max_rounds: int = 20
         True
     """
     gm = model if inplace and isinstance(model, fx.GraphModule) else prepare(model, example_input)
-    stats = dict(getattr(gm, "output_stats", {}))
+    stats: Stats = dict(getattr(gm, "output_stats", {}))
     sets = find_scaling_sets(gm)
     bounded = _bound_relu6s(gm, sets)
     names = sorted({n for s in sets for n in s.layers})
@@ -246,8 +266,9 @@ def cross_layer_scale(model: nn.Module, example_input: Any, max_rounds: int = 20
         change = max((_equalize_set(gm, s, stats) for s in sets), default=0.0)
         if change < tolerance:
             break
-    gm.output_stats = stats
-    gm.scaling_sets = sets
+    # plain attributes; torch types Module attributes as Tensor | Module
+    gm.output_stats = stats  # type: ignore[assignment]
+    gm.scaling_sets = sets  # type: ignore[assignment]
     log.info("cross-layer scaling: %d sets, %d ReLU6 turned into bounded ReLUs", len(sets), bounded)
     report = [{"layer": n, "spread before": before[n], "spread after": spread(gm.get_submodule(n))} for n in names]
     return gm, report
@@ -264,7 +285,7 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
         >>> absorb_high_biases(fold_batch_norms(net, torch.randn(1, 4))[0])
         1
     """
-    stats = dict(getattr(gm, "output_stats", {}))
+    stats: Stats = dict(getattr(gm, "output_stats", {}))
     absorbed = 0
     for scaling_set in sets if sets is not None else find_scaling_sets(gm):
         for i, names in enumerate(scaling_set.between):
@@ -273,7 +294,8 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
             if len(acts) != 1 or _is_relu6(acts[0]) or name not in stats or _pads_input(gm, scaling_set, i):
                 continue
             layer, nxt = gm.get_submodule(name), gm.get_submodule(next_name)
-            if layer.bias is None:
+            layer_bias = _bias(layer)
+            if layer_bias is None:
                 continue
             mean, std = stats[name]
             c = torch.clamp(mean - num_std * std, min=0.0)
@@ -282,20 +304,21 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
                 acts[0].upper.sub_(c.to(acts[0].upper.dtype))
             if not bool((c > 0).any()):
                 continue
-            layer.bias.sub_(c.to(layer.bias.dtype))
+            layer_bias.sub_(c.to(layer_bias.dtype))
             stats[name] = (mean - c, std)
-            weight = nxt.weight.double()
+            weight = _weight(nxt).double()
             if _is_depthwise(nxt):
                 shift = weight.reshape(weight.shape[0], -1).sum(1) * c
             else:
                 dims = [d for d in range(weight.dim()) if d not in (0, 1)]
                 shift = (weight.sum(dim=dims) if dims else weight) @ c
-            if nxt.bias is None:
-                nxt.bias = nn.Parameter(shift.to(nxt.weight.dtype))
+            next_bias = _bias(nxt)
+            if next_bias is None:
+                nxt.bias = nn.Parameter(shift.to(_weight(nxt).dtype))
             else:
-                nxt.bias.add_(shift.to(nxt.bias.dtype))
+                next_bias.add_(shift.to(next_bias.dtype))
             absorbed += 1
-    gm.output_stats = stats
+    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute
     return absorbed
 
 
@@ -330,8 +353,9 @@ def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.G
     if relu6 == "replace":
         folded = replace_relu6(folded, inplace=True)
     scaled, report = cross_layer_scale(folded, example_input, inplace=True)
-    absorbed = absorb_high_biases(scaled, scaled.scaling_sets)
+    sets = cast("list[ScalingSet]", scaled.scaling_sets)  # set by cross_layer_scale
+    absorbed = absorb_high_biases(scaled, sets)
     log.info("equalize: folded %d BNs, %d scaling sets, absorbed %d biases", len(pairs),
-             len(scaled.scaling_sets), absorbed)
-    scaled.cle_report = report
+             len(sets), absorbed)
+    scaled.cle_report = report  # type: ignore[assignment]  # a plain attribute
     return scaled
