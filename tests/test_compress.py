@@ -382,3 +382,36 @@ def test_a_compressed_model_goes_through_cle_quantsim_and_a_qdq_export_that_onnx
     step = float(sim.quantizers()[next(n for n in sim.quantizers() if "output" in n and n.startswith("6"))]
                  .encoding.scale.max())
     assert (exported - simulated).abs().max() <= step * 1.01
+
+
+def test_a_registered_compression_scheme_is_selectable_everywhere() -> None:
+    # One CompressionScheme subclass, registered, is enough for lt.compress and the CLI's --scheme choices.
+    from leantorch.cli_args import build_parser
+    from leantorch.compress.schemes import LowRankScheme, register_scheme, scheme_names, unregister_scheme
+
+    class HalfWeightSvd(LowRankScheme):
+        """Weight SVD that only ever compresses to the rank for half the layer's MACs."""
+
+        def __init__(self) -> None:
+            super().__init__("weight_svd", name="half_weight_svd")
+
+        def size_for(self, stage, name, module, ratio):  # type: ignore[no-untyped-def,override]
+            return super().size_for(stage, name, module, 0.5)
+
+    register_scheme(HalfWeightSvd())
+    try:
+        assert "half_weight_svd" in scheme_names()
+        with pytest.raises(ValueError, match="already registered"):
+            register_scheme(HalfWeightSvd())
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+        x = torch.randn(32, 64)
+        small, info = lt.compress.compress(net, x[:1], lambda m: 1.0, "half_weight_svd", 0.6,
+                                           ratios={"1": 0.9, "3": 0.9}, progress=False)
+        assert info.scheme == "half_weight_svd" and set(info.sizes) == {"1", "3"}
+        assert info.macs_after < 0.6 * info.macs_before  # every layer at half its MACs, whatever the ratio
+        args = build_parser().parse_args(["compress", "--model", "m.pt", "--data", "d.pt", "--scheme",
+                                          "half_weight_svd"])
+        assert args.scheme == ["half_weight_svd"]
+    finally:
+        unregister_scheme("half_weight_svd")
+    assert "half_weight_svd" not in scheme_names()

@@ -15,6 +15,7 @@ import argparse
 import math
 from collections.abc import Callable
 
+from .compress.schemes import scheme_names
 from .errors import OutputPathError
 from .paths import check_file_name
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
@@ -244,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "curves as PNG." + staged)
     _add_common(c)
     _add_data_options(c, 64, 16, "channel-pruning statistics")
-    c.add_argument("--scheme", nargs="+", default=["spatial_svd"], choices=["weight_svd", "spatial_svd",
-                   "channel_pruning"], help="one scheme, or several run as stages (e.g. spatial_svd "
+    c.add_argument("--scheme", nargs="+", default=["spatial_svd"], choices=scheme_names(),
+                   help="one scheme, or several run as stages (e.g. spatial_svd "
                    "channel_pruning); default spatial_svd")
     c.add_argument("--target", type=_open_unit_interval, default=0.5, help="MACs after / before, strictly between "
                    "0 and 1 (default 0.5)")

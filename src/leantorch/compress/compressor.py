@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -41,13 +41,14 @@ from .ratio_selection import (
     fingerprint,
     greedy_select,
 )
+from .schemes import scheme_for, scheme_names
 from .stage import Stage
 from .suffix_table import layer_nodes, rows_fn, suffix_work
 
 log = logging.getLogger(__name__)
 
-Scheme = Literal["weight_svd", "spatial_svd", "channel_pruning"]
-SCHEMES = ("weight_svd", "spatial_svd", "channel_pruning")
+Scheme = str  # a registered scheme's name (leantorch.compress.schemes): weight_svd, spatial_svd, channel_pruning, ...
+SCHEMES = scheme_names()  # the built-ins, at import; scheme_names() also lists schemes registered later
 
 
 @dataclass
@@ -162,8 +163,9 @@ def compress(
                workers, ray_address)
     if cache_dir is not None:
         check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
-    data = _calibration_batches(calibration, num_batches, len(example_inputs(example_input))) \
-        if "channel_pruning" in schemes else None
+    sampling = [s for s in schemes if scheme_for(s).needs_data]
+    data = _calibration_batches(calibration, num_batches, len(example_inputs(example_input)), sampling[0]) \
+        if sampling else None
     stages: list[CompressionInfo] = []
     current: nn.Module = model
     achieved = 1.0
@@ -190,9 +192,9 @@ def compress(
 
 def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float] | None,
                      stage_targets: Sequence[float] | None, candidates: int | Sequence[float]) -> None:
-    unknown = [s for s in schemes if s not in SCHEMES]
+    unknown = [s for s in schemes if s not in scheme_names()]
     if not schemes or unknown:
-        raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(SCHEMES)}")
+        raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(scheme_names())}")
     if not (isinstance(target, (int, float)) and 0.0 < target < 1.0):
         raise CompressionError(f"target_mac_ratio={target!r} must be in (0, 1): e.g. 0.5 keeps half the MACs")
     if ratios is not None and len(schemes) > 1:
@@ -223,18 +225,18 @@ def _valid_candidates(candidates: Any) -> bool:
     return len(valid) == len(ratios) and any(r < 1.0 for r in valid)
 
 
-def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, num_inputs: int
+def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, num_inputs: int, scheme: str
                          ) -> list[tuple[torch.Tensor, ...]]:
     """The model inputs of the first ``num_batches`` batches (labels dropped as QuantSim's calibration does,
     :func:`leantorch.batches.model_inputs`), checked now: NaN/Inf would reach the least-squares fits and show
     up only later, as a NaN score blamed on eval_fn."""
     if calibration is None:
-        raise CalibrationDataError("channel_pruning samples activations but got calibration=None: pass "
+        raise CalibrationDataError(f"{scheme} samples activations but got calibration=None: pass "
                                    "calibration=<a list or DataLoader of input batches like the example input>")
     check_iterable(calibration)
     data = list(itertools.islice(calibration, num_batches))
     if not data:
-        raise CalibrationDataError(f"channel_pruning samples activations but got no batch (num_batches="
+        raise CalibrationDataError(f"{scheme} samples activations but got no batch (num_batches="
                                    f"{num_batches}): pass a non-empty list or DataLoader of input batches")
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
@@ -283,7 +285,7 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
                  sum(r < 1.0 for r in chosen.values()))
     seconds["selection"] = time.perf_counter() - start
     start = time.perf_counter()
-    if scheme == "channel_pruning" and run.callback is None:
+    if stage.method.prunes_in_one_pass and run.callback is None:
         sizes = prune_in_one_pass(stage, {n: chosen.get(n, 1.0) for n in stage.layers}, run.progress)
     else:  # SVD needs no data; a fine-tune callback may change any weight, so each layer re-runs its prefix
         sizes = {}

@@ -76,7 +76,7 @@ def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseli
     work = suffix_work(stage, order)
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     probe = Frontier(gm, [(batch.to(device),) for batch in score.probe])
-    pruning = stage.scheme == "channel_pruning"
+    pruning = stage.method.needs_data  # candidates re-fitted from input statistics
     calib = Frontier(gm, [tuple(x.to(device) for x in batch) for batch in stage.data or []]) if pruning else None
     samples = sum(len(b) for b in score.probe)
     ratios = [r for r in grid if r < 1.0]
