@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/leantorch demo --out out
 
-# The whole suite, model-level (slow) tests included: what CI runs. No test has a wall-clock limit.
-test: $(STAMP) browser
+# The whole suite, model-level (slow) tests included, after the lint and type checks: what CI runs. No test has
+# a wall-clock limit.
+test: $(STAMP) browser lint
 	$(PY) -m pytest -n 2 -q tests
 
 # The development loop: everything but the tests marked slow (model-level runs, README examples).
@@ -28,7 +29,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" tests
 
 # Lint and type checks (settings in pyproject.toml): ruff on all the code, mypy --strict on the packages listed
-# in [tool.mypy] files (those that pass it so far). Also run by the pre-commit hooks (.pre-commit-config.yaml).
+# in [tool.mypy] files (quant and ptq so far). Also run by the pre-commit hooks (.pre-commit-config.yaml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy

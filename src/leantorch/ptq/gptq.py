@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -79,7 +79,7 @@ def gptq(model: nn.Module, example_input: Any, calibration: Iterable[Any], param
         if not supports_moments(fp_layer):
             raise InvalidOptionError(f"gptq: layer {name!r} ({fp_layer}) has a padding GPTQ cannot unfold into "
                                      "input patches; use padding given as numbers with padding_mode='zeros'")
-        weight = fp_layer.weight.detach()
+        weight = cast(torch.Tensor, fp_layer.weight).detach()
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)
         return gptq_round(rows, hessian, encoding, damping, block_size).reshape(weight.shape)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -24,6 +24,7 @@ from ..graph import example_inputs, prepare
 from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import encodings_dict, write_encodings
+from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from .frontier import Frontier
 
@@ -85,7 +86,7 @@ def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any
     for name, inputs, quantized in layer_inputs(reference, sim, layers, data, use_quantized_inputs):
         bar.update(1)
         wrapper = sim.layers()[name]
-        quantizer = wrapper.param_quantizers["weight"]
+        quantizer = cast(Quantizer, wrapper.param_quantizers["weight"])
         assert quantizer.encoding is not None
         rounded = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
         del inputs, quantized  # the activations can go before the next layer's arrive
@@ -93,8 +94,9 @@ def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any
             rounded, chosen = rounded
             quantizer.set_encoding(chosen.to(rounded.device))
         with torch.no_grad():
-            gm.get_submodule(name).weight.copy_(rounded)
-            wrapper.module.weight.copy_(rounded)  # the sim frontier runs this layer next, with the rounding
+            cast(torch.Tensor, gm.get_submodule(name).weight).copy_(rounded)
+            # the sim frontier runs this layer next, with the rounding
+            cast(torch.Tensor, wrapper.module.weight).copy_(rounded)
         quantizer.frozen = True
     bar.close()
     save_param_encodings(sim, enc_path)

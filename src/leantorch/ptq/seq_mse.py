@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -82,7 +82,7 @@ def seq_mse(model: nn.Module, example_input: Any, calibration: Iterable[Any], pa
         if not supports_moments(fp_layer):
             raise InvalidOptionError(f"seq_mse: layer {name!r} ({fp_layer}) has a padding SeqMSE cannot unfold into "
                                      "input patches; use padding given as numbers with padding_mode='zeros'")
-        weight = fp_layer.weight.detach()
+        weight = cast(torch.Tensor, fp_layer.weight).detach()
         if inputs == "asym":
             objective = QuadraticObjective(fp_layer, weight, float_inputs, quantized)
         else:  # both sides on the same inputs: quantized ones (symqt), or float ones (symfp)
