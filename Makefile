@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 # in [tool.mypy] files (quant and ptq so far). Also run by the pre-commit hooks (.pre-commit-config.yaml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 # The HTML report is tested in a real headless Chromium (Debian's package). Where it cannot be installed

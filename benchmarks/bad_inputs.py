@@ -81,18 +81,36 @@ def add(group: str, name: str, expect: str | tuple[str, ...], fn: Callable[[Ctx]
     CASES.append(Case(group, name, (expect,) if isinstance(expect, str) else tuple(expect), fn=fn))
 
 
-def add_cli(group: str, name: str, argv: list[str], names: list[str] | None = None,
-            setup: Callable[[Path], None] | None = None, expect_files: list[str] | None = None) -> None:
+def add_cli(
+    group: str,
+    name: str,
+    argv: list[str],
+    names: list[str] | None = None,
+    setup: Callable[[Path], None] | None = None,
+    expect_files: list[str] | None = None,
+) -> None:
     """``names``: substrings the error must mention (the argument); None means the input is valid."""
     expect = (OK,) if names is None else ("exit 2",)
-    CASES.append(Case(group, name, expect, cli={"argv": argv, "names": names or [], "setup": setup,
-                                                "expect_files": expect_files or []}))
+    CASES.append(
+        Case(
+            group,
+            name,
+            expect,
+            cli={"argv": argv, "names": names or [], "setup": setup, "expect_files": expect_files or []},
+        )
+    )
 
 
 def error_class(name: str) -> type | None:
     """The leantorch exception class called ``name`` in this version of leantorch (None if it has none)."""
-    for where in ("leantorch", "leantorch.errors", "leantorch.compress", "leantorch.ptq.auto",
-                  "leantorch.quant.qat", "leantorch.compress.ratio_selection"):
+    for where in (
+        "leantorch",
+        "leantorch.errors",
+        "leantorch.compress",
+        "leantorch.ptq.auto",
+        "leantorch.quant.qat",
+        "leantorch.compress.ratio_selection",
+    ):
         module = sys.modules.get(where)
         cls = getattr(module, name, None) if module is not None else None
         if isinstance(cls, type) and issubclass(cls, BaseException):
@@ -166,8 +184,16 @@ def run(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
 def seq_model() -> nn.Module:
     """Conv-BN-ReLU-Conv-ReLU-pool-linear on 3x16x16 inputs (BN statistics not trivial)."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     with torch.no_grad():
         bn = m[1]
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -233,6 +259,7 @@ def mse_score(model: nn.Module, data: list[torch.Tensor]) -> Callable[[nn.Module
     def score(candidate: nn.Module) -> float:
         with torch.no_grad():
             return -float(sum(F.mse_loss(candidate(x), r) for x, r in zip(data, reference)))
+
     return score
 
 
@@ -267,8 +294,7 @@ def model_problem(model: nn.Module, x: torch.Tensor) -> str | None:
     return None if finite(out) else "returned model outputs NaN/Inf"
 
 
-def calibrated(model: nn.Module | None = None, per_channel: bool = False, scheme: str = "minmax",
-               **kw: Any) -> Any:
+def calibrated(model: nn.Module | None = None, per_channel: bool = False, scheme: str = "minmax", **kw: Any) -> Any:
     model = model if model is not None else seq_model()
     sim = lt.QuantSim(model, xin(), scheme=scheme, per_channel=per_channel, **kw)
     sim.compute_encodings(calib(), progress=False)
@@ -285,8 +311,17 @@ ADA = {"iterations": 5, "param_scheme": "minmax", "progress": False}
 
 # --------------------------------------------------------------------------------------------- API cases
 
-BAD_BITWIDTHS: list[tuple[str, Any]] = [("0", 0), ("1", 1), ("17", 17), ("33", 33), ("-1", -1), ("8.0", 8.0),
-                                        ("'8'", "8"), ("True", True), ("None", None)]
+BAD_BITWIDTHS: list[tuple[str, Any]] = [
+    ("0", 0),
+    ("1", 1),
+    ("17", 17),
+    ("33", 33),
+    ("-1", -1),
+    ("8.0", 8.0),
+    ("'8'", "8"),
+    ("True", True),
+    ("None", None),
+]
 GOOD_BITWIDTHS: list[tuple[str, Any]] = [("2", 2), ("16", 16), ("32", 32)]
 
 
@@ -297,6 +332,7 @@ def register_bitwidths() -> None:
             sim = lt.QuantSim(model, xin(), scheme="minmax", **{arg: bw})
             sim.compute_encodings(calib(), progress=False)
             return sim_problem(sim, xin(n=2))
+
         return fn
 
     def adaround(arg: str, bw: Any) -> Callable[[Ctx], str | None]:
@@ -304,6 +340,7 @@ def register_bitwidths() -> None:
             model = ctx.track(seq_model())
             rounded, enc = lt.adaround(model, xin(), calib(), path=ctx.tmp, **{arg: bw}, **ADA)
             return model_problem(rounded, xin(n=2))
+
         return fn
 
     def bias_correction(bw: Any) -> Callable[[Ctx], str | None]:
@@ -311,6 +348,7 @@ def register_bitwidths() -> None:
             model = ctx.track(seq_model())
             fixed = lt.bias_correction(model, xin(), calib(), param_bw=bw, scheme="minmax", progress=False)
             return model_problem(fixed, xin(n=2))
+
         return fn
 
     for label, bw in BAD_BITWIDTHS + GOOD_BITWIDTHS:
@@ -334,6 +372,7 @@ def register_options() -> None:
             sim = lt.QuantSim(model, xin(), **kw2)
             sim.compute_encodings(calib(), progress=False)
             return sim_problem(sim, xin(n=2))
+
         return fn
 
     def bad_json(ctx: Ctx) -> str:
@@ -357,11 +396,16 @@ def register_options() -> None:
             model = ctx.track(seq_model())
             fixed = lt.bias_correction(model, xin(), calib(), progress=False, **kw)
             return model_problem(fixed, xin(n=2))
+
         return fn
 
     add("option", "bias_correction(method='nope')", "InvalidOptionError", bc(method="nope"))
-    add("option", "bias_correction(method='analytical') on an unfolded model", ("InvalidOptionError",),
-        bc(method="analytical"))
+    add(
+        "option",
+        "bias_correction(method='analytical') on an unfolded model",
+        ("InvalidOptionError",),
+        bc(method="analytical"),
+    )
     add("option", "bias_correction(scheme='nope')", scheme_err, bc(scheme="nope"))
     add("option", "bias_correction(num_samples=0)", ("InvalidOptionError", "CalibrationDataError"), bc(num_samples=0))
 
@@ -370,6 +414,7 @@ def register_options() -> None:
             model = ctx.track(seq_model())
             rounded, _ = lt.adaround(model, xin(), calib(), path=ctx.tmp, **{**ADA, **kw})
             return model_problem(rounded, xin(n=2))
+
         return fn
 
     add("option", "adaround(objective='nope')", "InvalidOptionError", ada(objective="nope"))
@@ -386,6 +431,7 @@ def register_options() -> None:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
             return model_problem(lt.equalize(model, xin(), **kw), xin(n=2))
+
         return fn
 
     add("option", "equalize(relu6='nope')", "InvalidOptionError", eq(relu6="nope"))
@@ -395,20 +441,38 @@ def register_options() -> None:
             sim = lt.QuantSim(ctx.track(seq_model()), xin(), scheme="minmax")
             sim.compute_encodings(calib(), progress=False, **kw)
             return sim_problem(sim, xin(n=2))
+
         return fn
 
-    add("option", "compute_encodings(num_batches=0)", ("InvalidOptionError", "CalibrationDataError"),
-        compute(num_batches=0))
-    add("option", "compute_encodings(num_batches=-1)", ("InvalidOptionError", "CalibrationDataError"),
-        compute(num_batches=-1))
+    add(
+        "option",
+        "compute_encodings(num_batches=0)",
+        ("InvalidOptionError", "CalibrationDataError"),
+        compute(num_batches=0),
+    )
+    add(
+        "option",
+        "compute_encodings(num_batches=-1)",
+        ("InvalidOptionError", "CalibrationDataError"),
+        compute(num_batches=-1),
+    )
 
     def auto(**kw: Any) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
             data = calib()
-            result = lt.auto_quant(model, xin(), data, mse_score(model, data), path=ctx.tmp, progress=False,
-                                   adaround_kwargs={"iterations": 5, "param_scheme": "minmax"}, **kw)
+            result = lt.auto_quant(
+                model,
+                xin(),
+                data,
+                mse_score(model, data),
+                path=ctx.tmp,
+                progress=False,
+                adaround_kwargs={"iterations": 5, "param_scheme": "minmax"},
+                **kw,
+            )
             return sim_problem(result.sim, xin(n=2))
+
         return fn
 
     add("option", "auto_quant(allowed_drop=-1)", "InvalidOptionError", auto(allowed_drop=-1.0))
@@ -420,6 +484,7 @@ def register_options() -> None:
             sim = calibrated(ctx.track(seq_model()))
             files = sim.export(ctx.tmp / "out", "model", **kw)
             return None if all(Path(p).exists() for p in files.values()) else "export returned missing files"
+
         return fn
 
     add("option", "export(opset=5)", ("InvalidOptionError", "ExportError"), export(opset=5))
@@ -471,6 +536,7 @@ def register_calibration() -> None:
             sim = lt.QuantSim(ctx.track(seq_model()), xin(), scheme="minmax")
             sim.compute_encodings(factory(), progress=False)
             return sim_problem(sim, xin(n=2))
+
         return fn
 
     def bias(factory: Callable[[], Any]) -> Callable[[Ctx], str | None]:
@@ -478,6 +544,7 @@ def register_calibration() -> None:
             model = ctx.track(seq_model())
             fixed = lt.bias_correction(model, xin(), factory(), scheme="minmax", progress=False)
             return model_problem(fixed, xin(n=2))
+
         return fn
 
     def ada(factory: Callable[[], Any]) -> Callable[[Ctx], str | None]:
@@ -485,6 +552,7 @@ def register_calibration() -> None:
             model = ctx.track(seq_model())
             rounded, _ = lt.adaround(model, xin(), factory(), path=ctx.tmp, **ADA)
             return model_problem(rounded, xin(n=2))
+
         return fn
 
     def analyze(factory: Callable[[], Any]) -> Callable[[Ctx], str | None]:
@@ -493,23 +561,41 @@ def register_calibration() -> None:
             sim = calibrated(model)
             report = lt.analyze(sim, mse_score(model, calib()), factory(), sensitivity=False, progress=False)
             return None if all(math.isfinite(v) for v in report.scores.values()) else "non-finite scores"
+
         return fn
 
     def prune(factory: Callable[[], Any]) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(compress_model())
             data = calib(COMPRESS_SHAPE)
-            small, info = lt.compress(model, xin(COMPRESS_SHAPE), mse_score(model, data), "channel_pruning", 0.7,
-                                      calibration=factory(), candidates=3, progress=False)
+            small, info = lt.compress(
+                model,
+                xin(COMPRESS_SHAPE),
+                mse_score(model, data),
+                "channel_pruning",
+                0.7,
+                calibration=factory(),
+                candidates=3,
+                progress=False,
+            )
             return model_problem(small, xin(COMPRESS_SHAPE, 2))
+
         return fn
 
     def auto(factory: Callable[[], Any]) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
-            result = lt.auto_quant(model, xin(), factory(), mse_score(model, calib()), path=ctx.tmp,
-                                   progress=False, adaround_kwargs={"iterations": 5, "param_scheme": "minmax"})
+            result = lt.auto_quant(
+                model,
+                xin(),
+                factory(),
+                mse_score(model, calib()),
+                path=ctx.tmp,
+                progress=False,
+                adaround_kwargs={"iterations": 5, "param_scheme": "minmax"},
+            )
             return sim_problem(result.sim, xin(n=2))
+
         return fn
 
     for label, expect, factory in calibration_variants(SEQ_SHAPE):
@@ -519,8 +605,15 @@ def register_calibration() -> None:
         add("calibration data", f"analyze({label})", expect, analyze(factory))
         add("calibration data", f"auto_quant({label})", expect, auto(factory))
     for label, expect, factory in calibration_variants(COMPRESS_SHAPE):
-        if label in ("[] (empty list)", "NaN in batch 1", "Inf in batch 0", "None", "exhausted generator",
-                     f"wrong shape {(COMPRESS_SHAPE[0] + 2,) + COMPRESS_SHAPE[1:]}", "[(x, labels)] batches"):
+        if label in (
+            "[] (empty list)",
+            "NaN in batch 1",
+            "Inf in batch 0",
+            "None",
+            "exhausted generator",
+            f"wrong shape {(COMPRESS_SHAPE[0] + 2,) + COMPRESS_SHAPE[1:]}",
+            "[(x, labels)] batches",
+        ):
             add("calibration data", f"compress(channel_pruning, calibration={label})", expect, prune(factory))
 
     def never_runs(ctx: Ctx) -> str | None:
@@ -539,15 +632,23 @@ def register_calibration() -> None:
             sim = lt.QuantSim(model, (torch.randn(1, 6), torch.randn(1, 6)), scheme="minmax")
             sim.compute_encodings(batches(), progress=False)
             return None if finite(run(sim.model, torch.randn(2, 6), torch.randn(2, 6))) else "NaN output"
+
         return fn
 
-    add("calibration data", "compute_encodings(callable that never runs the model)", "CalibrationDataError",
-        never_runs)
+    add("calibration data", "compute_encodings(callable that never runs the model)", "CalibrationDataError", never_runs)
     add("calibration data", "compute_encodings(callable(model))", OK, callable_ok)
-    add("calibration data", "two-input model, batches of one tensor (wrong number of inputs)", "CalibrationDataError",
-        two_inputs(lambda: [torch.randn(4, 6)]))
-    add("calibration data", "two-input model, (a, b) batches", OK,
-        two_inputs(lambda: [(torch.randn(4, 6), torch.randn(4, 6))]))
+    add(
+        "calibration data",
+        "two-input model, batches of one tensor (wrong number of inputs)",
+        "CalibrationDataError",
+        two_inputs(lambda: [torch.randn(4, 6)]),
+    )
+    add(
+        "calibration data",
+        "two-input model, (a, b) batches",
+        OK,
+        two_inputs(lambda: [(torch.randn(4, 6), torch.randn(4, 6))]),
+    )
 
 
 def register_example_input() -> None:
@@ -586,6 +687,7 @@ def register_example_input() -> None:
                 report = lt.compress.cost(model, x)
                 return None if report.total_macs > 0 else "no MACs counted"
             raise AssertionError(api)
+
         return fn
 
     for label, expect, factory in variants:
@@ -644,6 +746,7 @@ def register_models() -> None:
                 small, _ = lt.compress(model, x, lambda m: 0.0, "spatial_svd", 0.8, candidates=3, progress=False)
                 return model_problem(small, xin(n=2))
             raise AssertionError(api)
+
         return fn
 
     for label, expect, factory in models:
@@ -656,8 +759,9 @@ def register_models() -> None:
 
     add("model", "QuantSim(model=<a lambda>)", ("TraceError", "InvalidOptionError"), not_a_module)
 
-    def valid(factory: Callable[[], nn.Module], x: torch.Tensor, data: list[Any],
-              **kw: Any) -> Callable[[Ctx], str | None]:
+    def valid(
+        factory: Callable[[], nn.Module], x: torch.Tensor, data: list[Any], **kw: Any
+    ) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(factory())
             sim = lt.QuantSim(model, x, **kw)
@@ -668,6 +772,7 @@ def register_models() -> None:
             err = float((run(sim.model, x) - run(model, x)).abs().max())
             scale = float(run(model, x).abs().max())
             return None if err <= 0.5 * scale + 1e-6 else f"W8A8 output far from FP32 ({err:.3g} vs {scale:.3g})"
+
         return fn
 
     def resnet() -> nn.Module:
@@ -678,20 +783,36 @@ def register_models() -> None:
         torch.manual_seed(0)
         return ltm.TransformerClassifier(in_features=16, num_classes=10, dim=32, depth=1).eval()
 
-    add("model", "ResNetSmall(width=8) 32x32 W8A8 (valid)", OK,
-        valid(resnet, xin((3, 32, 32)), calib((3, 32, 32)), scheme="minmax"))
-    add("model", "TransformerClassifier W8A8 (valid)", OK,
-        valid(transformer, xin((6, 16)), calib((6, 16)), scheme="minmax"))
-    add("model", "ResNetSmall tf_enhanced per-channel (valid)", OK,
-        valid(resnet, xin((3, 32, 32)), calib((3, 32, 32)), per_channel=True))
+    add(
+        "model",
+        "ResNetSmall(width=8) 32x32 W8A8 (valid)",
+        OK,
+        valid(resnet, xin((3, 32, 32)), calib((3, 32, 32)), scheme="minmax"),
+    )
+    add(
+        "model",
+        "TransformerClassifier W8A8 (valid)",
+        OK,
+        valid(transformer, xin((6, 16)), calib((6, 16)), scheme="minmax"),
+    )
+    add(
+        "model",
+        "ResNetSmall tf_enhanced per-channel (valid)",
+        OK,
+        valid(resnet, xin((3, 32, 32)), calib((3, 32, 32)), per_channel=True),
+    )
 
     def transformer_wrong_features(ctx: Ctx) -> str | None:
         sim = lt.QuantSim(ctx.track(transformer()), xin((6, 16)), scheme="minmax")
         sim.compute_encodings([xin((6, 12), 4)], progress=False)
         return "calibrated on 12 features for a 16-feature model"
 
-    add("model", "TransformerClassifier calibrated with 12 features (expects 16)", "CalibrationDataError",
-        transformer_wrong_features)
+    add(
+        "model",
+        "TransformerClassifier calibrated with 12 features (expects 16)",
+        "CalibrationDataError",
+        transformer_wrong_features,
+    )
 
 
 ENC_VALUE_CORRUPTIONS: list[tuple[str, Callable[[dict], None]]] = [
@@ -743,15 +864,24 @@ def register_encodings() -> None:
             else:
                 apply(api, target, path)
             return outcome(target)
+
         return fn
 
     err = "EncodingsFileError"
     for label, change in ENC_VALUE_CORRUPTIONS:
         add("encodings file", f"load_encodings(param {label})", err, corrupt("load_encodings", "param", change))
-        add("encodings file", f"load_encodings(activation {label})", err,
-            corrupt("load_encodings", "activation", change))
-        add("encodings file", f"set_and_freeze_param_encodings(param {label})", err,
-            corrupt("set_and_freeze_param_encodings", "param", change))
+        add(
+            "encodings file",
+            f"load_encodings(activation {label})",
+            err,
+            corrupt("load_encodings", "activation", change),
+        )
+        add(
+            "encodings file",
+            f"set_and_freeze_param_encodings(param {label})",
+            err,
+            corrupt("set_and_freeze_param_encodings", "param", change),
+        )
 
     def file_case(api: str, write: Callable[[Ctx, dict, Path], Path]) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
@@ -760,6 +890,7 @@ def register_encodings() -> None:
             target = fresh(ctx)
             apply(api, target, path)
             return outcome(target)
+
         return fn
 
     def only_version(ctx: Ctx, data: dict, good: Path) -> Path:
@@ -792,6 +923,7 @@ def register_encodings() -> None:
             p = ctx.tmp / "t.encodings"
             p.write_text(content)
             return p
+
         return write
 
     def missing(ctx: Ctx, data: dict, good: Path) -> Path:
@@ -805,13 +937,16 @@ def register_encodings() -> None:
         ("unknown param name", unknown_param, ("load_encodings", "set_and_freeze_param_encodings")),
         ("unknown activation name", unknown_activation, ("load_encodings",)),
         ("wrong channel count", wrong_channels, ("load_encodings", "set_and_freeze_param_encodings")),
-        ("bad JSON", text("{\"version\": "), ("load_encodings", "set_and_freeze_param_encodings")),
+        ("bad JSON", text('{"version": '), ("load_encodings", "set_and_freeze_param_encodings")),
         ("missing file", missing, ("load_encodings", "set_and_freeze_param_encodings")),
         ("empty file", text(""), ("load_encodings",)),
         ("a JSON list", text("[1, 2]"), ("load_encodings", "set_and_freeze_param_encodings")),
         ("a directory", directory, ("load_encodings",)),
-        ("param_encodings is a list", text('{"version": "0.6.1", "param_encodings": [1]}'),
-         ("load_encodings", "set_and_freeze_param_encodings")),
+        (
+            "param_encodings is a list",
+            text('{"version": "0.6.1", "param_encodings": [1]}'),
+            ("load_encodings", "set_and_freeze_param_encodings"),
+        ),
     ]
     for label, write, apis in file_variants:
         for api in apis:
@@ -834,13 +969,22 @@ def register_encodings() -> None:
                 target.compute_encodings(calib(), progress=False)
             diff = float((run(target.model, xin(n=2)) - run(sim.model, xin(n=2))).abs().max())
             return None if diff <= 1e-6 else f"outputs differ by {diff:.3g} from the exporting sim"
+
         return fn
 
     add("encodings file", "save_encodings -> load_encodings into a new sim (identical outputs)", OK, save_load)
-    add("encodings file", "sim.export's .encodings -> load_encodings into a new sim (identical outputs)", OK,
-        export_load("load_encodings"))
-    add("encodings file", "sim.export's .encodings -> set_and_freeze_param_encodings (identical outputs)", OK,
-        export_load("set_and_freeze_param_encodings"))
+    add(
+        "encodings file",
+        "sim.export's .encodings -> load_encodings into a new sim (identical outputs)",
+        OK,
+        export_load("load_encodings"),
+    )
+    add(
+        "encodings file",
+        "sim.export's .encodings -> set_and_freeze_param_encodings (identical outputs)",
+        OK,
+        export_load("set_and_freeze_param_encodings"),
+    )
 
     def half_applied(ctx: Ctx) -> str | None:
         sim, data, _ = base(ctx)
@@ -849,8 +993,13 @@ def register_encodings() -> None:
         data["param_encodings"][names[-1]][0]["scale"] = "abc"
         path = ctx.tmp / "late.encodings"
         path.write_text(json.dumps(data))
-        ctx.after(lambda: None if torch.equal(run(sim.model, xin(n=2)), before)
-                  else "a failed load changed the sim (half-applied)")
+        ctx.after(
+            lambda: (
+                None
+                if torch.equal(run(sim.model, xin(n=2)), before)
+                else "a failed load changed the sim (half-applied)"
+            )
+        )
         sim.load_encodings(path)
         return outcome(sim)
 
@@ -874,6 +1023,7 @@ def register_qat() -> None:
             if not all(math.isfinite(v) for v in losses):
                 return f"losses {losses}"
             return sim_nonfinite(sim)
+
         return fn
 
     def exhausted() -> Any:
@@ -917,24 +1067,38 @@ def register_layers_analyze_export() -> None:
             sim = calibrated(ctx.track(seq_model()))
             getattr(sim, method)(False, layers=layers)
             return f"{method}(layers={layers!r}) accepted"
+
         return fn
 
     unknown = "UnknownLayerError"
-    add("layer names", "sim.set_param_quantization(False, layers=['nope'])", unknown,
-        switch("set_param_quantization", ["nope"]))
-    add("layer names", "sim.set_activation_quantization(False, layers=['nope'])", unknown,
-        switch("set_activation_quantization", ["nope"]))
-    add("layer names", "sim.set_param_quantization(False, layers='stem.0') (a string, not a list)",
-        (OK, "InvalidOptionError"), lambda ctx: _string_layers(ctx))
+    add(
+        "layer names",
+        "sim.set_param_quantization(False, layers=['nope'])",
+        unknown,
+        switch("set_param_quantization", ["nope"]),
+    )
+    add(
+        "layer names",
+        "sim.set_activation_quantization(False, layers=['nope'])",
+        unknown,
+        switch("set_activation_quantization", ["nope"]),
+    )
+    add(
+        "layer names",
+        "sim.set_param_quantization(False, layers='stem.0') (a string, not a list)",
+        (OK, "InvalidOptionError"),
+        lambda ctx: _string_layers(ctx),
+    )
 
-    def analyze(eval_fn: Callable[[nn.Module], Any] | None = None, calibrate: bool = True,
-                **kw: Any) -> Callable[[Ctx], str | None]:
+    def analyze(
+        eval_fn: Callable[[nn.Module], Any] | None = None, calibrate: bool = True, **kw: Any
+    ) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
             sim = calibrated(model) if calibrate else lt.QuantSim(model, xin(), scheme="minmax")
             report = lt.analyze(sim, eval_fn or mse_score(model, calib()), calib(), progress=False, **kw)
-            return None if all(math.isfinite(v) for v in report.scores.values()) else \
-                f"scores {report.scores}"
+            return None if all(math.isfinite(v) for v in report.scores.values()) else f"scores {report.scores}"
+
         return fn
 
     def raises(model: nn.Module) -> float:
@@ -956,10 +1120,12 @@ def register_layers_analyze_export() -> None:
     def report_to(target: Callable[[Ctx], Path]) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
-            report = lt.analyze(calibrated(model), mse_score(model, calib()), calib(), sensitivity=False,
-                                progress=False)
+            report = lt.analyze(
+                calibrated(model), mse_score(model, calib()), calib(), sensitivity=False, progress=False
+            )
             report.to_html(target(ctx))
             return "wrote the report"
+
         return fn
 
     def existing_dir(ctx: Ctx) -> Path:
@@ -972,8 +1138,9 @@ def register_layers_analyze_export() -> None:
     add("analyze", "report.to_html(<an existing directory>)", "OutputPathError", report_to(existing_dir))
     add("analyze", "report.to_html(<a path under a file>)", "OutputPathError", report_to(under_file))
 
-    def export(path: Callable[[Ctx], Path], prefix: Any = "model",
-               calibrate: bool = True) -> Callable[[Ctx], str | None]:
+    def export(
+        path: Callable[[Ctx], Path], prefix: Any = "model", calibrate: bool = True
+    ) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(seq_model())
             sim = calibrated(model) if calibrate else lt.QuantSim(model, xin(), scheme="minmax")
@@ -985,6 +1152,7 @@ def register_layers_analyze_export() -> None:
             if missing_files:
                 return f"export returned missing files {missing_files}"
             return None if prefix not in ("", None) else f"exported as {[Path(p).name for p in files.values()]}"
+
         return fn
 
     def existing_file(ctx: Ctx) -> Path:
@@ -1025,20 +1193,33 @@ def _left_files(root: Path, before: set[str]) -> str | None:
 
 
 def register_compress() -> None:
-    def comp(scheme: Any = "weight_svd", target: Any = 0.8, model_fn: Callable[[], nn.Module] = compress_model,
-             eval_fn: Callable[[nn.Module], Any] | None = None, **kw: Any) -> Callable[[Ctx], str | None]:
+    def comp(
+        scheme: Any = "weight_svd",
+        target: Any = 0.8,
+        model_fn: Callable[[], nn.Module] = compress_model,
+        eval_fn: Callable[[nn.Module], Any] | None = None,
+        **kw: Any,
+    ) -> Callable[[Ctx], str | None]:
         def fn(ctx: Ctx) -> str | None:
             model = ctx.track(model_fn())
             data = calib(COMPRESS_SHAPE)
             kw2 = {k: (v(ctx) if callable(v) else v) for k, v in kw.items()}
-            small, info = lt.compress(model, xin(COMPRESS_SHAPE), eval_fn or mse_score(model, data), scheme, target,
-                                      progress=False, **{"candidates": 3, **kw2})
+            small, info = lt.compress(
+                model,
+                xin(COMPRESS_SHAPE),
+                eval_fn or mse_score(model, data),
+                scheme,
+                target,
+                progress=False,
+                **{"candidates": 3, **kw2},
+            )
             problem = model_problem(small, xin(COMPRESS_SHAPE, 2))
             if problem:
                 return problem
             if not (0 < info.mac_ratio <= 1.0):
                 return f"mac_ratio {info.mac_ratio}"
             return None
+
         return fn
 
     def raises(model: nn.Module) -> float:
@@ -1071,20 +1252,43 @@ def register_compress() -> None:
     add("compress", "eval_fn raises", "EvalFunctionError", comp(eval_fn=raises))
     add("compress", "eval_fn returns a string", "EvalFunctionError", comp(eval_fn=lambda m: "good"))
     add("compress", "cache_dir=<an existing file>", "OutputPathError", comp(cache_dir=existing_file))
-    add("compress", "channel_pruning without calibration", ("CalibrationDataError", "CompressionError"),
-        comp(scheme="channel_pruning"))
-    add("compress", "stage_targets=[0.5] for two schemes", opt,
-        comp(scheme=["weight_svd", "spatial_svd"], target=0.5, stage_targets=[0.5]))
+    add(
+        "compress",
+        "channel_pruning without calibration",
+        ("CalibrationDataError", "CompressionError"),
+        comp(scheme="channel_pruning"),
+    )
+    add(
+        "compress",
+        "stage_targets=[0.5] for two schemes",
+        opt,
+        comp(scheme=["weight_svd", "spatial_svd"], target=0.5, stage_targets=[0.5]),
+    )
     add("compress", "valid weight_svd 0.8", OK, comp())
     add("compress", "valid spatial_svd 0.7", OK, comp(scheme="spatial_svd", target=0.7))
-    add("compress", "valid channel_pruning 0.7", OK,
-        comp(scheme="channel_pruning", target=0.7, calibration=lambda ctx: calib(COMPRESS_SHAPE)))
+    add(
+        "compress",
+        "valid channel_pruning 0.7",
+        OK,
+        comp(scheme="channel_pruning", target=0.7, calibration=lambda ctx: calib(COMPRESS_SHAPE)),
+    )
 
 
 # --------------------------------------------------------------------------------------------- CLI cases
 
-CLI_BASE = ["--model", "leantorch.models:ResNetSmall", "--data", "builtin:images", "--image-size", "32",
-            "--num-samples", "8", "--batch-size", "4", "--no-progress"]
+CLI_BASE = [
+    "--model",
+    "leantorch.models:ResNetSmall",
+    "--data",
+    "builtin:images",
+    "--image-size",
+    "32",
+    "--num-samples",
+    "8",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
 
 
 def _q(*extra: str) -> list[str]:
@@ -1096,9 +1300,31 @@ def _a(*extra: str) -> list[str]:
 
 
 def _c(*extra: str) -> list[str]:
-    return ["compress", "--model", "leantorch.models:ResNetSmall", "--data", "builtin:images", "--image-size", "32",
-            "--num-samples", "8", "--eval-samples", "8", "--batch-size", "8", "--candidates", "3",
-            "--scheme", "weight_svd", "--target", "0.8", "--no-progress", "--out", "out", *extra]
+    return [
+        "compress",
+        "--model",
+        "leantorch.models:ResNetSmall",
+        "--data",
+        "builtin:images",
+        "--image-size",
+        "32",
+        "--num-samples",
+        "8",
+        "--eval-samples",
+        "8",
+        "--batch-size",
+        "8",
+        "--candidates",
+        "3",
+        "--scheme",
+        "weight_svd",
+        "--target",
+        "0.8",
+        "--no-progress",
+        "--out",
+        "out",
+        *extra,
+    ]
 
 
 def _with(argv: list[str], flag: str, value: str) -> list[str]:
@@ -1114,6 +1340,7 @@ def register_cli() -> None:
     def npy(name: str, array: np.ndarray) -> Callable[[Path], None]:
         def setup(cwd: Path) -> None:
             np.save(cwd / name, array)
+
         return setup
 
     rng = np.random.default_rng(0)
@@ -1124,6 +1351,7 @@ def register_cli() -> None:
         d = cwd / "imgs"
         d.mkdir()
         from PIL import Image  # scikit-image depends on pillow
+
         for i in range(3):
             Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(d / f"ok{i}.png")
         (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
@@ -1139,8 +1367,13 @@ def register_cli() -> None:
 
     model_files = ["out/model.onnx", "out/model.encodings", "out/model.pth"]
     add_cli("CLI quantize", "valid quantize", _q(), None, expect_files=model_files)
-    add_cli("CLI quantize", "valid quantize, --batch-size 100 > samples", _with(_q(), "--batch-size", "100"), None,
-            expect_files=model_files)
+    add_cli(
+        "CLI quantize",
+        "valid quantize, --batch-size 100 > samples",
+        _with(_q(), "--batch-size", "100"),
+        None,
+        expect_files=model_files,
+    )
     add_cli("CLI quantize", "--num-samples 0", _with(_q(), "--num-samples", "0"), ["--num-samples"])
     add_cli("CLI quantize", "--num-samples -1", _with(_q(), "--num-samples", "-1"), ["--num-samples"])
     add_cli("CLI quantize", "--batch-size 0", _with(_q(), "--batch-size", "0"), ["--batch-size"])
@@ -1150,40 +1383,83 @@ def register_cli() -> None:
     add_cli("CLI quantize", "--name ''", _q("--name", ""), ["--name"])
     add_cli("CLI quantize", "--out <an existing file>", _with(_q(), "--out", "taken"), ["--out"], setup=out_file)
     add_cli("CLI quantize", "--data <missing path>", _with(_q(), "--data", "nowhere/x.npy"), ["--data"])
-    add_cli("CLI quantize", "--data <.npy of shape [8, 5]>", _with(_q(), "--data", "x.npy"), ["--data"],
-            setup=npy("x.npy", rng.standard_normal((8, 5)).astype(np.float32)))
-    add_cli("CLI quantize", "--data <.npy with NaN>", _with(_q(), "--data", "x.npy"), ["--data"],
-            setup=npy("x.npy", nan_array))
-    add_cli("CLI quantize", "--data <.npy of 0 samples>", _with(_q(), "--data", "x.npy"), ["--data"],
-            setup=npy("x.npy", np.zeros((0, 3, 32, 32), np.float32)))
-    add_cli("CLI quantize", "--data <dir with a corrupt .png>", _with(_q(), "--data", "imgs"), ["--data"],
-            setup=corrupt_png)
+    add_cli(
+        "CLI quantize",
+        "--data <.npy of shape [8, 5]>",
+        _with(_q(), "--data", "x.npy"),
+        ["--data"],
+        setup=npy("x.npy", rng.standard_normal((8, 5)).astype(np.float32)),
+    )
+    add_cli(
+        "CLI quantize",
+        "--data <.npy with NaN>",
+        _with(_q(), "--data", "x.npy"),
+        ["--data"],
+        setup=npy("x.npy", nan_array),
+    )
+    add_cli(
+        "CLI quantize",
+        "--data <.npy of 0 samples>",
+        _with(_q(), "--data", "x.npy"),
+        ["--data"],
+        setup=npy("x.npy", np.zeros((0, 3, 32, 32), np.float32)),
+    )
+    add_cli(
+        "CLI quantize", "--data <dir with a corrupt .png>", _with(_q(), "--data", "imgs"), ["--data"], setup=corrupt_png
+    )
     add_cli("CLI quantize", "--data <empty dir>", _with(_q(), "--data", "empty"), ["--data"], setup=empty_dir)
     add_cli("CLI quantize", "--model nope (bad spec)", _with(_q(), "--model", "nope"), ["--model"])
     add_cli("CLI quantize", "--model nope_pkg:f (missing module)", _with(_q(), "--model", "nope_pkg:f"), ["--model"])
-    add_cli("CLI quantize", "--model leantorch.models:Nope", _with(_q(), "--model", "leantorch.models:Nope"),
-            ["--model"])
-    add_cli("CLI quantize", "--model builtins:dict (returns a non-module)", _with(_q(), "--model", "builtins:dict"),
-            ["--model"])
+    add_cli(
+        "CLI quantize", "--model leantorch.models:Nope", _with(_q(), "--model", "leantorch.models:Nope"), ["--model"]
+    )
+    add_cli(
+        "CLI quantize",
+        "--model builtins:dict (returns a non-module)",
+        _with(_q(), "--model", "builtins:dict"),
+        ["--model"],
+    )
     add_cli("CLI quantize", "--model math:pi (not callable)", _with(_q(), "--model", "math:pi"), ["--model"])
-    add_cli("CLI quantize", "--model leantorch.data:sample_images (needs arguments)",
-            _with(_q(), "--model", "leantorch.data:sample_images"), ["--model"])
+    add_cli(
+        "CLI quantize",
+        "--model leantorch.data:sample_images (needs arguments)",
+        _with(_q(), "--model", "leantorch.data:sample_images"),
+        ["--model"],
+    )
     add_cli("CLI quantize", "--config nope", _q("--config", "nope"), ["--config"])
-    add_cli("CLI quantize", "--adaround --adaround-iterations 0", _q("--adaround", "--adaround-iterations", "0"),
-            ["--adaround-iterations"])
-    add_cli("CLI quantize", "--adaround --adaround-lr nan", _q("--adaround", "--adaround-iterations", "5",
-                                                               "--adaround-lr", "nan"), ["--adaround-lr"])
+    add_cli(
+        "CLI quantize",
+        "--adaround --adaround-iterations 0",
+        _q("--adaround", "--adaround-iterations", "0"),
+        ["--adaround-iterations"],
+    )
+    add_cli(
+        "CLI quantize",
+        "--adaround --adaround-lr nan",
+        _q("--adaround", "--adaround-iterations", "5", "--adaround-lr", "nan"),
+        ["--adaround-lr"],
+    )
     add_cli("CLI quantize", "--auto --allowed-drop -1", _q("--auto", "--allowed-drop", "-1"), ["--allowed-drop"])
     add_cli("CLI quantize", "--scheme nope", _with(_q(), "--scheme", "nope"), ["--scheme"])
     add_cli("CLI quantize", "--num-samples abc", _with(_q(), "--num-samples", "abc"), ["--num-samples"])
 
     add_cli("CLI analyze", "valid analyze", _a("--no-sensitivity"), None, expect_files=["report.html"])
     add_cli("CLI analyze", "analyze --layers nope", _a("--layers", "nope"), ["--layers"])
-    add_cli("CLI analyze", "analyze --out <an existing directory>", _with(_a("--no-sensitivity"), "--out", "somedir"),
-            ["--out"], setup=out_dir)
+    add_cli(
+        "CLI analyze",
+        "analyze --out <an existing directory>",
+        _with(_a("--no-sensitivity"), "--out", "somedir"),
+        ["--out"],
+        setup=out_dir,
+    )
     add_cli("CLI analyze", "analyze --num-samples 0", _with(_a(), "--num-samples", "0"), ["--num-samples"])
-    add_cli("CLI analyze", "analyze --plots <an existing file>", _a("--no-sensitivity", "--plots", "taken"),
-            ["--plots"], setup=out_file)
+    add_cli(
+        "CLI analyze",
+        "analyze --plots <an existing file>",
+        _a("--no-sensitivity", "--plots", "taken"),
+        ["--plots"],
+        setup=out_file,
+    )
 
     add_cli("CLI compress", "compress --target 2", _with(_c(), "--target", "2"), ["--target"])
     add_cli("CLI compress", "compress --target 0", _with(_c(), "--target", "0"), ["--target"])
@@ -1193,8 +1469,9 @@ def register_cli() -> None:
     add_cli("CLI compress", "compress --candidates 0", _with(_c(), "--candidates", "0"), ["--candidates"])
     add_cli("CLI compress", "compress --rank-multiple 0", _c("--rank-multiple", "0"), ["--rank-multiple"])
     add_cli("CLI compress", "compress --skip nope", _c("--skip", "nope"), ["--skip"])
-    add_cli("CLI compress", "compress --out <an existing file>", _with(_c(), "--out", "taken"), ["--out"],
-            setup=out_file)
+    add_cli(
+        "CLI compress", "compress --out <an existing file>", _with(_c(), "--out", "taken"), ["--out"], setup=out_file
+    )
     add_cli("CLI compress", "compress --data <missing path>", _with(_c(), "--data", "nowhere"), ["--data"])
 
 
@@ -1264,12 +1541,17 @@ def api_child(case: Case, tmp: Path, conn: Any) -> None:
         tb = traceback.extract_tb(exc.__traceback__)
         where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(tb) if "leantorch" in f.filename), "")
         note = (note + "; " if note else "") + (f"raised at {where}" if where else "")
-    conn.send({
-        "outcome": outcome, "exc_type": type(exc).__name__ if exc is not None else "",
-        "message": first_line(str(exc)) if exc is not None else "", "note": note,
-        "mutated": "; ".join(mutated), "seconds": seconds,
-        "warnings": [first_line(str(w.message), 120) for w in caught][:3],
-    })
+    conn.send(
+        {
+            "outcome": outcome,
+            "exc_type": type(exc).__name__ if exc is not None else "",
+            "message": first_line(str(exc)) if exc is not None else "",
+            "note": note,
+            "mutated": "; ".join(mutated),
+            "seconds": seconds,
+            "warnings": [first_line(str(w.message), 120) for w in caught][:3],
+        }
+    )
     conn.close()
     os._exit(0)
 
@@ -1284,6 +1566,7 @@ def cli_child(argv: list[str], err_path: Path, cwd: Path) -> None:
     sys.argv = ["leantorch", *argv]
     torch.set_num_threads(1)
     from leantorch.cli import main
+
     try:
         code = main(argv)
     except SystemExit as e:
@@ -1308,8 +1591,12 @@ def run_cli(case: Case, tmp: Path, timeout: float, mode: str) -> dict[str, Any]:
     start = time.perf_counter()
     code: int | None
     if mode == "subprocess":
-        cmd = [sys.executable, "-c", "import sys; from leantorch.cli import main; sys.exit(main(sys.argv[1:]))",
-               *spec["argv"]]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from leantorch.cli import main; sys.exit(main(sys.argv[1:]))",
+            *spec["argv"],
+        ]
         with open(err_path, "w") as err:
             try:
                 code = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout).returncode
@@ -1334,7 +1621,7 @@ def run_cli(case: Case, tmp: Path, timeout: float, mode: str) -> dict[str, Any]:
     message = lines[error_lines[-1]].strip() if error_lines else (lines[-1].strip() if lines else "")
     traceback_seen = "Traceback (most recent call last)" in stderr
     if traceback_seen:
-        result["exc_type"] = (lines[-1].split(":")[0] if lines else "")
+        result["exc_type"] = lines[-1].split(":")[0] if lines else ""
     result["message"] = first_line(message)
     if code is None:
         result["outcome"], result["note"] = "hang", f"killed after {timeout:.0f} s"
@@ -1393,10 +1680,24 @@ def run_api(case: Case, tmp: Path, timeout: float) -> dict[str, Any]:
     if result is None:
         elapsed = time.perf_counter() - start
         if elapsed >= timeout:
-            return {"outcome": "hang", "exc_type": "", "message": "", "note": f"killed after {timeout:.0f} s",
-                    "mutated": "", "seconds": elapsed, "warnings": []}
-        return {"outcome": "generic", "exc_type": "crash", "message": f"worker died (exit code {proc.exitcode})",
-                "note": "the process crashed (segfault/abort)", "mutated": "", "seconds": elapsed, "warnings": []}
+            return {
+                "outcome": "hang",
+                "exc_type": "",
+                "message": "",
+                "note": f"killed after {timeout:.0f} s",
+                "mutated": "",
+                "seconds": elapsed,
+                "warnings": [],
+            }
+        return {
+            "outcome": "generic",
+            "exc_type": "crash",
+            "message": f"worker died (exit code {proc.exitcode})",
+            "note": "the process crashed (segfault/abort)",
+            "mutated": "",
+            "seconds": elapsed,
+            "warnings": [],
+        }
     return result
 
 
@@ -1413,17 +1714,29 @@ def warm_up() -> None:
         steps: list[Callable[[], Any]] = [
             lambda: lt.adaround(model, xin(), data, path=tmp, **ADA),
             lambda: lt.bias_correction(lt.equalize(model, xin()), xin(), data, method="hybrid", progress=False),
-            lambda: lt.qat.fit(calibrated(lt.fold_batch_norms(model, xin())[0], range_learning=True),
-                               [(x, torch.zeros(len(x), dtype=torch.long)) for x in data], F.cross_entropy,
-                               progress=False),
+            lambda: lt.qat.fit(
+                calibrated(lt.fold_batch_norms(model, xin())[0], range_learning=True),
+                [(x, torch.zeros(len(x), dtype=torch.long)) for x in data],
+                F.cross_entropy,
+                progress=False,
+            ),
             lambda: lt.analyze(calibrated(model), mse_score(model, data), data, progress=False).to_html(tmp / "r.html"),
             lambda: calibrated(model).export(tmp, "model"),
         ]
         cmodel, cdata = compress_model(), calib(COMPRESS_SHAPE)
         for scheme in ("weight_svd", "spatial_svd", "channel_pruning"):
-            steps.append(lambda scheme=scheme: lt.compress(cmodel, xin(COMPRESS_SHAPE), mse_score(cmodel, cdata),
-                                                           scheme, 0.7, calibration=cdata, candidates=3,
-                                                           progress=False))
+            steps.append(
+                lambda scheme=scheme: lt.compress(
+                    cmodel,
+                    xin(COMPRESS_SHAPE),
+                    mse_score(cmodel, cdata),
+                    scheme,
+                    0.7,
+                    calibration=cdata,
+                    candidates=3,
+                    progress=False,
+                )
+            )
         for step in steps:
             try:
                 step()
@@ -1454,15 +1767,19 @@ def markdown_details(results: list[tuple[Case, dict[str, Any]]]) -> str:
     def cell(s: Any) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
-    out = ["| # | input class | case | expected | outcome | exception | message (first line) | note | mutated | s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| # | input class | case | expected | outcome | exception | message (first line) | note | mutated | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, (case, r) in enumerate(results, 1):
         note = r["note"]
         if r.get("warnings") and r["outcome"] == "silent":
             note = (note + "; " if note else "") + "warned: " + " / ".join(r["warnings"])
-        out.append(f"| {i} | {cell(case.group)} | {cell(case.name)} | {cell(' or '.join(case.expect))} | "
-                   f"{r['outcome']} | {cell(r['exc_type'])} | {cell(r['message'])} | {cell(note)} | "
-                   f"{cell(r['mutated'])} | {r['seconds']:.1f} |")
+        out.append(
+            f"| {i} | {cell(case.group)} | {cell(case.name)} | {cell(' or '.join(case.expect))} | "
+            f"{r['outcome']} | {cell(r['exc_type'])} | {cell(r['message'])} | {cell(note)} | "
+            f"{cell(r['mutated'])} | {r['seconds']:.1f} |"
+        )
     return "\n".join(out)
 
 
@@ -1484,9 +1801,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--details", default="benchmarks/bad_inputs_details.md", help="per-case markdown list")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case before it counts as a hang")
     parser.add_argument("--only", help="run only cases whose group or name contains this text")
-    parser.add_argument("--cli-mode", choices=["fork", "subprocess"], default="fork",
-                        help="CLI cases: call leantorch.cli.main in a forked child (fast) or in a fresh "
-                             "`python -c` process")
+    parser.add_argument(
+        "--cli-mode",
+        choices=["fork", "subprocess"],
+        default="fork",
+        help="CLI cases: call leantorch.cli.main in a forked child (fast) or in a fresh `python -c` process",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
     register_all()
@@ -1509,14 +1829,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 r = run_api(case, tmp, args.timeout)
             results.append((case, r))
-            print(f"[{i + 1}/{len(cases)}] {r['outcome']:16s} {case.group}: {case.name} ({r['seconds']:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{i + 1}/{len(cases)}] {r['outcome']:16s} {case.group}: {case.name} ({r['seconds']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     elapsed = time.perf_counter() - start
-    header = (f"leantorch from `{Path(lt.__file__).parent}`; {len(results)} cases in {elapsed:.0f} s "
-              f"(CLI via {args.cli_mode}, {args.timeout:.0f} s per case)")
+    header = (
+        f"leantorch from `{Path(lt.__file__).parent}`; {len(results)} cases in {elapsed:.0f} s "
+        f"(CLI via {args.cli_mode}, {args.timeout:.0f} s per case)"
+    )
     summary = markdown_summary(results)
     print(header + "\n\n" + summary)
     details = Path(args.details)

@@ -44,15 +44,26 @@ def main() -> None:
     lt.bias_correction(equalized, x, data, method="empirical", num_samples=args.samples, progress=False)
     correction = time.perf_counter() - start
 
-    print(f"EfficientNet-Lite0, {args.samples} samples, W8A8 per-tensor tf_enhanced, {torch.get_num_threads()} "
-          "threads\n")
-    print(markdown_table([
-        {"step": "QuantSim + calibration (tf_enhanced)", "seconds": calibration,
-         "× one sim pass": calibration / forward},
-        {"step": "one sim forward pass", "seconds": forward, "× one sim pass": 1.0},
-        {"step": "empirical bias correction (all of it)", "seconds": correction,
-         "× one sim pass": correction / forward},
-    ]))
+    print(
+        f"EfficientNet-Lite0, {args.samples} samples, W8A8 per-tensor tf_enhanced, {torch.get_num_threads()} threads\n"
+    )
+    print(
+        markdown_table(
+            [
+                {
+                    "step": "QuantSim + calibration (tf_enhanced)",
+                    "seconds": calibration,
+                    "× one sim pass": calibration / forward,
+                },
+                {"step": "one sim forward pass", "seconds": forward, "× one sim pass": 1.0},
+                {
+                    "step": "empirical bias correction (all of it)",
+                    "seconds": correction,
+                    "× one sim pass": correction / forward,
+                },
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

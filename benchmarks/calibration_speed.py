@@ -34,14 +34,18 @@ def main() -> None:
     calib = [b.to(args.device) for b in batches(sample_images(args.samples, seed=0), args.batch_size)]
     example = calib[0][:1]
     folded, _ = lt.fold_batch_norms(efficientnet_lite0().to(args.device), example)
-    sims = {scheme: lt.QuantSim(folded, example, param_bw=8, act_bw=8, scheme=scheme, per_channel=True)
-            for scheme in ("minmax", "tf_enhanced")}
+    sims = {
+        scheme: lt.QuantSim(folded, example, param_bw=8, act_bw=8, scheme=scheme, per_channel=True)
+        for scheme in ("minmax", "tf_enhanced")
+    }
     runs = {scheme: (lambda s=sim: s.compute_encodings(calib, progress=False)) for scheme, sim in sims.items()}
     med = paired_medians(runs, args.repeats)
-    print(f"EfficientNet-Lite0 (BN folded, W8A8 per-channel), {args.samples} images in batches of "
-          f"{args.batch_size}, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
-          f"{torch.get_num_threads()} torch threads, leantorch from {os.path.dirname(lt.__file__)}, "
-          f"median of {args.repeats}\n")
+    print(
+        f"EfficientNet-Lite0 (BN folded, W8A8 per-channel), {args.samples} images in batches of "
+        f"{args.batch_size}, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads, leantorch from {os.path.dirname(lt.__file__)}, "
+        f"median of {args.repeats}\n"
+    )
     print("| minmax (s) | tf_enhanced (s) | tf_enhanced / minmax |")
     print("|---:|---:|---:|")
     print(f"| {med['minmax']:.3f} | {med['tf_enhanced']:.3f} | {med['tf_enhanced'] / med['minmax']:.2f} |")

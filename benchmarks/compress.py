@@ -44,21 +44,43 @@ def digits_part(args: argparse.Namespace) -> list[dict]:
     x_val, y_val = x_train[-256:], y_train[-256:]
     calibration = list(torch.split(x_train[:256], 64))
     start = time.perf_counter()
-    compressed, info = lt.compress(model, x_train[:1], lambda m: accuracy(m, x_val, y_val),
-                                   ["spatial_svd", "channel_pruning"], target_mac_ratio=0.5, calibration=calibration,
-                                   progress=False)
+    compressed, info = lt.compress(
+        model,
+        x_train[:1],
+        lambda m: accuracy(m, x_val, y_val),
+        ["spatial_svd", "channel_pruning"],
+        target_mac_ratio=0.5,
+        calibration=calibration,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     before = accuracy(compressed, x_test, y_test)
     train_classifier(compressed, x_train, y_train, epochs=args.digits_epochs, lr=1e-3)
     after = accuracy(compressed, x_test, y_test)
-    return [{"model": "digits ResNet, SSVD→CP", "MAC ratio": info.mac_ratio, "FP32 test accuracy": baseline,
-             "compressed": before, f"after {args.digits_epochs} epochs fine-tune": after,
-             "table (s)": info.seconds["table"], "selection (s)": info.seconds["selection"],
-             "total (s)": seconds, "quantizes+exports": quantizes_and_exports(compressed, x_train[:1], calibration)}]
+    return [
+        {
+            "model": "digits ResNet, SSVD→CP",
+            "MAC ratio": info.mac_ratio,
+            "FP32 test accuracy": baseline,
+            "compressed": before,
+            f"after {args.digits_epochs} epochs fine-tune": after,
+            "table (s)": info.seconds["table"],
+            "selection (s)": info.seconds["selection"],
+            "total (s)": seconds,
+            "quantizes+exports": quantizes_and_exports(compressed, x_train[:1], calibration),
+        }
+    ]
 
 
-def distill(student: torch.nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor, epochs: int,
-            batch_size: int = 32, lr: float = 1e-4, temperature: float = 2.0) -> None:
+def distill(
+    student: torch.nn.Module,
+    teacher_logits: torch.Tensor,
+    images: torch.Tensor,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    temperature: float = 2.0,
+) -> None:
     """Fine-tune ``student`` to match the FP32 logits (KL on temperature-softened outputs)."""
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     student.train()
@@ -67,8 +89,12 @@ def distill(student: torch.nn.Module, teacher_logits: torch.Tensor, images: torc
             module.eval()  # few images: keep the pretrained statistics
     for _ in range(epochs):
         for x, t in zip(torch.split(images, batch_size), torch.split(teacher_logits, batch_size)):
-            loss = F.kl_div(F.log_softmax(student(x) / temperature, -1), F.softmax(t / temperature, -1),
-                            reduction="batchmean") * temperature**2
+            loss = (
+                F.kl_div(
+                    F.log_softmax(student(x) / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean"
+                )
+                * temperature**2
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -91,20 +117,37 @@ def efficientnet_part(args: argparse.Namespace) -> list[dict]:
     for scheme in ("weight_svd", "channel_pruning"):
         for target in (0.75, 0.5):
             start = time.perf_counter()
-            compressed, info = lt.compress(model, table_images[:1], table_score, scheme, target,
-                                           calibration=calibration, candidates=args.candidates,
-                                           cache_dir=args.cache_dir, progress=True)
+            compressed, info = lt.compress(
+                model,
+                table_images[:1],
+                table_score,
+                scheme,
+                target,
+                calibration=calibration,
+                candidates=args.candidates,
+                cache_dir=args.cache_dir,
+                progress=True,
+            )
             seconds = time.perf_counter() - start
             before = Agreement.of(reference, model_outputs(compressed, evals, progress=False)).top1
             start_ft = time.perf_counter()
             distill(compressed, teacher, train, epochs=args.distill_epochs)
             ft_seconds = time.perf_counter() - start_ft
             after = Agreement.of(reference, model_outputs(compressed, evals, progress=False)).top1
-            rows.append({"model": f"EfficientNet-Lite0 {scheme}", "target": target, "MAC ratio": info.mac_ratio,
-                         "top-1 agreement": before, f"after {args.distill_epochs}-epoch distillation": after,
-                         "table (s)": info.seconds.get("table", 0.0), "selection (s)": info.seconds["selection"],
-                         "compress total (s)": seconds, "fine-tune (s)": ft_seconds,
-                         "quantizes+exports": quantizes_and_exports(compressed, table_images[:1], calibration)})
+            rows.append(
+                {
+                    "model": f"EfficientNet-Lite0 {scheme}",
+                    "target": target,
+                    "MAC ratio": info.mac_ratio,
+                    "top-1 agreement": before,
+                    f"after {args.distill_epochs}-epoch distillation": after,
+                    "table (s)": info.seconds.get("table", 0.0),
+                    "selection (s)": info.seconds["selection"],
+                    "compress total (s)": seconds,
+                    "fine-tune (s)": ft_seconds,
+                    "quantizes+exports": quantizes_and_exports(compressed, table_images[:1], calibration),
+                }
+            )
             print(markdown_table(rows[-1:]), flush=True)
     return rows
 

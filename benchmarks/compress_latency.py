@@ -51,29 +51,64 @@ def main() -> None:
             for multiple in args.multiples:
                 start = time.perf_counter()
                 try:
-                    compressed, info = lt.compress(model, example, score, scheme, target, calibration=calib,
-                                                   candidates=5, rank_multiple=multiple, progress=False)
+                    compressed, info = lt.compress(
+                        model,
+                        example,
+                        score,
+                        scheme,
+                        target,
+                        calibration=calib,
+                        candidates=5,
+                        rank_multiple=multiple,
+                        progress=False,
+                    )
                 except CompressionError as err:  # e.g. channel counts rounded up to 8 cannot go low enough
-                    rows.append({"scheme": scheme, "target": target, "rank_multiple": multiple,
-                                 "MAC ratio": f"unreachable ({str(err)[:60]}...)"})
+                    rows.append(
+                        {
+                            "scheme": scheme,
+                            "target": target,
+                            "rank_multiple": multiple,
+                            "MAC ratio": f"unreachable ({str(err)[:60]}...)",
+                        }
+                    )
                     print(markdown_table(rows[-1:]), flush=True)
                     continue
                 seconds = time.perf_counter() - start
                 compressed_qdq = qdq_file(compressed, example, calib[:4], out, f"{scheme}_{target}_{multiple}")
-                fp32 = lt.compress.compare_latency({"original": model, "compressed": compressed}, example,
-                                                   repeats=args.repeats, threads=args.threads)
-                int8 = lt.compress.compare_latency({"original": original_qdq, "compressed": compressed_qdq}, example,
-                                                   repeats=args.repeats, threads=args.threads)
-                ratio = {(kind, r["batch"]): r["latency ratio"] for kind, table in (("fp32", fp32), ("int8", int8))
-                         for r in table if r["model"] == "compressed"}
-                rows.append({"scheme": scheme, "target": target, "rank_multiple": multiple,
-                             "MAC ratio": info.mac_ratio, "top-1 agreement": info.score,
-                             "FP32 latency b1": ratio[("fp32", 1)], "FP32 latency b32": ratio[("fp32", 32)],
-                             "INT8 latency b1": ratio[("int8", 1)], "INT8 latency b32": ratio[("int8", 32)],
-                             "compress (s)": seconds})
+                fp32 = lt.compress.compare_latency(
+                    {"original": model, "compressed": compressed}, example, repeats=args.repeats, threads=args.threads
+                )
+                int8 = lt.compress.compare_latency(
+                    {"original": original_qdq, "compressed": compressed_qdq},
+                    example,
+                    repeats=args.repeats,
+                    threads=args.threads,
+                )
+                ratio = {
+                    (kind, r["batch"]): r["latency ratio"]
+                    for kind, table in (("fp32", fp32), ("int8", int8))
+                    for r in table
+                    if r["model"] == "compressed"
+                }
+                rows.append(
+                    {
+                        "scheme": scheme,
+                        "target": target,
+                        "rank_multiple": multiple,
+                        "MAC ratio": info.mac_ratio,
+                        "top-1 agreement": info.score,
+                        "FP32 latency b1": ratio[("fp32", 1)],
+                        "FP32 latency b32": ratio[("fp32", 32)],
+                        "INT8 latency b1": ratio[("int8", 1)],
+                        "INT8 latency b32": ratio[("int8", 32)],
+                        "compress (s)": seconds,
+                    }
+                )
                 print(markdown_table(rows[-1:]), flush=True)
-    print(f"\nEfficientNet-Lite0, ONNX Runtime {args.threads} thread(s), latency ratios to the original "
-          f"(FP32 vs FP32, INT8 QDQ vs INT8 QDQ), medians of {args.repeats} alternated runs:\n")
+    print(
+        f"\nEfficientNet-Lite0, ONNX Runtime {args.threads} thread(s), latency ratios to the original "
+        f"(FP32 vs FP32, INT8 QDQ vs INT8 QDQ), medians of {args.repeats} alternated runs:\n"
+    )
     columns = list(max(rows, key=len))  # rows of unreachable targets have fewer columns
     print(markdown_table([{c: row.get(c, "") for c in columns} for row in rows]))
 

@@ -25,18 +25,34 @@ def main() -> None:
     parser.add_argument("--evaluation", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bc-samples", type=int, default=64, help="samples for empirical bias correction")
-    parser.add_argument("--adaround-iterations", type=int, default=500,
-                        help="per layer; the paper's 10,000 at lr 1e-3 reach the same agreement as 500 at "
-                             "lr 2e-2 (W4A8 per-channel: 0.796 vs 0.801) at a twentieth of the CPU time")
+    parser.add_argument(
+        "--adaround-iterations",
+        type=int,
+        default=500,
+        help="per layer; the paper's 10,000 at lr 1e-3 reach the same agreement as 500 at "
+        "lr 2e-2 (W4A8 per-channel: 0.796 vs 0.801) at a twentieth of the CPU time",
+    )
     parser.add_argument("--adaround-lr", type=float, default=2e-2)
     parser.add_argument("--adaround-batches", type=int, default=4, help="calibration batches AdaRound fits on")
-    parser.add_argument("--adaround-inputs", choices=["quantized", "float", "both", "none"], default="both",
-                        help="fit each layer to the partially quantized model's inputs (the paper's asymmetric "
-                             "reconstruction, leantorch's default), to float inputs, or run both")
-    parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True,
-                        help="also a GPTQ row (same grids and calibration batches as AdaRound)")
-    parser.add_argument("--seq-mse", action=argparse.BooleanOptionalAction, default=True,
-                        help="also a SeqMSE row (same calibration batches as AdaRound)")
+    parser.add_argument(
+        "--adaround-inputs",
+        choices=["quantized", "float", "both", "none"],
+        default="both",
+        help="fit each layer to the partially quantized model's inputs (the paper's asymmetric "
+        "reconstruction, leantorch's default), to float inputs, or run both",
+    )
+    parser.add_argument(
+        "--gptq",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a GPTQ row (same grids and calibration batches as AdaRound)",
+    )
+    parser.add_argument(
+        "--seq-mse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a SeqMSE row (same calibration batches as AdaRound)",
+    )
     parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -55,8 +71,15 @@ def main() -> None:
         sim.compute_encodings(calib)
         seconds = seconds_before + (time.perf_counter() - start)
         agreement = Agreement.of(reference, model_outputs(sim.model, evals, desc=label))
-        rows.append({"configuration": label, "top-1 agreement": agreement.top1, "KL divergence": agreement.kl,
-                     "output SQNR (dB)": agreement.sqnr_db, "technique time (s)": seconds})
+        rows.append(
+            {
+                "configuration": label,
+                "top-1 agreement": agreement.top1,
+                "KL divergence": agreement.kl,
+                "output SQNR (dB)": agreement.sqnr_db,
+                "technique time (s)": seconds,
+            }
+        )
         print(markdown_table(rows[-1:]), flush=True)
 
     start = time.perf_counter()
@@ -67,10 +90,12 @@ def main() -> None:
     if not args.only_w4:
         w8_rows(args, model, folded, fold_s, example, calib, row)
     w4_rows(args, folded, fold_s, example, calib, row)
-    print(f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
-          f"AdaRound {args.adaround_iterations} iterations (lr {args.adaround_lr}) per layer on "
-          f"{args.adaround_batches * args.batch_size} samples, "
-          f"bias correction on {args.bc_samples} samples\n")
+    print(
+        f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
+        f"AdaRound {args.adaround_iterations} iterations (lr {args.adaround_lr}) per layer on "
+        f"{args.adaround_batches * args.batch_size} samples, "
+        f"bias correction on {args.bc_samples} samples\n"
+    )
     print(markdown_table(rows))
 
 
@@ -92,37 +117,93 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
     # The mse round-to-nearest row and the AdaRound rows share the MSE-optimal per-channel weight scales, so
     # they differ only in the rounding; the tf_enhanced row is the sim's default grid.
     for scheme in ("tf_enhanced", "mse"):
-        row(f"W4A8 per-channel {scheme} weights, round-to-nearest, BN folded", folded, fold_s,
-            time.perf_counter(), param_bw=4, per_channel=True, param_scheme=scheme)
+        row(
+            f"W4A8 per-channel {scheme} weights, round-to-nearest, BN folded",
+            folded,
+            fold_s,
+            time.perf_counter(),
+            param_bw=4,
+            per_channel=True,
+            param_scheme=scheme,
+        )
     for inputs in ("float", "quantized"):
         if args.adaround_inputs not in (inputs, "both"):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            rounded, encodings = lt.adaround(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
-                                             param_scheme="mse", num_batches=args.adaround_batches,
-                                             iterations=args.adaround_iterations, lr=args.adaround_lr,
-                                             use_quantized_inputs=inputs == "quantized", path=tmp)
+            rounded, encodings = lt.adaround(
+                folded,
+                example,
+                calib,
+                param_bw=4,
+                act_bw=8,
+                per_channel=True,
+                param_scheme="mse",
+                num_batches=args.adaround_batches,
+                iterations=args.adaround_iterations,
+                lr=args.adaround_lr,
+                use_quantized_inputs=inputs == "quantized",
+                path=tmp,
+            )
             ada_s = time.perf_counter() - start
-            row(f"W4A8 per-channel mse weights + AdaRound ({inputs} inputs), BN folded", rounded,
-                fold_s + ada_s, time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse",
-                frozen=encodings)
+            row(
+                f"W4A8 per-channel mse weights + AdaRound ({inputs} inputs), BN folded",
+                rounded,
+                fold_s + ada_s,
+                time.perf_counter(),
+                param_bw=4,
+                per_channel=True,
+                param_scheme="mse",
+                frozen=encodings,
+            )
     if args.gptq:
         with tempfile.TemporaryDirectory() as tmp:  # GPTQ on the same grids and data as AdaRound
             start = time.perf_counter()
-            rounded, encodings = lt.gptq(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
-                                         param_scheme="mse", num_batches=args.adaround_batches, path=tmp)
+            rounded, encodings = lt.gptq(
+                folded,
+                example,
+                calib,
+                param_bw=4,
+                act_bw=8,
+                per_channel=True,
+                param_scheme="mse",
+                num_batches=args.adaround_batches,
+                path=tmp,
+            )
             gptq_s = time.perf_counter() - start
-            row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", rounded, fold_s + gptq_s,
-                time.perf_counter(), param_bw=4, per_channel=True, param_scheme="mse", frozen=encodings)
+            row(
+                "W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded",
+                rounded,
+                fold_s + gptq_s,
+                time.perf_counter(),
+                param_bw=4,
+                per_channel=True,
+                param_scheme="mse",
+                frozen=encodings,
+            )
     if args.seq_mse:
         with tempfile.TemporaryDirectory() as tmp:  # SeqMSE chooses the grids itself (shrunk minmax ranges)
             start = time.perf_counter()
-            chosen, encodings = lt.seq_mse(folded, example, calib, param_bw=4, act_bw=8, per_channel=True,
-                                           num_batches=args.adaround_batches, path=tmp)
+            chosen, encodings = lt.seq_mse(
+                folded,
+                example,
+                calib,
+                param_bw=4,
+                act_bw=8,
+                per_channel=True,
+                num_batches=args.adaround_batches,
+                path=tmp,
+            )
             seq_s = time.perf_counter() - start
-            row("W4A8 per-channel SeqMSE weights (asym inputs), BN folded", chosen, fold_s + seq_s,
-                time.perf_counter(), param_bw=4, per_channel=True, frozen=encodings)
+            row(
+                "W4A8 per-channel SeqMSE weights (asym inputs), BN folded",
+                chosen,
+                fold_s + seq_s,
+                time.perf_counter(),
+                param_bw=4,
+                per_channel=True,
+                frozen=encodings,
+            )
 
 
 if __name__ == "__main__":

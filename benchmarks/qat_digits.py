@@ -40,24 +40,41 @@ def main() -> None:
     rows = [{"model": "FP32", "test accuracy": accuracy(model, x_test, y_test), "seconds": 0.0}]
 
     def quantized(range_learning: bool) -> lt.QuantSim:
-        sim = lt.QuantSim(folded, x_train[:1], param_bw=args.bits, act_bw=args.bits, scheme=args.scheme,
-                          per_channel=False, range_learning=range_learning)
+        sim = lt.QuantSim(
+            folded,
+            x_train[:1],
+            param_bw=args.bits,
+            act_bw=args.bits,
+            scheme=args.scheme,
+            per_channel=False,
+            range_learning=range_learning,
+        )
         sim.compute_encodings(calibration, progress=False)
         return sim
 
     start = time.perf_counter()
     ptq = quantized(False)
-    rows.append({"model": f"W{args.bits}A{args.bits} PTQ (BN folded)",
-                 "test accuracy": accuracy(ptq.model, x_test, y_test),
-                 "seconds": time.perf_counter() - start})
+    rows.append(
+        {
+            "model": f"W{args.bits}A{args.bits} PTQ (BN folded)",
+            "test accuracy": accuracy(ptq.model, x_test, y_test),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     for label, range_learning in (("QAT", False), ("QAT + range learning", True)):
         start = time.perf_counter()
         sim = quantized(range_learning)
         torch.manual_seed(args.seed)
-        lt.qat.fit(sim, train_batches, F.cross_entropy, epochs=args.epochs, lr=args.lr, range_lr=args.range_lr,
-                   progress=False)
-        rows.append({"model": f"W{args.bits}A{args.bits} {label}, {args.epochs} epochs",
-                     "test accuracy": accuracy(sim.model, x_test, y_test), "seconds": time.perf_counter() - start})
+        lt.qat.fit(
+            sim, train_batches, F.cross_entropy, epochs=args.epochs, lr=args.lr, range_lr=args.range_lr, progress=False
+        )
+        rows.append(
+            {
+                "model": f"W{args.bits}A{args.bits} {label}, {args.epochs} epochs",
+                "test accuracy": accuracy(sim.model, x_test, y_test),
+                "seconds": time.perf_counter() - start,
+            }
+        )
     fp32, ptq_acc = rows[0]["test accuracy"], rows[1]["test accuracy"]
     for row in rows:
         lost = fp32 - ptq_acc

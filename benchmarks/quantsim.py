@@ -49,18 +49,20 @@ def forward_table(device: str, batch: torch.Tensor, calib: list[torch.Tensor], r
     rows = []
     raw = efficientnet_lite0().to(device)
     folded, _ = lt.fold_batch_norms(raw, batch[:1].to(device))
-    for label, model, per_channel in (("as trained (BN not folded)", raw, False),
-                                      ("BN folded, per-tensor", folded, False),
-                                      ("BN folded, per-channel", folded, True)):
+    for label, model, per_channel in (
+        ("as trained (BN not folded)", raw, False),
+        ("BN folded, per-tensor", folded, False),
+        ("BN folded, per-channel", folded, True),
+    ):
         sim = lt.QuantSim(model, batch[:1].to(device), per_channel=per_channel)
         sim.compute_encodings(calib[:2], progress=False)
         x = batch.to(device)
         with torch.no_grad():
-            t = paired_medians({"fp": lambda model=model, x=x: model(x), "q": lambda sim=sim, x=x: sim.model(x)},
-                               repeats)
+            t = paired_medians(
+                {"fp": lambda model=model, x=x: model(x), "q": lambda sim=sim, x=x: sim.model(x)}, repeats
+            )
         t_fp, t_q = t["fp"], t["q"]
-        rows.append({"model": label, "FP32 forward (s)": t_fp, "sim.model forward (s)": t_q,
-                     "sim / FP32": t_q / t_fp})
+        rows.append({"model": label, "FP32 forward (s)": t_fp, "sim.model forward (s)": t_q, "sim / FP32": t_q / t_fp})
     return rows
 
 
@@ -83,8 +85,16 @@ def onnx_table(batch: torch.Tensor, calib: list[torch.Tensor], repeats: int) -> 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(folded, (batch[:1],), buffer, dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        torch.onnx.export(
+            folded,
+            (batch[:1],),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
     sim = lt.QuantSim(folded, batch[:1], per_channel=True)
     sim.compute_encodings(calib[:2], progress=False)
     rows = []
@@ -96,8 +106,9 @@ def onnx_table(batch: torch.Tensor, calib: list[torch.Tensor], repeats: int) -> 
         }
         for size in (1, len(batch)):
             x = batch[:size].numpy()
-            times = paired_medians({name: (lambda s=s, x=x: s.run(None, {"input": x})) for name, s in sessions.items()},
-                                   repeats)
+            times = paired_medians(
+                {name: (lambda s=s, x=x: s.run(None, {"input": x})) for name, s in sessions.items()}, repeats
+            )
             fp = times["FP32"]
             for name, t in times.items():
                 rows.append({"ONNX Runtime model": name, "batch": size, "latency (ms)": t * 1e3, "vs FP32": t / fp})
@@ -116,8 +127,10 @@ def main() -> None:
     images = sample_images(args.calibration, seed=0)
     calib = batches(images, args.batch_size)
     batch = sample_images(args.batch_size, seed=1)
-    print(f"EfficientNet-Lite0, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
-          f"{torch.get_num_threads()} torch threads\n")
+    print(
+        f"EfficientNet-Lite0, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads\n"
+    )
     print(f"### Forward, batch {args.batch_size}\n")
     print(markdown_table(forward_table(args.device, batch, calib, args.repeats)))
     print(f"\n### compute_encodings on {args.calibration} images (BN folded, per-tensor W8A8)\n")

@@ -28,13 +28,31 @@ EFFNET = ["--model", "leantorch.models:efficientnet_lite0", "--data", "builtin:i
 
 #: name -> (arguments after ``leantorch``, what the flow does). {out} is a fresh directory per run.
 FLOWS: dict[str, tuple[list[str], str]] = {
-    "quantize": (["quantize", *EFFNET, "--param-bw", "8", "--act-bw", "8", "--per-channel", "--fold-bn",
-                  "--out", "{out}"], "README: W8A8 per-channel, BN folded, calibrate, export"),
+    "quantize": (
+        ["quantize", *EFFNET, "--param-bw", "8", "--act-bw", "8", "--per-channel", "--fold-bn", "--out", "{out}"],
+        "README: W8A8 per-channel, BN folded, calibrate, export",
+    ),
     "analyze": (["analyze", *EFFNET, "--out", "{out}/report.html"], "README: analysis + per-layer sensitivity"),
-    "compress": (["compress", *EFFNET, "--scheme", "channel_pruning", "--target", "0.75", "--out", "{out}"],
-                 "README: channel pruning to 0.75 MACs"),
-    "adaround-w4a8": (["quantize", *EFFNET, "--param-bw", "4", "--act-bw", "8", "--per-channel", "--fold-bn",
-                       "--adaround", "--out", "{out}"], "AdaRound W4A8 per-channel (CLI defaults)"),
+    "compress": (
+        ["compress", *EFFNET, "--scheme", "channel_pruning", "--target", "0.75", "--out", "{out}"],
+        "README: channel pruning to 0.75 MACs",
+    ),
+    "adaround-w4a8": (
+        [
+            "quantize",
+            *EFFNET,
+            "--param-bw",
+            "4",
+            "--act-bw",
+            "8",
+            "--per-channel",
+            "--fold-bn",
+            "--adaround",
+            "--out",
+            "{out}",
+        ],
+        "AdaRound W4A8 per-channel (CLI defaults)",
+    ),
     "auto": (["quantize", *EFFNET, "--auto", "--out", "{out}"], "AutoQuant (BN fold, CLE, AdaRound ...)"),
     "demo": (["demo", "--out", "{out}"], "make demo's job"),
 }
@@ -59,8 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--current", default=str(HERE.parent / "src"), help="source tree to time (default: this one)")
     parser.add_argument("--previous", help="an older source tree to compare with (e.g. a git worktree's src)")
-    parser.add_argument("--previous-limit", type=float, default=1200.0, help="stop a previous run after this "
-                        "many seconds (default 1200)")
+    parser.add_argument(
+        "--previous-limit",
+        type=float,
+        default=1200.0,
+        help="stop a previous run after this many seconds (default 1200)",
+    )
     parser.add_argument("--flows", nargs="+", default=list(FLOWS), choices=list(FLOWS))
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; flows: {', '.join(args.flows)}\n", flush=True)
@@ -72,10 +94,20 @@ def main() -> None:
         if args.previous:
             before, finished, last_before = run_flow(args.previous, flow, args.previous_limit)
             stopped = last_before == "stopped at the limit"
-            row["previous s"] = (f"{before:.0f}" if finished else f"> {before:.0f}" if stopped
-                                 else f"{before:.0f} (failed: {last_before})")
-            row["speed-up"] = ("n/a" if not ok or not (finished or stopped) else
-                               f"{before / seconds:.1f}×" if finished else f"> {before / seconds:.1f}×")
+            row["previous s"] = (
+                f"{before:.0f}"
+                if finished
+                else f"> {before:.0f}"
+                if stopped
+                else f"{before:.0f} (failed: {last_before})"
+            )
+            row["speed-up"] = (
+                "n/a"
+                if not ok or not (finished or stopped)
+                else f"{before / seconds:.1f}×"
+                if finished
+                else f"> {before / seconds:.1f}×"
+            )
         rows.append(row)
         print(" | ".join(str(v) for v in row.values()), flush=True)
     keys = list(rows[0])

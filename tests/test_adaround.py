@@ -52,15 +52,17 @@ def _run(tmp_path, monkeypatch, old: bool, **kwargs):  # type: ignore[no-untyped
         data = [torch.randn(4, 3, 12, 12) for _ in range(3)]
         out = tmp_path / ("old" if old else "new")
         out.mkdir()
-        rounded, enc = lt.adaround(_net(), data[0][:1], data, param_bw=3, act_bw=4, num_batches=3,
-                                   path=out, progress=False, **kwargs)
+        rounded, enc = lt.adaround(
+            _net(), data[0][:1], data, param_bw=3, act_bw=4, num_batches=3, path=out, progress=False, **kwargs
+        )
     return rounded, json.loads(enc.read_text())
 
 
 @pytest.mark.parametrize("objective", ["moments", "minibatch"])
 @pytest.mark.parametrize("use_quantized_inputs", [True, False])
-def test_frontier_sweep_rounds_exactly_like_rerunning_each_prefix(tmp_path, monkeypatch, objective: str,
-                                                                  use_quantized_inputs: bool) -> None:
+def test_frontier_sweep_rounds_exactly_like_rerunning_each_prefix(
+    tmp_path, monkeypatch, objective: str, use_quantized_inputs: bool
+) -> None:
     kwargs = dict(objective=objective, use_quantized_inputs=use_quantized_inputs, iterations=30, lr=1e-2)
     new_model, new_enc = _run(tmp_path, monkeypatch, old=False, **kwargs)
     old_model, old_enc = _run(tmp_path, monkeypatch, old=True, **kwargs)
@@ -95,12 +97,18 @@ def _inputs(layer: nn.Module, n: int) -> torch.Tensor:
     return torch.randn(*shape, dtype=torch.float64)
 
 
-def _direct_error(layer: nn.Module, w: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor,
-                  x_hat: torch.Tensor) -> torch.Tensor:
+def _direct_error(
+    layer: nn.Module, w: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor, x_hat: torch.Tensor
+) -> torch.Tensor:
     """Mean over samples and positions of the output error summed over channels (float64, differentiable)."""
+
     def run(weight: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        return (nn.functional.linear(inp, weight) if isinstance(layer, nn.Linear)
-                else layer._conv_forward(inp, weight, None))
+        return (
+            nn.functional.linear(inp, weight)
+            if isinstance(layer, nn.Linear)
+            else layer._conv_forward(inp, weight, None)
+        )
+
     err = run(w, x) - run(w_hat, x_hat)
     return err.pow(2).sum(-1 if isinstance(layer, nn.Linear) else 1).mean()
 
@@ -116,7 +124,7 @@ def test_objective_gradients_equal_autograd_of_the_direct_error_float64(name: st
     x_hats = [x + 0.2 * torch.randn_like(x) for x in xs] if asymmetric else xs
     objective = form(layer, w, xs, x_hats if asymmetric else None)
     w_hat = (w + 0.1 * torch.randn_like(w)).requires_grad_(True)
-    expected, = torch.autograd.grad(_direct_error(layer, w, torch.cat(xs), w_hat, torch.cat(x_hats)), w_hat)
+    (expected,) = torch.autograd.grad(_direct_error(layer, w, torch.cat(xs), w_hat, torch.cat(x_hats)), w_hat)
     got = objective.gradient(w_hat.detach())
     assert got.shape == w.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
@@ -161,8 +169,9 @@ def test_written_out_gradient_steps_like_autograd_float64() -> None:
     torch.manual_seed(0)
     layer = nn.Conv2d(6, 8, 3).double()
     weight = layer.weight.detach()
-    enc = compute_encoding(weight.amin(dim=(1, 2, 3)) * 0.7, weight.amax(dim=(1, 2, 3)) * 0.7, bitwidth=3,
-                           symmetric=False, axis=0)
+    enc = compute_encoding(
+        weight.amin(dim=(1, 2, 3)) * 0.7, weight.amax(dim=(1, 2, 3)) * 0.7, bitwidth=3, symmetric=False, axis=0
+    )
     x, x_hat = torch.randn(4, 6, 8, 8, dtype=torch.float64), torch.randn(4, 6, 8, 8, dtype=torch.float64)
 
     def loss_fn(w_hat: torch.Tensor) -> torch.Tensor:
@@ -177,7 +186,8 @@ def test_written_out_gradient_steps_like_autograd_float64() -> None:
     expected = _autograd_rounding(weight, enc, loss_fn, **options)
     got = adaround_module._learn_rounding(weight, enc, gradient, **options)
     assert torch.equal(got, expected)
-    nearest = enc.scale.reshape(-1, 1, 1, 1) * (torch.clamp(torch.round(weight / enc.scale.reshape(-1, 1, 1, 1))
-                                                            - enc.offset.reshape(-1, 1, 1, 1), 0, 7)
-                                                + enc.offset.reshape(-1, 1, 1, 1))
+    nearest = enc.scale.reshape(-1, 1, 1, 1) * (
+        torch.clamp(torch.round(weight / enc.scale.reshape(-1, 1, 1, 1)) - enc.offset.reshape(-1, 1, 1, 1), 0, 7)
+        + enc.offset.reshape(-1, 1, 1, 1)
+    )
     assert not torch.equal(got, nearest)  # the rounding was learned

@@ -125,8 +125,11 @@ def test_bad_layers_data_and_options_are_refused_before_eval_fn_runs(setup) -> N
         calls.append(1)
         return 1.0
 
-    with pytest.raises(lt.UnknownLayerError, match=r"layers=\['nope'\].*valid names \(4\): input_quantizers, conv, "
-                                                   r"relu, head"):
+    with pytest.raises(
+        lt.UnknownLayerError,
+        match=r"layers=\['nope'\].*valid names \(4\): input_quantizers, conv, "
+        r"relu, head",
+    ):
         lt.analyze(sim, counting, data, layers=["conv", "nope"], progress=False)
     bad = [d.clone() for d in data]
     bad[2][0, 0, 0, 0] = float("inf")
@@ -205,9 +208,11 @@ def test_report_output_paths_that_cannot_be_written_are_named(report_file, tmp_p
     a_file.write_text("keep me")
     (tmp_path / "a_dir").mkdir()
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    for path, message in [(tmp_path / "a_dir", "a_dir is a directory: give a file path"),
-                          (a_file / "report.html", "taken.txt is a file, so report.html cannot be created in it"),
-                          (a_file / "sub" / "report.html", "taken.txt is a file, so no directory can be made there")]:
+    for path, message in [
+        (tmp_path / "a_dir", "a_dir is a directory: give a file path"),
+        (a_file / "report.html", "taken.txt is a file, so report.html cannot be created in it"),
+        (a_file / "sub" / "report.html", "taken.txt is a file, so no directory can be made there"),
+    ]:
         with pytest.raises(lt.OutputPathError, match=message):
             report.to_html(path)
     with pytest.raises(lt.InvalidOptionError, match="path=None: pass a path"):
@@ -221,22 +226,35 @@ def test_report_output_paths_that_cannot_be_written_are_named(report_file, tmp_p
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it with "
-                                             "apt-get where it can): the browser check of the report is skipped")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (`make test` installs it with "
+    "apt-get where it can): the browser check of the report is skipped",
+)
 def test_report_renders_in_headless_chromium(report_file, tmp_path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     _, path = report_file
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(path.as_uri(), wait_until="load")
-        sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
-                              "i.getBoundingClientRect().width, i.getBoundingClientRect().height])")
+        sizes = page.evaluate(
+            "Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
+            "i.getBoundingClientRect().width, i.getBoundingClientRect().height])"
+        )
         page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
         browser.close()
     assert errors == []

@@ -32,9 +32,16 @@ def test_all_efficientnet_batch_norms_fold(efficientnet) -> None:
 
 
 def test_batch_norm_before_unpadded_conv_and_linear_folds_exactly() -> None:
-    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(),
-                              torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3, padding=1),  # padded: kept
-                              torch.nn.Flatten(), torch.nn.BatchNorm1d(4 * 5 * 5), torch.nn.Linear(100, 3))
+    net = torch.nn.Sequential(
+        torch.nn.BatchNorm2d(3),
+        torch.nn.Conv2d(3, 4, 1),
+        torch.nn.ReLU(),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Conv2d(4, 4, 3, padding=1),  # padded: kept
+        torch.nn.Flatten(),
+        torch.nn.BatchNorm1d(4 * 5 * 5),
+        torch.nn.Linear(100, 3),
+    )
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-1, 1)

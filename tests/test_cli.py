@@ -32,8 +32,23 @@ def test_quantize_from_npy(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("kept")
-    code = main(["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-                 "--param-bw", "8", "--act-bw", "8", "--fold-bn", "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "quantize",
+            "--model",
+            "leantorch.models:ResNetSmall",
+            "--data",
+            str(tmp_path / "data.npy"),
+            "--param-bw",
+            "8",
+            "--act-bw",
+            "8",
+            "--fold-bn",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "top-1 agreement" in out and f"{tmp_path / 'out' / 'model.onnx'}" in out
@@ -43,9 +58,28 @@ def test_quantize_from_npy(tmp_path, capsys) -> None:
 @pytest.mark.slow  # CLE, calibration, sensitivity and every plot end to end
 def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
-    code = main(["analyze", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-                 "--param-bw", "4", "--cle", "--batch-size", "8", "--layers", "stem.0", "fc",
-                 "--out", str(tmp_path / "report.html"), "--plots", str(tmp_path / "plots"), "--no-progress"])
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "leantorch.models:ResNetSmall",
+            "--data",
+            str(tmp_path / "data.npy"),
+            "--param-bw",
+            "4",
+            "--cle",
+            "--batch-size",
+            "8",
+            "--layers",
+            "stem.0",
+            "fc",
+            "--out",
+            str(tmp_path / "report.html"),
+            "--plots",
+            str(tmp_path / "plots"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "weights only" in capsys.readouterr().out
     html = (tmp_path / "report.html").read_text()
@@ -55,10 +89,29 @@ def test_analyze_writes_report_and_plots(tmp_path, capsys) -> None:
 
 def test_compress_writes_model_onnx_report_and_curves(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
-    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-            "--scheme", "spatial_svd", "channel_pruning", "--target", "0.6", "--candidates", "4",
-            "--num-samples", "8", "--eval-samples", "16", "--batch-size", "8", "--out", str(tmp_path / "c"),
-            "--no-progress"]
+    args = [
+        "compress",
+        "--model",
+        "leantorch.models:ResNetSmall",
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--scheme",
+        "spatial_svd",
+        "channel_pruning",
+        "--target",
+        "0.6",
+        "--candidates",
+        "4",
+        "--num-samples",
+        "8",
+        "--eval-samples",
+        "16",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "c"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "MAC ratio" in capsys.readouterr().out
     out = tmp_path / "c"
@@ -77,10 +130,32 @@ def test_compress_then_quantize_scores_exports_qdq_and_times_both(tmp_path, caps
     """compress --quantize: the compressed model is BN-folded, quantized (W8A8 per-channel), scored, exported as
     QDQ that ONNX Runtime runs like the simulation, and timed against the original quantized the same way."""
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
-    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-            "--scheme", "channel_pruning", "--target", "0.7", "--candidates", "3", "--rank-multiple", "1",
-            "--num-samples", "8", "--eval-samples", "16", "--batch-size", "8", "--out", str(tmp_path / "c"),
-            "--quantize", "w8a8", "--no-progress"]
+    args = [
+        "compress",
+        "--model",
+        "leantorch.models:ResNetSmall",
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--scheme",
+        "channel_pruning",
+        "--target",
+        "0.7",
+        "--candidates",
+        "3",
+        "--rank-multiple",
+        "1",
+        "--num-samples",
+        "8",
+        "--eval-samples",
+        "16",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "c"),
+        "--quantize",
+        "w8a8",
+        "--no-progress",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "top-1 agreement w8a8" in printed
@@ -108,9 +183,24 @@ def test_compress_failure_keeps_the_cache_and_the_earlier_outputs(tmp_path, monk
     models = types.ModuleType("seeded_models")
     models.resnet = seeded_model
     monkeypatch.setitem(sys.modules, "seeded_models", models)
-    args = ["compress", "--model", "seeded_models:resnet", "--data", str(tmp_path / "data.npy"),
-            "--target", "0.7", "--candidates", "4", "--num-samples", "4", "--eval-samples", "4",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "compress",
+        "--model",
+        "seeded_models:resnet",
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--target",
+        "0.7",
+        "--candidates",
+        "4",
+        "--num-samples",
+        "4",
+        "--eval-samples",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     earlier = {name: (out / name).read_bytes() for name in _files(out)}
 
@@ -126,9 +216,23 @@ def test_compress_failure_keeps_the_cache_and_the_earlier_outputs(tmp_path, monk
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "leantorch.cli", "demo", "--out", str(tmp_path),
-                             "--calibration", "16", "--evaluation", "32", "--no-progress"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leantorch.cli",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--calibration",
+            "16",
+            "--evaluation",
+            "32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "W8A8 per-channel" in result.stdout and "ONNX Runtime" in result.stdout
     assert (tmp_path / "efficientnet_lite0_w8a8.onnx").exists()
@@ -139,15 +243,39 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
 @pytest.mark.slow  # runs every technique and AutoQuant end to end: minutes on 2 cores
 def test_quantize_with_cle_bias_correction_and_auto(tmp_path, capsys) -> None:
     np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
-    base = ["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-            "--no-progress", "--batch-size", "8"]
+    base = [
+        "quantize",
+        "--model",
+        "leantorch.models:ResNetSmall",
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--no-progress",
+        "--batch-size",
+        "8",
+    ]
     assert main(base + ["--cle", "--bias-correction", "analytical", "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "model.onnx").exists()
     assert main(base + ["--auto", "--allowed-drop", "1.0", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "bn_fold" in out and "float" in out
-    assert main(base + ["--adaround", "--adaround-iterations", "20", "--adaround-lr", "0.01", "--param-bw", "4",
-                        "--per-channel", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            base
+            + [
+                "--adaround",
+                "--adaround-iterations",
+                "20",
+                "--adaround-lr",
+                "0.01",
+                "--param-bw",
+                "4",
+                "--per-channel",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "c" / "adaround.encodings").exists()
 
 
@@ -174,12 +302,18 @@ def no_long_work(monkeypatch) -> list[str]:
         def fail(*args, **kwargs):
             calls.append(name)
             raise RuntimeError(f"{name} called before the arguments were checked")
+
         return fail
 
-    targets = [(QuantSim, "compute_encodings"), ("leantorch.cli.adaround", None),
-               ("leantorch.cli.bias_correction", None), ("leantorch.evaluation.model_outputs", None),
-               ("leantorch.ptq.auto.auto_quant", None), ("leantorch.analysis.analyze", None),
-               ("leantorch.demo._run", None)]
+    targets = [
+        (QuantSim, "compute_encodings"),
+        ("leantorch.cli.adaround", None),
+        ("leantorch.cli.bias_correction", None),
+        ("leantorch.evaluation.model_outputs", None),
+        ("leantorch.ptq.auto.auto_quant", None),
+        ("leantorch.analysis.analyze", None),
+        ("leantorch.demo._run", None),
+    ]
     for target, attr in targets:
         if attr is None:
             module, _, attr = target.rpartition(".")
@@ -207,19 +341,40 @@ ANALYZE = ["analyze", "--model", MODEL, "--num-samples", "4", "--batch-size", "4
 COMPRESS = ["compress", "--model", MODEL, "--num-samples", "4", "--eval-samples", "4", "--batch-size", "4"]
 
 
-@pytest.mark.parametrize("command, option, value", [
-    (QUANTIZE, "--num-samples", "0"), (QUANTIZE, "--batch-size", "0"), (QUANTIZE, "--image-size", "0"),
-    (QUANTIZE, "--batch-size", "2.5"), (QUANTIZE, "--adaround-iterations", "-1"), (QUANTIZE, "--adaround-lr", "0"),
-    (QUANTIZE, "--adaround-lr", "nan"), (QUANTIZE, "--allowed-drop", "-0.1"), (QUANTIZE, "--allowed-drop", "inf"),
-    (QUANTIZE, "--name", ""), (QUANTIZE, "--name", "sub/model"), (QUANTIZE, "--name", ".."),
-    (QUANTIZE, "--act-bw", "1"), (QUANTIZE, "--param-bw", "64"), (QUANTIZE, "--out", ""),
-    (ANALYZE, "--out", "report.txt"), (ANALYZE, "--plots", ""),
-    (COMPRESS, "--target", "0"), (COMPRESS, "--target", "1"), (COMPRESS, "--target", "nan"),
-    (COMPRESS, "--candidates", "0"), (COMPRESS, "--rank-multiple", "0"), (COMPRESS, "--eval-samples", "0"),
-    (["demo"], "--calibration", "0"), (["demo"], "--evaluation", "-3"), (["demo"], "--batch-size", "0"),
-])
-def test_bad_argument_is_one_line_exit_2_before_any_work(tmp_path, data_file, no_long_work, capsys,
-                                                         command, option, value) -> None:
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        (QUANTIZE, "--num-samples", "0"),
+        (QUANTIZE, "--batch-size", "0"),
+        (QUANTIZE, "--image-size", "0"),
+        (QUANTIZE, "--batch-size", "2.5"),
+        (QUANTIZE, "--adaround-iterations", "-1"),
+        (QUANTIZE, "--adaround-lr", "0"),
+        (QUANTIZE, "--adaround-lr", "nan"),
+        (QUANTIZE, "--allowed-drop", "-0.1"),
+        (QUANTIZE, "--allowed-drop", "inf"),
+        (QUANTIZE, "--name", ""),
+        (QUANTIZE, "--name", "sub/model"),
+        (QUANTIZE, "--name", ".."),
+        (QUANTIZE, "--act-bw", "1"),
+        (QUANTIZE, "--param-bw", "64"),
+        (QUANTIZE, "--out", ""),
+        (ANALYZE, "--out", "report.txt"),
+        (ANALYZE, "--plots", ""),
+        (COMPRESS, "--target", "0"),
+        (COMPRESS, "--target", "1"),
+        (COMPRESS, "--target", "nan"),
+        (COMPRESS, "--candidates", "0"),
+        (COMPRESS, "--rank-multiple", "0"),
+        (COMPRESS, "--eval-samples", "0"),
+        (["demo"], "--calibration", "0"),
+        (["demo"], "--evaluation", "-3"),
+        (["demo"], "--batch-size", "0"),
+    ],
+)
+def test_bad_argument_is_one_line_exit_2_before_any_work(
+    tmp_path, data_file, no_long_work, capsys, command, option, value
+) -> None:
     before = _files(tmp_path)
     data = [] if command == ["demo"] else ["--data", data_file]
     out = [] if option == "--out" else ["--out", str(tmp_path / ("r.html" if command is ANALYZE else "out"))]
@@ -281,11 +436,14 @@ def test_bad_output_location_or_layer_is_named_before_any_work(tmp_path, data_fi
     assert _files(tmp_path) == before and no_long_work == []
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("math:pi", ["--model math:pi", "not a function or class"]),
-    ("leantorch.data:sample_images", ["--model leantorch.data:sample_images", "without arguments", "count"]),
-    ("nope_package:factory", ["--model nope_package:factory", "cannot load"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("math:pi", ["--model math:pi", "not a function or class"]),
+        ("leantorch.data:sample_images", ["--model leantorch.data:sample_images", "without arguments", "count"]),
+        ("nope_package:factory", ["--model nope_package:factory", "cannot load"]),
+    ],
+)
 def test_model_spec_that_builds_no_model_is_named(tmp_path, data_file, no_long_work, capsys, spec, words) -> None:
     assert main(["quantize", "--model", spec, "--data", data_file, "--out", str(tmp_path / "out")]) == 2
     _one_error_line(capsys, *words)
@@ -326,19 +484,23 @@ def test_debug_shows_the_traceback(tmp_path, capsys) -> None:
 # ------------------------------------------------------------------------------ failures part-way
 def _fail_export_with(exc: BaseException):
     """A QuantSim.export that writes part of a file, then fails."""
+
     def export(self, path, prefix, *args, **kwargs):
         (Path(path) / f"{prefix}.onnx").write_bytes(b"partial")
         raise exc
+
     return export
 
 
-@pytest.mark.parametrize("exc, code, message", [
-    (ExportError("cannot export"), 2, "error: cannot export\n"),
-    (KeyboardInterrupt(), 130, "interrupted\n"),
-    (OSError(28, "No space left on device"), 1, "No space left on device"),
-])
-def test_failure_part_way_leaves_no_partial_files(tmp_path, data_file, monkeypatch, capsys, exc, code,
-                                                  message) -> None:
+@pytest.mark.parametrize(
+    "exc, code, message",
+    [
+        (ExportError("cannot export"), 2, "error: cannot export\n"),
+        (KeyboardInterrupt(), 130, "interrupted\n"),
+        (OSError(28, "No space left on device"), 1, "No space left on device"),
+    ],
+)
+def test_failure_part_way_leaves_no_partial_files(tmp_path, data_file, monkeypatch, capsys, exc, code, message) -> None:
     monkeypatch.setattr(QuantSim, "export", _fail_export_with(exc))
     existing, new = tmp_path / "existing", tmp_path / "new" / "dir"
     existing.mkdir()
@@ -370,8 +532,17 @@ def test_analyze_failure_leaves_neither_report_nor_plots(tmp_path, data_file, mo
 
     monkeypatch.setattr(AnalysisReport, "to_html", interrupted)
     (tmp_path / "r.html").write_text("an earlier report")
-    argv = [*ANALYZE, "--data", data_file, "--no-sensitivity", "--no-progress", "--out", str(tmp_path / "r.html"),
-            "--plots", str(tmp_path / "plots")]
+    argv = [
+        *ANALYZE,
+        "--data",
+        data_file,
+        "--no-sensitivity",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "r.html"),
+        "--plots",
+        str(tmp_path / "plots"),
+    ]
     before = _files(tmp_path)
     assert main(argv) == 130
     assert capsys.readouterr().err == "interrupted\n" and _files(tmp_path) == before
@@ -389,8 +560,9 @@ def test_demo_stages_its_outputs(tmp_path, monkeypatch, capsys) -> None:
 
 
 # ------------------------------------------------------------------------------ options reach every technique
-def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_channel(tmp_path, monkeypatch,
-                                                                                      capsys) -> None:
+def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_channel(
+    tmp_path, monkeypatch, capsys
+) -> None:
     """--config per_channel without --per-channel: AdaRound must round per channel like the QuantSim (it used
     to get per_channel=False and write per-tensor encodings)."""
     import json
@@ -406,9 +578,29 @@ def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_cha
 
     monkeypatch.setattr(cli, "adaround", recording)
     np.save(tmp_path / "d.npy", np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
-    argv = ["quantize", "--model", MODEL, "--data", str(tmp_path / "d.npy"), "--image-size", "32",
-            "--num-samples", "4", "--no-progress", "--config", "per_channel", "--adaround",
-            "--adaround-iterations", "1", "--param-bw", "4", "--act-bw", "6", "--out", str(tmp_path / "o")]
+    argv = [
+        "quantize",
+        "--model",
+        MODEL,
+        "--data",
+        str(tmp_path / "d.npy"),
+        "--image-size",
+        "32",
+        "--num-samples",
+        "4",
+        "--no-progress",
+        "--config",
+        "per_channel",
+        "--adaround",
+        "--adaround-iterations",
+        "1",
+        "--param-bw",
+        "4",
+        "--act-bw",
+        "6",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert seen["per_channel"] is None and seen["config"] == "per_channel"
     assert (seen["param_bw"], seen["act_bw"], seen["scheme"]) == (4, 6, "tf_enhanced")
@@ -418,12 +610,19 @@ def test_adaround_gets_the_quantsim_options_so_per_channel_config_rounds_per_cha
     assert params and all(len(v) > 1 for v in params.values()), "weights rounded per tensor"
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--cle"], "--cle"), (["--fold-bn"], "--fold-bn"), (["--bias-correction", "empirical"], "--bias-correction"),
-    (["--adaround"], "--adaround"), (["--cle", "--adaround"], "--cle --adaround"),
-])
-def test_auto_with_a_technique_flag_is_a_usage_error_before_any_work(tmp_path, data_file, no_long_work, capsys,
-                                                                     flags, named) -> None:
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--cle"], "--cle"),
+        (["--fold-bn"], "--fold-bn"),
+        (["--bias-correction", "empirical"], "--bias-correction"),
+        (["--adaround"], "--adaround"),
+        (["--cle", "--adaround"], "--cle --adaround"),
+    ],
+)
+def test_auto_with_a_technique_flag_is_a_usage_error_before_any_work(
+    tmp_path, data_file, no_long_work, capsys, flags, named
+) -> None:
     """--auto picks the techniques itself: a technique flag beside it used to be silently ignored."""
     before = _files(tmp_path)
     assert main([*QUANTIZE, "--data", data_file, "--out", str(tmp_path / "o"), "--auto", *flags]) == 2
@@ -442,8 +641,21 @@ def test_auto_passes_the_adaround_options_to_auto_quant(tmp_path, data_file, mon
         raise KeyboardInterrupt  # only the arguments matter
 
     monkeypatch.setattr(auto, "auto_quant", recording)
-    argv = [*QUANTIZE, "--data", data_file, "--out", str(tmp_path / "o"), "--auto", "--adaround-iterations", "500",
-            "--adaround-lr", "0.01", "--config", "per_channel", "--no-progress"]
+    argv = [
+        *QUANTIZE,
+        "--data",
+        data_file,
+        "--out",
+        str(tmp_path / "o"),
+        "--auto",
+        "--adaround-iterations",
+        "500",
+        "--adaround-lr",
+        "0.01",
+        "--config",
+        "per_channel",
+        "--no-progress",
+    ]
     assert main(argv) == 130
     # AdaRound learns from the first min(128, --num-samples) samples: 4 samples in batches of 4 is one batch
     assert seen["adaround_kwargs"] == {"iterations": 500, "lr": 0.01, "num_batches": 1}
@@ -467,8 +679,11 @@ def test_adaround_defaults_are_quick_and_thorough_gives_the_papers_schedule() ->
     from leantorch.cli_args import ADAROUND_DEFAULTS, ADAROUND_THOROUGH, build_parser
 
     common = ["quantize", "--model", "m:f", "--data", "d.npy", "--adaround"]
-    for extra, expected in [([], (500, 2e-2)), (["--thorough"], (10_000, 1e-3)),
-                            (["--thorough", "--adaround-lr", "0.05"], (10_000, 0.05))]:
+    for extra, expected in [
+        ([], (500, 2e-2)),
+        (["--thorough"], (10_000, 1e-3)),
+        (["--thorough", "--adaround-lr", "0.05"], (10_000, 0.05)),
+    ]:
         args = build_parser().parse_args(common + extra)
         _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
         assert (args.adaround_iterations, args.adaround_lr) == expected
@@ -478,8 +693,9 @@ def test_adaround_defaults_are_quick_and_thorough_gives_the_papers_schedule() ->
 def test_adaround_learns_from_the_first_128_samples_whatever_the_batch_size(samples, batch, expected) -> None:
     from leantorch.cli import _adaround_options
 
-    args = build_parser().parse_args([*QUANTIZE[:3], "--data", "x.npy", "--num-samples", str(samples),
-                                      "--batch-size", str(batch), "--adaround"])
+    args = build_parser().parse_args(
+        [*QUANTIZE[:3], "--data", "x.npy", "--num-samples", str(samples), "--batch-size", str(batch), "--adaround"]
+    )
     args.adaround_iterations, args.adaround_lr = 1000, 0.01
     assert _adaround_options(args)["num_batches"] == expected
 
@@ -511,8 +727,23 @@ def test_gptq_flag_rounds_with_gptq_and_freezes_the_weights(tmp_path, data_file,
 
     monkeypatch.setattr(cli, "gptq", recording)
     out = tmp_path / "o"
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--param-bw", "4", "--per-channel",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                *QUANTIZE,
+                "--data",
+                data_file,
+                "--out",
+                str(out),
+                "--gptq",
+                "--param-bw",
+                "4",
+                "--per-channel",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
     assert (out / "gptq.encodings").exists() and (out / "model.onnx").exists()
     assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--adaround"]) == 2  # one or the other
@@ -531,8 +762,23 @@ def test_seq_mse_flag_chooses_the_encodings_and_freezes_them(tmp_path, data_file
 
     monkeypatch.setattr(cli, "seq_mse", recording)
     out = tmp_path / "o"
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--param-bw", "4", "--per-channel",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                *QUANTIZE,
+                "--data",
+                data_file,
+                "--out",
+                str(out),
+                "--seq-mse",
+                "--param-bw",
+                "4",
+                "--per-channel",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
     assert (out / "seq_mse.encodings").exists() and (out / "model.onnx").exists()
     assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--gptq"]) == 2  # one technique

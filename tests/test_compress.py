@@ -34,10 +34,10 @@ class Mixed(nn.Module):
         self.fc = nn.Linear(5, 7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1d(x)                           # (6, 16)
+        y = self.conv1d(x)  # (6, 16)
         y = self.grouped(y[:, :, None, :].expand(-1, -1, 8, -1).contiguous())  # (12, 4, 8)
-        y = self.up(y)                               # (5, 8, 16)
-        return self.fc(y.permute(0, 2, 3, 1))        # 8*16 rows of 5 -> 7
+        y = self.up(y)  # (5, 8, 16)
+        return self.fc(y.permute(0, 2, 3, 1))  # 8*16 rows of 5 -> 7
 
 
 def test_cost_matches_hand_counts() -> None:
@@ -55,10 +55,13 @@ def test_cost_matches_hand_counts() -> None:
     assert report.total_macs == sum(c.macs for c in layers.values())
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(6, 10, 3, stride=2, padding=1),
-    nn.Conv2d(6, 4, (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1), bias=False),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 10, 3, stride=2, padding=1),
+        nn.Conv2d(6, 4, (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1), bias=False),
+    ],
+)
 def test_weight_and_spatial_svd_are_exact_at_full_rank(conv: nn.Conv2d) -> None:
     conv = conv.double()
     x = torch.randn(2, 6, 11, 13, dtype=torch.float64)
@@ -85,8 +88,16 @@ def test_spatial_svd_rank_one_is_the_best_rank_one_separable_filter() -> None:
 def mobile_block() -> nn.Module:
     """expand 1x1 → BN → ReLU6 → pad → depthwise 3x3 → BN → ReLU → project 1x1 (EfficientNet-like)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(), nn.ZeroPad2d(1),
-                          nn.Conv2d(16, 16, 3, groups=16), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 1),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.ZeroPad2d(1),
+        nn.Conv2d(16, 16, 3, groups=16),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 1),
+    ).eval()
     for bn in (model[1], model[5]):
         bn.running_mean.uniform_(-0.3, 0.3)
         bn.running_var.uniform_(0.5, 1.5)
@@ -139,10 +150,15 @@ def test_pruning_skips_channels_tied_by_residual_adds(resnet) -> None:
 
 
 def test_greedy_selection_prefers_insensitive_layers_and_meets_the_target() -> None:
-    table = EvalScoreTable("weight_svd", [0.25, 0.5, 0.75, 1.0], 1.0, {
-        "robust": {0.25: 0.97, 0.5: 0.99, 0.75: 1.0, 1.0: 1.0},
-        "fragile": {0.25: 0.2, 0.5: 0.6, 0.75: 0.9, 1.0: 1.0},
-    })
+    table = EvalScoreTable(
+        "weight_svd",
+        [0.25, 0.5, 0.75, 1.0],
+        1.0,
+        {
+            "robust": {0.25: 0.97, 0.5: 0.99, 0.75: 1.0, 1.0: 1.0},
+            "fragile": {0.25: 0.2, 0.5: 0.6, 0.75: 0.9, 1.0: 1.0},
+        },
+    )
     macs = {"robust": 100, "fragile": 100}
 
     def estimate(ratios: dict[str, float]) -> float:
@@ -169,17 +185,37 @@ def test_compress_reaches_target_caches_table_and_never_touches_the_input(tmp_pa
             return min(lt.metrics.sqnr_db(resnet(x), m(x)), 200.0)  # identical outputs: inf
 
     seen = []
-    small, info = lt.compress(resnet, x[:1], score, ["spatial_svd", "channel_pruning"], 0.6,
-                              calibration=[x], candidates=5, rank_multiple=1, cache_dir=tmp_path,
-                              layer_callback=lambda m, name: seen.append(name), progress=False)
+    small, info = lt.compress(
+        resnet,
+        x[:1],
+        score,
+        ["spatial_svd", "channel_pruning"],
+        0.6,
+        calibration=[x],
+        candidates=5,
+        rank_multiple=1,
+        cache_dir=tmp_path,
+        layer_callback=lambda m, name: seen.append(name),
+        progress=False,
+    )
     assert_unchanged(resnet, snapshot)
     assert info.mac_ratio <= 0.6 + 1e-9 and info.mac_ratio > 0.3
     assert lt.compress.cost(small, x[:1]).total_macs == info.macs_after
     assert len(info.stages) == 2 and seen and set(seen) == {n.split(":")[1] for n in info.ratios}
     assert (tmp_path / "eval_scores_spatial_svd.json").exists()
     first = len(calls)
-    again, info2 = lt.compress(resnet, x[:1], score, ["spatial_svd", "channel_pruning"], 0.6, calibration=[x],
-                               candidates=5, rank_multiple=1, cache_dir=tmp_path, progress=False)
+    again, info2 = lt.compress(
+        resnet,
+        x[:1],
+        score,
+        ["spatial_svd", "channel_pruning"],
+        0.6,
+        calibration=[x],
+        candidates=5,
+        rank_multiple=1,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert len(calls) - first < first / 3  # the tables were reloaded, not recomputed
     assert info2.ratios == info.ratios
     # The compressed model quantizes and exports.
@@ -191,8 +227,9 @@ def test_compress_reaches_target_caches_table_and_never_touches_the_input(tmp_pa
 def test_manual_ratios_and_rank_rounding() -> None:
     model = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
     x = torch.randn(1, 16, 8, 8)
-    small, info = lt.compress(model, x, lambda m: 1.0, "weight_svd", 0.9, ratios={"2": 0.3}, rank_multiple=8,
-                              progress=False)
+    small, info = lt.compress(
+        model, x, lambda m: 1.0, "weight_svd", 0.9, ratios={"2": 0.3}, rank_multiple=8, progress=False
+    )
     assert list(info.ratios) == ["2"] and info.sizes["2"] % 8 == 0
     assert isinstance(small.get_submodule("2"), nn.Sequential)
 
@@ -307,8 +344,17 @@ def test_skip_layers_as_one_string_and_a_cache_dir_that_is_a_file(tmp_path) -> N
         lt.compress(model, x, score, "weight_svd", 0.7, cache_dir=a_file / "sub", progress=False)
     assert not calls and a_file.read_text() == "not a directory"  # refused before any evaluation
     # One name as a string is that layer (it was once matched as a substring of the string).
-    _, info = lt.compress(model, x, score, "weight_svd", 0.8, skip_layers="0", candidates=[0.25, 0.5],
-                          cache_dir=tmp_path / "new", progress=False)
+    _, info = lt.compress(
+        model,
+        x,
+        score,
+        "weight_svd",
+        0.8,
+        skip_layers="0",
+        candidates=[0.25, 0.5],
+        cache_dir=tmp_path / "new",
+        progress=False,
+    )
     assert info.skipped == {"0": "skipped by request"} and "0" not in info.ratios
     assert (tmp_path / "new" / "eval_scores_weight_svd.json").exists()
 
@@ -345,8 +391,9 @@ def test_channel_pruning_passes_out_of_memory_through_unchanged() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), OutOfMemory())
     with pytest.raises(torch.OutOfMemoryError):  # not a CalibrationDataError blaming the batch's shape
         sample_grams(model, copy.deepcopy(model), "0", [torch.randn(1, 3, 8, 8)])
-    with pytest.raises(lt.CalibrationDataError,
-                       match=r"fails on calibration batch 0 \(input shapes \[\(1, 2, 8, 8\)\]"):
+    with pytest.raises(
+        lt.CalibrationDataError, match=r"fails on calibration batch 0 \(input shapes \[\(1, 2, 8, 8\)\]"
+    ):
         sample_grams(model[:1], copy.deepcopy(model[:1]), "0", [torch.randn(1, 2, 8, 8)])
 
 
@@ -356,16 +403,23 @@ def test_a_compressed_model_goes_through_cle_quantsim_and_a_qdq_export_that_onnx
     import onnxruntime as ort
 
     gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 8, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 1),
+    ).eval()
     with torch.no_grad():
         for bn in (model[1], model[4]):
             bn.running_mean.normal_(0, 0.1, generator=gen)
             bn.running_var.uniform_(0.5, 2.0, generator=gen)
     x = torch.randn(16, 3, 12, 12, generator=gen)
-    compressed, info = lt.compress(model, x[:1], lambda m: 0.0, "channel_pruning", ratios={"3": 0.5, "6": 0.5},
-                                   calibration=[x])
+    compressed, info = lt.compress(
+        model, x[:1], lambda m: 0.0, "channel_pruning", ratios={"3": 0.5, "6": 0.5}, calibration=[x]
+    )
     assert info.macs_after < info.macs_before
     equalized = lt.equalize(compressed, x[:1])
     with torch.no_grad():
@@ -379,8 +433,9 @@ def test_a_compressed_model_goes_through_cle_quantsim_and_a_qdq_export_that_onnx
     with torch.no_grad():
         simulated = sim.model(x)
     exported = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    step = float(sim.quantizers()[next(n for n in sim.quantizers() if "output" in n and n.startswith("6"))]
-                 .encoding.scale.max())
+    step = float(
+        sim.quantizers()[next(n for n in sim.quantizers() if "output" in n and n.startswith("6"))].encoding.scale.max()
+    )
     assert (exported - simulated).abs().max() <= step * 1.01
 
 
@@ -405,12 +460,14 @@ def test_a_registered_compression_scheme_is_selectable_everywhere() -> None:
             register_scheme(HalfWeightSvd())
         net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
         x = torch.randn(32, 64)
-        small, info = lt.compress.compress(net, x[:1], lambda m: 1.0, "half_weight_svd", 0.6,
-                                           ratios={"1": 0.9, "3": 0.9}, progress=False)
+        small, info = lt.compress.compress(
+            net, x[:1], lambda m: 1.0, "half_weight_svd", 0.6, ratios={"1": 0.9, "3": 0.9}, progress=False
+        )
         assert info.scheme == "half_weight_svd" and set(info.sizes) == {"1", "3"}
         assert info.macs_after < 0.6 * info.macs_before  # every layer at half its MACs, whatever the ratio
-        args = build_parser().parse_args(["compress", "--model", "m.pt", "--data", "d.pt", "--scheme",
-                                          "half_weight_svd"])
+        args = build_parser().parse_args(
+            ["compress", "--model", "m.pt", "--data", "d.pt", "--scheme", "half_weight_svd"]
+        )
         assert args.scheme == ["half_weight_svd"]
     finally:
         unregister_scheme("half_weight_svd")

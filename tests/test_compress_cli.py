@@ -25,17 +25,30 @@ def recorded(tmp_path, monkeypatch) -> tuple[list, list[str]]:
         raise _Stop
 
     monkeypatch.setattr(importlib.import_module("leantorch.compress"), "compress", record)
-    base = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
-            "--num-samples", "8", "--out", str(tmp_path / "c"), "--no-progress"]
+    base = [
+        "compress",
+        "--model",
+        "leantorch.models:ResNetSmall",
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--num-samples",
+        "8",
+        "--out",
+        str(tmp_path / "c"),
+        "--no-progress",
+    ]
     return calls, base
 
 
-@pytest.mark.parametrize("extra, candidates, eval_samples, workers", [
-    ([], 5, 32, None),
-    (["--thorough"], 10, 64, None),
-    (["--thorough", "--candidates", "3"], 3, 64, None),
-    (["--eval-samples", "16", "--workers", "2"], 5, 16, 2),
-])
+@pytest.mark.parametrize(
+    "extra, candidates, eval_samples, workers",
+    [
+        ([], 5, 32, None),
+        (["--thorough"], 10, 64, None),
+        (["--thorough", "--candidates", "3"], 3, 64, None),
+        (["--eval-samples", "16", "--workers", "2"], 5, 16, 2),
+    ],
+)
 def test_compress_defaults_thorough_and_explicit_values(recorded, extra, candidates, eval_samples, workers) -> None:
     calls, base = recorded
     assert main(base + extra) == 1  # the stand-in stops the command (reported as an unexpected error)

@@ -25,12 +25,22 @@ def chain() -> nn.Module:
     prunable layers, each the producer of the next, a depthwise on one path; SVD-able convs and a linear."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24), nn.ReLU6(),
-        nn.Conv2d(24, 16, 1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1, groups=24),
+        nn.BatchNorm2d(24),
+        nn.ReLU6(),
+        nn.Conv2d(24, 16, 1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
     for bn in (model[1], model[6]):
         bn.running_mean.uniform_(-0.3, 0.3)
         bn.running_var.uniform_(0.5, 1.5)
@@ -49,8 +59,9 @@ def test_suffix_table_scores_equal_full_run_scores(scheme: str) -> None:
     x = images(1, 0)
     calibration = [images(4, s) for s in range(1, 4)]
     score = sqnr_score(model, [images(5, 10), images(3, 11)])
-    options = dict(target_mac_ratio=0.7, calibration=calibration, candidates=[0.25, 0.5, 0.75], rank_multiple=1,
-                   progress=False)
+    options = dict(
+        target_mac_ratio=0.7, calibration=calibration, candidates=[0.25, 0.5, 0.75], rank_multiple=1, progress=False
+    )
     fast, fast_info = lt.compress(model, x, score, scheme, **options)
     # A plain callable is not recognised as an OutputScore: every candidate runs a compressed deep copy in full.
     slow, slow_info = lt.compress(model, x, lambda m: score(m), scheme, **options)
@@ -111,10 +122,18 @@ def test_suffix_table_names_a_calibration_batch_the_model_cannot_run() -> None:
     model = chain()
     x = images(1, 0)
     score = sqnr_score(model, [images(4, 10)])
-    with pytest.raises(lt.CalibrationDataError,
-                       match=r"fails on calibration batch 1 \(input shapes \[\(2, 5, 12, 12\)\]"):
-        lt.compress(model, x, score, "channel_pruning", 0.7, calibration=[images(2, 1), torch.randn(2, 5, 12, 12)],
-                    progress=False)
+    with pytest.raises(
+        lt.CalibrationDataError, match=r"fails on calibration batch 1 \(input shapes \[\(2, 5, 12, 12\)\]"
+    ):
+        lt.compress(
+            model,
+            x,
+            score,
+            "channel_pruning",
+            0.7,
+            calibration=[images(2, 1), torch.randn(2, 5, 12, 12)],
+            progress=False,
+        )
 
 
 def test_layer_callback_still_sees_each_pruned_layer() -> None:
@@ -122,9 +141,16 @@ def test_layer_callback_still_sees_each_pruned_layer() -> None:
     x = images(1, 0)
     seen = []
     score = sqnr_score(model, [images(4, 10)])
-    small, info = lt.compress(model, x, score, "channel_pruning", 0.75, calibration=[images(4, 1)],
-                              layer_callback=lambda m, name: seen.append((name, m.get_submodule(name).in_channels)),
-                              progress=False)
+    small, info = lt.compress(
+        model,
+        x,
+        score,
+        "channel_pruning",
+        0.75,
+        calibration=[images(4, 1)],
+        layer_callback=lambda m, name: seen.append((name, m.get_submodule(name).in_channels)),
+        progress=False,
+    )
     assert seen and [n for n, _ in seen] == list(info.sizes)
     assert all(channels == info.sizes[n] for n, channels in seen)
     assert copy.deepcopy(small) is not None
@@ -158,8 +184,13 @@ def test_eval_score_table_on_two_ray_workers_equals_the_serial_table(scheme: str
     pytest.importorskip("ray")
     model = chain()
     x = images(1, 0)
-    options = dict(target_mac_ratio=0.7, calibration=[images(4, s) for s in range(1, 3)],
-                   candidates=[0.25, 0.5, 0.75], rank_multiple=1, progress=False)
+    options = dict(
+        target_mac_ratio=0.7,
+        calibration=[images(4, s) for s in range(1, 3)],
+        candidates=[0.25, 0.5, 0.75],
+        rank_multiple=1,
+        progress=False,
+    )
     threads = torch.get_num_threads()
     # Each Ray worker runs one thread; so does this process here (reference outputs and baseline included), so
     # that every float reduction is split the same way.

@@ -26,8 +26,13 @@ SCHEMES = ("minmax", "tf_enhanced", "percentile", "mse")
 
 def small_model(extra: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
-              nn.Linear(8 * 8 * 8, 5)]
+    layers = [
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 5),
+    ]
     if extra:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -45,8 +50,11 @@ def training_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def encodings(sim: lt.QuantSim) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: (q.encoding.scale.clone(), q.encoding.offset.clone())
-            for n, q in sim.quantizers().items() if q.encoding is not None}
+    return {
+        n: (q.encoding.scale.clone(), q.encoding.offset.clone())
+        for n, q in sim.quantizers().items()
+        if q.encoding is not None
+    }
 
 
 def calibrate(scheme: str, batches: list[torch.Tensor], **kwargs: Any) -> lt.QuantSim:
@@ -56,8 +64,9 @@ def calibrate(scheme: str, batches: list[torch.Tensor], **kwargs: Any) -> lt.Qua
 
 
 def qat_sim() -> lt.QuantSim:
-    sim = lt.QuantSim(small_model(), training_batches()[0][0][:1], param_bw=4, act_bw=4, scheme="minmax",
-                      range_learning=True)
+    sim = lt.QuantSim(
+        small_model(), training_batches()[0][0][:1], param_bw=4, act_bw=4, scheme="minmax", range_learning=True
+    )
     sim.compute_encodings([x for x, _ in training_batches()], progress=False, distributed=False)
     return sim
 
@@ -89,8 +98,16 @@ def _worker(rank: int, port: int, out: str) -> None:
         # QAT: each rank its half of the batches of the single-process run below (SGD: averaged gradients).
         sim = qat_sim()
         results["qat_before"] = encodings(sim)
-        losses = lt.qat.fit(sim, training_batches()[rank::WORLD], nn.functional.cross_entropy, epochs=2,
-                            lr=1e-2, range_lr=1e-2, optimizer="sgd", progress=False)
+        losses = lt.qat.fit(
+            sim,
+            training_batches()[rank::WORLD],
+            nn.functional.cross_entropy,
+            epochs=2,
+            lr=1e-2,
+            range_lr=1e-2,
+            optimizer="sgd",
+            progress=False,
+        )
         results["qat"] = encodings(sim)
         results["qat_losses"] = losses
         results["qat_weights"] = {k: v.clone() for k, v in sim.model.state_dict().items()}
@@ -100,8 +117,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["fixed_before"] = encodings(fixed)
         lt.qat.fit(fixed, training_batches()[rank::WORLD][:1], nn.functional.cross_entropy, progress=False)
         results["fixed_after"] = encodings(fixed)
-        results["qat_uneven"] = _error_name(lambda: lt.qat.fit(sim, training_batches()[: 1 + rank],
-                                                               nn.functional.cross_entropy, progress=False))
+        results["qat_uneven"] = _error_name(
+            lambda: lt.qat.fit(sim, training_batches()[: 1 + rank], nn.functional.cross_entropy, progress=False)
+        )
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -163,10 +181,21 @@ def test_qat_under_ddp_matches_one_process_on_the_global_batches(ranks: list[dic
     # which is what one process sees when each step takes both ranks' batches together.
     sim = qat_sim()
     data = training_batches()
-    merged = [(torch.cat([data[i][0], data[i + 1][0]]), torch.cat([data[i][1], data[i + 1][1]]))
-              for i in range(0, len(data), WORLD)]
-    lt.qat.fit(sim, merged, nn.functional.cross_entropy, epochs=2, lr=1e-2, range_lr=1e-2, optimizer="sgd",
-               progress=False, distributed=False)
+    merged = [
+        (torch.cat([data[i][0], data[i + 1][0]]), torch.cat([data[i][1], data[i + 1][1]]))
+        for i in range(0, len(data), WORLD)
+    ]
+    lt.qat.fit(
+        sim,
+        merged,
+        nn.functional.cross_entropy,
+        epochs=2,
+        lr=1e-2,
+        range_lr=1e-2,
+        optimizer="sgd",
+        progress=False,
+        distributed=False,
+    )
     for name, value in sim.model.state_dict().items():
         assert torch.allclose(ranks[0]["qat_weights"][name].float(), value.float(), rtol=1e-4, atol=1e-5), name
 

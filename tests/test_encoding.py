@@ -50,8 +50,9 @@ def test_compute_encoding_matches_reference(lo: float, hi: float, bw: int, symme
 
 
 @settings(max_examples=150, deadline=None)
-@given(lo=finite, hi=finite, bw=st.integers(2, 16), symmetric=st.booleans(), seed=st.integers(0, 2**16),
-       grad=st.booleans())
+@given(
+    lo=finite, hi=finite, bw=st.integers(2, 16), symmetric=st.booleans(), seed=st.integers(0, 2**16), grad=st.booleans()
+)
 def test_fake_quantize_matches_reference(lo, hi, bw, symmetric, seed, grad) -> None:
     lo, hi = min(lo, hi), max(lo, hi)
     enc = compute_encoding(torch.tensor(lo), torch.tensor(hi), bw, symmetric)
@@ -100,8 +101,9 @@ def test_integer_codes_and_dequantize_roundtrip() -> None:
     x = torch.linspace(-2, 4, 101)
     q = quantize(x, enc)
     assert q.min() == 0 and q.max() == 15
-    np.testing.assert_allclose(dequantize(q, enc).numpy(),
-                               reference_fake_quant(x.numpy(), float(enc.scale), int(enc.offset), 4), atol=1e-6)
+    np.testing.assert_allclose(
+        dequantize(q, enc).numpy(), reference_fake_quant(x.numpy(), float(enc.scale), int(enc.offset), 4), atol=1e-6
+    )
 
 
 def test_straight_through_gradient_is_identity_inside_range_zero_outside() -> None:
@@ -126,8 +128,15 @@ def test_aimet_entries_roundtrip() -> None:
     assert torch.equal(back.scale, enc.scale) and torch.equal(back.offset, enc.offset)
 
 
-@pytest.mark.parametrize("field,value,message", [("scale", 0.0, "scale=0.0"), ("offset", 5, "offset=5"),
-                                                 ("max", 9.0, "max=9.0 disagrees"), ("bitwidth", 1, "bitwidth=1")])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("scale", 0.0, "scale=0.0"),
+        ("offset", 5, "offset=5"),
+        ("max", 9.0, "max=9.0 disagrees"),
+        ("bitwidth", 1, "bitwidth=1"),
+    ],
+)
 def test_aimet_entries_are_checked(field: str, value, message: str) -> None:
     entry = compute_encoding(torch.tensor(-1.0), torch.tensor(3.0), 8, symmetric=False).to_aimet()[0]
     with pytest.raises(EncodingsFileError, match=message):

@@ -26,8 +26,14 @@ CONV = "3.weight"  # a per-channel (4 channels) symmetric weight in the per-chan
 
 def small_model() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1),
-                          nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    ).eval()
     model[1].running_mean.uniform_(-0.3, 0.3)
     model[1].running_var.uniform_(0.5, 1.5)
     return model
@@ -42,15 +48,30 @@ def calibrated(model: nn.Module, seed: int = 1, **options: Any) -> lt.QuantSim:
 
 def entry(bitwidth: int, symmetric: bool, scale: float, offset: int) -> dict[str, Any]:
     """A consistent AIMET entry written from the format's definition (min = offset*scale, ...)."""
-    return {"bitwidth": bitwidth, "dtype": "int", "is_symmetric": str(symmetric), "scale": scale,
-            "offset": offset, "min": offset * scale, "max": (offset + 2**bitwidth - 1) * scale}
+    return {
+        "bitwidth": bitwidth,
+        "dtype": "int",
+        "is_symmetric": str(symmetric),
+        "scale": scale,
+        "offset": offset,
+        "min": offset * scale,
+        "max": (offset + 2**bitwidth - 1) * scale,
+    }
 
 
 def snapshot(sim: lt.QuantSim) -> dict[str, tuple]:
-    return {n: (q.bitwidth, q.symmetric, q.axis, q.enabled, q.frozen,
-                None if q.scale is None else q.scale.detach().clone(),
-                None if q.offset is None else q.offset.detach().clone())
-            for n, q in sim.quantizers().items()}
+    return {
+        n: (
+            q.bitwidth,
+            q.symmetric,
+            q.axis,
+            q.enabled,
+            q.frozen,
+            None if q.scale is None else q.scale.detach().clone(),
+            None if q.offset is None else q.offset.detach().clone(),
+        )
+        for n, q in sim.quantizers().items()
+    }
 
 
 def assert_same_state(sim: lt.QuantSim, before: dict[str, tuple]) -> None:
@@ -92,12 +113,14 @@ def write(tmp_path, content: Any, name: str = "case.encodings"):
 def set_field(section: str, key: str, field: str, value: Any, channel: int = 0) -> Callable[[dict], None]:
     def mutate(data: dict) -> None:
         data[section][key][channel][field] = value
+
     return mutate
 
 
 def drop_field(section: str, key: str, field: str) -> Callable[[dict], None]:
     def mutate(data: dict) -> None:
         del data[section][key][0][field]
+
     return mutate
 
 
@@ -107,15 +130,18 @@ def replace_entry(section: str, key: str, new: Any, channel: int | None = 0) -> 
             data[section][key] = new
         else:
             data[section][key][channel] = new
+
     return mutate
 
 
 def shift_range(section: str, key: str, steps: float) -> Callable[[dict], None]:
     """min and max moved together by ``steps`` steps: still ordered, but not the grid of scale/offset."""
+
     def mutate(data: dict) -> None:
         e = data[section][key][0]
         e["min"] += steps * e["scale"]
         e["max"] += steps * e["scale"]
+
     return mutate
 
 
@@ -131,10 +157,14 @@ BAD_ENTRIES = {
     "offset positive": (set_field(ACT, MODEL_INPUT, "offset", 3), r"offset=3 is off the asymmetric"),
     "offset fraction": (set_field(ACT, MODEL_INPUT, "offset", -3.5), r"offset=-3\.5 is not an integer"),
     "offset huge int": (set_field(ACT, MODEL_INPUT, "offset", 10**400), r"offset=.* is not finite"),
-    "symmetric offset": (set_field(PARAM, CONV, "offset", -127, channel=3),
-                         r"channel 3: offset=-127 is off the symmetric"),
-    "min above max": (replace_entry(ACT, INTERMEDIATE, {**entry(8, False, 0.1, -10), "min": 1.0, "max": -1.0}),
-                      r"min=1\.0 > max=-1\.0"),
+    "symmetric offset": (
+        set_field(PARAM, CONV, "offset", -127, channel=3),
+        r"channel 3: offset=-127 is off the symmetric",
+    ),
+    "min above max": (
+        replace_entry(ACT, INTERMEDIATE, {**entry(8, False, 0.1, -10), "min": 1.0, "max": -1.0}),
+        r"min=1\.0 > max=-1\.0",
+    ),
     "min nan": (set_field(ACT, MODEL_INPUT, "min", math.nan), r"min=nan is not finite"),
     "max inf": (set_field(ACT, MODEL_INPUT, "max", math.inf), r"max=inf is not finite"),
     "min off grid": (shift_range(ACT, MODEL_INPUT, 5), r"min=.* disagrees with scale"),
@@ -146,31 +176,49 @@ BAD_ENTRIES = {
     "bitwidth text": (set_field(ACT, INTERMEDIATE, "bitwidth", "8"), r"bitwidth='8' is not supported"),
     "is_symmetric text": (set_field(ACT, INTERMEDIATE, "is_symmetric", "yes"), r"is_symmetric='yes' is not a boolean"),
     "is_symmetric int": (set_field(ACT, INTERMEDIATE, "is_symmetric", 1), r"is_symmetric=1 is not a boolean"),
-    "float dtype": (set_field(ACT, INTERMEDIATE, "dtype", "float"), r"dtype='float' .*float encodings are not "
-                                                                    "supported yet"),
-    "aimet float entry": (replace_entry(ACT, INTERMEDIATE, {"bitwidth": 16, "dtype": "float"}),
-                          r"2\.output_quantizers\.0'\]: dtype='float' \(bitwidth 16\): float encodings are not "
-                          "supported yet"),
+    "float dtype": (
+        set_field(ACT, INTERMEDIATE, "dtype", "float"),
+        r"dtype='float' .*float encodings are not "
+        "supported yet",
+    ),
+    "aimet float entry": (
+        replace_entry(ACT, INTERMEDIATE, {"bitwidth": 16, "dtype": "float"}),
+        r"2\.output_quantizers\.0'\]: dtype='float' \(bitwidth 16\): float encodings are not "
+        "supported yet",
+    ),
     "unknown dtype": (set_field(ACT, INTERMEDIATE, "dtype", "int8"), r"dtype='int8' is not a known dtype"),
     "per-tensor entry on a per-channel weight": (
         replace_entry(PARAM, CONV, [entry(8, True, 0.01, -128)], channel=None),
         r"3\.weight'\]: the file has one encoding for 3\.weight but this sim quantizes it per channel "
-        r"\(4 channels along axis 0\): make the file with per_channel=True"),
+        r"\(4 channels along axis 0\): make the file with per_channel=True",
+    ),
     "entry not a dict": (replace_entry(ACT, INTERMEDIATE, 0.5), r"expected an entry object"),
-    "entries not a list": (replace_entry(ACT, INTERMEDIATE, entry(8, False, 0.1, 0), channel=None),
-                           r"expected a non-empty list"),
+    "entries not a list": (
+        replace_entry(ACT, INTERMEDIATE, entry(8, False, 0.1, 0), channel=None),
+        r"expected a non-empty list",
+    ),
     "empty list": (replace_entry(ACT, INTERMEDIATE, [], channel=None), r"expected a non-empty list"),
-    "mixed bitwidths": (replace_entry(PARAM, CONV, entry(4, True, 0.01, -8), channel=1),
-                        r"3\.weight'\] channel 1: bitwidth 4, is_symmetric True differ from channel 0"),
-    "mixed signedness": (replace_entry(PARAM, CONV, entry(8, True, 0.01, 0), channel=2),
-                         r"channel 2: offset 0 mixes an unsigned and a signed symmetric grid"),
+    "mixed bitwidths": (
+        replace_entry(PARAM, CONV, entry(4, True, 0.01, -8), channel=1),
+        r"3\.weight'\] channel 1: bitwidth 4, is_symmetric True differ from channel 0",
+    ),
+    "mixed signedness": (
+        replace_entry(PARAM, CONV, entry(8, True, 0.01, 0), channel=2),
+        r"channel 2: offset 0 mixes an unsigned and a signed symmetric grid",
+    ),
     "wrong channel count": (lambda d: d[PARAM][CONV].pop(), r"3 per-channel encodings but 3\.weight has 4 channels"),
-    "per-channel activation": (replace_entry(ACT, INTERMEDIATE, [entry(8, False, 0.1, 0)] * 2, channel=None),
-                               r"2 per-channel entries, but 2\.output_quantizers\.0 quantizes per tensor"),
-    "unknown param": (lambda d: d[PARAM].update({"no.such.weight": d[PARAM]["5.weight"]}),
-                      r"name no quantizer of this model, e\.g\. \['no\.such\.weight'\]"),
-    "unknown activation": (lambda d: d[ACT].update({"/conv/Conv_output_0": d[ACT][INTERMEDIATE]}),
-                           r"\['/conv/Conv_output_0'\].*'quantizer_names' map"),
+    "per-channel activation": (
+        replace_entry(ACT, INTERMEDIATE, [entry(8, False, 0.1, 0)] * 2, channel=None),
+        r"2 per-channel entries, but 2\.output_quantizers\.0 quantizes per tensor",
+    ),
+    "unknown param": (
+        lambda d: d[PARAM].update({"no.such.weight": d[PARAM]["5.weight"]}),
+        r"name no quantizer of this model, e\.g\. \['no\.such\.weight'\]",
+    ),
+    "unknown activation": (
+        lambda d: d[ACT].update({"/conv/Conv_output_0": d[ACT][INTERMEDIATE]}),
+        r"\['/conv/Conv_output_0'\].*'quantizer_names' map",
+    ),
 }
 
 
@@ -194,18 +242,26 @@ def test_bad_entry_is_refused_and_nothing_changes(tmp_path, saved, target, case:
 BAD_FILES = {
     "only a version": ({"version": "0.6.1"}, r"holds no encodings"),
     "unknown version": (lambda d: d.update(version="3.0.0"), r"version '3\.0\.0' is not supported"),
-    "0.6.1 layout labelled 1.0.0": (lambda d: d.update(version="1.0.0"),
-                                    r"'activation_encodings' must be a JSON list of entries .* in version 1\.0\.0"),
+    "0.6.1 layout labelled 1.0.0": (
+        lambda d: d.update(version="1.0.0"),
+        r"'activation_encodings' must be a JSON list of entries .* in version 1\.0\.0",
+    ),
     "no version": (lambda d: d.pop("version"), r"version None is not supported"),
     "numeric version": (lambda d: d.update(version=0.61), r"version 0\.61 is not supported"),
     "not an object": ([1, 2], r"expected a JSON object, got list"),
     "section not an object": (lambda d: d.update(param_encodings=[]), r"'param_encodings' must be a JSON object"),
-    "names map malformed": (lambda d: d.update(quantizer_names={"param_encodings": {"3.weight": "3"}}),
-                            r"'quantizer_names' must map a section"),
-    "names map to unknown quantizer": (lambda d: d.update(quantizer_names={ACT: {INTERMEDIATE: ["nope.0"]}}),
-                                       r"2\.output_quantizers\.0 → nope\.0"),
-    "two grids for one quantizer": (lambda d: d.update(quantizer_names={ACT: {MODEL_INPUT: [INTERMEDIATE]}}),
-                                    r"2\.output_quantizers\.0 gets two different encodings"),
+    "names map malformed": (
+        lambda d: d.update(quantizer_names={"param_encodings": {"3.weight": "3"}}),
+        r"'quantizer_names' must map a section",
+    ),
+    "names map to unknown quantizer": (
+        lambda d: d.update(quantizer_names={ACT: {INTERMEDIATE: ["nope.0"]}}),
+        r"2\.output_quantizers\.0 → nope\.0",
+    ),
+    "two grids for one quantizer": (
+        lambda d: d.update(quantizer_names={ACT: {MODEL_INPUT: [INTERMEDIATE]}}),
+        r"2\.output_quantizers\.0 gets two different encodings",
+    ),
     "not json": ("{version: 0.6.1", r"cannot read encodings file"),
 }
 
@@ -244,8 +300,11 @@ def test_strict_load_needs_every_active_quantizer(tmp_path, saved, target) -> No
     del data[ACT]["3.output_quantizers.0"], data[PARAM]["5.weight"]
     path = write(tmp_path, data)
     before = snapshot(target)
-    with pytest.raises(lt.EncodingsFileError, match=r"no encoding for 2, e\.g\. \['3\.output_quantizers\.0', "
-                                                   r"'5\.param_quantizers\.weight'\].*strict=False"):
+    with pytest.raises(
+        lt.EncodingsFileError,
+        match=r"no encoding for 2, e\.g\. \['3\.output_quantizers\.0', "
+        r"'5\.param_quantizers\.weight'\].*strict=False",
+    ):
         target.load_encodings(path)
     assert_same_state(target, before)
 
@@ -279,8 +338,11 @@ def test_disabled_quantizers_need_no_entry(tmp_path, model, saved) -> None:
 ROUND_TRIP_CONFIGS = {
     "per-tensor symmetric weights": {"per_channel": False, "param_symmetric": True},
     "per-channel symmetric weights": {"per_channel": True, "param_symmetric": True},
-    "per-tensor asymmetric, symmetric activations": {"per_channel": False, "param_symmetric": False,
-                                                     "activation_symmetric": True},
+    "per-tensor asymmetric, symmetric activations": {
+        "per_channel": False,
+        "param_symmetric": False,
+        "activation_symmetric": True,
+    },
     "per-channel asymmetric weights": {"per_channel": True, "param_symmetric": False},
 }
 
@@ -381,8 +443,11 @@ def test_per_tensor_file_onto_a_per_channel_sim_is_refused(tmp_path, model) -> N
     calibrated(model, per_channel=False).save_encodings(path)
     sim = calibrated(model, seed=7, per_channel=True)
     before = snapshot(sim)
-    with pytest.raises(lt.EncodingsFileError, match=r"one encoding for \d\.weight but this sim quantizes it per "
-                                                    r"channel \(\d+ channels along axis 0\)"):
+    with pytest.raises(
+        lt.EncodingsFileError,
+        match=r"one encoding for \d\.weight but this sim quantizes it per "
+        r"channel \(\d+ channels along axis 0\)",
+    ):
         sim.load_encodings(path)
     assert_same_state(sim, before)
     assert sim.param_quantizers()[CONV].axis == 0

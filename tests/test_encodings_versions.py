@@ -32,11 +32,13 @@ CONV, MODEL_INPUT, INTERMEDIATE = "3.weight", "input_quantizers.0", "2.output_qu
 CONFIGS = {  # per-tensor and per-channel; symmetric, asymmetric and unsigned-symmetric (ReLU output) grids
     "per-tensor symmetric weights": {"config": {"per_channel": False, "param_symmetric": True}},
     "per-channel symmetric weights, symmetric activations": {
-        "config": {"per_channel": True, "param_symmetric": True, "activation_symmetric": True}},
-    "per-channel asymmetric 4-bit weights": {"config": {"per_channel": True, "param_symmetric": False},
-                                             "param_bw": 4},
-    "per-tensor asymmetric 16-bit activations": {"config": {"per_channel": False, "param_symmetric": False},
-                                                 "act_bw": 16},
+        "config": {"per_channel": True, "param_symmetric": True, "activation_symmetric": True}
+    },
+    "per-channel asymmetric 4-bit weights": {"config": {"per_channel": True, "param_symmetric": False}, "param_bw": 4},
+    "per-tensor asymmetric 16-bit activations": {
+        "config": {"per_channel": False, "param_symmetric": False},
+        "act_bw": 16,
+    },
 }
 
 
@@ -92,8 +94,9 @@ def test_export_writes_the_version_and_loads_back(tmp_path, model, version: str)
     assert torch.equal(frozen.param_quantizers()[CONV].scale, sim.param_quantizers()[CONV].scale)
 
 
-@pytest.mark.parametrize("config", ["per-channel symmetric weights, symmetric activations",
-                                    "per-channel asymmetric 4-bit weights"])
+@pytest.mark.parametrize(
+    "config", ["per-channel symmetric weights, symmetric activations", "per-channel asymmetric 4-bit weights"]
+)
 def test_exported_2_0_0_entries_are_the_quantize_linear_parameters(tmp_path, model, config: str) -> None:
     """2.0.0 mirrors onnx QuantizeLinear: each entry equals the scale, zero point and axis of the node
     that quantizes that tensor in the exported model (below 8 bits the container is wider, same numbers)."""
@@ -135,48 +138,156 @@ EXPECTED = {
     "2.param_quantizers.weight": (8, False, [0.0625, 0.03125], [-128, -3]),
 }
 HAND_WRITTEN = {
-    "0.6.1": {"version": "0.6.1",
-              "activation_encodings": {
-                  "input_quantizers.0": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "scale": 0.02,
-                                          "offset": -100, "min": -2.0, "max": 3.1}],
-                  "1.output_quantizers.0": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "scale": 0.01,
-                                             "offset": 0, "min": 0.0, "max": 2.55}],
-                  "2.output_quantizers.0": [{"bitwidth": 16, "dtype": "int", "is_symmetric": "False",
-                                             "scale": 0.001, "offset": -30000, "min": -30.0, "max": 35.535}]},
-              "param_encodings": {
-                  "0.weight": [{"bitwidth": 4, "dtype": "int", "is_symmetric": "True", "scale": s, "offset": -8,
-                                "min": -8 * s, "max": 7 * s} for s in (0.125, 0.25, 0.5)],
-                  "2.weight": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "scale": 0.0625,
-                                "offset": -128, "min": -8.0, "max": 7.9375},
-                               {"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "scale": 0.03125,
-                                "offset": -3, "min": -0.09375, "max": 7.875}]}},
-    "1.0.0": {"version": "1.0.0",
-              "activation_encodings": [
-                  {"name": "input_quantizers.0", "enc_type": "PER_TENSOR", "dtype": "INT", "bw": 8,
-                   "is_sym": False, "scale": [0.02], "offset": [-100]},
-                  {"name": "1.output_quantizers.0", "enc_type": "PER_TENSOR", "dtype": "INT", "bw": 8,
-                   "is_sym": False, "scale": [0.01], "offset": [0]},
-                  {"name": "2.output_quantizers.0", "enc_type": "PER_TENSOR", "dtype": "INT", "bw": 16,
-                   "is_sym": False, "scale": [0.001], "offset": [-30000]}],
-              "param_encodings": [
-                  {"name": "0.weight", "enc_type": "PER_CHANNEL", "dtype": "INT", "bw": 4, "is_sym": True,
-                   "scale": [0.125, 0.25, 0.5], "offset": [-8.0, -8.0, -8.0]},  # aimet_onnx writes float offsets
-                  {"name": "2.weight", "enc_type": "PER_CHANNEL", "dtype": "INT", "bw": 8, "is_sym": False,
-                   "scale": [0.0625, 0.03125], "offset": [-128, -3]}],
-              "quantizer_args": {"activation_bitwidth": 8, "param_bitwidth": 8, "dtype": "int",
-                                 "is_symmetric": True, "per_channel_quantization": True,
-                                 "quant_scheme": "post_training_tf_enhanced"},
-              "excluded_layers": []},
-    "2.0.0": {"version": "2.0.0",
-              "encodings": [
-                  {"name": "input_quantizers.0", "output_dtype": "uint8", "y_scale": 0.02, "y_zero_point": 100},
-                  # a zero-based 8-bit grid as aimet_onnx writes it: int8 with zero point -128
-                  {"name": "1.output_quantizers.0", "output_dtype": "int8", "y_scale": 0.01, "y_zero_point": -128},
-                  {"name": "2.output_quantizers.0", "output_dtype": "uint16", "y_scale": 0.001,
-                   "y_zero_point": 30000},
-                  {"name": "0.weight", "output_dtype": "int4", "y_scale": [0.125, 0.25, 0.5], "axis": 0},
-                  {"name": "2.weight", "output_dtype": "uint8", "y_scale": [0.0625, 0.03125],
-                   "y_zero_point": [128, 3], "axis": 0}]},
+    "0.6.1": {
+        "version": "0.6.1",
+        "activation_encodings": {
+            "input_quantizers.0": [
+                {
+                    "bitwidth": 8,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "scale": 0.02,
+                    "offset": -100,
+                    "min": -2.0,
+                    "max": 3.1,
+                }
+            ],
+            "1.output_quantizers.0": [
+                {
+                    "bitwidth": 8,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "scale": 0.01,
+                    "offset": 0,
+                    "min": 0.0,
+                    "max": 2.55,
+                }
+            ],
+            "2.output_quantizers.0": [
+                {
+                    "bitwidth": 16,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "scale": 0.001,
+                    "offset": -30000,
+                    "min": -30.0,
+                    "max": 35.535,
+                }
+            ],
+        },
+        "param_encodings": {
+            "0.weight": [
+                {
+                    "bitwidth": 4,
+                    "dtype": "int",
+                    "is_symmetric": "True",
+                    "scale": s,
+                    "offset": -8,
+                    "min": -8 * s,
+                    "max": 7 * s,
+                }
+                for s in (0.125, 0.25, 0.5)
+            ],
+            "2.weight": [
+                {
+                    "bitwidth": 8,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "scale": 0.0625,
+                    "offset": -128,
+                    "min": -8.0,
+                    "max": 7.9375,
+                },
+                {
+                    "bitwidth": 8,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "scale": 0.03125,
+                    "offset": -3,
+                    "min": -0.09375,
+                    "max": 7.875,
+                },
+            ],
+        },
+    },
+    "1.0.0": {
+        "version": "1.0.0",
+        "activation_encodings": [
+            {
+                "name": "input_quantizers.0",
+                "enc_type": "PER_TENSOR",
+                "dtype": "INT",
+                "bw": 8,
+                "is_sym": False,
+                "scale": [0.02],
+                "offset": [-100],
+            },
+            {
+                "name": "1.output_quantizers.0",
+                "enc_type": "PER_TENSOR",
+                "dtype": "INT",
+                "bw": 8,
+                "is_sym": False,
+                "scale": [0.01],
+                "offset": [0],
+            },
+            {
+                "name": "2.output_quantizers.0",
+                "enc_type": "PER_TENSOR",
+                "dtype": "INT",
+                "bw": 16,
+                "is_sym": False,
+                "scale": [0.001],
+                "offset": [-30000],
+            },
+        ],
+        "param_encodings": [
+            {
+                "name": "0.weight",
+                "enc_type": "PER_CHANNEL",
+                "dtype": "INT",
+                "bw": 4,
+                "is_sym": True,
+                "scale": [0.125, 0.25, 0.5],
+                "offset": [-8.0, -8.0, -8.0],
+            },  # aimet_onnx writes float offsets
+            {
+                "name": "2.weight",
+                "enc_type": "PER_CHANNEL",
+                "dtype": "INT",
+                "bw": 8,
+                "is_sym": False,
+                "scale": [0.0625, 0.03125],
+                "offset": [-128, -3],
+            },
+        ],
+        "quantizer_args": {
+            "activation_bitwidth": 8,
+            "param_bitwidth": 8,
+            "dtype": "int",
+            "is_symmetric": True,
+            "per_channel_quantization": True,
+            "quant_scheme": "post_training_tf_enhanced",
+        },
+        "excluded_layers": [],
+    },
+    "2.0.0": {
+        "version": "2.0.0",
+        "encodings": [
+            {"name": "input_quantizers.0", "output_dtype": "uint8", "y_scale": 0.02, "y_zero_point": 100},
+            # a zero-based 8-bit grid as aimet_onnx writes it: int8 with zero point -128
+            {"name": "1.output_quantizers.0", "output_dtype": "int8", "y_scale": 0.01, "y_zero_point": -128},
+            {"name": "2.output_quantizers.0", "output_dtype": "uint16", "y_scale": 0.001, "y_zero_point": 30000},
+            {"name": "0.weight", "output_dtype": "int4", "y_scale": [0.125, 0.25, 0.5], "axis": 0},
+            {
+                "name": "2.weight",
+                "output_dtype": "uint8",
+                "y_scale": [0.0625, 0.03125],
+                "y_zero_point": [128, 3],
+                "axis": 0,
+            },
+        ],
+    },
 }
 
 
@@ -197,10 +308,13 @@ def test_2_0_0_symmetry_comes_from_the_quantizer_when_the_grid_allows(tmp_path) 
     sim = lt.QuantSim(tiny(), torch.randn(1, 4), config={"per_channel": True, "activation_symmetric": True})
     sim.load_encodings(write(tmp_path, HAND_WRITTEN["2.0.0"]))
     symmetric = {n: sim.quantizers()[n].symmetric for n in EXPECTED}
-    assert symmetric == {"input_quantizers.0": False,  # offset -100: asymmetric whatever the quantizer
-                         "1.output_quantizers.0": True,  # offset 0: unsigned symmetric
-                         "2.output_quantizers.0": False, "0.param_quantizers.weight": True,
-                         "2.param_quantizers.weight": False}  # offsets -128 and -3: not a symmetric grid
+    assert symmetric == {
+        "input_quantizers.0": False,  # offset -100: asymmetric whatever the quantizer
+        "1.output_quantizers.0": True,  # offset 0: unsigned symmetric
+        "2.output_quantizers.0": False,
+        "0.param_quantizers.weight": True,
+        "2.param_quantizers.weight": False,
+    }  # offsets -128 and -3: not a symmetric grid
 
 
 def test_1_0_0_and_0_6_1_files_of_one_sim_load_alike(tmp_path) -> None:
@@ -216,9 +330,11 @@ def test_1_0_0_and_0_6_1_files_of_one_sim_load_alike(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------ bad entries
 def item(version: str, name: str) -> Callable[[dict], dict]:
     """The entry named ``name`` of a 1.0.0 or 2.0.0 file."""
+
     def find(data: dict) -> dict:
         sections = ["encodings"] if version == "2.0.0" else ["activation_encodings", "param_encodings"]
         return next(e for s in sections for e in data[s] if e["name"] == name)
+
     return find
 
 
@@ -233,70 +349,116 @@ def drop_item_field(version: str, name: str, field: str) -> Callable[[dict], Non
 V1, V2 = "1.0.0", "2.0.0"
 ACT, PARAM = "activation_encodings", "param_encodings"
 BAD = {
-    (V1, "scale zero"): (set_item(V1, INTERMEDIATE, scale=[0.0]), r"activation_encodings\['2\.output_quantizers\.0'\]: "
-                                                                  r"scale=0\.0 is not a valid scale"),
-    (V1, "scale nan in a channel"): (lambda d: item(V1, CONV)(d)["scale"].__setitem__(2, math.nan),
-                                     r"param_encodings\['3\.weight'\] channel 2: scale=nan"),
+    (V1, "scale zero"): (
+        set_item(V1, INTERMEDIATE, scale=[0.0]),
+        r"activation_encodings\['2\.output_quantizers\.0'\]: "
+        r"scale=0\.0 is not a valid scale",
+    ),
+    (V1, "scale nan in a channel"): (
+        lambda d: item(V1, CONV)(d)["scale"].__setitem__(2, math.nan),
+        r"param_encodings\['3\.weight'\] channel 2: scale=nan",
+    ),
     (V1, "offset off the grid"): (set_item(V1, MODEL_INPUT, offset=[3]), r"offset=3 is off the asymmetric 8-bit grid"),
-    (V1, "symmetric offset"): (lambda d: item(V1, CONV)(d)["offset"].__setitem__(1, -127),
-                               r"3\.weight'\] channel 1: offset=-127 is off the symmetric"),
+    (V1, "symmetric offset"): (
+        lambda d: item(V1, CONV)(d)["offset"].__setitem__(1, -127),
+        r"3\.weight'\] channel 1: offset=-127 is off the symmetric",
+    ),
     (V1, "is_sym text"): (set_item(V1, CONV, is_sym="yes"), r"3\.weight'\]: is_sym='yes' is not a boolean"),
     (V1, "bw 17"): (set_item(V1, INTERMEDIATE, bw=17), r"bw=17: 17-bit encodings are not supported"),
     (V1, "bw 32"): (set_item(V1, INTERMEDIATE, bw=32), r"bw=32: 32-bit encodings .* drop the entry"),
     (V1, "bw text"): (set_item(V1, INTERMEDIATE, bw="8"), r"bw='8' is not supported"),
-    (V1, "float"): (set_item(V1, INTERMEDIATE, dtype="FLOAT"), r"dtype='FLOAT' \(bw 8\): float encodings are not "
-                                                               "supported yet"),
+    (V1, "float"): (
+        set_item(V1, INTERMEDIATE, dtype="FLOAT"),
+        r"dtype='FLOAT' \(bw 8\): float encodings are not "
+        "supported yet",
+    ),
     (V1, "unknown dtype"): (set_item(V1, INTERMEDIATE, dtype="int"), r"dtype='int' is not a known dtype of version"),
-    (V1, "per block"): (set_item(V1, CONV, enc_type="PER_BLOCK", block_size=2),
-                        r"3\.weight'\]: enc_type='PER_BLOCK' is not supported yet"),
+    (V1, "per block"): (
+        set_item(V1, CONV, enc_type="PER_BLOCK", block_size=2),
+        r"3\.weight'\]: enc_type='PER_BLOCK' is not supported yet",
+    ),
     (V1, "lpbq"): (set_item(V1, CONV, enc_type="LPBQ", compressed_bw=4), r"enc_type='LPBQ' is not supported yet"),
-    (V1, "block size on per channel"): (set_item(V1, CONV, block_size=2), r"\['block_size'\] given with enc_type="
-                                                                          "'PER_CHANNEL'"),
+    (V1, "block size on per channel"): (
+        set_item(V1, CONV, block_size=2),
+        r"\['block_size'\] given with enc_type="
+        "'PER_CHANNEL'",
+    ),
     (V1, "unknown enc_type"): (set_item(V1, CONV, enc_type="PER_AXIS"), r"enc_type='PER_AXIS' is not a known"),
     (V1, "missing offset"): (drop_item_field(V1, MODEL_INPUT, "offset"), r"missing field\(s\) \['offset'\]"),
     (V1, "scale not a list"): (set_item(V1, MODEL_INPUT, scale=0.1), r"scale=0\.1 must be a non-empty list"),
     (V1, "lengths differ"): (lambda d: item(V1, CONV)(d)["offset"].pop(), r"4 scales but 3 offsets"),
-    (V1, "per tensor with channels"): (set_item(V1, MODEL_INPUT, scale=[0.1, 0.2], offset=[0, 0]),
-                                       r"enc_type='PER_TENSOR' with 2 scales"),
-    (V1, "wrong channel count"): (lambda d: [item(V1, CONV)(d)[f].pop() for f in ("scale", "offset")],
-                                  r"3 per-channel encodings but 3\.weight has 4 channels"),
-    (V1, "zero point shift"): (set_item(V1, CONV, zero_point_shift=[0.5] * 4),
-                               r"zero_point_shift=.* not supported yet"),
+    (V1, "per tensor with channels"): (
+        set_item(V1, MODEL_INPUT, scale=[0.1, 0.2], offset=[0, 0]),
+        r"enc_type='PER_TENSOR' with 2 scales",
+    ),
+    (V1, "wrong channel count"): (
+        lambda d: [item(V1, CONV)(d)[f].pop() for f in ("scale", "offset")],
+        r"3 per-channel encodings but 3\.weight has 4 channels",
+    ),
+    (V1, "zero point shift"): (
+        set_item(V1, CONV, zero_point_shift=[0.5] * 4),
+        r"zero_point_shift=.* not supported yet",
+    ),
     (V1, "no name"): (lambda d: d[PARAM][0].pop("name"), r"param_encodings\[0\]: 'name' must be a non-empty string"),
     (V1, "name twice"): (lambda d: d[ACT].append(copy.deepcopy(d[ACT][0])), r"the name appears twice"),
     (V1, "section not a list"): (lambda d: d.update(param_encodings={}), r"'param_encodings' must be a JSON list"),
     (V1, "unknown name"): (set_item(V1, CONV, name="no.such.weight"), r"name no quantizer .*no\.such\.weight"),
-    (V2, "y_scale zero"): (set_item(V2, INTERMEDIATE, y_scale=0.0), r"encodings\['2\.output_quantizers\.0'\]: "
-                                                                    r"y_scale=0\.0 is not a valid scale"),
-    (V2, "y_scale nan in a channel"): (lambda d: item(V2, CONV)(d)["y_scale"].__setitem__(1, math.nan),
-                                       r"encodings\['3\.weight'\] channel 1: y_scale=nan is not a valid scale"),
+    (V2, "y_scale zero"): (
+        set_item(V2, INTERMEDIATE, y_scale=0.0),
+        r"encodings\['2\.output_quantizers\.0'\]: "
+        r"y_scale=0\.0 is not a valid scale",
+    ),
+    (V2, "y_scale nan in a channel"): (
+        lambda d: item(V2, CONV)(d)["y_scale"].__setitem__(1, math.nan),
+        r"encodings\['3\.weight'\] channel 1: y_scale=nan is not a valid scale",
+    ),
     (V2, "y_scale text"): (set_item(V2, MODEL_INPUT, y_scale="0.1"), r"y_scale='0\.1' is not a valid scale"),
-    (V2, "zero point outside uint8"): (set_item(V2, MODEL_INPUT, y_zero_point=256),
-                                       r"y_zero_point=256 is outside the range \[0, 255\] of 'uint8'"),
-    (V2, "zero point outside int8"): (set_item(V2, CONV, y_zero_point=[0, 0, 128, 0]),
-                                      r"3\.weight'\] channel 2: y_zero_point=128 is outside the range \[-128, 127\]"),
-    (V2, "fractional zero point"): (set_item(V2, MODEL_INPUT, output_dtype="int2", y_zero_point=-0.5),
-                                    r"y_zero_point=-0\.5 is not an integer .*not supported yet"),
+    (V2, "zero point outside uint8"): (
+        set_item(V2, MODEL_INPUT, y_zero_point=256),
+        r"y_zero_point=256 is outside the range \[0, 255\] of 'uint8'",
+    ),
+    (V2, "zero point outside int8"): (
+        set_item(V2, CONV, y_zero_point=[0, 0, 128, 0]),
+        r"3\.weight'\] channel 2: y_zero_point=128 is outside the range \[-128, 127\]",
+    ),
+    (V2, "fractional zero point"): (
+        set_item(V2, MODEL_INPUT, output_dtype="int2", y_zero_point=-0.5),
+        r"y_zero_point=-0\.5 is not an integer .*not supported yet",
+    ),
     (V2, "zero point shape"): (set_item(V2, CONV, y_zero_point=0), r"y_zero_point=0 does not match y_scale"),
-    (V2, "float dtype"): (set_item(V2, INTERMEDIATE, output_dtype="float8e4m3fn"),
-                          r"output_dtype='float8e4m3fn': float encodings are not supported yet"),
+    (V2, "float dtype"): (
+        set_item(V2, INTERMEDIATE, output_dtype="float8e4m3fn"),
+        r"output_dtype='float8e4m3fn': float encodings are not supported yet",
+    ),
     (V2, "int32"): (set_item(V2, INTERMEDIATE, output_dtype="int32"), r"output_dtype='int32': 32-bit encodings"),
     (V2, "int17"): (set_item(V2, INTERMEDIATE, output_dtype="uint17"), r"17-bit encodings are not supported"),
     (V2, "unknown dtype"): (set_item(V2, INTERMEDIATE, output_dtype="q8"), r"output_dtype='q8' is not an integer type"),
     (V2, "no dtype"): (drop_item_field(V2, INTERMEDIATE, "output_dtype"), r"output_dtype=None is not an integer"),
     (V2, "no y_scale"): (drop_item_field(V2, INTERMEDIATE, "y_scale"), r"missing field 'y_scale'"),
-    (V2, "per block"): (set_item(V2, CONV, block_size=2), r"3\.weight'\]: \['block_size'\]: blockwise .*not supported "
-                                                          "yet"),
-    (V2, "lpbq"): (lambda d: item(V2, CONV)(d).update(per_block_int_scale=[[1, 2]], per_channel_float_scale=[0.1]),
-                   r"\['per_block_int_scale', 'per_channel_float_scale'\]: blockwise .*not supported yet"),
-    (V2, "nested y_scale"): (set_item(V2, CONV, y_scale=[[0.1, 0.2]] * 4), r"nested lists \(blockwise\) are not "
-                                                                          "supported yet"),
+    (V2, "per block"): (
+        set_item(V2, CONV, block_size=2),
+        r"3\.weight'\]: \['block_size'\]: blockwise .*not supported "
+        "yet",
+    ),
+    (V2, "lpbq"): (
+        lambda d: item(V2, CONV)(d).update(per_block_int_scale=[[1, 2]], per_channel_float_scale=[0.1]),
+        r"\['per_block_int_scale', 'per_channel_float_scale'\]: blockwise .*not supported yet",
+    ),
+    (V2, "nested y_scale"): (
+        set_item(V2, CONV, y_scale=[[0.1, 0.2]] * 4),
+        r"nested lists \(blockwise\) are not "
+        "supported yet",
+    ),
     (V2, "meta y_scale"): (set_item(V2, CONV, y_scale={"x": [[3]], "x_scale": [0.1]}), r"y_scale is an object"),
     (V2, "no axis"): (drop_item_field(V2, CONV, "axis"), r"per-channel y_scale \(4 values\) needs 'axis'"),
-    (V2, "wrong channel count"): (lambda d: item(V2, CONV)(d)["y_scale"].pop(),
-                                  r"3 per-channel encodings but 3\.weight has 4 channels"),
-    (V2, "per-tensor entry on a per-channel weight"): (set_item(V2, CONV, y_scale=0.1, axis=None),
-                                                       r"one encoding for 3\.weight but this sim quantizes it per"),
+    (V2, "wrong channel count"): (
+        lambda d: item(V2, CONV)(d)["y_scale"].pop(),
+        r"3 per-channel encodings but 3\.weight has 4 channels",
+    ),
+    (V2, "per-tensor entry on a per-channel weight"): (
+        set_item(V2, CONV, y_scale=0.1, axis=None),
+        r"one encoding for 3\.weight but this sim quantizes it per",
+    ),
     (V2, "name twice"): (lambda d: d["encodings"].append(copy.deepcopy(d["encodings"][0])), r"the name appears twice"),
     (V2, "not a list"): (lambda d: d.update(encodings={}), r"'encodings' must be a JSON list"),
     (V2, "no encodings"): (lambda d: d.pop("encodings"), r"holds no encodings: 'encodings' is not present"),

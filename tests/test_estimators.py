@@ -144,8 +144,9 @@ def test_per_tensor_grid_counts_equal_a_float64_reference(size: int, shift: floa
 
 
 def test_per_channel_grid_counts_equal_a_float64_reference() -> None:
-    x = (torch.randn(5, 4000, generator=torch.Generator().manual_seed(1))
-         * torch.tensor([[1e-3], [1], [7], [300], [1e6]]))
+    x = torch.randn(5, 4000, generator=torch.Generator().manual_seed(1)) * torch.tensor(
+        [[1e-3], [1], [7], [300], [1e6]]
+    )
     x[2] = x[2].relu()
     exponent, start = grid_for(x.min(1).values.double(), x.max(1).values.double(), 64)
     counts = grid_counts(x, exponent, start, 64)
@@ -184,6 +185,7 @@ def test_regrid_equals_binning_directly_on_the_coarser_grid() -> None:
 def _old_search(est: HistogramEstimator, bw: int, symmetric: bool) -> tuple[float, float]:
     """The range search as it was: every candidate's noise summed bin by bin (expected_noise), argmin."""
     from leantorch.quant.estimators import expected_noise
+
     lo, hi = est.lo.clamp(max=0.0), est.hi.clamp(min=0.0)
     unsigned = symmetric and bool((est.lo >= 0).all())
     cand_lo, cand_hi = est.candidates(lo, hi, bw, symmetric, unsigned)
@@ -228,6 +230,7 @@ def test_a_registered_estimator_is_a_scheme_everywhere() -> None:
         with pytest.raises(ConfigError, match="already registered"):
             register_estimator("absmax_test")(AbsMax)
         import leantorch as lt
+
         sim = lt.QuantSim(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(1, 4), scheme="AbsMax_Test")
         sim.compute_encodings([torch.rand(16, 4)], progress=False)
         active = [q for q in sim.activation_quantizers().values() if q.is_active]

@@ -13,8 +13,9 @@ import torch
 import leantorch as lt
 
 
-def export_and_run(sim: lt.QuantSim, tmp_path, x: torch.Tensor, name: str = "model", fused: bool = False,
-                   **export_options):
+def export_and_run(
+    sim: lt.QuantSim, tmp_path, x: torch.Tensor, name: str = "model", fused: bool = False, **export_options
+):
     """Export and run in ONNX Runtime.
 
     ``fused=False`` runs the QDQ graph as the ONNX spec defines it (graph optimizations off). With
@@ -56,8 +57,9 @@ def test_resnet_onnx_matches_sim_within_one_output_step(tmp_path, resnet, bw: in
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
     else:
         assert quant_types == {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
-    per_axis = [n for n in model.graph.node
-                if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)]
+    per_axis = [
+        n for n in model.graph.node if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)
+    ]
     assert bool(per_axis) == per_channel
 
 
@@ -75,12 +77,14 @@ def test_encodings_file_names_onnx_tensors_and_params(tmp_path, resnet) -> None:
     assert set(enc["param_encodings"]) <= initializers and "layers.0.conv1.weight" in enc["param_encodings"]
     # Each name maps back to the quantizer(s) it came from, so a new sim of the model can load the file.
     names = enc["quantizer_names"]
-    assert ({s: set(m) for s, m in names.items()}
-            == {s: set(enc[s]) for s in ("activation_encodings", "param_encodings")})
+    assert {s: set(m) for s, m in names.items()} == {
+        s: set(enc[s]) for s in ("activation_encodings", "param_encodings")
+    }
     assert names["param_encodings"]["layers.0.conv1.weight"] == ["layers.0.conv1.param_quantizers.weight"]
     assert names["activation_encodings"]["input"] == ["input_quantizers.0"]
-    assert sorted(n for m in names.values() for v in m.values() for n in v) == \
-        sorted(n for n, q in sim.quantizers().items() if q.is_active)
+    assert sorted(n for m in names.values() for v in m.values() for n in v) == sorted(
+        n for n, q in sim.quantizers().items() if q.is_active
+    )
     conv1 = enc["param_encodings"]["layers.0.conv1.weight"]
     assert len(conv1) == 8 and conv1[0]["bitwidth"] == 8 and conv1[0]["is_symmetric"] == "True"
     # Weights in the ONNX file sit on the grid of their encodings.
@@ -132,8 +136,11 @@ def test_unsigned_weights_keep_the_grid_and_let_fused_kernels_follow(tmp_path, t
     files, unsigned, _ = export_and_run(sim, tmp_path, x, name="unsigned", unsigned_weights=True)
     np.testing.assert_array_equal(unsigned, signed)  # the same grid, only stored differently
     model = onnx.load(str(files["onnx"]))
-    weight_zero_points = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
-                          if i.name.endswith("_zero_point") and "weight" in i.name]
+    weight_zero_points = [
+        onnx.numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.name.endswith("_zero_point") and "weight" in i.name
+    ]
     assert weight_zero_points and all(z.dtype == np.uint8 and (z == 128).all() for z in weight_zero_points)
     _, fused, _ = export_and_run(sim, tmp_path, x, name="unsigned", fused=True, unsigned_weights=True)
     # u8u8 kernels do not saturate: the fused graph follows the simulation closely (int8: ~15 dB here).
@@ -166,8 +173,9 @@ def test_efficientnet_onnx_follows_sim(tmp_path, efficientnet) -> None:
 
 
 def _small_calibrated_sim(act_bw: int = 8) -> tuple[lt.QuantSim, torch.Tensor]:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3)
+    ).eval()
     x = torch.randn(2, 3, 6, 6)
     sim = lt.QuantSim(model, x[:1], act_bw=act_bw, per_channel=True)
     sim.compute_encodings([x], progress=False)
@@ -193,12 +201,14 @@ def test_bad_output_locations_are_refused_before_any_file_is_written(tmp_path) -
     sim, _ = _small_calibrated_sim()
     a_file = tmp_path / "taken"
     a_file.write_text("keep me")
-    cases = [((a_file, "model"), lt.OutputPathError, "taken is an existing file, not a directory"),
-             ((a_file / "sub", "model"), lt.OutputPathError, "taken is a file, so no directory can be made there"),
-             ((tmp_path / "out", ""), lt.OutputPathError, "filename_prefix='': give a plain file name"),
-             ((tmp_path / "out", "a/b"), lt.OutputPathError, "filename_prefix='a/b': give a plain file name"),
-             ((tmp_path / "out", ".."), lt.OutputPathError, "filename_prefix='..'"),
-             ((tmp_path / "out", None), lt.InvalidOptionError, "filename_prefix=None: pass a file name")]
+    cases = [
+        ((a_file, "model"), lt.OutputPathError, "taken is an existing file, not a directory"),
+        ((a_file / "sub", "model"), lt.OutputPathError, "taken is a file, so no directory can be made there"),
+        ((tmp_path / "out", ""), lt.OutputPathError, "filename_prefix='': give a plain file name"),
+        ((tmp_path / "out", "a/b"), lt.OutputPathError, "filename_prefix='a/b': give a plain file name"),
+        ((tmp_path / "out", ".."), lt.OutputPathError, "filename_prefix='..'"),
+        ((tmp_path / "out", None), lt.InvalidOptionError, "filename_prefix=None: pass a file name"),
+    ]
     for (path, prefix), error, message in cases:
         with pytest.raises(error, match=message):
             sim.export(path, prefix)

@@ -45,8 +45,13 @@ def _layer_by_layer_reference(model: nn.Module, x: torch.Tensor, data: list[torc
     gm = lt.prepare(model, x)
     sim = lt.QuantSim(gm, x, param_bw=4)
     sim.compute_encodings(data, progress=False)
-    layers = [str(n.target) for n in sim.model.graph.nodes if n.op == "call_module"
-              and str(n.target) in sim.layers() and sim.layers()[str(n.target)].op_type in ("Conv", "Linear")]
+    layers = [
+        str(n.target)
+        for n in sim.model.graph.nodes
+        if n.op == "call_module"
+        and str(n.target) in sim.layers()
+        and sim.layers()[str(n.target)].op_type in ("Conv", "Linear")
+    ]
 
     def channel_means(net: nn.Module, module: nn.Module, layer: nn.Module) -> torch.Tensor:
         captured = []
@@ -58,8 +63,10 @@ def _layer_by_layer_reference(model: nn.Module, x: torch.Tensor, data: list[torc
 
         def dims(y: torch.Tensor) -> list[int]:
             return [d for d in range(y.dim()) if d != (y.dim() - 1 if isinstance(layer, nn.Linear) else 1)]
-        return sum(y.sum(dims(y)) for y in captured) / sum(y.numel() // y.shape[-1 if isinstance(layer, nn.Linear)
-                                                                                    else 1] for y in captured)
+
+        return sum(y.sum(dims(y)) for y in captured) / sum(
+            y.numel() // y.shape[-1 if isinstance(layer, nn.Linear) else 1] for y in captured
+        )
 
     float_means = {n: channel_means(gm, gm.get_submodule(n), gm.get_submodule(n)) for n in layers}
     for name in layers:
@@ -76,8 +83,10 @@ def test_bias_correction_equals_the_layer_by_layer_reference() -> None:
     torch.manual_seed(0)
     for model, data in [
         (ResNetSmall(width=8).eval(), [torch.randn(8, 3, 32, 32) for _ in range(3)]),
-        (TransformerClassifier(in_features=16, num_classes=5, dim=32, depth=2).eval(),
-         [torch.randn(4, 10, 16) for _ in range(2)]),
+        (
+            TransformerClassifier(in_features=16, num_classes=5, dim=32, depth=2).eval(),
+            [torch.randn(4, 10, 16) for _ in range(2)],
+        ),
     ]:
         corrected = lt.bias_correction(model, data[0][:1], data, param_bw=4, progress=False)
         reference = _layer_by_layer_reference(model, data[0][:1], data)

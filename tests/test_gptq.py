@@ -14,8 +14,9 @@ from leantorch.ptq.gptq import gptq_round
 from leantorch.quant.encoding import compute_encoding
 
 
-def reference_gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, steps: int,
-                   damping: float) -> torch.Tensor:
+def reference_gptq(
+    w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, steps: int, damping: float
+) -> torch.Tensor:
     """The paper's algorithm for one group, one column at a time, float64 (no blocks, no batching)."""
     w, h = w.double().clone(), h.double().clone()
     h += damping * h.diagonal().mean() * torch.eye(h.shape[0], dtype=torch.float64)
@@ -65,8 +66,15 @@ def test_identity_hessian_without_damping_is_round_to_nearest_and_dead_inputs_st
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
-                         nn.ReLU(), nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 1),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    ).eval()
 
 
 def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alone(tmp_path) -> None:
@@ -75,8 +83,7 @@ def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alon
     before = copy.deepcopy(net.state_dict())
     data = [torch.randn(32, 3, 8, 8) for _ in range(2)]
     held_out = torch.randn(64, 3, 8, 8)
-    rounded, enc = lt.gptq(net, data[0][:1], data, param_bw=3, act_bw=32, num_batches=2, path=tmp_path,
-                           progress=False)
+    rounded, enc = lt.gptq(net, data[0][:1], data, param_bw=3, act_bw=32, num_batches=2, path=tmp_path, progress=False)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     sim = lt.QuantSim(rounded, data[0][:1], param_bw=3, act_bw=32, per_channel=True)
     sim.set_and_freeze_param_encodings(enc)
@@ -91,9 +98,15 @@ def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alon
     assert err_gptq < 0.7 * err_rtn
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(damping=-0.1), "damping"), (dict(block_size=0), "block_size"),
-                                          (dict(num_batches=0), "num_batches"),
-                                          (dict(use_quantized_inputs="yes"), "use_quantized_inputs")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(damping=-0.1), "damping"),
+        (dict(block_size=0), "block_size"),
+        (dict(num_batches=0), "num_batches"),
+        (dict(use_quantized_inputs="yes"), "use_quantized_inputs"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(kwargs, match, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("leantorch.ptq.layer_rounding.prepare", lambda *a, **k: pytest.fail("traced"))
     with pytest.raises(lt.InvalidOptionError, match=match):

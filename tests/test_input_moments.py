@@ -24,10 +24,12 @@ def _input(layer: nn.Module, n: int) -> torch.Tensor:
 
 def _direct(layer: nn.Module, w: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Mean over samples and positions of the output error summed over channels (float64)."""
+
     def run(weight: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(inp, weight)
         return layer._conv_forward(inp, weight, None)
+
     err = run(w, x) - run(w_hat, x_hat)
     channel_dim = -1 if isinstance(layer, nn.Linear) else 1
     return float(err.pow(2).sum(channel_dim).mean())
@@ -47,8 +49,14 @@ def test_factorized_objective_equals_direct_average_float64(name: str, asymmetri
     for x, x_hat in zip(xs, x_hats):
         moments.add(x, x_hat if asymmetric else None)
     a, b = factorize(moments.second_moment(), split=asymmetric)
-    factorized = (grouped_weight(layer, w).float() @ a.transpose(1, 2)
-                  - grouped_weight(layer, w_hat).float() @ b.transpose(1, 2)).pow(2).sum()
+    factorized = (
+        (
+            grouped_weight(layer, w).float() @ a.transpose(1, 2)
+            - grouped_weight(layer, w_hat).float() @ b.transpose(1, 2)
+        )
+        .pow(2)
+        .sum()
+    )
     expected = _direct(layer, w, torch.cat(xs), w_hat, torch.cat(x_hats))
     assert float(factorized) == pytest.approx(expected, rel=1e-4)
 

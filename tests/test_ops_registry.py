@@ -61,8 +61,7 @@ OLD_OP_TYPES = [
 ]
 OLD_PASSTHROUGH = {"Flatten", "Pad", "MaxPool", "Dropout", "Identity"}
 OLD_PER_CHANNEL_AXIS = {"Conv": 0, "Linear": 0, "ConvTranspose": 1}
-OLD_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-               nn.Linear)
+OLD_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
 def _old_op_type(module: nn.Module) -> str:
@@ -102,8 +101,11 @@ def _every_old_class() -> list[type]:
     return [cls for classes, _ in OLD_OP_TYPES for cls in classes]
 
 
-@pytest.mark.parametrize("cls", _every_old_class() + [nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm,
-                                                      _SamePadConv, nn.LazyConv2d, nn.Module, nn.Sequential])
+@pytest.mark.parametrize(
+    "cls",
+    _every_old_class()
+    + [nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, _SamePadConv, nn.LazyConv2d, nn.Module, nn.Sequential],
+)
 def test_op_type_matches_old_table(cls: type) -> None:
     module = cls.__new__(cls)  # no constructor arguments needed: lookup only looks at the class
     nn.Module.__init__(module)
@@ -127,8 +129,9 @@ def test_mac_formulas_match_old_cost_model() -> None:
         layer = kind(cin, cout, k, groups=groups, stride=rng.randint(1, 2))
         x = torch.randn(1, cin, *[rng.randint(k, 7)] * (len(layer.kernel_size)))
         y = layer(x)
-        assert layer_macs(layer, tuple(x.shape), tuple(y.shape)) == _old_layer_macs(layer, tuple(x.shape),
-                                                                                    tuple(y.shape))
+        assert layer_macs(layer, tuple(x.shape), tuple(y.shape)) == _old_layer_macs(
+            layer, tuple(x.shape), tuple(y.shape)
+        )
     for shape in [(2, 5), (2, 3, 5), (1, 2, 3, 5)]:
         layer = nn.Linear(5, 7)
         out = shape[:-1] + (7,)
@@ -137,13 +140,24 @@ def test_mac_formulas_match_old_cost_model() -> None:
         layer_macs(nn.ReLU(), (1, 2), (1, 2))
 
 
-@pytest.mark.parametrize("layer", [
-    nn.Conv2d(8, 8, 3, groups=8), _SamePadConv(8, 8, 3, groups=8), nn.Conv2d(8, 16, 3, groups=8),
-    nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 8, 3), nn.Conv2d(1, 1, 3), nn.Conv1d(8, 8, 3, groups=8),
-    nn.ConvTranspose2d(8, 8, 3, groups=8), nn.Linear(8, 8)])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(8, 8, 3, groups=8),
+        _SamePadConv(8, 8, 3, groups=8),
+        nn.Conv2d(8, 16, 3, groups=8),
+        nn.Conv2d(8, 8, 3, groups=4),
+        nn.Conv2d(8, 8, 3),
+        nn.Conv2d(1, 1, 3),
+        nn.Conv1d(8, 8, 3, groups=8),
+        nn.ConvTranspose2d(8, 8, 3, groups=8),
+        nn.Linear(8, 8),
+    ],
+)
 def test_one_depthwise_definition(layer: nn.Module) -> None:
     from leantorch.compress import channel_pruning
     from leantorch.ptq import cle
+
     assert ops.is_depthwise(layer) == _old_cle_depthwise(layer)
     assert cle._is_depthwise(layer) == _old_cle_depthwise(layer)
     assert channel_pruning._is_depthwise(layer) == _old_pruning_depthwise(layer)
@@ -156,8 +170,17 @@ def test_register_refuses_duplicates() -> None:
         ops.register(ops.OpSpec("MyLinear", (nn.Linear,)))
 
 
-@pytest.mark.parametrize("name", ["leantorch.ops.registry", "leantorch.ops.conv", "leantorch.ops.linear",
-                                  "leantorch.ops.modules", "leantorch.ops.rules", "leantorch.ops"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "leantorch.ops.registry",
+        "leantorch.ops.conv",
+        "leantorch.ops.linear",
+        "leantorch.ops.modules",
+        "leantorch.ops.rules",
+        "leantorch.ops",
+    ],
+)
 def test_registry_docstrings(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), extraglobs={"torch": torch, "nn": nn})
     assert result.failed == 0
@@ -165,12 +188,13 @@ def test_registry_docstrings(name: str) -> None:
 
 # --- A new op type is one registration: everything below the class is the whole "file" of the new op. ---
 
+
 class ToyDense(nn.Module):
     """A custom weighted layer (not a torch.nn class): y = x @ weight.T * 2."""
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in ** 0.5)
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight) * 2
@@ -220,9 +244,11 @@ def test_new_op_in_one_registration(toy_op, tmp_path) -> None:
 
 # --- Roles: the old predicates of CLE, bias correction and channel pruning, written out. ---
 
+
 def _old_cle_scalable(m):
-    return isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d))
-                                        and (m.groups == 1 or _old_cle_depthwise(m)))
+    return isinstance(m, nn.Linear) or (
+        isinstance(m, (nn.Conv1d, nn.Conv2d)) and (m.groups == 1 or _old_cle_depthwise(m))
+    )
 
 
 def _old_relu6(m):
@@ -253,31 +279,101 @@ def _old_bc_transparent(m):
     return isinstance(m, (nn.Identity, nn.Dropout))
 
 
-_OLD_CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                    nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.ZeroPad2d,
-                    nn.ConstantPad2d, nn.MaxPool2d, nn.AvgPool2d)
+_OLD_CHANNELWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+)
 
 ROLE_MODULES = [
-    nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3, groups=4), nn.Conv2d(4, 8, 3), nn.Conv2d(4, 4, 3, groups=4),
-    nn.Conv2d(4, 8, 3, groups=2), _SamePadConv(4, 4, 3, groups=4), nn.Conv3d(2, 2, 1), nn.ConvTranspose2d(4, 4, 3),
-    nn.Linear(3, 3), nn.Embedding(4, 2), nn.BatchNorm2d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4),
-    nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.Hardtanh(0.0, 6.0), nn.Hardtanh(0.0, 4.0),
-    ops.BoundedReLU(torch.ones(4)), nn.GELU(), nn.SiLU(), nn.Sigmoid(), nn.Tanh(), nn.Hardswish(),
-    nn.Hardsigmoid(), nn.LeakyReLU(), nn.PReLU(), nn.ELU(), nn.Softmax(1), nn.LogSoftmax(1),
-    ops.Add(), ops.Sub(), ops.Mul(), ops.Div(), ops.MatMul(), ops.Cat(1), ops.Interpolate(scale_factor=2),
-    nn.Upsample(scale_factor=2), ops.Mean(1),
-    nn.Flatten(), nn.Unflatten(1, (2, 2)), nn.ZeroPad2d(1), nn.ConstantPad1d(1, 0.0), nn.ConstantPad1d(1, 2.0),
-    nn.ConstantPad2d(1, 0.0), nn.ConstantPad2d(1, 1.0), nn.ConstantPad3d(1, 0.0), ops.Pad([1, 1]),
-    ops.Pad([1, 1], value=1.0), ops.Pad([1, 1], mode="reflect"),
-    nn.MaxPool1d(2), nn.MaxPool2d(2), nn.MaxPool3d(2), nn.AdaptiveMaxPool2d(1), nn.AvgPool1d(2), nn.AvgPool2d(2),
-    nn.AvgPool3d(2), nn.AdaptiveAvgPool1d(1), nn.AdaptiveAvgPool2d(1), nn.Dropout(), nn.Dropout1d(), nn.Dropout2d(),
-    nn.Dropout3d(), nn.Identity(), nn.Module(), nn.Sequential(),
+    nn.Conv1d(4, 4, 3),
+    nn.Conv1d(4, 4, 3, groups=4),
+    nn.Conv2d(4, 8, 3),
+    nn.Conv2d(4, 4, 3, groups=4),
+    nn.Conv2d(4, 8, 3, groups=2),
+    _SamePadConv(4, 4, 3, groups=4),
+    nn.Conv3d(2, 2, 1),
+    nn.ConvTranspose2d(4, 4, 3),
+    nn.Linear(3, 3),
+    nn.Embedding(4, 2),
+    nn.BatchNorm2d(4),
+    nn.LayerNorm(4),
+    nn.GroupNorm(2, 4),
+    nn.ReLU(),
+    nn.ReLU6(),
+    nn.Hardtanh(),
+    nn.Hardtanh(0.0, 6.0),
+    nn.Hardtanh(0.0, 4.0),
+    ops.BoundedReLU(torch.ones(4)),
+    nn.GELU(),
+    nn.SiLU(),
+    nn.Sigmoid(),
+    nn.Tanh(),
+    nn.Hardswish(),
+    nn.Hardsigmoid(),
+    nn.LeakyReLU(),
+    nn.PReLU(),
+    nn.ELU(),
+    nn.Softmax(1),
+    nn.LogSoftmax(1),
+    ops.Add(),
+    ops.Sub(),
+    ops.Mul(),
+    ops.Div(),
+    ops.MatMul(),
+    ops.Cat(1),
+    ops.Interpolate(scale_factor=2),
+    nn.Upsample(scale_factor=2),
+    ops.Mean(1),
+    nn.Flatten(),
+    nn.Unflatten(1, (2, 2)),
+    nn.ZeroPad2d(1),
+    nn.ConstantPad1d(1, 0.0),
+    nn.ConstantPad1d(1, 2.0),
+    nn.ConstantPad2d(1, 0.0),
+    nn.ConstantPad2d(1, 1.0),
+    nn.ConstantPad3d(1, 0.0),
+    ops.Pad([1, 1]),
+    ops.Pad([1, 1], value=1.0),
+    ops.Pad([1, 1], mode="reflect"),
+    nn.MaxPool1d(2),
+    nn.MaxPool2d(2),
+    nn.MaxPool3d(2),
+    nn.AdaptiveMaxPool2d(1),
+    nn.AvgPool1d(2),
+    nn.AvgPool2d(2),
+    nn.AvgPool3d(2),
+    nn.AdaptiveAvgPool1d(1),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Dropout(),
+    nn.Dropout1d(),
+    nn.Dropout2d(),
+    nn.Dropout3d(),
+    nn.Identity(),
+    nn.Module(),
+    nn.Sequential(),
 ]
 
 
 @pytest.mark.parametrize("module", ROLE_MODULES, ids=lambda m: repr(m)[:40])
 def test_roles_match_old_predicates(module: nn.Module) -> None:
     from leantorch.ptq import cle
+
     assert cle._is_scalable_layer(module) == _old_cle_scalable(module)
     assert cle._is_relu6(module) == _old_relu6(module)
     assert cle._is_activation(module) == _old_cle_activation(module)
@@ -291,8 +387,11 @@ def test_roles_match_old_predicates(module: nn.Module) -> None:
 def test_relu_upper_matches_old_bias_correction() -> None:
     mean = torch.randn(4, dtype=torch.float64)
     bounded = ops.BoundedReLU(torch.rand(4) + 1)
-    for module, old in [(nn.ReLU(), torch.full_like(mean, math.inf)), (nn.ReLU6(), torch.full_like(mean, 6.0)),
-                        (bounded, bounded.upper.double())]:
+    for module, old in [
+        (nn.ReLU(), torch.full_like(mean, math.inf)),
+        (nn.ReLU6(), torch.full_like(mean, 6.0)),
+        (bounded, bounded.upper.double()),
+    ]:
         bound = ops.relu_upper(module)
         new = bound.double() if isinstance(bound, torch.Tensor) else torch.full_like(mean, bound)
         assert torch.equal(new, old)
@@ -300,10 +399,17 @@ def test_relu_upper_matches_old_bias_correction() -> None:
 
 def test_default_supergroups_match_old_config() -> None:
     from leantorch.quant.config import QuantSimConfig
+
     old = [["Conv", "BatchNorm"], ["ConvTranspose", "BatchNorm"], ["Linear", "BatchNorm"]]
     for act in ("ReLU", "ReLU6", "BoundedReLU"):
-        old += [["Conv", act], ["Conv", "BatchNorm", act], ["ConvTranspose", act],
-                ["ConvTranspose", "BatchNorm", act], ["Linear", act], ["Add", act]]
+        old += [
+            ["Conv", act],
+            ["Conv", "BatchNorm", act],
+            ["ConvTranspose", act],
+            ["ConvTranspose", "BatchNorm", act],
+            ["Linear", act],
+            ["Add", act],
+        ]
     assert ops.default_supergroups() == old
     assert QuantSimConfig().supergroups == old
 
@@ -311,32 +417,78 @@ def test_default_supergroups_match_old_config() -> None:
 # --- Recognition: the functional calls prepare() turns into op modules (graph_rewrite's old tables). ---
 
 OLD_FUNCTION_TARGETS = {
-    "operator.add", "torch.add", "operator.sub", "torch.sub", "operator.mul", "torch.mul", "operator.truediv",
-    "torch.div", "operator.matmul", "torch.matmul", "torch.bmm", "torch.cat", "torch.concat", "F.relu", "torch.relu",
-    "F.relu6", "F.hardtanh", "F.gelu", "torch.sigmoid", "F.sigmoid", "torch.tanh", "F.tanh", "F.silu",
-    "F.hardswish", "F.hardsigmoid", "F.leaky_relu", "F.softmax", "torch.softmax", "F.interpolate", "torch.mean",
-    "torch.flatten", "F.adaptive_avg_pool2d", "F.avg_pool2d", "F.max_pool2d", "F.pad"}
+    "operator.add",
+    "torch.add",
+    "operator.sub",
+    "torch.sub",
+    "operator.mul",
+    "torch.mul",
+    "operator.truediv",
+    "torch.div",
+    "operator.matmul",
+    "torch.matmul",
+    "torch.bmm",
+    "torch.cat",
+    "torch.concat",
+    "F.relu",
+    "torch.relu",
+    "F.relu6",
+    "F.hardtanh",
+    "F.gelu",
+    "torch.sigmoid",
+    "F.sigmoid",
+    "torch.tanh",
+    "F.tanh",
+    "F.silu",
+    "F.hardswish",
+    "F.hardsigmoid",
+    "F.leaky_relu",
+    "F.softmax",
+    "torch.softmax",
+    "F.interpolate",
+    "torch.mean",
+    "torch.flatten",
+    "F.adaptive_avg_pool2d",
+    "F.avg_pool2d",
+    "F.max_pool2d",
+    "F.pad",
+}
 OLD_METHODS = {"add", "sub", "mul", "div", "matmul", "relu", "sigmoid", "tanh", "softmax", "mean", "flatten"}
 
 # (call, args, kwargs) → the module the old rules made (repr) and its tensor arguments, or None.
 RULE_CASES = [
-    ("operator.add", ("a", "b"), {}, "Add()", ("a", "b")), ("torch.add", ("a", "b"), {"alpha": 2}, None, None),
-    ("torch.bmm", ("a", "b"), {}, "MatMul()", ("a", "b")), ("torch.cat", (["a", "b"], 1), {}, "Cat(dim=1)", ("a", "b")),
-    ("torch.cat", ("a",), {}, None, None), ("F.relu", ("x",), {"inplace": True}, "ReLU()", ("x",)),
-    ("F.relu", ("x",), {"other": 1}, None, None), ("F.hardtanh", ("x", 0.0, 6.0), {}, "ReLU6()", ("x",)),
+    ("operator.add", ("a", "b"), {}, "Add()", ("a", "b")),
+    ("torch.add", ("a", "b"), {"alpha": 2}, None, None),
+    ("torch.bmm", ("a", "b"), {}, "MatMul()", ("a", "b")),
+    ("torch.cat", (["a", "b"], 1), {}, "Cat(dim=1)", ("a", "b")),
+    ("torch.cat", ("a",), {}, None, None),
+    ("F.relu", ("x",), {"inplace": True}, "ReLU()", ("x",)),
+    ("F.relu", ("x",), {"other": 1}, None, None),
+    ("F.hardtanh", ("x", 0.0, 6.0), {}, "ReLU6()", ("x",)),
     ("F.hardtanh", ("x",), {"max_val": 2.0}, "Hardtanh(min_val=-1.0, max_val=2.0)", ("x",)),
     ("F.gelu", ("x",), {"approximate": "tanh"}, "GELU(approximate='tanh')", ("x",)),
     ("F.leaky_relu", ("x", 0.2), {}, "LeakyReLU(negative_slope=0.2)", ("x",)),
-    ("F.softmax", ("x",), {"dim": -1}, "Softmax(dim=-1)", ("x",)), ("F.softmax", ("x",), {}, None, None),
+    ("F.softmax", ("x",), {"dim": -1}, "Softmax(dim=-1)", ("x",)),
+    ("F.softmax", ("x",), {}, None, None),
     ("torch.softmax", ("x", 1), {"dtype": torch.float64}, None, None),
-    ("F.interpolate", ("x", None, 2.0), {"mode": "nearest"}, "Interpolate(size=None, scale_factor=2.0, mode=nearest)",
-     ("x",)),
+    (
+        "F.interpolate",
+        ("x", None, 2.0),
+        {"mode": "nearest"},
+        "Interpolate(size=None, scale_factor=2.0, mode=nearest)",
+        ("x",),
+    ),
     ("torch.mean", ("x", (2, 3), True), {}, "Mean(dim=(2, 3), keepdim=True)", ("x",)),
     ("torch.mean", ("x",), {"dtype": torch.float64}, None, None),
     ("torch.flatten", ("x", 1), {}, "Flatten(start_dim=1, end_dim=-1)", ("x",)),
     ("F.adaptive_avg_pool2d", ("x", 1), {}, "AdaptiveAvgPool2d(output_size=1)", ("x",)),
-    ("F.max_pool2d", ("x", 2), {"stride": 1}, "MaxPool2d(kernel_size=2, stride=1, padding=0, dilation=1, "
-                                             "ceil_mode=False)", ("x",)),
+    (
+        "F.max_pool2d",
+        ("x", 2),
+        {"stride": 1},
+        "MaxPool2d(kernel_size=2, stride=1, padding=0, dilation=1, ceil_mode=False)",
+        ("x",),
+    ),
     ("F.avg_pool2d", ("x", 3, 2, 1), {}, "AvgPool2d(kernel_size=3, stride=2, padding=1)", ("x",)),
     ("F.pad", ("x", [1, 1]), {"value": 0.5}, "Pad(pad=(1, 1), mode=constant)", ("x",)),
 ]
@@ -349,6 +501,7 @@ def _target(name: str):
 
 def test_function_and_method_tables_match_old_graph_rewrite() -> None:
     from leantorch.ops import registry
+
     assert set(registry._FUNCTIONS) == {_target(n) for n in OLD_FUNCTION_TARGETS}
     assert set(registry._METHODS) == OLD_METHODS
 

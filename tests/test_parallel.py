@@ -69,11 +69,24 @@ def test_serial_calls_fn_once_in_this_process() -> None:
     assert run_chunks(fn, [], progress=False) == []
 
 
-@pytest.mark.parametrize("kwargs", [dict(workers=0), dict(workers=True), dict(workers=2.0), dict(ray_address=""),
-                                    dict(ray_address=5), dict(progress="no"), dict(threads_per_worker=0),
-                                    dict(weights=[1.0]), dict(weights=[1.0, -1.0, 0.0]),
-                                    dict(weights=[1.0, float("nan"), 0.0]), dict(gpus_per_worker=-0.5),
-                                    dict(gpus_per_worker=float("inf")), dict(gpus_per_worker="1")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(workers=0),
+        dict(workers=True),
+        dict(workers=2.0),
+        dict(ray_address=""),
+        dict(ray_address=5),
+        dict(progress="no"),
+        dict(threads_per_worker=0),
+        dict(weights=[1.0]),
+        dict(weights=[1.0, -1.0, 0.0]),
+        dict(weights=[1.0, float("nan"), 0.0]),
+        dict(gpus_per_worker=-0.5),
+        dict(gpus_per_worker=float("inf")),
+        dict(gpus_per_worker="1"),
+    ],
+)
 def test_bad_options_are_refused(kwargs: dict) -> None:
     with pytest.raises(InvalidOptionError):
         run_chunks(lambda c: c, [1, 2, 3], **kwargs)

@@ -119,12 +119,15 @@ def _conv_bn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda m: m[0].weight.data.view(-1)[:3].fill_(float("nan")), r"0\.weight has 3 NaN values"),
-    (lambda m: m[0].bias.data.view(-1)[:2].fill_(float("inf")), r"0\.bias has 2 Inf values"),
-    (lambda m: m[1].running_var.data.view(-1)[:1].fill_(float("nan")), r"1\.running_var has 1 NaN value\b"),
-    (lambda m: m[1].running_mean.data.view(-1)[:1].fill_(-float("inf")), r"1\.running_mean has 1 Inf value\b"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda m: m[0].weight.data.view(-1)[:3].fill_(float("nan")), r"0\.weight has 3 NaN values"),
+        (lambda m: m[0].bias.data.view(-1)[:2].fill_(float("inf")), r"0\.bias has 2 Inf values"),
+        (lambda m: m[1].running_var.data.view(-1)[:1].fill_(float("nan")), r"1\.running_var has 1 NaN value\b"),
+        (lambda m: m[1].running_mean.data.view(-1)[:1].fill_(-float("inf")), r"1\.running_mean has 1 Inf value\b"),
+    ],
+)
 def test_non_finite_weights_and_statistics_are_named(corrupt, message: str) -> None:
     model = _conv_bn()
     corrupt(model)
@@ -170,11 +173,14 @@ def test_inf_masks_are_allowed_but_nan_outputs_are_named() -> None:
         lt.prepare(Masked(nan_in_forward=True), x)
 
 
-@pytest.mark.parametrize("model,message", [
-    (lambda x: x * 2, "model must be a torch.nn.Module, got function"),
-    (nn.Linear, r"got type .*create an instance first: Linear\(...\)"),
-    ({"weight": torch.ones(2, 2)}, "got dict .*state dict.*load_state_dict"),
-])
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        (lambda x: x * 2, "model must be a torch.nn.Module, got function"),
+        (nn.Linear, r"got type .*create an instance first: Linear\(...\)"),
+        ({"weight": torch.ones(2, 2)}, "got dict .*state dict.*load_state_dict"),
+    ],
+)
 def test_a_model_that_is_not_a_module_is_named_once_in_prepare(model, message: str) -> None:
     x = torch.randn(1, 2)
     for build in (lt.prepare, lt.QuantSim, lt.compress.cost):  # QuantSim and the cost model share the check
@@ -182,18 +188,24 @@ def test_a_model_that_is_not_a_module_is_named_once_in_prepare(model, message: s
             build(model, x)
 
 
-@pytest.mark.parametrize("example,message", [
-    ([1, 2, 3], "example input 0 is int 1, not a tensor"),
-    (None, "example input 0 is NoneType None, not a tensor"),
-    ((), "the example input is empty"),
-])
+@pytest.mark.parametrize(
+    "example,message",
+    [
+        ([1, 2, 3], "example input 0 is int 1, not a tensor"),
+        (None, "example input 0 is NoneType None, not a tensor"),
+        ((), "the example input is empty"),
+    ],
+)
 def test_an_example_input_that_is_not_tensors_is_named_before_the_data(example, message: str) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     data = [torch.randn(2, 3, 8, 8)]
     # Entry points that check calibration batches against the number of inputs name the example input first.
-    for call in (lambda: lt.prepare(model, example), lambda: lt.QuantSim(model, example),
-                 lambda: lt.bias_correction(model, example, data, progress=False),
-                 lambda: lt.compress.cost(model, example)):
+    for call in (
+        lambda: lt.prepare(model, example),
+        lambda: lt.QuantSim(model, example),
+        lambda: lt.bias_correction(model, example, data, progress=False),
+        lambda: lt.compress.cost(model, example),
+    ):
         with pytest.raises(lt.InputShapeError, match=message):
             call()
 
@@ -224,8 +236,9 @@ def test_an_inf_attention_mask_input_is_accepted_and_nan_input_refused() -> None
 
 
 def test_a_dtype_mismatch_is_reported_as_dtype_not_shape() -> None:
-    with pytest.raises(lt.InputShapeError, match="dtype: its parameters are torch.float32 on cpu, input 0 is "
-                                                 "torch.float64"):
+    with pytest.raises(
+        lt.InputShapeError, match="dtype: its parameters are torch.float32 on cpu, input 0 is torch.float64"
+    ):
         lt.prepare(nn.Linear(3, 2), torch.randn(1, 3, dtype=torch.float64))
     with pytest.raises(lt.InputShapeError, match="of the shape the model expects"):
         lt.prepare(nn.Linear(3, 2), torch.randn(1, 4))

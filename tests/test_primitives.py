@@ -100,8 +100,9 @@ def test_grids_match_reference(bw: int, mode: str, per_channel: bool) -> None:
     direct = {"asymmetric": asymmetric_grid, "symmetric": symmetric_grid, "unsigned": unsigned_grid}[mode]
     s, o = direct(torch.tensor(lo), torch.tensor(hi), bw)
     assert torch.equal(s, scale) and torch.equal(o, offset)
-    enc = compute_encoding(torch.tensor(lo), torch.tensor(hi), bw, mode != "asymmetric",
-                           axis=0 if per_channel else None)
+    enc = compute_encoding(
+        torch.tensor(lo), torch.tensor(hi), bw, mode != "asymmetric", axis=0 if per_channel else None
+    )
     assert torch.equal(enc.scale, scale) and torch.equal(enc.offset, offset)  # one implementation
 
 
@@ -179,8 +180,11 @@ def test_ties_round_to_even_and_grid_ends_clip(bw: int, grad: bool) -> None:
     scale, qmax = 2.0**-3, 2**bw - 1  # a power of two: x / scale and x * (1/scale) are exact
     offset = -(2 ** (bw - 1))
     k = np.arange(offset, offset + qmax, dtype=np.float64)  # ties k + 0.5 across the whole grid
-    x = torch.tensor(np.concatenate([(k + 0.5) * scale, [(offset - 3) * scale, (offset + qmax + 3) * scale]]),
-                     dtype=torch.float32, requires_grad=grad)
+    x = torch.tensor(
+        np.concatenate([(k + 0.5) * scale, [(offset - 3) * scale, (offset + qmax + 3) * scale]]),
+        dtype=torch.float32,
+        requires_grad=grad,
+    )
     even = k + (np.rint(k + 0.5) - k)  # k + 0.5 rounds to whichever of k, k + 1 is even
     assert set(np.rint(even) % 2) == {0.0}
     want = np.concatenate([even, [offset, offset + qmax]]) * scale  # beyond the ends: the ends
@@ -191,8 +195,9 @@ def test_ties_round_to_even_and_grid_ends_clip(bw: int, grad: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- LSQ
-def lsq_reference(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, bw: int, axis: int | None,
-                  grad_factor: float, dy: np.ndarray):
+def lsq_reference(
+    x: np.ndarray, scale: np.ndarray, offset: np.ndarray, bw: int, axis: int | None, grad_factor: float, dy: np.ndarray
+):
     """Output and d/dx, d/dscale, d/doffset of ``sum(dy * x̂)`` in float64 (Esser et al., 2020, eqs. 3-5).
 
     With ``v = x/s`` and ``q = round(v) - o``: on the grid (``0 ≤ q ≤ 2**bw - 1``) ``∂x̂/∂s = round(v) - v``,

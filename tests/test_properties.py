@@ -43,9 +43,13 @@ from leantorch.quant.quantizer import Quantizer, fake_quantize
 
 # One settings parent for the module: reproducible (derandomized, no example database) and free of
 # wall-clock limits. Each test only chooses its number of examples.
-PROPS = settings(deadline=None, derandomize=True, database=None, print_blob=False,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                        HealthCheck.filter_too_much])
+PROPS = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 SCHEMES = ("minmax", "tf_enhanced", "percentile", "mse")
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -161,12 +165,22 @@ bitwidths = st.integers(2, 16)
 
 
 @settings(PROPS, max_examples=250)
-@given(rng=ranges, bw=bitwidths, symmetric=st.booleans(), unsigned=st.booleans(),
-       fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
+@given(
+    rng=ranges,
+    bw=bitwidths,
+    symmetric=st.booleans(),
+    unsigned=st.booleans(),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12),
+)
 def test_compute_encoding_matches_float64_reference(rng, bw, symmetric, unsigned, fractions) -> None:
     lo, hi = rng
-    enc = compute_encoding(torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), bw,
-                           symmetric, unsigned_symmetric=unsigned)
+    enc = compute_encoding(
+        torch.tensor(lo, dtype=torch.float64),
+        torch.tensor(hi, dtype=torch.float64),
+        bw,
+        symmetric,
+        unsigned_symmetric=unsigned,
+    )
     scale, offset = float(enc.scale), int(enc.offset)
     ref_scale, ref_offset = ref_encoding(lo, hi, bw, symmetric, unsigned)
     assert enc.scale.dtype == torch.float32 and enc.offset.dtype == torch.int64
@@ -194,8 +208,9 @@ def test_compute_encoding_matches_float64_reference(rng, bw, symmetric, unsigned
     assert np.array_equal(dq.numpy(), ref_dq)
 
     # Far outside the range, codes saturate on the grid and stay finite.
-    outside = torch.tensor([-3e38, -1e30, 1e30, 3e38, wlo - (whi - wlo) - 1.0, whi + (whi - wlo) + 1.0],
-                           dtype=torch.float64)
+    outside = torch.tensor(
+        [-3e38, -1e30, 1e30, 3e38, wlo - (whi - wlo) - 1.0, whi + (whi - wlo) + 1.0], dtype=torch.float64
+    )
     q_out = quantize(outside, enc)
     assert int(q_out.min()) >= 0 and int(q_out.max()) <= 2**bw - 1
     assert bool(torch.isfinite(dequantize(q_out, enc)).all())
@@ -212,10 +227,15 @@ def test_compute_encoding_matches_float64_reference(rng, bw, symmetric, unsigned
 
 
 @settings(PROPS, max_examples=120)
-@given(chans=st.lists(ranges, min_size=1, max_size=5), bw=bitwidths, symmetric=st.booleans(),
-       unsigned=st.booleans(), axis=st.sampled_from([0, 1]), seed=st.integers(0, 2**31 - 1))
-def test_per_channel_encoding_equals_per_tensor_channel_by_channel(chans, bw, symmetric, unsigned, axis,
-                                                                   seed) -> None:
+@given(
+    chans=st.lists(ranges, min_size=1, max_size=5),
+    bw=bitwidths,
+    symmetric=st.booleans(),
+    unsigned=st.booleans(),
+    axis=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_per_channel_encoding_equals_per_tensor_channel_by_channel(chans, bw, symmetric, unsigned, axis, seed) -> None:
     lo = torch.tensor([c[0] for c in chans], dtype=torch.float64)
     hi = torch.tensor([c[1] for c in chans], dtype=torch.float64)
     enc = compute_encoding(lo, hi, bw, symmetric, unsigned_symmetric=unsigned, axis=axis)
@@ -230,8 +250,13 @@ def test_per_channel_encoding_equals_per_tensor_channel_by_channel(chans, bw, sy
     dq = dequantize(quantize(x_axis, enc), enc)
     dq = dq if axis == 0 else dq.t()
     for c, (clo, chi) in enumerate(chans):
-        per_tensor = compute_encoding(torch.tensor(clo, dtype=torch.float64), torch.tensor(chi, dtype=torch.float64),
-                                      bw, symmetric, unsigned_symmetric=shared_unsigned)
+        per_tensor = compute_encoding(
+            torch.tensor(clo, dtype=torch.float64),
+            torch.tensor(chi, dtype=torch.float64),
+            bw,
+            symmetric,
+            unsigned_symmetric=shared_unsigned,
+        )
         assert float(enc.scale[c]) == float(per_tensor.scale) and int(enc.offset[c]) == int(per_tensor.offset)
         assert float(enc.scale[c]) == ref_encoding(clo, chi, bw, symmetric, shared_unsigned)[0]
         assert torch.equal(dq[c], dequantize(quantize(x[c], per_tensor), per_tensor))
@@ -251,8 +276,9 @@ def test_per_channel_encoding_equals_per_tensor_channel_by_channel(chans, bw, sy
 @given(lo=st.floats(-1e308, -4e38), hi=st.floats(4e38, 1e308), bw=bitwidths, symmetric=st.booleans())
 def test_range_beyond_float32_gives_typed_error_or_finite_grid(lo, hi, bw, symmetric) -> None:
     try:
-        enc = compute_encoding(torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64),
-                               bw, symmetric)
+        enc = compute_encoding(
+            torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), bw, symmetric
+        )
     except LeanTorchError:
         return
     assert math.isfinite(float(enc.scale))
@@ -263,8 +289,9 @@ def test_range_beyond_float32_gives_typed_error_or_finite_grid(lo, hi, bw, symme
 @settings(PROPS, max_examples=20)
 @example(lo=-3.4e38, hi=3.4e38, bw=2, symmetric=False)
 @example(lo=-FLT_MAX, hi=0.0, bw=16, symmetric=False)
-@given(lo=st.floats(-FLT_MAX, -F38, width=32), hi=st.floats(F38, FLT_MAX, width=32), bw=bitwidths,
-       symmetric=st.booleans())
+@given(
+    lo=st.floats(-FLT_MAX, -F38, width=32), hi=st.floats(F38, FLT_MAX, width=32), bw=bitwidths, symmetric=st.booleans()
+)
 def test_range_near_float32_max_dequantizes_finite(lo, hi, bw, symmetric) -> None:
     enc = compute_encoding(torch.tensor(lo), torch.tensor(hi), bw, symmetric)
     x = torch.tensor([lo, 0.0, hi], dtype=torch.float64)
@@ -299,8 +326,13 @@ def estimator_batches(draw):
 
 
 @settings(PROPS, max_examples=60)
-@given(batches=estimator_batches(), scheme=st.sampled_from(SCHEMES), per_channel=st.booleans(), bw=bitwidths,
-       symmetric=st.booleans())
+@given(
+    batches=estimator_batches(),
+    scheme=st.sampled_from(SCHEMES),
+    per_channel=st.booleans(),
+    bw=bitwidths,
+    symmetric=st.booleans(),
+)
 def test_estimators_give_finite_ranges_inside_the_data(batches, scheme, per_channel, bw, symmetric) -> None:
     axis = 0 if per_channel else None
     est = make_estimator(scheme, axis)
@@ -333,8 +365,11 @@ def test_estimators_give_finite_ranges_inside_the_data(batches, scheme, per_chan
 
 @settings(PROPS, max_examples=10)
 @example(value=1e5, sign=1.0, scheme="tf_enhanced")
-@given(value=st.floats(1e4, 1e30), sign=st.sampled_from([1.0, -1.0]),
-       scheme=st.sampled_from(["tf_enhanced", "percentile", "mse"]))
+@given(
+    value=st.floats(1e4, 1e30),
+    sign=st.sampled_from([1.0, -1.0]),
+    scheme=st.sampled_from(["tf_enhanced", "percentile", "mse"]),
+)
 def test_per_channel_constant_weight_row_calibrates(value, sign, scheme) -> None:
     model = nn.Linear(3, 2).eval()
     with torch.no_grad():
@@ -435,8 +470,13 @@ def small_models(draw):
     return model, shape
 
 
-batch_kinds = st.tuples(st.sampled_from(["normal", "uniform", "constant", "zeros"]), st.integers(-20, 20),
-                        st.floats(-1.0, 1.0, width=32), st.integers(0, 2**16), st.integers(1, 3))
+batch_kinds = st.tuples(
+    st.sampled_from(["normal", "uniform", "constant", "zeros"]),
+    st.integers(-20, 20),
+    st.floats(-1.0, 1.0, width=32),
+    st.integers(0, 2**16),
+    st.integers(1, 3),
+)
 
 
 def make_batch(shape: tuple[int, ...], kind: tuple) -> torch.Tensor:
@@ -463,13 +503,20 @@ def layer_magnitude(model: nn.Sequential, x: torch.Tensor) -> float:
 
 
 @settings(PROPS, max_examples=50)
-@given(model_shape=small_models(), kinds=st.lists(batch_kinds, min_size=1, max_size=3),
-       scheme=st.sampled_from(SCHEMES), per_channel=st.sampled_from([True, False, None]),
-       config=st.sampled_from(["default", "per_channel"]), param_bw=st.sampled_from([4, 8, 16, 32]),
-       act_bw=st.sampled_from([4, 8, 16, 32]), unseen=batch_kinds,
-       bad=st.tuples(st.integers(0, 2), st.floats(0.0, 1.0), st.sampled_from([math.nan, math.inf, -math.inf])))
+@given(
+    model_shape=small_models(),
+    kinds=st.lists(batch_kinds, min_size=1, max_size=3),
+    scheme=st.sampled_from(SCHEMES),
+    per_channel=st.sampled_from([True, False, None]),
+    config=st.sampled_from(["default", "per_channel"]),
+    param_bw=st.sampled_from([4, 8, 16, 32]),
+    act_bw=st.sampled_from([4, 8, 16, 32]),
+    unseen=batch_kinds,
+    bad=st.tuples(st.integers(0, 2), st.floats(0.0, 1.0), st.sampled_from([math.nan, math.inf, -math.inf])),
+)
 def test_quantsim_on_random_models_is_finite_and_leaves_the_model_alone(
-        model_shape, kinds, scheme, per_channel, config, param_bw, act_bw, unseen, bad) -> None:
+    model_shape, kinds, scheme, per_channel, config, param_bw, act_bw, unseen, bad
+) -> None:
     model, shape = model_shape
     before = snapshot(model)
     batches = [make_batch(shape, k) for k in kinds]
@@ -479,8 +526,9 @@ def test_quantsim_on_random_models_is_finite_and_leaves_the_model_alone(
     assume(bool(torch.isfinite(float_out).all()))  # a float model that overflows is out of scope
     want_per_channel = per_channel if per_channel is not None else config == "per_channel"
 
-    sim = quiet_sim(model, batches[0], param_bw=param_bw, act_bw=act_bw, scheme=scheme,
-                    per_channel=per_channel, config=config)
+    sim = quiet_sim(
+        model, batches[0], param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel, config=config
+    )
     sim.compute_encodings(batches, progress=False)
     assert_model_unchanged(model, before)
     assert_encodings_valid(sim)
@@ -507,8 +555,9 @@ def test_quantsim_on_random_models_is_finite_and_leaves_the_model_alone(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.encodings"
         sim.save_encodings(path)
-        fresh = quiet_sim(model, batches[0], param_bw=param_bw, act_bw=act_bw, scheme=scheme,
-                          per_channel=per_channel, config=config)
+        fresh = quiet_sim(
+            model, batches[0], param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel, config=config
+        )
         assert fresh.load_encodings(path, strict=True) == []
         assert torch.equal(run_sim(fresh, x_eval), out)
     assert_model_unchanged(model, before)
@@ -527,11 +576,17 @@ def test_quantsim_on_random_models_is_finite_and_leaves_the_model_alone(
 
 
 @settings(PROPS, max_examples=12)
-@given(model_shape=small_models(), scheme=st.sampled_from(SCHEMES), seed=st.integers(0, 2**16),
-       value=st.sampled_from([math.nan, math.inf, -math.inf]), where=st.floats(0.0, 1.0),
-       callable_data=st.booleans())
-def test_nan_calibration_on_a_fresh_sim_leaves_no_encoding(model_shape, scheme, seed, value, where,
-                                                           callable_data) -> None:
+@given(
+    model_shape=small_models(),
+    scheme=st.sampled_from(SCHEMES),
+    seed=st.integers(0, 2**16),
+    value=st.sampled_from([math.nan, math.inf, -math.inf]),
+    where=st.floats(0.0, 1.0),
+    callable_data=st.booleans(),
+)
+def test_nan_calibration_on_a_fresh_sim_leaves_no_encoding(
+    model_shape, scheme, seed, value, where, callable_data
+) -> None:
     model, shape = model_shape
     before = snapshot(model)
     x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed))
@@ -561,38 +616,97 @@ def base(bases: dict[str, Any], name: str) -> dict[str, Any]:
     with torch.random.fork_rng():
         torch.manual_seed(7)
         if name == "per_channel_conv":
-            model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 4, 1), nn.Flatten(),
-                                  nn.Linear(4 * 3 * 3, 3)).eval()
+            model = nn.Sequential(
+                nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 3 * 3, 3)
+            ).eval()
             x = torch.randn(4, 2, 5, 5)
             sim = quiet_sim(model, x, param_bw=4, act_bw=8, scheme="minmax", config="per_channel")
         else:  # symmetric activations, quantized biases, 16-bit activations
             model = nn.Sequential(nn.Linear(5, 4), nn.ReLU6(), nn.Linear(4, 2)).eval()
             x = torch.randn(4, 5)
-            sim = quiet_sim(model, x, param_bw=8, act_bw=16, scheme="minmax",
-                            config={"activation_symmetric": True, "quantize_bias": True})
+            sim = quiet_sim(
+                model,
+                x,
+                param_bw=8,
+                act_bw=16,
+                scheme="minmax",
+                config={"activation_symmetric": True, "quantize_bias": True},
+            )
         sim.compute_encodings([x, x * 2], progress=False)
     tmp = bases["_root"] / name
     tmp.mkdir()
     path = tmp / "base.encodings"
     sim.save_encodings(path)
-    bases[name] = {"sim": sim, "x": x, "path": path, "data": json.loads(path.read_text()),
-                   "state": sim_state(sim), "out": run_sim(sim, x), "tmp": tmp, "model": model,
-                   "model_state": snapshot(model)}
+    bases[name] = {
+        "sim": sim,
+        "x": x,
+        "path": path,
+        "data": json.loads(path.read_text()),
+        "state": sim_state(sim),
+        "out": run_sim(sim, x),
+        "tmp": tmp,
+        "model": model,
+        "model_state": snapshot(model),
+    }
     return bases[name]
 
 
-BAD_SCALES = [0.0, -0.0, -1.0, math.nan, math.inf, -math.inf, 1e39, 3.5e38, 1e-11, 5e-324, 10**400, "0.1", None,
-              True, [0.1]]
+BAD_SCALES = [
+    0.0,
+    -0.0,
+    -1.0,
+    math.nan,
+    math.inf,
+    -math.inf,
+    1e39,
+    3.5e38,
+    1e-11,
+    5e-324,
+    10**400,
+    "0.1",
+    None,
+    True,
+    [0.1],
+]
 BAD_BITWIDTHS = [0, 1, 17, 32, 33, 64, -8, 8.0, 16.0, "8", None, True, False, 1e9]
 BAD_VERSIONS = ["0.6.0", "1.0.0", "2.0.0", "", "0.6.1 ", None, 0.61, 61, ["0.6.1"]]
 BAD_SYMMETRY = ["yes", "TRUE", 1, 0, None, [], "1"]
 BAD_NUMBERS = [math.nan, math.inf, -math.inf, "1", None, True, [1]]
-MUTATIONS = ["unmodified", "scale_invalid", "scale_inconsistent", "scale_consistent", "offset_offgrid",
-             "offset_shift", "offset_consistent", "min_gt_max", "minmax_invalid", "bitwidth_invalid",
-             "bitwidth_other", "bitwidth_consistent", "delete_field", "delete_dtype", "dtype_other", "drop_entry",
-             "drop_section", "unknown_name", "channel_append", "channel_remove", "channel_empty", "version",
-             "delete_version", "symmetry_invalid", "symmetry_flip", "structure", "extra_entry_field", "extra_top_level",
-             "truncate", "garbage", "names_map_invalid", "names_map_unknown", "names_map_identity"]
+MUTATIONS = [
+    "unmodified",
+    "scale_invalid",
+    "scale_inconsistent",
+    "scale_consistent",
+    "offset_offgrid",
+    "offset_shift",
+    "offset_consistent",
+    "min_gt_max",
+    "minmax_invalid",
+    "bitwidth_invalid",
+    "bitwidth_other",
+    "bitwidth_consistent",
+    "delete_field",
+    "delete_dtype",
+    "dtype_other",
+    "drop_entry",
+    "drop_section",
+    "unknown_name",
+    "channel_append",
+    "channel_remove",
+    "channel_empty",
+    "version",
+    "delete_version",
+    "symmetry_invalid",
+    "symmetry_flip",
+    "structure",
+    "extra_entry_field",
+    "extra_top_level",
+    "truncate",
+    "garbage",
+    "names_map_invalid",
+    "names_map_unknown",
+    "names_map_identity",
+]
 
 
 def mutate(draw, info: dict[str, Any], kind: str) -> tuple[Any, str]:
@@ -704,8 +818,11 @@ def mutate(draw, info: dict[str, Any], kind: str) -> tuple[Any, str]:
         e["is_symmetric"] = draw(st.sampled_from(["False", False, "false"] if sym else ["True", True, "true"]))
         return data, "either"
     if kind == "structure":
-        where = draw(st.sampled_from(["section_list", "section_none", "entries_dict", "entry_number", "top_list",
-                                      "entries_number"]))
+        where = draw(
+            st.sampled_from(
+                ["section_list", "section_none", "entries_dict", "entry_number", "top_list", "entries_number"]
+            )
+        )
         if where == "section_list":
             data[section] = [entries]
         elif where == "section_none":
@@ -724,17 +841,20 @@ def mutate(draw, info: dict[str, Any], kind: str) -> tuple[Any, str]:
         return data, "same"
     if kind == "extra_top_level":
         data[draw(st.sampled_from(["excluded_layers", "quantizer_args", "note"]))] = draw(
-            st.sampled_from([[], {}, "x", 1]))
+            st.sampled_from([[], {}, "x", 1])
+        )
         return data, "same"
     if kind == "truncate":
         text = json.dumps(data, indent=2)
         return text[: draw(st.integers(0, len(text) - 1))], "error"
     if kind == "garbage":
-        return draw(st.sampled_from([b"\xff\xfe\x00", b"", b"null", b"[]", b"{}", b"NaN", b'{"version": "0.6.1"}'])), \
-            "error"
+        return draw(
+            st.sampled_from([b"\xff\xfe\x00", b"", b"null", b"[]", b"{}", b"NaN", b'{"version": "0.6.1"}'])
+        ), "error"
     if kind == "names_map_invalid":
-        data["quantizer_names"] = draw(st.sampled_from([5, [], {"activation_encodings": {key: []}},
-                                                        {"nonsense": {}}, {section: {key: [1]}}]))
+        data["quantizer_names"] = draw(
+            st.sampled_from([5, [], {"activation_encodings": {key: []}}, {"nonsense": {}}, {section: {key: [1]}}])
+        )
         return data, "error"
     if kind == "names_map_unknown":
         data["quantizer_names"] = {section: {key: ["no.such.quantizer"]}}
@@ -752,9 +872,13 @@ def without_frozen(state: dict[str, tuple]) -> dict[str, tuple]:
 
 
 @settings(PROPS, max_examples=300)
-@given(which=st.sampled_from(["per_channel_conv", "symmetric_linear"]), kind=st.sampled_from(MUTATIONS),
-       strict=st.booleans(), loader=st.sampled_from(["load_encodings", "load_encodings", "freeze_params"]),
-       data=st.data())
+@given(
+    which=st.sampled_from(["per_channel_conv", "symmetric_linear"]),
+    kind=st.sampled_from(MUTATIONS),
+    strict=st.booleans(),
+    loader=st.sampled_from(["load_encodings", "load_encodings", "freeze_params"]),
+    data=st.data(),
+)
 def test_mutated_encodings_files_are_refused_or_load_finite(bases, which, kind, strict, loader, data) -> None:
     """One field (or the structure) of a saved file mutated: ``load_encodings`` (strict or not) and
     ``set_and_freeze_param_encodings`` either refuse it with EncodingsFileError and change nothing, or load it
@@ -810,24 +934,41 @@ def test_mutated_encodings_files_are_refused_or_load_finite(bases, which, kind, 
 
 # ============================================================================ 5. configs
 OP_NAMES = ["Conv", "Linear", "ReLU", "ReLU6", "Flatten", "BatchNorm", "Add", "Softmax", "MaxPool"]
-BOOL_KEYS = ["output_quantized", "input_quantized", "params_quantized", "quantize_bias", "param_symmetric",
-             "activation_symmetric", "unsigned_symmetric", "per_channel", "model_input_quantized"]
-op_rules = st.fixed_dictionaries({}, optional={k: st.one_of(st.none(), st.booleans())
-                                               for k in ("input_quantized", "output_quantized", "params_quantized",
-                                                         "per_channel")})
-valid_configs = st.fixed_dictionaries({}, optional={
-    **{k: st.booleans() for k in BOOL_KEYS},
-    "name": st.text(max_size=8),
-    "op_types": st.dictionaries(st.sampled_from(OP_NAMES), op_rules, max_size=4),
-    "supergroups": st.lists(st.lists(st.sampled_from(OP_NAMES), min_size=1, max_size=3), max_size=4),
-})
+BOOL_KEYS = [
+    "output_quantized",
+    "input_quantized",
+    "params_quantized",
+    "quantize_bias",
+    "param_symmetric",
+    "activation_symmetric",
+    "unsigned_symmetric",
+    "per_channel",
+    "model_input_quantized",
+]
+op_rules = st.fixed_dictionaries(
+    {},
+    optional={
+        k: st.one_of(st.none(), st.booleans())
+        for k in ("input_quantized", "output_quantized", "params_quantized", "per_channel")
+    },
+)
+valid_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        **{k: st.booleans() for k in BOOL_KEYS},
+        "name": st.text(max_size=8),
+        "op_types": st.dictionaries(st.sampled_from(OP_NAMES), op_rules, max_size=4),
+        "supergroups": st.lists(st.lists(st.sampled_from(OP_NAMES), min_size=1, max_size=3), max_size=4),
+    },
+)
 
 
 def config_model() -> tuple[nn.Module, torch.Tensor]:
     with torch.random.fork_rng():
         torch.manual_seed(3)
-        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4), nn.ReLU6(),
-                              nn.Linear(4, 2)).eval()
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4), nn.ReLU6(), nn.Linear(4, 2)
+        ).eval()
         return model, torch.randn(3, 2, 5, 5)
 
 
@@ -862,18 +1003,28 @@ def test_valid_config_dicts_build_finite_sims_that_follow_the_rules(cfg, as_file
     assert all(q.enabled == expected.model_input_quantized for q in sim.model.input_quantizers)
     # The same config from a dict, a file and a QuantSimConfig gives the same quantizers.
     again = quiet_sim(model, x, param_bw=param_bw, act_bw=act_bw, scheme="minmax", config=expected)
-    assert {n: (q.enabled, q.axis, q.symmetric) for n, q in again.quantizers().items()} == \
-        {n: (q.enabled, q.axis, q.symmetric) for n, q in sim.quantizers().items()}
+    assert {n: (q.enabled, q.axis, q.symmetric) for n, q in again.quantizers().items()} == {
+        n: (q.enabled, q.axis, q.symmetric) for n, q in sim.quantizers().items()
+    }
 
 
 handled_invalid_configs = st.one_of(
     # unknown top-level keys
-    st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in QuantSimConfig.__dataclass_fields__),
-                    st.booleans(), min_size=1, max_size=3),
+    st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda k: k not in QuantSimConfig.__dataclass_fields__),
+        st.booleans(),
+        min_size=1,
+        max_size=3,
+    ),
     # op rules with unknown fields or that are not objects
-    st.builds(lambda op, rule: {"op_types": {op: rule}}, st.sampled_from(OP_NAMES),
-              st.one_of(st.dictionaries(st.sampled_from(["foo", "quantized", "bitwidth"]), st.booleans(), min_size=1),
-                        st.sampled_from([5, "x", [True], None, True]))),
+    st.builds(
+        lambda op, rule: {"op_types": {op: rule}},
+        st.sampled_from(OP_NAMES),
+        st.one_of(
+            st.dictionaries(st.sampled_from(["foo", "quantized", "bitwidth"]), st.booleans(), min_size=1),
+            st.sampled_from([5, "x", [True], None, True]),
+        ),
+    ),
     # unknown presets, missing or unreadable files
     st.sampled_from(["", "Default", "PER_CHANNEL", "transformerz", "missing.json", 5, None, 3.5, [1], ("default",)]),
 )
@@ -895,14 +1046,20 @@ def test_invalid_configs_raise_config_error(cfg) -> None:
 
 
 wrongly_typed_configs = st.one_of(
-    st.builds(lambda k, v: {k: v}, st.sampled_from(BOOL_KEYS),
-              st.sampled_from(["False", "yes", "", None, [], {}, 0.5, [True]])),
+    st.builds(
+        lambda k, v: {k: v},
+        st.sampled_from(BOOL_KEYS),
+        st.sampled_from(["False", "yes", "", None, [], {}, 0.5, [True]]),
+    ),
     st.builds(lambda v: {"name": v}, st.sampled_from([5, None, [], {}])),
     st.builds(lambda v: {"op_types": v}, st.sampled_from([[], 5, "Conv", [["Conv", {}]]])),
     st.builds(lambda v: {"supergroups": v}, st.sampled_from([5, "Conv", [[]], [[1]], [None], ["Conv"], [["Conv", 3]]])),
-    st.builds(lambda op, k, v: {"op_types": {op: {k: v}}}, st.sampled_from(OP_NAMES),
-              st.sampled_from(["input_quantized", "output_quantized", "params_quantized", "per_channel"]),
-              st.sampled_from(["no", "False", 0.5, [], {}])),
+    st.builds(
+        lambda op, k, v: {"op_types": {op: {k: v}}},
+        st.sampled_from(OP_NAMES),
+        st.sampled_from(["input_quantized", "output_quantized", "params_quantized", "per_channel"]),
+        st.sampled_from(["no", "False", 0.5, [], {}]),
+    ),
 )
 
 
@@ -933,10 +1090,13 @@ def test_non_object_json_config_raises_config_error(text) -> None:
 
 
 @settings(PROPS, max_examples=60)
-@given(st.lists(st.sampled_from([0.0, -1.5, 3e38, float("nan"), float("inf"), float("-inf")]), max_size=6),
-       st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+@given(
+    st.lists(st.sampled_from([0.0, -1.5, 3e38, float("nan"), float("inf"), float("-inf")]), max_size=6),
+    st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+)
 def test_all_finite_agrees_with_isfinite(values: list[float], dtype: torch.dtype) -> None:
     from leantorch.batches import all_finite
+
     x = torch.tensor(values, dtype=torch.float64).to(dtype)  # 3e38 overflows to Inf in float16
     assert all_finite(x) == bool(torch.isfinite(x).all())
     assert all_finite(x, torch.ones(2)) == all_finite(x)
@@ -945,6 +1105,7 @@ def test_all_finite_agrees_with_isfinite(values: list[float], dtype: torch.dtype
 
 def test_numpy_bools_are_flags() -> None:
     from leantorch.options import check_flag
+
     assert check_flag("progress", np.bool_(False)) is False
     assert check_flag("progress", np.array([1, 2]).all()) is True
     with pytest.raises(lt.InvalidOptionError, match="progress=1: pass True or False"):

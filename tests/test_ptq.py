@@ -23,10 +23,20 @@ from .conftest import assert_unchanged, state_snapshot
 def mobile_block(relu6: bool = False) -> nn.Module:
     act = nn.ReLU6 if relu6 else nn.ReLU
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), act(),  # depthwise
-        nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), act(),
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 12), nn.ReLU(), nn.Linear(12, 5))
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        act(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.BatchNorm2d(16),
+        act(),  # depthwise
+        nn.Conv2d(16, 8, 1),
+        nn.BatchNorm2d(8),
+        act(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
+    )
     gen = torch.Generator().manual_seed(3)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -54,8 +64,11 @@ def test_cross_layer_scaling_keeps_the_function_float64(relu6: bool) -> None:
     torch.testing.assert_close(scaled(xs), net(xs), rtol=1e-9, atol=1e-9)
     assert any(isinstance(m, BoundedReLU) for m in scaled.modules()) == relu6
     # ranges are equalized: the first conv's output ranges equal the geometric mean of the triplet
-    r1, r2, r3 = output_ranges(scaled.get_submodule("0")), output_ranges(scaled.get_submodule("3")), \
-        input_ranges(scaled.get_submodule("6"))
+    r1, r2, r3 = (
+        output_ranges(scaled.get_submodule("0")),
+        output_ranges(scaled.get_submodule("3")),
+        input_ranges(scaled.get_submodule("6")),
+    )
     torch.testing.assert_close(r1, r2, rtol=1e-6, atol=0)
     torch.testing.assert_close(r2, r3, rtol=1e-6, atol=0)
     spreads = {r["layer"]: r for r in report}
@@ -77,12 +90,13 @@ def test_high_bias_absorption_is_exact_when_preactivations_stay_above_c() -> Non
 def test_clipped_normal_mean_matches_numerical_integration() -> None:
     mu, sigma = torch.tensor([-1.0, 0.3, 2.0]), torch.tensor([0.5, 1.0, 2.0])
     for hi in (math.inf, 1.5):
-        got = clipped_normal_mean(mu.double(), sigma.double(), torch.zeros(3, dtype=torch.float64),
-                                  torch.full((3,), hi, dtype=torch.float64))
+        got = clipped_normal_mean(
+            mu.double(), sigma.double(), torch.zeros(3, dtype=torch.float64), torch.full((3,), hi, dtype=torch.float64)
+        )
         z = np.linspace(-12, 12, 400_001)
         for i in range(3):
             xs = mu[i].item() + sigma[i].item() * z
-            density = np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+            density = np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
             want = np.trapezoid(np.clip(xs, 0, hi) * density, z)
             assert float(got[i]) == pytest.approx(want, rel=1e-6, abs=1e-9)
 
@@ -107,8 +121,9 @@ def test_bias_correction_removes_mean_output_error(method: str) -> None:
             h1.remove(), h2.remove()
         return float((outs["q"] - outs["fp"]).mean((0, 2, 3)).abs().mean())
 
-    corrected = lt.bias_correction(folded, x, data, method=method, param_bw=4, act_bw=32, scheme="minmax",
-                                   progress=False)
+    corrected = lt.bias_correction(
+        folded, x, data, method=method, param_bw=4, act_bw=32, scheme="minmax", progress=False
+    )
     assert mean_error(corrected) < 0.5 * mean_error(folded)
 
 
@@ -124,9 +139,19 @@ def test_adaround_beats_round_to_nearest_on_the_layer_objective(tmp_path, object
     rtn = lt.QuantSim(net, data[0][:1], param_bw=3, act_bw=32, per_channel=True, scheme="minmax")
     rtn.compute_encodings(data, progress=False)
     # the same (minmax) weight grid as the round-to-nearest sim: only the rounding differs
-    rounded, enc = lt.adaround(net, data[0][:1], data, param_bw=3, act_bw=32, scheme="minmax",
-                               param_scheme="minmax", iterations=1000, objective=objective, path=tmp_path,
-                               progress=False)
+    rounded, enc = lt.adaround(
+        net,
+        data[0][:1],
+        data,
+        param_bw=3,
+        act_bw=32,
+        scheme="minmax",
+        param_scheme="minmax",
+        iterations=1000,
+        objective=objective,
+        path=tmp_path,
+        progress=False,
+    )
     sim = lt.QuantSim(rounded, data[0][:1], param_bw=3, act_bw=32, per_channel=True, scheme="minmax")
     sim.set_and_freeze_param_encodings(enc)
     sim.compute_encodings(data, progress=False)
@@ -182,8 +207,16 @@ def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, mon
     monkeypatch.setattr(auto, "equalize", counting_equalize)
     monkeypatch.setattr(auto, "adaround", recording_adaround)
     scores = iter([1.0, 0.0, 0.0, 0.0])  # the float model, then stages that never reach the target
-    result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), allowed_drop=0.0, path=tmp_path,
-                           adaround_kwargs={"iterations": 2}, progress=False)
+    result = lt.auto_quant(
+        net,
+        data[0][:1],
+        data,
+        lambda m: next(scores),
+        allowed_drop=0.0,
+        path=tmp_path,
+        adaround_kwargs={"iterations": 2},
+        progress=False,
+    )
     assert [s["stage"] for s in result.stages] == ["float", "bn_fold", "cle", "adaround"]
     assert len(equalized) == 1 and rounded_from == equalized
 
@@ -202,14 +235,26 @@ def test_adaround_with_quantized_inputs_compensates_the_error_of_earlier_layers(
         target = net(held_out)
 
     def rounded(use_quantized_inputs: bool) -> nn.Module:
-        return lt.adaround(net, data[0][:1], data, param_bw=2, act_bw=32, iterations=500, lr=1e-2,
-                           use_quantized_inputs=use_quantized_inputs, path=tmp_path, progress=False)[0]
+        return lt.adaround(
+            net,
+            data[0][:1],
+            data,
+            param_bw=2,
+            act_bw=32,
+            iterations=500,
+            lr=1e-2,
+            use_quantized_inputs=use_quantized_inputs,
+            path=tmp_path,
+            progress=False,
+        )[0]
 
     asymmetric, symmetric = rounded(True), rounded(False)
     assert torch.equal(asymmetric.get_submodule("0").weight, symmetric.get_submodule("0").weight)
     with torch.no_grad():
-        error = {m: float((model(held_out) - target).pow(2).mean())
-                 for m, model in (("asymmetric", asymmetric), ("symmetric", symmetric))}
+        error = {
+            m: float((model(held_out) - target).pow(2).mean())
+            for m, model in (("asymmetric", asymmetric), ("symmetric", symmetric))
+        }
     assert error["asymmetric"] < 0.9 * error["symmetric"]
 
 
@@ -263,23 +308,27 @@ def test_adaround_rejects_bad_options_and_data_with_typed_errors(tmp_path) -> No
     assert not list(tmp_path.iterdir())  # nothing written either
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("iterations", 0, "iterations=0: pass a whole number ≥ 1"),  # once ran zero steps without a word
-    ("iterations", -5, "iterations=-5"),
-    ("iterations", 2.5, "iterations=2.5"),
-    ("lr", float("nan"), "lr=nan: pass a finite number > 0"),  # once failed inside Adam, after calibration
-    ("lr", -1, "lr=-1: pass a finite number > 0"),
-    ("lr", 0, "lr=0"),
-    ("reg_param", -0.1, "reg_param=-0.1: pass a finite number ≥ 0"),
-    ("beta_range", (20, 0), r"beta_range\[1\]=0: pass a finite number > 0"),
-    ("beta_range", 20, r"beta_range=20: pass \(start, end\)"),
-    ("warm_start", 1.5, r"warm_start=1.5: pass a fraction in \[0, 1\]"),
-    ("batch_size", 0, "batch_size=0"),
-    ("use_quantized_inputs", "no", "use_quantized_inputs='no': pass True or False"),
-    ("per_channel", "yes", "per_channel='yes'"),
-])
-def test_adaround_refuses_bad_optimisation_options_before_any_work(tmp_path, monkeypatch, option, value,
-                                                                   message) -> None:
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("iterations", 0, "iterations=0: pass a whole number ≥ 1"),  # once ran zero steps without a word
+        ("iterations", -5, "iterations=-5"),
+        ("iterations", 2.5, "iterations=2.5"),
+        ("lr", float("nan"), "lr=nan: pass a finite number > 0"),  # once failed inside Adam, after calibration
+        ("lr", -1, "lr=-1: pass a finite number > 0"),
+        ("lr", 0, "lr=0"),
+        ("reg_param", -0.1, "reg_param=-0.1: pass a finite number ≥ 0"),
+        ("beta_range", (20, 0), r"beta_range\[1\]=0: pass a finite number > 0"),
+        ("beta_range", 20, r"beta_range=20: pass \(start, end\)"),
+        ("warm_start", 1.5, r"warm_start=1.5: pass a fraction in \[0, 1\]"),
+        ("batch_size", 0, "batch_size=0"),
+        ("use_quantized_inputs", "no", "use_quantized_inputs='no': pass True or False"),
+        ("per_channel", "yes", "per_channel='yes'"),
+    ],
+)
+def test_adaround_refuses_bad_optimisation_options_before_any_work(
+    tmp_path, monkeypatch, option, value, message
+) -> None:
     net, data = _small_net(), _calibration()
     before = state_snapshot(net)
     traced = []
@@ -296,11 +345,11 @@ def test_adaround_output_location_is_checked_before_any_work(tmp_path, monkeypat
     monkeypatch.setattr("leantorch.ptq.layer_rounding.prepare", lambda *a, **k: traced.append(1))
     a_file = tmp_path / "taken"
     a_file.write_text("")
-    for kwargs, error, message in [({"path": a_file}, lt.OutputPathError, "taken is an existing file"),
-                                   ({"path": tmp_path, "filename_prefix": ""}, lt.OutputPathError,
-                                    "filename_prefix=''"),
-                                   ({"path": tmp_path, "filename_prefix": None}, lt.InvalidOptionError,
-                                    "filename_prefix=None")]:
+    for kwargs, error, message in [
+        ({"path": a_file}, lt.OutputPathError, "taken is an existing file"),
+        ({"path": tmp_path, "filename_prefix": ""}, lt.OutputPathError, "filename_prefix=''"),
+        ({"path": tmp_path, "filename_prefix": None}, lt.InvalidOptionError, "filename_prefix=None"),
+    ]:
         with pytest.raises(error, match=message):
             lt.adaround(net, data[0][:1], data, iterations=5, progress=False, **kwargs)
     assert not traced
@@ -315,9 +364,11 @@ def test_ptq_batches_follow_the_calibration_rule(tmp_path) -> None:
     with_labels = lt.bias_correction(net, x, labelled, param_bw=4, progress=False)
     torch.testing.assert_close(plain.get_submodule("3").bias, with_labels.get_submodule("3").bias, rtol=0, atol=0)
     structure = r"a batch must be a tensor, or a tuple/list whose first 1 item\(s\) are the model's input tensor"
-    for bad, message in [([None], "calibration batch 0 is None; " + structure),
-                         ([data[0], {"x": data[1]}], r"calibration batch 1 is a dict with keys \['x'\]; " + structure),
-                         (5, "calibration must be an iterable of batches .*, got int 5")]:
+    for bad, message in [
+        ([None], "calibration batch 0 is None; " + structure),
+        ([data[0], {"x": data[1]}], r"calibration batch 1 is a dict with keys \['x'\]; " + structure),
+        (5, "calibration must be an iterable of batches .*, got int 5"),
+    ]:
         with pytest.raises(lt.CalibrationDataError, match=message):
             lt.bias_correction(net, x, bad, progress=False)
         with pytest.raises(lt.CalibrationDataError, match=message):
@@ -353,17 +404,20 @@ def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
         InputMoments(nn.Linear(3, 2)).second_moment()
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"iteration": 100}, r"no adaround option 'iteration'; choose from .*iterations.*lr"),
-    ({"path": "/tmp"}, r"'path' is set by auto_quant itself"),
-    ({"per_channel": True}, r"'per_channel' is set by auto_quant itself"),
-    ({"param_bw": 4}, r"'param_bw' is set by auto_quant itself"),
-    ({"iterations": 0}, r"iterations"),
-    ({"lr": float("nan")}, r"lr"),
-    ({"objective": "mean"}, r"objective='mean'"),
-    ({"filename_prefix": None}, r"filename_prefix"),
-    ([("iterations", 5)], r"adaround_kwargs=.*pass a dict"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"iteration": 100}, r"no adaround option 'iteration'; choose from .*iterations.*lr"),
+        ({"path": "/tmp"}, r"'path' is set by auto_quant itself"),
+        ({"per_channel": True}, r"'per_channel' is set by auto_quant itself"),
+        ({"param_bw": 4}, r"'param_bw' is set by auto_quant itself"),
+        ({"iterations": 0}, r"iterations"),
+        ({"lr": float("nan")}, r"lr"),
+        ({"objective": "mean"}, r"objective='mean'"),
+        ({"filename_prefix": None}, r"filename_prefix"),
+        ([("iterations", 5)], r"adaround_kwargs=.*pass a dict"),
+    ],
+)
 def test_auto_quant_checks_adaround_kwargs_before_any_evaluation(kwargs, words) -> None:
     """A typo or a bad AdaRound option used to surface only when the third stage started (after the float,
     BN-fold and CLE stages were scored), as a raw TypeError for an unknown key."""
@@ -394,9 +448,17 @@ def test_auto_quant_passes_adaround_kwargs_through(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(auto, "adaround", recording)
     net, data = _small_net(), _calibration()
     with pytest.raises(KeyboardInterrupt):
-        lt.auto_quant(net, data[0][:1], data, lambda m: 1.0 if m is net else 0.0, path=tmp_path, progress=False,
-                      per_channel=None, config="per_channel",
-                      adaround_kwargs={"iterations": 3, "lr": 0.01})
+        lt.auto_quant(
+            net,
+            data[0][:1],
+            data,
+            lambda m: 1.0 if m is net else 0.0,
+            path=tmp_path,
+            progress=False,
+            per_channel=None,
+            config="per_channel",
+            adaround_kwargs={"iterations": 3, "lr": 0.01},
+        )
     assert (seen["iterations"], seen["lr"], seen["per_channel"], seen["config"]) == (3, 0.01, None, "per_channel")
 
 

@@ -151,11 +151,25 @@ def assert_all_finite(model: nn.Module) -> None:
     assert not bad, f"non-finite tensors left in the sim: {bad}"
 
 
-@pytest.mark.parametrize("options", [
-    {"lr": float("nan")}, {"lr": float("inf")}, {"lr": -1e-3}, {"lr": 0.0}, {"lr": "1e-3"},
-    {"range_lr": float("nan")}, {"range_lr": -1.0}, {"weight_decay": -0.1}, {"weight_decay": float("nan")},
-    {"epochs": 0}, {"epochs": -2}, {"epochs": 1.5}, {"epochs": True}, {"optimizer": "rmsprop"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lr": float("nan")},
+        {"lr": float("inf")},
+        {"lr": -1e-3},
+        {"lr": 0.0},
+        {"lr": "1e-3"},
+        {"range_lr": float("nan")},
+        {"range_lr": -1.0},
+        {"weight_decay": -0.1},
+        {"weight_decay": float("nan")},
+        {"epochs": 0},
+        {"epochs": -2},
+        {"epochs": 1.5},
+        {"epochs": True},
+        {"optimizer": "rmsprop"},
+    ],
+)
 def test_fit_rejects_bad_options_before_touching_the_sim(options: dict) -> None:
     sim, data = small_sim()
     before = state_snapshot(sim.model)
@@ -275,6 +289,7 @@ def test_a_one_shot_iterator_with_several_epochs_is_refused_before_training() ->
 
 def test_fit_accepts_map_style_datasets_grouped_inputs_and_numpy_flags() -> None:
     from torch.utils.data import Subset, TensorDataset
+
     sim, data = small_sim()
     x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
     dataset = TensorDataset(x[:4], y[:4])  # map-style: iterated through __getitem__ (one sample per "batch")

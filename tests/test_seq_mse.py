@@ -20,8 +20,9 @@ def _brute_force(w: torch.Tensor, x: torch.Tensor, xq: torch.Tensor, enc, n: int
     lo, hi = (w.amin(1), w.amax(1)) if enc.axis is not None else (w.min(), w.max())
     base = ((w @ x - w @ xq) ** 2).mean(1)
     for i in range(1, n + 1):
-        cand = compute_encoding(lo * i / n, hi * i / n, enc.bitwidth, enc.symmetric,
-                                unsigned_symmetric=not enc.is_signed, axis=enc.axis)
+        cand = compute_encoding(
+            lo * i / n, hi * i / n, enc.bitwidth, enc.symmetric, unsigned_symmetric=not enc.is_signed, axis=enc.axis
+        )
         s = cand.scale.double().reshape(-1, 1) if enc.axis is not None else cand.scale.double()
         o = cand.offset.double().reshape(-1, 1) if enc.axis is not None else cand.offset.double()
         wq = s * (torch.clamp(torch.round(w / s) - o, 0, cand.num_steps) + o)
@@ -80,14 +81,21 @@ def test_per_tensor_search_minimises_the_summed_error() -> None:
 @pytest.mark.parametrize("inputs", ["symqt", "asym", "symfp"])
 def test_seq_mse_end_to_end_weights_on_frozen_grids_and_better_than_nearest(tmp_path, inputs: str) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=4, padding=1),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, groups=4, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 10),
+    ).eval()
     with torch.no_grad():
         net[0].weight[:, :, 0, 0] *= 6  # outlier weights: the full range wastes 4-bit steps on them
     data = [torch.randn(16, 3, 8, 8) for _ in range(4)]
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    chosen, path = lt.seq_mse(net, data[0][:1], data, param_bw=4, act_bw=8, inputs=inputs, path=tmp_path,
-                              progress=False)
+    chosen, path = lt.seq_mse(
+        net, data[0][:1], data, param_bw=4, act_bw=8, inputs=inputs, path=tmp_path, progress=False
+    )
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the input model is untouched
     sim = lt.QuantSim(chosen, data[0][:1], param_bw=4, act_bw=8, per_channel=True)
     sim.set_and_freeze_param_encodings(path)

@@ -51,16 +51,19 @@ def test_config_json_roundtrip_and_overrides(tmp_path, resnet) -> None:
         lt.QuantSim(resnet, torch.randn(1, 3, 32, 32), config="nope")
 
 
-@pytest.mark.parametrize("cfg,message", [
-    ({"param_symmetric": "False"}, "'param_symmetric' is 'False' \\(a str\\); it must be true or false"),
-    ({"op_types": {"Linear": {"per_channel": "x"}}}, "'op_types.Linear.per_channel' is 'x'"),
-    ({"op_types": []}, "'op_types' is \\[\\] \\(a list\\)"),
-    ({"op_types": {"Linaer": {"per_channel": True}}}, "unknown op type 'Linaer'"),
-    ({"supergroups": 5}, "'supergroups' is 5; it must be a list of non-empty lists"),
-    ({"supergroups": [[]]}, "'supergroups' is \\[\\[\\]\\]"),
-    ({"supergroups": [["Conv", 3]]}, "unknown op type 3"),
-    ({"name": 5}, "'name' is 5"),
-])
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        ({"param_symmetric": "False"}, "'param_symmetric' is 'False' \\(a str\\); it must be true or false"),
+        ({"op_types": {"Linear": {"per_channel": "x"}}}, "'op_types.Linear.per_channel' is 'x'"),
+        ({"op_types": []}, "'op_types' is \\[\\] \\(a list\\)"),
+        ({"op_types": {"Linaer": {"per_channel": True}}}, "unknown op type 'Linaer'"),
+        ({"supergroups": 5}, "'supergroups' is 5; it must be a list of non-empty lists"),
+        ({"supergroups": [[]]}, "'supergroups' is \\[\\[\\]\\]"),
+        ({"supergroups": [["Conv", 3]]}, "unknown op type 3"),
+        ({"name": 5}, "'name' is 5"),
+    ],
+)
 def test_wrongly_typed_config_values_name_key_value_and_type(cfg, message) -> None:
     model, x = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval(), torch.randn(2, 3)
     before = state_snapshot(model)
@@ -84,9 +87,11 @@ def test_config_file_must_hold_a_json_object(tmp_path, text: str) -> None:
 def test_per_channel_and_range_learning_must_be_flags() -> None:
     model, x = nn.Linear(3, 2).eval(), torch.randn(1, 3)
     before = state_snapshot(model)
-    for kwargs, message in [({"per_channel": "yes"}, "per_channel='yes': pass True, False or None"),
-                            ({"per_channel": 1}, "per_channel=1"),
-                            ({"range_learning": "no"}, "range_learning='no': pass True or False")]:
+    for kwargs, message in [
+        ({"per_channel": "yes"}, "per_channel='yes': pass True, False or None"),
+        ({"per_channel": 1}, "per_channel=1"),
+        ({"range_learning": "no"}, "range_learning='no': pass True or False"),
+    ]:
         with pytest.raises(lt.InvalidOptionError, match=message):
             lt.QuantSim(model, x, **kwargs)
     assert_unchanged(model, before)
@@ -150,13 +155,18 @@ def test_enable_disable_globally_and_per_layer(resnet) -> None:
 def test_calibration_that_is_not_batches_is_named(resnet) -> None:
     data = calib(1)
     sim = lt.QuantSim(resnet, data[0][:1])
-    for bad, message in [(None, "calibration must be an iterable of batches .* or a callable\\(model\\), got None"),
-                         (5, "got int 5"), ({"x": data[0]}, "got a dict"),
-                         ([None], "calibration batch 0 is None; a batch must be a tensor, or a tuple/list whose "
-                                  "first 1 item\\(s\\) are the model's input tensor\\(s\\)"),
-                         ([{"x": data[0]}], r"calibration batch 0 is a dict with keys \['x'\].*\(batch\['x'\],\)"),
-                         ([(3, "label")],
-                          "calibration batch 0 is a tuple holding 0 tensor\\(s\\) \\(int 3, str 'label'\\)")]:
+    for bad, message in [
+        (None, "calibration must be an iterable of batches .* or a callable\\(model\\), got None"),
+        (5, "got int 5"),
+        ({"x": data[0]}, "got a dict"),
+        (
+            [None],
+            "calibration batch 0 is None; a batch must be a tensor, or a tuple/list whose "
+            "first 1 item\\(s\\) are the model's input tensor\\(s\\)",
+        ),
+        ([{"x": data[0]}], r"calibration batch 0 is a dict with keys \['x'\].*\(batch\['x'\],\)"),
+        ([(3, "label")], "calibration batch 0 is a tuple holding 0 tensor\\(s\\) \\(int 3, str 'label'\\)"),
+    ]:
         with pytest.raises(lt.CalibrationDataError, match=message):
             sim.compute_encodings(bad, progress=False)
     assert all(q.encoding is None for q in sim.quantizers().values())  # nothing was set
@@ -278,6 +288,7 @@ class _TwoInputs(nn.Module):
 
 def test_calibration_reads_grouped_inputs_and_map_style_datasets() -> None:
     from torch.utils.data import Subset, TensorDataset
+
     x1, x2, y = torch.randn(4, 3), torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
     sim = lt.QuantSim(_TwoInputs(), (x1[:1], x2[:1]), param_bw=8, act_bw=8)
     sim.compute_encodings([((x1, x2), y)], progress=False)  # the default collate of ((x1, x2), y) samples
@@ -306,14 +317,17 @@ class _Raises(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"),
-                                 lt.EncodingsMissingError("no encoding")])
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"), lt.EncodingsMissingError("no encoding")])
 def test_out_of_memory_and_leantorch_errors_are_not_reported_as_a_bad_batch(exc: Exception) -> None:
     from leantorch.batches import run_batch
+
     model = _Raises(exc)
     with pytest.raises(type(exc)) as info:
         run_batch(model, (torch.randn(7, 3),), 0)
     assert info.value is exc
-    with pytest.raises(lt.CalibrationDataError, match=r"batch 3 \(input shapes \[\(7, 2\)\]; the example input had "
-                                                      r"\[\(1, 3\)\]\)"):
+    with pytest.raises(
+        lt.CalibrationDataError,
+        match=r"batch 3 \(input shapes \[\(7, 2\)\]; the example input had "
+        r"\[\(1, 3\)\]\)",
+    ):
         run_batch(nn.Linear(3, 2), (torch.randn(7, 2),), 3, example_shapes=[(1, 3)])

@@ -28,8 +28,13 @@ def test_commit_moves_files_and_keeps_unrelated_ones(tmp_path) -> None:
         (out / "plots" / "a.png").write_text("plot")
         report.write_text("<html>")
         assert _tree(tmp_path / "out")["model.onnx"] == "old"  # nothing visible before the end
-    assert _tree(tmp_path) == {"out/model.onnx": "new", "out/notes.txt": "mine", "out/plots/old.png": "old plot",
-                               "out/plots/a.png": "plot", "new/deep/report.html": "<html>"}
+    assert _tree(tmp_path) == {
+        "out/model.onnx": "new",
+        "out/notes.txt": "mine",
+        "out/plots/old.png": "old plot",
+        "out/plots/a.png": "plot",
+        "new/deep/report.html": "<html>",
+    }
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])

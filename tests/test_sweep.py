@@ -23,6 +23,7 @@ def _scaled(module: nn.Module, factor: float):  # type: ignore[no-untyped-def]
             yield
         finally:
             module.weight.data.copy_(saved)
+
     return change
 
 
@@ -46,8 +47,10 @@ def test_sensitivity_from_suffixes_equals_full_runs() -> None:
     torch.manual_seed(0)
     for model, data in [
         (ResNetSmall(num_classes=10, width=8).eval(), [torch.randn(6, 3, 32, 32) for _ in range(2)]),
-        (TransformerClassifier(in_features=16, num_classes=5, dim=32, depth=2).eval(),
-         [torch.randn(4, 10, 16) for _ in range(2)]),
+        (
+            TransformerClassifier(in_features=16, num_classes=5, dim=32, depth=2).eval(),
+            [torch.randn(4, 10, 16) for _ in range(2)],
+        ),
     ]:
         sim = lt.QuantSim(model, data[0][:1], param_bw=4, act_bw=4)
         sim.compute_encodings(data, progress=False)

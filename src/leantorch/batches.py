@@ -25,12 +25,19 @@ import torch
 from .errors import CalibrationDataError, DataError, LeanTorchError
 
 #: What a batch may look like, for error messages.
-ACCEPTED = ("a tensor, or a tuple/list whose first {n} item(s) are the model's input tensor(s) (labels after "
-            "them are ignored)")
+ACCEPTED = (
+    "a tensor, or a tuple/list whose first {n} item(s) are the model's input tensor(s) (labels after them are ignored)"
+)
 
 
-def model_inputs(batch: Any, num_inputs: int, index: int, error: type[DataError] = CalibrationDataError,
-                 what: str = "calibration batch", device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+def model_inputs(
+    batch: Any,
+    num_inputs: int,
+    index: int,
+    error: type[DataError] = CalibrationDataError,
+    what: str = "calibration batch",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, ...]:
     """The first ``num_inputs`` tensors of ``batch``, moved to ``device`` and checked (count, NaN/Inf).
 
     Args:
@@ -53,21 +60,27 @@ def model_inputs(batch: Any, num_inputs: int, index: int, error: type[DataError]
         if items and _is_tensor_sequence(items[0]):  # ((x1, x2), y): the inputs grouped first
             items = tuple(items[0])
     else:
-        hint = (": pass the model inputs as a tuple, e.g. (batch['x'],) — keyword inputs are not supported"
-                if isinstance(batch, dict) else "")
+        hint = (
+            ": pass the model inputs as a tuple, e.g. (batch['x'],) — keyword inputs are not supported"
+            if isinstance(batch, dict)
+            else ""
+        )
         raise error(f"{what} {index} is {_describe(batch)}; a batch must be {ACCEPTED.format(n=num_inputs)}{hint}")
     tensors = [x for x in items if isinstance(x, torch.Tensor)]
     if len(tensors) < num_inputs:
-        raise error(f"{what} {index} is a {type(batch).__name__} holding {len(tensors)} tensor(s) "
-                    f"({', '.join(_describe(x) for x in items[:4]) or 'nothing'}); the model takes {num_inputs} "
-                    f"input(s), so a batch must be {ACCEPTED.format(n=num_inputs)}")
+        raise error(
+            f"{what} {index} is a {type(batch).__name__} holding {len(tensors)} tensor(s) "
+            f"({', '.join(_describe(x) for x in items[:4]) or 'nothing'}); the model takes {num_inputs} "
+            f"input(s), so a batch must be {ACCEPTED.format(n=num_inputs)}"
+        )
     inputs = tuple(tensors[:num_inputs])
     if device is not None:  # checked where it will run: the scan is fast there, and the copy is needed anyway
         inputs = tuple(x.to(device) for x in inputs)
     for j, x in enumerate(inputs):
         if not all_finite(x):
-            raise error(f"{what} {index}, input {j} (shape {tuple(x.shape)}) contains NaN or Inf; "
-                        "clean or drop that batch.")
+            raise error(
+                f"{what} {index}, input {j} (shape {tuple(x.shape)}) contains NaN or Inf; clean or drop that batch."
+            )
     return inputs
 
 
@@ -81,8 +94,11 @@ def all_finite(*tensors: torch.Tensor) -> bool:
         >>> all_finite(torch.ones(3), torch.tensor([1.0, float("-inf")]))
         False
     """
-    flags = [torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all()
-             for t in tensors if t.is_floating_point() and t.numel()]
+    flags = [
+        torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all()
+        for t in tensors
+        if t.is_floating_point() and t.numel()
+    ]
     return not flags or bool(torch.stack(flags).all())
 
 
@@ -90,8 +106,14 @@ def all_finite(*tensors: torch.Tensor) -> bool:
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
-def run_batch(model: Any, inputs: tuple, index: int, error: type[DataError] = CalibrationDataError,
-              example_shapes: list | None = None, what: str = "calibration batch") -> Any:
+def run_batch(
+    model: Any,
+    inputs: tuple,
+    index: int,
+    error: type[DataError] = CalibrationDataError,
+    example_shapes: list | None = None,
+    what: str = "calibration batch",
+) -> Any:
     """``model(*inputs)``; a RuntimeError from the forward (a shape that does not fit) raises ``error`` naming
     the batch, its input shapes and ``example_shapes``.
 
@@ -105,12 +127,15 @@ def run_batch(model: Any, inputs: tuple, index: int, error: type[DataError] = Ca
     except RuntimeError as err:  # torch's message names a layer's weight, not the batch: say which and what fits
         shapes = [tuple(x.shape) for x in inputs]
         expected = f"; the example input had {example_shapes}" if example_shapes is not None else ""
-        raise error(f"the model fails on {what} {index} (input shapes {shapes}{expected}): {err}. Give batches "
-                    "shaped like the example input.") from err
+        raise error(
+            f"the model fails on {what} {index} (input shapes {shapes}{expected}): {err}. Give batches "
+            "shaped like the example input."
+        ) from err
 
 
-def check_iterable(data: Any, what: str = "calibration", error: type[DataError] = CalibrationDataError,
-                   allow_callable: bool = False) -> None:
+def check_iterable(
+    data: Any, what: str = "calibration", error: type[DataError] = CalibrationDataError, allow_callable: bool = False
+) -> None:
     """Refuse what cannot be a sequence of batches: None, a single tensor, a number, a string, a dict.
 
     Raises:
@@ -144,8 +169,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict with keys {list(value)[:5]}"
     if isinstance(value, (tuple, list)):
-        shown = ", ".join(tuple(x.shape).__repr__() if isinstance(x, torch.Tensor) else _describe(x)
-                          for x in value[:4])
+        shown = ", ".join(tuple(x.shape).__repr__() if isinstance(x, torch.Tensor) else _describe(x) for x in value[:4])
         more = ", ..." if len(value) > 4 else ""
         return f"a {type(value).__name__} of {len(value)} ({shown}{more})"
     text = " ".join(repr(value).split())

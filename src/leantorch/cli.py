@@ -95,13 +95,17 @@ def load_model(spec: str) -> nn.Module:
 def _check_factory(factory: object, spec: str) -> None:
     """The factory must be callable without arguments; a TypeError from inside it is the model's own."""
     if not callable(factory):
-        raise InvalidOptionError(f"--model {spec} is a {type(factory).__name__}, not a function or class: name "
-                                 "a factory that returns an nn.Module")
+        raise InvalidOptionError(
+            f"--model {spec} is a {type(factory).__name__}, not a function or class: name "
+            "a factory that returns an nn.Module"
+        )
     try:
         inspect.signature(factory).bind()
     except TypeError as exc:
-        raise InvalidOptionError(f"--model {spec} cannot be called without arguments ({exc}): name a factory "
-                                 "whose arguments all have defaults, or write one that supplies them") from exc
+        raise InvalidOptionError(
+            f"--model {spec} cannot be called without arguments ({exc}): name a factory "
+            "whose arguments all have defaults, or write one that supplies them"
+        ) from exc
     except ValueError:  # no signature to inspect (some builtins): let the call itself decide
         pass
 
@@ -115,8 +119,13 @@ def _model_and_data(args: argparse.Namespace, count: int, error: type[DataError]
 
 
 def _sim_options(args: argparse.Namespace) -> dict:
-    return {"param_bw": args.param_bw, "act_bw": args.act_bw, "scheme": args.scheme,
-            "per_channel": args.per_channel or None, "config": args.config}
+    return {
+        "param_bw": args.param_bw,
+        "act_bw": args.act_bw,
+        "scheme": args.scheme,
+        "per_channel": args.per_channel or None,
+        "config": args.config,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- techniques
@@ -132,12 +141,21 @@ def _structural(model: nn.Module, example: torch.Tensor, args: argparse.Namespac
 
 def _adaround_options(args: argparse.Namespace) -> dict[str, Any]:
     """AdaRound's schedule, and its data: the first ADAROUND_SAMPLES calibration samples whatever --batch-size."""
-    return {"iterations": args.adaround_iterations, "lr": args.adaround_lr,
-            "num_batches": max(1, -(-min(ADAROUND_SAMPLES, args.num_samples) // args.batch_size))}
+    return {
+        "iterations": args.adaround_iterations,
+        "lr": args.adaround_lr,
+        "num_batches": max(1, -(-min(ADAROUND_SAMPLES, args.num_samples) // args.batch_size)),
+    }
 
 
-def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], args: argparse.Namespace,
-                    adaround_dir: Path, progress: bool) -> QuantSim:
+def _calibrated_sim(
+    model: nn.Module,
+    sim: QuantSim,
+    calib: list[torch.Tensor],
+    args: argparse.Namespace,
+    adaround_dir: Path,
+    progress: bool,
+) -> QuantSim:
     """--bias-correction → --adaround / --gptq / --seq-mse → calibrated QuantSim (the long part).
 
     ``sim`` is the (uncalibrated) QuantSim of ``model`` built to check the options; it is used as it is
@@ -149,14 +167,29 @@ def _calibrated_sim(model: nn.Module, sim: QuantSim, calib: list[torch.Tensor], 
     encodings = None
     if args.adaround:
         # The same quantization as the QuantSim that loads the file (per_channel None: the config decides).
-        model, encodings = adaround(model, example, calib, path=adaround_dir, progress=progress,
-                                    **_adaround_options(args), **options)
+        model, encodings = adaround(
+            model, example, calib, path=adaround_dir, progress=progress, **_adaround_options(args), **options
+        )
     if args.gptq:  # the same data and grids as AdaRound's
-        model, encodings = gptq(model, example, calib, path=adaround_dir, progress=progress,
-                                num_batches=_adaround_options(args)["num_batches"], **options)
+        model, encodings = gptq(
+            model,
+            example,
+            calib,
+            path=adaround_dir,
+            progress=progress,
+            num_batches=_adaround_options(args)["num_batches"],
+            **options,
+        )
     if args.seq_mse:  # the same data as AdaRound's; the grids are what it chooses
-        model, encodings = seq_mse(model, example, calib, path=adaround_dir, progress=progress,
-                                   num_batches=_adaround_options(args)["num_batches"], **options)
+        model, encodings = seq_mse(
+            model,
+            example,
+            calib,
+            path=adaround_dir,
+            progress=progress,
+            num_batches=_adaround_options(args)["num_batches"],
+            **options,
+        )
     if args.bias_correction or args.adaround or args.gptq or args.seq_mse:
         sim = QuantSim(model, example, **options)
     if encodings is not None:
@@ -195,13 +228,24 @@ def _check_auto(args: argparse.Namespace) -> None:
     """--auto picks BN fold / CLE / AdaRound itself: a technique flag beside it would be silently ignored."""
     if not args.auto:
         return
-    chosen = [flag for flag, on in (("--fold-bn", args.fold_bn), ("--cle", args.cle),
-                                    ("--bias-correction", args.bias_correction), ("--adaround", args.adaround),
-                                    ("--gptq", args.gptq), ("--seq-mse", args.seq_mse)) if on]
+    chosen = [
+        flag
+        for flag, on in (
+            ("--fold-bn", args.fold_bn),
+            ("--cle", args.cle),
+            ("--bias-correction", args.bias_correction),
+            ("--adaround", args.adaround),
+            ("--gptq", args.gptq),
+            ("--seq-mse", args.seq_mse),
+        )
+        if on
+    ]
     if chosen:
-        raise InvalidOptionError(f"--auto chooses the techniques itself; drop {' '.join(chosen)} (or drop --auto "
-                                 "to apply them yourself). --adaround-iterations and --adaround-lr do apply to "
-                                 "--auto's AdaRound stage")
+        raise InvalidOptionError(
+            f"--auto chooses the techniques itself; drop {' '.join(chosen)} (or drop --auto "
+            "to apply them yourself). --adaround-iterations and --adaround-lr do apply to "
+            "--auto's AdaRound stage"
+        )
 
 
 def _fill_defaults(args: argparse.Namespace, defaults: dict[str, Any], thorough: dict[str, Any]) -> None:
@@ -229,24 +273,46 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         reference = model_outputs(model, calib, progress=progress, desc="FP32")
         scored: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # outputs of each model auto_quant scored
         if args.auto:
+
             def agreement(candidate: nn.Module) -> float:
                 outputs = model_outputs(candidate, calib, progress=False)
                 scored[id(candidate)] = (candidate, outputs)  # the module is kept alive, so its id stays unique
                 return Agreement.of(reference, outputs).top1
 
-            result = auto_quant(model, example, calib, agreement, allowed_drop=args.allowed_drop, path=out,
-                                progress=progress, **_sim_options(args),
-                                adaround_kwargs=_adaround_options(args))
+            result = auto_quant(
+                model,
+                example,
+                calib,
+                agreement,
+                allowed_drop=args.allowed_drop,
+                path=out,
+                progress=progress,
+                **_sim_options(args),
+                adaround_kwargs=_adaround_options(args),
+            )
             print(markdown_table(result.stages))
             sim = result.sim
         else:
             sim = _calibrated_sim(structured, sim, calib, args, out, progress)
         # auto_quant's chosen model was scored on these batches already: its outputs are reused, not recomputed.
-        outputs = scored[id(sim.model)][1] if id(sim.model) in scored else \
-            model_outputs(sim.model, calib, progress=progress, desc="quantized")
+        outputs = (
+            scored[id(sim.model)][1]
+            if id(sim.model) in scored
+            else model_outputs(sim.model, calib, progress=progress, desc="quantized")
+        )
         row = Agreement.of(reference, outputs)
-        print(markdown_table([{"model": f"W{args.param_bw}A{args.act_bw}", "top-1 agreement": row.top1,
-                               "KL divergence": row.kl, "output SQNR (dB)": row.sqnr_db}]))
+        print(
+            markdown_table(
+                [
+                    {
+                        "model": f"W{args.param_bw}A{args.act_bw}",
+                        "top-1 agreement": row.top1,
+                        "KL divergence": row.kl,
+                        "output SQNR (dB)": row.sqnr_db,
+                    }
+                ]
+            )
+        )
         sim.export(out, args.name, unsigned_weights=args.uint8_weights)
         written = sorted(p.name for p in out.iterdir())  # the export, and adaround.encodings if any
     print(f"exported: {', '.join(str(Path(args.out) / name) for name in written)}")
@@ -276,10 +342,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         probe_samples = args.sensitivity_samples or (32 if args.thorough else 8)
         probe = batches(data[:probe_samples], args.batch_size)
         # SQNR per layer and histograms need no more than a few batches to be stable (--thorough: all of them).
-        report = analyze(sim, sqnr_score(model, probe), calib, layers=args.layers,
-                         num_batches=None if args.thorough else max(1, 64 // args.batch_size),
-                         sensitivity=not args.no_sensitivity, progress=progress, workers=args.workers,
-                         ray_address=args.ray_address)
+        report = analyze(
+            sim,
+            sqnr_score(model, probe),
+            calib,
+            layers=args.layers,
+            num_batches=None if args.thorough else max(1, 64 // args.batch_size),
+            sensitivity=not args.no_sensitivity,
+            progress=progress,
+            workers=args.workers,
+            ray_address=args.ray_address,
+        )
         if args.cle:
             report.add_equalization(fold_batch_norms(model, example)[0], sim.model)
         print(markdown_table(report.summary_rows()))
@@ -302,10 +375,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         out = staging.directory(args.out)
         model, data = _model_and_data(args, args.num_samples + args.eval_samples, DataError)
         if len(data) <= args.num_samples:
-            raise DataError(f"--data has {len(data)} samples; compress needs more than --num-samples "
-                            f"({args.num_samples}) to hold some out for scoring")
-        calib = batches(data[:args.num_samples], args.batch_size)
-        evals = batches(data[args.num_samples:], args.batch_size)
+            raise DataError(
+                f"--data has {len(data)} samples; compress needs more than --num-samples "
+                f"({args.num_samples}) to hold some out for scoring"
+            )
+        calib = batches(data[: args.num_samples], args.batch_size)
+        evals = batches(data[args.num_samples :], args.batch_size)
         example = calib[0][:1]
         if args.skip:
             _check_names("--skip", args.skip, list(compression.cost(prepare(model, example), example).layers))
@@ -316,11 +391,27 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         # The eval-score tables are a cache, not an output: they go straight to --out, so that a later
         # run (another --target, or after a failure further on) reuses them.
         compressed, info = compression.compress(
-            model, example, agreement, args.scheme, args.target, calibration=calib, candidates=args.candidates,
-            rank_multiple=args.rank_multiple, skip_layers=args.skip, cache_dir=args.out,
-            progress=not args.no_progress, workers=args.workers, ray_address=args.ray_address)
-        summary = {"scheme": info.scheme, "MAC ratio": info.mac_ratio, "MACs before": info.macs_before,
-                   "MACs after": info.macs_after, "top-1 agreement": info.score}
+            model,
+            example,
+            agreement,
+            args.scheme,
+            args.target,
+            calibration=calib,
+            candidates=args.candidates,
+            rank_multiple=args.rank_multiple,
+            skip_layers=args.skip,
+            cache_dir=args.out,
+            progress=not args.no_progress,
+            workers=args.workers,
+            ray_address=args.ray_address,
+        )
+        summary = {
+            "scheme": info.scheme,
+            "MAC ratio": info.mac_ratio,
+            "MACs before": info.macs_before,
+            "MACs after": info.macs_after,
+            "top-1 agreement": info.score,
+        }
         # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
         torch.jit.save(torch.jit.trace(compressed, example), str(out / "compressed.pt"))
         export_float_onnx(compressed, example, out / "compressed.onnx")
@@ -330,7 +421,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             sim = _quantize_preset(compressed, example, calib, args.quantize)
             summary[f"top-1 agreement {args.quantize}"] = agreement(sim.model)
             timed[f"original {args.quantize}"] = _quantize_preset(model, example, calib, args.quantize).export(
-                scratch, "original")["onnx"]
+                scratch, "original"
+            )["onnx"]
             timed[name] = sim.export(out, name)["onnx"]
         print(markdown_table([summary]))
         # What the MAC ratio buys in a runtime: ONNX Runtime on the original and the compressed model (and their
@@ -338,14 +430,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         rows = []
         for pair in ([*timed][:2], [*timed][2:]):
             if pair:
-                rows += [{**row, "MAC ratio": info.mac_ratio if row["model"].startswith("compressed") else 1.0}
-                         for row in compression.compare_latency({k: timed[k] for k in pair}, example, repeats=10)]
+                rows += [
+                    {**row, "MAC ratio": info.mac_ratio if row["model"].startswith("compressed") else 1.0}
+                    for row in compression.compare_latency({k: timed[k] for k in pair}, example, repeats=10)
+                ]
         print(markdown_table(rows))
         write_report(info, out / "compression_report.html", plots_dir=out)
     final = Path(args.out)
     quantized = f", {final / f'compressed_{args.quantize}'}.{{onnx,encodings,pth}}" if args.quantize else ""
-    print(f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}"
-          f"{quantized}")
+    print(
+        f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}{quantized}"
+    )
     return 0
 
 
@@ -360,13 +455,22 @@ def _quantize_preset(model: nn.Module, example: torch.Tensor, calib: list[torch.
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, calibration=args.calibration, evaluation=args.evaluation, batch_size=args.batch_size,
-             progress=not args.no_progress)
+    run_demo(
+        args.out,
+        calibration=args.calibration,
+        evaluation=args.evaluation,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     return 0
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "quantize": _cmd_quantize, "analyze": _cmd_analyze, "compress": _cmd_compress, "demo": _cmd_demo}
+    "quantize": _cmd_quantize,
+    "analyze": _cmd_analyze,
+    "compress": _cmd_compress,
+    "demo": _cmd_demo,
+}
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -404,8 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__} (a bug in leantorch or in the model's code; the traceback "
-              "above says where)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__} (a bug in leantorch or in the model's code; the traceback "
+            "above says where)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -21,10 +21,12 @@ from .paths import check_file_name
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
 
-DESCRIPTION = ("Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
-               "Arguments, data and output locations are checked before any long computation; a mistake is "
-               "reported on one line (exit status 2; --debug shows the traceback), Ctrl-C exits with 130, and "
-               "outputs appear only when a command succeeds.")
+DESCRIPTION = (
+    "Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
+    "Arguments, data and output locations are checked before any long computation; a mistake is "
+    "reported on one line (exit status 2; --debug shows the traceback), Ctrl-C exits with 130, and "
+    "outputs appear only when a command succeeds."
+)
 
 
 # ---------------------------------------------------------------------------------------------- argument types
@@ -51,8 +53,10 @@ def _bitwidth(text: str) -> int:
     """2–16, or 32 for "keep in floating point" (as ``check_bitwidth``)."""
     value = int(_number(text, int, "an integer"))
     if not (MIN_BITWIDTH <= value <= MAX_BITWIDTH or value == FLOAT_BITWIDTH):
-        raise argparse.ArgumentTypeError(f"{value} is not supported: use {MIN_BITWIDTH} to {MAX_BITWIDTH}, "
-                                         f"or {FLOAT_BITWIDTH} to keep floating point")
+        raise argparse.ArgumentTypeError(
+            f"{value} is not supported: use {MIN_BITWIDTH} to {MAX_BITWIDTH}, "
+            f"or {FLOAT_BITWIDTH} to keep floating point"
+        )
     return value
 
 
@@ -73,8 +77,7 @@ def _non_negative_float(text: str) -> float:
 def _open_unit_interval(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (e.g. 0.5 keeps half the MACs), "
-                                         f"got {text}")
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (e.g. 0.5 keeps half the MACs), got {text}")
     return value
 
 
@@ -83,8 +86,9 @@ def _file_name(text: str) -> str:
     try:
         return check_file_name(text, "--name")
     except OutputPathError:
-        raise argparse.ArgumentTypeError(f"must be a plain file name without a directory part (that is --out), "
-                                          f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a plain file name without a directory part (that is --out), got {text!r}"
+        ) from None
 
 
 def _path_text(text: str) -> str:
@@ -111,20 +115,37 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: given after the subcommand these set the flag; absent, they leave the global default alone.
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="on an error, show the full traceback instead of the one-line message")
-    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="log diagnostics (INFO level)")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback instead of the one-line message",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log diagnostics (INFO level)"
+    )
 
 
 def _add_data_options(p: argparse.ArgumentParser, num_samples: int, batch_size: int, purpose: str) -> None:
-    p.add_argument("--model", required=True, help="package.module:factory returning an nn.Module "
-                   "(e.g. leantorch.models:efficientnet_lite0); NaN/Inf weights are refused")
-    p.add_argument("--data", required=True, help="a directory of .png/.jpg/.bmp images, a .npy array [N, ...] of "
-                   "model inputs, or builtin:images (scikit-image photograph crops); checked before any long work: "
-                   "unreadable files, NaN/Inf samples and samples the model cannot run are named")
-    p.add_argument("--num-samples", type=_positive_int, default=num_samples,
-                   help=f"{purpose} samples to use (default {num_samples})")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="package.module:factory returning an nn.Module "
+        "(e.g. leantorch.models:efficientnet_lite0); NaN/Inf weights are refused",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a directory of .png/.jpg/.bmp images, a .npy array [N, ...] of "
+        "model inputs, or builtin:images (scikit-image photograph crops); checked before any long work: "
+        "unreadable files, NaN/Inf samples and samples the model cannot run are named",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=num_samples,
+        help=f"{purpose} samples to use (default {num_samples})",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"batch size (default {batch_size})")
     p.add_argument("--image-size", type=_positive_int, default=224, help="image side for image data (default 224)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -132,8 +153,11 @@ def _add_data_options(p: argparse.ArgumentParser, num_samples: int, batch_size: 
 
 def add_parallel_options(p: argparse.ArgumentParser, what: str) -> None:
     """``--workers N`` / ``--ray-address ADDR``: run ``what`` on Ray (the optional extra ``leantorch[ray]``)."""
-    p.add_argument("--workers", type=_positive_int, help=f"run {what} in N local Ray worker processes "
-                   "(pip install \"leantorch[ray]\"); default: in this process")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        help=f'run {what} in N local Ray worker processes (pip install "leantorch[ray]"); default: in this process',
+    )
     p.add_argument("--ray-address", help=f"run {what} on an existing Ray cluster (auto, ray://host:10001)")
 
 
@@ -144,32 +168,63 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p, 256, 8, "calibration")
     p.add_argument("--param-bw", type=_bitwidth, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
     p.add_argument("--act-bw", type=_bitwidth, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
-    p.add_argument("--scheme", default="tf_enhanced", choices=estimator_names(),
-                   help="range estimator (default tf_enhanced; the choices are the registered estimators)")
+    p.add_argument(
+        "--scheme",
+        default="tf_enhanced",
+        choices=estimator_names(),
+        help="range estimator (default tf_enhanced; the choices are the registered estimators)",
+    )
     p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
     p.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
-    p.add_argument("--cle", action="store_true", help="cross-layer equalization (folds BN, scales layer pairs "
-                   "and depthwise triplets, absorbs high biases)")
-    p.add_argument("--bias-correction", choices=["empirical", "analytical", "hybrid"],
-                   help="correct the mean output error of weight quantization")
+    p.add_argument(
+        "--cle",
+        action="store_true",
+        help="cross-layer equalization (folds BN, scales layer pairs and depthwise triplets, absorbs high biases)",
+    )
+    p.add_argument(
+        "--bias-correction",
+        choices=["empirical", "analytical", "hybrid"],
+        help="correct the mean output error of weight quantization",
+    )
     rounding = p.add_mutually_exclusive_group()
-    rounding.add_argument("--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the "
-                          "weight encodings")
-    rounding.add_argument("--gptq", action="store_true", help="round weights with GPTQ (error feedback through the "
-                          "inverse input Hessian; one pass, no iterations) and freeze the weight encodings")
-    rounding.add_argument("--seq-mse", action="store_true", help="choose each weight encoding by Sequential MSE "
-                          "(the range, of 20 shrunk ones, with the least layer output error; one pass) and freeze "
-                          "the weight encodings")
-    p.add_argument("--adaround-iterations", type=_positive_int, help="AdaRound iterations per layer, also for "
-                   f"--auto's AdaRound stage (default {ADAROUND_DEFAULTS['adaround_iterations']}; "
-                   f"{ADAROUND_THOROUGH['adaround_iterations']} with --thorough, as in the paper)")
-    p.add_argument("--adaround-lr", type=_positive_float, help="AdaRound Adam learning rate, > 0, also for --auto "
-                   f"(default {ADAROUND_DEFAULTS['adaround_lr']:g}; {ADAROUND_THOROUGH['adaround_lr']:g} with "
-                   "--thorough, as in the paper)")
-    p.add_argument("--thorough", action="store_true", help="slower settings: AdaRound as in the paper; for "
-                   "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the "
-                   "first batches up to 64 samples")
+    rounding.add_argument(
+        "--adaround", action="store_true", help="learn weight rounding (AdaRound) and freeze the weight encodings"
+    )
+    rounding.add_argument(
+        "--gptq",
+        action="store_true",
+        help="round weights with GPTQ (error feedback through the "
+        "inverse input Hessian; one pass, no iterations) and freeze the weight encodings",
+    )
+    rounding.add_argument(
+        "--seq-mse",
+        action="store_true",
+        help="choose each weight encoding by Sequential MSE "
+        "(the range, of 20 shrunk ones, with the least layer output error; one pass) and freeze "
+        "the weight encodings",
+    )
+    p.add_argument(
+        "--adaround-iterations",
+        type=_positive_int,
+        help="AdaRound iterations per layer, also for "
+        f"--auto's AdaRound stage (default {ADAROUND_DEFAULTS['adaround_iterations']}; "
+        f"{ADAROUND_THOROUGH['adaround_iterations']} with --thorough, as in the paper)",
+    )
+    p.add_argument(
+        "--adaround-lr",
+        type=_positive_float,
+        help="AdaRound Adam learning rate, > 0, also for --auto "
+        f"(default {ADAROUND_DEFAULTS['adaround_lr']:g}; {ADAROUND_THOROUGH['adaround_lr']:g} with "
+        "--thorough, as in the paper)",
+    )
+    p.add_argument(
+        "--thorough",
+        action="store_true",
+        help="slower settings: AdaRound as in the paper; for "
+        "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the "
+        "first batches up to 64 samples",
+    )
 
 
 # AdaRound: 500 steps at lr 2e-2 reach the paper's 10,000 at 1e-3 (EfficientNet-Lite0 W4A8 per-channel: top-1
@@ -193,85 +248,148 @@ COMPRESS_THOROUGH = {"candidates": 10, "eval_samples": 64}
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``leantorch`` command."""
     parser = _Parser(prog="leantorch", description=DESCRIPTION)
-    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of "
-                        "the one-line message (also accepted after the subcommand)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of "
+        "the one-line message (also accepted after the subcommand)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True)
-    staged = (" Outputs appear only when the command succeeds: they are written to a temporary path next to "
-              "the destination and moved into place at the end; files already there are kept unless "
-              "overwritten by the new outputs.")
+    staged = (
+        " Outputs appear only when the command succeeds: they are written to a temporary path next to "
+        "the destination and moved into place at the end; files already there are kept unless "
+        "overwritten by the new outputs."
+    )
 
-    q = sub.add_parser("quantize", help="calibrate a QuantSim and export ONNX QDQ + encodings + weights",
-                       description="Quantize a model: trace it, optionally apply post-training techniques, "
-                                   "calibrate on data, print agreement with FP32 on that data, export "
-                                   "OUT/NAME.{onnx,encodings,pth} (and OUT/adaround.encodings with --adaround)."
-                                   + staged)
+    q = sub.add_parser(
+        "quantize",
+        help="calibrate a QuantSim and export ONNX QDQ + encodings + weights",
+        description="Quantize a model: trace it, optionally apply post-training techniques, "
+        "calibrate on data, print agreement with FP32 on that data, export "
+        "OUT/NAME.{onnx,encodings,pth} (and OUT/adaround.encodings with --adaround)." + staged,
+    )
     _add_common(q)
     _add_model_options(q)
-    q.add_argument("--auto", action="store_true", help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
-                   "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses "
-                   "the techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction, "
-                   "--adaround, --gptq or --seq-mse")
-    q.add_argument("--allowed-drop", type=_non_negative_float, default=0.01, help="allowed top-1 agreement drop "
-                   "for --auto, ≥ 0 (default 0.01)")
+    q.add_argument(
+        "--auto",
+        action="store_true",
+        help="AutoQuant: BN fold, then CLE, then AdaRound, stopping "
+        "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses "
+        "the techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction, "
+        "--adaround, --gptq or --seq-mse",
+    )
+    q.add_argument(
+        "--allowed-drop",
+        type=_non_negative_float,
+        default=0.01,
+        help="allowed top-1 agreement drop for --auto, ≥ 0 (default 0.01)",
+    )
     q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
     q.add_argument("--name", type=_file_name, default="model", help="file name prefix, a plain name (default model)")
-    q.add_argument("--uint8-weights", action="store_true", help="store symmetric weights as uint8 with zero "
-                   "point 128 (same grid): ONNX Runtime's fused kernels then stay exact on x86 CPUs without VNNI; "
-                   "leave off for TensorRT/QNN, which expect int8 weights")
+    q.add_argument(
+        "--uint8-weights",
+        action="store_true",
+        help="store symmetric weights as uint8 with zero "
+        "point 128 (same grid): ONNX Runtime's fused kernels then stay exact on x86 CPUs without VNNI; "
+        "leave off for TensorRT/QNN, which expect int8 weights",
+    )
 
-    a = sub.add_parser("analyze", help="quantization analysis: per-layer sensitivity, SQNR, ranges -> HTML report",
-                       description="Quantize a model as `quantize` does, then analyse where accuracy is lost "
-                                   "(score: output SQNR in dB against FP32 on the data, higher is better) and "
-                                   "write one self-contained HTML report (and, with --plots, the PNGs)." + staged)
+    a = sub.add_parser(
+        "analyze",
+        help="quantization analysis: per-layer sensitivity, SQNR, ranges -> HTML report",
+        description="Quantize a model as `quantize` does, then analyse where accuracy is lost "
+        "(score: output SQNR in dB against FP32 on the data, higher is better) and "
+        "write one self-contained HTML report (and, with --plots, the PNGs)." + staged,
+    )
     _add_common(a)
     _add_model_options(a)
-    a.add_argument("--out", type=_html_path, default="report.html", help="HTML report path, ending in .html "
-                   "(default report.html)")
+    a.add_argument(
+        "--out", type=_html_path, default="report.html", help="HTML report path, ending in .html (default report.html)"
+    )
     a.add_argument("--plots", type=_path_text, help="also write every plot as PNG into this directory")
-    a.add_argument("--layers", nargs="+", help="layers for the sensitivity sweep, checked against the model's "
-                   "quantized layers before calibration (default: every quantized layer)")
+    a.add_argument(
+        "--layers",
+        nargs="+",
+        help="layers for the sensitivity sweep, checked against the model's "
+        "quantized layers before calibration (default: every quantized layer)",
+    )
     a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
-    a.add_argument("--sensitivity-samples", type=_positive_int, help="samples scored in the sensitivity sweep "
-                   "(default 8, 32 with --thorough); the sweep runs only the part of the model after each layer")
+    a.add_argument(
+        "--sensitivity-samples",
+        type=_positive_int,
+        help="samples scored in the sensitivity sweep "
+        "(default 8, 32 with --thorough); the sweep runs only the part of the model after each layer",
+    )
     add_parallel_options(a, "the sensitivity sweep")
 
-    c = sub.add_parser("compress", help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
-                       description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "
-                                   "from an eval-score table (score: top-1 agreement with FP32 on held-out "
-                                   "samples of the data), cached in OUT as soon as it is complete (also when a "
-                                   "later step fails). Writes OUT/compressed.pt (TorchScript: torch.jit.load), "
-                                   "OUT/compressed.onnx (float), OUT/compression_report.html and the sensitivity "
-                                   "curves as PNG." + staged)
+    c = sub.add_parser(
+        "compress",
+        help="reduce MACs: weight SVD, spatial SVD, channel pruning (greedy ratios)",
+        description="Compress a model to a target MAC ratio. Per-layer ratios are chosen greedily "
+        "from an eval-score table (score: top-1 agreement with FP32 on held-out "
+        "samples of the data), cached in OUT as soon as it is complete (also when a "
+        "later step fails). Writes OUT/compressed.pt (TorchScript: torch.jit.load), "
+        "OUT/compressed.onnx (float), OUT/compression_report.html and the sensitivity "
+        "curves as PNG." + staged,
+    )
     _add_common(c)
     _add_data_options(c, 64, 16, "channel-pruning statistics")
-    c.add_argument("--scheme", nargs="+", default=["spatial_svd"], choices=scheme_names(),
-                   help="one scheme, or several run as stages (e.g. spatial_svd "
-                   "channel_pruning); default spatial_svd")
-    c.add_argument("--target", type=_open_unit_interval, default=0.5, help="MACs after / before, strictly between "
-                   "0 and 1 (default 0.5)")
-    c.add_argument("--candidates", type=_positive_int, help=f"candidate ratios per layer, evenly spaced (default "
-                   f"{COMPRESS_DEFAULTS['candidates']}, {COMPRESS_THOROUGH['candidates']} with --thorough)")
-    c.add_argument("--rank-multiple", type=_positive_int, default=8, help="round ranks/channels up to a multiple "
-                   "(default 8)")
-    c.add_argument("--skip", nargs="+", default=[], help="layer names to leave uncompressed (checked against the "
-                   "model's layers)")
-    c.add_argument("--eval-samples", type=_positive_int, help="held-out samples scoring each candidate (default "
-                   f"{COMPRESS_DEFAULTS['eval_samples']}, {COMPRESS_THOROUGH['eval_samples']} with --thorough)")
-    c.add_argument("--thorough", action="store_true", help="the slower settings: "
-                   + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in COMPRESS_THOROUGH.items()))
+    c.add_argument(
+        "--scheme",
+        nargs="+",
+        default=["spatial_svd"],
+        choices=scheme_names(),
+        help="one scheme, or several run as stages (e.g. spatial_svd channel_pruning); default spatial_svd",
+    )
+    c.add_argument(
+        "--target",
+        type=_open_unit_interval,
+        default=0.5,
+        help="MACs after / before, strictly between 0 and 1 (default 0.5)",
+    )
+    c.add_argument(
+        "--candidates",
+        type=_positive_int,
+        help=f"candidate ratios per layer, evenly spaced (default "
+        f"{COMPRESS_DEFAULTS['candidates']}, {COMPRESS_THOROUGH['candidates']} with --thorough)",
+    )
+    c.add_argument(
+        "--rank-multiple", type=_positive_int, default=8, help="round ranks/channels up to a multiple (default 8)"
+    )
+    c.add_argument(
+        "--skip", nargs="+", default=[], help="layer names to leave uncompressed (checked against the model's layers)"
+    )
+    c.add_argument(
+        "--eval-samples",
+        type=_positive_int,
+        help="held-out samples scoring each candidate (default "
+        f"{COMPRESS_DEFAULTS['eval_samples']}, {COMPRESS_THOROUGH['eval_samples']} with --thorough)",
+    )
+    c.add_argument(
+        "--thorough",
+        action="store_true",
+        help="the slower settings: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in COMPRESS_THOROUGH.items()),
+    )
     add_parallel_options(c, "the eval-score table")
-    c.add_argument("--quantize", choices=list(COMPRESS_QUANTIZE), help="then quantize the compressed model (BN "
-                   "folded, per-channel weights, tf_enhanced activations calibrated on the --num-samples samples), "
-                   "score it too, write OUT/compressed_<preset>.{onnx,encodings,pth} (QDQ) and time it in ONNX "
-                   "Runtime against the original quantized the same way")
+    c.add_argument(
+        "--quantize",
+        choices=list(COMPRESS_QUANTIZE),
+        help="then quantize the compressed model (BN "
+        "folded, per-channel weights, tf_enhanced activations calibrated on the --num-samples samples), "
+        "score it too, write OUT/compressed_<preset>.{onnx,encodings,pth} (QDQ) and time it in ONNX "
+        "Runtime against the original quantized the same way",
+    )
     c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
 
-    d = sub.add_parser("demo", help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
-                       description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "
-                                   "of the scikit-image photographs with disjoint seeds; prints top-1 "
-                                   "agreement, KL divergence and output SQNR against FP32; exports the model and "
-                                   "an analysis report to OUT." + staged)
+    d = sub.add_parser(
+        "demo",
+        help="quantize the pretrained EfficientNet-Lite0 and print an agreement table",
+        description="EfficientNet-Lite0 (ImageNet-pretrained), calibration and evaluation crops "
+        "of the scikit-image photographs with disjoint seeds; prints top-1 "
+        "agreement, KL divergence and output SQNR against FP32; exports the model and "
+        "an analysis report to OUT." + staged,
+    )
     _add_common(d)
     d.add_argument("--out", type=_path_text, default="out", help="output directory (default out)")
     d.add_argument("--calibration", type=_positive_int, default=128, help="calibration crops (default 128)")

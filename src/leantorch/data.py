@@ -25,8 +25,22 @@ from .errors import DataError, LeanTorchError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 #: The natural photographs bundled with scikit-image (no download needed).
-PHOTOGRAPHS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-               "hubble_deep_field", "immunohistochemistry", "moon", "rocket", "retina")
+PHOTOGRAPHS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "rocket",
+    "retina",
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,11 +79,12 @@ def sample_images(count: int, size: int = 224, seed: int = 0, normalize: bool = 
         side = max(16, int(min(h, w) * (0.25 + 0.75 * float(torch.rand(1, generator=gen)))))
         top = int(torch.randint(h - side + 1, (1,), generator=gen))
         left = int(torch.randint(w - side + 1, (1,), generator=gen))
-        crop = img[:, top:top + side, left:left + side]
+        crop = img[:, top : top + side, left : left + side]
         if float(torch.rand(1, generator=gen)) < 0.5:
             crop = crop.flip(-1)
-        crops.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False)[0])
+        crops.append(
+            F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        )
     batch = torch.stack(crops).clamp_(0.0, 1.0)
     if normalize:
         mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
@@ -107,8 +122,9 @@ def channels_last(model: nn.Module, data: torch.Tensor) -> tuple[nn.Module, torc
     return model.to(memory_format=torch.channels_last), data.contiguous(memory_format=torch.channels_last)
 
 
-def digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def digits(
+    size: int = 8, test_fraction: float = 0.25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 labelled 8×8 handwritten digits as ``(x_train, y_train, x_test, y_test)``.
 
     Images are ``[N, 1, size, size]`` floats scaled to ``[0, 1]`` then standardised with the training
@@ -203,8 +219,9 @@ def _read_image(file: Path, image_size: int, error: type[DataError]) -> torch.Te
     try:
         arr = np.asarray(imread(file))
     except Exception as exc:  # decoders raise anything (OSError, ValueError, SyntaxError…) on a bad file
-        raise error(f"--data {file}: cannot read this image ({type(exc).__name__}: {exc}); "
-                    "remove or replace the file") from exc
+        raise error(
+            f"--data {file}: cannot read this image ({type(exc).__name__}: {exc}); remove or replace the file"
+        ) from exc
     if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey (+ alpha)
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -213,8 +230,7 @@ def _read_image(file: Path, image_size: int, error: type[DataError]) -> torch.Te
         raise error(f"--data {file}: the image has shape {arr.shape}; expected a grey or RGB(A) image")
     scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0  # 8- or 16-bit files
     img = torch.from_numpy(arr[..., :3].astype(np.float32) / scale).permute(2, 0, 1)[None]
-    return F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True,
-                         align_corners=False)[0]
+    return F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def check_finite(data: torch.Tensor, source: str, error: type[DataError] = DataError) -> None:
@@ -228,12 +244,12 @@ def check_finite(data: torch.Tensor, source: str, error: type[DataError] = DataE
     """
     bad = (~torch.isfinite(data.reshape(len(data), -1))).any(dim=1).nonzero().flatten()
     if len(bad):
-        raise error(f"{source}: sample {int(bad[0])} contains NaN or Inf ({len(bad)} of {len(data)} samples); "
-                    "fix or remove it")
+        raise error(
+            f"{source}: sample {int(bad[0])} contains NaN or Inf ({len(bad)} of {len(data)} samples); fix or remove it"
+        )
 
 
-def check_model_accepts(model: nn.Module, data: torch.Tensor, source: str,
-                        error: type[DataError] = DataError) -> None:
+def check_model_accepts(model: nn.Module, data: torch.Tensor, source: str, error: type[DataError] = DataError) -> None:
     """Run ``model`` on the first sample, so that data of the wrong shape is reported at once, with the
     shape the failing (or first) Conv/Linear layer takes, not by a traceback deep in a long calibration.
 
@@ -265,8 +281,10 @@ its first layer 0 (Conv2d) takes samples shaped (3, H, W)
             model(data[:1])
     except Exception as exc:  # any failure of the user's model on the user's sample is a mismatch to report
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise error(f"{source}: the model cannot run on a sample of shape {tuple(data.shape[1:])} "
-                    f"({reason}){_expected_shape(first, active)}") from exc
+        raise error(
+            f"{source}: the model cannot run on a sample of shape {tuple(data.shape[1:])} "
+            f"({reason}){_expected_shape(first, active)}"
+        ) from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -280,7 +298,7 @@ def _expected_shape(first: list[tuple[str, nn.Module]], active: list[tuple[str, 
     if isinstance(layer, nn.Linear):
         shape = f"(..., {layer.in_features})"
     else:
-        shape = "(" + ", ".join([str(layer.in_channels), *"DHW"[5 - layer.weight.dim():]]) + ")"
+        shape = "(" + ", ".join([str(layer.in_channels), *"DHW"[5 - layer.weight.dim() :]]) + ")"
     if (name, layer) == first[0]:
         return f"; its first layer {name} ({type(layer).__name__}) takes samples shaped {shape}"
     return f"; it fails in layer {name} ({type(layer).__name__}), which takes inputs shaped {shape}"

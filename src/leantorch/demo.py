@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 EXPORT_NAME = "efficientnet_lite0_w8a8"
 
 
-def run_demo(out: str | Path = "out", calibration: int = 128, evaluation: int = 256, batch_size: int = 32,
-             progress: bool = True) -> list[dict[str, Any]]:
+def run_demo(
+    out: str | Path = "out", calibration: int = 128, evaluation: int = 256, batch_size: int = 32, progress: bool = True
+) -> list[dict[str, Any]]:
     """Quantize EfficientNet-Lite0 (W8A8) on sample-image crops, print a table, export to ``out``.
 
     Calibration and evaluation crops use disjoint seeds (0 and 1). Returns the table rows. The files
@@ -78,18 +79,22 @@ def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress
         sim = QuantSim(candidate, example, param_bw=8, act_bw=8, **options)
         sim.compute_encodings(calib, progress=progress)
         seconds = seconds_before + time.perf_counter() - start
-        rows.append(_row(label, Agreement.of(reference, model_outputs(sim.model, evals, progress, desc=label)),
-                         seconds))
+        rows.append(
+            _row(label, Agreement.of(reference, model_outputs(sim.model, evals, progress, desc=label)), seconds)
+        )
         sims.append(sim)
     naive, best = sims[0], sims[-1]
     # uint8 weights (same grid): ONNX Runtime's default u8s8 kernels saturate on x86 CPUs without VNNI.
     files = best.export(out, EXPORT_NAME, unsigned_weights=True)
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     ort_out = torch.from_numpy(np.concatenate([session.run(None, {"input": b.contiguous().numpy()})[0] for b in evals]))
-    rows.append(_row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out),
-                     0.0))
-    print(f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
-          "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n")
+    rows.append(
+        _row("W8A8 per-channel, ONNX Runtime (exported QDQ, uint8 weights)", Agreement.of(reference, ort_out), 0.0)
+    )
+    print(
+        f"EfficientNet-Lite0, {calibration} calibration / {evaluation} evaluation crops of the "
+        "scikit-image photographs (disjoint seeds); agreement with the FP32 model:\n"
+    )
     print(markdown_table(rows))
     report = analysis_report(model, naive, calib, probe=evals[0][:8], progress=progress)
     report.add_equalization(folded, equalize(model, example))
@@ -97,8 +102,9 @@ def _run(out: Path, calibration: int, evaluation: int, batch_size: int, progress
     return rows
 
 
-def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Tensor], probe: torch.Tensor,
-                    progress: bool = True) -> AnalysisReport:
+def analysis_report(
+    model: torch.nn.Module, sim: QuantSim, calib: list[torch.Tensor], probe: torch.Tensor, progress: bool = True
+) -> AnalysisReport:
     """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``, sensitivity over the
     conv/linear layers (what the demo can afford on a CPU)."""
     weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
@@ -106,5 +112,10 @@ def analysis_report(model: torch.nn.Module, sim: QuantSim, calib: list[torch.Ten
 
 
 def _row(label: str, agreement: Agreement, seconds: float) -> dict[str, Any]:
-    return {"model": label, "top-1 agreement": agreement.top1, "KL divergence": agreement.kl,
-            "output SQNR (dB)": agreement.sqnr_db, "technique + calibration time (s)": seconds}
+    return {
+        "model": label,
+        "top-1 agreement": agreement.top1,
+        "KL divergence": agreement.kl,
+        "output SQNR (dB)": agreement.sqnr_db,
+        "technique + calibration time (s)": seconds,
+    }

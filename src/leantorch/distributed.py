@@ -55,7 +55,8 @@ def merge_group(distributed: bool | None = None, process_group: Any = None) -> A
         if distributed or process_group is not None:
             raise InvalidOptionError(
                 "distributed=True (or a process_group) needs torch.distributed initialised: launch with "
-                "torchrun and call torch.distributed.init_process_group(...) first, or pass distributed=False")
+                "torchrun and call torch.distributed.init_process_group(...) first, or pass distributed=False"
+            )
         return None
     group = process_group if process_group is not None else dist.group.WORLD
     if distributed is None and process_group is None and dist.get_world_size(group) < 2:
@@ -89,14 +90,16 @@ def check_same(group: Any, description: list[Any], what: str) -> list[list[Any]]
     dist.all_gather_object(gathered, description, group=group)
     for rank, other in enumerate(gathered):
         if other != gathered[0]:
-            diff = next((i for i, (a, b) in enumerate(zip(gathered[0], other)) if a != b),
-                        min(len(gathered[0]), len(other)))
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(gathered[0], other)) if a != b), min(len(gathered[0]), len(other))
+            )
             first = gathered[0][diff] if diff < len(gathered[0]) else "(nothing)"
             theirs = other[diff] if diff < len(other) else "(nothing)"
             raise DistributedMismatchError(
                 f"ranks disagree on the {what}: rank 0 has {len(gathered[0])} entries, rank {rank} has {len(other)}; "
                 f"first difference at entry {diff}: {first!r} vs {theirs!r}. Build the same QuantSim (model, "
-                "config, options) on every rank before calibrating or training.")
+                "config, options) on every rank before calibrating or training."
+            )
     return gathered
 
 
@@ -105,8 +108,7 @@ def _describe(name: str, est: RangeEstimator) -> tuple:
     return (name, type(est).__name__, est.axis, bins)
 
 
-def merge_estimators(estimators: dict[str, RangeEstimator], group: Any,
-                     device: torch.device | str = "cpu") -> None:
+def merge_estimators(estimators: dict[str, RangeEstimator], group: Any, device: torch.device | str = "cpu") -> None:
     """Collective: make every rank's estimators hold the statistics of all ranks' data (in place).
 
     Every rank calls it with estimators of the same names and kinds (same order). An estimator without
@@ -145,8 +147,10 @@ def merge_estimators(estimators: dict[str, RangeEstimator], group: Any,
 
 def check_channels(group: Any, names: list[str], channels: list[int]) -> list[int]:
     """Collective: the channel count of every estimator (ranks without data report 0); a mismatch raises."""
-    gathered = [torch.zeros(len(channels), dtype=torch.int64, device=comm_device(group))
-                for _ in range(dist.get_world_size(group))]
+    gathered = [
+        torch.zeros(len(channels), dtype=torch.int64, device=comm_device(group))
+        for _ in range(dist.get_world_size(group))
+    ]
     dist.all_gather(gathered, torch.tensor(channels, dtype=torch.int64, device=comm_device(group)), group=group)
     table = torch.stack(gathered).cpu()
     best = table.max(0).values
@@ -155,7 +159,8 @@ def check_channels(group: Any, names: list[str], channels: list[int]) -> list[in
         i = bad[0]
         raise DistributedMismatchError(
             f"ranks saw {table[:, i].tolist()} channels for quantizer {names[i]!r} (one count per rank): the "
-            "same tensor must have the same channel count everywhere; check the per-rank data shapes.")
+            "same tensor must have the same channel count everywhere; check the per-rank data shapes."
+        )
     return [int(c) for c in best.tolist()]
 
 

@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 from .metrics import kl_divergence, sqnr_db, top1_agreement
 
 
-def model_outputs(model: nn.Module, data: Iterable[torch.Tensor], progress: bool = True,
-                  desc: str = "evaluating") -> torch.Tensor:
+def model_outputs(
+    model: nn.Module, data: Iterable[torch.Tensor], progress: bool = True, desc: str = "evaluating"
+) -> torch.Tensor:
     """Concatenated outputs of ``model`` (eval mode, no grad) over batches, on the CPU.
 
     Example:
@@ -86,8 +87,13 @@ class OutputScore:
         -0.0
     """
 
-    def __init__(self, reference: nn.Module, probe: list[torch.Tensor],
-                 metric: Callable[[torch.Tensor, torch.Tensor], float], name: str = "score") -> None:
+    def __init__(
+        self,
+        reference: nn.Module,
+        probe: list[torch.Tensor],
+        metric: Callable[[torch.Tensor, torch.Tensor], float],
+        name: str = "score",
+    ) -> None:
         self.probe = list(probe)
         self.metric = metric
         self.name = name

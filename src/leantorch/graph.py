@@ -58,14 +58,18 @@ def example_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
     """
     inputs = as_tuple(example_input)
     if not inputs:
-        raise InputShapeError("the example input is empty: pass a tensor (or a tuple of tensors) the model accepts, "
-                              "e.g. torch.randn(1, 3, 224, 224)")
+        raise InputShapeError(
+            "the example input is empty: pass a tensor (or a tuple of tensors) the model accepts, "
+            "e.g. torch.randn(1, 3, 224, 224)"
+        )
     for j, x in enumerate(inputs):
         if not isinstance(x, torch.Tensor):
             hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
-            raise InputShapeError(f"example input {j} is {type(x).__name__} {short_repr(x, 60)}, not a tensor: pass a "
-                                  f"tensor (or a tuple of tensors) the model accepts, e.g. torch.randn(1, 3, 224, "
-                                  f"224){hint}")
+            raise InputShapeError(
+                f"example input {j} is {type(x).__name__} {short_repr(x, 60)}, not a tensor: pass a "
+                f"tensor (or a tuple of tensors) the model accepts, e.g. torch.randn(1, 3, 224, "
+                f"224){hint}"
+            )
     return inputs
 
 
@@ -85,7 +89,7 @@ class _ScopeTracer(fx.Tracer):
         # leantorch's own layers (op modules, quantizers, wrappers) and every class registered as an op type are
         # never traced through. Only the exact registered class: a user's nn.Conv2d subclass with its own
         # forward (EfficientNet's Conv2dStaticSamePadding) must still be traced into.
-        if (type(m).__module__.startswith(("leantorch.ops.", "leantorch.quant.")) or ops.is_registered_class(type(m))):
+        if type(m).__module__.startswith(("leantorch.ops.", "leantorch.quant.")) or ops.is_registered_class(type(m)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -189,8 +193,9 @@ def check_module(model: Any, what: str = "model") -> None:
         fix = "this looks like a state dict: build the model and call model.load_state_dict(...) first"
     else:
         fix = "wrap the computation in an nn.Module whose forward calls it"
-    raise InvalidOptionError(f"{what} must be a torch.nn.Module, got {type(model).__name__} ({short_repr(model, 60)}): "
-                             f"{fix}")
+    raise InvalidOptionError(
+        f"{what} must be a torch.nn.Module, got {type(model).__name__} ({short_repr(model, 60)}): {fix}"
+    )
 
 
 def check_finite(model: nn.Module, inputs: tuple) -> None:
@@ -213,8 +218,10 @@ def check_finite(model: nn.Module, inputs: tuple) -> None:
     for j, x in enumerate(inputs):
         count = _non_finite(x, allow_inf=True)  # an attention mask input holds -inf on purpose
         if count:
-            raise NonFiniteModelError(f"example input {j} (shape {tuple(x.shape)}) has {count}: pass an example "
-                                      "input without NaN (any real sample of your data will do).")
+            raise NonFiniteModelError(
+                f"example input {j} (shape {tuple(x.shape)}) has {count}: pass an example "
+                "input without NaN (any real sample of your data will do)."
+            )
     found = [(name, count) for name, p in model.named_parameters() if (count := _non_finite(p, allow_inf=False))]
     for prefix, module in model.named_modules():
         statistics = isinstance(module, nn.modules.batchnorm._NormBase)  # running mean/var must be finite
@@ -228,7 +235,8 @@ def check_finite(model: nn.Module, inputs: tuple) -> None:
         raise NonFiniteModelError(
             f"{listed}{more}. The model is corrupt: reload the checkpoint, or find the training step that "
             "diverged (for BatchNorm running statistics: recompute them on clean data). leantorch needs finite "
-            "weights to trace, quantize or compress it.")
+            "weights to trace, quantize or compress it."
+        )
 
 
 def _non_finite(x: Any, allow_inf: bool) -> str:
@@ -249,7 +257,8 @@ def _check_finite_output(output: Any) -> None:
         raise NonFiniteModelError(
             f"the model's output on the example input has {nan} NaN value(s) although the input, weights and "
             "statistics are finite: an op in the forward produces NaN (0/0, log or sqrt of a negative, an "
-            "-inf mask over a whole row). Fix that op, or pass an example input in the range the model expects.")
+            "-inf mask over a whole row). Fix that op, or pass an example input in the range the model expects."
+        )
 
 
 def run_checked(model: nn.Module, inputs: tuple) -> Any:
@@ -260,9 +269,12 @@ def run_checked(model: nn.Module, inputs: tuple) -> Any:
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
             mismatch = _dtype_device_mismatch(model, inputs)
-            fix = (f"Pass an example input of the model's {mismatch}" if mismatch else
-                   "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
-                   "ImageNet classifier)")
+            fix = (
+                f"Pass an example input of the model's {mismatch}"
+                if mismatch
+                else "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
+                "ImageNet classifier)"
+            )
             raise InputShapeError(f"the model fails on the example input of shape(s) {shapes}: {exc}. {fix}.") from exc
 
 
@@ -279,8 +291,10 @@ def _dtype_device_mismatch(model: nn.Module, inputs: tuple) -> str:
         device = x.device != param.device
         if dtype or device:
             what = " and ".join(w for w, bad in (("dtype", dtype), ("device", device)) if bad)
-            return (f"{what}: its parameters are {param.dtype} on {param.device}, input {j} is {x.dtype} on "
-                    f"{x.device} (e.g. x.to(dtype={param.dtype}, device='{param.device}'))")
+            return (
+                f"{what}: its parameters are {param.dtype} on {param.device}, input {j} is {x.dtype} on "
+                f"{x.device} (e.g. x.to(dtype={param.dtype}, device='{param.device}'))"
+            )
     return ""
 
 
@@ -299,12 +313,16 @@ def _trace_failure_message(exc: Exception, failed_in: tuple[str, type] | None) -
     if failed_in is not None:
         name, cls = failed_in
         module = f"module '{name or '<root>'}' ({cls.__name__})"
-        fix = (f"pass leaf_modules=[{cls.__module__}.{cls.__name__}] (or leaf_modules=['{name}']) to keep it "
-               "opaque, or make its forward free of data-dependent Python control flow")
+        fix = (
+            f"pass leaf_modules=[{cls.__module__}.{cls.__name__}] (or leaf_modules=['{name}']) to keep it "
+            "opaque, or make its forward free of data-dependent Python control flow"
+        )
     else:
         module = "the model's forward"
-        fix = ("make the forward free of data-dependent Python control flow, or move the failing part into "
-               "a submodule and pass it in leaf_modules=[...]")
+        fix = (
+            "make the forward free of data-dependent Python control flow, or move the failing part into "
+            "a submodule and pass it in leaf_modules=[...]"
+        )
     return f"cannot trace {module}{where}: {type(exc).__name__}: {exc}. Fix: {fix}."
 
 

@@ -90,8 +90,7 @@ def _unique_name(gm: fx.GraphModule, node: fx.Node, op_name: str) -> str:
     return name
 
 
-def _insert_module_call(gm: fx.GraphModule, node: fx.Node, module: nn.Module, target: str,
-                        args: tuple) -> fx.Node:
+def _insert_module_call(gm: fx.GraphModule, node: fx.Node, module: nn.Module, target: str, args: tuple) -> fx.Node:
     gm.add_submodule(target, module)
     with gm.graph.inserting_after(node):
         new = gm.graph.call_module(target, args=tuple(args))
@@ -157,8 +156,9 @@ def _optional_param(gm: fx.GraphModule, arg: Any) -> tuple[bool, nn.Parameter | 
     return (found is not None), (found[0] if found else None)
 
 
-def _owned_weight_and_bias(gm: fx.GraphModule, args: tuple, kwargs: dict
-                           ) -> tuple[nn.Parameter, nn.Parameter | None, str] | None:
+def _owned_weight_and_bias(
+    gm: fx.GraphModule, args: tuple, kwargs: dict
+) -> tuple[nn.Parameter, nn.Parameter | None, str] | None:
     """(weight, bias, owner) of a functional conv/linear whose weight and bias are model parameters."""
     weight = _param(gm, _arg(args, kwargs, 1, "weight"))
     ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
@@ -175,9 +175,14 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] 
     w, bias, owner = owned
     groups = _arg(args, kwargs, 6, "groups", 1)
     conv = _CONV_FUNCTIONS[node.target](
-        w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_arg(args, kwargs, 3, "stride", 1),
-        padding=_arg(args, kwargs, 4, "padding", 0), dilation=_arg(args, kwargs, 5, "dilation", 1),
-        groups=groups, bias=bias is not None,
+        w.shape[1] * groups,
+        w.shape[0],
+        tuple(w.shape[2:]),
+        stride=_arg(args, kwargs, 3, "stride", 1),
+        padding=_arg(args, kwargs, 4, "padding", 0),
+        dilation=_arg(args, kwargs, 5, "dilation", 1),
+        groups=groups,
+        bias=bias is not None,
     )
     conv.weight, conv.bias = w, bias
     return conv, owner
@@ -223,9 +228,10 @@ def _claim_owner_name(gm: fx.GraphModule, owner: str) -> str | None:
         new_name = f"{owner}_{child_name}"
         gm.add_submodule(new_name, child)
         for n in gm.graph.nodes:
-            if n.op == "call_module" and (n.target == f"{owner}.{child_name}" or
-                                           str(n.target).startswith(f"{owner}.{child_name}.")):
-                n.target = new_name + str(n.target)[len(f"{owner}.{child_name}"):]
+            if n.op == "call_module" and (
+                n.target == f"{owner}.{child_name}" or str(n.target).startswith(f"{owner}.{child_name}.")
+            ):
+                n.target = new_name + str(n.target)[len(f"{owner}.{child_name}") :]
     parent_name, _, leaf = owner.rpartition(".")
     parent = gm.get_submodule(parent_name) if parent_name else gm
     delattr(parent, leaf)

@@ -101,7 +101,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
         "'ok'"
     """
     text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def name_list(names: list[str], limit: int = 30) -> str:

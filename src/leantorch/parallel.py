@@ -44,8 +44,15 @@ from tqdm.auto import tqdm
 from .errors import InvalidOptionError, ParallelBackendError, RayNotInstalledError
 from .options import check_count, check_flag, short_repr
 
-__all__ = ["run_chunks", "split_contiguous", "check_backend", "gpu_share", "RayNotInstalledError",
-           "ParallelBackendError", "INSTALL_HINT"]
+__all__ = [
+    "run_chunks",
+    "split_contiguous",
+    "check_backend",
+    "gpu_share",
+    "RayNotInstalledError",
+    "ParallelBackendError",
+    "INSTALL_HINT",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -115,10 +122,17 @@ def _weighted_cuts(weights: list[float], parts: int) -> list[int]:
     return cuts
 
 
-def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: int | None = None,
-               ray_address: str | None = None, progress: bool = True, desc: str = "",
-               weights: Sequence[float] | None = None, threads_per_worker: int = 1,
-               gpus_per_worker: float = 0.0) -> list[R]:
+def run_chunks(
+    fn: Callable[[list[T]], list[R]],
+    items: Sequence[T],
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+    desc: str = "",
+    weights: Sequence[float] | None = None,
+    threads_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
+) -> list[R]:
     """``fn`` applied to contiguous chunks of ``items``, the results concatenated in input order.
 
     Args:
@@ -166,13 +180,16 @@ def run_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], workers: in
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if cpus < threads_per_worker:  # such a task could never be scheduled: Ray would wait forever
-            raise InvalidOptionError(f"threads_per_worker={threads_per_worker}: the Ray cluster has {cpus} CPUs; "
-                                     "pass at most that many")
+            raise InvalidOptionError(
+                f"threads_per_worker={threads_per_worker}: the Ray cluster has {cpus} CPUs; pass at most that many"
+            )
         gpus = float(ray.cluster_resources().get("GPU", 0))
         if gpus < gpus_per_worker:  # the same: a task asking for more GPUs than exist would never start
-            raise ParallelBackendError(f"gpus_per_worker={gpus_per_worker:g}: the Ray cluster has {gpus:g} GPUs; "
-                                       "run the sweep where the model's GPU is part of the cluster, or move the "
-                                       "model to the CPU")
+            raise ParallelBackendError(
+                f"gpus_per_worker={gpus_per_worker:g}: the Ray cluster has {gpus:g} GPUs; "
+                "run the sweep where the model's GPU is part of the cluster, or move the "
+                "model to the CPU"
+            )
         parts = workers if workers is not None else max(1, cpus // threads_per_worker)
         chunks = split_contiguous(items, parts, weights)
         return _run_on_ray(ray, fn, chunks, progress, desc, threads_per_worker, gpus_per_worker)
@@ -237,8 +254,10 @@ def _checked(fn: Callable[[list[T]], list[R]], chunk: list[T]) -> list[R]:
     except TypeError:
         raise ParallelBackendError(f"the sweep function returned {short_repr(results)}: return a list") from None
     if len(results) != len(chunk):
-        raise ParallelBackendError(f"the sweep function returned {len(results)} results for {len(chunk)} items: "
-                                   "return one result per item, in order")
+        raise ParallelBackendError(
+            f"the sweep function returned {len(results)} results for {len(chunk)} items: "
+            "return one result per item, in order"
+        )
     return results
 
 
@@ -247,8 +266,10 @@ def _import_ray(workers: int | None, ray_address: str | None) -> Any:
         import ray
     except ImportError:
         asked = f"ray_address={ray_address!r}" if ray_address is not None else f"workers={workers}"
-        raise RayNotInstalledError(f"{asked} runs the sweep on Ray, which is not installed: {INSTALL_HINT}, "
-                                   "or leave workers=None to run in this process") from None
+        raise RayNotInstalledError(
+            f"{asked} runs the sweep on Ray, which is not installed: {INSTALL_HINT}, "
+            "or leave workers=None to run in this process"
+        ) from None
     return ray
 
 
@@ -281,13 +302,22 @@ def _ensure_ray(ray: Any, workers: int | None, ray_address: str | None, threads:
     try:
         ray.init(address=ray_address, **common)
     except (ConnectionError, TimeoutError, ray.exceptions.RayError) as err:
-        raise ParallelBackendError(f"ray_address={ray_address!r}: could not connect ({type(err).__name__}: "
-                                   f"{_plain(err)}); is the cluster running (`ray status`)?") from err
+        raise ParallelBackendError(
+            f"ray_address={ray_address!r}: could not connect ({type(err).__name__}: "
+            f"{_plain(err)}); is the cluster running (`ray status`)?"
+        ) from err
     return False, True
 
 
-def _run_on_ray(ray: Any, fn: Callable[[list[T]], list[R]], chunks: list[list[T]], progress: bool, desc: str,
-                threads: int, gpus: float) -> list[R]:
+def _run_on_ray(
+    ray: Any,
+    fn: Callable[[list[T]], list[R]],
+    chunks: list[list[T]],
+    progress: bool,
+    desc: str,
+    threads: int,
+    gpus: float,
+) -> list[R]:
     task = ray.remote(num_cpus=threads, num_gpus=gpus)(_run_chunk)
     fn_ref = ray.put(fn)  # pickled once; every task reads the same copy from the object store
     refs = [task.remote(fn_ref, chunk, threads) for chunk in chunks]
@@ -317,12 +347,16 @@ def _get(ray: Any, ref: Any) -> Any:
             raise cause from err
         hint = ""
         if isinstance(cause, ray.exceptions.RaySystemError) or "No module named" in str(err):
-            hint = ("; the worker could not load the sweep function or its items: every module they use must be "
-                    "importable there (on a cluster, install leantorch and your code on every node)")
+            hint = (
+                "; the worker could not load the sweep function or its items: every module they use must be "
+                "importable there (on a cluster, install leantorch and your code on every node)"
+            )
         raise ParallelBackendError(f"a Ray task failed{hint}: {_plain(err)}") from err
     except ray.exceptions.RayError as err:
-        raise ParallelBackendError(f"Ray failed while running the sweep ({type(err).__name__}: {_plain(err)}); "
-                                   "with out-of-memory errors, use fewer workers") from err
+        raise ParallelBackendError(
+            f"Ray failed while running the sweep ({type(err).__name__}: {_plain(err)}); "
+            "with out-of-memory errors, use fewer workers"
+        ) from err
 
 
 def _plain(err: BaseException) -> str:

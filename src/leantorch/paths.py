@@ -40,8 +40,10 @@ def check_file_name(value: Any, what: str = "filename_prefix") -> str:
         raise InvalidOptionError(f"{what}={value!r}: pass a file name, a string such as 'model'")
     separators = [s for s in (os.sep, os.altsep, "/") if s]
     if not value.strip() or value in (".", "..") or "\0" in value or any(s in value for s in separators):
-        raise OutputPathError(f"{what}={value!r}: give a plain file name such as 'model' (not empty, no directory "
-                              "part: put directories in the path argument)")
+        raise OutputPathError(
+            f"{what}={value!r}: give a plain file name such as 'model' (not empty, no directory "
+            "part: put directories in the path argument)"
+        )
     return value
 
 

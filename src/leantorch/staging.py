@@ -108,8 +108,9 @@ class StagedOutputs:
             _plan(temporary, dest, option, moves, emptied)
         for source, target, option in moves:
             _check_writable(source.parent, target, option, source)
-            _check_writable(target.parent if target.parent.is_dir() else existing_ancestor(target.parent),
-                            target, option, source)
+            _check_writable(
+                target.parent if target.parent.is_dir() else existing_ancestor(target.parent), target, option, source
+            )
         for source, target, option in moves:
             with writing(f"{option} {target}"):
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -168,20 +169,27 @@ def _plan(source: Path, dest: Path, option: str, moves: list[tuple[Path, Path, s
         emptied.append(source)
         return
     if dest.is_dir():
-        raise OutputPathError(f"{option}: {dest} is an existing directory where the file {dest.name} is "
-                              "written; nothing was written — remove or rename it, or choose another path")
+        raise OutputPathError(
+            f"{option}: {dest} is an existing directory where the file {dest.name} is "
+            "written; nothing was written — remove or rename it, or choose another path"
+        )
     if source.is_dir() and dest.exists():
-        raise OutputPathError(f"{option}: {dest} is an existing file where the directory {dest.name} is "
-                              "written; nothing was written — remove or rename it, or choose another path")
+        raise OutputPathError(
+            f"{option}: {dest} is an existing file where the directory {dest.name} is "
+            "written; nothing was written — remove or rename it, or choose another path"
+        )
     if not dest.exists() and not dest.is_symlink():
         ancestor = existing_ancestor(dest.parent)
         if not ancestor.is_dir():
-            raise OutputPathError(f"{option}: {ancestor} is a file, so {dest} cannot be created; nothing was "
-                                  "written — remove or rename it, or choose another path")
+            raise OutputPathError(
+                f"{option}: {ancestor} is a file, so {dest} cannot be created; nothing was "
+                "written — remove or rename it, or choose another path"
+            )
     moves.append((source, dest, option))
 
 
 def _check_writable(directory: Path, target: Path, option: str, source: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option}: no permission to write in {directory} (to move {source.name} to "
-                              f"{target}); nothing was written")
+        raise OutputPathError(
+            f"{option}: no permission to write in {directory} (to move {source.name} to {target}); nothing was written"
+        )

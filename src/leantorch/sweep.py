@@ -72,9 +72,15 @@ def first_calls(gm: fx.GraphModule) -> dict[int, int]:
     return first
 
 
-def suffix_outputs(gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]], trials: Sequence[Trial],
-                   progress: bool = True, desc: str = "sweep", max_bytes: int | str | None = "auto",
-                   on_result: Callable[[Hashable, list[Any]], Any] | None = None) -> dict[Hashable, Any]:
+def suffix_outputs(
+    gm: fx.GraphModule,
+    batches: Sequence[tuple[torch.Tensor, ...]],
+    trials: Sequence[Trial],
+    progress: bool = True,
+    desc: str = "sweep",
+    max_bytes: int | str | None = "auto",
+    on_result: Callable[[Hashable, list[Any]], Any] | None = None,
+) -> dict[Hashable, Any]:
     """The model's outputs on ``batches`` for each trial, running only the nodes from the trial's change on.
 
     ``gm`` must be in the state each trial expects as its base (e.g. the right quantizers enabled); it is put
@@ -97,8 +103,13 @@ def suffix_outputs(gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...
             frontier = Frontier(gm, batches, max_bytes=max_bytes)
             # Progress counts graph nodes run, not trials: an early layer's suffix is most of the model, a late
             # one's a few nodes, so a per-trial ETA would start far too pessimistic and end too optimistic.
-            bar = tqdm(total=sum(len(nodes) - start(t) for t in ordered), desc=desc, unit="node",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                total=sum(len(nodes) - start(t) for t in ordered),
+                desc=desc,
+                unit="node",
+                disable=not progress,
+                leave=False,
+            )
             with bar:
                 for trial in ordered:
                     frontier.advance_to(nodes[start(trial)])
@@ -109,4 +120,3 @@ def suffix_outputs(gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...
     finally:
         gm.train(was_training)
     return results
-

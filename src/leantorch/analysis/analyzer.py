@@ -93,14 +93,18 @@ def analyze(
     configured = {q: q.enabled for q in sim.quantizers().values()}
     missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
-        raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
-                                    "sim.compute_encodings(...) before lt.analyze.")
+        raise EncodingsMissingError(
+            f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
+            "sim.compute_encodings(...) before lt.analyze."
+        )
     groups = _layer_quantizers(sim, configured)
     chosen = list(groups) if layers is None else as_names("layers", layers)  # a string is one name
     unknown = [n for n in chosen if n not in groups]
     if unknown:
-        raise UnknownLayerError(f"layers={unknown}: no layer with an enabled quantizer has that name; valid names "
-                                f"({len(groups)}): {name_list(list(groups))}")
+        raise UnknownLayerError(
+            f"layers={unknown}: no layer with an enabled quantizer has that name; valid names "
+            f"({len(groups)}): {name_list(list(groups))}"
+        )
     data = _calibration(sim, calibration, num_batches, bins)
     check_backend(workers, ray_address)
     params = {q for q in configured if q.is_param}
@@ -109,34 +113,45 @@ def analyze(
             "fp32": _score(sim, eval_fn, configured, lambda q: False, "the FP32 model (quantizers off)"),
             "quantized": _score(sim, eval_fn, configured, lambda q: True, "the quantized model"),
             "weights only": _score(sim, eval_fn, configured, lambda q: q in params, "weights-only quantization"),
-            "activations only": _score(sim, eval_fn, configured, lambda q: q not in params,
-                                       "activations-only quantization"),
+            "activations only": _score(
+                sim, eval_fn, configured, lambda q: q not in params, "activations-only quantization"
+            ),
         }
-        rows = _sensitivity(sim, eval_fn, configured, groups, chosen, progress, workers,
-                            ray_address) if sensitivity else []
+        rows = (
+            _sensitivity(sim, eval_fn, configured, groups, chosen, progress, workers, ray_address)
+            if sensitivity
+            else []
+        )
         sqnr, activations = _activation_analysis(sim, configured, data, bins, progress)
     return AnalysisReport(
         title=f"W{sim.settings.param_bw}A{sim.settings.act_bw} {sim.settings.scheme.value}",
-        scores=scores, sensitivity=rows, layer_sqnr=sqnr, activations=activations,
+        scores=scores,
+        sensitivity=rows,
+        layer_sqnr=sqnr,
+        activations=activations,
         weight_ranges=weight_ranges(sim.model),
     )
 
 
-def _calibration(sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None,
-                 bins: int) -> list[tuple[torch.Tensor, ...]]:
+def _calibration(
+    sim: QuantSim, calibration: Iterable[Any] | None, num_batches: int | None, bins: int
+) -> list[tuple[torch.Tensor, ...]]:
     """The model inputs of the batches to analyse, checked before the (expensive) sensitivity sweep rather than
     after it."""
     check_count("bins", bins, hint=" (the number of histogram bins)")
     if num_batches is not None:
         check_count("num_batches", num_batches, hint=", or None for all batches")
     if calibration is None or isinstance(calibration, torch.Tensor):
-        raise CalibrationDataError("lt.analyze needs calibration batches for SQNR, ranges and histograms: pass a "
-                                   "list or DataLoader of input batches (a single tensor: wrap it as [tensor])")
+        raise CalibrationDataError(
+            "lt.analyze needs calibration batches for SQNR, ranges and histograms: pass a "
+            "list or DataLoader of input batches (a single tensor: wrap it as [tensor])"
+        )
     check_iterable(calibration)  # a number, a string, a dict...
     data = list(itertools.islice(calibration, num_batches))
     if not data:
-        raise CalibrationDataError("calibration data is empty: lt.analyze needs at least one batch for SQNR, "
-                                   "ranges and histograms")
+        raise CalibrationDataError(
+            "calibration data is empty: lt.analyze needs at least one batch for SQNR, ranges and histograms"
+        )
     # CalibrationDataError names a batch of the wrong structure or with NaN/Inf. The inputs stay where they are
     # (each batch is moved to the sim's device when it runs, not the whole set at once).
     num_inputs = len(sim.example_input)
@@ -183,15 +198,27 @@ def _enable(configured: dict[Quantizer, bool], keep: Callable[[Quantizer], bool]
         q.enabled = enabled and keep(q)
 
 
-def _score(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
-           keep: Callable[[Quantizer], bool], what: str) -> float:
+def _score(
+    sim: QuantSim,
+    eval_fn: Callable[[nn.Module], float],
+    configured: dict[Quantizer, bool],
+    keep: Callable[[Quantizer], bool],
+    what: str,
+) -> float:
     _enable(configured, keep)
     return call_eval_fn(eval_fn, sim.model, what)
 
 
-def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
-                 groups: dict[str, list[Quantizer]], chosen: list[str], progress: bool, workers: int | None = None,
-                 ray_address: str | None = None) -> list[dict[str, Any]]:
+def _sensitivity(
+    sim: QuantSim,
+    eval_fn: Callable[[nn.Module], float],
+    configured: dict[Quantizer, bool],
+    groups: dict[str, list[Quantizer]],
+    chosen: list[str],
+    progress: bool,
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> list[dict[str, Any]]:
     """Each chosen layer's score with only its quantizers on, and with all but its quantizers on.
 
     The layers are swept in contiguous chunks (:func:`~leantorch.parallel.run_chunks`): all of them here, or
@@ -206,36 +233,64 @@ def _sensitivity(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configure
         with _restored(configured):
             return _sensitivity_rows(sim, eval_fn, configured, groups, names, progress and not parallel)
 
-    rows = run_chunks(rows_for, ordered, workers=workers, ray_address=ray_address, progress=progress,
-                      desc="per-layer sensitivity (chunks)",
-                      weights=[len(sim.model.graph.nodes) - start[name] for name in ordered],
-                      gpus_per_worker=gpu_share(next((p.device for p in sim.model.parameters()), "cpu"), workers))
+    rows = run_chunks(
+        rows_for,
+        ordered,
+        workers=workers,
+        ray_address=ray_address,
+        progress=progress,
+        desc="per-layer sensitivity (chunks)",
+        weights=[len(sim.model.graph.nodes) - start[name] for name in ordered],
+        gpus_per_worker=gpu_share(next((p.device for p in sim.model.parameters()), "cpu"), workers),
+    )
     return sorted(rows, key=lambda row: order[row["layer"]])
 
 
-def _sensitivity_rows(sim: QuantSim, eval_fn: Callable[[nn.Module], float], configured: dict[Quantizer, bool],
-                      groups: dict[str, list[Quantizer]], chosen: list[str], progress: bool) -> list[dict[str, Any]]:
+def _sensitivity_rows(
+    sim: QuantSim,
+    eval_fn: Callable[[nn.Module], float],
+    configured: dict[Quantizer, bool],
+    groups: dict[str, list[Quantizer]],
+    chosen: list[str],
+    progress: bool,
+) -> list[dict[str, Any]]:
     if isinstance(eval_fn, OutputScore):
         only = _suffix_scores(sim, eval_fn, configured, groups, chosen, base_on=False, progress=progress)
         all_but = _suffix_scores(sim, eval_fn, configured, groups, chosen, base_on=True, progress=progress)
-        return [{"layer": name, "only this layer quantized": only[name], "all but this layer quantized": all_but[name]}
-                for name in chosen]
+        return [
+            {"layer": name, "only this layer quantized": only[name], "all but this layer quantized": all_but[name]}
+            for name in chosen
+        ]
     rows = []
     for name in tqdm(chosen, desc="per-layer sensitivity", unit="layer", disable=not progress, leave=False):
         mine = set(groups[name])
-        rows.append({
-            "layer": name,
-            "only this layer quantized": _score(sim, eval_fn, configured, lambda q, mine=mine: q in mine,
-                                                f"the model with only {name} quantized"),
-            "all but this layer quantized": _score(sim, eval_fn, configured, lambda q, mine=mine: q not in mine,
-                                                   f"the model with all but {name} quantized"),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "only this layer quantized": _score(
+                    sim, eval_fn, configured, lambda q, mine=mine: q in mine, f"the model with only {name} quantized"
+                ),
+                "all but this layer quantized": _score(
+                    sim,
+                    eval_fn,
+                    configured,
+                    lambda q, mine=mine: q not in mine,
+                    f"the model with all but {name} quantized",
+                ),
+            }
+        )
     return rows
 
 
-def _suffix_scores(sim: QuantSim, score: OutputScore, configured: dict[Quantizer, bool],
-                   groups: dict[str, list[Quantizer]], chosen: list[str], base_on: bool,
-                   progress: bool) -> dict[str, float]:
+def _suffix_scores(
+    sim: QuantSim,
+    score: OutputScore,
+    configured: dict[Quantizer, bool],
+    groups: dict[str, list[Quantizer]],
+    chosen: list[str],
+    base_on: bool,
+    progress: bool,
+) -> dict[str, float]:
     """The sweep with every quantizer off (``base_on=False``) or on, flipping one layer's at a time, running
     only the part of the model from that layer on (:mod:`leantorch.sweep`); the same scores as full runs."""
     _enable(configured, lambda q: base_on)
@@ -251,18 +306,26 @@ def _suffix_scores(sim: QuantSim, score: OutputScore, configured: dict[Quantizer
             finally:
                 for q in groups[name]:
                     q.enabled = base_on
+
         return change
 
     trials = [Trial(name, tuple(groups[name]), flip(name)) for name in chosen]
     probe = [(x.to(sim.device),) for x in score.probe]
     return suffix_outputs(
-        sim.model, probe, trials, progress=progress, desc=f"sensitivity ({what.format('one layer')})",
-        on_result=lambda name, outputs: call_eval_fn(lambda _: score.score_outputs(outputs), sim.model,
-                                                     f"the model with {what.format(name)}"))
+        sim.model,
+        probe,
+        trials,
+        progress=progress,
+        desc=f"sensitivity ({what.format('one layer')})",
+        on_result=lambda name, outputs: call_eval_fn(
+            lambda _: score.score_outputs(outputs), sim.model, f"the model with {what.format(name)}"
+        ),
+    )
 
 
-def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data: list[tuple], bins: int,
-                         progress: bool) -> tuple[dict[str, float], dict[str, ActivationStats]]:
+def _activation_analysis(
+    sim: QuantSim, configured: dict[Quantizer, bool], data: list[tuple], bins: int, progress: bool
+) -> tuple[dict[str, float], dict[str, ActivationStats]]:
     """Per-layer output SQNR (quantized vs FP32) and histograms of what each activation quantizer sees.
 
     Three passes: FP32 and quantized in step (SQNR, activation min/max), then histograms over the
@@ -303,16 +366,24 @@ def _activation_analysis(sim: QuantSim, configured: dict[Quantizer, bool], data:
             edges[n] = (lower, upper if upper > lower else lower + 1e-6)
     _enable(configured, lambda q: True)
     with _observe_inputs(watched, _histogram(counts, edges, bins)):
-        for index, batch in enumerate(tqdm(data, desc="activation histograms", unit="batch", disable=not progress,
-                                           leave=False)):
+        for index, batch in enumerate(
+            tqdm(data, desc="activation histograms", unit="batch", disable=not progress, leave=False)
+        ):
             _run(sim, _on_device(sim, batch), index)
     sqnr = {n: sqnr_db_from_sums(signal[n], noise[n]) for n in wrappers if signal[n] > 0}
     stats = {}
     for n in counts:
         enc = watched[n].encoding
-        stats[n] = ActivationStats(name=n, min=float(lo[n]), max=float(hi[n]), encoding_min=float(enc.min.min()),
-                                   encoding_max=float(enc.max.max()), bitwidth=enc.bitwidth,
-                                   counts=counts[n].tolist(), edges=torch.linspace(*edges[n], bins + 1).tolist())
+        stats[n] = ActivationStats(
+            name=n,
+            min=float(lo[n]),
+            max=float(hi[n]),
+            encoding_min=float(enc.min.min()),
+            encoding_max=float(enc.max.max()),
+            bitwidth=enc.bitwidth,
+            counts=counts[n].tolist(),
+            edges=torch.linspace(*edges[n], bins + 1).tolist(),
+        )
     return sqnr, stats
 
 
@@ -335,9 +406,11 @@ def _capture_outputs(wrappers: dict[str, nn.Module]) -> Iterator[dict[str, torch
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for name, module in wrappers.items():
+
         def hook(_m: nn.Module, _i: tuple, out: Any, name: str = name) -> None:
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 captured[name] = out.detach().cpu()
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield captured
@@ -349,8 +422,10 @@ def _capture_outputs(wrappers: dict[str, nn.Module]) -> Iterator[dict[str, torch
 @contextlib.contextmanager
 def _observe_inputs(quantizers: dict[str, Quantizer], observe: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
     """Call ``observe(name, x)`` with the tensor entering each quantizer."""
-    handles = [q.register_forward_pre_hook(lambda _m, args, name=name: observe(name, args[0].detach()))
-               for name, q in quantizers.items()]
+    handles = [
+        q.register_forward_pre_hook(lambda _m, args, name=name: observe(name, args[0].detach()))
+        for name, q in quantizers.items()
+    ]
     try:
         yield
     finally:
@@ -363,15 +438,18 @@ def _min_max(lo: dict[str, torch.Tensor], hi: dict[str, torch.Tensor]) -> Callab
         mn, mx = torch.aminmax(x.float())
         lo[name] = torch.minimum(lo[name], mn.cpu()) if name in lo else mn.cpu()
         hi[name] = torch.maximum(hi[name], mx.cpu()) if name in hi else mx.cpu()
+
     return observe
 
 
-def _histogram(counts: dict[str, torch.Tensor], edges: dict[str, tuple[float, float]],
-               bins: int) -> Callable[[str, torch.Tensor], None]:
+def _histogram(
+    counts: dict[str, torch.Tensor], edges: dict[str, tuple[float, float]], bins: int
+) -> Callable[[str, torch.Tensor], None]:
     def observe(name: str, x: torch.Tensor) -> None:
         if name in edges:
             lower, upper = edges[name]
             counts[name] += torch.histc(x.float(), bins, lower, upper).double().cpu()
+
     return observe
 
 
@@ -398,6 +476,7 @@ def weight_ranges(model: nn.Module) -> dict[str, WeightRanges]:
         if isinstance(inner, nn.modules.conv._ConvTransposeNd):
             w = w.transpose(0, 1)
         flat = w.reshape(w.shape[0], -1)
-        result[name] = WeightRanges(name=name, min=flat.min(1).values.tolist(), max=flat.max(1).values.tolist(),
-                                    mean=flat.mean(1).tolist())
+        result[name] = WeightRanges(
+            name=name, min=flat.min(1).values.tolist(), max=flat.max(1).values.tolist(), mean=flat.mean(1).tolist()
+        )
     return result

@@ -25,57 +25,82 @@ details summary { cursor: pointer; color: #1f77b4; margin: 0.5em 0; }
 
 def document(title: str, body: list[str]) -> str:
     """A complete HTML page: inline style, no script, ``body`` parts in order."""
-    head = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>")
+    head = (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>"
+    )
     return "\n".join([head, f"<h1>{escape(title)}</h1>", *body, "</body></html>\n"])
 
 
 def render(report: AnalysisReport, figures: dict[str, list[tuple[str, bytes]]]) -> str:
     """The complete HTML document."""
     parts = [
-             "<p class='note'>Scores come from your <code>eval_fn</code> (higher is better). Every number below "
-             "is measured with the encodings of the analysed QuantSim.</p>",
-             _summary(report)]
+        "<p class='note'>Scores come from your <code>eval_fn</code> (higher is better). Every number below "
+        "is measured with the encodings of the analysed QuantSim.</p>",
+        _summary(report),
+    ]
     if "sensitivity" in figures:
-        parts += ["<h2>Per-layer sensitivity</h2>",
-                  "<p class='note'>Orange: score with only this layer's quantizers enabled (how much this layer "
-                  "alone loses). Blue: score with every quantizer but this layer's (how much is recovered by "
-                  "keeping it in float).</p>",
-                  images(figures["sensitivity"], wide=True), details("Sensitivity table", report.sensitivity)]
+        parts += [
+            "<h2>Per-layer sensitivity</h2>",
+            "<p class='note'>Orange: score with only this layer's quantizers enabled (how much this layer "
+            "alone loses). Blue: score with every quantizer but this layer's (how much is recovered by "
+            "keeping it in float).</p>",
+            images(figures["sensitivity"], wide=True),
+            details("Sensitivity table", report.sensitivity),
+        ]
     if "sqnr" in figures:
         rows = [{"layer": n, "output SQNR (dB)": v} for n, v in report.layer_sqnr.items()]
-        parts += ["<h2>Per-layer output SQNR</h2>",
-                  "<p class='note'>Signal-to-noise ratio of each layer's output in the fully quantized model "
-                  "against the FP32 model, on the calibration data. Noise accumulates with depth; a sudden "
-                  "drop points at the layer that adds it.</p>",
-                  images(figures["sqnr"], wide=True), details("SQNR table", rows)]
+        parts += [
+            "<h2>Per-layer output SQNR</h2>",
+            "<p class='note'>Signal-to-noise ratio of each layer's output in the fully quantized model "
+            "against the FP32 model, on the calibration data. Noise accumulates with depth; a sudden "
+            "drop points at the layer that adds it.</p>",
+            images(figures["sqnr"], wide=True),
+            details("SQNR table", rows),
+        ]
     if "equalization" in figures:
-        parts += ["<h2>Cross-layer equalization: per-channel weight ranges</h2>",
-                  "<p class='note'>Weight range of each output channel before and after <code>lt.equalize</code>: "
-                  "equalization evens the channels out so that one per-tensor grid serves all of them.</p>",
-                  images(figures["equalization"])]
-    parts += ["<h2>Weight ranges per output channel</h2>",
-              "<p class='note'>Min–max bar and mean (red) of each output channel's weights. Channels with "
-              "very different ranges quantize badly per tensor: use per-channel weights or equalization.</p>",
-              images(figures["weights"], grid=True)]
-    rows = [{"quantizer": a.name, "min": a.min, "max": a.max, "encoding min": a.encoding_min,
-             "encoding max": a.encoding_max, "clipped fraction": a.clipped_fraction}
-            for a in report.activations.values()]
-    parts += ["<h2>Activation ranges and histograms</h2>",
-              "<p class='note'>What each activation quantizer sees on the calibration data (log counts); the "
-              "shaded band between the red lines is its encoding range. Mass outside the band is clipped.</p>",
-              details("Activation range table", rows), images(figures["activations"], grid=True)]
+        parts += [
+            "<h2>Cross-layer equalization: per-channel weight ranges</h2>",
+            "<p class='note'>Weight range of each output channel before and after <code>lt.equalize</code>: "
+            "equalization evens the channels out so that one per-tensor grid serves all of them.</p>",
+            images(figures["equalization"]),
+        ]
+    parts += [
+        "<h2>Weight ranges per output channel</h2>",
+        "<p class='note'>Min–max bar and mean (red) of each output channel's weights. Channels with "
+        "very different ranges quantize badly per tensor: use per-channel weights or equalization.</p>",
+        images(figures["weights"], grid=True),
+    ]
+    rows = [
+        {
+            "quantizer": a.name,
+            "min": a.min,
+            "max": a.max,
+            "encoding min": a.encoding_min,
+            "encoding max": a.encoding_max,
+            "clipped fraction": a.clipped_fraction,
+        }
+        for a in report.activations.values()
+    ]
+    parts += [
+        "<h2>Activation ranges and histograms</h2>",
+        "<p class='note'>What each activation quantizer sees on the calibration data (log counts); the "
+        "shaded band between the red lines is its encoding range. Mass outside the band is clipped.</p>",
+        details("Activation range table", rows),
+        images(figures["activations"], grid=True),
+    ]
     return document(f"Quantization analysis — {report.title}", parts)
 
 
 def _summary(report: AnalysisReport) -> str:
     parts = ["<h2>Summary</h2>", table(report.summary_rows())]
     if report.sensitivity:
-        parts += ["<p>Most sensitive layers (lowest score when quantized alone):</p>",
-                  table(report.most_sensitive())]
+        parts += ["<p>Most sensitive layers (lowest score when quantized alone):</p>", table(report.most_sensitive())]
     if report.layer_sqnr:
-        parts += ["<p>Lowest per-layer output SQNR:</p>",
-                  table([{"layer": n, "output SQNR (dB)": v} for n, v in report.worst_sqnr()])]
+        parts += [
+            "<p>Lowest per-layer output SQNR:</p>",
+            table([{"layer": n, "output SQNR (dB)": v} for n, v in report.worst_sqnr()]),
+        ]
     return "\n".join(parts)
 
 
@@ -98,8 +123,9 @@ def images(figures: list[tuple[str, bytes]], grid: bool = False, wide: bool = Fa
     tags = []
     for stem, png in figures:
         width, height = png_size(png)
-        tags.append(f"<figure><img src='{data_uri(png)}' alt='{escape(stem)}' width='{width}' "
-                    f"height='{height}'></figure>")
+        tags.append(
+            f"<figure><img src='{data_uri(png)}' alt='{escape(stem)}' width='{width}' height='{height}'></figure>"
+        )
     css = "grid" if grid else "wide" if wide else ""
     return f"<div class='{css}'>" + "".join(tags) + "</div>"
 

@@ -40,13 +40,26 @@ def sensitivity_plot(rows: list[dict[str, Any]], scores: dict[str, float]) -> by
     fig = Figure(figsize=(max(7.0, 0.16 * len(names) + 2.5), 4.2))
     ax = fig.subplots()
     x = range(len(names))
-    ax.plot(x, [r["only this layer quantized"] for r in rows], "o-", ms=3, color=QUANT_COLOR,
-            label="only this layer quantized")
-    ax.plot(x, [r["all but this layer quantized"] for r in rows], "s-", ms=3, color=FLOAT_COLOR,
-            label="all but this layer quantized")
+    ax.plot(
+        x,
+        [r["only this layer quantized"] for r in rows],
+        "o-",
+        ms=3,
+        color=QUANT_COLOR,
+        label="only this layer quantized",
+    )
+    ax.plot(
+        x,
+        [r["all but this layer quantized"] for r in rows],
+        "s-",
+        ms=3,
+        color=FLOAT_COLOR,
+        label="all but this layer quantized",
+    )
     ax.axhline(scores["fp32"], color=GREY, ls="--", lw=1, label=f"FP32 ({scores['fp32']:.4g})")
-    ax.axhline(scores["quantized"], color=ENCODING_COLOR, ls=":", lw=1,
-               label=f"all quantized ({scores['quantized']:.4g})")
+    ax.axhline(
+        scores["quantized"], color=ENCODING_COLOR, ls=":", lw=1, label=f"all quantized ({scores['quantized']:.4g})"
+    )
     _layer_axis(ax, names)
     ax.set_ylabel("score (eval_fn)")
     ax.set_title("Per-layer quantization sensitivity")
@@ -69,8 +82,9 @@ def sqnr_plot(layer_sqnr: dict[str, float]) -> bytes:
     return _png(fig)
 
 
-def weight_ranges_plot(name: str, low: Sequence[float], high: Sequence[float], mean: Sequence[float],
-                       ax: Any = None) -> bytes | None:
+def weight_ranges_plot(
+    name: str, low: Sequence[float], high: Sequence[float], mean: Sequence[float], ax: Any = None
+) -> bytes | None:
     """Min–max bar and mean of each output channel's weights (on ``ax`` when given, else a new figure)."""
     own = ax is None
     fig = Figure(figsize=(4.6, 2.6)) if own else None
@@ -87,8 +101,9 @@ def weight_ranges_plot(name: str, low: Sequence[float], high: Sequence[float], m
     return _png(fig) if own else None
 
 
-def histogram_plot(name: str, counts: Sequence[float], edges: Sequence[float], encoding_min: float,
-                   encoding_max: float, bitwidth: int) -> bytes:
+def histogram_plot(
+    name: str, counts: Sequence[float], edges: Sequence[float], encoding_min: float, encoding_max: float, bitwidth: int
+) -> bytes:
     """Histogram (log counts) of what a quantizer sees, with its encoding range marked."""
     fig = Figure(figsize=(4.6, 2.6))
     ax = fig.subplots()

@@ -37,8 +37,11 @@ class ActivationStats:
     def clipped_fraction(self) -> float:
         """Fraction of histogram mass outside the encoding range (clipping)."""
         total = sum(self.counts)
-        outside = sum(c for c, lo, hi in zip(self.counts, self.edges[:-1], self.edges[1:])
-                      if hi <= self.encoding_min or lo >= self.encoding_max)
+        outside = sum(
+            c
+            for c, lo, hi in zip(self.counts, self.edges[:-1], self.edges[1:])
+            if hi <= self.encoding_min or lo >= self.encoding_max
+        )
         return outside / total if total else 0.0
 
 
@@ -94,8 +97,10 @@ class AnalysisReport:
             layers = sorted(common, key=lambda n: -gain[n])[:max_layers]
         missing = [n for n in layers if n not in common]
         if missing:
-            raise UnknownLayerError(f"layers={missing}: not a conv/linear layer with the same channel count in both "
-                                    f"models; valid names ({len(common)}): {name_list(common)}")
+            raise UnknownLayerError(
+                f"layers={missing}: not a conv/linear layer with the same channel count in both "
+                f"models; valid names ({len(common)}): {name_list(common)}"
+            )
         self.equalization = [(old[n], new[n]) for n in layers]
 
     # ------------------------------------------------------------------ figures
@@ -108,15 +113,23 @@ class AnalysisReport:
             sections["sqnr"] = [("layer_sqnr", plots.sqnr_plot(self.layer_sqnr))]
         if self.equalization:
             sections["equalization"] = [
-                (f"equalization_{_stem(a.name)}", plots.equalization_plot(a.name, (a.min, a.max, a.mean),
-                                                                         (b.min, b.max, b.mean)))
-                for a, b in self.equalization]
-        sections["weights"] = [(f"weights_{_stem(n)}", plots.weight_ranges_plot(n, w.min, w.max, w.mean))
-                               for n, w in self.weight_ranges.items()]
+                (
+                    f"equalization_{_stem(a.name)}",
+                    plots.equalization_plot(a.name, (a.min, a.max, a.mean), (b.min, b.max, b.mean)),
+                )
+                for a, b in self.equalization
+            ]
+        sections["weights"] = [
+            (f"weights_{_stem(n)}", plots.weight_ranges_plot(n, w.min, w.max, w.mean))
+            for n, w in self.weight_ranges.items()
+        ]
         sections["activations"] = [
-            (f"activation_{_stem(n)}", plots.histogram_plot(n, a.counts, a.edges, a.encoding_min, a.encoding_max,
-                                                            a.bitwidth))
-            for n, a in self.activations.items()]
+            (
+                f"activation_{_stem(n)}",
+                plots.histogram_plot(n, a.counts, a.edges, a.encoding_min, a.encoding_max, a.bitwidth),
+            )
+            for n, a in self.activations.items()
+        ]
         return sections
 
     def save_plots(self, directory: str | Path) -> list[Path]:

@@ -13,8 +13,17 @@ from .cost import CostReport, LayerCost, cost
 from .latency import compare_latency
 from .ratio_selection import CompressionError, EvalScoreTable
 
-__all__ = ["SCHEMES", "CompressionError", "CompressionInfo", "CostReport", "EvalScoreTable", "LayerCost",
-           "compare_latency", "compress", "cost"]
+__all__ = [
+    "SCHEMES",
+    "CompressionError",
+    "CompressionInfo",
+    "CostReport",
+    "EvalScoreTable",
+    "LayerCost",
+    "compare_latency",
+    "compress",
+    "cost",
+]
 
 
 class _CallableModule(types.ModuleType):

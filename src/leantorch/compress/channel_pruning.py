@@ -105,18 +105,31 @@ class GramAccumulator:
         self.cross = cross if self.cross is None else self.cross + cross
         self.count += xc.shape[0]
 
-    def add_inputs(self, conv: nn.Conv2d, current: torch.Tensor, original: torch.Tensor, samples_per_image: int,
-                   generator: torch.Generator) -> None:
+    def add_inputs(
+        self,
+        conv: nn.Conv2d,
+        current: torch.Tensor,
+        original: torch.Tensor,
+        samples_per_image: int,
+        generator: torch.Generator,
+    ) -> None:
         """Add the patches of one batch of ``conv``'s inputs (``current``: the model being compressed,
         ``original``: the original model) at ``samples_per_image`` random output positions per image.
 
         The positions come from ``generator`` (one ``randperm`` per image, in order), so feeding the same
         batches in the same order gives the same Gram matrices however the inputs were obtained."""
-        out_h, out_w = (math.floor((current.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] *
-                                    (conv.kernel_size[d] - 1) - 1) / conv.stride[d]) + 1 for d in (0, 1))
+        out_h, out_w = (
+            math.floor(
+                (current.shape[d + 2] + 2 * conv.padding[d] - conv.dilation[d] * (conv.kernel_size[d] - 1) - 1)
+                / conv.stride[d]
+            )
+            + 1
+            for d in (0, 1)
+        )
         count = min(samples_per_image, out_h * out_w)
-        positions = torch.stack([torch.randperm(out_h * out_w, generator=generator)[:count]
-                                 for _ in range(current.shape[0])])
+        positions = torch.stack(
+            [torch.randperm(out_h * out_w, generator=generator)[:count] for _ in range(current.shape[0])]
+        )
         self.add(_patches(conv, current, positions), _patches(conv, original, positions))
 
 
@@ -127,8 +140,9 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch
     return picked.permute(0, 2, 1).reshape(-1, cols.shape[1])
 
 
-def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterable[Any], samples_per_image: int = 16,
-                 seed: int = 0) -> GramAccumulator:
+def sample_grams(
+    model: nn.Module, original: nn.Module, layer: str, data: Iterable[Any], samples_per_image: int = 16, seed: int = 0
+) -> GramAccumulator:
     """Gram matrices of ``layer``'s input patches in ``model`` and ``original`` at shared random positions.
 
     ``data``: the model inputs of each batch, a tensor or a tuple of tensors (labels already dropped, see
@@ -141,10 +155,13 @@ def sample_grams(model: nn.Module, original: nn.Module, layer: str, data: Iterab
     def grab(key: str):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, args: tuple) -> None:
             captured[key] = args[0].detach()
+
         return hook
 
-    handles = [conv.register_forward_pre_hook(grab("current")),
-               original.get_submodule(layer).register_forward_pre_hook(grab("original"))]
+    handles = [
+        conv.register_forward_pre_hook(grab("current")),
+        original.get_submodule(layer).register_forward_pre_hook(grab("original")),
+    ]
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
@@ -205,8 +222,9 @@ def prune_channels(gm: fx.GraphModule, path: PruningPath, kept: torch.Tensor, ne
     """
     kept = kept.to(new_weight.device)
     producer = gm.get_submodule(path.producer)
-    updates: list[tuple[nn.Module, dict[str, Any]]] = [(gm.get_submodule(path.layer), {
-        "weight": nn.Parameter(new_weight.contiguous()), "in_channels": len(kept)})]
+    updates: list[tuple[nn.Module, dict[str, Any]]] = [
+        (gm.get_submodule(path.layer), {"weight": nn.Parameter(new_weight.contiguous()), "in_channels": len(kept)})
+    ]
     for name in path.batch_norms:
         bn = gm.get_submodule(name)
         fields: dict[str, Any] = {"num_features": len(kept)}
@@ -219,8 +237,12 @@ def prune_channels(gm: fx.GraphModule, path: PruningPath, kept: torch.Tensor, ne
         updates.append((bn, fields))
     for name in path.depthwise:
         dw = gm.get_submodule(name)
-        fields = {"weight": nn.Parameter(dw.weight.detach()[kept].clone()), "in_channels": len(kept),
-                  "out_channels": len(kept), "groups": len(kept)}
+        fields = {
+            "weight": nn.Parameter(dw.weight.detach()[kept].clone()),
+            "in_channels": len(kept),
+            "out_channels": len(kept),
+            "groups": len(kept),
+        }
         if dw.bias is not None:
             fields["bias"] = nn.Parameter(dw.bias.detach()[kept].clone())
         updates.append((dw, fields))

@@ -153,45 +153,77 @@ def compress(
     """
     schemes = [scheme] if isinstance(scheme, str) else list(scheme)
     _check_arguments(schemes, target_mac_ratio, ratios, stage_targets, candidates)
-    check_count("rank_multiple", rank_multiple, hint=" (1 keeps exact ranks and channel counts; 8 rounds them up "
-                "to multiples of 8)")
+    check_count(
+        "rank_multiple",
+        rank_multiple,
+        hint=" (1 keeps exact ranks and channel counts; 8 rounds them up to multiples of 8)",
+    )
     check_count("num_batches", num_batches)
     check_count("samples_per_image", samples_per_image)
     skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
     workers = check_backend(workers, ray_address)  # before the baseline and the table, not when workers start
-    run = _Run(candidates, rank_multiple, skip_layers, cache_dir, layer_callback, samples_per_image, progress,
-               workers, ray_address)
+    run = _Run(
+        candidates,
+        rank_multiple,
+        skip_layers,
+        cache_dir,
+        layer_callback,
+        samples_per_image,
+        progress,
+        workers,
+        ray_address,
+    )
     if cache_dir is not None:
         check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
     sampling = [s for s in schemes if scheme_for(s).needs_data]
-    data = _calibration_batches(calibration, num_batches, len(example_inputs(example_input)), sampling[0]) \
-        if sampling else None
+    data = (
+        _calibration_batches(calibration, num_batches, len(example_inputs(example_input)), sampling[0])
+        if sampling
+        else None
+    )
     stages: list[CompressionInfo] = []
     current: nn.Module = model
     achieved = 1.0
     for index, name in enumerate(schemes):
         # Without explicit stage targets, what is left of the overall target is split evenly over the
         # remaining stages, so a stage that lands below its share (rank granularity) leaves more room.
-        target = stage_targets[index] if stage_targets else \
-            min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
-        current, info = _compress_stage(current, example_input, eval_fn, name, target, ratios, data, run,
-                                        check_skip=index == 0)
+        target = (
+            stage_targets[index]
+            if stage_targets
+            else min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
+        )
+        current, info = _compress_stage(
+            current, example_input, eval_fn, name, target, ratios, data, run, check_skip=index == 0
+        )
         stages.append(info)
         achieved *= info.mac_ratio
     if len(stages) == 1:
         return current, stages[0]
     first, last = stages[0], stages[-1]
     overall = CompressionInfo(
-        "+".join(schemes), target_mac_ratio, {f"{s.scheme}:{n}": r for s in stages for n, r in s.ratios.items()},
-        {f"{s.scheme}:{n}": k for s in stages for n, k in s.sizes.items()}, first.macs_before, last.macs_after,
-        first.params_before, last.params_after, first.baseline_score, last.score,
+        "+".join(schemes),
+        target_mac_ratio,
+        {f"{s.scheme}:{n}": r for s in stages for n, r in s.ratios.items()},
+        {f"{s.scheme}:{n}": k for s in stages for n, k in s.sizes.items()},
+        first.macs_before,
+        last.macs_after,
+        first.params_before,
+        last.params_after,
+        first.baseline_score,
+        last.score,
         seconds={k: sum(s.seconds.get(k, 0.0) for s in stages) for k in ("table", "selection", "apply")},
-        stages=stages)
+        stages=stages,
+    )
     return current, overall
 
 
-def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float] | None,
-                     stage_targets: Sequence[float] | None, candidates: int | Sequence[float]) -> None:
+def _check_arguments(
+    schemes: list[str],
+    target: float,
+    ratios: dict[str, float] | None,
+    stage_targets: Sequence[float] | None,
+    candidates: int | Sequence[float],
+) -> None:
     unknown = [s for s in schemes if s not in scheme_names()]
     if not schemes or unknown:
         raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(scheme_names())}")
@@ -203,11 +235,14 @@ def _check_arguments(schemes: list[str], target: float, ratios: dict[str, float]
         if len(stage_targets) != len(schemes) or not all(0.0 < t <= 1.0 for t in stage_targets):
             raise CompressionError("stage_targets needs one ratio in (0, 1] per scheme")
         if not math.isclose(math.prod(stage_targets), target, rel_tol=1e-3):
-            raise CompressionError(f"the product of stage_targets ({math.prod(stage_targets):.4g}) must equal "
-                                   f"target_mac_ratio ({target})")
+            raise CompressionError(
+                f"the product of stage_targets ({math.prod(stage_targets):.4g}) must equal target_mac_ratio ({target})"
+            )
     if not _valid_candidates(candidates):
-        raise InvalidOptionError(f"candidates={candidates!r}: pass a count ≥ 2 (evenly spaced ratios) or ratios in "
-                                 "(0, 1] with at least one below 1, e.g. [0.25, 0.5, 0.75]")
+        raise InvalidOptionError(
+            f"candidates={candidates!r}: pass a count ≥ 2 (evenly spaced ratios) or ratios in "
+            "(0, 1] with at least one below 1, e.g. [0.25, 0.5, 0.75]"
+        )
 
 
 def _valid_candidates(candidates: Any) -> bool:
@@ -225,19 +260,24 @@ def _valid_candidates(candidates: Any) -> bool:
     return len(valid) == len(ratios) and any(r < 1.0 for r in valid)
 
 
-def _calibration_batches(calibration: Iterable[Any] | None, num_batches: int, num_inputs: int, scheme: str
-                         ) -> list[tuple[torch.Tensor, ...]]:
+def _calibration_batches(
+    calibration: Iterable[Any] | None, num_batches: int, num_inputs: int, scheme: str
+) -> list[tuple[torch.Tensor, ...]]:
     """The model inputs of the first ``num_batches`` batches (labels dropped as QuantSim's calibration does,
     :func:`leantorch.batches.model_inputs`), checked now: NaN/Inf would reach the least-squares fits and show
     up only later, as a NaN score blamed on eval_fn."""
     if calibration is None:
-        raise CalibrationDataError(f"{scheme} samples activations but got calibration=None: pass "
-                                   "calibration=<a list or DataLoader of input batches like the example input>")
+        raise CalibrationDataError(
+            f"{scheme} samples activations but got calibration=None: pass "
+            "calibration=<a list or DataLoader of input batches like the example input>"
+        )
     check_iterable(calibration)
     data = list(itertools.islice(calibration, num_batches))
     if not data:
-        raise CalibrationDataError(f"{scheme} samples activations but got no batch (num_batches="
-                                   f"{num_batches}): pass a non-empty list or DataLoader of input batches")
+        raise CalibrationDataError(
+            f"{scheme} samples activations but got no batch (num_batches="
+            f"{num_batches}): pass a non-empty list or DataLoader of input batches"
+        )
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
@@ -256,20 +296,32 @@ class _Run:
     ray_address: str | None
 
 
-def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.Module], float], scheme: str,
-                    target: float, ratios: dict[str, float] | None, data: list[Any] | None, run: _Run,
-                    check_skip: bool = False) -> tuple[fx.GraphModule, CompressionInfo]:
+def _compress_stage(
+    model: nn.Module,
+    example_input: Any,
+    eval_fn: Callable[[nn.Module], float],
+    scheme: str,
+    target: float,
+    ratios: dict[str, float] | None,
+    data: list[Any] | None,
+    run: _Run,
+    check_skip: bool = False,
+) -> tuple[fx.GraphModule, CompressionInfo]:
     gm = prepare(model, example_input)
     gm.eval()
     costs = cost(gm, example_input)
     unknown = [n for n in run.skip if n not in costs.layers]
     if unknown and check_skip:  # later stages see renamed layers (an SVD pair is "<name>.0", "<name>.1")
-        raise UnknownLayerError(f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
-                                f"({len(costs.layers)}): {name_list(list(costs.layers))}")
+        raise UnknownLayerError(
+            f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
+            f"({len(costs.layers)}): {name_list(list(costs.layers))}"
+        )
     stage = Stage(gm, scheme, costs, run.skip, data, run.multiple, run.samples_per_image)
     if not stage.layers:
-        raise CompressionError(f"no layer can be compressed by {scheme}: "
-                               + "; ".join(f"{n}: {r}" for n, r in list(stage.skipped.items())[:5]))
+        raise CompressionError(
+            f"no layer can be compressed by {scheme}: "
+            + "; ".join(f"{n}: {r}" for n, r in list(stage.skipped.items())[:5])
+        )
     seconds: dict[str, float] = {}
     baseline = call_eval_fn(eval_fn, gm, "the uncompressed model")
     table = None
@@ -281,8 +333,9 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
         seconds["table"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen, threshold = greedy_select(table, stage.estimate_macs, target * costs.total_macs)
-        log.info("%s: score threshold %.4g selects %d layer(s)", scheme, threshold,
-                 sum(r < 1.0 for r in chosen.values()))
+        log.info(
+            "%s: score threshold %.4g selects %d layer(s)", scheme, threshold, sum(r < 1.0 for r in chosen.values())
+        )
     seconds["selection"] = time.perf_counter() - start
     start = time.perf_counter()
     if stage.method.prunes_in_one_pass and run.callback is None:
@@ -300,33 +353,57 @@ def _compress_stage(model: nn.Module, example_input: Any, eval_fn: Callable[[nn.
     seconds["apply"] = time.perf_counter() - start
     gm.eval()
     after = cost(gm, example_input)
-    info = CompressionInfo(scheme, target, {n: chosen[n] for n in sizes}, sizes, costs.total_macs, after.total_macs,
-                           costs.total_params, after.total_params, baseline,
-                           call_eval_fn(eval_fn, gm, f"the {scheme}-compressed model"), table,
-                           stage.skipped, seconds)
+    info = CompressionInfo(
+        scheme,
+        target,
+        {n: chosen[n] for n in sizes},
+        sizes,
+        costs.total_macs,
+        after.total_macs,
+        costs.total_params,
+        after.total_params,
+        baseline,
+        call_eval_fn(eval_fn, gm, f"the {scheme}-compressed model"),
+        table,
+        stage.skipped,
+        seconds,
+    )
     return gm, info
 
 
-def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], baseline: float,
-                      run: _Run) -> EvalScoreTable:
+def _eval_score_table(
+    stage: Stage, eval_fn: Callable[[nn.Module], float], baseline: float, run: _Run
+) -> EvalScoreTable:
     """Score every (layer, candidate ratio). An :class:`~leantorch.evaluation.OutputScore` runs only the part of
     the model after each layer (:mod:`.suffix_table`); any other eval_fn scores a compressed deep copy."""
     gm, scheme = stage.gm, stage.scheme
-    grid = (default_candidates(int(run.candidates)) if isinstance(run.candidates, numbers.Integral)
-            else sorted({*run.candidates, 1.0}))
+    grid = (
+        default_candidates(int(run.candidates))
+        if isinstance(run.candidates, numbers.Integral)
+        else sorted({*run.candidates, 1.0})
+    )
     # Graph order, so that the contiguous chunks of a parallel back end each walk one stretch of the model.
     layers = sorted(stage.layers, key=layer_nodes(gm, stage.layers).__getitem__)
     if isinstance(eval_fn, OutputScore):
         rows = rows_fn(stage, eval_fn, grid, baseline, run.progress and _serial(run))
     else:
+
         def rows(chunk: list[str]) -> list[dict[float, float]]:
             jobs = [(layer, r) for layer in chunk for r in grid if r < 1.0]
             out: dict[str, dict[float, float]] = {layer: {} for layer in chunk}
-            for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval",
-                                     disable=not (run.progress and _serial(run)), leave=False):
+            for layer, ratio in tqdm(
+                jobs,
+                desc=f"eval-score table ({scheme})",
+                unit="eval",
+                disable=not (run.progress and _serial(run)),
+                leave=False,
+            ):
                 trial = copy.deepcopy(gm)
-                out[layer][ratio] = baseline if stage.apply(trial, layer, ratio) is None else call_eval_fn(
-                    eval_fn, trial, f"the model with layer {layer} compressed to ratio {ratio}")
+                out[layer][ratio] = (
+                    baseline
+                    if stage.apply(trial, layer, ratio) is None
+                    else call_eval_fn(eval_fn, trial, f"the model with layer {layer} compressed to ratio {ratio}")
+                )
             return [out[layer] for layer in chunk]
 
     def chunked(chunk: list[str]) -> list[dict[float, float]]:
@@ -336,13 +413,21 @@ def _eval_score_table(stage: Stage, eval_fn: Callable[[nn.Module], float], basel
 
         work = suffix_work(stage, chunk)
         device = next((p.device for p in gm.parameters()), "cpu")
-        return run_chunks(rows, chunk, workers=run.workers, ray_address=run.ray_address, progress=run.progress,
-                          desc=f"eval-score table ({scheme})", weights=[work[n] for n in chunk],
-                          gpus_per_worker=gpu_share(device, run.workers))
+        return run_chunks(
+            rows,
+            chunk,
+            workers=run.workers,
+            ray_address=run.ray_address,
+            progress=run.progress,
+            desc=f"eval-score table ({scheme})",
+            weights=[work[n] for n in chunk],
+            gpus_per_worker=gpu_share(device, run.workers),
+        )
 
     path = Path(run.cache_dir) / f"eval_scores_{scheme}.json" if run.cache_dir is not None else None
-    table = build_table_by_layers(layers, grid, chunked, baseline, scheme,
-                                  fingerprint(gm, stage.layers, scheme, grid, run.multiple), path)
+    table = build_table_by_layers(
+        layers, grid, chunked, baseline, scheme, fingerprint(gm, stage.layers, scheme, grid, run.multiple), path
+    )
     table.scores = {n: table.scores[n] for n in stage.layers}  # the cost report's order, as before
     return table
 
@@ -354,11 +439,17 @@ def _serial(run: _Run) -> bool:
 def _manual_ratios(ratios: dict[str, float], stage: Stage) -> dict[str, float]:
     unknown = [n for n in ratios if n not in stage.costs.layers]
     if unknown:
-        raise UnknownLayerError(f"ratios={unknown}: not a conv/linear layer of the model; valid names "
-                                f"({len(stage.costs.layers)}): {name_list(list(stage.costs.layers))}")
+        raise UnknownLayerError(
+            f"ratios={unknown}: not a conv/linear layer of the model; valid names "
+            f"({len(stage.costs.layers)}): {name_list(list(stage.costs.layers))}"
+        )
     bad = {n: r for n, r in ratios.items() if n not in stage.layers or not (0.0 < r <= 1.0)}
     if bad:
-        reasons = {n: stage.skipped.get(n, "not a layer of the model" if n not in stage.costs.layers
-                                        else "ratio must be in (0, 1]") for n in bad}
+        reasons = {
+            n: stage.skipped.get(
+                n, "not a layer of the model" if n not in stage.costs.layers else "ratio must be in (0, 1]"
+            )
+            for n in bad
+        }
         raise CompressionError(f"cannot use manual ratios {bad}: {reasons}")
     return dict(ratios)

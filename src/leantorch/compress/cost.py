@@ -59,8 +59,10 @@ class CostReport:
     def rows(self) -> list[dict[str, Any]]:
         """Table rows (layer, type, MACs, params, share of MACs)."""
         total = max(self.total_macs, 1)
-        return [{"layer": c.name, "type": c.kind, "MACs": c.macs, "params": c.params, "MAC share": c.macs / total}
-                for c in self.layers.values()]
+        return [
+            {"layer": c.name, "type": c.kind, "MACs": c.macs, "params": c.params, "MAC share": c.macs / total}
+            for c in self.layers.values()
+        ]
 
 
 def layer_macs(module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
@@ -72,8 +74,10 @@ def layer_macs(module: nn.Module, input_shape: tuple[int, ...], output_shape: tu
     """
     spec = spec_for(module)
     if spec is None or spec.mac_count is None:
-        raise CompressionError(f"no MAC formula for {type(module).__name__}: the cost model counts "
-                               f"{', '.join(c.__name__ for c in counted_classes())} layers")
+        raise CompressionError(
+            f"no MAC formula for {type(module).__name__}: the cost model counts "
+            f"{', '.join(c.__name__ for c in counted_classes())} layers"
+        )
     return spec.mac_count(module, input_shape, output_shape)
 
 
@@ -101,13 +105,20 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
     handles = []
     for name, module in model.named_modules():
         if counted(module) and not any(counted(c) for c in module.children()):
+
             def hook(m: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
                 in_shape, out_shape = tuple(inputs[0].shape), tuple(output.shape)
                 macs = layer_macs(m, in_shape, out_shape)
                 previous = report.layers.get(name)  # a module called several times counts every call
                 report.layers[name] = LayerCost(
-                    name, type(m).__name__, macs + (previous.macs if previous else 0),
-                    sum(p.numel() for p in m.parameters(recurse=False)), in_shape[1:], out_shape[1:])
+                    name,
+                    type(m).__name__,
+                    macs + (previous.macs if previous else 0),
+                    sum(p.numel() for p in m.parameters(recurse=False)),
+                    in_shape[1:],
+                    out_shape[1:],
+                )
+
             handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -118,4 +129,3 @@ def cost(model: nn.Module, example_input: Any) -> CostReport:
         for h in handles:
             h.remove()
     return report
-

@@ -48,9 +48,16 @@ def export_float_onnx(model: nn.Module, example_input: torch.Tensor, path: str |
     path = Path(path)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example_input,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
     return path
 
 
@@ -72,9 +79,14 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int) -> d
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def compare_latency(models: Mapping[str, nn.Module | str | Path], example_input: torch.Tensor,
-                    batch_sizes: Sequence[int] = (1, 32), repeats: int = 20, threads: int | None = None,
-                    seed: int = 0) -> list[dict[str, Any]]:
+def compare_latency(
+    models: Mapping[str, nn.Module | str | Path],
+    example_input: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 20,
+    threads: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """ONNX Runtime latency of each model at each batch size, and its ratio to the first model's.
 
     Args:
@@ -113,8 +125,16 @@ def compare_latency(models: Mapping[str, nn.Module | str | Path], example_input:
             runs = {name: _runner(session, x) for name, session in sessions.items()}
             medians = interleaved_medians(runs, repeats)
             base = medians[next(iter(models))]
-            rows += [{"model": name, "batch": batch, "ms": 1e3 * seconds, "ms per sample": 1e3 * seconds / batch,
-                      "latency ratio": seconds / base} for name, seconds in medians.items()]
+            rows += [
+                {
+                    "model": name,
+                    "batch": batch,
+                    "ms": 1e3 * seconds,
+                    "ms per sample": 1e3 * seconds / batch,
+                    "latency ratio": seconds / base,
+                }
+                for name, seconds in medians.items()
+            ]
     return rows
 
 
@@ -129,8 +149,10 @@ def _onnx_file(name: str, model: nn.Module | str | Path, example_input: torch.Te
             model.train(was_training)
     path = Path(model)
     if not path.is_file():
-        raise InvalidOptionError(f"compare_latency: model {name!r} is {str(model)!r}, which is not an ONNX file; pass "
-                                 "an nn.Module or the path of an exported .onnx")
+        raise InvalidOptionError(
+            f"compare_latency: model {name!r} is {str(model)!r}, which is not an ONNX file; pass "
+            "an nn.Module or the path of an exported .onnx"
+        )
     return path
 
 

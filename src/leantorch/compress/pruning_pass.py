@@ -49,8 +49,9 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
     assert stage.reference is not None and stage.data is not None
     model, reference = stage.gm, stage.reference
     start = layer_nodes(model, list(stage.costs.layers))
-    todo = sorted((n for n, r in chosen.items() if r < 1.0 and stage.size_for(n, r) is not None),
-                  key=lambda n: start[n])
+    todo = sorted(
+        (n for n, r in chosen.items() if r < 1.0 and stage.size_for(n, r) is not None), key=lambda n: start[n]
+    )
     if not todo:
         return {}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -60,8 +61,14 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
     samples = sum(len(batch[0]) for batch in batches)
     # Progress in MACs run (both models, up to each layer): the layers sit at very different depths.
     reached = {n: sum(c.macs for m, c in stage.costs.layers.items() if start[m] < start[n]) for n in todo}
-    bar = tqdm(total=2 * samples * reached[todo[-1]], desc="pruning (channel_pruning)", unit="MAC", unit_scale=True,
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=2 * samples * reached[todo[-1]],
+        desc="pruning (channel_pruning)",
+        unit="MAC",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
     sizes: dict[str, int] = {}
     done = 0
     with torch.no_grad(), bar:
@@ -80,8 +87,9 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
     return sizes
 
 
-def _prune(stage: Stage, name: str, nodes: tuple[fx.Node, fx.Node], frontiers: tuple[Frontier, Frontier],
-           ratio: float) -> torch.Tensor:
+def _prune(
+    stage: Stage, name: str, nodes: tuple[fx.Node, fx.Node], frontiers: tuple[Frontier, Frontier], ratio: float
+) -> torch.Tensor:
     """Gram matrices from both frontiers, channel selection, least-squares fit, pruning; returns the kept."""
     conv = stage.gm.get_submodule(name)
     grams = GramAccumulator()

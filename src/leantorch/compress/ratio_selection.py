@@ -59,9 +59,14 @@ class EvalScoreTable:
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (reload with :meth:`load`)."""
-        data = {"scheme": self.scheme, "candidates": self.candidates, "baseline": self.baseline,
-                "fingerprint": self.fingerprint, "seconds": self.seconds,
-                "scores": {layer: {str(r): s for r, s in row.items()} for layer, row in self.scores.items()}}
+        data = {
+            "scheme": self.scheme,
+            "candidates": self.candidates,
+            "baseline": self.baseline,
+            "fingerprint": self.fingerprint,
+            "seconds": self.seconds,
+            "scores": {layer: {str(r): s for r, s in row.items()} for layer, row in self.scores.items()},
+        }
         out = check_file(path, "eval-score table path")
         text = json.dumps(data, indent=1)
         with writing(out), staged_outputs() as staging:  # a half-written cache would fail the next run
@@ -74,8 +79,14 @@ class EvalScoreTable:
         try:
             data = json.loads(Path(path).read_text())
             scores = {layer: {float(r): float(s) for r, s in row.items()} for layer, row in data["scores"].items()}
-            return cls(data["scheme"], [float(c) for c in data["candidates"]], float(data["baseline"]), scores,
-                       data.get("fingerprint", ""), float(data.get("seconds", 0.0)))
+            return cls(
+                data["scheme"],
+                [float(c) for c in data["candidates"]],
+                float(data["baseline"]),
+                scores,
+                data.get("fingerprint", ""),
+                float(data.get("seconds", 0.0)),
+            )
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise CompressionError(f"cannot read eval-score table {path}: {exc}") from exc
 
@@ -112,11 +123,13 @@ def build_table(
         >>> build_table(["a"], [0.5, 1.0], lambda layer, r: r, 1.0, "weight_svd", "", progress=False).scores
         {'a': {1.0: 1.0, 0.5: 0.5}}
     """
+
     def score_layers(chunk: list[str]) -> list[dict[float, float]]:
         jobs = [(layer, r) for layer in chunk for r in candidates if r < 1.0]
         rows: dict[str, dict[float, float]] = {layer: {} for layer in chunk}
-        for layer, ratio in tqdm(jobs, desc=f"eval-score table ({scheme})", unit="eval", disable=not progress,
-                                 leave=False):
+        for layer, ratio in tqdm(
+            jobs, desc=f"eval-score table ({scheme})", unit="eval", disable=not progress, leave=False
+        ):
             rows[layer][ratio] = score_with(layer, ratio)
         return [rows[layer] for layer in chunk]
 
@@ -170,8 +183,9 @@ def ratios_for_threshold(table: EvalScoreTable, threshold: float) -> dict[str, f
     return chosen
 
 
-def greedy_select(table: EvalScoreTable, estimate_macs: Callable[[dict[str, float]], float],
-                  target_macs: float) -> tuple[dict[str, float], float]:
+def greedy_select(
+    table: EvalScoreTable, estimate_macs: Callable[[dict[str, float]], float], target_macs: float
+) -> tuple[dict[str, float], float]:
     """Ratios reaching ``target_macs`` with the highest score threshold; returns the ratios and the threshold.
 
     ``estimate_macs(ratios)`` gives the model's total MACs after compressing with ``ratios`` (it accounts
@@ -188,9 +202,11 @@ def greedy_select(table: EvalScoreTable, estimate_macs: Callable[[dict[str, floa
     thresholds = sorted({s for row in table.scores.values() for s in row.values()} | {-math.inf})
     lowest = estimate_macs(ratios_for_threshold(table, -math.inf))
     if lowest > target_macs:
-        raise CompressionError(f"the target ({target_macs:.4g} MACs) cannot be reached: the smallest candidate "
-                               f"ratios on every compressible layer give {lowest:.4g}; add smaller "
-                               "candidates, compress more layers, or raise the target ratio")
+        raise CompressionError(
+            f"the target ({target_macs:.4g} MACs) cannot be reached: the smallest candidate "
+            f"ratios on every compressible layer give {lowest:.4g}; add smaller "
+            "candidates, compress more layers, or raise the target ratio"
+        )
     lo, hi = 0, len(thresholds) - 1  # the estimate at thresholds[lo] meets the target
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -202,8 +218,12 @@ def greedy_select(table: EvalScoreTable, estimate_macs: Callable[[dict[str, floa
     return spend_slack(table, chosen, estimate_macs, target_macs), thresholds[lo]
 
 
-def spend_slack(table: EvalScoreTable, ratios: dict[str, float], estimate_macs: Callable[[dict[str, float]], float],
-                target_macs: float) -> dict[str, float]:
+def spend_slack(
+    table: EvalScoreTable,
+    ratios: dict[str, float],
+    estimate_macs: Callable[[dict[str, float]], float],
+    target_macs: float,
+) -> dict[str, float]:
     """Give MACs back where the threshold compressed more than the target needs.
 
     Scores often tie (an accuracy on a few hundred samples), so the threshold can compress far below the

@@ -15,9 +15,11 @@ def _stages(info: CompressionInfo) -> list[CompressionInfo]:
 
 def sensitivity_figures(info: CompressionInfo) -> list[tuple[str, bytes]]:
     """``(file stem, PNG)`` of the per-layer score-vs-ratio curves of every stage that built a table."""
-    return [(f"sensitivity_{stage.scheme}", plots.compression_curves_plot(stage.scheme, stage.table.scores,
-                                                                          stage.ratios))
-            for stage in _stages(info) if stage.table is not None]
+    return [
+        (f"sensitivity_{stage.scheme}", plots.compression_curves_plot(stage.scheme, stage.table.scores, stage.ratios))
+        for stage in _stages(info)
+        if stage.table is not None
+    ]
 
 
 def write_report(info: CompressionInfo, path: str | Path, plots_dir: str | Path | None = None) -> Path:
@@ -27,21 +29,34 @@ def write_report(info: CompressionInfo, path: str | Path, plots_dir: str | Path 
         >>> write_report(info, "out/compression_report.html")  # doctest: +SKIP
     """
     figures = sensitivity_figures(info)
-    summary = [{"stage": s.scheme, "target MAC ratio": s.target_mac_ratio, "achieved MAC ratio": s.mac_ratio,
-                "MACs before": s.macs_before, "MACs after": s.macs_after, "params after": s.params_after,
-                "score before": s.baseline_score, "score after": s.score,
-                "table (s)": s.seconds.get("table", 0.0), "selection (s)": s.seconds.get("selection", 0.0)}
-               for s in _stages(info)]
+    summary = [
+        {
+            "stage": s.scheme,
+            "target MAC ratio": s.target_mac_ratio,
+            "achieved MAC ratio": s.mac_ratio,
+            "MACs before": s.macs_before,
+            "MACs after": s.macs_after,
+            "params after": s.params_after,
+            "score before": s.baseline_score,
+            "score after": s.score,
+            "table (s)": s.seconds.get("table", 0.0),
+            "selection (s)": s.seconds.get("selection", 0.0),
+        }
+        for s in _stages(info)
+    ]
     body = ["<h2>Summary</h2>", table(summary)]
     if figures:
-        body += ["<h2>Per-layer sensitivity</h2>",
-                 "<p class='note'>Each line is one layer: the score with only that layer compressed, at each "
-                 "candidate ratio (the eval-score table). Flat lines are layers that compress for free.</p>",
-                 images(figures, wide=True)]
+        body += [
+            "<h2>Per-layer sensitivity</h2>",
+            "<p class='note'>Each line is one layer: the score with only that layer compressed, at each "
+            "candidate ratio (the eval-score table). Flat lines are layers that compress for free.</p>",
+            images(figures, wide=True),
+        ]
     for stage in _stages(info):
         body.append(details(f"{stage.scheme}: compressed layers", stage.rows()))
-        body.append(details(f"{stage.scheme}: skipped layers",
-                            [{"layer": n, "reason": r} for n, r in stage.skipped.items()]))
+        body.append(
+            details(f"{stage.scheme}: skipped layers", [{"layer": n, "reason": r} for n, r in stage.skipped.items()])
+        )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(document(f"Compression — {info.scheme}, target {info.target_mac_ratio:g}", body), encoding="utf-8")

@@ -34,8 +34,15 @@ from .svd import decomposable, macs_per_rank, rank_for_ratio, spatial_svd, weigh
 if TYPE_CHECKING:
     from .stage import Stage
 
-__all__ = ["CompressionScheme", "LowRankScheme", "ChannelPruningScheme", "register_scheme", "unregister_scheme",
-           "scheme_for", "scheme_names"]
+__all__ = [
+    "CompressionScheme",
+    "LowRankScheme",
+    "ChannelPruningScheme",
+    "register_scheme",
+    "unregister_scheme",
+    "scheme_for",
+    "scheme_names",
+]
 
 
 class CompressionScheme(ABC):
@@ -66,13 +73,13 @@ class CompressionScheme(ABC):
         """Update the per-layer MAC counts ``macs`` for compressing this layer to ``size``."""
 
     @abstractmethod
-    def replacement(self, stage: Stage, name: str, module: nn.Module, size: int,
-                    grams: GramAccumulator | None) -> nn.Module:
+    def replacement(
+        self, stage: Stage, name: str, module: nn.Module, size: int, grams: GramAccumulator | None
+    ) -> nn.Module:
         """What the layer becomes at ``size``, run in its place on the unchanged model's activations."""
 
     @abstractmethod
-    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int,
-              grams: GramAccumulator | None) -> None:
+    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: GramAccumulator | None) -> None:
         """Compress layer ``name`` of ``model`` (in place) to ``size``."""
 
 
@@ -98,12 +105,12 @@ class LowRankScheme(CompressionScheme):
     def scale_macs(self, stage: Stage, name: str, module: nn.Module, size: int, macs: dict[str, float]) -> None:
         macs[name] = size * macs_per_rank(module, self.kind, stage.costs.layers[name])
 
-    def replacement(self, stage: Stage, name: str, module: nn.Module, size: int,
-                    grams: GramAccumulator | None) -> nn.Module:
+    def replacement(
+        self, stage: Stage, name: str, module: nn.Module, size: int, grams: GramAccumulator | None
+    ) -> nn.Module:
         return weight_svd(module, size) if self.kind == "weight_svd" else spatial_svd(module, size)
 
-    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int,
-              grams: GramAccumulator | None) -> None:
+    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: GramAccumulator | None) -> None:
         pair = self.replacement(stage, name, model.get_submodule(name), size, grams)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, pair)
@@ -126,8 +133,11 @@ class ChannelPruningScheme(CompressionScheme):
             return path
         # A module called at several places sees several inputs; its channels cannot be chosen from one
         # call's statistics, and pruning its producer would change the other calls' values too.
-        reused = [f"{m} is called at {stage.calls[m]} places" for m in
-                  [name, path.producer, *path.batch_norms, *path.depthwise] if stage.calls.get(m, 0) > 1]
+        reused = [
+            f"{m} is called at {stage.calls[m]} places"
+            for m in [name, path.producer, *path.batch_norms, *path.depthwise]
+            if stage.calls.get(m, 0) > 1
+        ]
         if reused:
             return "; ".join(reused)
         stage.paths[name] = path
@@ -143,8 +153,9 @@ class ChannelPruningScheme(CompressionScheme):
         for touched in [name, path.producer, *path.depthwise]:
             macs[touched] *= kept
 
-    def replacement(self, stage: Stage, name: str, module: nn.Module, size: int,
-                    grams: GramAccumulator | None) -> nn.Module:
+    def replacement(
+        self, stage: Stage, name: str, module: nn.Module, size: int, grams: GramAccumulator | None
+    ) -> nn.Module:
         assert grams is not None, "channel pruning needs the layer's input statistics"
         kept = select_channels(module.weight, grams.current, size)
         small = copy.deepcopy(module)
@@ -152,8 +163,7 @@ class ChannelPruningScheme(CompressionScheme):
         small.in_channels = len(kept)
         return KeptInputs(kept, small)
 
-    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int,
-              grams: GramAccumulator | None) -> None:
+    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: GramAccumulator | None) -> None:
         assert stage.reference is not None and stage.data is not None
         module = model.get_submodule(name)
         if grams is None:

@@ -50,8 +50,16 @@ class Stage:
     (``self.method``); the stage holds the model, its costs and the per-model state the scheme keeps
     (``paths``, ``reference``, ``data``)."""
 
-    def __init__(self, gm: fx.GraphModule, scheme: str, costs: CostReport, skip: Sequence[str],
-                 data: list | None, multiple: int, samples_per_image: int) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        scheme: str,
+        costs: CostReport,
+        skip: Sequence[str],
+        data: list | None,
+        multiple: int,
+        samples_per_image: int,
+    ) -> None:
         self.gm, self.scheme, self.costs, self.multiple = gm, scheme, costs, multiple
         self.method: CompressionScheme = scheme_for(scheme)
         self.data, self.samples_per_image = data, samples_per_image
@@ -61,8 +69,9 @@ class Stage:
         self.paths: dict[str, PruningPath] = {}
         self.calls = collections.Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
         for name in costs.layers:
-            reason = "skipped by request" if name in skip else \
-                self.method.skip_reason(self, name, gm.get_submodule(name))
+            reason = (
+                "skipped by request" if name in skip else self.method.skip_reason(self, name, gm.get_submodule(name))
+            )
             if reason:
                 self.skipped[name] = reason
             else:
@@ -90,8 +99,7 @@ class Stage:
             return None
         return self.method.replacement(self, name, self.gm.get_submodule(name), size, grams)
 
-    def apply(self, model: fx.GraphModule, name: str, ratio: float,
-              grams: GramAccumulator | None = None) -> int | None:
+    def apply(self, model: fx.GraphModule, name: str, ratio: float, grams: GramAccumulator | None = None) -> int | None:
         """Compress ``name`` in ``model`` (in place) to about ``ratio`` of its MACs; returns the rank or the
         kept channels, None when that would not save anything. Channel pruning samples the layer's inputs in
         ``model`` and the original model unless ``grams`` holds them already."""

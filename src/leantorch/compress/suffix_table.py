@@ -50,12 +50,14 @@ def suffix_work(stage: Stage, layers: Sequence[str]) -> dict[str, float]:
     """Per layer, the MACs per sample of the part of the model from that layer on (what one candidate runs):
     the unit of the progress bars and the weights that split the layers into chunks of equal work."""
     start = layer_nodes(stage.gm, list(stage.costs.layers))
-    return {name: float(sum(c.macs for n, c in stage.costs.layers.items() if start[n] >= start[name]))
-            for name in layers}
+    return {
+        name: float(sum(c.macs for n, c in stage.costs.layers.items() if start[n] >= start[name])) for name in layers
+    }
 
 
-def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseline: float, layers: list[str],
-                 progress: bool = True) -> list[Row]:
+def score_layers(
+    stage: Stage, score: OutputScore, grid: Sequence[float], baseline: float, layers: list[str], progress: bool = True
+) -> list[Row]:
     """The eval-score table rows of ``layers`` (one ``{ratio: score}`` per layer, in the order given).
 
     Example:
@@ -87,8 +89,14 @@ def score_layers(stage: Stage, score: OutputScore, grid: Sequence[float], baseli
     # early layer's candidates cost most of a forward pass, a late one's a few percent, so counting
     # candidates would give an ETA far too pessimistic at the start and too optimistic at the end.
     total = sum(int(work[n]) * samples * len(ratios) for n in order)
-    bar = tqdm(total=total, desc=f"eval-score table ({stage.scheme})", unit="MAC", unit_scale=True,
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=total,
+        desc=f"eval-score table ({stage.scheme})",
+        unit="MAC",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
     try:
         with torch.no_grad(), bar:
             for name in order:
@@ -143,10 +151,12 @@ def _name_failing_batch(batches: Sequence[tuple[torch.Tensor, ...]], model: nn.M
         run_batch(model, inputs, index)
 
 
-def rows_fn(stage: Stage, score: OutputScore, grid: Sequence[float], baseline: float,
-            progress: bool) -> Callable[[list[str]], list[Row]]:
+def rows_fn(
+    stage: Stage, score: OutputScore, grid: Sequence[float], baseline: float, progress: bool
+) -> Callable[[list[str]], list[Row]]:
     """``fn(layers) -> rows`` for a contiguous chunk of layers (picklable with cloudpickle for a worker)."""
+
     def rows(layers: list[str]) -> list[Row]:
         return score_layers(stage, score, grid, baseline, layers, progress)
-    return rows
 
+    return rows

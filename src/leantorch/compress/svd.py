@@ -114,8 +114,9 @@ def weight_svd(module: nn.Module, rank: int) -> nn.Sequential:
         matrix = w.permute(1, 0, 2, 3).reshape(n_in, n_out * kh * kw)
         left, right = _factor(matrix, rank)  # (n_in, r), (r, n_out·kh·kw)
         first = nn.Conv2d(n_in, rank, 1, bias=False)
-        second = nn.Conv2d(rank, n_out, module.kernel_size, module.stride, module.padding, module.dilation,
-                           bias=has_bias)
+        second = nn.Conv2d(
+            rank, n_out, module.kernel_size, module.stride, module.padding, module.dilation, bias=has_bias
+        )
         first.weight.data = left.t().reshape(rank, n_in, 1, 1).to(dtype)
         second.weight.data = right.reshape(rank, n_out, kh, kw).permute(1, 0, 2, 3).contiguous().to(dtype)
     if has_bias:

@@ -5,5 +5,12 @@ from .efficientnet import efficientnet_lite0
 from .resnet import ResNetSmall
 from .transformer import TransformerClassifier, TransformerEncoderBlock
 
-__all__ = ["DigitsCNN", "accuracy", "train_classifier", "efficientnet_lite0", "ResNetSmall", "TransformerClassifier",
-           "TransformerEncoderBlock"]
+__all__ = [
+    "DigitsCNN",
+    "accuracy",
+    "train_classifier",
+    "efficientnet_lite0",
+    "ResNetSmall",
+    "TransformerClassifier",
+    "TransformerEncoderBlock",
+]

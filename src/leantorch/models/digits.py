@@ -21,8 +21,9 @@ class DigitsCNN(nn.Module):
 
     def __init__(self, width: int = 32, num_classes: int = 10) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv_bn_relu(1, width), _conv_bn_relu(width, width), nn.MaxPool2d(2),
-                                      _conv_bn_relu(width, 2 * width))
+        self.features = nn.Sequential(
+            _conv_bn_relu(1, width), _conv_bn_relu(width, width), nn.MaxPool2d(2), _conv_bn_relu(width, 2 * width)
+        )
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,8 +31,15 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 20, lr: float = 3e-3,
-                     batch_size: int = 64, seed: int = 0) -> nn.Module:
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
     """Train ``model`` in place with Adam and cross-entropy (shuffled mini-batches, cosine decay); eval mode.
 
     Example:
@@ -47,7 +55,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=gen)
         for start in range(0, len(y), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -69,7 +77,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     correct = 0
     with torch.no_grad():
         for start in range(0, len(y), batch_size):
-            out = model(x[start:start + batch_size].to(device))
-            correct += int((out.argmax(-1).cpu() == y[start:start + batch_size]).sum())
+            out = model(x[start : start + batch_size].to(device))
+            correct += int((out.argmax(-1).cpu() == y[start : start + batch_size]).sum())
     model.train(was_training)
     return correct / len(y)

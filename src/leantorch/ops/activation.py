@@ -40,33 +40,91 @@ _RELU = dict(fusable_activation=True, cle_activation=True, cle_equivariant=True)
 _RELU6 = dict(fusable_activation=True, cle_activation=is_relu6, cle_relu6=is_relu6, cle_equivariant=is_relu6)
 
 # Registration order is the order of the default supergroups (ReLU, ReLU6, BoundedReLU).
-RELU = register(OpSpec("ReLU", (nn.ReLU,), relu_upper=lambda m: math.inf, prune_channelwise=True,
-                       functions=_calls(F.relu, torch.relu, rule=simple(nn.ReLU)),
-                       methods=_calls("relu", rule=simple(nn.ReLU)), **_RELU))
-RELU6 = register(OpSpec("ReLU6", (nn.ReLU6,), relu_upper=lambda m: 6.0, prune_channelwise=True,
-                        functions=_calls(F.relu6, rule=simple(nn.ReLU6)), **_RELU6))
+RELU = register(
+    OpSpec(
+        "ReLU",
+        (nn.ReLU,),
+        relu_upper=lambda m: math.inf,
+        prune_channelwise=True,
+        functions=_calls(F.relu, torch.relu, rule=simple(nn.ReLU)),
+        methods=_calls("relu", rule=simple(nn.ReLU)),
+        **_RELU,
+    )
+)
+RELU6 = register(
+    OpSpec(
+        "ReLU6",
+        (nn.ReLU6,),
+        relu_upper=lambda m: 6.0,
+        prune_channelwise=True,
+        functions=_calls(F.relu6, rule=simple(nn.ReLU6)),
+        **_RELU6,
+    )
+)
 # Not channelwise for pruning: its bound has one entry per channel, which pruning does not slice.
 BOUNDED_RELU = register(OpSpec("BoundedReLU", (BoundedReLU,), relu_upper=lambda m: m.upper, **_RELU))
-HARDTANH = register(OpSpec("Hardtanh", (nn.Hardtanh,), cle_activation=is_relu6, cle_relu6=is_relu6,
-                           cle_equivariant=is_relu6, prune_channelwise=True,
-                           functions=_calls(F.hardtanh, rule=unary(_hardtanh))))
-GELU = register(OpSpec("GELU", (nn.GELU,), prune_channelwise=True, functions=_calls(
-    F.gelu, rule=unary(lambda a, k: nn.GELU(approximate=arg(a, k, 1, "approximate", "none"))))))
-SIGMOID = register(OpSpec("Sigmoid", (nn.Sigmoid,), prune_channelwise=True,
-                          functions=_calls(torch.sigmoid, F.sigmoid, rule=simple(nn.Sigmoid)),
-                          methods=_calls("sigmoid", rule=simple(nn.Sigmoid))))
-TANH = register(OpSpec("Tanh", (nn.Tanh,), prune_channelwise=True,
-                       functions=_calls(torch.tanh, F.tanh, rule=simple(nn.Tanh)),
-                       methods=_calls("tanh", rule=simple(nn.Tanh))))
-for _name, _cls, _function in [("SiLU", nn.SiLU, F.silu), ("Hardswish", nn.Hardswish, F.hardswish),
-                               ("Hardsigmoid", nn.Hardsigmoid, F.hardsigmoid), ("ELU", nn.ELU, None)]:
-    register(OpSpec(_name, (_cls,), prune_channelwise=True,
-                    functions=_calls(_function, rule=simple(_cls)) if _function else ()))
+HARDTANH = register(
+    OpSpec(
+        "Hardtanh",
+        (nn.Hardtanh,),
+        cle_activation=is_relu6,
+        cle_relu6=is_relu6,
+        cle_equivariant=is_relu6,
+        prune_channelwise=True,
+        functions=_calls(F.hardtanh, rule=unary(_hardtanh)),
+    )
+)
+GELU = register(
+    OpSpec(
+        "GELU",
+        (nn.GELU,),
+        prune_channelwise=True,
+        functions=_calls(F.gelu, rule=unary(lambda a, k: nn.GELU(approximate=arg(a, k, 1, "approximate", "none")))),
+    )
+)
+SIGMOID = register(
+    OpSpec(
+        "Sigmoid",
+        (nn.Sigmoid,),
+        prune_channelwise=True,
+        functions=_calls(torch.sigmoid, F.sigmoid, rule=simple(nn.Sigmoid)),
+        methods=_calls("sigmoid", rule=simple(nn.Sigmoid)),
+    )
+)
+TANH = register(
+    OpSpec(
+        "Tanh",
+        (nn.Tanh,),
+        prune_channelwise=True,
+        functions=_calls(torch.tanh, F.tanh, rule=simple(nn.Tanh)),
+        methods=_calls("tanh", rule=simple(nn.Tanh)),
+    )
+)
+for _name, _cls, _function in [
+    ("SiLU", nn.SiLU, F.silu),
+    ("Hardswish", nn.Hardswish, F.hardswish),
+    ("Hardsigmoid", nn.Hardsigmoid, F.hardsigmoid),
+    ("ELU", nn.ELU, None),
+]:
+    register(
+        OpSpec(
+            _name, (_cls,), prune_channelwise=True, functions=_calls(_function, rule=simple(_cls)) if _function else ()
+        )
+    )
 # PReLU may learn one slope per channel, which pruning does not slice.
-LEAKY_RELU = register(OpSpec("LeakyReLU", (nn.LeakyReLU, nn.PReLU),
-                             prune_channelwise=lambda m: isinstance(m, nn.LeakyReLU), functions=_calls(
-                                 F.leaky_relu, rule=unary(lambda a, k: nn.LeakyReLU(
-                                     arg(a, k, 1, "negative_slope", 0.01))))))
-SOFTMAX = register(OpSpec("Softmax", (nn.Softmax, nn.LogSoftmax),
-                          functions=_calls(F.softmax, torch.softmax, rule=unary(_softmax)),
-                          methods=_calls("softmax", rule=unary(_softmax))))
+LEAKY_RELU = register(
+    OpSpec(
+        "LeakyReLU",
+        (nn.LeakyReLU, nn.PReLU),
+        prune_channelwise=lambda m: isinstance(m, nn.LeakyReLU),
+        functions=_calls(F.leaky_relu, rule=unary(lambda a, k: nn.LeakyReLU(arg(a, k, 1, "negative_slope", 0.01)))),
+    )
+)
+SOFTMAX = register(
+    OpSpec(
+        "Softmax",
+        (nn.Softmax, nn.LogSoftmax),
+        functions=_calls(F.softmax, torch.softmax, rule=unary(_softmax)),
+        methods=_calls("softmax", rule=unary(_softmax)),
+    )
+)

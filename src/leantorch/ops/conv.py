@@ -24,8 +24,11 @@ def is_depthwise(module: nn.Module) -> bool:
     CLE and channel pruning both use this; pruning additionally requires the exact class ``nn.Conv2d``
     (it rebuilds the layer), which it checks itself.
     """
-    return (isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
-            and module.groups > 1)
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == module.in_channels == module.out_channels
+        and module.groups > 1
+    )
 
 
 def conv_macs(module: nn.Module, input_shape: tuple, output_shape: tuple) -> int:
@@ -49,8 +52,23 @@ def _cle_scalable(module: nn.Module) -> bool:
 # Runtimes fuse a conv with the BatchNorm and/or activation after it.
 _FUSED = (("BatchNorm",), (ACT,), ("BatchNorm", ACT))
 
-CONV = register(OpSpec("Conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d), weight_axis=0, mac_count=conv_macs,
-                       supergroups=_FUSED, cle_scalable=_cle_scalable))
+CONV = register(
+    OpSpec(
+        "Conv",
+        (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+        weight_axis=0,
+        mac_count=conv_macs,
+        supergroups=_FUSED,
+        cle_scalable=_cle_scalable,
+    )
+)
 # A transposed conv's weight is (in, out / groups, k...): its output channels are axis 1.
-CONV_TRANSPOSE = register(OpSpec("ConvTranspose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
-                                 weight_axis=1, mac_count=conv_transpose_macs, supergroups=_FUSED))
+CONV_TRANSPOSE = register(
+    OpSpec(
+        "ConvTranspose",
+        (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+        weight_axis=1,
+        mac_count=conv_transpose_macs,
+        supergroups=_FUSED,
+    )
+)

@@ -38,8 +38,15 @@ def _mean(args: tuple, kwargs: dict) -> nn.Module | None:
 
 def _binary_op(name: str, cls: type[nn.Module], functions: tuple, method: str | None, **roles: object) -> OpSpec:
     rule = binary(cls)
-    return register(OpSpec(name, (cls,), functions=tuple((f, rule) for f in functions),
-                           methods=((method, rule),) if method else (), **roles))
+    return register(
+        OpSpec(
+            name,
+            (cls,),
+            functions=tuple((f, rule) for f in functions),
+            methods=((method, rule),) if method else (),
+            **roles,
+        )
+    )
 
 
 # A residual add is fused with the activation after it.
@@ -49,6 +56,7 @@ MUL = _binary_op("Mul", Mul, (operator.mul, torch.mul), "mul")
 DIV = _binary_op("Div", Div, (operator.truediv, torch.div), "div")
 MATMUL = _binary_op("MatMul", MatMul, (operator.matmul, torch.matmul, torch.bmm), "matmul")
 CONCAT = register(OpSpec("Concat", (Cat,), functions=((torch.cat, _cat), (torch.concat, _cat))))
-INTERPOLATE = register(OpSpec("Interpolate", (Interpolate, nn.Upsample),
-                              functions=((F.interpolate, unary(_interpolate)),)))
+INTERPOLATE = register(
+    OpSpec("Interpolate", (Interpolate, nn.Upsample), functions=((F.interpolate, unary(_interpolate)),))
+)
 MEAN = register(OpSpec("Mean", (Mean,), functions=((torch.mean, unary(_mean)),), methods=(("mean", unary(_mean)),)))

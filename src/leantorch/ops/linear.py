@@ -21,7 +21,15 @@ def linear_macs(module: nn.Module, input_shape: tuple, output_shape: tuple) -> i
     return rows * module.in_features * module.out_features
 
 
-LINEAR = register(OpSpec("Linear", (nn.Linear,), weight_axis=0, mac_count=linear_macs,
-                         supergroups=(("BatchNorm",), (ACT,)), cle_scalable=True))
+LINEAR = register(
+    OpSpec(
+        "Linear",
+        (nn.Linear,),
+        weight_axis=0,
+        mac_count=linear_macs,
+        supergroups=(("BatchNorm",), (ACT,)),
+        cle_scalable=True,
+    )
+)
 # A table lookup: no MACs, and its weight rows are tokens, not output channels.
 EMBEDDING = register(OpSpec("Embedding", (nn.Embedding,)))

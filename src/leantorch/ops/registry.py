@@ -98,8 +98,9 @@ def register(spec: OpSpec) -> OpSpec:
         leantorch.errors.ConfigError: op type 'Conv' is already registered ...
     """
     if spec.name in _SPECS or spec.name == "Unknown":
-        raise ConfigError(f"op type {spec.name!r} is already registered (pick another name, or "
-                          f"unregister({spec.name!r}) first)")
+        raise ConfigError(
+            f"op type {spec.name!r} is already registered (pick another name, or unregister({spec.name!r}) first)"
+        )
     taken = [c.__name__ for c in spec.modules if c in _BY_CLASS]
     if taken:
         raise ConfigError(f"{', '.join(taken)} already belong to op type {_BY_CLASS[spec.modules[0]].name!r}")
@@ -224,8 +225,12 @@ def default_supergroups() -> list[list[str]]:
     activation (in registration order) every op's chains ending in it."""
     groups = [[s.name, *tail] for s in _SPECS.values() for tail in s.supergroups if ACT not in tail]
     for act in [s.name for s in _SPECS.values() if s.fusable_activation]:
-        groups += [[s.name, *(act if t == ACT else t for t in tail)]
-                   for s in _SPECS.values() for tail in s.supergroups if ACT in tail]
+        groups += [
+            [s.name, *(act if t == ACT else t for t in tail)]
+            for s in _SPECS.values()
+            for tail in s.supergroups
+            if ACT in tail
+        ]
     return groups
 
 

@@ -32,18 +32,22 @@ def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -
 
 def binary(factory: Callable[[], nn.Module]) -> Rule:
     """``f(a, b)`` → ``factory()(a, b)``; calls with ``alpha != 1`` (``torch.add(a, b, alpha=2)``) stay."""
+
     def rule(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
         if len(args) != 2 or kwargs.get("alpha", 1) != 1:
             return None
         return factory(), tuple(args)
+
     return rule
 
 
 def unary(factory: Callable[[tuple, dict], nn.Module | None]) -> Rule:
     """``f(x, ...)`` → ``factory(args, kwargs)(x)`` (None from the factory: leave the call)."""
+
     def rule(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
         module = factory(args, kwargs)
         return None if module is None else (module, (args[0],))
+
     return rule
 
 
@@ -55,8 +59,10 @@ def simple(cls: type[nn.Module]) -> Rule:
 
 def fixed_args(cls: type[nn.Module], names: list[str]) -> Rule:
     """``f(x, *rest)`` → ``cls(**rest)(x)`` where ``rest`` are the call's arguments ``names`` (pooling)."""
+
     def factory(args: tuple, kwargs: dict) -> nn.Module:
         fixed = {name: args[i + 1] for i, name in enumerate(names) if len(args) > i + 1}
         fixed.update({k: v for k, v in kwargs.items() if k in names})
         return cls(**fixed)
+
     return unary(factory)

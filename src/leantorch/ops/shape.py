@@ -21,8 +21,9 @@ def _flatten(args: tuple, kwargs: dict) -> nn.Module:
 
 
 def _pad(args: tuple, kwargs: dict) -> nn.Module:
-    return Pad(arg(args, kwargs, 1, "pad"), arg(args, kwargs, 2, "mode", "constant"),
-               arg(args, kwargs, 3, "value", None))
+    return Pad(
+        arg(args, kwargs, 1, "pad"), arg(args, kwargs, 2, "mode", "constant"), arg(args, kwargs, 3, "value", None)
+    )
 
 
 def _pad_equivariant(m: nn.Module) -> bool:
@@ -38,25 +39,64 @@ def _isinstance(*classes: type):  # a role predicate: "only these classes of the
     return lambda m: isinstance(m, classes)
 
 
-FLATTEN = register(OpSpec("Flatten", (nn.Flatten, nn.Unflatten), passthrough=True,
-                          functions=((torch.flatten, unary(_flatten)),), methods=(("flatten", unary(_flatten)),)))
-PAD = register(OpSpec("Pad", (Pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
-                      passthrough=True, cle_equivariant=_pad_equivariant,
-                      zero_pads=_isinstance(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, Pad),
-                      prune_channelwise=_isinstance(nn.ZeroPad2d, nn.ConstantPad2d),
-                      functions=((F.pad, unary(_pad)),)))
-MAX_POOL = register(OpSpec("MaxPool", (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d),
-                           passthrough=True, cle_equivariant=_isinstance(nn.MaxPool1d, nn.MaxPool2d),
-                           prune_channelwise=_isinstance(nn.MaxPool2d), functions=(
-                               (F.max_pool2d, fixed_args(nn.MaxPool2d, ["kernel_size", "stride", "padding", "dilation",
-                                                                        "ceil_mode"])),)))
-AVG_POOL = register(OpSpec("AvgPool", (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                                       nn.AdaptiveAvgPool2d), prune_channelwise=_isinstance(nn.AvgPool2d),
-                          functions=((F.adaptive_avg_pool2d, fixed_args(nn.AdaptiveAvgPool2d, ["output_size"])),
-                                     (F.avg_pool2d, fixed_args(nn.AvgPool2d, ["kernel_size", "stride", "padding",
-                                                                             "ceil_mode", "count_include_pad"])))))
-DROPOUT = register(OpSpec("Dropout", (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d), passthrough=True,
-                          cle_equivariant=_isinstance(nn.Dropout), bc_transparent=_isinstance(nn.Dropout),
-                          prune_channelwise=_isinstance(nn.Dropout, nn.Dropout2d)))
-IDENTITY = register(OpSpec("Identity", (nn.Identity,), passthrough=True, cle_equivariant=True, bc_transparent=True,
-                           prune_channelwise=True))
+FLATTEN = register(
+    OpSpec(
+        "Flatten",
+        (nn.Flatten, nn.Unflatten),
+        passthrough=True,
+        functions=((torch.flatten, unary(_flatten)),),
+        methods=(("flatten", unary(_flatten)),),
+    )
+)
+PAD = register(
+    OpSpec(
+        "Pad",
+        (Pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
+        passthrough=True,
+        cle_equivariant=_pad_equivariant,
+        zero_pads=_isinstance(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, Pad),
+        prune_channelwise=_isinstance(nn.ZeroPad2d, nn.ConstantPad2d),
+        functions=((F.pad, unary(_pad)),),
+    )
+)
+MAX_POOL = register(
+    OpSpec(
+        "MaxPool",
+        (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d),
+        passthrough=True,
+        cle_equivariant=_isinstance(nn.MaxPool1d, nn.MaxPool2d),
+        prune_channelwise=_isinstance(nn.MaxPool2d),
+        functions=(
+            (F.max_pool2d, fixed_args(nn.MaxPool2d, ["kernel_size", "stride", "padding", "dilation", "ceil_mode"])),
+        ),
+    )
+)
+AVG_POOL = register(
+    OpSpec(
+        "AvgPool",
+        (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
+        prune_channelwise=_isinstance(nn.AvgPool2d),
+        functions=(
+            (F.adaptive_avg_pool2d, fixed_args(nn.AdaptiveAvgPool2d, ["output_size"])),
+            (
+                F.avg_pool2d,
+                fixed_args(nn.AvgPool2d, ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"]),
+            ),
+        ),
+    )
+)
+DROPOUT = register(
+    OpSpec(
+        "Dropout",
+        (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d),
+        passthrough=True,
+        cle_equivariant=_isinstance(nn.Dropout),
+        bc_transparent=_isinstance(nn.Dropout),
+        prune_channelwise=_isinstance(nn.Dropout, nn.Dropout2d),
+    )
+)
+IDENTITY = register(
+    OpSpec(
+        "Identity", (nn.Identity,), passthrough=True, cle_equivariant=True, bc_transparent=True, prune_channelwise=True
+    )
+)

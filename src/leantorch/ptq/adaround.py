@@ -143,12 +143,27 @@ def adaround(
         >>> enc.name
         'adaround.encodings'
     """
-    check_options(objective, iterations, lr, reg_param, beta_range, warm_start, batch_size, num_batches,
-                   use_quantized_inputs, per_channel)
+    check_options(
+        objective,
+        iterations,
+        lr,
+        reg_param,
+        beta_range,
+        warm_start,
+        batch_size,
+        num_batches,
+        use_quantized_inputs,
+        per_channel,
+    )
     gen = torch.Generator().manual_seed(seed)
 
-    def learn(name: str, fp_layer: nn.Module, encoding: Encoding, inputs: list[torch.Tensor],
-              quantized: list[torch.Tensor] | None) -> torch.Tensor:
+    def learn(
+        name: str,
+        fp_layer: nn.Module,
+        encoding: Encoding,
+        inputs: list[torch.Tensor],
+        quantized: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         gradient: Gradient
         if objective == "moments" and supports_moments(fp_layer):
@@ -158,14 +173,38 @@ def adaround(
         del inputs, quantized  # the objective holds what it needs; the activations can go
         return _learn_rounding(weight, encoding, gradient, iterations, reg_param, beta_range, warm_start, lr)
 
-    return round_layers(model, example_input, calibration, learn, param_bw=param_bw, act_bw=act_bw,
-                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
-                        num_batches=num_batches, use_quantized_inputs=use_quantized_inputs, path=path,
-                        filename_prefix=filename_prefix, progress=progress, what="adaround")
+    return round_layers(
+        model,
+        example_input,
+        calibration,
+        learn,
+        param_bw=param_bw,
+        act_bw=act_bw,
+        per_channel=per_channel,
+        scheme=scheme,
+        param_scheme=param_scheme,
+        config=config,
+        num_batches=num_batches,
+        use_quantized_inputs=use_quantized_inputs,
+        path=path,
+        filename_prefix=filename_prefix,
+        progress=progress,
+        what="adaround",
+    )
 
 
-def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta_range: Any, warm_start: Any,
-                  batch_size: Any, num_batches: Any, use_quantized_inputs: Any, per_channel: Any) -> None:
+def check_options(
+    objective: Any,
+    iterations: Any,
+    lr: Any,
+    reg_param: Any,
+    beta_range: Any,
+    warm_start: Any,
+    batch_size: Any,
+    num_batches: Any,
+    use_quantized_inputs: Any,
+    per_channel: Any,
+) -> None:
     """Refuse bad options before any work: ``range(0)`` would learn nothing without a word, a NaN or negative
     rate would only fail inside Adam, after the model was traced and calibrated."""
     if objective not in OBJECTIVES:
@@ -184,8 +223,13 @@ def check_options(objective: Any, iterations: Any, lr: Any, reg_param: Any, beta
     check_flag("per_channel", per_channel, allow_none=True)
 
 
-def _minibatch_gradient(fp_layer: nn.Module, inputs: list[torch.Tensor], quantized: list[torch.Tensor] | None,
-                       batch_size: int, gen: torch.Generator) -> Gradient:
+def _minibatch_gradient(
+    fp_layer: nn.Module,
+    inputs: list[torch.Tensor],
+    quantized: list[torch.Tensor] | None,
+    batch_size: int,
+    gen: torch.Generator,
+) -> Gradient:
     """The paper's estimate: each call draws ``batch_size`` cached samples and differentiates their error."""
     with torch.no_grad():
         targets = torch.cat([_apply(fp_layer, cast(torch.Tensor, fp_layer.weight), x) for x in inputs])
@@ -212,8 +256,16 @@ def _apply(layer: nn.Module, weight: torch.Tensor, x: torch.Tensor, grad: bool =
 
 
 @torch.no_grad()
-def _learn_rounding(weight: torch.Tensor, enc: Encoding, gradient: Gradient, iterations: int, reg_param: float,
-                    beta_range: tuple[float, float], warm_start: float, lr: float) -> torch.Tensor:
+def _learn_rounding(
+    weight: torch.Tensor,
+    enc: Encoding,
+    gradient: Gradient,
+    iterations: int,
+    reg_param: float,
+    beta_range: tuple[float, float],
+    warm_start: float,
+    lr: float,
+) -> torch.Tensor:
     """Optimise V for one layer; return the weight rounded by the final hard decisions ``h(V) ≥ 0.5``.
 
     The gradient with respect to V is written out (chain rule through W̃(h), h(V) and the regulariser)

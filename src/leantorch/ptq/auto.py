@@ -46,13 +46,16 @@ def call_eval_fn(eval_fn: Callable[[nn.Module], float], model: nn.Module, what: 
     except Exception as exc:
         raise EvalFunctionError(f"eval_fn raised {type(exc).__name__} on {what}: {exc}") from exc
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise EvalFunctionError(f"eval_fn must return a finite number (higher is better), got {value!r} "
-                                f"({type(value).__name__}) on {what}: return e.g. float(accuracy)")
+        raise EvalFunctionError(
+            f"eval_fn must return a finite number (higher is better), got {value!r} "
+            f"({type(value).__name__}) on {what}: return e.g. float(accuracy)"
+        )
     if not math.isfinite(float(value)):
         raise EvalFunctionError(
             f"eval_fn must return a finite number (higher is better), got {value!r} on {what}. A NaN score "
             "usually comes from NaN model outputs (check the evaluation data for NaN/Inf) or an empty "
-            "evaluation set (0/0); an Inf one from a loss that overflowed.")
+            "evaluation set (0/0); an Inf one from a loss that overflowed."
+        )
     return float(value)
 
 
@@ -100,14 +103,20 @@ def auto_quant(
         >>> result.stages[-1]["stage"]                                            # doctest: +SKIP
         'cle'
     """
-    check_positive("allowed_drop", allowed_drop, allow_zero=True,
-                   hint=" (the score drop you accept, e.g. 0.01 for one point of accuracy)")
+    check_positive(
+        "allowed_drop",
+        allowed_drop,
+        allow_zero=True,
+        hint=" (the score drop you accept, e.g. 0.01 for one point of accuracy)",
+    )
     calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else calibration
     check_iterable(calibration)
     calibration = list(calibration)
     if not calibration:
-        raise CalibrationDataError("auto_quant needs calibration data: pass a list or DataLoader of input "
-                                   "batches like the example input (a single tensor: wrap it as [tensor])")
+        raise CalibrationDataError(
+            "auto_quant needs calibration data: pass a list or DataLoader of input "
+            "batches like the example input (a single tensor: wrap it as [tensor])"
+        )
     for index, batch in enumerate(calibration):  # structure and NaN/Inf, before the first evaluation
         model_inputs(batch, len(example_inputs(example_input)), index)
     check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
@@ -118,8 +127,15 @@ def auto_quant(
     best: tuple[float, nn.Module, QuantSim] | None = None
 
     def make_sim(candidate: nn.Module) -> QuantSim:
-        sim = QuantSim(candidate, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme,
-                       per_channel=per_channel, config=config)
+        sim = QuantSim(
+            candidate,
+            example_input,
+            param_bw=param_bw,
+            act_bw=act_bw,
+            scheme=scheme,
+            per_channel=per_channel,
+            config=config,
+        )
         return sim
 
     equalized: list[nn.Module] = []  # the CLE stage's model, which the AdaRound stage starts from
@@ -134,9 +150,19 @@ def auto_quant(
         # The stages run in order, so CLE ran already: reuse its model (adaround does not modify its input)
         # instead of equalizing a second time.
         base = equalized[0]
-        candidate, encodings = adaround(base, example_input, calibration, param_bw=param_bw, act_bw=act_bw,
-                                        per_channel=per_channel, scheme=scheme, config=config, path=path,
-                                        progress=progress, **adaround_kwargs)
+        candidate, encodings = adaround(
+            base,
+            example_input,
+            calibration,
+            param_bw=param_bw,
+            act_bw=act_bw,
+            per_channel=per_channel,
+            scheme=scheme,
+            config=config,
+            path=path,
+            progress=progress,
+            **adaround_kwargs,
+        )
         sim = make_sim(candidate)
         sim.set_and_freeze_param_encodings(encodings)
         return candidate, sim
@@ -157,8 +183,18 @@ def auto_quant(
 
 
 #: adaround arguments that auto_quant passes itself (from its own arguments), so not in ``adaround_kwargs``.
-_SET_BY_AUTO_QUANT = ("model", "example_input", "calibration", "param_bw", "act_bw", "per_channel", "scheme",
-                      "config", "path", "progress")
+_SET_BY_AUTO_QUANT = (
+    "model",
+    "example_input",
+    "calibration",
+    "param_bw",
+    "act_bw",
+    "per_channel",
+    "scheme",
+    "config",
+    "path",
+    "progress",
+)
 
 
 def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, Any]:
@@ -167,18 +203,20 @@ def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, 
     if adaround_kwargs is None:
         return {}
     if not isinstance(adaround_kwargs, dict) or not all(isinstance(k, str) for k in adaround_kwargs):
-        raise InvalidOptionError(f"adaround_kwargs={adaround_kwargs!r}: pass a dict of adaround options, e.g. "
-                                 "{'iterations': 1000}")
+        raise InvalidOptionError(
+            f"adaround_kwargs={adaround_kwargs!r}: pass a dict of adaround options, e.g. {{'iterations': 1000}}"
+        )
     parameters = inspect.signature(adaround).parameters
     accepted = [name for name in parameters if name not in _SET_BY_AUTO_QUANT]
     for key in adaround_kwargs:
         if key in _SET_BY_AUTO_QUANT:
-            raise InvalidOptionError(f"adaround_kwargs: {key!r} is set by auto_quant itself (pass it to "
-                                     f"auto_quant directly, if it is one of its arguments); adaround_kwargs "
-                                     f"takes {', '.join(accepted)}")
+            raise InvalidOptionError(
+                f"adaround_kwargs: {key!r} is set by auto_quant itself (pass it to "
+                f"auto_quant directly, if it is one of its arguments); adaround_kwargs "
+                f"takes {', '.join(accepted)}"
+            )
         if key not in parameters:
-            raise InvalidOptionError(f"adaround_kwargs: no adaround option {key!r}; choose from "
-                                     f"{', '.join(accepted)}")
+            raise InvalidOptionError(f"adaround_kwargs: no adaround option {key!r}; choose from {', '.join(accepted)}")
     options = {name: p.default for name, p in parameters.items() if name in accepted}
     options.update(adaround_kwargs, per_channel=per_channel)
     # adaround's own check with the defaults merged: the same rules and messages as a direct call. Its

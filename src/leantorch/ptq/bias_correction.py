@@ -82,22 +82,29 @@ def bias_correction(
     # Options and data are checked before tracing, so that a mistake fails fast. NaN/Inf in the data is
     # refused by sim.compute_encodings below, naming the batch.
     if method == "analytical" and not getattr(model, "output_stats", None):
-        raise InvalidOptionError("method='analytical' needs BN statistics, which this model does not carry: "
-                                 "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
-                                 "method='hybrid' with calibration data")
+        raise InvalidOptionError(
+            "method='analytical' needs BN statistics, which this model does not carry: "
+            "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
+            "method='hybrid' with calibration data"
+        )
     data = _take(calibration, num_samples, len(example_inputs(example_input))) if method != "analytical" else []
     if method != "analytical" and not data:
         raise CalibrationDataError(
             f"method={method!r} bias correction needs calibration data (got "
             f"{'None' if calibration is None else 'no batch'}): pass a list or DataLoader of input batches like "
-            "the example input, or use method='analytical' on a BN-folded model")
+            "the example input, or use method='analytical' on a BN-folded model"
+        )
     gm = prepare(model, example_input)
     stats = dict(getattr(gm, "output_stats", {}))
-    sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel,
-                   config=config)
+    sim = QuantSim(
+        gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel, config=config
+    )
     sim.compute_encodings(data if data else (lambda m: m(*as_tuple(example_input))), progress=False)
-    layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
-              and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active]
+    layers = [
+        n
+        for n, w in sim.layers().items()
+        if w.op_type in ("Conv", "Linear") and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active
+    ]
     float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}
     bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=not progress, leave=False)
@@ -140,8 +147,9 @@ def _take(calibration: Iterable[Any] | None, num_samples: int, num_inputs: int) 
     return batches
 
 
-def _layers_in_order(sim: QuantSim, layers: list[str], data: list[Batch]
-                     ) -> Iterator[tuple[str, list[torch.Tensor], Frontier | None]]:
+def _layers_in_order(
+    sim: QuantSim, layers: list[str], data: list[Batch]
+) -> Iterator[tuple[str, list[torch.Tensor], Frontier | None]]:
     """Each layer with its quantized outputs on ``data`` in the model corrected so far, in graph order.
 
     With data, the calibration set is advanced through ``sim.model`` once (:class:`Frontier`): each layer's
@@ -167,8 +175,9 @@ def _mean_of(layer: nn.Module, outputs: list[torch.Tensor]) -> torch.Tensor:
     return cast(torch.Tensor, sum(mean * n for mean, n in parts) / sum(n for _, n in parts))
 
 
-def _expected_input(gm: fx.GraphModule, name: str,
-                    stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+def _expected_input(
+    gm: fx.GraphModule, name: str, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor | None:
     """E[x] per input channel of layer ``name`` from the producer's statistics, if derivable."""
     node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
     source, activation = node.args[0], None

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 _FOLDABLE = (["Conv", "BatchNorm"], ["Linear", "BatchNorm"], ["ConvTranspose", "BatchNorm"])
 
 
-def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
-                     ) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+def fold_batch_norms(
+    model: nn.Module, example_input: Any, inplace: bool = False
+) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
     """Fold every BatchNorm that directly follows a Conv/Linear/ConvTranspose into that layer.
 
     Returns the folded model (a traced copy; the input model is untouched unless ``inplace``, which
@@ -64,12 +65,18 @@ def fold_batch_norms(model: nn.Module, example_input: Any, inplace: bool = False
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute; torch types Module attributes as Tensor | Module
-    left = [n.target for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm)]
+    left = [
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm)
+    ]
     log.info("folded %d batch norm(s)", len(pairs))
     if left:
-        log.warning("%d batch norm(s) could not be folded (no conv/linear directly before them): %s",
-                    len(left), ", ".join(map(str, left)))
+        log.warning(
+            "%d batch norm(s) could not be folded (no conv/linear directly before them): %s",
+            len(left),
+            ", ".join(map(str, left)),
+        )
     gm.train(was_training)
     return gm, pairs
 

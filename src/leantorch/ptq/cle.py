@@ -243,8 +243,9 @@ def spread(m: nn.Module) -> float:
     return float(r.max() / r.min()) if len(r) else 1.0
 
 
-def cross_layer_scale(model: nn.Module, example_input: Any, max_rounds: int = 20, tolerance: float = 1e-4,
-                      inplace: bool = False) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
+def cross_layer_scale(
+    model: nn.Module, example_input: Any, max_rounds: int = 20, tolerance: float = 1e-4, inplace: bool = False
+) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
     """Equalize per-channel weight ranges across pairs and depthwise triplets (see module docstring).
 
     Returns the scaled model and a report: per layer, the range spread (max/min channel range) before
@@ -347,15 +348,16 @@ def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.G
         ['Conv2d', 'ReLU', 'Conv2d']
     """
     if relu6 not in ("bound", "replace"):
-        raise InvalidOptionError(f"relu6={relu6!r}: use 'bound' (keeps ReLU6 exact, the default) or 'replace' "
-                                 "(ReLU6 becomes ReLU, as in the DFQ paper)")
+        raise InvalidOptionError(
+            f"relu6={relu6!r}: use 'bound' (keeps ReLU6 exact, the default) or 'replace' "
+            "(ReLU6 becomes ReLU, as in the DFQ paper)"
+        )
     folded, pairs = fold_batch_norms(model, example_input)
     if relu6 == "replace":
         folded = replace_relu6(folded, inplace=True)
     scaled, report = cross_layer_scale(folded, example_input, inplace=True)
     sets = cast("list[ScalingSet]", scaled.scaling_sets)  # set by cross_layer_scale
     absorbed = absorb_high_biases(scaled, sets)
-    log.info("equalize: folded %d BNs, %d scaling sets, absorbed %d biases", len(pairs),
-             len(sets), absorbed)
+    log.info("equalize: folded %d BNs, %d scaling sets, absorbed %d biases", len(pairs), len(sets), absorbed)
     scaled.cle_report = report  # type: ignore[assignment]  # a plain attribute
     return scaled

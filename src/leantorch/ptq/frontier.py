@@ -51,8 +51,12 @@ class Frontier:
         [('0', [(2, 4), (5, 4)]), ('1', [(2, 4), (5, 4)])]
     """
 
-    def __init__(self, gm: fx.GraphModule, batches: Sequence[tuple[torch.Tensor, ...]],
-                 max_bytes: int | Literal["auto"] | None = "auto") -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        batches: Sequence[tuple[torch.Tensor, ...]],
+        max_bytes: int | Literal["auto"] | None = "auto",
+    ) -> None:
         self.gm = gm
         self.batches = list(batches)
         self.nodes = list(gm.graph.nodes)
@@ -120,10 +124,13 @@ class Frontier:
         # Spilled values are shared, not copied: nothing mutates them (values an in-place op touches are never
         # spilled), and loading them would defeat the budget. The fork spends what is left of it.
         memo: dict[int, Any] = {}
-        copy.envs = [{node: value if id(value) in self._spilled else _clone(value, memo)
-                      for node, value in env.items()} for env in self.envs]
-        copy._spilled = {id(v): self._spilled[id(v)]
-                         for env in copy.envs for v in env.values() if id(v) in self._spilled}
+        copy.envs = [
+            {node: value if id(value) in self._spilled else _clone(value, memo) for node, value in env.items()}
+            for env in self.envs
+        ]
+        copy._spilled = {
+            id(v): self._spilled[id(v)] for env in copy.envs for v in env.values() if id(v) in self._spilled
+        }
         if self.max_bytes is not None:
             copy.max_bytes = max(0, self.max_bytes - self.held_bytes)
         copy.held_bytes, copy.spilled_bytes, copy._spill_count = 0, 0, 0
@@ -165,16 +172,18 @@ class Frontier:
         size = value.numel() * value.element_size()
         # A value an in-place op writes to (or produces) must stay one tensor: a spilled copy would not see the
         # write. Dtypes without a same-size integer view (complex) stay in memory too.
-        if (self.held_bytes + size <= self.max_bytes or node in self.in_place
-                or value.element_size() not in _RAW_DTYPES):
+        if self.held_bytes + size <= self.max_bytes or node in self.in_place or value.element_size() not in _RAW_DTYPES:
             self.held_bytes += size
             return value
         if self._spill_dir is None:
             self._spill_dir = tempfile.TemporaryDirectory(prefix="leantorch-frontier-")
         self._spill_count += 1
         path = f"{self._spill_dir.name}/{self._spill_count}.bin"
-        raw = value.detach().contiguous().view(_RAW_DTYPES[value.element_size()]) if value.dim() else \
-            value.detach().reshape(1).view(_RAW_DTYPES[value.element_size()])
+        raw = (
+            value.detach().contiguous().view(_RAW_DTYPES[value.element_size()])
+            if value.dim()
+            else value.detach().reshape(1).view(_RAW_DTYPES[value.element_size()])
+        )
         mapped = np.memmap(path, dtype=_NUMPY_RAW[value.element_size()], mode="w+", shape=tuple(raw.shape) or (1,))
         mapped[...] = raw.cpu().numpy().reshape(mapped.shape)
         mapped.flush()
@@ -232,8 +241,11 @@ def _in_place_values(gm: fx.GraphModule, nodes: list[fx.Node]) -> set[fx.Node]:
             in_place = bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
         elif node.op in ("call_function", "call_method"):
             name = str(getattr(node.target, "__name__", node.target))
-            in_place = (name.endswith("_") and not name.endswith("__")) or (
-                node.target in _OPERATOR_IN_PLACE) or node.kwargs.get("inplace") is True
+            in_place = (
+                (name.endswith("_") and not name.endswith("__"))
+                or (node.target in _OPERATOR_IN_PLACE)
+                or node.kwargs.get("inplace") is True
+            )
         else:
             in_place = False
         if in_place:
@@ -242,8 +254,11 @@ def _in_place_values(gm: fx.GraphModule, nodes: list[fx.Node]) -> set[fx.Node]:
     return touched
 
 
-_OPERATOR_IN_PLACE = {getattr(operator, name) for name in dir(operator) if name.startswith("i") and
-                      name[1:] in dir(operator) and callable(getattr(operator, name))}
+_OPERATOR_IN_PLACE = {
+    getattr(operator, name)
+    for name in dir(operator)
+    if name.startswith("i") and name[1:] in dir(operator) and callable(getattr(operator, name))
+}
 
 
 def _clone(value: Any, memo: dict[int, Any]) -> Any:
@@ -254,8 +269,11 @@ def _clone(value: Any, memo: dict[int, Any]) -> Any:
             memo[id(value)] = value.clone()
         return memo[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v, memo) for v in value) if not hasattr(value, "_fields") else type(value)(
-            *(_clone(v, memo) for v in value))
+        return (
+            type(value)(_clone(v, memo) for v in value)
+            if not hasattr(value, "_fields")
+            else type(value)(*(_clone(v, memo) for v in value))
+        )
     if isinstance(value, dict):
         return {k: _clone(v, memo) for k, v in value.items()}
     return value

@@ -35,11 +35,24 @@ from .layer_rounding import round_layers
 __all__ = ["gptq", "gptq_round"]
 
 
-def gptq(model: nn.Module, example_input: Any, calibration: Iterable[Any], param_bw: int = 4, act_bw: int = 8,
-         per_channel: bool | None = True, scheme: str = "tf_enhanced", param_scheme: str = "mse",
-         config: Any = "default", num_batches: int = 4, damping: float = 0.01, block_size: int = 128,
-         use_quantized_inputs: bool = True, path: str | Path = ".", filename_prefix: str = "gptq",
-         progress: bool = True) -> tuple[fx.GraphModule, Path]:
+def gptq(
+    model: nn.Module,
+    example_input: Any,
+    calibration: Iterable[Any],
+    param_bw: int = 4,
+    act_bw: int = 8,
+    per_channel: bool | None = True,
+    scheme: str = "tf_enhanced",
+    param_scheme: str = "mse",
+    config: Any = "default",
+    num_batches: int = 4,
+    damping: float = 0.01,
+    block_size: int = 128,
+    use_quantized_inputs: bool = True,
+    path: str | Path = ".",
+    filename_prefix: str = "gptq",
+    progress: bool = True,
+) -> tuple[fx.GraphModule, Path]:
     """Round every Conv/Linear weight with GPTQ; return the model and a frozen-encodings file.
 
     Same contract as :func:`~leantorch.ptq.adaround.adaround`: the returned model's weights lie on their
@@ -74,39 +87,61 @@ def gptq(model: nn.Module, example_input: Any, calibration: Iterable[Any], param
     check_flag("use_quantized_inputs", use_quantized_inputs)
     check_flag("per_channel", per_channel, allow_none=True)
 
-    def round_layer(name: str, fp_layer: nn.Module, encoding: Encoding, inputs: list[torch.Tensor],
-                    quantized: list[torch.Tensor] | None) -> torch.Tensor:
+    def round_layer(
+        name: str,
+        fp_layer: nn.Module,
+        encoding: Encoding,
+        inputs: list[torch.Tensor],
+        quantized: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         if not supports_moments(fp_layer):
-            raise InvalidOptionError(f"gptq: layer {name!r} ({fp_layer}) has a padding GPTQ cannot unfold into "
-                                     "input patches; use padding given as numbers with padding_mode='zeros'")
+            raise InvalidOptionError(
+                f"gptq: layer {name!r} ({fp_layer}) has a padding GPTQ cannot unfold into "
+                "input patches; use padding given as numbers with padding_mode='zeros'"
+            )
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)
         return gptq_round(rows, hessian, encoding, damping, block_size).reshape(weight.shape)
 
-    return round_layers(model, example_input, calibration, round_layer, param_bw=param_bw, act_bw=act_bw,
-                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
-                        num_batches=num_batches, use_quantized_inputs=use_quantized_inputs, path=path,
-                        filename_prefix=filename_prefix, progress=progress, what="gptq")
+    return round_layers(
+        model,
+        example_input,
+        calibration,
+        round_layer,
+        param_bw=param_bw,
+        act_bw=act_bw,
+        per_channel=per_channel,
+        scheme=scheme,
+        param_scheme=param_scheme,
+        config=config,
+        num_batches=num_batches,
+        use_quantized_inputs=use_quantized_inputs,
+        path=path,
+        filename_prefix=filename_prefix,
+        progress=progress,
+        what="gptq",
+    )
 
 
-def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, encoding: Encoding, damping: float = 0.01,
-               block_size: int = 128) -> torch.Tensor:
+def gptq_round(
+    weight: torch.Tensor, hessian: torch.Tensor, encoding: Encoding, damping: float = 0.01, block_size: int = 128
+) -> torch.Tensor:
     """GPTQ-rounded ``weight`` (``[groups, out/groups, K]``) for input Hessians ``hessian`` (``[groups, K, K]``),
-    on ``encoding``'s grid (per tensor, or per output channel along axis 0). Returns ``weight``'s shape and dtype
-(computed in float64).
+        on ``encoding``'s grid (per tensor, or per output channel along axis 0). Returns ``weight``'s shape and dtype
+    (computed in float64).
 
-    Example:
-        >>> from leantorch.quant.encoding import compute_encoding
-        >>> _ = torch.manual_seed(0)
-        >>> w = torch.randn(1, 4, 16)
-        >>> x = torch.randn(16, 256) * torch.linspace(0.1, 2, 16)[:, None]   # inputs of unequal scale
-        >>> enc = compute_encoding(w.amin((0, 2)), w.amax((0, 2)), 3, symmetric=True, axis=0)
-        >>> q = gptq_round(w, (x @ x.T / 256)[None], enc)
-        >>> nearest = gptq_round(w, torch.eye(16)[None], enc, damping=0.0)   # H = I: round to nearest
-        >>> err = lambda v: float(((w - v)[0] @ x).pow(2).mean())
-        >>> err(q) < err(nearest)
-        True
+        Example:
+            >>> from leantorch.quant.encoding import compute_encoding
+            >>> _ = torch.manual_seed(0)
+            >>> w = torch.randn(1, 4, 16)
+            >>> x = torch.randn(16, 256) * torch.linspace(0.1, 2, 16)[:, None]   # inputs of unequal scale
+            >>> enc = compute_encoding(w.amin((0, 2)), w.amax((0, 2)), 3, symmetric=True, axis=0)
+            >>> q = gptq_round(w, (x @ x.T / 256)[None], enc)
+            >>> nearest = gptq_round(w, torch.eye(16)[None], enc, damping=0.0)   # H = I: round to nearest
+            >>> err = lambda v: float(((w - v)[0] @ x).pow(2).mean())
+            >>> err(q) < err(nearest)
+            True
     """
     groups, out, k = weight.shape
     w = weight.detach().to(torch.float64).clone()
@@ -147,6 +182,8 @@ def _grid(encoding: Encoding, groups: int, out: int, device: torch.device) -> tu
     if encoding.axis is None:
         return scale.reshape(1, 1), offset.reshape(1, 1)
     if encoding.axis != 0 or scale.numel() != groups * out:
-        raise InvalidOptionError(f"gptq rounds per output channel (axis 0, {groups * out} channels); got an "
-                                 f"encoding along axis {encoding.axis} with {scale.numel()} channels")
+        raise InvalidOptionError(
+            f"gptq rounds per output channel (axis 0, {groups * out} channels); got an "
+            f"encoding along axis {encoding.axis} with {scale.numel()} channels"
+        )
     return scale.reshape(groups, out), offset.reshape(groups, out)

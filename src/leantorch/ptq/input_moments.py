@@ -41,8 +41,11 @@ def supports_moments(layer: nn.Module) -> bool:
     """
     if isinstance(layer, nn.Linear):
         return True
-    return (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str))
+    return (
+        isinstance(layer, (nn.Conv1d, nn.Conv2d))
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    )
 
 
 def grouped_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
@@ -96,9 +99,9 @@ class InputMoments:
     def add(self, x: torch.Tensor, x_quantized: torch.Tensor | None = None) -> None:
         """Accumulate one batch of layer inputs (and what the quantized layer sees for the same samples)."""
         for start in range(0, x.shape[0], _CHUNK):
-            z = patches(self.layer, x[start:start + _CHUNK].float())
+            z = patches(self.layer, x[start : start + _CHUNK].float())
             if x_quantized is not None:
-                z = torch.cat([z, patches(self.layer, x_quantized[start:start + _CHUNK].float())], dim=1)
+                z = torch.cat([z, patches(self.layer, x_quantized[start : start + _CHUNK].float())], dim=1)
             moment = torch.bmm(z, z.transpose(1, 2)).double()
             self.sum = moment if self.sum is None else self.sum + moment
             self.count += z.shape[-1]
@@ -106,8 +109,10 @@ class InputMoments:
     def second_moment(self) -> torch.Tensor:
         """``E[z zᵀ]`` as ``[groups, n, n]`` (float64)."""
         if self.sum is None:
-            raise CalibrationDataError("no layer inputs were accumulated: call add(x) with at least one batch "
-                                       "of calibration data before second_moment()")
+            raise CalibrationDataError(
+                "no layer inputs were accumulated: call add(x) with at least one batch "
+                "of calibration data before second_moment()"
+            )
         return self.sum / self.count
 
 
@@ -166,16 +171,17 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.reshape(n * conv.groups, ck // conv.groups, length)
 
 
-def _per_group_products(layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_group_products(
+    layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Σ p̂ p̂ᵀ`` and ``Σ p p̂ᵀ`` over positions, per group as ``[groups, K, K]`` (float64), in chunks of
     samples; each input is unfolded once. ``x_hat=None`` means ``p̂ = p`` (then both sums are one tensor)."""
     groups = getattr(layer, "groups", 1)
     gram: torch.Tensor | None = None
     cross: torch.Tensor | None = None
     for start in range(0, x.shape[0], _CHUNK):
-        p = _columns(layer, x[start:start + _CHUNK].float())
-        p_hat = p if x_hat is None else _columns(layer, x_hat[start:start + _CHUNK].float())
+        p = _columns(layer, x[start : start + _CHUNK].float())
+        p_hat = p if x_hat is None else _columns(layer, x_hat[start : start + _CHUNK].float())
         g = torch.bmm(p_hat, p_hat.transpose(1, 2))
         g = g.reshape(-1, groups, *g.shape[1:]).sum(0).double()
         c = g if x_hat is None else torch.bmm(p, p_hat.transpose(1, 2))
@@ -206,8 +212,13 @@ class QuadraticObjective:
         True
     """
 
-    def __init__(self, layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
-                 quantized: list[torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        layer: nn.Module,
+        weight: torch.Tensor,
+        inputs: list[torch.Tensor],
+        quantized: list[torch.Tensor] | None = None,
+    ) -> None:
         self.layer = layer
         gram: torch.Tensor | None = None
         cross: torch.Tensor | None = None
@@ -243,8 +254,13 @@ class LowRankObjective:
         True
     """
 
-    def __init__(self, layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
-                 quantized: list[torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        layer: nn.Module,
+        weight: torch.Tensor,
+        inputs: list[torch.Tensor],
+        quantized: list[torch.Tensor] | None = None,
+    ) -> None:
         self.layer = layer
         with torch.no_grad():
             p = torch.cat([patches(layer, x.float()) for x in inputs], dim=-1)
@@ -259,8 +275,9 @@ class LowRankObjective:
         return (error @ self.p_hat.transpose(1, 2)).mul_(2.0 / self.count).reshape(candidate.shape)
 
 
-def layer_objective(layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor],
-                    quantized: list[torch.Tensor] | None = None) -> QuadraticObjective | LowRankObjective:
+def layer_objective(
+    layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor], quantized: list[torch.Tensor] | None = None
+) -> QuadraticObjective | LowRankObjective:
     """The cheaper exact form of ``E‖W p − W̃ p̂‖²`` for these inputs (see the two classes).
 
     Example:

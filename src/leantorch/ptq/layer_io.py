@@ -54,6 +54,7 @@ def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dic
             mean, n = channel_mean(out, layer)
             sums[name] = sums[name] + mean * n if name in sums else mean * n
             counts[name] += n
+
         handles.append(layer.register_forward_hook(hook))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
@@ -66,8 +67,9 @@ def channel_means(model: nn.Module, layers: list[str], data: list[Batch]) -> dic
     return {name: sums[name] / counts[name] for name in layers if counts[name]}
 
 
-def layer_io(model: nn.Module, layer: nn.Module, data: list[Batch], capture_output: bool = True
-             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def layer_io(
+    model: nn.Module, layer: nn.Module, data: list[Batch], capture_output: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Inputs (first positional argument) and outputs of ``layer`` for each batch; stops each pass there."""
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []

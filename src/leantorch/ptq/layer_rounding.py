@@ -35,14 +35,31 @@ Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 #: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
 #: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), or ``(weight,
 #: encoding)`` when the layer also chooses its grid (SeqMSE).
-RoundLayer = Callable[[str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"],
-                      "torch.Tensor | tuple[torch.Tensor, Encoding]"]
+RoundLayer = Callable[
+    [str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"],
+    "torch.Tensor | tuple[torch.Tensor, Encoding]",
+]
 
 
-def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any], round_layer: RoundLayer, *,
-                 param_bw: int, act_bw: int, per_channel: bool | None, scheme: str, param_scheme: str, config: Any,
-                 num_batches: int, use_quantized_inputs: bool, path: str | Path, filename_prefix: str,
-                 progress: bool, what: str) -> tuple[fx.GraphModule, Path]:
+def round_layers(
+    model: nn.Module,
+    example_input: Any,
+    calibration: Iterable[Any],
+    round_layer: RoundLayer,
+    *,
+    param_bw: int,
+    act_bw: int,
+    per_channel: bool | None,
+    scheme: str,
+    param_scheme: str,
+    config: Any,
+    num_batches: int,
+    use_quantized_inputs: bool,
+    path: str | Path,
+    filename_prefix: str,
+    progress: bool,
+    what: str,
+) -> tuple[fx.GraphModule, Path]:
     """Round every quantized Conv/Linear weight of ``model`` with ``round_layer``, layer by layer in graph order;
     return the rounded model and its frozen weight encodings (``<path>/<filename_prefix>.encodings``).
 
@@ -65,23 +82,36 @@ def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any
     enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
     # The data is checked before tracing: a missing data set should fail fast.
     if calibration is None:
-        raise CalibrationDataError(f"{what} needs calibration data (got None): pass a list or DataLoader of input "
-                                   "batches like the example input")
+        raise CalibrationDataError(
+            f"{what} needs calibration data (got None): pass a list or DataLoader of input "
+            "batches like the example input"
+        )
     check_iterable(calibration)
     num_inputs = len(example_inputs(example_input))
     data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
     if not data:
-        raise CalibrationDataError(f"{what} needs calibration data (got no batch): pass a list or DataLoader of "
-                                   "input batches like the example input")
+        raise CalibrationDataError(
+            f"{what} needs calibration data (got no batch): pass a list or DataLoader of "
+            "input batches like the example input"
+        )
     reference = prepare(model, example_input)
     gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
-    sim = QuantSim(gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, param_scheme=param_scheme,
-                   per_channel=per_channel, config=config)
+    sim = QuantSim(
+        gm,
+        example_input,
+        param_bw=param_bw,
+        act_bw=act_bw,
+        scheme=scheme,
+        param_scheme=param_scheme,
+        per_channel=per_channel,
+        config=config,
+    )
     sim.compute_encodings(data, progress=False)
     if not use_quantized_inputs:
         sim.set_activation_quantization(False)
-    layers = [n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear")
-              and w.param_quantizers["weight"].is_active]
+    layers = [
+        n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear") and w.param_quantizers["weight"].is_active
+    ]
     bar = tqdm(total=len(layers), desc=what, unit="layer", disable=not progress, leave=False)
     for name, inputs, quantized in layer_inputs(reference, sim, layers, data, use_quantized_inputs):
         bar.update(1)
@@ -103,8 +133,9 @@ def round_layers(model: nn.Module, example_input: Any, calibration: Iterable[Any
     return gm, enc_path
 
 
-def layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs],
-                 use_quantized_inputs: bool) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
+def layer_inputs(
+    reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs], use_quantized_inputs: bool
+) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
     """Each layer in graph order with its float inputs and (asymmetric mode) its quantized inputs, per batch.
 
     The sim's layer runs when the sweep moves on, after the caller has copied the rounded weight into its
@@ -113,9 +144,12 @@ def layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], da
     float_nodes, sim_nodes = _first_calls(reference, layers), _first_calls(sim.model, layers)
     float_frontier = Frontier(reference, batches)
     sim_frontier = Frontier(sim.model, batches) if use_quantized_inputs else None
-    order = sorted((name for name in layers if name in sim_nodes and name in float_nodes),
-                   key=lambda name: sim_frontier.nodes.index(sim_nodes[name]) if sim_frontier
-                   else float_frontier.nodes.index(float_nodes[name]))
+    order = sorted(
+        (name for name in layers if name in sim_nodes and name in float_nodes),
+        key=lambda name: (
+            sim_frontier.nodes.index(sim_nodes[name]) if sim_frontier else float_frontier.nodes.index(float_nodes[name])
+        ),
+    )
     for name in order:
         inputs = _first_arguments(float_frontier, float_nodes[name])
         quantized = None
@@ -123,8 +157,10 @@ def layer_inputs(reference: fx.GraphModule, sim: QuantSim, layers: list[str], da
             wrapper = sim.layers()[name]
             with torch.no_grad():
                 # what the wrapped layer multiplies its weights with: its input after its input quantizer
-                quantized = [wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
-                             for x in _first_arguments(sim_frontier, sim_nodes[name])]
+                quantized = [
+                    wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
+                    for x in _first_arguments(sim_frontier, sim_nodes[name])
+                ]
         yield name, inputs, quantized
 
 

@@ -30,8 +30,9 @@ def replace_relu6(model: nn.Module, example_input: Any = None, inplace: bool = F
     else:
         gm = prepare(model, example_input)
     for node, module in list(call_sites(gm)):
-        if isinstance(module, nn.ReLU6) or (isinstance(module, nn.Hardtanh) and
-                                            (module.min_val, module.max_val) == (0.0, 6.0)):
+        if isinstance(module, nn.ReLU6) or (
+            isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0)
+        ):
             parent, _, leaf = str(node.target).rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, leaf, nn.ReLU())
     gm.recompile()

@@ -40,11 +40,23 @@ __all__ = ["seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
 INPUT_MODES = ("asym", "symqt", "symfp")
 
 
-def seq_mse(model: nn.Module, example_input: Any, calibration: Iterable[Any], param_bw: int = 4, act_bw: int = 8,
-            per_channel: bool | None = True, scheme: str = "tf_enhanced", param_scheme: str = "minmax",
-            config: Any = "default", num_batches: int = 4, num_candidates: int = 20, inputs: str = "asym",
-            path: str | Path = ".", filename_prefix: str = "seq_mse", progress: bool = True
-            ) -> tuple[fx.GraphModule, Path]:
+def seq_mse(
+    model: nn.Module,
+    example_input: Any,
+    calibration: Iterable[Any],
+    param_bw: int = 4,
+    act_bw: int = 8,
+    per_channel: bool | None = True,
+    scheme: str = "tf_enhanced",
+    param_scheme: str = "minmax",
+    config: Any = "default",
+    num_batches: int = 4,
+    num_candidates: int = 20,
+    inputs: str = "asym",
+    path: str | Path = ".",
+    filename_prefix: str = "seq_mse",
+    progress: bool = True,
+) -> tuple[fx.GraphModule, Path]:
     """Choose every Conv/Linear weight encoding by Sequential MSE; return the model and a frozen-encodings file.
 
     Same contract as :func:`~leantorch.ptq.adaround.adaround`: the returned model's weights lie on their chosen
@@ -77,11 +89,18 @@ def seq_mse(model: nn.Module, example_input: Any, calibration: Iterable[Any], pa
     check_choice("inputs", inputs, INPUT_MODES)
     check_flag("per_channel", per_channel, allow_none=True)
 
-    def choose(name: str, fp_layer: nn.Module, encoding: Encoding, float_inputs: list[torch.Tensor],
-               quantized: list[torch.Tensor] | None) -> tuple[torch.Tensor, Encoding]:
+    def choose(
+        name: str,
+        fp_layer: nn.Module,
+        encoding: Encoding,
+        float_inputs: list[torch.Tensor],
+        quantized: list[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, Encoding]:
         if not supports_moments(fp_layer):
-            raise InvalidOptionError(f"seq_mse: layer {name!r} ({fp_layer}) has a padding SeqMSE cannot unfold into "
-                                     "input patches; use padding given as numbers with padding_mode='zeros'")
+            raise InvalidOptionError(
+                f"seq_mse: layer {name!r} ({fp_layer}) has a padding SeqMSE cannot unfold into "
+                "input patches; use padding given as numbers with padding_mode='zeros'"
+            )
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         if inputs == "asym":
             objective = QuadraticObjective(fp_layer, weight, float_inputs, quantized)
@@ -91,14 +110,29 @@ def seq_mse(model: nn.Module, example_input: Any, calibration: Iterable[Any], pa
         best = seq_mse_search(rows, objective.gram, objective.target, encoding, num_candidates)
         return _nearest(rows.double(), best, rows.shape).reshape(weight.shape).to(weight.dtype), best
 
-    return round_layers(model, example_input, calibration, choose, param_bw=param_bw, act_bw=act_bw,
-                        per_channel=per_channel, scheme=scheme, param_scheme=param_scheme, config=config,
-                        num_batches=num_batches, use_quantized_inputs=inputs != "symfp", path=path,
-                        filename_prefix=filename_prefix, progress=progress, what="seq_mse")
+    return round_layers(
+        model,
+        example_input,
+        calibration,
+        choose,
+        param_bw=param_bw,
+        act_bw=act_bw,
+        per_channel=per_channel,
+        scheme=scheme,
+        param_scheme=param_scheme,
+        config=config,
+        num_batches=num_batches,
+        use_quantized_inputs=inputs != "symfp",
+        path=path,
+        filename_prefix=filename_prefix,
+        progress=progress,
+        what="seq_mse",
+    )
 
 
-def seq_mse_search(weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding,
-                   num_candidates: int = 20) -> Encoding:
+def seq_mse_search(
+    weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding, num_candidates: int = 20
+) -> Encoding:
     """The encoding, among ``num_candidates`` shrunk ranges, with the least output error (module docstring).
 
     ``weight``: ``[groups, out/groups, K]``; ``gram``: ``[groups, K, K]`` (``E[x̂ x̂ᵀ]``); ``target``: like ``weight``
@@ -124,12 +158,14 @@ def seq_mse_search(weight: torch.Tensor, gram: torch.Tensor, target: torch.Tenso
     scale = torch.stack([e.scale for e in encodings])
     offset = torch.stack([e.offset for e in encodings])
     index = best_per_channel.to(scale.device)
-    return Encoding(encoding.bitwidth, encoding.symmetric, scale.gather(0, index)[0], offset.gather(0, index)[0],
-                    encoding.axis)
+    return Encoding(
+        encoding.bitwidth, encoding.symmetric, scale.gather(0, index)[0], offset.gather(0, index)[0], encoding.axis
+    )
 
 
-def candidate_errors(weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding,
-                     num_candidates: int) -> tuple[torch.Tensor, list[Encoding]]:
+def candidate_errors(
+    weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding, num_candidates: int
+) -> tuple[torch.Tensor, list[Encoding]]:
     """Output error (minus the float weight's own) of each candidate, ``[num_candidates, groups, out/groups]``
     in float64, and the candidates' encodings (ranges ``α·[min, max]`` of the weight, ``α = i/n``)."""
     groups, out, k = weight.shape
@@ -145,8 +181,14 @@ def candidate_errors(weight: torch.Tensor, gram: torch.Tensor, target: torch.Ten
     encodings, errors = [], []
     for i in range(1, num_candidates + 1):
         alpha = i / num_candidates
-        candidate = compute_encoding(lo * alpha, hi * alpha, encoding.bitwidth, encoding.symmetric,
-                                     unsigned_symmetric=unsigned, axis=encoding.axis)
+        candidate = compute_encoding(
+            lo * alpha,
+            hi * alpha,
+            encoding.bitwidth,
+            encoding.symmetric,
+            unsigned_symmetric=unsigned,
+            axis=encoding.axis,
+        )
         e = w - _nearest(w, candidate, weight.shape)
         errors.append((torch.bmm(e, g) * e).sum(-1) - 2 * (e * drift).sum(-1))
         encodings.append(candidate)

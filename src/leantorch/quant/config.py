@@ -122,8 +122,10 @@ class QuantSimConfig:
             leantorch.errors.ConfigError: config key 'param_symmetric' is 'False' (a str); it must be true or false...
         """
         if not isinstance(data, dict):
-            raise ConfigError(f"a config must be an object of settings (a dict; in JSON {{...}}), got "
-                              f"{type(data).__name__} {short_repr(data)}; e.g. {{\"per_channel\": true}}")
+            raise ConfigError(
+                f"a config must be an object of settings (a dict; in JSON {{...}}), got "
+                f'{type(data).__name__} {short_repr(data)}; e.g. {{"per_channel": true}}'
+            )
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -135,14 +137,18 @@ class QuantSimConfig:
             setattr(cfg, key, value)
         if op_types is not None:
             if not isinstance(op_types, dict):
-                raise ConfigError(f"config key 'op_types' is {short_repr(op_types)} (a {type(op_types).__name__}); it "
-                                  'must be an object of op type → rule, e.g. {"Softmax": {"output_quantized": true}}')
+                raise ConfigError(
+                    f"config key 'op_types' is {short_repr(op_types)} (a {type(op_types).__name__}); it "
+                    'must be an object of op type → rule, e.g. {"Softmax": {"output_quantized": true}}'
+                )
             rule_fields = {f.name for f in fields(OpRule)}
             for op, rule in op_types.items():
                 bad = sorted(set(rule) - rule_fields, key=str) if isinstance(rule, dict) else None
                 if bad is None or bad:
-                    raise ConfigError(f"bad op_types entry {op!r}: {short_repr(rule)}; a rule is an object with keys "
-                                      f"from {sorted(rule_fields)} (true, false or null each)")
+                    raise ConfigError(
+                        f"bad op_types entry {op!r}: {short_repr(rule)}; a rule is an object with keys "
+                        f"from {sorted(rule_fields)} (true, false or null each)"
+                    )
             cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
         cfg.validate()
         return cfg
@@ -156,11 +162,13 @@ class QuantSimConfig:
         for key in _BOOL_KEYS:
             _check_bool(key, getattr(self, key))
         if not isinstance(self.name, str):
-            raise ConfigError(f"config key 'name' is {short_repr(self.name)} (a {type(self.name).__name__}); it must "
-                              "be a string")
+            raise ConfigError(
+                f"config key 'name' is {short_repr(self.name)} (a {type(self.name).__name__}); it must be a string"
+            )
         if not isinstance(self.op_types, dict):
-            raise ConfigError(f"config key 'op_types' is {short_repr(self.op_types)}; it must map op type names to "
-                              "rules")
+            raise ConfigError(
+                f"config key 'op_types' is {short_repr(self.op_types)}; it must map op type names to rules"
+            )
         for op, rule in self.op_types.items():
             _check_op_type(op, "op_types")
             if not isinstance(rule, OpRule):
@@ -169,8 +177,10 @@ class QuantSimConfig:
                 _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
         groups = self.supergroups
         if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
-            raise ConfigError(f"config key 'supergroups' is {short_repr(groups)}; it must be a list of non-empty lists "
-                              'of op type names, e.g. [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]')
+            raise ConfigError(
+                f"config key 'supergroups' is {short_repr(groups)}; it must be a list of non-empty lists "
+                'of op type names, e.g. [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]'
+            )
         for group in groups:
             for op in group:
                 _check_op_type(op, f"supergroup {group}")
@@ -184,8 +194,10 @@ class QuantSimConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"config {path} holds {type(data).__name__} {short_repr(data)} at its top level; a "
-                              'config file is a JSON object of settings, e.g. {"per_channel": true}')
+            raise ConfigError(
+                f"config {path} holds {type(data).__name__} {short_repr(data)} at its top level; a "
+                'config file is a JSON object of settings, e.g. {"per_channel": true}'
+            )
         cfg = cls.from_dict(data)
         if "name" not in data:
             cfg.name = Path(path).stem
@@ -196,8 +208,17 @@ class QuantSimConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
 
-_BOOL_KEYS = ("output_quantized", "input_quantized", "params_quantized", "quantize_bias", "param_symmetric",
-              "activation_symmetric", "unsigned_symmetric", "per_channel", "model_input_quantized")
+_BOOL_KEYS = (
+    "output_quantized",
+    "input_quantized",
+    "params_quantized",
+    "quantize_bias",
+    "param_symmetric",
+    "activation_symmetric",
+    "unsigned_symmetric",
+    "per_channel",
+    "model_input_quantized",
+)
 
 
 def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
@@ -205,15 +226,18 @@ def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
     if isinstance(value, bool) or (allow_none and value is None):
         return
     allowed = "true, false or null" if allow_none else "true or false"
-    raise ConfigError(f"config key '{key}' is {short_repr(value)} (a {type(value).__name__}); it must be {allowed} "
-                      "(a JSON boolean, not a string or a number)")
+    raise ConfigError(
+        f"config key '{key}' is {short_repr(value)} (a {type(value).__name__}); it must be {allowed} "
+        "(a JSON boolean, not a string or a number)"
+    )
 
 
 def _check_op_type(op: Any, where: str) -> None:
     """Op type names come from :func:`leantorch.graph.op_type`; a misspelt one would silently match nothing."""
     if op not in OP_TYPE_NAMES:
-        raise ConfigError(f"{where}: unknown op type {short_repr(op)}; known op types: "
-                          f"{', '.join(sorted(OP_TYPE_NAMES))}")
+        raise ConfigError(
+            f"{where}: unknown op type {short_repr(op)}; known op types: {', '.join(sorted(OP_TYPE_NAMES))}"
+        )
 
 
 def load_config(config: str | Path | QuantSimConfig | dict[str, Any]) -> QuantSimConfig:

@@ -62,10 +62,24 @@ from .encodings_formats import POOLED, VERSIONS, EncodingsVersion, from_legacy, 
 from .quantizer import Quantizer
 
 __all__ = [
-    "ENCODINGS_VERSION", "EncodingsVersion", "READABLE_VERSIONS", "SECTIONS", "NAMES_KEY", "REQUIRED_FIELDS", "Target",
-    "check_version", "check_encodings", "read_encodings", "parse_encoding", "match_encodings", "uncovered",
+    "ENCODINGS_VERSION",
+    "EncodingsVersion",
+    "READABLE_VERSIONS",
+    "SECTIONS",
+    "NAMES_KEY",
+    "REQUIRED_FIELDS",
+    "Target",
+    "check_version",
+    "check_encodings",
+    "read_encodings",
+    "parse_encoding",
+    "match_encodings",
+    "uncovered",
     "check_coverage",
-    "same_encoding", "encodings_dict", "encodings_text", "write_encodings",
+    "same_encoding",
+    "encodings_dict",
+    "encodings_text",
+    "write_encodings",
 ]
 
 #: Version of the AIMET encodings-file format written by default.
@@ -152,8 +166,9 @@ def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
         leantorch.errors.EncodingsFileError: the file holds no encodings: ...
     """
     if not isinstance(data, dict):
-        raise EncodingsFileError(f"{source} is not an encodings file: expected a JSON object, got "
-                                 f"{type(data).__name__}")
+        raise EncodingsFileError(
+            f"{source} is not an encodings file: expected a JSON object, got {type(data).__name__}"
+        )
     version = data.get("version")
     if not isinstance(version, str) or version not in READABLE_VERSIONS:
         raise EncodingsFileError(
@@ -166,12 +181,16 @@ def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
         return legacy
     present = [s for s in SECTIONS if s in data]
     if not present:
-        raise EncodingsFileError(f"{source} holds no encodings: neither {SECTIONS[0]!r} nor {SECTIONS[1]!r} is "
-                                 "present. Write the file with sim.save_encodings or sim.export.")
+        raise EncodingsFileError(
+            f"{source} holds no encodings: neither {SECTIONS[0]!r} nor {SECTIONS[1]!r} is "
+            "present. Write the file with sim.save_encodings or sim.export."
+        )
     for section in present:
         if not isinstance(data[section], dict):
-            raise EncodingsFileError(f"{source}: {section!r} must be a JSON object of name → list of entries, "
-                                     f"got {type(data[section]).__name__}")
+            raise EncodingsFileError(
+                f"{source}: {section!r} must be a JSON object of name → list of entries, "
+                f"got {type(data[section]).__name__}"
+            )
     _check_names_map(data.get(NAMES_KEY), source)
     return data
 
@@ -180,12 +199,16 @@ def _check_names_map(names: Any, source: str) -> None:
     if names is None:
         return
     ok = isinstance(names, dict) and all(
-        s in SECTIONS and isinstance(m, dict)
+        s in SECTIONS
+        and isinstance(m, dict)
         and all(isinstance(v, list) and v and all(isinstance(n, str) for n in v) for v in m.values())
-        for s, m in names.items())
+        for s, m in names.items()
+    )
     if not ok:
-        raise EncodingsFileError(f"{source}: {NAMES_KEY!r} must map a section to {{name: [quantizer names]}}; "
-                                 "remove the key or rewrite the file with sim.export")
+        raise EncodingsFileError(
+            f"{source}: {NAMES_KEY!r} must map a section to {{name: [quantizer names]}}; "
+            "remove the key or rewrite the file with sim.export"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- entries
@@ -206,8 +229,10 @@ def parse_encoding(entries: Any, name: str) -> Encoding:
         leantorch.errors.EncodingsFileError: x: scale=0.0 is not a valid scale...
     """
     if not isinstance(entries, list) or not entries:
-        raise EncodingsFileError(f"{name}: expected a non-empty list of entries (one per tensor or one per "
-                                 f"channel), got {short_repr(entries)}")
+        raise EncodingsFileError(
+            f"{name}: expected a non-empty list of entries (one per tensor or one per "
+            f"channel), got {short_repr(entries)}"
+        )
     many = len(entries) > 1
     parsed = [_parse_entry(e, f"{name} channel {i}" if many else name) for i, e in enumerate(entries)]
     first = parsed[0]
@@ -216,11 +241,13 @@ def parse_encoding(entries: Any, name: str) -> Encoding:
         if (p[0], p[1]) != (first[0], first[1]):
             raise EncodingsFileError(
                 f"{name} channel {i}: bitwidth {p[0]}, is_symmetric {p[1]} differ from channel 0 "
-                f"(bitwidth {first[0]}, is_symmetric {first[1]}); all channels of one tensor share them")
+                f"(bitwidth {first[0]}, is_symmetric {first[1]}); all channels of one tensor share them"
+            )
         if first[1] and (p[3] == 0) != (first[3] == 0):
             raise EncodingsFileError(
                 f"{name} channel {i}: offset {p[3]} mixes an unsigned and a signed symmetric grid (channel 0 "
-                f"has offset {first[3]}); use one of 0 or {-(2 ** (first[0] - 1))} on every channel")
+                f"has offset {first[3]}); use one of 0 or {-(2 ** (first[0] - 1))} on every channel"
+            )
     scale = torch.tensor([p[2] for p in parsed], dtype=torch.float32)
     offset = torch.tensor([p[3] for p in parsed], dtype=torch.int64)
     if not many:
@@ -231,17 +258,23 @@ def parse_encoding(entries: Any, name: str) -> Encoding:
 def _parse_entry(entry: Any, label: str) -> tuple[int, bool, float, int]:
     """(bitwidth, symmetric, scale, offset) of one entry, after every check of the module docstring."""
     if not isinstance(entry, dict):
-        raise EncodingsFileError(f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
-                                 f"min, max}}, got {short_repr(entry)}")
+        raise EncodingsFileError(
+            f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
+            f"min, max}}, got {short_repr(entry)}"
+        )
     # dtype first: AIMET float entries ({"bitwidth": 16, "dtype": "float"}) have no scale/offset/min/max.
     dtype = entry.get("dtype", "int")
     if dtype == "float":
-        raise EncodingsFileError(f"{label}: dtype='float' (bitwidth {short_repr(entry.get('bitwidth'))}): float "
-                                 "encodings are not supported yet; only integer ('int') encodings can be loaded — "
-                                 "drop the entry to keep the tensor in full float")
+        raise EncodingsFileError(
+            f"{label}: dtype='float' (bitwidth {short_repr(entry.get('bitwidth'))}): float "
+            "encodings are not supported yet; only integer ('int') encodings can be loaded — "
+            "drop the entry to keep the tensor in full float"
+        )
     if dtype != "int":
-        raise EncodingsFileError(f"{label}: dtype={short_repr(dtype)} is not a known dtype; only integer ('int') "
-                                 "encodings can be loaded — drop the entry to keep the tensor in float")
+        raise EncodingsFileError(
+            f"{label}: dtype={short_repr(dtype)} is not a known dtype; only integer ('int') "
+            "encodings can be loaded — drop the entry to keep the tensor in float"
+        )
     missing = [f for f in REQUIRED_FIELDS if f not in entry]
     if missing:
         raise EncodingsFileError(f"{label}: missing field(s) {missing}; every entry needs {list(REQUIRED_FIELDS)}")
@@ -259,16 +292,17 @@ def _bitwidth(value: Any, label: str) -> int:
     except UnsupportedBitwidthError as exc:
         raise EncodingsFileError(str(exc)) from exc
     if bitwidth == FLOAT_BITWIDTH:
-        raise EncodingsFileError(f"{label}: bitwidth=32 means 'not quantized' and has no integer grid; drop the "
-                                 "entry (and disable that quantizer) or give a bitwidth from 2 to 16")
+        raise EncodingsFileError(
+            f"{label}: bitwidth=32 means 'not quantized' and has no integer grid; drop the "
+            "entry (and disable that quantizer) or give a bitwidth from 2 to 16"
+        )
     return bitwidth
 
 
 def _symmetry(value: Any, label: str) -> bool:
     if isinstance(value, (bool, str)) and value in _SYMMETRY:
         return _SYMMETRY[value]
-    raise EncodingsFileError(f"{label}: is_symmetric={value!r} is not a boolean; use true/false or "
-                             "\"True\"/\"False\"")
+    raise EncodingsFileError(f'{label}: is_symmetric={value!r} is not a boolean; use true/false or "True"/"False"')
 
 
 def _number(value: Any, label: str, field: str) -> float:
@@ -279,35 +313,43 @@ def _number(value: Any, label: str, field: str) -> float:
     except OverflowError:  # a JSON integer beyond float range
         number = math.inf
     if not math.isfinite(number):
-        raise EncodingsFileError(f"{label}: {field}={value!r} is not finite; recompute the encodings from "
-                                 "finite data (sim.compute_encodings) and write the file again")
+        raise EncodingsFileError(
+            f"{label}: {field}={value!r} is not finite; recompute the encodings from "
+            "finite data (sim.compute_encodings) and write the file again"
+        )
     return number
 
 
 def _scale(value: Any, label: str) -> float:
     scale = _number(value, label, "scale")
     if not MIN_SCALE <= scale <= _FLOAT32_MAX:
-        raise EncodingsFileError(f"{label}: scale={value!r} is not a valid scale: it must be positive, at least "
-                                 f"{MIN_SCALE} and fit float32; recompute the encodings or correct the entry")
+        raise EncodingsFileError(
+            f"{label}: scale={value!r} is not a valid scale: it must be positive, at least "
+            f"{MIN_SCALE} and fit float32; recompute the encodings or correct the entry"
+        )
     return scale
 
 
 def _offset(value: Any, bitwidth: int, symmetric: bool, label: str) -> int:
     number = _number(value, label, "offset")
     if number != round(number):
-        raise EncodingsFileError(f"{label}: offset={value!r} is not an integer; offsets are integer grid "
-                                 "positions (offset = round(min / scale))")
+        raise EncodingsFileError(
+            f"{label}: offset={value!r} is not an integer; offsets are integer grid "
+            "positions (offset = round(min / scale))"
+        )
     offset = int(number)
     if symmetric:
         allowed = (-(2 ** (bitwidth - 1)), 0)
         if offset not in allowed:
             raise EncodingsFileError(
                 f"{label}: offset={value!r} is off the symmetric {bitwidth}-bit grid: use {allowed[0]} (signed) "
-                "or 0 (unsigned), or set is_symmetric to false for an asymmetric offset")
+                "or 0 (unsigned), or set is_symmetric to false for an asymmetric offset"
+            )
     elif not -(2**bitwidth - 1) <= offset <= 0:
         raise EncodingsFileError(
             f"{label}: offset={value!r} is off the asymmetric {bitwidth}-bit grid: it must lie in "
-            f"[{-(2**bitwidth - 1)}, 0] so that 0.0 is representable (offset = round(min / scale))")
+            f"[{-(2**bitwidth - 1)}, 0] so that 0.0 is representable (offset = round(min / scale))"
+        )
     return offset
 
 
@@ -324,12 +366,14 @@ def _check_range(lo_value: Any, hi_value: Any, bitwidth: int, scale: float, offs
             raise EncodingsFileError(
                 f"{label}: {field}={value!r} disagrees with scale={scale!r} and offset={offset} (which give "
                 f"{field}={want!r}); min must be offset * scale and max = min + {steps} * scale — fix the "
-                "numbers or recompute the entry")
+                "numbers or recompute the entry"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- matching
-def match_encodings(data: dict[str, Any], targets: list[Target], source: str = "the file"
-                    ) -> list[tuple[Target, Encoding]]:
+def match_encodings(
+    data: dict[str, Any], targets: list[Target], source: str = "the file"
+) -> list[tuple[Target, Encoding]]:
     """Pair every entry of a checked file with its quantizer(s); nothing is applied.
 
     ``data`` is what :func:`read_encodings` / :func:`check_encodings` return (a 0.6.1 file dict works as it
@@ -378,7 +422,8 @@ def match_encodings(data: dict[str, Any], targets: list[Target], source: str = "
         raise EncodingsFileError(
             f"{source}: {len(unknown)} encoding(s) name no quantizer of this model, e.g. {unknown[:3]}; was the "
             "file written for another model or another config? (Files keyed by ONNX names load only when they "
-            f"carry the {NAMES_KEY!r} map that sim.export writes.)")
+            f"carry the {NAMES_KEY!r} map that sim.export writes.)"
+        )
     return [(t, enc) for t, enc, _ in plan.values()]
 
 
@@ -398,13 +443,18 @@ def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
         along = f"{count} channels along axis {per_channel}" if count is not None else f"along axis {per_channel}"
         raise EncodingsFileError(
             f"{label}: the file has one encoding for {target.key} but this sim quantizes it per channel ({along}): "
-            "make the file with per_channel=True, or build the sim per-tensor")
+            "make the file with per_channel=True, or build the sim per-tensor"
+        )
     if axis is None or (target.shape is not None and axis >= len(target.shape)):
-        raise EncodingsFileError(f"{label}: {channels} per-channel entries, but {target.name} quantizes per tensor "
-                                 "and has no channel axis; give one entry")
+        raise EncodingsFileError(
+            f"{label}: {channels} per-channel entries, but {target.name} quantizes per tensor "
+            "and has no channel axis; give one entry"
+        )
     if target.shape is not None and target.shape[axis] != channels:
-        raise EncodingsFileError(f"{label}: the file has {channels} per-channel encodings but {target.key} has "
-                                 f"{target.shape[axis]} channels along axis {axis}; was it written for another model?")
+        raise EncodingsFileError(
+            f"{label}: the file has {channels} per-channel encodings but {target.key} has "
+            f"{target.shape[axis]} channels along axis {axis}; was it written for another model?"
+        )
     return replace(enc, axis=axis)
 
 
@@ -432,9 +482,12 @@ def same_encoding(a: Encoding, b: Encoding) -> bool:
         >>> same_encoding(e, e.to("cpu"))
         True
     """
-    return (a.bitwidth, a.symmetric, a.axis) == (b.bitwidth, b.symmetric, b.axis) \
-        and a.scale.shape == b.scale.shape and torch.equal(a.scale.cpu(), b.scale.cpu()) \
+    return (
+        (a.bitwidth, a.symmetric, a.axis) == (b.bitwidth, b.symmetric, b.axis)
+        and a.scale.shape == b.scale.shape
+        and torch.equal(a.scale.cpu(), b.scale.cpu())
         and torch.equal(a.offset.cpu(), b.offset.cpu())
+    )
 
 
 def uncovered(targets: list[Target], plan: list[tuple[Target, Encoding]]) -> list[str]:
@@ -448,8 +501,9 @@ def uncovered(targets: list[Target], plan: list[tuple[Target, Encoding]]) -> lis
     return [t.name for t in targets if t.quantizer.is_active and id(t.quantizer) not in covered]
 
 
-def check_coverage(targets: list[Target], plan: list[tuple[Target, Encoding]], strict: bool,
-                   source: str = "the file") -> list[str]:
+def check_coverage(
+    targets: list[Target], plan: list[tuple[Target, Encoding]], strict: bool, source: str = "the file"
+) -> list[str]:
     """The active quantizers ``plan`` leaves alone; with ``strict`` there must be none.
 
     Example:
@@ -462,15 +516,19 @@ def check_coverage(targets: list[Target], plan: list[tuple[Target, Encoding]], s
         raise EncodingsFileError(
             f"{source} covers {active - len(missing)} of the {active} active quantizers; no encoding for "
             f"{len(missing)}, e.g. {missing[:5]}. Load it with strict=False to keep the current encodings of "
-            "the others, or write the file from a sim with the same config.")
+            "the others, or write the file from a sim with the same config."
+        )
     return missing
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding],
-                   quantizer_names: dict[str, dict[str, list[str]]] | None = None,
-                   extra: dict[str, Any] | None = None, version: EncodingsVersion = ENCODINGS_VERSION
-                   ) -> dict[str, Any]:
+def encodings_dict(
+    activations: dict[str, Encoding],
+    params: dict[str, Encoding],
+    quantizer_names: dict[str, dict[str, list[str]]] | None = None,
+    extra: dict[str, Any] | None = None,
+    version: EncodingsVersion = ENCODINGS_VERSION,
+) -> dict[str, Any]:
     """The JSON object of an encodings file (AIMET ``version``) for encodings keyed by their file names.
 
     For 1.0.0 and 2.0.0 the encodings are checked first (an invalid one raises EncodingsFileError naming
@@ -488,9 +546,11 @@ def encodings_dict(activations: dict[str, Encoding], params: dict[str, Encoding]
         'int8'
     """
     check_version(version, "version")
-    data: dict[str, Any] = {"version": ENCODINGS_VERSION,
-                            "activation_encodings": {n: e.to_aimet() for n, e in activations.items()},
-                            "param_encodings": {n: e.to_aimet() for n, e in params.items()}}
+    data: dict[str, Any] = {
+        "version": ENCODINGS_VERSION,
+        "activation_encodings": {n: e.to_aimet() for n, e in activations.items()},
+        "param_encodings": {n: e.to_aimet() for n, e in params.items()},
+    }
     if quantizer_names is not None:
         data[NAMES_KEY] = quantizer_names
     data |= extra or {}

@@ -79,8 +79,17 @@ def legacy_entries(bitwidth: Any, symmetric: Any, scales: list[Any], offsets: li
                 lo, hi = offset * scale, (offset + 2**bitwidth - 1) * scale
             except (OverflowError, ValueError):
                 lo = hi = math.inf
-        entries.append({"bitwidth": bitwidth, "dtype": "int", "is_symmetric": symmetric, "scale": scale,
-                        "offset": offset, "min": lo, "max": hi})
+        entries.append(
+            {
+                "bitwidth": bitwidth,
+                "dtype": "int",
+                "is_symmetric": symmetric,
+                "scale": scale,
+                "offset": offset,
+                "min": lo,
+                "max": hi,
+            }
+        )
     return entries
 
 
@@ -103,37 +112,54 @@ def to_legacy(data: dict[str, Any], source: str = "the file") -> dict[str, Any]:
     if data.get("version") == "1.0.0":
         present = [s for s in _SECTIONS if s in data]
         if not present:
-            raise EncodingsFileError(f"{source} holds no encodings: neither {_SECTIONS[0]!r} nor {_SECTIONS[1]!r} "
-                                     "is present. Write the file with sim.save_encodings or sim.export.")
+            raise EncodingsFileError(
+                f"{source} holds no encodings: neither {_SECTIONS[0]!r} nor {_SECTIONS[1]!r} "
+                "is present. Write the file with sim.save_encodings or sim.export."
+            )
         for section in present:
-            out[section] = _read_list(data[section], section, source, _v1_entries, "{name, enc_type, dtype, "
-                                      "bw, is_sym, scale, offset}", "1.0.0")
+            out[section] = _read_list(
+                data[section],
+                section,
+                source,
+                _v1_entries,
+                "{name, enc_type, dtype, bw, is_sym, scale, offset}",
+                "1.0.0",
+            )
         return out
     stray = [s for s in _SECTIONS if s in data]
     if stray:
-        raise EncodingsFileError(f"{source}: version 2.0.0 files hold one list {POOLED!r}, not {stray}; set the "
-                                 "version that matches the layout (0.6.1 or 1.0.0) or rewrite the file")
+        raise EncodingsFileError(
+            f"{source}: version 2.0.0 files hold one list {POOLED!r}, not {stray}; set the "
+            "version that matches the layout (0.6.1 or 1.0.0) or rewrite the file"
+        )
     if POOLED not in data:
-        raise EncodingsFileError(f"{source} holds no encodings: {POOLED!r} is not present. Write the file with "
-                                 "sim.save_encodings or sim.export.")
-    out[POOLED] = _read_list(data[POOLED], POOLED, source, _v2_entries,
-                             "{name, output_dtype, y_scale, [y_zero_point], [axis]}", "2.0.0")
+        raise EncodingsFileError(
+            f"{source} holds no encodings: {POOLED!r} is not present. Write the file with "
+            "sim.save_encodings or sim.export."
+        )
+    out[POOLED] = _read_list(
+        data[POOLED], POOLED, source, _v2_entries, "{name, output_dtype, y_scale, [y_zero_point], [axis]}", "2.0.0"
+    )
     return out
 
 
-def _read_list(items: Any, section: str, source: str, convert: Any, fields: str, version: str
-               ) -> dict[str, list[dict[str, Any]]]:
+def _read_list(
+    items: Any, section: str, source: str, convert: Any, fields: str, version: str
+) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(items, list):
-        raise EncodingsFileError(f"{source}: {section!r} must be a JSON list of entries {fields} in version "
-                                 f"{version}, got {type(items).__name__}")
+        raise EncodingsFileError(
+            f"{source}: {section!r} must be a JSON list of entries {fields} in version "
+            f"{version}, got {type(items).__name__}"
+        )
     out: dict[str, list[dict[str, Any]]] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise EncodingsFileError(f"{section}[{i}]: expected an entry object {fields}, got {short_repr(item)}")
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            raise EncodingsFileError(f"{section}[{i}]: 'name' must be a non-empty string (the tensor's name), "
-                                     f"got {short_repr(name)}")
+            raise EncodingsFileError(
+                f"{section}[{i}]: 'name' must be a non-empty string (the tensor's name), got {short_repr(name)}"
+            )
         label = f"{section}[{name!r}]"
         if name in out:
             raise EncodingsFileError(f"{label}: the name appears twice in {section!r}; keep one entry per tensor")
@@ -144,29 +170,40 @@ def _read_list(items: Any, section: str, source: str, convert: Any, fields: str,
 def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
     dtype, enc_type = item.get("dtype"), item.get("enc_type")
     if dtype == "FLOAT":
-        raise EncodingsFileError(f"{label}: dtype='FLOAT' (bw {short_repr(item.get('bw'))}): float encodings are "
-                                 "not supported yet; only integer ('INT') encodings can be loaded — drop the entry "
-                                 "to keep the tensor in full float")
+        raise EncodingsFileError(
+            f"{label}: dtype='FLOAT' (bw {short_repr(item.get('bw'))}): float encodings are "
+            "not supported yet; only integer ('INT') encodings can be loaded — drop the entry "
+            "to keep the tensor in full float"
+        )
     if dtype != "INT":
-        raise EncodingsFileError(f"{label}: dtype={short_repr(dtype)} is not a known dtype of version 1.0.0; use "
-                                 "'INT' (or 'FLOAT', which is not supported yet)")
+        raise EncodingsFileError(
+            f"{label}: dtype={short_repr(dtype)} is not a known dtype of version 1.0.0; use "
+            "'INT' (or 'FLOAT', which is not supported yet)"
+        )
     if enc_type in _BLOCKWISE_TYPES:
-        raise EncodingsFileError(f"{label}: enc_type={enc_type!r} is {_NOT_YET} ('PER_TENSOR', 'PER_CHANNEL') "
-                                 "integer encodings can be loaded")
+        raise EncodingsFileError(
+            f"{label}: enc_type={enc_type!r} is {_NOT_YET} ('PER_TENSOR', 'PER_CHANNEL') "
+            "integer encodings can be loaded"
+        )
     if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
-        raise EncodingsFileError(f"{label}: enc_type={short_repr(enc_type)} is not a known encoding type; use "
-                                 "'PER_TENSOR' or 'PER_CHANNEL'")
+        raise EncodingsFileError(
+            f"{label}: enc_type={short_repr(enc_type)} is not a known encoding type; use 'PER_TENSOR' or 'PER_CHANNEL'"
+        )
     blockwise = [f for f in ("block_size", "compressed_bw", "per_block_int_scale") if f in item]
     if blockwise:
-        raise EncodingsFileError(f"{label}: {blockwise} given with enc_type={enc_type!r}: blockwise fields are "
-                                 f"{_NOT_YET} encodings can be loaded")
+        raise EncodingsFileError(
+            f"{label}: {blockwise} given with enc_type={enc_type!r}: blockwise fields are "
+            f"{_NOT_YET} encodings can be loaded"
+        )
     missing = [f for f in _V1_FIELDS if f not in item]
     if missing:
         raise EncodingsFileError(f"{label}: missing field(s) {missing}; every INT entry needs {list(_V1_FIELDS)}")
     shift = item.get("zero_point_shift")
     if shift is not None and (not isinstance(shift, list) or any(v != 0 for v in shift)):
-        raise EncodingsFileError(f"{label}: zero_point_shift={short_repr(shift)} (int2 custom grids) is not "
-                                 "supported yet; drop the field if every shift is 0")
+        raise EncodingsFileError(
+            f"{label}: zero_point_shift={short_repr(shift)} (int2 custom grids) is not "
+            "supported yet; drop the field if every shift is 0"
+        )
     bitwidth = _bits(item["bw"], label, "bw")
     symmetric = item["is_sym"]
     if not isinstance(symmetric, (bool, str)) or symmetric not in _SYMMETRY:
@@ -174,48 +211,58 @@ def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
     scales, offsets = item["scale"], item["offset"]
     for field, values in (("scale", scales), ("offset", offsets)):
         if not isinstance(values, list) or not values:
-            raise EncodingsFileError(f"{label}: {field}={short_repr(values)} must be a non-empty list (one value, "
-                                     "or one per channel)")
+            raise EncodingsFileError(
+                f"{label}: {field}={short_repr(values)} must be a non-empty list (one value, or one per channel)"
+            )
     if len(scales) != len(offsets):
-        raise EncodingsFileError(f"{label}: {len(scales)} scales but {len(offsets)} offsets; give one offset per "
-                                 "scale")
+        raise EncodingsFileError(f"{label}: {len(scales)} scales but {len(offsets)} offsets; give one offset per scale")
     if enc_type == "PER_TENSOR" and len(scales) > 1:
-        raise EncodingsFileError(f"{label}: enc_type='PER_TENSOR' with {len(scales)} scales; use 'PER_CHANNEL' "
-                                 "for one scale per channel, or give one scale")
+        raise EncodingsFileError(
+            f"{label}: enc_type='PER_TENSOR' with {len(scales)} scales; use 'PER_CHANNEL' "
+            "for one scale per channel, or give one scale"
+        )
     return legacy_entries(bitwidth, _SYMMETRY[symmetric], scales, offsets)
 
 
 def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
     lpbq = [f for f in ("per_block_int_scale", "per_channel_float_scale", "block_size") if f in item]
     if lpbq:
-        raise EncodingsFileError(f"{label}: {lpbq}: blockwise (per-block, LPBQ) encodings are {_NOT_YET} "
-                                 "encodings can be loaded")
+        raise EncodingsFileError(
+            f"{label}: {lpbq}: blockwise (per-block, LPBQ) encodings are {_NOT_YET} encodings can be loaded"
+        )
     signed, bitwidth = _output_dtype(item.get("output_dtype"), label)
     if "y_scale" not in item:
         raise EncodingsFileError(f"{label}: missing field 'y_scale'; every entry needs name, output_dtype, y_scale")
     raw = item["y_scale"]
     if isinstance(raw, dict):
-        raise EncodingsFileError(f"{label}: y_scale is an object (a double-quantized scale, version 2.1.0): "
-                                 f"{_NOT_YET} encodings can be loaded")
+        raise EncodingsFileError(
+            f"{label}: y_scale is an object (a double-quantized scale, version 2.1.0): "
+            f"{_NOT_YET} encodings can be loaded"
+        )
     per_channel = isinstance(raw, list)
     scales = raw if per_channel else [raw]
     if not scales or any(isinstance(s, list) for s in scales):
-        raise EncodingsFileError(f"{label}: y_scale={short_repr(raw)}: give a number, or a flat non-empty list (one "
-                                 f"per channel); nested lists (blockwise) are {_NOT_YET} encodings can be loaded")
+        raise EncodingsFileError(
+            f"{label}: y_scale={short_repr(raw)}: give a number, or a flat non-empty list (one "
+            f"per channel); nested lists (blockwise) are {_NOT_YET} encodings can be loaded"
+        )
     for i, scale in enumerate(scales):
         _check_scale(scale, f"{label} channel {i}" if per_channel else label)
     axis = item.get("axis")
     if per_channel and (isinstance(axis, bool) or not isinstance(axis, int)):
-        raise EncodingsFileError(f"{label}: per-channel y_scale ({len(scales)} values) needs 'axis', the channel "
-                                 f"axis as an integer; got {short_repr(axis)}")
+        raise EncodingsFileError(
+            f"{label}: per-channel y_scale ({len(scales)} values) needs 'axis', the channel "
+            f"axis as an integer; got {short_repr(axis)}"
+        )
     zero_points = _zero_points(item.get("y_zero_point"), len(scales), per_channel, label)
     shift = 2 ** (bitwidth - 1) if signed else 0
     low, high = -shift, 2**bitwidth - 1 - shift
     for i, z in enumerate(zero_points):
         if not low <= z <= high:
             where = f"{label} channel {i}" if per_channel else label
-            raise EncodingsFileError(f"{where}: y_zero_point={z} is outside the range [{low}, {high}] of "
-                                     f"{item['output_dtype']!r}")
+            raise EncodingsFileError(
+                f"{where}: y_zero_point={z} is outside the range [{low}, {high}] of {item['output_dtype']!r}"
+            )
     offsets = [-z - shift for z in zero_points]
     symmetric = all(o == -(2 ** (bitwidth - 1)) for o in offsets) or all(o == 0 for o in offsets)
     return legacy_entries(bitwidth, symmetric, scales, offsets)
@@ -224,13 +271,17 @@ def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
 def _output_dtype(dtype: Any, label: str) -> tuple[bool, int]:
     """(signed, bits) of ``int{bits}`` / ``uint{bits}``."""
     if isinstance(dtype, str) and dtype.startswith("float"):
-        raise EncodingsFileError(f"{label}: output_dtype={dtype!r}: float encodings are not supported yet; only "
-                                 "integer ('int8', 'uint8', ...) encodings can be loaded — drop the entry to keep "
-                                 "the tensor in float")
+        raise EncodingsFileError(
+            f"{label}: output_dtype={dtype!r}: float encodings are not supported yet; only "
+            "integer ('int8', 'uint8', ...) encodings can be loaded — drop the entry to keep "
+            "the tensor in float"
+        )
     match = re.fullmatch(r"(u?)int(\d+)", dtype) if isinstance(dtype, str) else None
     if match is None:
-        raise EncodingsFileError(f"{label}: output_dtype={short_repr(dtype)} is not an integer type; use "
-                                 "'int<bits>' or 'uint<bits>' (e.g. 'int8', 'uint8', 'uint16')")
+        raise EncodingsFileError(
+            f"{label}: output_dtype={short_repr(dtype)} is not an integer type; use "
+            "'int<bits>' or 'uint<bits>' (e.g. 'int8', 'uint8', 'uint16')"
+        )
     return not match[1], _bits(int(match[2]), label, "output_dtype", dtype)
 
 
@@ -238,22 +289,29 @@ def _bits(value: Any, label: str, field: str, shown: Any = None) -> int:
     """``value`` if it is a simulated bitwidth (2..16); ``shown`` is the field's value as written."""
     shown = value if shown is None else shown
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EncodingsFileError(f"{label}: {field}={shown!r} is not supported: use an integer from {MIN_BITWIDTH} "
-                                 f"to {MAX_BITWIDTH}")
+        raise EncodingsFileError(
+            f"{label}: {field}={shown!r} is not supported: use an integer from {MIN_BITWIDTH} to {MAX_BITWIDTH}"
+        )
     if value == FLOAT_BITWIDTH:
-        raise EncodingsFileError(f"{label}: {field}={shown!r}: 32-bit encodings (e.g. of biases) have no simulated "
-                                 "integer grid; drop the entry to keep the tensor in float")
+        raise EncodingsFileError(
+            f"{label}: {field}={shown!r}: 32-bit encodings (e.g. of biases) have no simulated "
+            "integer grid; drop the entry to keep the tensor in float"
+        )
     if not MIN_BITWIDTH <= value <= MAX_BITWIDTH:
-        raise EncodingsFileError(f"{label}: {field}={shown!r}: {value}-bit encodings are not supported; use "
-                                 f"{MIN_BITWIDTH} to {MAX_BITWIDTH} bits")
+        raise EncodingsFileError(
+            f"{label}: {field}={shown!r}: {value}-bit encodings are not supported; use "
+            f"{MIN_BITWIDTH} to {MAX_BITWIDTH} bits"
+        )
     return value
 
 
 def _check_scale(value: Any, label: str) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not (math.isfinite(value) and MIN_SCALE <= value <= _FLOAT32_MAX):
-        raise EncodingsFileError(f"{label}: y_scale={value!r} is not a valid scale: a finite number of at least "
-                                 f"{MIN_SCALE} that fits float32; recompute the encodings or correct the entry")
+        raise EncodingsFileError(
+            f"{label}: y_scale={value!r} is not a valid scale: a finite number of at least "
+            f"{MIN_SCALE} that fits float32; recompute the encodings or correct the entry"
+        )
 
 
 def _zero_points(raw: Any, count: int, per_channel: bool, label: str) -> list[int]:
@@ -261,22 +319,27 @@ def _zero_points(raw: Any, count: int, per_channel: bool, label: str) -> list[in
         return [0] * count
     values = raw if isinstance(raw, list) else [raw]
     if isinstance(raw, list) != per_channel or len(values) != count:
-        raise EncodingsFileError(f"{label}: y_zero_point={short_repr(raw)} does not match y_scale: give one zero "
-                                 f"point per scale ({'a list of ' + str(count) if per_channel else 'a number'}), "
-                                 "or leave it out for zero")
+        raise EncodingsFileError(
+            f"{label}: y_zero_point={short_repr(raw)} does not match y_scale: give one zero "
+            f"point per scale ({'a list of ' + str(count) if per_channel else 'a number'}), "
+            "or leave it out for zero"
+        )
     out = []
     for z in values:
         ok = isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
         if not ok or z != round(z):
-            raise EncodingsFileError(f"{label}: y_zero_point={z!r} is not an integer (fractional zero points of "
-                                     "2-bit custom grids are not supported yet)")
+            raise EncodingsFileError(
+                f"{label}: y_zero_point={z!r} is not an integer (fractional zero points of "
+                "2-bit custom grids are not supported yet)"
+            )
         out.append(int(z))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def from_legacy(data: dict[str, Any], version: str, axes: dict[tuple[str, str], int | None] | None = None
-                ) -> dict[str, Any]:
+def from_legacy(
+    data: dict[str, Any], version: str, axes: dict[tuple[str, str], int | None] | None = None
+) -> dict[str, Any]:
     """A file in ``version`` from 0.6.1-layout ``data`` (checked entries; other keys kept).
 
     ``axes`` gives the channel axis of per-channel entries by (section, name); 2.0.0 needs it (default 0,
@@ -296,15 +359,18 @@ def from_legacy(data: dict[str, Any], version: str, axes: dict[tuple[str, str], 
     if version == "1.0.0":
         for section in _SECTIONS:
             if section in data:
-                out[section] = [_v1_item(name, entries, axes.get((section, name)))
-                                for name, entries in data[section].items()]
+                out[section] = [
+                    _v1_item(name, entries, axes.get((section, name))) for name, entries in data[section].items()
+                ]
     else:
         items: dict[str, dict[str, Any]] = {}
         for section in _SECTIONS:
             for name, entries in (data.get(section) or {}).items():
                 if name in items:
-                    raise EncodingsFileError(f"{section}[{name!r}]: the name is both an activation and a parameter; "
-                                             "version 2.0.0 holds one entry per tensor name — write 0.6.1 or 1.0.0")
+                    raise EncodingsFileError(
+                        f"{section}[{name!r}]: the name is both an activation and a parameter; "
+                        "version 2.0.0 holds one entry per tensor name — write 0.6.1 or 1.0.0"
+                    )
                 items[name] = _v2_item(name, entries, axes.get((section, name)))
         out[POOLED] = list(items.values())
     return out | {k: v for k, v in data.items() if k not in (*_SECTIONS, POOLED, "version")}
@@ -313,9 +379,15 @@ def from_legacy(data: dict[str, Any], version: str, axes: dict[tuple[str, str], 
 def _v1_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:
     first = entries[0]
     per_channel = len(entries) > 1 or axis is not None
-    return {"name": name, "enc_type": "PER_CHANNEL" if per_channel else "PER_TENSOR", "dtype": "INT",
-            "bw": first["bitwidth"], "is_sym": _SYMMETRY.get(first["is_symmetric"], first["is_symmetric"]),
-            "scale": [e["scale"] for e in entries], "offset": [int(e["offset"]) for e in entries]}
+    return {
+        "name": name,
+        "enc_type": "PER_CHANNEL" if per_channel else "PER_TENSOR",
+        "dtype": "INT",
+        "bw": first["bitwidth"],
+        "is_sym": _SYMMETRY.get(first["is_symmetric"], first["is_symmetric"]),
+        "scale": [e["scale"] for e in entries],
+        "offset": [int(e["offset"]) for e in entries],
+    }
 
 
 def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:

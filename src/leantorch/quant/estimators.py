@@ -43,10 +43,25 @@ from .histogram import bin_edges, grid_counts, grid_for, regrid, release_scratch
 from .range_search import expected_noise, search_noise
 from .schemes import QuantScheme, estimator_factory, estimator_names, register_estimator
 
-__all__ = ["QuantScheme", "RangeEstimator", "MinMaxEstimator", "HistogramEstimator", "TfEnhancedEstimator",
-           "MseEstimator", "PercentileEstimator", "make_estimator", "compute_ranges", "search_ranges",
-           "channels_first", "channel_extremes", "expected_noise", "search_noise", "release_scratch",
-           "register_estimator", "estimator_names"]
+__all__ = [
+    "QuantScheme",
+    "RangeEstimator",
+    "MinMaxEstimator",
+    "HistogramEstimator",
+    "TfEnhancedEstimator",
+    "MseEstimator",
+    "PercentileEstimator",
+    "make_estimator",
+    "compute_ranges",
+    "search_ranges",
+    "channels_first",
+    "channel_extremes",
+    "expected_noise",
+    "search_noise",
+    "release_scratch",
+    "register_estimator",
+    "estimator_names",
+]
 
 
 def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -108,15 +123,17 @@ class RangeEstimator(ABC):
         NaN check computes them); used by per-tensor estimators instead of a second reduction.
         """
 
-    def _extremes(self, flat: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _extremes(
+        self, flat: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if extremes is None or self.axis is not None:
             return channel_extremes(flat)
         return extremes[0].reshape(1), extremes[1].reshape(1)
 
     @abstractmethod
-    def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Proposed ``(min, max)``: 0-d tensors, or one value per channel."""
 
     @property
@@ -175,8 +192,9 @@ class MinMaxEstimator(RangeEstimator):
         dtype = self.min.dtype if self.min is not None else torch.float64
         self.min, self.max = lo.to(dtype), hi.to(dtype)
 
-    def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.min is not None and self.max is not None, "observe() was never called"
         return self._squeeze(self.min.double()), self._squeeze(self.max.double())
 
@@ -260,8 +278,9 @@ class _SearchEstimator(HistogramEstimator):
     gamma: float = 1.0
 
     @abstractmethod
-    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
-                   unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidates(
+        self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool, unsigned: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate ``(min, max)`` pairs, each ``[C, K]``, for observed ranges ``lo, hi`` ``[C]``."""
 
     def settings(self) -> tuple[Any, ...]:
@@ -273,13 +292,15 @@ class _SearchEstimator(HistogramEstimator):
         assert self.lo is not None
         return symmetric and unsigned_symmetric and bool((self.lo >= 0).all())
 
-    def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return search_ranges([self], bitwidth, symmetric, self.is_unsigned(symmetric, unsigned_symmetric))[0]
 
 
-def search_ranges(estimators: Sequence[_SearchEstimator], bitwidth: int, symmetric: bool, unsigned: bool
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def search_ranges(
+    estimators: Sequence[_SearchEstimator], bitwidth: int, symmetric: bool, unsigned: bool
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:meth:`~RangeEstimator.compute_range` of estimators of one kind and settings, as one batched search.
 
     Why batched: a search costs a few dozen small tensor ops whatever its size, so one search over the
@@ -301,13 +322,15 @@ def search_ranges(estimators: Sequence[_SearchEstimator], bitwidth: int, symmetr
     hist, centres, zero_mass = (torch.cat([v[i] for v in views]) for i in range(3))
     noise = search_noise(hist, centres, cand_lo, cand_hi, delta, first.gamma)
     # Bin 0's mass sits at 0, off the equally spaced grid: its noise is added bin by bin (one bin).
-    noise += expected_noise(zero_mass[:, None], torch.zeros_like(zero_mass)[:, None], cand_lo, cand_hi, delta,
-                            first.gamma)
+    noise += expected_noise(
+        zero_mass[:, None], torch.zeros_like(zero_mass)[:, None], cand_lo, cand_hi, delta, first.gamma
+    )
     best = noise.argmin(dim=1, keepdim=True)
     best_lo, best_hi = cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]  # first of equal ones
     sizes = [v[0].shape[0] for v in views]
-    return [(est._squeeze(a), est._squeeze(b))
-            for est, a, b in zip(estimators, best_lo.split(sizes), best_hi.split(sizes))]  # type: ignore[no-untyped-call]
+    lows = best_lo.split(sizes)  # type: ignore[no-untyped-call]
+    highs = best_hi.split(sizes)  # type: ignore[no-untyped-call]
+    return [(est._squeeze(a), est._squeeze(b)) for est, a, b in zip(estimators, lows, highs)]
 
 
 def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -355,8 +378,14 @@ class TfEnhancedEstimator(_SearchEstimator):
 
     gamma = 3.0
 
-    def __init__(self, axis: int | None = None, num_bins: int = 512, delta_candidates: int = 17,
-                 offset_candidates: int = 21, symmetric_candidates: int = 101) -> None:
+    def __init__(
+        self,
+        axis: int | None = None,
+        num_bins: int = 512,
+        delta_candidates: int = 17,
+        offset_candidates: int = 21,
+        symmetric_candidates: int = 101,
+    ) -> None:
         super().__init__(axis, num_bins)
         self.delta_candidates = delta_candidates
         self.offset_candidates = offset_candidates
@@ -365,16 +394,19 @@ class TfEnhancedEstimator(_SearchEstimator):
     def settings(self) -> tuple[Any, ...]:
         return (*super().settings(), self.delta_candidates, self.offset_candidates, self.symmetric_candidates)
 
-    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
-                   unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidates(
+        self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool, unsigned: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if symmetric:
-            frac = torch.linspace(1.0 / self.symmetric_candidates, 1.0, self.symmetric_candidates,
-                                  dtype=torch.float64, device=lo.device)
+            frac = torch.linspace(
+                1.0 / self.symmetric_candidates, 1.0, self.symmetric_candidates, dtype=torch.float64, device=lo.device
+            )
             top = torch.maximum(-lo, hi)[:, None] * frac[None, :]
             return (torch.zeros_like(top) if unsigned else -top), top
         # Window widths from the full range down to 1/Kd of it, slid across the observed range.
-        width_frac = torch.linspace(1.0 / self.delta_candidates, 1.0, self.delta_candidates,
-                                    dtype=torch.float64, device=lo.device)
+        width_frac = torch.linspace(
+            1.0 / self.delta_candidates, 1.0, self.delta_candidates, dtype=torch.float64, device=lo.device
+        )
         pos = torch.linspace(0.0, 1.0, self.offset_candidates, dtype=torch.float64, device=lo.device)
         span = (hi - lo)[:, None, None]
         width = span * width_frac[None, :, None]
@@ -405,10 +437,12 @@ class MseEstimator(_SearchEstimator):
     def settings(self) -> tuple[Any, ...]:
         return (*super().settings(), self.num_candidates)
 
-    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
-                   unsigned: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = torch.linspace(1.0 / self.num_candidates, 1.0, self.num_candidates,
-                               dtype=torch.float64, device=lo.device)[None, :]
+    def candidates(
+        self, lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool, unsigned: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = torch.linspace(
+            1.0 / self.num_candidates, 1.0, self.num_candidates, dtype=torch.float64, device=lo.device
+        )[None, :]
         if symmetric:
             top = torch.maximum(-lo, hi)[:, None] * alpha
             return (torch.zeros_like(top) if unsigned else -top), top
@@ -432,8 +466,9 @@ class PercentileEstimator(HistogramEstimator):
             raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
         self.percentile = percentile
 
-    def compute_range(self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.hist is not None and self.lo is not None and self.hi is not None
         cdf = self.hist.cumsum(1) / self.hist.sum(1, keepdim=True)
         left, right = self.bin_edges()

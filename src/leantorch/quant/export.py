@@ -100,17 +100,25 @@ def check_opset(opset: Any, wide: bool) -> int:
         raise InvalidOptionError(
             f"opset={opset!r}: leantorch exports ONNX opsets {MIN_OPSET} to {MAX_OPSET} ({MIN_OPSET} is the first with "
             f"per-channel QuantizeLinear, {WIDE_OPSET} the first with 16-bit ones); None picks 17, or {WIDE_OPSET} "
-            "when a quantizer has more than 8 bits")
+            "when a quantizer has more than 8 bits"
+        )
     if wide and opset < WIDE_OPSET:
         raise InvalidOptionError(
             f"opset={opset}: this sim has quantizers with more than 8 bits, and 16-bit QuantizeLinear exists from "
-            f"opset {WIDE_OPSET} on: pass opset={WIDE_OPSET} or None")
+            f"opset {WIDE_OPSET} on: pass opset={WIDE_OPSET} or None"
+        )
     return int(opset)
 
 
-def export_quantsim(sim: QuantSim, path: str | Path, filename_prefix: str, example_input: Any = None,
-                    opset: int | None = None, unsigned_weights: bool = False,
-                    encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> dict[str, Path]:
+def export_quantsim(
+    sim: QuantSim,
+    path: str | Path,
+    filename_prefix: str,
+    example_input: Any = None,
+    opset: int | None = None,
+    unsigned_weights: bool = False,
+    encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
 
     Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``).
@@ -150,8 +158,11 @@ def export_quantsim(sim: QuantSim, path: str | Path, filename_prefix: str, examp
         )
     inputs = as_tuple(example_input) if example_input is not None else sim.example_input
     model_proto, encodings = build_qdq_onnx(sim, inputs, opset, unsigned_weights, encodings_version)
-    files = {"onnx": out_dir / f"{prefix}.onnx", "encodings": out_dir / f"{prefix}.encodings",
-             "pth": out_dir / f"{prefix}.pth"}
+    files = {
+        "onnx": out_dir / f"{prefix}.onnx",
+        "encodings": out_dir / f"{prefix}.encodings",
+        "pth": out_dir / f"{prefix}.pth",
+    }
     with writing(f"the export files {prefix}.* in {out_dir}"), staged_outputs() as staging:
         temporary = {kind: staging.file(dest, option="path") for kind, dest in files.items()}
         onnx.save(model_proto, str(temporary["onnx"]))
@@ -171,9 +182,13 @@ def float_state_dict(sim: QuantSim) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_qdq_onnx(sim: QuantSim, inputs: tuple[Any, ...], opset: int | None = None, unsigned_weights: bool = False,
-                   encodings_version: EncodingsVersion = ENCODINGS_VERSION
-                   ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_qdq_onnx(
+    sim: QuantSim,
+    inputs: tuple[Any, ...],
+    opset: int | None = None,
+    unsigned_weights: bool = False,
+    encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
@@ -186,18 +201,30 @@ def build_qdq_onnx(sim: QuantSim, inputs: tuple[Any, ...], opset: int | None = N
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # torch's stub types f as a path, but the TorchScript exporter also writes to a file object
-        torch.onnx.export(model, cpu_inputs, buffer, dynamo=False, opset_version=export_opset,  # type: ignore[arg-type]
-                          input_names=input_names, output_names=["output"],
-                          custom_opsets={"leantorch": 1}, do_constant_folding=True,
-                          dynamic_axes={n: {0: "batch"} for n in input_names} | {"output": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            cpu_inputs,
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=export_opset,
+            input_names=input_names,
+            output_names=["output"],
+            custom_opsets={"leantorch": 1},
+            do_constant_folding=True,
+            dynamic_axes={n: {0: "batch"} for n in input_names} | {"output": {0: "batch"}},
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     found = _replace_markers(proto, entries, unsigned_weights)
     _quantize_biases(proto)
     _drop_unused_initializers(proto)
     found = _rename_keys(found, _strip_wrapper_names(proto))
-    encodings = encodings_dict(found.activations, found.params, found.names,
-                               extra={"excluded_layers": [], "quantizer_args": _quantizer_args(entries)},
-                               version=encodings_version)
+    encodings = encodings_dict(
+        found.activations,
+        found.params,
+        found.names,
+        extra={"excluded_layers": [], "quantizer_args": _quantizer_args(entries)},
+        version=encodings_version,
+    )
     # Shapes recorded during tracing describe the example batch; let runtimes infer them instead.
     del proto.graph.value_info[:]
     opsets = [o for o in proto.opset_import if o.domain != "leantorch"]
@@ -241,8 +268,9 @@ def _container(enc: Encoding, unsigned: bool = False) -> tuple[int, type[np.inte
     return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
 
 
-def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, unsigned: bool = False
-               ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _qdq_nodes(
+    enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, unsigned: bool = False
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``.
 
     ``on_grid``: ``x`` is already quantized (exported weights), so no clamp is needed.
@@ -263,21 +291,37 @@ def _qdq_nodes(enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, 
         hi = enc.max.cpu().numpy().astype(np.float32)
         if enc.axis is None:
             inits += [numpy_helper.from_array(lo, f"{stem}_min"), numpy_helper.from_array(hi, f"{stem}_max")]
-            nodes.append(helper.make_node("Clip", [x, f"{stem}_min", f"{stem}_max"], [f"{stem}_clipped"],
-                                          name=f"{stem}_Clip"))
+            nodes.append(
+                helper.make_node("Clip", [x, f"{stem}_min", f"{stem}_max"], [f"{stem}_clipped"], name=f"{stem}_Clip")
+            )
         else:
-            raise ExportError("per-channel activation encodings below 8/16 bits cannot be expressed with "
-                              "ONNX Clip; use per-tensor activations or a bitwidth of 8 or 16")
+            raise ExportError(
+                "per-channel activation encodings below 8/16 bits cannot be expressed with "
+                "ONNX Clip; use per-tensor activations or a bitwidth of 8 or 16"
+            )
         source = f"{stem}_clipped"
-    nodes.append(helper.make_node("QuantizeLinear", [source, f"{stem}_scale", f"{stem}_zero_point"],
-                                  [f"{stem}_quantized"], name=f"{stem}_QuantizeLinear", **attrs))
-    nodes.append(helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
-                                  [y], name=f"{stem}_DequantizeLinear", **attrs))
+    nodes.append(
+        helper.make_node(
+            "QuantizeLinear",
+            [source, f"{stem}_scale", f"{stem}_zero_point"],
+            [f"{stem}_quantized"],
+            name=f"{stem}_QuantizeLinear",
+            **attrs,
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
+            [y],
+            name=f"{stem}_DequantizeLinear",
+            **attrs,
+        )
+    )
     return nodes, inits
 
 
-def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_weights: bool = False
-                     ) -> FileEncodings:
+def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_weights: bool = False) -> FileEncodings:
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
     found = FileEncodings({}, {}, {"activation_encodings": {}, "param_encodings": {}})
@@ -300,8 +344,9 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
         else:
             _record(found, "activation_encodings", found.activations, x, enc, qname)
         is_param = param_name is not None
-        nodes, inits = _qdq_nodes(enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=is_param,
-                                  unsigned=unsigned_weights and is_param)
+        nodes, inits = _qdq_nodes(
+            enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=is_param, unsigned=unsigned_weights and is_param
+        )
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)
     del graph.node[:]
@@ -309,16 +354,20 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
     return found
 
 
-def _record(found: FileEncodings, section: str, encodings: dict[str, Encoding], key: str, enc: Encoding,
-            qname: str) -> None:
+def _record(
+    found: FileEncodings, section: str, encodings: dict[str, Encoding], key: str, enc: Encoding, qname: str
+) -> None:
     """File ``enc`` under ONNX name ``key`` and remember that quantizer ``qname`` produced it.
 
     The file holds one entry per name: a second quantizer of the same tensor with another grid is left out
     of the name map (loading the file then reports it as not covered instead of giving it a wrong grid)."""
     kept = encodings.setdefault(key, enc)
     if not same_encoding(kept, enc):
-        warnings.warn(f"tensor {key!r} is quantized by several quantizers with different encodings; the "
-                      f"encodings file keeps the first, {qname} is left out of it", stacklevel=4)
+        warnings.warn(
+            f"tensor {key!r} is quantized by several quantizers with different encodings; the "
+            f"encodings file keeps the first, {qname} is left out of it",
+            stacklevel=4,
+        )
         return
     names = found.names[section].setdefault(key, [])
     if qname not in names:
@@ -331,8 +380,11 @@ def _rename_keys(found: FileEncodings, renames: dict[str, str]) -> FileEncodings
     def rename(mapping: dict[str, _V]) -> dict[str, _V]:
         return {renames.get(k, k): v for k, v in mapping.items()}
 
-    return FileEncodings(rename(found.activations), rename(found.params),
-                         {section: rename(names) for section, names in found.names.items()})
+    return FileEncodings(
+        rename(found.activations),
+        rename(found.params),
+        {section: rename(names) for section, names in found.names.items()},
+    )
 
 
 def _quantizer_args(entries: list[Marked]) -> dict[str, Any]:
@@ -385,11 +437,20 @@ def _quantize_biases(proto: onnx.ModelProto) -> None:
         scale = (s_x.astype(np.float64).reshape(()) * s_w.astype(np.float64).reshape(-1)) * np.ones_like(bias)
         q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
         stem = _safe(bias_name)
-        graph.initializer.extend([numpy_helper.from_array(q, f"{stem}_int32"),
-                                  numpy_helper.from_array(scale.astype(np.float32), f"{stem}_bias_scale"),
-                                  numpy_helper.from_array(np.zeros_like(q), f"{stem}_bias_zero_point")])
-        dq = helper.make_node("DequantizeLinear", [f"{stem}_int32", f"{stem}_bias_scale", f"{stem}_bias_zero_point"],
-                              [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear", axis=0)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{stem}_int32"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{stem}_bias_scale"),
+                numpy_helper.from_array(np.zeros_like(q), f"{stem}_bias_zero_point"),
+            ]
+        )
+        dq = helper.make_node(
+            "DequantizeLinear",
+            [f"{stem}_int32", f"{stem}_bias_scale", f"{stem}_bias_zero_point"],
+            [f"{stem}_dequantized"],
+            name=f"{stem}_DequantizeLinear",
+            axis=0,
+        )
         position = list(graph.node).index(node)
         graph.node.insert(position, dq)
         node.input[2] = f"{stem}_dequantized"

@@ -155,7 +155,7 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
         if shift:
             index.sub_(start16)
         if lanes > 1:
-            index.add_(lane_offsets[:part.numel()])
+            index.add_(lane_offsets[: part.numel()])
         counts = _bincount(index, slots * lanes)
         total = counts if total is None else total.add_(counts)
     assert total is not None
@@ -194,8 +194,13 @@ def _bincount(index: torch.Tensor, minlength: int) -> torch.Tensor:
     return counts
 
 
-def regrid(counts: torch.Tensor, exponent: torch.Tensor, start: torch.Tensor, new_exponent: torch.Tensor,
-           new_start: torch.Tensor) -> torch.Tensor:
+def regrid(
+    counts: torch.Tensor,
+    exponent: torch.Tensor,
+    start: torch.Tensor,
+    new_exponent: torch.Tensor,
+    new_start: torch.Tensor,
+) -> torch.Tensor:
     """Counts ``[C, slots]`` on a grid moved to a coarser-or-equal exponent and a new window: exact.
 
     Bin ``k`` of exponent ``e`` lies inside bin ``trunc(k / 2**d)`` of exponent ``e + d`` (``d >= 0``), so whole
@@ -212,8 +217,11 @@ def regrid(counts: torch.Tensor, exponent: torch.Tensor, start: torch.Tensor, ne
     moved = torch.div(bins, torch.pow(2, shift)[:, None], rounding_mode="trunc") - new_start[:, None]
     # Only empty bins can fall outside the new window: clamp them anywhere, they add nothing.
     moved = moved.clamp(0, slots - 1) + (torch.arange(channels, device=counts.device) * slots)[:, None]
-    return torch.bincount(moved.reshape(-1), weights=counts.reshape(-1),
-                          minlength=channels * slots).reshape(channels, slots).to(counts.dtype)
+    return (
+        torch.bincount(moved.reshape(-1), weights=counts.reshape(-1), minlength=channels * slots)
+        .reshape(channels, slots)
+        .to(counts.dtype)
+    )
 
 
 def bin_edges(exponent: torch.Tensor, start: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,8 +237,9 @@ def bin_edges(exponent: torch.Tensor, start: torch.Tensor, slots: int) -> tuple[
     return (bins - (bins <= 0).long()) * unit, (bins + (bins >= 0).long()) * unit
 
 
-def uniform_view(counts: torch.Tensor, exponent: torch.Tensor, start: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def uniform_view(
+    counts: torch.Tensor, exponent: torch.Tensor, start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The counts at their bins' midpoints, as an equally spaced histogram plus the mass of bin 0.
 
     Midpoints are ``(k + 1/2) * 2**e`` for ``k > 0`` and ``(k - 1/2) * 2**e`` for ``k < 0``: equally spaced,

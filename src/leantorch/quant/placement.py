@@ -31,10 +31,36 @@ log = logging.getLogger(__name__)
 
 # call_method / call_function targets that only move data: their output is on the input's grid.
 _DATA_MOVEMENT = {
-    "view", "reshape", "permute", "transpose", "contiguous", "flatten", "squeeze", "unsqueeze", "expand",
-    "chunk", "split", "unbind", "repeat", "t", "narrow", "select", "clone", "detach", "to", "float",
-    operator.getitem, torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.squeeze,
-    torch.unsqueeze, torch.chunk, torch.split, torch.unbind,
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "contiguous",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "chunk",
+    "split",
+    "unbind",
+    "repeat",
+    "t",
+    "narrow",
+    "select",
+    "clone",
+    "detach",
+    "to",
+    "float",
+    operator.getitem,
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.flatten,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.chunk,
+    torch.split,
+    torch.unbind,
 }
 
 
@@ -146,8 +172,9 @@ def _apply_supergroups(gm: fx.GraphModule, config: QuantSimConfig) -> set[tuple[
     return edges
 
 
-def _close_gaps(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSettings,
-                internal_edges: set[tuple[fx.Node, fx.Node]]) -> None:
+def _close_gaps(
+    gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSettings, internal_edges: set[tuple[fx.Node, fx.Node]]
+) -> None:
     for node, wrapper in call_sites(gm):
         if not isinstance(wrapper, QuantWrapper) or wrapper.op_type in PASSTHROUGH_TYPES:
             continue
@@ -159,8 +186,9 @@ def _close_gaps(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSetti
             if (source, node) in internal_edges:
                 continue
             # A model input is governed by `model_input_quantized` alone.
-            if source is not None and (isinstance(gm.get_submodule(_target(source)), Quantizer)
-                                       or _output_is_quantized(gm, source)):
+            if source is not None and (
+                isinstance(gm.get_submodule(_target(source)), Quantizer) or _output_is_quantized(gm, source)
+            ):
                 continue
             _configure_activation(cast(Quantizer, q), config, settings, enabled=True)
             log.debug("input %s of %s is not on a grid; quantizing it", arg.name, node.target)

@@ -45,8 +45,9 @@ Grid = tuple[torch.Tensor, torch.Tensor]  # (float32 scale, int64 offset), same 
 
 
 # ----------------------------------------------------------------------------- grids
-def grid_from_range(lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool,
-                    unsigned_symmetric: bool = True) -> Grid:
+def grid_from_range(
+    lo: torch.Tensor, hi: torch.Tensor, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+) -> Grid:
     """(scale, offset) for the observed range ``[lo, hi]``: :func:`unsigned_grid` when ``symmetric`` and
     ``unsigned_symmetric`` and every ``lo >= 0``, else :func:`symmetric_grid` or :func:`asymmetric_grid`.
 
@@ -119,7 +120,8 @@ def _range64(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         raise DataError(
             f"cannot quantize a range holding {float(bad[0]):.4g}: NaN, Inf and magnitudes beyond float32's "
             f"largest value ({FLT_MAX:.4g}) have no float32 quantization grid. Check the data (or the model's "
-            "numerics) for values of that size, or rescale them into float32's range.")
+            "numerics) for values of that size, or rescale them into float32's range."
+        )
     return torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
 
 
@@ -143,8 +145,9 @@ def _along(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- quantize / dequantize
-def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
-             axis: int | None = None) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int, axis: int | None = None
+) -> torch.Tensor:
     """Integer codes ``clamp(round(x / scale) - offset, 0, 2**bw - 1)`` (int64), in float64 arithmetic.
 
     Division (not multiplication by 1/scale) as in ONNX QuantizeLinear; ties round to even.
@@ -170,8 +173,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, axis:
 
 
 # ----------------------------------------------------------------------------- fake quantization
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
-                  axis: int | None = None) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int, axis: int | None = None
+) -> torch.Tensor:
     """Quantize-dequantize ``x``: ``(clamp(round(x / scale) - offset, 0, 2**bw - 1) + offset) * scale``.
 
     Without gradients, ``round(x / scale)`` is computed exactly as ONNX QuantizeLinear defines it (float32
@@ -197,8 +201,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bi
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def _fake_quantize_inference(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, qmax: int,
-                             axis: int | None) -> torch.Tensor:
+def _fake_quantize_inference(
+    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, qmax: int, axis: int | None
+) -> torch.Tensor:
     """ONNX QuantizeLinear/DequantizeLinear arithmetic (float32 ``x / scale``, half-to-even rounding) as
     in-place elementwise ops: about 2.5x faster on CPU than the native kernel, which also builds a
     gradient mask."""
@@ -209,8 +214,14 @@ def _fake_quantize_inference(x: torch.Tensor, scale: torch.Tensor, offset: torch
     return out
 
 
-def learnable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bitwidth: int,
-                            axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
+def learnable_fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    bitwidth: int,
+    axis: int | None = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
     """Fake quantization with LSQ gradients for ``scale`` and (float) ``offset`` (torch's learnable kernels).
 
     Forward: :func:`fake_quantize` with ``s = max(|scale|, MIN_SCALE)`` (``|scale|`` keeps a step that
@@ -230,11 +241,13 @@ def learnable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.
     scale = scale.abs().clamp_min(MIN_SCALE)
     zero_point = -offset.to(torch.float32)
     if axis is None:
-        out = torch._fake_quantize_learnable_per_tensor_affine(work, scale.reshape(1), zero_point.reshape(1), 0,
-                                                               qmax, grad_factor)
+        out = torch._fake_quantize_learnable_per_tensor_affine(
+            work, scale.reshape(1), zero_point.reshape(1), 0, qmax, grad_factor
+        )
     else:
-        out = torch._fake_quantize_learnable_per_channel_affine(work, scale, zero_point, axis % x.dim(), 0, qmax,
-                                                                grad_factor)
+        out = torch._fake_quantize_learnable_per_channel_affine(
+            work, scale, zero_point, axis % x.dim(), 0, qmax, grad_factor
+        )
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 

@@ -107,12 +107,15 @@ def fit(
     """
     _check_options(epochs, lr, range_lr, optimizer, weight_decay, progress)
     if train_batches is None or isinstance(train_batches, torch.Tensor) or not is_iterable(train_batches):
-        raise TrainingDataError(f"train_batches is a {type(train_batches).__name__}: pass an iterable of "
-                                "(inputs, targets) batches, such as a list or a DataLoader")
+        raise TrainingDataError(
+            f"train_batches is a {type(train_batches).__name__}: pass an iterable of "
+            "(inputs, targets) batches, such as a list or a DataLoader"
+        )
     if epochs > 1 and isinstance(train_batches, collections.abc.Iterator):  # refused before any weight changes
         error = TrainingDataError(
             f"train_batches is a one-shot iterator ({type(train_batches).__name__}): the first of the {epochs} "
-            "epochs would use it up. Pass a re-iterable such as a list or a DataLoader, or epochs=1.")
+            "epochs would use it up. Pass a re-iterable such as a list or a DataLoader, or epochs=1."
+        )
         error.losses = []  # type: ignore[attr-defined]  # no epoch ran
         raise error
     base = sim.model.module if isinstance(sim.model, DistributedDataParallel) else sim.model
@@ -121,17 +124,21 @@ def fit(
     group = merge_group(distributed, process_group)
     missing = [name for name, q in sim.quantizers().items() if q.is_active and q.encoding is None]
     if missing:
-        raise EncodingsMissingError(f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
-                                    "sim.compute_encodings(...) before quantization-aware training.")
+        raise EncodingsMissingError(
+            f"{len(missing)} quantizer(s) have no encoding (e.g. {missing[:3]}): call "
+            "sim.compute_encodings(...) before quantization-aware training."
+        )
     device = sim.device
     model = base if group is None else _wrap_ddp(base, train_batches, group, device)
     opt = _make_optimizer(base, optimizer, lr, range_lr if range_lr is not None else lr, weight_decay)
     guard = _LastGoodState([p for group_ in opt.param_groups for p in group_["params"]])
     batch_norms = [name for name, m in base.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if batch_norms:
-        warnings.warn(f"{len(batch_norms)} BatchNorm layer(s) are not folded (e.g. {batch_norms[:3]}); their "
-                      "statistics stay frozen during QAT. Fold them first: lt.fold_batch_norms(model, x).",
-                      stacklevel=2)
+        warnings.warn(
+            f"{len(batch_norms)} BatchNorm layer(s) are not folded (e.g. {batch_norms[:3]}); their "
+            "statistics stay frozen during QAT. Fold them first: lt.fold_batch_norms(model, x).",
+            stacklevel=2,
+        )
     if group is not None and torch.distributed.get_rank(group) != 0:
         progress = False  # one progress bar, not one per rank
     was_training = base.training
@@ -141,8 +148,21 @@ def fit(
             model.train()
             for name in batch_norms:
                 base.get_submodule(name).eval()
-            losses.append(_train_epoch(model, opt, guard, train_batches, loss_fn, len(sim.example_input), device,
-                                       epoch, epochs, progress, group))
+            losses.append(
+                _train_epoch(
+                    model,
+                    opt,
+                    guard,
+                    train_batches,
+                    loss_fn,
+                    len(sim.example_input),
+                    device,
+                    epoch,
+                    epochs,
+                    progress,
+                    group,
+                )
+            )
             log.info("QAT epoch %d/%d: mean loss %.4f", epoch + 1, epochs, losses[-1])
     except (TrainingDataError, TrainingDivergedError, DistributedMismatchError) as exc:
         exc.losses = list(losses)  # type: ignore[union-attr]  # only the epochs that completed
@@ -152,8 +172,9 @@ def fit(
     return losses
 
 
-def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
-              device: torch.device) -> DistributedDataParallel:
+def _wrap_ddp(
+    base: nn.Module, train_batches: Iterable[Any], group: Any, device: torch.device
+) -> DistributedDataParallel:
     """``base`` in a fresh DistributedDataParallel, after checking that the ranks train the same thing.
 
     Fresh, even when ``sim.model`` already was a DDP wrapper: calibration replaces encoding tensors (and
@@ -161,26 +182,51 @@ def _wrap_ddp(base: nn.Module, train_batches: Iterable[Any], group: Any,
     tensors it saw when it was built. Rank 0's buffers (fixed encodings) are broadcast here and DDP broadcasts
     its parameters (weights, learnable encodings), so every rank starts from the same state.
     """
-    described = [(name, q.bitwidth, q.symmetric, q.axis, q.is_active, q.is_learnable,
-                  None if q.scale is None else tuple(q.scale.shape))
-                 for name, q in base.named_modules() if isinstance(q, Quantizer)]
+    described = [
+        (
+            name,
+            q.bitwidth,
+            q.symmetric,
+            q.axis,
+            q.is_active,
+            q.is_learnable,
+            None if q.scale is None else tuple(q.scale.shape),
+        )
+        for name, q in base.named_modules()
+        if isinstance(q, Quantizer)
+    ]
     check_same(group, described, "quantizers (name, bitwidth, symmetric, axis, active, learnable, shape)")
     if hasattr(train_batches, "__len__"):
         # Uneven shards would leave the ranks with more batches waiting for the others' gradients forever.
-        check_same(group, [len(cast(Sized, train_batches))], "number of training batches per epoch (shard the data "
-                   "evenly, e.g. DistributedSampler(drop_last=True))")
+        check_same(
+            group,
+            [len(cast(Sized, train_batches))],
+            "number of training batches per epoch (shard the data evenly, e.g. DistributedSampler(drop_last=True))",
+        )
     # Fixed encodings are buffers: sent once from rank 0 here, not before every forward (they do not change;
     # DDP's `broadcast_buffers=False` would skip the first sync as well).
     source = torch.distributed.get_global_rank(group, 0)
     for buffer in base.buffers():
         torch.distributed.broadcast(buffer.data, src=source, group=group)
-    no_resync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                 inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+    no_resync: dict[str, Any] = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
     # Learnable encodings of inactive quantizers get no gradient; DDP must be told to expect that.
-    unused = any(p.requires_grad for m in base.modules() if isinstance(m, Quantizer) and not m.is_active
-                 for p in m.parameters(recurse=False))
-    return DistributedDataParallel(base, device_ids=[device] if device.type == "cuda" else None,
-                                   process_group=group, find_unused_parameters=unused, **no_resync)
+    unused = any(
+        p.requires_grad
+        for m in base.modules()
+        if isinstance(m, Quantizer) and not m.is_active
+        for p in m.parameters(recurse=False)
+    )
+    return DistributedDataParallel(
+        base,
+        device_ids=[device] if device.type == "cuda" else None,
+        process_group=group,
+        find_unused_parameters=unused,
+        **no_resync,
+    )
 
 
 def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_decay: Any, progress: Any) -> None:
@@ -194,8 +240,9 @@ def _check_options(epochs: Any, lr: Any, range_lr: Any, optimizer: Any, weight_d
     check_flag("progress", progress)
 
 
-def _make_optimizer(model: nn.Module, kind: str, lr: float, range_lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    model: nn.Module, kind: str, lr: float, range_lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Weights and learnable encodings as separate parameter groups (no weight decay on encodings)."""
     encoding_params = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in encoding_params]
@@ -246,9 +293,19 @@ class _LastGoodState:
         return all_finite(*self.params)
 
 
-def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodState, batches: Iterable[Any],
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_inputs: int,
-                 device: torch.device, epoch: int, epochs: int, progress: bool, group: Any = None) -> float:
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    guard: _LastGoodState,
+    batches: Iterable[Any],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_inputs: int,
+    device: torch.device,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+    group: Any = None,
+) -> float:
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
@@ -264,16 +321,22 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
             # Every rank takes the same branch: all step, all restore, or all raise.
             status = reduce_scalar(group, _OK if math.isfinite(value) else _DIVERGED)
             if status == _FAILED:
-                raise DistributedMismatchError(f"QAT failed on another rank at epoch {epoch + 1}, step {step} (see its "
-                                               "error); this rank stopped there too.")
+                raise DistributedMismatchError(
+                    f"QAT failed on another rank at epoch {epoch + 1}, step {step} (see its "
+                    "error); this rank stopped there too."
+                )
             if status == _DIVERGED and math.isfinite(value):
                 value = float("nan")  # another rank's loss; reported as this step's
         if not math.isfinite(value):
-            state = ("were restored to the last state that gave a finite loss" if guard.restore()
-                     else "are as before training (no step was taken)")
+            state = (
+                "were restored to the last state that gave a finite loss"
+                if guard.restore()
+                else "are as before training (no step was taken)"
+            )
             raise TrainingDivergedError(
                 f"QAT loss is {value} at epoch {epoch + 1}, step {step}; the weights and encodings {state}. "
-                "Fix: lower lr (and range_lr), e.g. by 10x, or check loss_fn on this batch.")
+                "Fix: lower lr (and range_lr), e.g. by 10x, or check loss_fn on this batch."
+            )
         guard.save()  # this state just gave a finite loss: the one to go back to if the step goes wrong
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
@@ -283,35 +346,49 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, guard: _LastGoodS
             guard.restore()
             raise TrainingDivergedError(
                 f"the QAT update at epoch {epoch + 1}, step {step} made a weight or encoding NaN/Inf (gradient "
-                "overflow); the state from before that step was restored. Fix: lower lr (and range_lr), e.g. by 10x.")
+                "overflow); the state from before that step was restored. Fix: lower lr (and range_lr), e.g. by 10x."
+            )
         total += value
         count += 1
         bar.set_postfix(loss=f"{total / count:.4f}")
     if count == 0:
         raise TrainingDataError(
-            "the training data is empty: pass at least one (inputs, targets) batch" if epoch == 0 else
-            f"epoch {epoch + 1} of {epochs} saw no batch: train_batches is a one-shot iterator (e.g. a generator) "
-            "that the first epoch used up; pass a re-iterable such as a list or a DataLoader, or epochs=1.")
+            "the training data is empty: pass at least one (inputs, targets) batch"
+            if epoch == 0
+            else f"epoch {epoch + 1} of {epochs} saw no batch: train_batches is a one-shot iterator (e.g. a generator) "
+            "that the first epoch used up; pass a re-iterable such as a list or a DataLoader, or epochs=1."
+        )
     if group is not None:  # the mean over all ranks' batches, the same number on every rank
         world = torch.distributed.get_world_size(group)
         return reduce_scalar(group, total, "sum") / reduce_scalar(group, count, "sum") if world > 1 else total / count
     return total / count
 
 
-def _batch_tensors(batch: Any, step: int, num_inputs: int,
-                   device: torch.device) -> tuple[tuple[torch.Tensor, ...], Any]:
+def _batch_tensors(
+    batch: Any, step: int, num_inputs: int, device: torch.device
+) -> tuple[tuple[torch.Tensor, ...], Any]:
     """``(inputs, targets)`` of one batch on ``device``: the last item is the target, the model inputs are read
     from what precedes it by :func:`leantorch.batches.model_inputs`; NaN/Inf is refused before it reaches the
     weights."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TrainingDataError(f"training batch {step} is a {type(batch).__name__}, not (inputs, targets): "
-                                "yield a tuple such as (x, y) or ((x1, x2), y)")
+        raise TrainingDataError(
+            f"training batch {step} is a {type(batch).__name__}, not (inputs, targets): "
+            "yield a tuple such as (x, y) or ((x1, x2), y)"
+        )
     targets = batch[-1]
-    inputs = model_inputs(batch[0] if len(batch) == 2 else batch[:-1], num_inputs, step, error=TrainingDataError,
-                          what="training batch", device=device)
+    inputs = model_inputs(
+        batch[0] if len(batch) == 2 else batch[:-1],
+        num_inputs,
+        step,
+        error=TrainingDataError,
+        what="training batch",
+        device=device,
+    )
     if isinstance(targets, torch.Tensor):
         targets = targets.to(device)  # checked where it will be used
     if isinstance(targets, torch.Tensor) and not all_finite(targets):
-        raise TrainingDataError(f"training batch {step}, the targets (shape {tuple(targets.shape)}) contain NaN or "
-                                "Inf; clean or drop that batch.")
+        raise TrainingDataError(
+            f"training batch {step}, the targets (shape {tuple(targets.shape)}) contain NaN or "
+            "Inf; clean or drop that batch."
+        )
     return inputs, targets

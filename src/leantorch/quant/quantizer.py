@@ -202,7 +202,8 @@ class Quantizer(nn.Module):
             raise CalibrationDataError(
                 f"{self.name or 'a quantized tensor'} holds values up to {float(extremes.abs().max()):.4g} during "
                 f"calibration, beyond float32's largest value ({FLT_MAX:.4g}); quantization scales are float32. "
-                "Check the calibration data and the model's numerics for this tensor.")
+                "Check the calibration data and the model's numerics for this tensor."
+            )
         assert self._estimator is not None
         self._estimator.observe(x, (lo, hi))
 
@@ -220,13 +221,15 @@ class Quantizer(nn.Module):
             )
         assert self.offset is not None  # set together with scale
         if self.is_learnable and torch.is_grad_enabled() and self.export_index is None:
-            return learnable_fake_quantize(x, self.scale, self.offset, self.bitwidth, self.axis,
-                                           self._lsq_grad_factor(x))
+            return learnable_fake_quantize(
+                x, self.scale, self.offset, self.bitwidth, self.axis, self._lsq_grad_factor(x)
+            )
         scale, offset = self._grid()
         if self.export_index is not None:
             # torch's stubs leave Function.apply untyped
             marked: torch.Tensor = OnnxQuantizeMarker.apply(  # type: ignore[no-untyped-call]
-                x, scale, offset, self.bitwidth, self.axis, self.export_index)
+                x, scale, offset, self.bitwidth, self.axis, self.export_index
+            )
             return marked
         return fake_quantize(x, scale, offset, self.bitwidth, self.axis)
 

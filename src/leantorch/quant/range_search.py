@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def expected_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                   delta: torch.Tensor, gamma: float) -> torch.Tensor:
+def expected_noise(
+    hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """Expected quantization noise of range candidates (see module docstring), summed bin by bin.
 
     The O(C·K·B) reference of :func:`search_noise`. ``hist``/``centres``: ``[C, B]``;
@@ -24,8 +25,9 @@ def expected_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, 
     return (noise * hist[:, None, :]).sum(-1)
 
 
-def search_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                 delta: torch.Tensor, gamma: float) -> torch.Tensor:
+def search_noise(
+    hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """:func:`expected_noise` in O(C·(B + K·log B)), from prefix sums over the (equally spaced) bins.
 
     With ``r = a - c_j`` for the last centre ``c_j < a`` and ``d_i = j - i`` bins, the clipping noise below
@@ -44,13 +46,23 @@ def search_noise(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi
     channels, bins = hist.shape
     # ~128k elements per temporary: cache-resident, and few enough chunks that per-op overhead stays small.
     chunk = max(1, (1 << 17) // max(bins + 1, lo.shape[1]))
-    parts = [_search_chunk(hist[s:s + chunk], centres[s:s + chunk], lo[s:s + chunk], hi[s:s + chunk],
-                           delta[s:s + chunk], gamma) for s in range(0, channels, chunk)]
+    parts = [
+        _search_chunk(
+            hist[s : s + chunk],
+            centres[s : s + chunk],
+            lo[s : s + chunk],
+            hi[s : s + chunk],
+            delta[s : s + chunk],
+            gamma,
+        )
+        for s in range(0, channels, chunk)
+    ]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _search_chunk(hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  delta: torch.Tensor, gamma: float) -> torch.Tensor:
+def _search_chunk(
+    hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor, gamma: float
+) -> torch.Tensor:
     channels, bins = hist.shape
     width = (centres[:, -1:] - centres[:, :1]) / max(bins - 1, 1)
     i = torch.arange(bins + 1, dtype=hist.dtype, device=hist.device)

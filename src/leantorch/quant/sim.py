@@ -103,8 +103,10 @@ class QuantSim:
             q.range_learning = range_learning
         unknown = unknown_leaf_modules(gm)
         if unknown:
-            warnings.warn(f"layers of unknown type are passed through, quantized at their output only: "
-                          f"{', '.join(unknown)}", stacklevel=2)
+            warnings.warn(
+                f"layers of unknown type are passed through, quantized at their output only: {', '.join(unknown)}",
+                stacklevel=2,
+            )
         if not any(q.is_active for name, q in self.quantizers().items() if not name.startswith("input_quantizers")):
             warnings.warn("the model has nothing to quantize: no layer has an enabled quantizer", stacklevel=2)
 
@@ -119,8 +121,11 @@ class QuantSim:
 
     def param_quantizers(self) -> dict[str, Quantizer]:
         """Parameter quantizers keyed by parameter name (``"conv1.weight"``), as in encodings files."""
-        return {f"{layer}.{p}": cast(Quantizer, q)
-                for layer, w in self.layers().items() for p, q in w.param_quantizers.items()}
+        return {
+            f"{layer}.{p}": cast(Quantizer, q)
+            for layer, w in self.layers().items()
+            for p, q in w.param_quantizers.items()
+        }
 
     def activation_quantizers(self) -> dict[str, Quantizer]:
         """Input/output quantizers keyed by their qualified module name."""
@@ -154,8 +159,9 @@ class QuantSim:
             raise UnknownLayerError(_unknown_layers_message(missing, list(all_layers)))
         for name in names:
             wrapper = all_layers[name]
-            groups: list[Iterable[nn.Module]] = [wrapper.param_quantizers.values()] if params else \
-                [wrapper.input_quantizers, wrapper.output_quantizers]
+            groups: list[Iterable[nn.Module]] = (
+                [wrapper.param_quantizers.values()] if params else [wrapper.input_quantizers, wrapper.output_quantizers]
+            )
             for group in groups:
                 for q in map(_as_quantizer, group):
                     # Remember what the config chose so that re-enabling restores exactly that.
@@ -169,8 +175,14 @@ class QuantSim:
                 q.enabled = enabled and q.configured_enabled
 
     # ------------------------------------------------------------------ calibration
-    def compute_encodings(self, calibration: Any, num_batches: int | None = None, progress: bool = True,
-                          distributed: bool | None = None, process_group: Any = None) -> None:
+    def compute_encodings(
+        self,
+        calibration: Any,
+        num_batches: int | None = None,
+        progress: bool = True,
+        distributed: bool | None = None,
+        process_group: Any = None,
+    ) -> None:
         """Calibrate: run data through the model and set every quantizer's encoding.
 
         Args:
@@ -246,8 +258,9 @@ class QuantSim:
             if calibrating and not any(q._estimator is not None and q._estimator.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
-        total = (num_batches if num_batches is not None
-                 else (len(calibration) if hasattr(calibration, "__len__") else None))
+        total = (
+            num_batches if num_batches is not None else (len(calibration) if hasattr(calibration, "__len__") else None)
+        )
         seen = 0
         bar = tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False)
         try:
@@ -326,8 +339,9 @@ class QuantSim:
         for target, enc in plan:
             target.quantizer.set_encoding(enc.to(self.device), freeze=freeze)
         if missing:
-            log.warning("%s left %d active quantizer(s) without a loaded encoding, e.g. %s", path, len(missing),
-                        missing[:5])
+            log.warning(
+                "%s left %d active quantizer(s) without a loaded encoding, e.g. %s", path, len(missing), missing[:5]
+            )
         return missing
 
     def set_and_freeze_param_encodings(self, path: str | Path) -> None:
@@ -363,9 +377,15 @@ class QuantSim:
         return targets
 
     # ------------------------------------------------------------------ export
-    def export(self, path: str | Path, filename_prefix: str, example_input: Any = None,
-               opset: int | None = None, unsigned_weights: bool = False,
-               encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> dict[str, Path]:
+    def export(
+        self,
+        path: str | Path,
+        filename_prefix: str,
+        example_input: Any = None,
+        opset: int | None = None,
+        unsigned_weights: bool = False,
+        encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+    ) -> dict[str, Path]:
         """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
 
         ``unsigned_weights=True`` stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86
@@ -375,9 +395,7 @@ class QuantSim:
         """
         from .export import export_quantsim
 
-        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights,
-                               encodings_version)
-
+        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights, encodings_version)
 
 
 def _as_quantizer(module: nn.Module) -> Quantizer:
@@ -389,6 +407,8 @@ def _unknown_layers_message(missing: list[str], valid: list[str]) -> str:
     """Name the unknown layers, suggest close names, and show some valid ones."""
     hints = {n: difflib.get_close_matches(n, valid, n=1) for n in missing[:5]}
     suggestions = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
-    return (f"no such layer(s) {missing[:5]}{' …' if len(missing) > 5 else ''}"
-            f"{' (' + suggestions + ')' if suggestions else ''}; valid names include {valid[:8]} — see "
-            f"sim.layers() for all {len(valid)}")
+    return (
+        f"no such layer(s) {missing[:5]}{' …' if len(missing) > 5 else ''}"
+        f"{' (' + suggestions + ')' if suggestions else ''}; valid names include {valid[:8]} — see "
+        f"sim.layers() for all {len(valid)}"
+    )
