@@ -715,71 +715,26 @@ def test_channels_last_only_for_image_batches_of_conv_models() -> None:
     assert same_model is mlp and same_rows is rows
 
 
-def test_gptq_flag_rounds_with_gptq_and_freezes_the_weights(tmp_path, data_file, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "function, flag, other", [("gptq", "--gptq", "--adaround"), ("seq_mse", "--seq-mse", "--gptq")]
+)
+def test_layerwise_rounding_flags_run_their_algorithm_and_freeze_the_weights(
+    tmp_path, data_file, monkeypatch, function: str, flag: str, other: str
+) -> None:
     import leantorch.cli as cli
 
     called: list[dict] = []
-    real = cli.gptq
+    real = getattr(cli, function)
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         called.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "gptq", recording)
+    monkeypatch.setattr(cli, function, recording)
     out = tmp_path / "o"
-    assert (
-        main(
-            [
-                *QUANTIZE,
-                "--data",
-                data_file,
-                "--out",
-                str(out),
-                "--gptq",
-                "--param-bw",
-                "4",
-                "--per-channel",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    options = ["--data", data_file, "--out", str(out)]
+    assert main([*QUANTIZE, *options, flag, "--param-bw", "4", "--per-channel", "--no-progress"]) == 0
     assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
-    assert (out / "gptq.encodings").exists() and (out / "model.onnx").exists()
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--adaround"]) == 2  # one or the other
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--gptq", "--auto"]) == 2
-
-
-def test_seq_mse_flag_chooses_the_encodings_and_freezes_them(tmp_path, data_file, monkeypatch) -> None:
-    import leantorch.cli as cli
-
-    called: list[dict] = []
-    real = cli.seq_mse
-
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
-        called.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cli, "seq_mse", recording)
-    out = tmp_path / "o"
-    assert (
-        main(
-            [
-                *QUANTIZE,
-                "--data",
-                data_file,
-                "--out",
-                str(out),
-                "--seq-mse",
-                "--param-bw",
-                "4",
-                "--per-channel",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert len(called) == 1 and called[0]["num_batches"] == 1 and called[0]["param_bw"] == 4
-    assert (out / "seq_mse.encodings").exists() and (out / "model.onnx").exists()
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--gptq"]) == 2  # one technique
-    assert main([*QUANTIZE, "--data", data_file, "--out", str(out), "--seq-mse", "--auto"]) == 2
+    assert (out / f"{function}.encodings").exists() and (out / "model.onnx").exists()
+    assert main([*QUANTIZE, *options, flag, other]) == 2  # one rounding technique at a time
+    assert main([*QUANTIZE, *options, flag, "--auto"]) == 2
