@@ -490,3 +490,46 @@ def test_empirical_bias_correction_of_linear_layers_on_sequences(embedding: bool
     assert corrected.get_submodule(last).bias.shape == (3,)
     assert mean_error(net).abs().max() > 1e-2  # 4-bit weights shift the mean visibly before the correction
     assert torch.allclose(mean_error(corrected), torch.zeros(3, dtype=torch.float64), atol=1e-5)
+
+
+class _TiedPair(nn.Module):
+    """conv → ReLU → conv → ReLU → conv, the last two sharing one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3.weight = self.c2.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+
+class _ReusedLayer(nn.Module):
+    """conv → ReLU → conv → ReLU → the same conv again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+
+@pytest.mark.parametrize("make", [_TiedPair, _ReusedLayer])
+def test_cle_keeps_the_function_with_tied_weights_and_reused_layers(make) -> None:
+    # Both once came back silently wrong (max error ~0.65 on outputs of magnitude ~1): the shared weight was
+    # rescaled for one use, and a layer called twice was rescaled for one of its calls.
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        model.c1.weight.mul_(torch.linspace(0.1, 5, 8)[:, None, None, None])  # unequal ranges: CLE has work
+    x = torch.randn(4, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    equalized = lt.equalize(model, x[:1])
+    with torch.no_grad():
+        assert torch.allclose(equalized(x), model(x), atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    if make is _TiedPair:  # still equalized: c2 and c3 each got their own copy of the shared weight
+        assert lt.ptq.cle.spread(equalized.get_submodule("c1")) < 0.5 * lt.ptq.cle.spread(model.c1)
+        assert equalized.get_submodule("c2").weight is not equalized.get_submodule("c3").weight

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import traceback
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -358,6 +359,34 @@ def call_sites(gm: fx.GraphModule) -> Iterable[tuple[fx.Node, nn.Module]]:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             yield node, gm.get_submodule(node.target)
+
+
+def call_counts(gm: fx.GraphModule) -> Counter[str]:
+    """How many ``call_module`` nodes call each module (a layer called at several places counts several)."""
+    return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+
+
+def untie_parameters(gm: fx.GraphModule, module: nn.Module) -> list[str]:
+    """Give ``module`` its own copy of every direct parameter another module of ``gm`` shares (tied weights);
+    returns the names of the parameters copied.
+
+    Why: transforms that rewrite a layer's weights for that layer alone (BN folding, CLE scaling, bias
+    absorption) would otherwise change the other module too. Call it on the traced copy, never the user's model.
+
+    Example:
+        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> b.weight = a.weight
+        >>> gm = fx.symbolic_trace(nn.Sequential(a, b))
+        >>> untie_parameters(gm, gm.get_submodule("1")), gm.get_submodule("1").weight is gm.get_submodule("0").weight
+        (['weight'], False)
+    """
+    owners = Counter(id(p) for m in gm.modules() for p in m.parameters(recurse=False))
+    copied = []
+    for name, param in list(module.named_parameters(recurse=False)):
+        if owners[id(param)] > 1:
+            setattr(module, name, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+            copied.append(name)
+    return copied
 
 
 def find_chains(gm: fx.GraphModule, pattern: Sequence[str]) -> list[list[fx.Node]]:

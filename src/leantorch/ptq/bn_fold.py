@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..graph import find_chains, prepare
+from ..graph import call_counts, find_chains, prepare, untie_parameters
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,21 @@ def fold_batch_norms(
     gm.eval()
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(getattr(gm, "output_stats", {}))
     pairs = []
+    calls = call_counts(gm)
     for pattern in _FOLDABLE:
         for layer_node, bn_node in find_chains(gm, pattern):
             layer, bn = gm.get_submodule(_name(layer_node)), cast(_BatchNorm, gm.get_submodule(_name(bn_node)))
             if not _foldable(layer, bn):
                 continue
+            if calls[_name(layer_node)] > 1:
+                # A layer called at several places: rescaling it for this BN would change its other calls.
+                log.warning(
+                    "%s is called at %d places: the BN after one call is not folded into it",
+                    _name(layer_node),
+                    calls[_name(layer_node)],
+                )
+                continue
+            untie_parameters(gm, layer)
             _fold_into(layer, bn)
             stats[str(layer_node.target)] = _bn_output_stats(bn)
             bn_node.replace_all_uses_with(layer_node)
@@ -88,6 +98,7 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
     have become ``b``) and mixes all channels of one group (``groups == 1``).
     """
     pairs = []
+    calls = call_counts(gm)
     for pattern in (["BatchNorm", "Conv"], ["BatchNorm", "Linear"]):
         for bn_node, layer_node in find_chains(gm, pattern):
             bn, layer = cast(_BatchNorm, gm.get_submodule(_name(bn_node))), gm.get_submodule(_name(layer_node))
@@ -97,6 +108,9 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
                 padding = layer.padding if not isinstance(layer.padding, str) else (1,)
                 if layer.groups != 1 or any(p != 0 for p in padding):
                     continue
+            if calls[_name(layer_node)] > 1 or calls[_name(bn_node)] > 1:
+                continue  # the layer's (or BN's) other calls would see the change
+            untie_parameters(gm, layer)
             _fold_before(layer, bn)
             layer_node.replace_input_with(bn_node, cast(fx.Node, bn_node.args[0]))  # the BN's input node
             gm.graph.erase_node(bn_node)

@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from .. import ops
 from ..errors import InvalidOptionError
-from ..graph import call_sites, prepare
+from ..graph import call_counts, call_sites, prepare, untie_parameters
 from .bn_fold import fold_batch_norms
 from .relu6 import replace_relu6
 
@@ -120,6 +120,7 @@ def find_scaling_sets(gm: fx.GraphModule) -> list[ScalingSet]:
         [['0', '2']]
     """
     sets = []
+    calls = call_counts(gm)
     for node, module in call_sites(gm):
         if not _is_scalable_layer(module) or _is_depthwise(module):
             continue
@@ -134,7 +135,8 @@ def find_scaling_sets(gm: fx.GraphModule) -> list[ScalingSet]:
         third, between2 = _next_layer(gm, second)
         if third is not None and not _is_depthwise(gm.get_submodule(_name(third))):
             sets.append(ScalingSet([str(node.target), str(second.target), str(third.target)], [between1, between2]))
-    return sets
+    # A module called at several places cannot be rescaled for one of its calls: its other calls would change.
+    return [s for s in sets if all(calls[m] == 1 for m in [*s.layers, *(n for b in s.between for n in b)])]
 
 
 def _bound_relu6s(gm: fx.GraphModule, sets: list[ScalingSet]) -> int:
@@ -260,6 +262,8 @@ def cross_layer_scale(
     gm = model if inplace and isinstance(model, fx.GraphModule) else prepare(model, example_input)
     stats: Stats = dict(getattr(gm, "output_stats", {}))
     sets = find_scaling_sets(gm)
+    for layer in {n for s in sets for n in s.layers}:
+        untie_parameters(gm, gm.get_submodule(layer))  # scaling is for this layer alone, not a tied twin
     bounded = _bound_relu6s(gm, sets)
     names = sorted({n for s in sets for n in s.layers})
     before = {n: spread(gm.get_submodule(n)) for n in names}
@@ -289,6 +293,8 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
     stats: Stats = dict(getattr(gm, "output_stats", {}))
     absorbed = 0
     for scaling_set in sets if sets is not None else find_scaling_sets(gm):
+        for member in scaling_set.layers:
+            untie_parameters(gm, gm.get_submodule(member))  # biases are rewritten for this layer alone
         for i, names in enumerate(scaling_set.between):
             name, next_name = scaling_set.layers[i], scaling_set.layers[i + 1]
             acts = [gm.get_submodule(n) for n in names if _is_activation(gm.get_submodule(n))]
