@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 import leantorch as lt
 
@@ -231,3 +232,27 @@ def test_a_failed_export_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
         sim.export(tmp_path / "new", "other")
     # The earlier export is intact, nothing half-written or temporary is left.
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+class _LinearCalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.fc(x)))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_layer_called_twice_exports_and_matches_onnx_runtime(tmp_path, per_channel: bool) -> None:
+    # Once refused by ONNX's checker: each call emitted the weight's Q/DQ and int32 bias under the same names.
+    torch.manual_seed(0)
+    model = _LinearCalledTwice().eval()
+    x = torch.randn(16, 8)
+    sim = lt.QuantSim(model, x[:1], per_channel=per_channel)
+    sim.compute_encodings([x], progress=False)
+    files, got, want = export_and_run(sim, tmp_path, x)
+    # The same Q/DQ arithmetic on both sides: equal up to float rounding, far below one quantization step.
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    reloaded = lt.QuantSim(model, x[:1], per_channel=per_channel)
+    reloaded.load_encodings(files["encodings"])  # the exported file names every quantizer once

@@ -326,6 +326,9 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
     initializers = {init.name: init for init in graph.initializer}
     found = FileEncodings({}, {}, {"activation_encodings": {}, "param_encodings": {}})
     new_nodes: list[onnx.NodeProto] = []
+    # A module called at several places quantizes its weight at each call: the first call's Q/DQ serves all.
+    emitted: dict[tuple[str, int], str] = {}
+    reused: dict[str, str] = {}
     for node in graph.node:
         if node.domain != "leantorch":
             new_nodes.append(node)
@@ -335,6 +338,11 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
         enc = quantizer.encoding
         assert enc is not None
         x, y = node.input[0], node.output[0]
+        if param_name is not None and param_name in initializers and (param_name, index) in emitted:
+            x = param_name  # renamed at the first call (below)
+        if (x, index) in emitted:
+            reused[y] = emitted[(x, index)]
+            continue
         if param_name is not None and x in initializers:
             if x != param_name and param_name not in initializers:
                 initializers[x].name = param_name
@@ -343,6 +351,7 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
             _record(found, "param_encodings", found.params, x, enc, qname)
         else:
             _record(found, "activation_encodings", found.activations, x, enc, qname)
+        emitted[(x, index)] = y
         is_param = param_name is not None
         nodes, inits = _qdq_nodes(
             enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=is_param, unsigned=unsigned_weights and is_param
@@ -351,6 +360,10 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
         graph.initializer.extend(inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in reused:
+                node.input[i] = reused[name]
     return found
 
 
@@ -437,6 +450,9 @@ def _quantize_biases(proto: onnx.ModelProto) -> None:
         scale = (s_x.astype(np.float64).reshape(()) * s_w.astype(np.float64).reshape(-1)) * np.ones_like(bias)
         q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
         stem = _safe(bias_name)
+        if f"{stem}_int32" in initializers:  # a layer called at several places: one int32 bias per call
+            stem += f"_{sum(1 for name in initializers if name.startswith(stem + '_int32'))}"
+        initializers[f"{stem}_int32"] = numpy_helper.from_array(q, f"{stem}_int32")
         graph.initializer.extend(
             [
                 numpy_helper.from_array(q, f"{stem}_int32"),
