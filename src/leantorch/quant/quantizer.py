@@ -166,6 +166,12 @@ class Quantizer(nn.Module):
         """Stop collecting; compute the encoding (and use it when ``apply``). None if nothing was seen."""
         return finish_calibrations([self], apply)[0]
 
+    @property
+    def statistics(self) -> RangeEstimator | None:
+        """The range statistics being collected (None when not calibrating): distributed calibration merges
+        them across ranks before :meth:`finish_calibration`."""
+        return self._estimator
+
     def take_statistics(self) -> RangeEstimator | None:
         """Stop collecting and hand over the statistics (None when nothing was seen); the encoding stays."""
         self._calibrating = False

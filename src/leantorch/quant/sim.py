@@ -232,7 +232,7 @@ class QuantSim:
             ran = True
             if group is not None:
                 # every one of them was started above, so none is None
-                estimators = cast(dict[str, RangeEstimator], {n: q._estimator for n, q in named.items()})
+                estimators = cast(dict[str, RangeEstimator], {n: q.statistics for n, q in named.items()})
                 merge_estimators(estimators, group, self.device)
             results = list(zip(activations, finish_calibrations(activations, apply=False)))
         except BaseException:
@@ -254,8 +254,8 @@ class QuantSim:
     def _run_calibration(self, calibration: Any, num_batches: int | None, progress: bool) -> None:
         if callable(calibration) and not isinstance(calibration, (torch.Tensor, list, tuple)):
             calibration(self.model)
-            calibrating = [q for q in self.activation_quantizers().values() if q._estimator is not None]
-            if calibrating and not any(q._estimator is not None and q._estimator.has_data for q in calibrating):
+            calibrating = [q for q in self.activation_quantizers().values() if q.statistics is not None]
+            if calibrating and not any(q.statistics is not None and q.statistics.has_data for q in calibrating):
                 raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
             return
         total = (
