@@ -30,7 +30,7 @@ from ..errors import InvalidOptionError
 from ..options import check_count, check_flag, check_positive
 from ..quant.encoding import Encoding
 from .input_moments import QuadraticObjective, grouped_weight, supports_moments
-from .layer_rounding import round_layers
+from .layer_rounding import round_layers, round_to_grid, weight_grid
 
 __all__ = ["gptq", "gptq_round"]
 
@@ -146,11 +146,7 @@ def gptq_round(
     groups, out, k = weight.shape
     w = weight.detach().to(torch.float64).clone()
     h = hessian.detach().to(device=w.device, dtype=torch.float64).clone()
-    scale, offset = _grid(encoding, groups, out, w.device)
-    steps = encoding.num_steps
-
-    def nearest(column: torch.Tensor) -> torch.Tensor:  # the quantizer's grid, rounding half to even like ONNX
-        return scale * (torch.clamp(torch.round(column / scale) - offset, 0, steps) + offset)
+    scale, offset = weight_grid(encoding, groups, out, w.device)
 
     diag = h.diagonal(dim1=-2, dim2=-1)
     dead = diag == 0  # inputs that are always zero: nothing to compensate with, nothing to compensate for
@@ -166,24 +162,10 @@ def gptq_round(
         u = upper[:, start:end, start:end]
         for j in range(end - start):
             column = block[:, :, j]
-            q = nearest(column)
+            q = round_to_grid(column, scale, offset, encoding.num_steps)
             rounded[:, :, start + j] = q
             err = (column - q) / u[:, j, j][:, None]
             block[:, :, j:] -= err[:, :, None] * u[:, None, j, j:]
             errors[:, :, j] = err
         w[:, :, end:] -= errors @ upper[:, start:end, end:]
     return rounded.to(weight.dtype)
-
-
-def _grid(encoding: Encoding, groups: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encoding``'s scale and offset shaped ``[groups, out/groups]`` (per channel) or ``[1, 1]`` (per tensor)."""
-    scale = encoding.scale.to(device=device, dtype=torch.float64)
-    offset = encoding.offset.to(device=device, dtype=torch.float64)
-    if encoding.axis is None:
-        return scale.reshape(1, 1), offset.reshape(1, 1)
-    if encoding.axis != 0 or scale.numel() != groups * out:
-        raise InvalidOptionError(
-            f"gptq rounds per output channel (axis 0, {groups * out} channels); got an "
-            f"encoding along axis {encoding.axis} with {scale.numel()} channels"
-        )
-    return scale.reshape(groups, out), offset.reshape(groups, out)

@@ -19,7 +19,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import example_inputs, prepare
 from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
@@ -28,7 +28,7 @@ from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from .frontier import Frontier
 
-__all__ = ["RoundLayer", "round_layers", "layer_inputs", "save_param_encodings"]
+__all__ = ["RoundLayer", "round_layers", "layer_inputs", "save_param_encodings", "weight_grid", "round_to_grid"]
 
 Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
@@ -184,3 +184,32 @@ def save_param_encodings(sim: QuantSim, path: Path) -> None:
     """The active parameter encodings only (activations empty), checked and staged like every written file."""
     params = {n: q.encoding for n, q in sim.param_quantizers().items() if q.is_active and q.encoding is not None}
     write_encodings(path, encodings_dict({}, params))
+
+
+def weight_grid(encoding: Encoding, groups: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoding``'s scale and offset (float64) shaped ``[groups, out/groups]`` (per output channel) or ``[1, 1]``
+    (per tensor), to broadcast against a weight viewed as ``[groups, out/groups, ...]``.
+
+    Raises:
+        InvalidOptionError: a per-channel encoding that is not along the output channels (axis 0).
+    """
+    scale = encoding.scale.to(device=device, dtype=torch.float64)
+    offset = encoding.offset.to(device=device, dtype=torch.float64)
+    if encoding.axis is None:
+        return scale.reshape(1, 1), offset.reshape(1, 1)
+    if encoding.axis != 0 or scale.numel() != groups * out:
+        raise InvalidOptionError(
+            f"layer-wise rounding works per output channel (axis 0, {groups * out} channels); got an "
+            f"encoding along axis {encoding.axis} with {scale.numel()} channels"
+        )
+    return scale.reshape(groups, out), offset.reshape(groups, out)
+
+
+def round_to_grid(values: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, steps: int) -> torch.Tensor:
+    """``values`` rounded to nearest on the grid (half to even, as ONNX), clipped to its ``steps + 1`` points.
+
+    Example:
+        >>> round_to_grid(torch.tensor([0.26, 0.25, 9.0]), torch.tensor(0.5), torch.tensor(-2.0), 3).tolist()
+        [0.5, 0.0, 0.5]
+    """
+    return scale * (torch.clamp(torch.round(values / scale) - offset, 0, steps) + offset)

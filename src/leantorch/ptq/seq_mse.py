@@ -32,7 +32,7 @@ from ..errors import InvalidOptionError
 from ..options import check_choice, check_count, check_flag
 from ..quant.encoding import Encoding, compute_encoding
 from .input_moments import QuadraticObjective, grouped_weight, supports_moments
-from .layer_rounding import round_layers
+from .layer_rounding import round_layers, round_to_grid, weight_grid
 
 __all__ = ["seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
 
@@ -196,10 +196,6 @@ def candidate_errors(
 
 
 def _nearest(w: torch.Tensor, encoding: Encoding, shape: torch.Size) -> torch.Tensor:
-    """``w`` (float64, ``[groups, out/groups, K]``) rounded to nearest (half to even, as ONNX) on the grid."""
-    groups, out, _ = shape
-    scale = encoding.scale.to(device=w.device, dtype=torch.float64)
-    offset = encoding.offset.to(device=w.device, dtype=torch.float64)
-    if encoding.axis is not None:
-        scale, offset = scale.reshape(groups, out, 1), offset.reshape(groups, out, 1)
-    return scale * (torch.clamp(torch.round(w / scale) - offset, 0, encoding.num_steps) + offset)
+    """``w`` (float64, ``[groups, out/groups, K]``) rounded to nearest on ``encoding``'s grid."""
+    scale, offset = weight_grid(encoding, shape[0], shape[1], w.device)
+    return round_to_grid(w, scale[..., None], offset[..., None], encoding.num_steps)
