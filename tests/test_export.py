@@ -234,20 +234,20 @@ def test_a_failed_export_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-class _LinearCalledTwice(nn.Module):
+class _LinearCalledThrice(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.fc(x)))
+        return self.fc(torch.relu(self.fc(torch.relu(self.fc(x)))))  # three calls: three int32 biases
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_a_layer_called_twice_exports_and_matches_onnx_runtime(tmp_path, per_channel: bool) -> None:
+def test_a_layer_called_several_times_exports_and_matches_onnx_runtime(tmp_path, per_channel: bool) -> None:
     # Once refused by ONNX's checker: each call emitted the weight's Q/DQ and int32 bias under the same names.
     torch.manual_seed(0)
-    model = _LinearCalledTwice().eval()
+    model = _LinearCalledThrice().eval()
     x = torch.randn(16, 8)
     sim = lt.QuantSim(model, x[:1], per_channel=per_channel)
     sim.compute_encodings([x], progress=False)

@@ -449,9 +449,10 @@ def _quantize_biases(proto: onnx.ModelProto) -> None:
         bias = numpy_helper.to_array(initializers[bias_name]).astype(np.float64)
         scale = (s_x.astype(np.float64).reshape(()) * s_w.astype(np.float64).reshape(-1)) * np.ones_like(bias)
         q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        stem = _safe(bias_name)
-        if f"{stem}_int32" in initializers:  # a layer called at several places: one int32 bias per call
-            stem += f"_{sum(1 for name in initializers if name.startswith(stem + '_int32'))}"
+        stem, call = _safe(bias_name), 0
+        while f"{stem}_int32" in initializers:  # a layer called at several places: one int32 bias per call
+            call += 1
+            stem = f"{_safe(bias_name)}_{call}"
         initializers[f"{stem}_int32"] = numpy_helper.from_array(q, f"{stem}_int32")
         graph.initializer.extend(
             [

@@ -146,7 +146,7 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
     # Most activations start at 0 (ReLU): their window starts at bin 0. Checking costs a host sync on a GPU.
     shift = x.device.type != "cpu" or int(start) != 0
     start16 = start.to(torch.int16)
-    lane_offsets = _lane_offsets(min(x.numel(), _CHUNK), lanes, slots, x.device)
+    lane_offsets = _lane_offsets(min(x.numel(), _CHUNK), lanes, slots, x.device) if lanes > 1 else None
     total: torch.Tensor | None = None
     for part in x.split(_CHUNK) if x.device.type == "cpu" else (x,):  # type: ignore[no-untyped-call]  # unannotated in torch
         scaled = torch.mul(part, scale, out=scratch.get(part.numel(), scale.dtype, x.device))
@@ -154,7 +154,7 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
         index.copy_(scaled)  # truncation toward zero; |bin| < 2**15 by the choice of exponent
         if shift:
             index.sub_(start16)
-        if lanes > 1:
+        if lane_offsets is not None:
             index.add_(lane_offsets[: part.numel()])
         counts = _bincount(index, slots * lanes)
         total = counts if total is None else total.add_(counts)
