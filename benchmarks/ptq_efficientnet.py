@@ -126,84 +126,50 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
             per_channel=True,
             param_scheme=scheme,
         )
-    for inputs in ("float", "quantized"):
-        if args.adaround_inputs not in (inputs, "both"):
-            continue
+
+    def layerwise_row(label: str, technique, **options) -> None:  # type: ignore[no-untyped-def]
+        """A W4A8 per-channel row whose weights (and frozen encodings) come from a layer-wise technique run on
+        the AdaRound calibration batches; ``param_scheme``, if given, is also the evaluated sim's."""
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            rounded, encodings = lt.adaround(
+            weights, encodings = technique(
                 folded,
                 example,
                 calib,
                 param_bw=4,
                 act_bw=8,
                 per_channel=True,
-                param_scheme="mse",
                 num_batches=args.adaround_batches,
+                path=tmp,
+                **options,
+            )
+            seconds = time.perf_counter() - start
+            scheme = {"param_scheme": options["param_scheme"]} if "param_scheme" in options else {}
+            row(
+                label,
+                weights,
+                fold_s + seconds,
+                time.perf_counter(),
+                param_bw=4,
+                per_channel=True,
+                frozen=encodings,
+                **scheme,
+            )
+
+    for inputs in ("float", "quantized"):
+        if args.adaround_inputs in (inputs, "both"):
+            layerwise_row(
+                f"W4A8 per-channel mse weights + AdaRound ({inputs} inputs), BN folded",
+                lt.adaround,
+                param_scheme="mse",
                 iterations=args.adaround_iterations,
                 lr=args.adaround_lr,
                 use_quantized_inputs=inputs == "quantized",
-                path=tmp,
             )
-            ada_s = time.perf_counter() - start
-            row(
-                f"W4A8 per-channel mse weights + AdaRound ({inputs} inputs), BN folded",
-                rounded,
-                fold_s + ada_s,
-                time.perf_counter(),
-                param_bw=4,
-                per_channel=True,
-                param_scheme="mse",
-                frozen=encodings,
-            )
-    if args.gptq:
-        with tempfile.TemporaryDirectory() as tmp:  # GPTQ on the same grids and data as AdaRound
-            start = time.perf_counter()
-            rounded, encodings = lt.gptq(
-                folded,
-                example,
-                calib,
-                param_bw=4,
-                act_bw=8,
-                per_channel=True,
-                param_scheme="mse",
-                num_batches=args.adaround_batches,
-                path=tmp,
-            )
-            gptq_s = time.perf_counter() - start
-            row(
-                "W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded",
-                rounded,
-                fold_s + gptq_s,
-                time.perf_counter(),
-                param_bw=4,
-                per_channel=True,
-                param_scheme="mse",
-                frozen=encodings,
-            )
-    if args.seq_mse:
-        with tempfile.TemporaryDirectory() as tmp:  # SeqMSE chooses the grids itself (shrunk minmax ranges)
-            start = time.perf_counter()
-            chosen, encodings = lt.seq_mse(
-                folded,
-                example,
-                calib,
-                param_bw=4,
-                act_bw=8,
-                per_channel=True,
-                num_batches=args.adaround_batches,
-                path=tmp,
-            )
-            seq_s = time.perf_counter() - start
-            row(
-                "W4A8 per-channel SeqMSE weights (asym inputs), BN folded",
-                chosen,
-                fold_s + seq_s,
-                time.perf_counter(),
-                param_bw=4,
-                per_channel=True,
-                frozen=encodings,
-            )
+    if args.gptq:  # GPTQ on the same grids and data as AdaRound
+        layerwise_row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", lt.gptq, param_scheme="mse")
+    if args.seq_mse:  # SeqMSE chooses the grids itself (shrunk minmax ranges)
+        layerwise_row("W4A8 per-channel SeqMSE weights (asym inputs), BN folded", lt.seq_mse)
 
 
 if __name__ == "__main__":
