@@ -513,3 +513,53 @@ def test_function_rules_make_the_old_modules(name, args, kwargs, module, tensor_
         assert made is None
     else:
         assert (repr(made[0]), made[1]) == (module, tensor_args)
+
+
+class _Softplus2(nn.Module):
+    """A toy op quantized as its decomposition: log(1 + exp(2x)) / 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(2 * x) / 2
+
+
+class _Softplus2Decomposed(nn.Module):
+    lt_traced_through = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.exp(x * 2) + 1) * 0.5
+
+
+def _logaddexp_decomposed(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(x, y) + torch.log1p(torch.exp(-torch.abs(x - y)))
+
+
+def test_replace_and_decomposition_hooks_trace_into_registered_ops() -> None:
+    # A module type with `replace` is swapped before tracing and its decomposition traced into (so the
+    # multiplication inside it becomes a Mul op with its own quantizers); a function with a decomposition is
+    # traced as that decomposition. Both compute the same function; user leaf_modules stay untouched.
+    ops.register(ops.OpSpec("Softplus2", (_Softplus2,), replace=lambda m: _Softplus2Decomposed()))
+    ops.register(ops.OpSpec("LogAddExp", (), decompositions=((torch.logaddexp, _logaddexp_decomposed),)))
+    try:
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.sp = _Softplus2()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.logaddexp(self.sp(x), x)
+
+        x = torch.randn(4, 5)
+        model = Net()
+        gm = lt.prepare(model, x)
+        assert type(model.sp) is _Softplus2  # the user's model is not modified
+        assert torch.allclose(gm(x), model(x), atol=1e-6)
+        targets = {n.target for n in gm.graph.nodes}
+        assert torch.logaddexp not in targets and torch.maximum in targets
+        types = {op_type(m) for m in gm.modules()}
+        assert "Mul" in types and "Add" in types
+        kept = lt.prepare(model, x, leaf_modules=["sp"])
+        assert isinstance(kept.get_submodule("sp"), _Softplus2)
+    finally:
+        ops.unregister("Softplus2")
+        ops.unregister("LogAddExp")

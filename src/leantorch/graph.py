@@ -87,6 +87,10 @@ class _ScopeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
+        # A registered op's decomposition (attention → projections, matmuls, softmax) is traced into, so each
+        # of its ops gets its own quantizers.
+        if getattr(m, "lt_traced_through", False):
+            return False
         # leantorch's own layers (op modules, quantizers, wrappers) and every class registered as an op type are
         # never traced through. Only the exact registered class: a user's nn.Conv2d subclass with its own
         # forward (EfficientNet's Conv2dStaticSamePadding) must still be traced into.
@@ -105,6 +109,13 @@ class _ScopeTracer(fx.Tracer):
             raise
         finally:
             self.lt_scope.pop()
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **more: Any) -> Any:
+        # A function an op type decomposes (F.scaled_dot_product_attention) is traced as its decomposition.
+        decompose = ops.decomposition(target) if kind == "call_function" else None
+        if decompose is not None:
+            return decompose(*args, **kwargs)
+        return super().create_proxy(kind, target, args, kwargs, *rest, **more)
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -152,6 +163,13 @@ def prepare(
     _check_finite_output(reference)
     leaf_types = tuple(x for x in (leaf_modules or []) if isinstance(x, type))
     leaf_names = frozenset(x for x in (leaf_modules or []) if isinstance(x, str))
+    # Ops that are quantized as several ops (attention, RNNs) are swapped for their quantizable form first.
+    # Modules the user keeps opaque (leaf_modules) stay as they are.
+    copy_, replaced = ops.replace_registered_modules(
+        copy_, keep=lambda name, m: name in leaf_names or bool(leaf_types and isinstance(m, leaf_types))
+    )
+    if replaced:
+        log.info("replaced by quantizable equivalents: %s", ", ".join(n or "<root>" for n in replaced))
     gm = _trace(copy_, leaf_types, leaf_names)
     record_values(gm, inputs)
     functional_to_modules(gm)

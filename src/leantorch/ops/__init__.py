@@ -26,6 +26,7 @@ from .registry import (
     OpSpec,
     counted,
     counted_classes,
+    decomposition,
     default_supergroups,
     function_rule,
     has_role,
@@ -33,6 +34,7 @@ from .registry import (
     method_rule,
     register,
     relu_upper,
+    replace_registered_modules,
     spec_for,
     specs,
     unregister,
@@ -41,7 +43,7 @@ from .registry import (
 # Importing a family registers its op types; the order is the order of specs() (names, messages), so it is
 # kept out of import sorting.
 # isort: off
-from . import conv, linear, norm, activation, elementwise, shape  # noqa: F401
+from . import conv, linear, norm, activation, elementwise, shape, attention, rnn  # noqa: F401
 
 # isort: on
 from .conv import is_depthwise
@@ -64,6 +66,7 @@ __all__ = [
     "OpSpec",
     "counted",
     "counted_classes",
+    "decomposition",
     "default_supergroups",
     "function_rule",
     "has_role",
@@ -72,6 +75,7 @@ __all__ = [
     "method_rule",
     "register",
     "relu_upper",
+    "replace_registered_modules",
     "spec_for",
     "specs",
     "unregister",

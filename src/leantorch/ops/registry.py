@@ -52,6 +52,14 @@ class OpSpec:
         functions: ``(target, rule)`` pairs: fx ``call_function`` targets (``F.relu``, ``operator.add``) that
             become this op's module (see :mod:`leantorch.ops.rules`).
         methods: ``(name, rule)`` pairs for tensor methods (``x.relu()``).
+        replace: ``replace(module)`` builds what :func:`leantorch.prepare` puts in place of each module of this
+            type before tracing: either a decomposition into registered ops that the tracer traces through
+            (its class sets ``lt_traced_through = True``; e.g. attention → projections, matmuls, softmax), or a
+            leantorch op module that owns its internal quantizers (e.g. an RNN cell loop). It must compute
+            the same function in float.
+        decompositions: ``(target, function)`` pairs: while tracing, a ``call_function`` of ``target`` is
+            replaced by calling ``function`` with the same arguments (on fx proxies), so the call becomes
+            the graph of registered ops ``function`` is written in (e.g. ``F.scaled_dot_product_attention``).
 
     Roles (each ``True``/``False`` or a predicate on the module, for roles that depend on its settings):
         cle_scalable: CLE may scale this layer's output channels (and the next one's inputs).
@@ -72,6 +80,8 @@ class OpSpec:
     fusable_activation: bool = False
     functions: tuple[tuple[Any, Rule], ...] = ()
     methods: tuple[tuple[str, Rule], ...] = ()
+    replace: Callable[[nn.Module], nn.Module] | None = None
+    decompositions: tuple[tuple[Any, Callable[..., Any]], ...] = ()
     cle_scalable: Role = False
     cle_activation: Role = False
     cle_relu6: Role = False
@@ -86,6 +96,7 @@ _SPECS: dict[str, OpSpec] = {}
 _BY_CLASS: dict[type, OpSpec] = {}
 _FUNCTIONS: dict[Any, Rule] = {}
 _METHODS: dict[str, Rule] = {}
+_DECOMPOSITIONS: dict[Any, Callable[..., Any]] = {}
 
 
 def register(spec: OpSpec) -> OpSpec:
@@ -104,12 +115,17 @@ def register(spec: OpSpec) -> OpSpec:
     taken = [c.__name__ for c in spec.modules if c in _BY_CLASS]
     if taken:
         raise ConfigError(f"{', '.join(taken)} already belong to op type {_BY_CLASS[spec.modules[0]].name!r}")
-    targets = [t for t, _ in spec.functions if t in _FUNCTIONS] + [m for m, _ in spec.methods if m in _METHODS]
+    targets = (
+        [t for t, _ in spec.functions if t in _FUNCTIONS]
+        + [m for m, _ in spec.methods if m in _METHODS]
+        + [t for t, _ in spec.decompositions if t in _DECOMPOSITIONS]
+    )
     if targets:
         raise ConfigError(f"{', '.join(map(str, targets))} already become another op type's module")
     _SPECS[spec.name] = spec
     _FUNCTIONS.update(spec.functions)
     _METHODS.update(spec.methods)
+    _DECOMPOSITIONS.update(spec.decompositions)
     for cls in spec.modules:
         _BY_CLASS[cls] = spec
     return spec
@@ -124,6 +140,8 @@ def unregister(name: str) -> None:
         del _FUNCTIONS[target]
     for method, _ in spec.methods:
         del _METHODS[method]
+    for target, _ in spec.decompositions:
+        del _DECOMPOSITIONS[target]
 
 
 def spec_for(module: nn.Module) -> OpSpec | None:
@@ -248,3 +266,37 @@ def function_rule(target: Any) -> Rule | None:
 def method_rule(name: str) -> Rule | None:
     """The rule that turns a ``call_method`` of tensor method ``name`` into an op module, None if none."""
     return _METHODS.get(name)
+
+
+def decomposition(target: Any) -> Callable[..., Any] | None:
+    """The function a traced ``call_function`` of ``target`` is decomposed into, None if no op has one."""
+    return _DECOMPOSITIONS.get(target)
+
+
+def replace_registered_modules(
+    model: nn.Module, keep: Callable[[str, nn.Module], bool] | None = None
+) -> tuple[nn.Module, list[str]]:
+    """Put ``spec.replace(module)`` in place of every module whose op type has a ``replace`` (except where
+    ``keep(name, module)`` is true); returns the (possibly new) root and the qualified names replaced.
+    Mutates ``model``: call it on a copy.
+
+    Example:
+        >>> from torch import nn
+        >>> replace_registered_modules(nn.Sequential(nn.ReLU()))[1]
+        []
+    """
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        spec = spec_for(module)
+        inside_replaced = any(name.startswith(r + ".") for r in replaced)
+        if spec is None or spec.replace is None or inside_replaced or getattr(module, "lt_traced_through", False):
+            continue
+        if keep is not None and keep(name, module):
+            continue
+        new = spec.replace(module)
+        if not name:
+            return new, [""]
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+        replaced.append(name)
+    return model, replaced

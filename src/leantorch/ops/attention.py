@@ -1,0 +1,1 @@
+"""attention ops (work in progress)."""

@@ -1,0 +1,1 @@
+"""rnn ops (work in progress)."""
