@@ -38,6 +38,7 @@ from .registry import (
     spec_for,
     specs,
     unregister,
+    weight_names,
 )
 
 # Importing a family registers its op types; the order is the order of specs() (names, messages), so it is
@@ -79,4 +80,5 @@ __all__ = [
     "spec_for",
     "specs",
     "unregister",
+    "weight_names",
 ]

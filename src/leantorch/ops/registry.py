@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LeanTorchError
 from .rules import Rule
 
 #: A role of an op: a constant, or a predicate on the module (where it depends on the module's settings).
@@ -44,7 +44,10 @@ class OpSpec:
         modules: the module classes recognised as this op (subclasses match too).
         passthrough: the output only selects/rearranges input values (already on the input's grid), so
             the default config leaves it unquantized.
-        weight_axis: the output-channel axis of ``weight`` when it may be quantized per channel (None: never).
+        weight_axis: the output-channel axis of the weights when they may be quantized per channel (None: never).
+        weight_params: ``weight_params(module)`` names the module's parameters that are weights (quantized by
+            the config's weight rule, per channel along ``weight_axis``); None: just ``weight``. Every other
+            parameter follows the bias rule.
         mac_count: the cost model's MAC formula; None means the cost model does not count this op.
         supergroups: chains that start at this op and run fused (only their last output is quantized), as
             the op type names that follow it; :data:`ACT` stands for every ``fusable_activation``.
@@ -81,6 +84,7 @@ class OpSpec:
     functions: tuple[tuple[Any, Rule], ...] = ()
     methods: tuple[tuple[str, Rule], ...] = ()
     replace: Callable[[nn.Module], nn.Module] | None = None
+    weight_params: Callable[[nn.Module], tuple[str, ...]] | None = None
     decompositions: tuple[tuple[Any, Callable[..., Any]], ...] = ()
     cle_scalable: Role = False
     cle_activation: Role = False
@@ -151,6 +155,20 @@ def spec_for(module: nn.Module) -> OpSpec | None:
         if spec is not None:
             return spec
     return None
+
+
+def weight_names(module: nn.Module) -> tuple[str, ...]:
+    """The parameters of ``module`` that are weights (its op type's ``weight_params``; else ``weight``).
+
+    Example:
+        >>> from torch import nn
+        >>> weight_names(nn.Linear(2, 2)), weight_names(nn.LSTM(2, 2, num_layers=2))
+        (('weight',), ())
+    """
+    spec = spec_for(module)
+    if spec is None or spec.weight_params is None:
+        return ("weight",)
+    return spec.weight_params(module)
 
 
 def is_registered_class(cls: type) -> bool:
@@ -293,7 +311,10 @@ def replace_registered_modules(
             continue
         if keep is not None and keep(name, module):
             continue
-        new = spec.replace(module)
+        try:
+            new = spec.replace(module)
+        except LeanTorchError as exc:  # name the module: replace() sees only the module itself
+            raise type(exc)(f"{name or '<root>'}: {exc}") from exc
         if not name:
             return new, [""]
         parent_name, _, child = name.rpartition(".")

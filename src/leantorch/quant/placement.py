@@ -2,8 +2,10 @@
 
 Rules, in order:
 
-1. Each layer's outputs, inputs and ``weight`` follow its op type's rule in the config (bias per
-   ``quantize_bias``); weights of Conv/Linear/ConvTranspose are per-channel where the rule says so.
+1. Each layer's outputs, inputs and weights (``weight``, or its op type's ``weight_params``) follow its op
+   type's rule in the config (other parameters per ``quantize_bias``); weights of ops with a ``weight_axis``
+   are per-channel where the rule says so. Quantizers inside an op module (an RNN's gates and states)
+   follow its output rule.
 2. Supergroups: inside a matched chain (Conv→BN→ReLU...) only the last output is quantized.
 3. Model inputs get their own quantizers (``input_quantizers.N``) when ``model_input_quantized``.
 4. Gaps are closed: a layer input that does not come from a quantized tensor (through data-movement ops
@@ -22,6 +24,7 @@ import torch
 from torch import fx, nn
 
 from ..graph import PASSTHROUGH_TYPES, call_sites, find_chains, op_type
+from ..ops import weight_names
 from .config import PER_CHANNEL_AXIS, QuantSimConfig
 from .estimators import QuantScheme
 from .quantizer import Quantizer
@@ -143,11 +146,17 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
         _configure_activation(cast(Quantizer, q), config, settings, rule.output_quantized)
     for q in wrapper.input_quantizers:
         _configure_activation(cast(Quantizer, q), config, settings, rule.input_quantized)
+    # An op module's own quantizers (an RNN's gate and state quantizers) quantize activations inside the op,
+    # so they follow its output rule.
+    for q in wrapper.module.modules():
+        if isinstance(q, Quantizer):
+            _configure_activation(q, config, settings, rule.output_quantized)
+    weights = weight_names(wrapper.module)
     for name, module in wrapper.param_quantizers.items():
         q = cast(Quantizer, module)
         q.bitwidth, q.scheme = settings.param_bw, settings.param_scheme
         q.symmetric, q.unsigned_symmetric = config.param_symmetric, False
-        if name == "weight":
+        if name in weights:
             q.enabled = rule.params_quantized
             q.axis = PER_CHANNEL_AXIS.get(wrapper.op_type) if rule.per_channel else None
         else:
