@@ -738,3 +738,25 @@ def test_layerwise_rounding_flags_run_their_algorithm_and_freeze_the_weights(
     assert (out / f"{function}.encodings").exists() and (out / "model.onnx").exists()
     assert main([*QUANTIZE, *options, flag, other]) == 2  # one rounding technique at a time
     assert main([*QUANTIZE, *options, flag, "--auto"]) == 2
+
+
+def test_auto_stages_come_from_the_registry_and_reach_auto_quant(tmp_path, data_file, monkeypatch, capsys) -> None:
+    import leantorch.ptq.auto as auto
+    from leantorch.ptq.auto_stages import stage_names
+
+    seen: dict = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(auto, "auto_quant", recording)
+    out = str(tmp_path / "o")
+    argv = [*QUANTIZE, "--data", data_file, "--out", out, "--auto", "--auto-stages", "cle", "adaround"]
+    assert main([*argv, "--no-progress"]) == 130
+    assert seen["stages"] == ["cle", "adaround"]
+    assert main([*QUANTIZE, "--data", data_file, "--out", out, "--auto", "--auto-stages", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in stage_names())
+    assert main([*QUANTIZE, "--data", data_file, "--out", out, "--auto-stages", "cle"]) == 2
+    assert "add --auto" in capsys.readouterr().err

@@ -533,3 +533,70 @@ def test_cle_keeps_the_function_with_tied_weights_and_reused_layers(make) -> Non
     if make is _TiedPair:  # still equalized: c2 and c3 each got their own copy of the shared weight
         assert lt.ptq.cle.spread(equalized.get_submodule("c1")) < 0.5 * lt.ptq.cle.spread(model.c1)
         assert equalized.get_submodule("c2").weight is not equalized.get_submodule("c3").weight
+
+
+def test_auto_quant_runs_the_chosen_stages_and_a_registered_one(tmp_path) -> None:
+    """Stages come from the registry: a registered stage runs like a built-in one, `stages=` picks and orders
+    them, and a stage that starts from one that did not run gets the float model."""
+    from leantorch.ptq.auto_stages import AutoQuantStage, register_stage, unregister_stage
+
+    net, data = _small_net(), _calibration()
+    started_from = []
+
+    def halve(model, context):
+        started_from.append(model)
+        copy_ = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in copy_.parameters():
+                p.mul_(0.5)
+        return copy_, None
+
+    register_stage(AutoQuantStage("halve", halve, starts_from="cle"))
+    try:
+        scores = iter([1.0, 0.2, 0.9])
+        result = lt.auto_quant(
+            net, data[0][:1], data, lambda m: next(scores), stages=["cle", "halve"], path=tmp_path, progress=False
+        )
+        assert [s["stage"] for s in result.stages] == ["float", "cle", "halve"]
+        assert isinstance(started_from[0], torch.fx.GraphModule)  # the CLE stage's model
+        assert result.model is not started_from[0]
+        scores = iter([1.0, 0.5])
+        result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["halve"], path=tmp_path)
+        assert started_from[1] is net  # cle did not run: the float model
+        with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, halve"):
+            lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["clee"], path=tmp_path)
+        with pytest.raises(lt.InvalidOptionError, match="distinct"):
+            lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["cle", "cle"], path=tmp_path)
+    finally:
+        unregister_stage("halve")
+
+
+def test_algorithm_configs_equal_the_keyword_api(tmp_path) -> None:
+    """adaround/gptq/seq_mse take a frozen config or the same options as keywords, with the same result; a bad
+    value is refused when the config is built, an unknown keyword names the valid ones."""
+    import dataclasses
+
+    from leantorch.ptq.adaround import AdaroundConfig
+    from leantorch.ptq.gptq import GptqConfig
+    from leantorch.ptq.seq_mse import SeqMseConfig
+
+    net, data = _small_net(), _calibration()
+    for fn, cls, options in [
+        (lt.adaround, AdaroundConfig, {"iterations": 5, "param_bw": 4}),
+        (lt.gptq, GptqConfig, {"damping": 0.05, "param_bw": 4}),
+        (lt.seq_mse, SeqMseConfig, {"num_candidates": 5, "param_bw": 4}),
+    ]:
+        config = cls(**options, path=tmp_path / "a", progress=False)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.param_bw = 8  # type: ignore[misc]
+        by_config, _ = fn(net, data[0][:1], data, config)
+        by_keywords, _ = fn(net, data[0][:1], data, **options, path=tmp_path / "b", progress=False)
+        overridden, _ = fn(net, data[0][:1], data, cls(param_bw=8), **options, path=tmp_path / "c", progress=False)
+        for a, b, c in zip(by_config.parameters(), by_keywords.parameters(), overridden.parameters()):
+            assert torch.equal(a, b) and torch.equal(a, c)
+        with pytest.raises(lt.InvalidOptionError, match="unknown option.*param_bw"):
+            fn(net, data[0][:1], data, param_bits=4)
+    with pytest.raises(lt.InvalidOptionError, match="lr="):
+        AdaroundConfig(lr=float("nan"))
+    with pytest.raises(lt.InvalidOptionError, match="is a dict"):
+        lt.adaround(net, data[0][:1], data, {"iterations": 5})

@@ -28,14 +28,14 @@ from . import analysis, compress, evaluation, graph, metrics
 from .analysis import AnalysisReport, analyze
 from .compress import CompressionError
 from .evaluation import OutputScore, agreement_score, sqnr_score
-from .ptq.adaround import adaround
+from .ptq.adaround import AdaroundConfig, adaround
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
-from .ptq.bias_correction import bias_correction
+from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize
-from .ptq.gptq import gptq
+from .ptq.gptq import GptqConfig, gptq
 from .ptq.relu6 import replace_relu6
-from .ptq.seq_mse import seq_mse
+from .ptq.seq_mse import SeqMseConfig, seq_mse
 from .quant import qat
 from .quant.config import OpRule, QuantSimConfig
 from .quant.encoding import Encoding, compute_encoding
@@ -44,6 +44,10 @@ from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
 
 __all__ = [
+    "AdaroundConfig",
+    "BiasCorrectionConfig",
+    "GptqConfig",
+    "SeqMseConfig",
     "__version__",
     "CalibrationDataError",
     "ConfigError",

@@ -227,6 +227,8 @@ def _some(names: Sequence[str]) -> str:
 def _check_auto(args: argparse.Namespace) -> None:
     """--auto picks BN fold / CLE / AdaRound itself: a technique flag beside it would be silently ignored."""
     if not args.auto:
+        if args.auto_stages:
+            raise InvalidOptionError("--auto-stages picks the stages of --auto: add --auto (or drop --auto-stages)")
         return
     chosen = [
         flag
@@ -289,6 +291,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 progress=progress,
                 **_sim_options(args),
                 adaround_kwargs=_adaround_options(args),
+                stages=args.auto_stages,
             )
             print(markdown_table(result.stages))
             sim = result.sim

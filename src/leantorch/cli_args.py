@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .compress.schemes import scheme_names
 from .errors import OutputPathError
 from .paths import check_file_name
+from .ptq.auto import stage_names  # importing auto registers the built-in auto_quant stages
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
 
@@ -278,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         "at the first whose top-1 agreement with FP32 (on the data) is within --allowed-drop; it chooses "
         "the techniques itself, so it cannot be combined with --fold-bn, --cle, --bias-correction, "
         "--adaround, --gptq or --seq-mse",
+    )
+    q.add_argument(
+        "--auto-stages",
+        nargs="+",
+        choices=stage_names(),
+        default=None,
+        metavar="STAGE",
+        help=f"the stages --auto tries, in this order (choices: {', '.join(stage_names())}; default all)",
     )
     q.add_argument(
         "--allowed-drop",

@@ -16,14 +16,50 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .errors import InvalidOptionError
+
+_Config = TypeVar("_Config")
+
+
+def with_overrides(cls: type[_Config], options: _Config | None, overrides: Mapping[str, Any], what: str) -> _Config:
+    """The frozen config an algorithm runs with: ``options`` (or ``cls()``) with the keyword ``overrides``
+    applied. The keyword API of each algorithm is this thin layer over its config class, so a config is
+    checked in one place (its ``__post_init__``) however it was given.
+
+    Raises:
+        InvalidOptionError: ``options`` is not a ``cls``, or an override is not one of its fields (lists them).
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Demo:
+        ...     steps: int = 10
+        >>> with_overrides(Demo, None, {"steps": 3}, "demo")
+        Demo(steps=3)
+        >>> with_overrides(Demo, Demo(5), {"step": 3}, "demo")
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: demo: unknown option(s) step: use steps
+    """
+    if options is not None and not isinstance(options, cls):
+        raise InvalidOptionError(
+            f"{what}: options={short_repr(options)} is a {type(options).__name__}: pass a {cls.__name__} "
+            "(or keyword options)"
+        )
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # cls is a dataclass
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InvalidOptionError(f"{what}: unknown option(s) {', '.join(unknown)}: use {', '.join(names)}")
+    base = options if options is not None else cls()
+    return dataclasses.replace(base, **overrides)  # type: ignore[type-var]  # base is a dataclass instance
 
 
 def check_flag(name: str, value: Any, allow_none: bool = False) -> bool | None:

@@ -9,12 +9,14 @@ import sys
 import types
 
 from .compressor import SCHEMES, CompressionInfo, compress
+from .config import CompressConfig
 from .cost import CostReport, LayerCost, cost
 from .latency import compare_latency
 from .ratio_selection import CompressionError, EvalScoreTable
 
 __all__ = [
     "SCHEMES",
+    "CompressConfig",
     "CompressionError",
     "CompressionInfo",
     "CostReport",

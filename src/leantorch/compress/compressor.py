@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,13 +23,13 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
-from ..errors import CalibrationDataError, InvalidOptionError, UnknownLayerError
+from ..errors import CalibrationDataError, UnknownLayerError
 from ..evaluation import OutputScore
 from ..graph import example_inputs, prepare
-from ..options import as_names, check_count, name_list
-from ..parallel import check_backend
+from ..options import name_list, with_overrides
 from ..paths import check_directory
 from ..ptq.auto import call_eval_fn
+from .config import CompressConfig
 from .cost import cost
 from .pruning_pass import prune_in_one_pass
 from .ratio_selection import (
@@ -84,31 +83,24 @@ def compress(
     model: nn.Module,
     example_input: Any,
     eval_fn: Callable[[nn.Module], float],
-    scheme: Scheme | Sequence[Scheme] = "spatial_svd",
-    target_mac_ratio: float = 0.5,
-    ratios: dict[str, float] | None = None,
+    scheme: Scheme | Sequence[Scheme] | None = None,
+    target_mac_ratio: float | None = None,
     calibration: Iterable[Any] | None = None,
-    stage_targets: Sequence[float] | None = None,
-    candidates: int | Sequence[float] = 10,
-    rank_multiple: int = 8,
-    skip_layers: Sequence[str] = (),
-    cache_dir: str | Path | None = None,
-    layer_callback: Callable[[nn.Module, str], None] | None = None,
-    num_batches: int = 4,
-    samples_per_image: int = 16,
-    progress: bool = True,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    options: CompressConfig | None = None,
+    **overrides: Any,
 ) -> tuple[nn.Module, CompressionInfo]:
     """Compress ``model`` to about ``target_mac_ratio`` of its MACs; returns ``(new model, info)``.
 
+    The options are those of :class:`~leantorch.compress.config.CompressConfig`: pass one as ``options``, or its
+    fields as keywords (applied on top); ``scheme`` and ``target_mac_ratio`` may also come positionally.
+
     Args:
         eval_fn: ``eval_fn(model) -> float`` (higher is better); scores the eval-score table and the result.
-        scheme: ``"weight_svd"``, ``"spatial_svd"``, ``"channel_pruning"``, or a sequence of them run as
-            stages (e.g. ``["spatial_svd", "channel_pruning"]``).
-        target_mac_ratio: overall MACs after / before, in (0, 1).
-        ratios: manual per-layer ratios ``{layer: ratio}`` (single stage; no eval-score table).
         calibration: batches for channel pruning's activation sampling (required for that scheme).
+        scheme: ``"weight_svd"``, ``"spatial_svd"`` (default), ``"channel_pruning"``, or a sequence of them run
+            as stages (e.g. ``["spatial_svd", "channel_pruning"]``).
+        target_mac_ratio: overall MACs after / before, in (0, 1) (default 0.5).
+        ratios: manual per-layer ratios ``{layer: ratio}`` (single stage; no eval-score table).
         stage_targets: per-stage targets; their product must equal ``target_mac_ratio`` (default: the
             remaining target split evenly over the remaining stages).
         candidates: number of evenly spaced candidate ratios (default 10) or the ratios themselves.
@@ -151,33 +143,17 @@ def compress(
         >>> info.mac_ratio <= 0.6
         True
     """
-    schemes = [scheme] if isinstance(scheme, str) else list(scheme)
-    _check_arguments(schemes, target_mac_ratio, ratios, stage_targets, candidates)
-    check_count(
-        "rank_multiple",
-        rank_multiple,
-        hint=" (1 keeps exact ranks and channel counts; 8 rounds them up to multiples of 8)",
+    given = {"scheme": scheme, "target_mac_ratio": target_mac_ratio}
+    cfg = with_overrides(
+        CompressConfig, options, {**{k: v for k, v in given.items() if v is not None}, **overrides}, "compress"
     )
-    check_count("num_batches", num_batches)
-    check_count("samples_per_image", samples_per_image)
-    skip_layers = as_names("skip_layers", skip_layers)  # a string is one name (not a set of substrings)
-    workers = check_backend(workers, ray_address)  # before the baseline and the table, not when workers start
-    run = _Run(
-        candidates,
-        rank_multiple,
-        skip_layers,
-        cache_dir,
-        layer_callback,
-        samples_per_image,
-        progress,
-        workers,
-        ray_address,
-    )
+    schemes, target_mac_ratio, cache_dir = list(cfg.schemes), cfg.target_mac_ratio, cfg.cache_dir
+    stage_targets, ratios = cfg.stage_targets, cfg.ratios
     if cache_dir is not None:
         check_directory(cache_dir, "cache_dir")  # before the eval-score table, which can take hours
     sampling = [s for s in schemes if scheme_for(s).needs_data]
     data = (
-        _calibration_batches(calibration, num_batches, len(example_inputs(example_input)), sampling[0])
+        _calibration_batches(calibration, cfg.num_batches, len(example_inputs(example_input)), sampling[0])
         if sampling
         else None
     )
@@ -193,7 +169,7 @@ def compress(
             else min(1.0, target_mac_ratio / achieved) ** (1 / (len(schemes) - index))
         )
         current, info = _compress_stage(
-            current, example_input, eval_fn, name, target, ratios, data, run, check_skip=index == 0
+            current, example_input, eval_fn, name, target, ratios, data, cfg, check_skip=index == 0
         )
         stages.append(info)
         achieved *= info.mac_ratio
@@ -217,49 +193,6 @@ def compress(
     return current, overall
 
 
-def _check_arguments(
-    schemes: list[str],
-    target: float,
-    ratios: dict[str, float] | None,
-    stage_targets: Sequence[float] | None,
-    candidates: int | Sequence[float],
-) -> None:
-    unknown = [s for s in schemes if s not in scheme_names()]
-    if not schemes or unknown:
-        raise CompressionError(f"unknown scheme(s) {unknown or schemes}: use {', '.join(scheme_names())}")
-    if not (isinstance(target, (int, float)) and 0.0 < target < 1.0):
-        raise CompressionError(f"target_mac_ratio={target!r} must be in (0, 1): e.g. 0.5 keeps half the MACs")
-    if ratios is not None and len(schemes) > 1:
-        raise CompressionError("manual ratios apply to a single scheme; run the stages one by one")
-    if stage_targets is not None:
-        if len(stage_targets) != len(schemes) or not all(0.0 < t <= 1.0 for t in stage_targets):
-            raise CompressionError("stage_targets needs one ratio in (0, 1] per scheme")
-        if not math.isclose(math.prod(stage_targets), target, rel_tol=1e-3):
-            raise CompressionError(
-                f"the product of stage_targets ({math.prod(stage_targets):.4g}) must equal target_mac_ratio ({target})"
-            )
-    if not _valid_candidates(candidates):
-        raise InvalidOptionError(
-            f"candidates={candidates!r}: pass a count ≥ 2 (evenly spaced ratios) or ratios in "
-            "(0, 1] with at least one below 1, e.g. [0.25, 0.5, 0.75]"
-        )
-
-
-def _valid_candidates(candidates: Any) -> bool:
-    """A count ≥ 2 or ratios in (0, 1] with one below 1.0: without such a ratio nothing can be compressed,
-    which would otherwise surface later as "the target cannot be reached"."""
-    if isinstance(candidates, bool) or isinstance(candidates, str):
-        return False
-    if isinstance(candidates, numbers.Integral):
-        return candidates >= 2
-    try:
-        ratios = list(candidates)
-    except TypeError:
-        return False
-    valid = [r for r in ratios if isinstance(r, numbers.Real) and not isinstance(r, bool) and 0.0 < r <= 1.0]
-    return len(valid) == len(ratios) and any(r < 1.0 for r in valid)
-
-
 def _calibration_batches(
     calibration: Iterable[Any] | None, num_batches: int, num_inputs: int, scheme: str
 ) -> list[tuple[torch.Tensor, ...]]:
@@ -281,21 +214,6 @@ def _calibration_batches(
     return [model_inputs(batch, num_inputs, index) for index, batch in enumerate(data)]
 
 
-@dataclass(frozen=True)
-class _Run:
-    """The options every stage shares (checked by :func:`compress`)."""
-
-    candidates: int | Sequence[float]
-    multiple: int
-    skip: Sequence[str]
-    cache_dir: str | Path | None
-    callback: Callable[[nn.Module, str], None] | None
-    samples_per_image: int
-    progress: bool
-    workers: int | None
-    ray_address: str | None
-
-
 def _compress_stage(
     model: nn.Module,
     example_input: Any,
@@ -304,19 +222,19 @@ def _compress_stage(
     target: float,
     ratios: dict[str, float] | None,
     data: list[Any] | None,
-    run: _Run,
+    run: CompressConfig,
     check_skip: bool = False,
 ) -> tuple[fx.GraphModule, CompressionInfo]:
     gm = prepare(model, example_input)
     gm.eval()
     costs = cost(gm, example_input)
-    unknown = [n for n in run.skip if n not in costs.layers]
+    unknown = [n for n in run.skip_layers if n not in costs.layers]
     if unknown and check_skip:  # later stages see renamed layers (an SVD pair is "<name>.0", "<name>.1")
         raise UnknownLayerError(
             f"skip_layers={unknown}: not a conv/linear layer of the model; valid names "
             f"({len(costs.layers)}): {name_list(list(costs.layers))}"
         )
-    stage = Stage(gm, scheme, costs, run.skip, data, run.multiple, run.samples_per_image)
+    stage = Stage(gm, scheme, costs, run.skip_layers, data, run.rank_multiple, run.samples_per_image)
     if not stage.layers:
         raise CompressionError(
             f"no layer can be compressed by {scheme}: "
@@ -338,7 +256,7 @@ def _compress_stage(
         )
     seconds["selection"] = time.perf_counter() - start
     start = time.perf_counter()
-    if stage.method.prunes_in_one_pass and run.callback is None:
+    if stage.method.prunes_in_one_pass and run.layer_callback is None:
         sizes = prune_in_one_pass(stage, {n: chosen.get(n, 1.0) for n in stage.layers}, run.progress)
     else:  # SVD needs no data; a fine-tune callback may change any weight, so each layer re-runs its prefix
         sizes = {}
@@ -347,8 +265,8 @@ def _compress_stage(
             size = stage.apply(gm, name, chosen[name])
             if size is not None:
                 sizes[name] = size
-                if run.callback is not None:
-                    run.callback(gm, name)
+                if run.layer_callback is not None:
+                    run.layer_callback(gm, name)
     sizes = {n: sizes[n] for n in stage.layers if n in sizes}  # the table's layer order, as before
     seconds["apply"] = time.perf_counter() - start
     gm.eval()
@@ -372,7 +290,7 @@ def _compress_stage(
 
 
 def _eval_score_table(
-    stage: Stage, eval_fn: Callable[[nn.Module], float], baseline: float, run: _Run
+    stage: Stage, eval_fn: Callable[[nn.Module], float], baseline: float, run: CompressConfig
 ) -> EvalScoreTable:
     """Score every (layer, candidate ratio). An :class:`~leantorch.evaluation.OutputScore` runs only the part of
     the model after each layer (:mod:`.suffix_table`); any other eval_fn scores a compressed deep copy."""
@@ -385,7 +303,7 @@ def _eval_score_table(
     # Graph order, so that the contiguous chunks of a parallel back end each walk one stretch of the model.
     layers = sorted(stage.layers, key=layer_nodes(gm, stage.layers).__getitem__)
     if isinstance(eval_fn, OutputScore):
-        rows = rows_fn(stage, eval_fn, grid, baseline, run.progress and _serial(run))
+        rows = rows_fn(stage, eval_fn, grid, baseline, run.progress and run.serial)
     else:
 
         def rows(chunk: list[str]) -> list[dict[float, float]]:
@@ -395,7 +313,7 @@ def _eval_score_table(
                 jobs,
                 desc=f"eval-score table ({scheme})",
                 unit="eval",
-                disable=not (run.progress and _serial(run)),
+                disable=not (run.progress and run.serial),
                 leave=False,
             ):
                 trial = copy.deepcopy(gm)
@@ -407,7 +325,7 @@ def _eval_score_table(
             return [out[layer] for layer in chunk]
 
     def chunked(chunk: list[str]) -> list[dict[float, float]]:
-        if _serial(run):
+        if run.serial:
             return rows(chunk)
         from ..parallel import gpu_share, run_chunks  # Ray is an optional extra: imported only when asked for
 
@@ -426,14 +344,10 @@ def _eval_score_table(
 
     path = Path(run.cache_dir) / f"eval_scores_{scheme}.json" if run.cache_dir is not None else None
     table = build_table_by_layers(
-        layers, grid, chunked, baseline, scheme, fingerprint(gm, stage.layers, scheme, grid, run.multiple), path
+        layers, grid, chunked, baseline, scheme, fingerprint(gm, stage.layers, scheme, grid, run.rank_multiple), path
     )
     table.scores = {n: table.scores[n] for n in stage.layers}  # the cost report's order, as before
     return table
-
-
-def _serial(run: _Run) -> bool:
-    return (run.workers or 1) == 1 and run.ray_address is None
 
 
 def _manual_ratios(ratios: dict[str, float], stage: Stage) -> dict[str, float]:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,10 +54,10 @@ from torch import fx, nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import InvalidOptionError
-from ..options import check_count, check_flag, check_fraction, check_positive
+from ..options import check_count, check_flag, check_fraction, check_positive, with_overrides
 from ..quant.encoding import Encoding
 from .input_moments import layer_objective, supports_moments
-from .layer_rounding import round_layers
+from .layer_rounding import LayerRoundingConfig, round_layers
 from .layer_rounding import save_param_encodings as _save_param_encodings  # noqa: F401  (tests' old import path)
 
 log = logging.getLogger(__name__)
@@ -83,29 +84,69 @@ def _initial_v(fraction: torch.Tensor) -> torch.Tensor:
     return torch.log(p / (1 - p))
 
 
+@dataclass(frozen=True)
+class AdaroundConfig(LayerRoundingConfig):
+    """AdaRound's options (checked on construction); :func:`adaround` takes one, or the same names as keywords.
+
+    Attributes:
+        iterations, reg_param (λ), beta_range, warm_start, lr: optimisation. The paper uses 10,000 iterations
+            at lr 1e-3; 500 at 2e-2 (the default) reach the same agreement on EfficientNet-Lite0 W4A8
+            (top-1 with FP32 on 1,000 held-out crops: 0.801, 0.800 at 1,000/1e-2, 0.796 at 10,000/1e-3) in a
+            twentieth of the time.
+        batch_size: samples per step of ``objective="minibatch"``.
+        use_quantized_inputs: reconstruct from the partially quantized model's layer inputs (asymmetric,
+            the paper's choice); ``False`` uses the float model's.
+        objective: ``"moments"`` (exact expectation, default) or ``"minibatch"`` (the paper's sampling).
+        seed: of the mini-batch sampling.
+        Others: :class:`~leantorch.ptq.layer_rounding.LayerRoundingConfig`.
+
+    Example:
+        >>> AdaroundConfig(iterations=100).iterations
+        100
+        >>> AdaroundConfig(objective="sampled")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: objective='sampled': use one of 'moments', 'minibatch'
+    """
+
+    filename_prefix: str = "adaround"
+    iterations: int = 500
+    batch_size: int = 32
+    reg_param: float = 0.01
+    beta_range: tuple[float, float] = (20.0, 2.0)
+    warm_start: float = 0.2
+    lr: float = 2e-2
+    use_quantized_inputs: bool = True
+    objective: str = "moments"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Refused before any work: ``range(0)`` would learn nothing without a word, a NaN or negative rate would
+        # only fail inside Adam, after the model was traced and calibrated.
+        if self.objective not in OBJECTIVES:
+            raise InvalidOptionError(f"objective={self.objective!r}: use one of {', '.join(map(repr, OBJECTIVES))}")
+        check_count("iterations", self.iterations, hint=" (optimisation steps per layer; the paper uses 10,000)")
+        check_positive("lr", self.lr, hint=" (Adam's learning rate; the paper uses 1e-3)")
+        check_positive(
+            "reg_param", self.reg_param, allow_zero=True, hint=" (the rounding regulariser's weight λ; 0.01)"
+        )
+        beta_range = self.beta_range
+        if not (isinstance(beta_range, (tuple, list)) and len(beta_range) == 2):
+            raise InvalidOptionError(f"beta_range={beta_range!r}: pass (start, end), two numbers > 0 such as (20, 2)")
+        for i, value in enumerate(beta_range):
+            check_positive(f"beta_range[{i}]", value, hint=" (both ends of the β schedule, e.g. (20, 2))")
+        check_fraction("warm_start", self.warm_start, hint=" (the share of iterations without the regulariser; 0.2)")
+        check_count("batch_size", self.batch_size)
+        super().__post_init__()
+        check_flag("use_quantized_inputs", self.use_quantized_inputs)
+
+
 def adaround(
     model: nn.Module,
     example_input: Any,
     calibration: Iterable[Any],
-    param_bw: int = 4,
-    act_bw: int = 8,
-    per_channel: bool | None = True,
-    scheme: str = "tf_enhanced",
-    param_scheme: str = "mse",
-    config: Any = "default",
-    num_batches: int = 4,
-    iterations: int = 500,
-    batch_size: int = 32,
-    reg_param: float = 0.01,
-    beta_range: tuple[float, float] = (20.0, 2.0),
-    warm_start: float = 0.2,
-    lr: float = 2e-2,
-    use_quantized_inputs: bool = True,
-    objective: str = "moments",
-    path: str | Path = ".",
-    filename_prefix: str = "adaround",
-    seed: int = 0,
-    progress: bool = True,
+    options: AdaroundConfig | None = None,
+    **overrides: Any,
 ) -> tuple[fx.GraphModule, Path]:
     """Learn the rounding of every Conv/Linear weight; return the model and a frozen-encodings file.
 
@@ -115,22 +156,13 @@ def adaround(
 
     Args:
         calibration: iterable of batches; the first ``num_batches`` are used (for every layer).
-        param_bw, per_channel, param_scheme: the weight quantization to round for (``param_scheme`` picks
-            the scales; the MSE-optimal ones suit low bit-widths best).
-        act_bw, scheme, config: activation quantization of the sim that gives the quantized inputs.
-        iterations, reg_param (λ), beta_range, warm_start, lr: optimisation. The paper uses 10,000 iterations
-            at lr 1e-3; 500 at 2e-2 (the default) reach the same agreement on EfficientNet-Lite0 W4A8
-            (top-1 with FP32 on 1,000 held-out crops: 0.801, 0.800 at 1,000/1e-2, 0.796 at 10,000/1e-3) in a
-            twentieth of the time.
-        batch_size: samples per step of ``objective="minibatch"``.
-        use_quantized_inputs: reconstruct from the partially quantized model's layer inputs (asymmetric,
-            the paper's choice); ``False`` uses the float model's.
-        objective: ``"moments"`` (exact expectation, default) or ``"minibatch"`` (the paper's sampling).
+        options: an :class:`AdaroundConfig` (default: its defaults).
+        overrides: any of its fields as keywords (``param_bw=4, iterations=500, ...``), applied on top.
 
     Raises:
-        InvalidOptionError: an unknown ``objective``; ``iterations``, ``batch_size`` or ``num_batches`` not a whole
-            number ≥ 1; ``lr`` not finite and > 0; ``reg_param`` < 0; ``beta_range`` not two numbers > 0;
-            ``warm_start`` outside [0, 1]; a flag that is not a bool; ``filename_prefix`` not a string.
+        InvalidOptionError: an unknown option or ``objective``; ``iterations``, ``batch_size`` or ``num_batches``
+            not a whole number ≥ 1; ``lr`` not finite and > 0; ``reg_param`` < 0; ``beta_range`` not two numbers
+            > 0; ``warm_start`` outside [0, 1]; a flag that is not a bool; ``filename_prefix`` not a string.
         OutputPathError: ``path`` cannot be a directory or written, ``filename_prefix`` empty or path-like.
         CalibrationDataError: no calibration batch (``None``, empty), a batch that is not a tensor or a tuple
             of the model's inputs (then labels), or NaN/Inf in one.
@@ -143,19 +175,8 @@ def adaround(
         >>> enc.name
         'adaround.encodings'
     """
-    check_options(
-        objective,
-        iterations,
-        lr,
-        reg_param,
-        beta_range,
-        warm_start,
-        batch_size,
-        num_batches,
-        use_quantized_inputs,
-        per_channel,
-    )
-    gen = torch.Generator().manual_seed(seed)
+    cfg = with_overrides(AdaroundConfig, options, overrides, "adaround")
+    gen = torch.Generator().manual_seed(cfg.seed)
 
     def learn(
         name: str,
@@ -166,61 +187,16 @@ def adaround(
     ) -> torch.Tensor:
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         gradient: Gradient
-        if objective == "moments" and supports_moments(fp_layer):
+        if cfg.objective == "moments" and supports_moments(fp_layer):
             gradient = layer_objective(fp_layer, weight, inputs, quantized).gradient
         else:
-            gradient = _minibatch_gradient(fp_layer, inputs, quantized, batch_size, gen)
+            gradient = _minibatch_gradient(fp_layer, inputs, quantized, cfg.batch_size, gen)
         del inputs, quantized  # the objective holds what it needs; the activations can go
-        return _learn_rounding(weight, encoding, gradient, iterations, reg_param, beta_range, warm_start, lr)
+        return _learn_rounding(
+            weight, encoding, gradient, cfg.iterations, cfg.reg_param, cfg.beta_range, cfg.warm_start, cfg.lr
+        )
 
-    return round_layers(
-        model,
-        example_input,
-        calibration,
-        learn,
-        param_bw=param_bw,
-        act_bw=act_bw,
-        per_channel=per_channel,
-        scheme=scheme,
-        param_scheme=param_scheme,
-        config=config,
-        num_batches=num_batches,
-        use_quantized_inputs=use_quantized_inputs,
-        path=path,
-        filename_prefix=filename_prefix,
-        progress=progress,
-        what="adaround",
-    )
-
-
-def check_options(
-    objective: Any,
-    iterations: Any,
-    lr: Any,
-    reg_param: Any,
-    beta_range: Any,
-    warm_start: Any,
-    batch_size: Any,
-    num_batches: Any,
-    use_quantized_inputs: Any,
-    per_channel: Any,
-) -> None:
-    """Refuse bad options before any work: ``range(0)`` would learn nothing without a word, a NaN or negative
-    rate would only fail inside Adam, after the model was traced and calibrated."""
-    if objective not in OBJECTIVES:
-        raise InvalidOptionError(f"objective={objective!r}: use one of {', '.join(map(repr, OBJECTIVES))}")
-    check_count("iterations", iterations, hint=" (optimisation steps per layer; the paper uses 10,000)")
-    check_positive("lr", lr, hint=" (Adam's learning rate; the paper uses 1e-3)")
-    check_positive("reg_param", reg_param, allow_zero=True, hint=" (the rounding regulariser's weight λ; 0.01)")
-    if not (isinstance(beta_range, (tuple, list)) and len(beta_range) == 2):
-        raise InvalidOptionError(f"beta_range={beta_range!r}: pass (start, end), two numbers > 0 such as (20, 2)")
-    for i, value in enumerate(beta_range):
-        check_positive(f"beta_range[{i}]", value, hint=" (both ends of the β schedule, e.g. (20, 2))")
-    check_fraction("warm_start", warm_start, hint=" (the share of iterations without the regulariser; 0.2)")
-    check_count("batch_size", batch_size)
-    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
-    check_flag("use_quantized_inputs", use_quantized_inputs)
-    check_flag("per_channel", per_channel, allow_none=True)
+    return round_layers(model, example_input, calibration, learn, cfg, cfg.use_quantized_inputs, "adaround")
 
 
 def _minibatch_gradient(

@@ -1,14 +1,14 @@
-"""AutoQuant: BN folding → CLE → AdaRound, stage by stage, until the quantized score is good enough."""
+"""AutoQuant: BN folding → CLE → AdaRound (the stages of :mod:`.auto_stages`), stage by stage, until the quantized
+score is good enough."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,12 @@ from torch import nn
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError, LeanTorchError
 from ..graph import example_inputs
-from ..options import check_positive
+from ..options import as_names, check_positive, with_overrides
 from ..paths import check_directory, check_file_name
 from ..quant.estimators import QuantScheme
 from ..quant.sim import QuantSim
-from .adaround import adaround
-from .adaround import check_options as check_adaround_options
+from .adaround import AdaroundConfig, adaround
+from .auto_stages import AutoQuantStage, StageContext, get_stage, register_stage, stage_names
 from .bn_fold import fold_batch_norms
 from .cle import equalize
 
@@ -68,6 +68,25 @@ class AutoQuantResult:
     stages: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _bn_fold(model: nn.Module, context: StageContext) -> tuple[nn.Module, Path | None]:
+    return fold_batch_norms(model, context.example_input)[0], None
+
+
+def _cle(model: nn.Module, context: StageContext) -> tuple[nn.Module, Path | None]:
+    return equalize(model, context.example_input), None
+
+
+def _adaround(model: nn.Module, context: StageContext) -> tuple[nn.Module, Path | None]:
+    # adaround does not modify its input, so the CLE stage's candidate is reused rather than equalized again.
+    options = {f.name: getattr(context.adaround, f.name) for f in fields(context.adaround)}
+    return adaround(model, context.example_input, context.calibration, **options)
+
+
+register_stage(AutoQuantStage("bn_fold", _bn_fold))
+register_stage(AutoQuantStage("cle", _cle))
+register_stage(AutoQuantStage("adaround", _adaround, starts_from="cle"))
+
+
 def auto_quant(
     model: nn.Module,
     example_input: Any,
@@ -82,19 +101,23 @@ def auto_quant(
     adaround_kwargs: dict[str, Any] | None = None,
     path: str | Path = ".",
     progress: bool = True,
+    stages: Sequence[str] | None = None,
 ) -> AutoQuantResult:
     """Apply BN fold, then CLE, then AdaRound, evaluating the quantized model after each; stop at the first
     stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
 
     ``eval_fn(model) -> float`` scores a model (higher is better); it is called with the float model
     and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
+    ``stages`` picks and orders the stages (names from :func:`~leantorch.ptq.auto_stages.stage_names`;
+    default: all registered ones, in registration order).
 
     Raises:
         CalibrationDataError: no calibration batch, a batch that is not a tensor or a tuple of the model's
             inputs (then labels), or NaN/Inf in one (checked before ``eval_fn`` first runs).
         InvalidOptionError: ``allowed_drop`` is negative or not finite; ``adaround_kwargs`` names an option
             adaround does not take or one auto_quant sets itself (``path``, ``param_bw``, ``per_channel`` …), or
-            a value adaround would refuse (checked with adaround's own rules before ``eval_fn`` first runs).
+            a value adaround would refuse (checked with adaround's own rules before ``eval_fn`` first runs); an
+            unknown or repeated stage name.
         OutputPathError: ``path`` (where AdaRound writes its encodings) cannot be a directory.
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
@@ -109,6 +132,7 @@ def auto_quant(
         allow_zero=True,
         hint=" (the score drop you accept, e.g. 0.01 for one point of accuracy)",
     )
+    chosen = _check_stages(stages)
     calibration = [] if calibration is None or isinstance(calibration, torch.Tensor) else calibration
     check_iterable(calibration)
     calibration = list(calibration)
@@ -120,69 +144,46 @@ def auto_quant(
     for index, batch in enumerate(calibration):  # structure and NaN/Inf, before the first evaluation
         model_inputs(batch, len(example_inputs(example_input)), index)
     check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
-    adaround_kwargs = _check_adaround_kwargs(adaround_kwargs, per_channel)
+    own = {"param_bw": param_bw, "act_bw": act_bw, "per_channel": per_channel, "scheme": scheme, "config": config}
+    context = StageContext(
+        example_input,
+        calibration,
+        _adaround_options(adaround_kwargs, {**own, "path": path, "progress": progress}),
+    )
     float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop
-    stages: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]
+    table: list[dict[str, Any]] = [{"stage": "float", "score": float_score, "seconds": 0.0}]
     best: tuple[float, nn.Module, QuantSim] | None = None
-
-    def make_sim(candidate: nn.Module) -> QuantSim:
-        sim = QuantSim(
-            candidate,
-            example_input,
-            param_bw=param_bw,
-            act_bw=act_bw,
-            scheme=scheme,
-            per_channel=per_channel,
-            config=config,
-        )
-        return sim
-
-    equalized: list[nn.Module] = []  # the CLE stage's model, which the AdaRound stage starts from
-
-    def build(name: str) -> tuple[nn.Module, QuantSim]:
-        if name == "bn_fold":
-            candidate = fold_batch_norms(model, example_input)[0]
-            return candidate, make_sim(candidate)
-        if name == "cle":
-            equalized.append(equalize(model, example_input))
-            return equalized[0], make_sim(equalized[0])
-        # The stages run in order, so CLE ran already: reuse its model (adaround does not modify its input)
-        # instead of equalizing a second time.
-        base = equalized[0]
-        candidate, encodings = adaround(
-            base,
-            example_input,
-            calibration,
-            param_bw=param_bw,
-            act_bw=act_bw,
-            per_channel=per_channel,
-            scheme=scheme,
-            config=config,
-            path=path,
-            progress=progress,
-            **adaround_kwargs,
-        )
-        sim = make_sim(candidate)
-        sim.set_and_freeze_param_encodings(encodings)
-        return candidate, sim
-
-    for name in ("bn_fold", "cle", "adaround"):
+    candidates: dict[str, nn.Module] = {"float": model}
+    for stage in chosen:
         start = time.perf_counter()
-        candidate, sim = build(name)
+        candidate, encodings = stage.build(candidates.get(stage.starts_from, model), context)
+        candidates[stage.name] = candidate
+        sim = QuantSim(candidate, example_input, **own)
+        if encodings is not None:
+            sim.set_and_freeze_param_encodings(encodings)
         sim.compute_encodings(calibration, progress=progress)
-        score = call_eval_fn(eval_fn, sim.model, f"the quantized model after {name}")
-        stages.append({"stage": name, "score": score, "seconds": time.perf_counter() - start})
-        log.info("auto_quant %s: %.4f (target %.4f)", name, score, target)
+        score = call_eval_fn(eval_fn, sim.model, f"the quantized model after {stage.name}")
+        table.append({"stage": stage.name, "score": score, "seconds": time.perf_counter() - start})
+        log.info("auto_quant %s: %.4f (target %.4f)", stage.name, score, target)
         if best is None or score > best[0]:
             best = (score, candidate, sim)
         if score >= target:
             break
     assert best is not None
-    return AutoQuantResult(best[1], best[2], stages)
+    return AutoQuantResult(best[1], best[2], table)
 
 
-#: adaround arguments that auto_quant passes itself (from its own arguments), so not in ``adaround_kwargs``.
+def _check_stages(stages: Sequence[str] | None) -> list[AutoQuantStage]:
+    if stages is None:
+        return [get_stage(name) for name in stage_names()]
+    names = as_names("stages", stages)
+    if not names or len(set(names)) != len(names):
+        raise InvalidOptionError(f"stages={stages!r}: pass distinct stage names from {', '.join(stage_names())}")
+    return [get_stage(name) for name in names]
+
+
+#: adaround options that auto_quant passes itself (from its own arguments), so not in ``adaround_kwargs``.
 _SET_BY_AUTO_QUANT = (
     "model",
     "example_input",
@@ -197,17 +198,17 @@ _SET_BY_AUTO_QUANT = (
 )
 
 
-def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, Any]:
-    """``adaround_kwargs`` checked like adaround checks its own options, before the first ``eval_fn`` call: a
-    typo or a bad value would otherwise surface only after the float, BN-fold and CLE stages were scored."""
+def _adaround_options(adaround_kwargs: Any, own: dict[str, Any]) -> AdaroundConfig:
+    """``adaround_kwargs`` with auto_quant's own settings, checked like adaround checks its options, before the
+    first ``eval_fn`` call: a typo or a bad value would otherwise surface only after the float, BN-fold and CLE
+    stages were scored."""
     if adaround_kwargs is None:
-        return {}
+        adaround_kwargs = {}
     if not isinstance(adaround_kwargs, dict) or not all(isinstance(k, str) for k in adaround_kwargs):
         raise InvalidOptionError(
             f"adaround_kwargs={adaround_kwargs!r}: pass a dict of adaround options, e.g. {{'iterations': 1000}}"
         )
-    parameters = inspect.signature(adaround).parameters
-    accepted = [name for name in parameters if name not in _SET_BY_AUTO_QUANT]
+    accepted = [f.name for f in fields(AdaroundConfig) if f.name not in _SET_BY_AUTO_QUANT]
     for key in adaround_kwargs:
         if key in _SET_BY_AUTO_QUANT:
             raise InvalidOptionError(
@@ -215,14 +216,9 @@ def _check_adaround_kwargs(adaround_kwargs: Any, per_channel: Any) -> dict[str, 
                 f"auto_quant directly, if it is one of its arguments); adaround_kwargs "
                 f"takes {', '.join(accepted)}"
             )
-        if key not in parameters:
+        if key not in accepted:
             raise InvalidOptionError(f"adaround_kwargs: no adaround option {key!r}; choose from {', '.join(accepted)}")
-    options = {name: p.default for name, p in parameters.items() if name in accepted}
-    options.update(adaround_kwargs, per_channel=per_channel)
-    # adaround's own check with the defaults merged: the same rules and messages as a direct call. Its
-    # arguments are matched by name, so a check that gains or loses an option still gets the right values.
-    names = inspect.signature(check_adaround_options).parameters
-    check_adaround_options(**{name: options[name] for name in names})
-    check_file_name(options["filename_prefix"])
-    QuantScheme.parse(options["param_scheme"])
-    return dict(adaround_kwargs)
+    options = with_overrides(AdaroundConfig, None, {**adaround_kwargs, **own}, "adaround_kwargs")
+    check_file_name(options.filename_prefix)
+    QuantScheme.parse(options.param_scheme)
+    return options

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math  # noqa: F401  (the docstring examples use it)
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -31,7 +32,7 @@ from .. import ops
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, example_inputs, prepare
-from ..options import check_count
+from ..options import check_count, with_overrides
 from ..quant.sim import QuantSim
 from .frontier import Frontier
 from .layer_io import Batch, channel_mean, channel_means
@@ -42,30 +43,55 @@ Method = Literal["empirical", "analytical", "hybrid"]
 METHODS = ("empirical", "analytical", "hybrid")
 
 
+@dataclass(frozen=True)
+class BiasCorrectionConfig:
+    """Bias correction's options (checked on construction); :func:`bias_correction` takes one, or the same
+    names as keywords.
+
+    Attributes:
+        method: ``"empirical"``, ``"analytical"`` (needs BN statistics from :func:`leantorch.fold_batch_norms` /
+            :func:`leantorch.equalize`) or ``"hybrid"``.
+        param_bw, act_bw, scheme, per_channel, config: the quantization the correction is for.
+        num_samples: calibration samples used for the means (≥ 1).
+        progress: show a per-layer progress bar.
+
+    Example:
+        >>> BiasCorrectionConfig(method="hybrid").num_samples
+        128
+    """
+
+    method: Method = "empirical"
+    param_bw: int = 8
+    act_bw: int = 8
+    scheme: str = "tf_enhanced"
+    per_channel: bool | None = None
+    config: Any = "default"
+    num_samples: int = 128
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidOptionError(f"method={self.method!r}: use one of {', '.join(map(repr, METHODS))}")
+        check_count("num_samples", self.num_samples, hint=" (calibration samples used for the means)")
+
+
 def bias_correction(
     model: nn.Module,
     example_input: Any,
     calibration: Iterable[Any] | None = None,
-    method: Method = "empirical",
-    param_bw: int = 8,
-    act_bw: int = 8,
-    scheme: str = "tf_enhanced",
-    per_channel: bool | None = None,
-    config: Any = "default",
-    num_samples: int = 128,
-    progress: bool = True,
+    options: BiasCorrectionConfig | None = None,
+    **overrides: Any,
 ) -> fx.GraphModule:
     """Return a copy of ``model`` whose biases compensate the mean error of weight quantization.
 
     Args:
         calibration: iterable of batches (needed for ``empirical`` and ``hybrid``).
-        method: ``"empirical"``, ``"analytical"`` (needs ``model.output_stats`` from
-            :func:`leantorch.fold_batch_norms`/:func:`leantorch.equalize`) or ``"hybrid"``.
-        param_bw, act_bw, scheme, per_channel, config: the quantization the correction is for.
-        num_samples: calibration samples used for the means (≥ 1).
+        options: a :class:`BiasCorrectionConfig` (default: its defaults).
+        overrides: any of its fields as keywords (``method="analytical", param_bw=4, ...``), applied on top.
 
     Raises:
-        InvalidOptionError: an unknown ``method``, ``num_samples < 1``, or ``analytical`` without BN statistics.
+        InvalidOptionError: an unknown option or ``method``, ``num_samples < 1``, or ``analytical`` without BN
+            statistics.
         CalibrationDataError: ``empirical``/``hybrid`` without calibration batches, a batch that is not a tensor
             or a tuple/list of the model's inputs (then labels), or NaN/Inf in one.
 
@@ -76,9 +102,8 @@ def bias_correction(
         >>> fixed.get_submodule("2").bias.shape
         torch.Size([4])
     """
-    if method not in METHODS:
-        raise InvalidOptionError(f"method={method!r}: use one of {', '.join(map(repr, METHODS))}")
-    check_count("num_samples", num_samples, hint=" (calibration samples used for the means)")
+    cfg = with_overrides(BiasCorrectionConfig, options, overrides, "bias_correction")
+    method, num_samples = cfg.method, cfg.num_samples
     # Options and data are checked before tracing, so that a mistake fails fast. NaN/Inf in the data is
     # refused by sim.compute_encodings below, naming the batch.
     if method == "analytical" and not getattr(model, "output_stats", None):
@@ -97,7 +122,13 @@ def bias_correction(
     gm = prepare(model, example_input)
     stats = dict(getattr(gm, "output_stats", {}))
     sim = QuantSim(
-        gm, example_input, param_bw=param_bw, act_bw=act_bw, scheme=scheme, per_channel=per_channel, config=config
+        gm,
+        example_input,
+        param_bw=cfg.param_bw,
+        act_bw=cfg.act_bw,
+        scheme=cfg.scheme,
+        per_channel=cfg.per_channel,
+        config=cfg.config,
     )
     sim.compute_encodings(data if data else (lambda m: m(*as_tuple(example_input))), progress=False)
     layers = [
@@ -107,7 +138,7 @@ def bias_correction(
     ]
     float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}
-    bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=not progress, leave=False)
+    bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=not cfg.progress, leave=False)
     with torch.no_grad():
         for name, quantized_outputs, frontier in _layers_in_order(sim, layers, data):
             bar.update(1)

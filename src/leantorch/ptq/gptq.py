@@ -20,6 +20,7 @@ already rounded (:func:`~leantorch.ptq.layer_rounding.round_layers`, as AdaRound
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,31 +28,50 @@ import torch
 from torch import fx, nn
 
 from ..errors import InvalidOptionError
-from ..options import check_count, check_flag, check_positive
+from ..options import check_count, check_flag, check_positive, with_overrides
 from ..quant.encoding import Encoding
 from .input_moments import QuadraticObjective, grouped_weight, supports_moments
-from .layer_rounding import round_layers, round_to_grid, weight_grid
+from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
 
-__all__ = ["gptq", "gptq_round"]
+__all__ = ["GptqConfig", "gptq", "gptq_round"]
+
+
+@dataclass(frozen=True)
+class GptqConfig(LayerRoundingConfig):
+    """GPTQ's options (checked on construction); :func:`gptq` takes one, or the same names as keywords.
+
+    Attributes:
+        damping: λ, added to the Hessian's diagonal as a fraction of its mean (the paper's 1%).
+        block_size: columns rounded before the later columns are updated (the paper's lazy batch updates).
+        use_quantized_inputs: the Hessian of the partially quantized model's layer inputs (default), or of
+            the float model's.
+        Others: :class:`~leantorch.ptq.layer_rounding.LayerRoundingConfig`.
+
+    Example:
+        >>> GptqConfig(damping=0.1).block_size
+        128
+    """
+
+    filename_prefix: str = "gptq"
+    damping: float = 0.01
+    block_size: int = 128
+    use_quantized_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive(
+            "damping", self.damping, allow_zero=True, hint=" (a fraction of the Hessian's mean diagonal, e.g. 0.01)"
+        )
+        check_count("block_size", self.block_size, hint=" (columns per lazy update, e.g. 128)")
+        super().__post_init__()
+        check_flag("use_quantized_inputs", self.use_quantized_inputs)
 
 
 def gptq(
     model: nn.Module,
     example_input: Any,
     calibration: Iterable[Any],
-    param_bw: int = 4,
-    act_bw: int = 8,
-    per_channel: bool | None = True,
-    scheme: str = "tf_enhanced",
-    param_scheme: str = "mse",
-    config: Any = "default",
-    num_batches: int = 4,
-    damping: float = 0.01,
-    block_size: int = 128,
-    use_quantized_inputs: bool = True,
-    path: str | Path = ".",
-    filename_prefix: str = "gptq",
-    progress: bool = True,
+    options: GptqConfig | None = None,
+    **overrides: Any,
 ) -> tuple[fx.GraphModule, Path]:
     """Round every Conv/Linear weight with GPTQ; return the model and a frozen-encodings file.
 
@@ -62,16 +82,13 @@ def gptq(
     model's device; the input model is not modified.
 
     Args:
-        damping: λ, added to the Hessian's diagonal as a fraction of its mean (the paper's 1%).
-        block_size: columns rounded before the later columns are updated (the paper's lazy batch updates).
-        use_quantized_inputs: the Hessian of the partially quantized model's layer inputs (default), or of
-            the float model's.
-        Others: as :func:`~leantorch.ptq.adaround.adaround` (``num_batches`` calibration batches are used).
+        options: a :class:`GptqConfig` (default: its defaults).
+        overrides: any of its fields as keywords (``param_bw=4, damping=0.01, ...``), applied on top.
 
     Raises:
-        InvalidOptionError: ``damping`` not finite and ≥ 0, ``block_size``/``num_batches`` not a whole number ≥ 1,
-            a flag that is not a bool; also a layer whose input cannot be unfolded into patches (a conv with
-            ``padding="same"`` or non-zero padding modes), named.
+        InvalidOptionError: an unknown option; ``damping`` not finite and ≥ 0, ``block_size``/``num_batches`` not a
+            whole number ≥ 1, a flag that is not a bool; also a layer whose input cannot be unfolded into patches
+            (a conv with ``padding="same"`` or non-zero padding modes), named.
         OutputPathError, CalibrationDataError: as adaround, before any work.
 
     Example:
@@ -81,11 +98,7 @@ def gptq(
         >>> enc.name
         'gptq.encodings'
     """
-    check_positive("damping", damping, allow_zero=True, hint=" (a fraction of the Hessian's mean diagonal, e.g. 0.01)")
-    check_count("block_size", block_size, hint=" (columns per lazy update, e.g. 128)")
-    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
-    check_flag("use_quantized_inputs", use_quantized_inputs)
-    check_flag("per_channel", per_channel, allow_none=True)
+    cfg = with_overrides(GptqConfig, options, overrides, "gptq")
 
     def round_layer(
         name: str,
@@ -102,26 +115,9 @@ def gptq(
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)
-        return gptq_round(rows, hessian, encoding, damping, block_size).reshape(weight.shape)
+        return gptq_round(rows, hessian, encoding, cfg.damping, cfg.block_size).reshape(weight.shape)
 
-    return round_layers(
-        model,
-        example_input,
-        calibration,
-        round_layer,
-        param_bw=param_bw,
-        act_bw=act_bw,
-        per_channel=per_channel,
-        scheme=scheme,
-        param_scheme=param_scheme,
-        config=config,
-        num_batches=num_batches,
-        use_quantized_inputs=use_quantized_inputs,
-        path=path,
-        filename_prefix=filename_prefix,
-        progress=progress,
-        what="gptq",
-    )
+    return round_layers(model, example_input, calibration, round_layer, cfg, cfg.use_quantized_inputs, "gptq")
 
 
 def gptq_round(

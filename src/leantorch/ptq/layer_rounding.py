@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import example_inputs, prepare
+from ..options import check_count, check_flag
 from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import encodings_dict, write_encodings
@@ -28,7 +30,15 @@ from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from .frontier import Frontier
 
-__all__ = ["RoundLayer", "round_layers", "layer_inputs", "save_param_encodings", "weight_grid", "round_to_grid"]
+__all__ = [
+    "LayerRoundingConfig",
+    "RoundLayer",
+    "round_layers",
+    "layer_inputs",
+    "save_param_encodings",
+    "weight_grid",
+    "round_to_grid",
+]
 
 Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
@@ -41,29 +51,58 @@ RoundLayer = Callable[
 ]
 
 
+@dataclass(frozen=True)
+class LayerRoundingConfig:
+    """What every layer-wise weight rounding (AdaRound, GPTQ, SeqMSE) is configured with; each algorithm's
+    config extends it with its own options. Checked on construction.
+
+    Attributes:
+        param_bw, per_channel, param_scheme: the weight quantization to round for (``param_scheme`` picks the
+            starting scales).
+        act_bw, scheme, config: activation quantization of the sim that gives the quantized inputs
+            (``config``: a QuantSim config name, path or dict).
+        num_batches: calibration batches used (the first ones).
+        path, filename_prefix: where the frozen encodings go (``<path>/<filename_prefix>.encodings``).
+        progress: show a per-layer progress bar.
+
+    Example:
+        >>> LayerRoundingConfig(param_bw=8).param_bw
+        8
+        >>> LayerRoundingConfig(num_batches=0)
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: num_batches=0: pass a whole number ≥ 1 (calibration batches to use)
+    """
+
+    param_bw: int = 4
+    act_bw: int = 8
+    per_channel: bool | None = True
+    scheme: str = "tf_enhanced"
+    param_scheme: str = "mse"
+    config: Any = "default"
+    num_batches: int = 4
+    path: str | Path = "."
+    filename_prefix: str = "rounded"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_count("num_batches", self.num_batches, hint=" (calibration batches to use)")
+        check_flag("per_channel", self.per_channel, allow_none=True)
+
+
 def round_layers(
     model: nn.Module,
     example_input: Any,
     calibration: Iterable[Any],
     round_layer: RoundLayer,
-    *,
-    param_bw: int,
-    act_bw: int,
-    per_channel: bool | None,
-    scheme: str,
-    param_scheme: str,
-    config: Any,
-    num_batches: int,
+    options: LayerRoundingConfig,
     use_quantized_inputs: bool,
-    path: str | Path,
-    filename_prefix: str,
-    progress: bool,
     what: str,
 ) -> tuple[fx.GraphModule, Path]:
     """Round every quantized Conv/Linear weight of ``model`` with ``round_layer``, layer by layer in graph order;
     return the rounded model and its frozen weight encodings (``<path>/<filename_prefix>.encodings``).
 
-    The weight grids are those of a QuantSim built with these options and calibrated on the first
+    The weight grids are those of a QuantSim built with ``options`` and calibrated on the first
     ``num_batches`` batches; with ``use_quantized_inputs`` each layer sees the inputs of that sim with the
     layers before it already rounded (asymmetric reconstruction), else float inputs. ``what`` names the
     algorithm in messages and the progress bar. The input model is not modified.
@@ -72,12 +111,18 @@ def round_layers(
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
         >>> data = [torch.randn(8, 4)]
         >>> nearest = lambda name, layer, enc, x, xq: layer.weight.detach()  # a stand-in: keep the weights
-        >>> rounded, enc = round_layers(net, data[0][:1], data, nearest, param_bw=8, act_bw=8, per_channel=True,
-        ...     scheme="minmax", param_scheme="minmax", config="default", num_batches=1, use_quantized_inputs=True,
-        ...     path="/tmp", filename_prefix="nearest", progress=False, what="nearest")
+        >>> options = LayerRoundingConfig(param_bw=8, scheme="minmax", param_scheme="minmax", num_batches=1,
+        ...     path="/tmp", filename_prefix="nearest", progress=False)
+        >>> rounded, enc = round_layers(net, data[0][:1], data, nearest, options, True, "nearest")
         >>> enc.name
         'nearest.encodings'
     """
+    num_batches, path, filename_prefix, progress = (
+        options.num_batches,
+        options.path,
+        options.filename_prefix,
+        options.progress,
+    )
     out = check_directory(path, "path")
     enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
     # The data is checked before tracing: a missing data set should fail fast.
@@ -99,12 +144,12 @@ def round_layers(
     sim = QuantSim(
         gm,
         example_input,
-        param_bw=param_bw,
-        act_bw=act_bw,
-        scheme=scheme,
-        param_scheme=param_scheme,
-        per_channel=per_channel,
-        config=config,
+        param_bw=options.param_bw,
+        act_bw=options.act_bw,
+        scheme=options.scheme,
+        param_scheme=options.param_scheme,
+        per_channel=options.per_channel,
+        config=options.config,
     )
     sim.compute_encodings(data, progress=False)
     if not use_quantized_inputs:

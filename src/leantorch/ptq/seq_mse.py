@@ -22,6 +22,7 @@ sees the quantized model's inputs can also make up for the error of the layers b
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,33 +30,49 @@ import torch
 from torch import fx, nn
 
 from ..errors import InvalidOptionError
-from ..options import check_choice, check_count, check_flag
+from ..options import check_choice, check_count, with_overrides
 from ..quant.encoding import Encoding, compute_encoding
 from .input_moments import QuadraticObjective, grouped_weight, supports_moments
-from .layer_rounding import round_layers, round_to_grid, weight_grid
+from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
 
-__all__ = ["seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
+__all__ = ["SeqMseConfig", "seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
 
 #: AIMET's ``inp_symmetry`` choices (see the module docstring).
 INPUT_MODES = ("asym", "symqt", "symfp")
+
+
+@dataclass(frozen=True)
+class SeqMseConfig(LayerRoundingConfig):
+    """SeqMSE's options (checked on construction); :func:`seq_mse` takes one, or the same names as keywords.
+
+    Attributes:
+        num_candidates: ranges tried per layer (``α = 1/n … 1`` of the weight's range; AIMET's default 20).
+        inputs: ``"asym"``, ``"symqt"`` or ``"symfp"`` (module docstring).
+        param_scheme: the scheme of the starting grids (only their bitwidth, symmetry and axis matter here).
+        Others: :class:`~leantorch.ptq.layer_rounding.LayerRoundingConfig`.
+
+    Example:
+        >>> SeqMseConfig(inputs="symqt").num_candidates
+        20
+    """
+
+    param_scheme: str = "minmax"
+    filename_prefix: str = "seq_mse"
+    num_candidates: int = 20
+    inputs: str = "asym"
+
+    def __post_init__(self) -> None:
+        check_count("num_candidates", self.num_candidates, hint=" (ranges tried per layer, e.g. 20)")
+        super().__post_init__()
+        check_choice("inputs", self.inputs, INPUT_MODES)
 
 
 def seq_mse(
     model: nn.Module,
     example_input: Any,
     calibration: Iterable[Any],
-    param_bw: int = 4,
-    act_bw: int = 8,
-    per_channel: bool | None = True,
-    scheme: str = "tf_enhanced",
-    param_scheme: str = "minmax",
-    config: Any = "default",
-    num_batches: int = 4,
-    num_candidates: int = 20,
-    inputs: str = "asym",
-    path: str | Path = ".",
-    filename_prefix: str = "seq_mse",
-    progress: bool = True,
+    options: SeqMseConfig | None = None,
+    **overrides: Any,
 ) -> tuple[fx.GraphModule, Path]:
     """Choose every Conv/Linear weight encoding by Sequential MSE; return the model and a frozen-encodings file.
 
@@ -66,15 +83,13 @@ def seq_mse(
     the model's device; the input model is not modified.
 
     Args:
-        num_candidates: ranges tried per layer (``α = 1/n … 1`` of the weight's range; AIMET's default 20).
-        inputs: ``"asym"``, ``"symqt"`` or ``"symfp"`` (module docstring).
-        param_scheme: the scheme of the starting grids (only their bitwidth, symmetry and axis matter here).
-        Others: as :func:`~leantorch.ptq.adaround.adaround` (``num_batches`` calibration batches are used).
+        options: a :class:`SeqMseConfig` (default: its defaults).
+        overrides: any of its fields as keywords (``param_bw=4, num_candidates=20, ...``), applied on top.
 
     Raises:
-        InvalidOptionError: ``num_candidates``/``num_batches`` not a whole number ≥ 1, an unknown ``inputs``;
-            a layer whose input cannot be unfolded into patches (a conv with ``padding="same"`` or non-zero
-            padding modes), named.
+        InvalidOptionError: an unknown option; ``num_candidates``/``num_batches`` not a whole number ≥ 1, an unknown
+            ``inputs``; a layer whose input cannot be unfolded into patches (a conv with ``padding="same"`` or
+            non-zero padding modes), named.
         OutputPathError, CalibrationDataError: as adaround, before any work.
 
     Example:
@@ -84,10 +99,8 @@ def seq_mse(
         >>> enc.name
         'seq_mse.encodings'
     """
-    check_count("num_candidates", num_candidates, hint=" (ranges tried per layer, e.g. 20)")
-    check_count("num_batches", num_batches, hint=" (calibration batches to use)")
-    check_choice("inputs", inputs, INPUT_MODES)
-    check_flag("per_channel", per_channel, allow_none=True)
+    cfg = with_overrides(SeqMseConfig, options, overrides, "seq_mse")
+    inputs = cfg.inputs
 
     def choose(
         name: str,
@@ -107,27 +120,10 @@ def seq_mse(
         else:  # both sides on the same inputs: quantized ones (symqt), or float ones (symfp)
             objective = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else float_inputs)
         rows = grouped_weight(fp_layer, weight)
-        best = seq_mse_search(rows, objective.gram, objective.target, encoding, num_candidates)
+        best = seq_mse_search(rows, objective.gram, objective.target, encoding, cfg.num_candidates)
         return _nearest(rows.double(), best, rows.shape).reshape(weight.shape).to(weight.dtype), best
 
-    return round_layers(
-        model,
-        example_input,
-        calibration,
-        choose,
-        param_bw=param_bw,
-        act_bw=act_bw,
-        per_channel=per_channel,
-        scheme=scheme,
-        param_scheme=param_scheme,
-        config=config,
-        num_batches=num_batches,
-        use_quantized_inputs=inputs != "symfp",
-        path=path,
-        filename_prefix=filename_prefix,
-        progress=progress,
-        what="seq_mse",
-    )
+    return round_layers(model, example_input, calibration, choose, cfg, inputs != "symfp", "seq_mse")
 
 
 def seq_mse_search(

@@ -1,0 +1,92 @@
+"""The stages :func:`~leantorch.ptq.auto.auto_quant` tries, as a registry: each stage turns a float model into the
+candidate that is quantized and scored, and may hand over frozen weight encodings.
+
+Built in (registered by :mod:`.auto`), in this order: ``bn_fold`` (fold BatchNorms), ``cle`` (BN fold +
+cross-layer equalization) and ``adaround`` (AdaRound on the CLE model). A new stage is one
+:func:`register_stage` call; ``auto_quant`` runs the registered stages in registration order unless told
+otherwise (``stages=``), and the CLI's ``--auto-stages`` choices come from :func:`stage_names`.
+
+Example:
+    >>> import leantorch.ptq.auto  # registers the built-in stages
+    >>> stage_names()
+    ('bn_fold', 'cle', 'adaround')
+    >>> get_stage("cle").starts_from
+    'float'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, InvalidOptionError
+from .adaround import AdaroundConfig
+
+__all__ = ["StageContext", "AutoQuantStage", "register_stage", "stage_names", "get_stage"]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may use: the example input, the calibration batches and the AdaRound options
+    (auto_quant's bitwidths, scheme, config and path already in them)."""
+
+    example_input: Any
+    calibration: Iterable[Any]
+    adaround: AdaroundConfig
+
+
+#: ``build(start_model, context) -> (candidate float model, frozen weight encodings file or None)``.
+BuildStage = Callable[[nn.Module, StageContext], "tuple[nn.Module, Path | None]"]
+
+
+@dataclass(frozen=True)
+class AutoQuantStage:
+    """One auto_quant stage.
+
+    Attributes:
+        name: the stage's name (results table, ``stages=``, CLI).
+        build: makes the candidate from the model of stage ``starts_from``.
+        starts_from: ``"float"`` (the user's model) or the name of an earlier stage whose candidate it refines
+            (used when that stage ran before it; the float model otherwise).
+    """
+
+    name: str
+    build: BuildStage
+    starts_from: str = "float"
+
+
+_STAGES: dict[str, AutoQuantStage] = {}
+
+
+def register_stage(stage: AutoQuantStage) -> AutoQuantStage:
+    """Add a stage (after the existing ones); raises :class:`ConfigError` if the name is taken."""
+    if stage.name in _STAGES or stage.name == "float":
+        raise ConfigError(f"auto_quant stage {stage.name!r} is already registered: pick another name")
+    if stage.starts_from != "float" and stage.starts_from not in _STAGES:
+        raise ConfigError(
+            f"auto_quant stage {stage.name!r} starts from {stage.starts_from!r}, which is not registered before it"
+        )
+    _STAGES[stage.name] = stage
+    return stage
+
+
+def unregister_stage(name: str) -> None:
+    """Remove a stage (tests add toy stages and take them away again)."""
+    del _STAGES[name]
+
+
+def stage_names() -> tuple[str, ...]:
+    """The registered stage names, in the order auto_quant runs them."""
+    return tuple(_STAGES)
+
+
+def get_stage(name: str) -> AutoQuantStage:
+    """The stage called ``name``; :class:`InvalidOptionError` listing the stages otherwise."""
+    try:
+        return _STAGES[name]
+    except KeyError:
+        raise InvalidOptionError(f"auto_quant stage {name!r}: use one of {', '.join(_STAGES)}") from None
