@@ -63,6 +63,15 @@ OLD_PASSTHROUGH = {"Flatten", "Pad", "MaxPool", "Dropout", "Identity"}
 OLD_PER_CHANNEL_AXIS = {"Conv": 0, "Linear": 0, "ConvTranspose": 1}
 # Op types registered since the tables were replaced (name → per-channel weight axis): not in the old tables.
 NEW_OP_TYPES = {"LSTM": 0, "GRU": 0, "RNN": 0}
+# The same, for new op types without a per-channel weight (attention: replaced/decomposed before tracing), and
+# the new passthrough types and function targets among them.
+NEW_OP_TYPES_WITHOUT_AXIS = {
+    "MultiheadAttention",
+    "TransformerEncoderLayer",
+    "ScaledDotProductAttention",
+    "AttentionMask",
+}
+NEW_PASSTHROUGH = {"AttentionMask"}
 OLD_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
@@ -115,8 +124,10 @@ def test_op_type_matches_old_table(cls: type) -> None:
 
 
 def test_name_tables_match_old_tables() -> None:
-    assert set(OP_TYPE_NAMES) == {name for _, name in OLD_OP_TYPES} | {"Unknown"} | set(NEW_OP_TYPES)
-    assert set(PASSTHROUGH_TYPES) == OLD_PASSTHROUGH
+    assert set(OP_TYPE_NAMES) == {name for _, name in OLD_OP_TYPES} | {"Unknown"} | set(NEW_OP_TYPES) | (
+        NEW_OP_TYPES_WITHOUT_AXIS
+    )
+    assert set(PASSTHROUGH_TYPES) == OLD_PASSTHROUGH | NEW_PASSTHROUGH
     assert dict(PER_CHANNEL_AXIS) == OLD_PER_CHANNEL_AXIS | NEW_OP_TYPES
     assert COUNTED == OLD_COUNTED
     assert "Conv" in OP_TYPE_NAMES and "Nope" not in OP_TYPE_NAMES and "Unknown" in OP_TYPE_NAMES
@@ -503,8 +514,9 @@ def _target(name: str):
 
 def test_function_and_method_tables_match_old_graph_rewrite() -> None:
     from leantorch.ops import registry
+    from leantorch.ops.attention import attention_mask
 
-    assert set(registry._FUNCTIONS) == {_target(n) for n in OLD_FUNCTION_TARGETS}
+    assert set(registry._FUNCTIONS) == {_target(n) for n in OLD_FUNCTION_TARGETS} | {attention_mask}
     assert set(registry._METHODS) == OLD_METHODS
 
 
