@@ -344,3 +344,30 @@ def test_docstring_examples_run() -> None:
     module = importlib.import_module("leantorch.ops.attention")
     result = doctest.testmod(module, extraglobs={"torch": torch, "nn": nn})
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("nested,float_mask", [(True, False), (True, True), (False, False)])
+def test_transformer_encoder_stack_matches_torch_nested_path(nested: bool, float_mask: bool) -> None:
+    # fx keeps torch.nn containers opaque; the encoder is replaced so its layers are traced into. In inference
+    # torch's nested-tensor path returns zeros at padded positions, which the decomposition reproduces.
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=nested)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+            return self.encoder(x, src_key_padding_mask=padding)
+
+    model = Net().eval()
+    x, padding = torch.randn(B, 6, 16), torch.zeros(B, 6, dtype=torch.bool)
+    padding[1, -2:] = True
+    if float_mask:
+        padding = torch.zeros(B, 6).masked_fill(padding, float("-inf"))
+    gm = lt.prepare(model, (x, padding))
+    types = [op_type(m) for m in gm.modules()]
+    assert "TransformerEncoder" not in types and types.count("Linear") == 2 * 6 and types.count("Softmax") == 2
+    with torch.no_grad():
+        assert (gm(x, padding) - model(x, padding)).abs().max() <= 1e-5

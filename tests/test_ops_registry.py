@@ -68,6 +68,7 @@ NEW_OP_TYPES = {"LSTM": 0, "GRU": 0, "RNN": 0}
 NEW_OP_TYPES_WITHOUT_AXIS = {
     "MultiheadAttention",
     "TransformerEncoderLayer",
+    "TransformerEncoder",
     "ScaledDotProductAttention",
     "AttentionMask",
 }

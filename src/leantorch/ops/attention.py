@@ -261,6 +261,63 @@ class TransformerEncoderLayerDecomposed(nn.Module):
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
 
+def zero_padded_positions(out: torch.Tensor, padding: torch.Tensor, batch_first: bool, training: bool) -> torch.Tensor:
+    """What ``nn.TransformerEncoder``'s nested-tensor inference path returns: ``out`` with the positions its
+    ``src_key_padding_mask`` pads set to 0, when torch takes that path (inference without gradients, padding
+    only at the end of each sequence); ``out`` unchanged otherwise."""
+    padded = padding if padding.dtype == torch.bool else padding != 0
+    valid = padded.logical_not()
+    left_aligned = bool((valid.cummin(dim=-1).values == valid).all())
+    if training or torch.is_grad_enabled() or out.dim() != 3 or not left_aligned:
+        return out
+    return out.masked_fill((padded if batch_first else padded.t())[..., None], 0.0)
+
+
+# Kept one call while tracing: it decides at run time, as torch does.
+fx.wrap("zero_padded_positions")
+
+
+class TransformerEncoderDecomposed(nn.Module):
+    """``nn.TransformerEncoder`` with its layers decomposed (traced through; torch's forward checks the first
+    layer's ``in_proj_weight`` and traced inputs for its fast path). Same results, including the zeros its
+    nested-tensor path leaves at padded positions in inference (:func:`zero_padded_positions`).
+
+    Example:
+        >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2).eval()
+        >>> x = torch.randn(2, 5, 8)
+        >>> bool(torch.allclose(TransformerEncoderDecomposed(enc)(x), enc(x), atol=1e-5))
+        True
+    """
+
+    lt_traced_through = True
+
+    def __init__(self, encoder: nn.TransformerEncoder) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayerDecomposed(m) if isinstance(m, nn.TransformerEncoderLayer) else m
+            for m in encoder.layers
+        )
+        self.norm = encoder.norm
+        first = encoder.layers[0]
+        self.nested = bool(getattr(encoder, "use_nested_tensor", False)) and bool(first.self_attn.batch_first)
+        self.batch_first = bool(first.self_attn.batch_first)
+        self.train(encoder.training)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> torch.Tensor:
+        out = src
+        for layer in self.layers:
+            out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        if self.nested and mask is None and src_key_padding_mask is not None:
+            out = zero_padded_positions(out, src_key_padding_mask, self.batch_first, self.training)
+        return out if self.norm is None else self.norm(out)
+
+
 def sdpa_decomposition(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -323,6 +380,10 @@ MULTIHEAD_ATTENTION = register(
 )
 TRANSFORMER_ENCODER_LAYER = register(
     OpSpec("TransformerEncoderLayer", (nn.TransformerEncoderLayer,), replace=TransformerEncoderLayerDecomposed)
+)
+# nn.TransformerEncoder is a torch.nn leaf to fx; it is replaced so that its layers are traced into.
+TRANSFORMER_ENCODER = register(
+    OpSpec("TransformerEncoder", (nn.TransformerEncoder,), replace=TransformerEncoderDecomposed)
 )
 SDPA = register(
     OpSpec("ScaledDotProductAttention", (), decompositions=((F.scaled_dot_product_attention, sdpa_decomposition),))
