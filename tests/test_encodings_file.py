@@ -475,10 +475,11 @@ def test_adaround_file_holds_active_param_encodings_only(tmp_path, model) -> Non
 
 def test_error_messages_share_one_short_repr() -> None:
     from leantorch import graph, options
-    from leantorch.quant import config, encodings_file
+    from leantorch.quant import config, encoding, encodings_file
 
     assert not hasattr(encodings_file, "_short") and not hasattr(config, "_short")
     assert not hasattr(graph, "_short_repr")
-    assert encodings_file.short_repr is config.short_repr is graph.short_repr is options.short_repr
+    # the entry parser moved to quant/encoding.py (it was in encodings_file.py): still the one short_repr
+    assert encoding.short_repr is config.short_repr is graph.short_repr is options.short_repr
     with pytest.raises(lt.EncodingsFileError, match=r"x: expected an entry object .*got \[0, 1, .*\.\.\.$"):
         encodings_file.parse_encoding([list(range(100))], "x")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .report import AnalysisReport, data_uri, escape
+if TYPE_CHECKING:
+    from .report import AnalysisReport
+
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -21,6 +26,18 @@ img { max-width: 100%; height: auto; }
 .wide { overflow-x: auto; }
 details summary { cursor: pointer; color: #1f77b4; margin: 0.5em 0; }
 """
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for embedding a PNG in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def escape(value: Any) -> str:
+    """HTML-escaped text of a table cell; floats with 4 significant digits."""
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else f"{value:.4g}"
+    return html.escape(str(value))
 
 
 def document(title: str, body: list[str]) -> str:

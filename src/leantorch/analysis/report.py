@@ -6,18 +6,18 @@ so the file opens offline in any browser and can be attached to a ticket.
 
 from __future__ import annotations
 
-import base64
-import html
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownLayerError
+from ..options import as_names, name_list
 from ..paths import check_directory, check_file, writing
 from ..staging import staged_outputs
 from . import plots
+from .html import render
+from .weight_ranges import WeightRanges, weight_ranges
 
 
 @dataclass
@@ -46,23 +46,6 @@ class ActivationStats:
 
 
 @dataclass
-class WeightRanges:
-    """Per-output-channel min, max and mean of one layer's weight."""
-
-    name: str
-    min: list[float]
-    max: list[float]
-    mean: list[float]
-
-    @property
-    def spread(self) -> float:
-        """Largest channel range over the smallest (1 = all channels alike)."""
-        ranges = [hi - lo for lo, hi in zip(self.min, self.max)]
-        smallest = min(ranges)
-        return math.inf if smallest <= 0 else max(ranges) / smallest
-
-
-@dataclass
 class AnalysisReport:
     """Result of :func:`leantorch.analyze`; ``to_html(path)`` and ``save_plots(dir)`` render it."""
 
@@ -86,9 +69,6 @@ class AnalysisReport:
         Example:
             >>> report.add_equalization(folded, lt.equalize(model, x))  # doctest: +SKIP
         """
-        from ..options import as_names, name_list
-        from .analyzer import weight_ranges
-
         old, new = weight_ranges(before), weight_ranges(after)
         common = [n for n in old if n in new and len(old[n].min) == len(new[n].min)]
         layers = None if layers is None else as_names("layers", layers)  # a string is one name
@@ -158,8 +138,6 @@ class AnalysisReport:
         Example:
             >>> report.to_html("report.html")  # doctest: +SKIP
         """
-        from .html import render
-
         out = check_file(path, "path")
         text = render(self, self.figures())
         with writing(out), staged_outputs() as staging:
@@ -183,15 +161,3 @@ class AnalysisReport:
 
 def _stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "model"
-
-
-def data_uri(png: bytes) -> str:
-    """``data:image/png;base64,...`` for embedding a PNG in HTML."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def escape(value: Any) -> str:
-    """HTML-escaped text of a table cell; floats with 4 significant digits."""
-    if isinstance(value, float):
-        return "∞" if math.isinf(value) else f"{value:.4g}"
-    return html.escape(str(value))

@@ -30,12 +30,14 @@ The arithmetic itself is in :mod:`.primitives` (pure tensor functions); this mod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import UnsupportedBitwidthError
+from ..errors import EncodingsFileError, UnsupportedBitwidthError
+from ..options import short_repr
 from . import primitives
 from .primitives import FLT_MAX as FLT_MAX  # re-exported: their home was here
 from .primitives import MIN_SCALE as MIN_SCALE
@@ -135,12 +137,10 @@ class Encoding:
     def from_aimet(cls, entries: list[dict[str, Any]], axis: int | None = None) -> Encoding:
         """Parse AIMET encodings-file entries (a list of one entry, or one per channel along ``axis``).
 
-        Every number is checked as :func:`leantorch.quant.encodings_file.parse_encoding` does (a scale
+        Every number is checked as :func:`parse_encoding` does (a scale
         that is not positive, an offset off the grid, min/max that disagree raise
         :class:`~leantorch.errors.EncodingsFileError`).
         """
-        from .encodings_file import parse_encoding  # that module builds on this one
-
         enc = parse_encoding(entries, "encoding")
         if axis is None:
             return enc
@@ -185,3 +185,189 @@ def quantize(x: torch.Tensor, enc: Encoding) -> torch.Tensor:
 def dequantize(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     """Real values ``(q + offset) * scale`` (float32) of integer codes ``q``."""
     return primitives.dequantize(q, enc.scale, enc.offset, enc.axis)
+
+
+# ------------------------------------------------------------------------------ AIMET encodings-file entries
+#: Fields every encodings-file entry must have (the rules are in :mod:`.encodings_file`).
+REQUIRED_FIELDS = ("bitwidth", "is_symmetric", "scale", "offset", "min", "max")
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_SYMMETRY = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}
+
+
+def same_encoding(a: Encoding, b: Encoding) -> bool:
+    """True when two encodings define the same grid (bitwidth, symmetry, scales, offsets, axis).
+
+    Example:
+        >>> from leantorch.quant.encoding import compute_encoding
+        >>> e = compute_encoding(torch.tensor(-1.0), torch.tensor(1.0), 8, symmetric=False)
+        >>> same_encoding(e, e.to("cpu"))
+        True
+    """
+    return (
+        (a.bitwidth, a.symmetric, a.axis) == (b.bitwidth, b.symmetric, b.axis)
+        and a.scale.shape == b.scale.shape
+        and torch.equal(a.scale.cpu(), b.scale.cpu())
+        and torch.equal(a.offset.cpu(), b.offset.cpu())
+    )
+
+
+def parse_encoding(entries: Any, name: str) -> Encoding:
+    """The :class:`Encoding` of one file entry list, every number checked (rules in the module docstring).
+
+    One entry gives a per-tensor encoding (0-d scale); several give one scale per channel (``axis`` is
+    left None for the caller to set).
+
+    Example:
+        >>> entry = {"bitwidth": 4, "is_symmetric": "False", "scale": 0.5, "offset": -4, "min": -2.0, "max": 5.5}
+        >>> enc = parse_encoding([entry], "x")
+        >>> enc.bitwidth, float(enc.scale), int(enc.offset)
+        (4, 0.5, -4)
+        >>> parse_encoding([dict(entry, scale=0.0)], "x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.EncodingsFileError: x: scale=0.0 is not a valid scale...
+    """
+    if not isinstance(entries, list) or not entries:
+        raise EncodingsFileError(
+            f"{name}: expected a non-empty list of entries (one per tensor or one per "
+            f"channel), got {short_repr(entries)}"
+        )
+    many = len(entries) > 1
+    parsed = [_parse_entry(e, f"{name} channel {i}" if many else name) for i, e in enumerate(entries)]
+    first = parsed[0]
+    for i, p in enumerate(parsed[1:], start=1):
+        # One tensor has one container: same bitwidth, symmetry and signedness on every channel.
+        if (p[0], p[1]) != (first[0], first[1]):
+            raise EncodingsFileError(
+                f"{name} channel {i}: bitwidth {p[0]}, is_symmetric {p[1]} differ from channel 0 "
+                f"(bitwidth {first[0]}, is_symmetric {first[1]}); all channels of one tensor share them"
+            )
+        if first[1] and (p[3] == 0) != (first[3] == 0):
+            raise EncodingsFileError(
+                f"{name} channel {i}: offset {p[3]} mixes an unsigned and a signed symmetric grid (channel 0 "
+                f"has offset {first[3]}); use one of 0 or {-(2 ** (first[0] - 1))} on every channel"
+            )
+    scale = torch.tensor([p[2] for p in parsed], dtype=torch.float32)
+    offset = torch.tensor([p[3] for p in parsed], dtype=torch.int64)
+    if not many:
+        scale, offset = scale[0], offset[0]
+    return Encoding(first[0], first[1], scale, offset, None)
+
+
+def _parse_entry(entry: Any, label: str) -> tuple[int, bool, float, int]:
+    """(bitwidth, symmetric, scale, offset) of one entry, after every check of the module docstring."""
+    if not isinstance(entry, dict):
+        raise EncodingsFileError(
+            f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
+            f"min, max}}, got {short_repr(entry)}"
+        )
+    # dtype first: AIMET float entries ({"bitwidth": 16, "dtype": "float"}) have no scale/offset/min/max.
+    dtype = entry.get("dtype", "int")
+    if dtype == "float":
+        raise EncodingsFileError(
+            f"{label}: dtype='float' (bitwidth {short_repr(entry.get('bitwidth'))}): float "
+            "encodings are not supported yet; only integer ('int') encodings can be loaded — "
+            "drop the entry to keep the tensor in full float"
+        )
+    if dtype != "int":
+        raise EncodingsFileError(
+            f"{label}: dtype={short_repr(dtype)} is not a known dtype; only integer ('int') "
+            "encodings can be loaded — drop the entry to keep the tensor in float"
+        )
+    missing = [f for f in REQUIRED_FIELDS if f not in entry]
+    if missing:
+        raise EncodingsFileError(f"{label}: missing field(s) {missing}; every entry needs {list(REQUIRED_FIELDS)}")
+    bitwidth = _bitwidth(entry["bitwidth"], label)
+    symmetric = _symmetry(entry["is_symmetric"], label)
+    scale = _scale(entry["scale"], label)
+    offset = _offset(entry["offset"], bitwidth, symmetric, label)
+    _check_range(entry["min"], entry["max"], bitwidth, scale, offset, label)
+    return bitwidth, symmetric, scale, offset
+
+
+def _bitwidth(value: Any, label: str) -> int:
+    try:
+        bitwidth = check_bitwidth(value, f"{label}: bitwidth")
+    except UnsupportedBitwidthError as exc:
+        raise EncodingsFileError(str(exc)) from exc
+    if bitwidth == FLOAT_BITWIDTH:
+        raise EncodingsFileError(
+            f"{label}: bitwidth=32 means 'not quantized' and has no integer grid; drop the "
+            "entry (and disable that quantizer) or give a bitwidth from 2 to 16"
+        )
+    return bitwidth
+
+
+def _symmetry(value: Any, label: str) -> bool:
+    if isinstance(value, (bool, str)) and value in _SYMMETRY:
+        return _SYMMETRY[value]
+    raise EncodingsFileError(f'{label}: is_symmetric={value!r} is not a boolean; use true/false or "True"/"False"')
+
+
+def _number(value: Any, label: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EncodingsFileError(f"{label}: {field}={value!r} is not a number; write it as a JSON number")
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise EncodingsFileError(
+            f"{label}: {field}={value!r} is not finite; recompute the encodings from "
+            "finite data (sim.compute_encodings) and write the file again"
+        )
+    return number
+
+
+def _scale(value: Any, label: str) -> float:
+    scale = _number(value, label, "scale")
+    if not MIN_SCALE <= scale <= _FLOAT32_MAX:
+        raise EncodingsFileError(
+            f"{label}: scale={value!r} is not a valid scale: it must be positive, at least "
+            f"{MIN_SCALE} and fit float32; recompute the encodings or correct the entry"
+        )
+    return scale
+
+
+def _offset(value: Any, bitwidth: int, symmetric: bool, label: str) -> int:
+    number = _number(value, label, "offset")
+    if number != round(number):
+        raise EncodingsFileError(
+            f"{label}: offset={value!r} is not an integer; offsets are integer grid "
+            "positions (offset = round(min / scale))"
+        )
+    offset = int(number)
+    if symmetric:
+        allowed = (-(2 ** (bitwidth - 1)), 0)
+        if offset not in allowed:
+            raise EncodingsFileError(
+                f"{label}: offset={value!r} is off the symmetric {bitwidth}-bit grid: use {allowed[0]} (signed) "
+                "or 0 (unsigned), or set is_symmetric to false for an asymmetric offset"
+            )
+    elif not -(2**bitwidth - 1) <= offset <= 0:
+        raise EncodingsFileError(
+            f"{label}: offset={value!r} is off the asymmetric {bitwidth}-bit grid: it must lie in "
+            f"[{-(2**bitwidth - 1)}, 0] so that 0.0 is representable (offset = round(min / scale))"
+        )
+    return offset
+
+
+def _check_range(lo_value: Any, hi_value: Any, bitwidth: int, scale: float, offset: int, label: str) -> None:
+    lo, hi = _number(lo_value, label, "min"), _number(hi_value, label, "max")
+    if lo > hi:
+        raise EncodingsFileError(f"{label}: min={lo_value!r} > max={hi_value!r}; swap them or recompute the entry")
+    steps = 2**bitwidth - 1
+    want_lo, want_hi = offset * scale, (offset + steps) * scale
+    # Bounds written as float32 (AIMET) are off by float32 rounding of values up to `steps` steps large.
+    tolerance = scale * (1e-3 + 1e-6 * (abs(offset) + steps))
+    for field, got, want, value in (("min", lo, want_lo, lo_value), ("max", hi, want_hi, hi_value)):
+        if abs(got - want) > tolerance:
+            raise EncodingsFileError(
+                f"{label}: {field}={value!r} disagrees with scale={scale!r} and offset={offset} (which give "
+                f"{field}={want!r}); min must be offset * scale and max = min + {steps} * scale — fix the "
+                "numbers or recompute the entry"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- matching

@@ -23,14 +23,12 @@ from .encoding import Encoding, check_bitwidth
 from .encodings_file import (
     ENCODINGS_VERSION,
     EncodingsVersion,
-    Target,
-    check_coverage,
     check_version,
     encodings_dict,
-    match_encodings,
     read_encodings,
     write_encodings,
 )
+from .encodings_matching import Target, check_coverage, match_encodings
 from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
