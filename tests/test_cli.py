@@ -760,3 +760,18 @@ def test_auto_stages_come_from_the_registry_and_reach_auto_quant(tmp_path, data_
     assert all(name in err for name in stage_names())
     assert main([*QUANTIZE, "--data", data_file, "--out", out, "--auto-stages", "cle"]) == 2
     assert "add --auto" in capsys.readouterr().err
+
+
+def test_export_format_choices_come_from_the_registry(tmp_path, data_file, capsys) -> None:
+    import onnx
+
+    from leantorch.quant.exporters import exporter_names
+
+    out = tmp_path / "o"
+    argv = [*QUANTIZE, "--data", data_file, "--out", str(out), "--no-progress"]
+    assert main([*argv, "--export-format", "onnx_float"]) == 0, capsys.readouterr().err
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" not in ops and (out / "model.encodings").exists()
+    assert main([*argv, "--export-format", "tflite"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in exporter_names())

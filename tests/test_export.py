@@ -256,3 +256,57 @@ def test_a_layer_called_several_times_exports_and_matches_onnx_runtime(tmp_path,
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
     reloaded = lt.QuantSim(model, x[:1], per_channel=per_channel)
     reloaded.load_encodings(files["encodings"])  # the exported file names every quantizer once
+
+
+@pytest.mark.parametrize("bw", [8, 4])
+def test_onnx_float_export_is_the_sim_without_activation_quantization(tmp_path, resnet, bw: int) -> None:
+    """format="onnx_float": no quantization op is left, every name of the encodings file is a tensor or an
+    initializer of the graph, and ONNX Runtime computes sim.model with activation quantizers off (weights on
+    their grids, int32 biases dequantized back to float)."""
+    data = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    sim = lt.QuantSim(resnet, data[0][:1], param_bw=bw, act_bw=bw, per_channel=True)
+    sim.compute_encodings(data, progress=False)
+    files = sim.export(tmp_path, "float", format="onnx_float")
+    model = onnx.load(str(files["onnx"]))
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear", "Clip"}
+    assert all(init.data_type == onnx.TensorProto.FLOAT for init in model.graph.initializer)
+    names = {t for n in model.graph.node for t in [*n.input, *n.output]} | {i.name for i in model.graph.initializer}
+    encodings = json.loads(files["encodings"].read_text())
+    keys = [*encodings["activation_encodings"], *encodings["param_encodings"]]
+    assert keys and all(k in names for k in keys)
+    x = torch.randn(4, 3, 32, 32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    sim.set_activation_quantization(False)
+    with torch.no_grad():
+        want = sim.model(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    # the same sim exported as QDQ still quantizes activations (the float format is not the default)
+    sim.set_activation_quantization(True)
+    qdq = onnx.load(str(sim.export(tmp_path, "qdq")["onnx"]))
+    assert "QuantizeLinear" in {n.op_type for n in qdq.graph.node}
+
+
+def test_export_formats_are_a_registry(tmp_path) -> None:
+    from leantorch.quant.exporters import Exporter, exporter_names, register_exporter, unregister_exporter
+
+    sim, _ = _small_calibrated_sim()
+    with pytest.raises(lt.InvalidOptionError, match="format='tflite': use one of onnx_qdq, onnx_float"):
+        sim.export(tmp_path, "m", format="tflite")
+    assert list(tmp_path.iterdir()) == []
+
+    def encodings_only(sim, path, prefix, example_input, opset, unsigned, version):
+        out = tmp_path / f"{prefix}.encodings"
+        sim.save_encodings(out)
+        return {"encodings": out}
+
+    register_exporter(Exporter("encodings_only", encodings_only, "just the encodings"))
+    try:
+        assert exporter_names()[-1] == "encodings_only"
+        assert sim.export(tmp_path, "m", format="encodings_only") == {"encodings": tmp_path / "m.encodings"}
+    finally:
+        unregister_exporter("encodings_only")

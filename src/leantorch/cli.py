@@ -316,7 +316,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 ]
             )
         )
-        sim.export(out, args.name, unsigned_weights=args.uint8_weights)
+        sim.export(out, args.name, unsigned_weights=args.uint8_weights, format=args.export_format)
         written = sorted(p.name for p in out.iterdir())  # the export, and adaround.encodings if any
     print(f"exported: {', '.join(str(Path(args.out) / name) for name in written)}")
     return 0

@@ -21,6 +21,7 @@ from .paths import check_file_name
 from .ptq.auto import stage_names  # importing auto registers the built-in auto_quant stages
 from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
+from .quant.exporters import exporter_names
 
 DESCRIPTION = (
     "Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
@@ -296,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
     q.add_argument("--name", type=_file_name, default="model", help="file name prefix, a plain name (default model)")
+    q.add_argument(
+        "--export-format",
+        choices=exporter_names(),
+        default=exporter_names()[0],
+        help=f"what OUT/NAME.onnx holds (choices: {', '.join(exporter_names())}; default {exporter_names()[0]}): "
+        "onnx_qdq runs quantized in ONNX Runtime; onnx_float is the float model whose tensor names the "
+        "encodings file uses, for converters that quantize themselves (QNN/SNPE --quantization_overrides)",
+    )
     q.add_argument(
         "--uint8-weights",
         action="store_true",

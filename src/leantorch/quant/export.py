@@ -31,6 +31,7 @@ import copy
 import io
 import numbers
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -54,6 +55,7 @@ from .encodings_file import (
     same_encoding,
 )
 from .quantizer import Quantizer
+from .wrapper import QuantWrapper
 
 if TYPE_CHECKING:
     from .sim import QuantSim
@@ -118,10 +120,13 @@ def export_quantsim(
     opset: int | None = None,
     unsigned_weights: bool = False,
     encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+    rewrite: Callable[[onnx.ModelProto], None] | None = None,
 ) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
 
-    Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``).
+    Returns the three paths by kind (``"onnx"``, ``"encodings"``, ``"pth"``). ``rewrite`` changes the QDQ
+    model in place before it is checked and written (the ``onnx_float`` format strips the Q/DQ pairs:
+    :func:`~leantorch.quant.export_float.strip_qdq`).
 
     ``unsigned_weights`` stores symmetric weights in a uint container with zero point ``2**(bw-1)``: the
     same grid, bit for bit, but ONNX Runtime then runs its u8u8 integer kernels. Its default u8s8 kernels
@@ -158,6 +163,9 @@ def export_quantsim(
         )
     inputs = as_tuple(example_input) if example_input is not None else sim.example_input
     model_proto, encodings = build_qdq_onnx(sim, inputs, opset, unsigned_weights, encodings_version)
+    if rewrite is not None:
+        rewrite(model_proto)
+        onnx.checker.check_model(model_proto)
     files = {
         "onnx": out_dir / f"{prefix}.onnx",
         "encodings": out_dir / f"{prefix}.encodings",
@@ -241,8 +249,6 @@ def build_qdq_onnx(
 
 def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
     """Number the active quantizers for export; snap weights onto their grids. Returns them by export index."""
-    from .wrapper import QuantWrapper
-
     entries: list[Marked] = []
     param_of = {}
     for layer, wrapper in model.named_modules():

@@ -30,6 +30,7 @@ from .encodings_file import (
 )
 from .encodings_matching import Target, check_coverage, match_encodings
 from .estimators import QuantScheme, RangeEstimator, release_scratch
+from .exporters import get_exporter
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
 from .wrapper import QuantWrapper
@@ -383,17 +384,23 @@ class QuantSim:
         opset: int | None = None,
         unsigned_weights: bool = False,
         encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+        format: str = "onnx_qdq",
     ) -> dict[str, Path]:
-        """Write ``prefix.onnx`` (QDQ), ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
+        """Write ``prefix.onnx``, ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
 
-        ``unsigned_weights=True`` stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86
-        CPUs without VNNI. ``encodings_version`` is the AIMET encodings format of ``prefix.encodings``:
-        ``"0.6.1"`` (default), ``"1.0.0"`` or ``"2.0.0"``; every one loads back with :meth:`load_encodings`.
-        See :func:`leantorch.quant.export.export_quantsim`.
+        ``format`` is a registered export format (:mod:`leantorch.quant.exporters`): ``"onnx_qdq"`` (default,
+        QuantizeLinear/DequantizeLinear pairs ONNX Runtime runs) or ``"onnx_float"`` (float ONNX whose tensor
+        names the encodings file uses, for converters that quantize themselves, e.g. QNN). ``unsigned_weights=True``
+        stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86 CPUs without VNNI.
+        ``encodings_version`` is the AIMET encodings format of ``prefix.encodings``: ``"0.6.1"`` (default),
+        ``"1.0.0"`` or ``"2.0.0"``; every one loads back with :meth:`load_encodings`. See
+        :func:`leantorch.quant.export.export_quantsim`.
+
+        Example:
+            >>> paths = sim.export("out", "model", format="onnx_float")  # doctest: +SKIP
         """
-        from .export import export_quantsim
-
-        return export_quantsim(self, path, filename_prefix, example_input, opset, unsigned_weights, encodings_version)
+        exporter = get_exporter(format)
+        return exporter.write(self, path, filename_prefix, example_input, opset, unsigned_weights, encodings_version)
 
 
 def _as_quantizer(module: nn.Module) -> Quantizer:
