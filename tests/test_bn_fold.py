@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -19,8 +21,11 @@ def test_folded_resnet_equals_original_in_float64(resnet) -> None:
     assert len(pairs) == 9 and "BatchNorm" not in [op_type(m) for _, m in call_sites(folded)]
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
-    assert set(folded.output_stats) == {layer for layer, _ in pairs}
-    assert set(lt.prepare(folded, x[:1]).output_stats) == set(folded.output_stats)
+    # BN statistics live in the model's one state object (lt.model_state), not in ad-hoc attributes
+    assert set(lt.model_state(folded).output_stats) == {layer for layer, _ in pairs}
+    assert set(lt.model_state(lt.prepare(folded, x[:1])).output_stats) == set(lt.model_state(folded).output_stats)
+    assert set(lt.model_state(copy.deepcopy(folded)).output_stats) == set(lt.model_state(folded).output_stats)
+    assert not hasattr(folded, "output_stats")
     assert_unchanged(resnet.float(), {k: v.float() if v.is_floating_point() else v for k, v in before.items()})
 
 

@@ -28,6 +28,7 @@ from . import analysis, compress, evaluation, graph, metrics
 from .analysis import AnalysisReport, analyze
 from .compress import CompressionError
 from .evaluation import OutputScore, agreement_score, sqnr_score
+from .model_state import ModelState, model_state
 from .ptq.adaround import AdaroundConfig, adaround
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
@@ -44,6 +45,8 @@ from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
 
 __all__ = [
+    "ModelState",
+    "model_state",
     "AdaroundConfig",
     "BiasCorrectionConfig",
     "GptqConfig",

@@ -17,6 +17,7 @@ from . import ops
 from .batches import all_finite
 from .errors import InputShapeError, InvalidOptionError, NonFiniteModelError, TraceError
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
+from .model_state import carry_model_state
 from .options import short_repr
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,7 @@ def prepare(
         _verify_same_outputs(reference, run_checked(gm, inputs))
     record_values(gm, inputs)
     # Layer statistics kept by BN folding/CLE describe layers by name, which tracing preserves.
-    if hasattr(model, "output_stats"):
-        gm.output_stats = copy.deepcopy(model.output_stats)
+    carry_model_state(model, gm)
     gm.train(was_training)
     return gm
 

@@ -8,8 +8,8 @@ adds to each layer's output, ``E[ỹ] − E[y] = (W̃ − W)·E[x]``, by subtrac
   corrected layer is re-run in place, so the sweep costs one forward pass rather than one per layer
   (EfficientNet-Lite0, 128 samples, 2 cores: 50 s in all, was 373 s; same biases bit for bit).
 * analytical — no data: ``E[x]`` of the layer's input comes from the BN statistics of the layer that
-  produces it (``model.output_stats``: pre-activation ``N(β, γ²)``), through the activation between them:
-  identity → ``β``; ReLU → the clipped-normal mean ``γ·φ(β/γ) + β·Φ(β/γ)``; a bounded ReLU/ReLU6 → the
+  produces it (``lt.model_state(model).output_stats``: pre-activation ``N(β, γ²)``), through the activation
+  between them: identity → ``β``; ReLU → the clipped-normal mean ``γ·φ(β/γ) + β·Φ(β/γ)``; a bounded ReLU/ReLU6 → the
   mean of the normal clipped to ``[0, u]``. Convolutions with zero padding see slightly smaller
   means at borders; that is ignored, as in the paper.
 * hybrid — analytical where the statistics exist, empirical elsewhere.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math  # noqa: F401  (the docstring examples use it)
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import torch
@@ -32,6 +32,7 @@ from .. import ops
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import as_tuple, example_inputs, prepare
+from ..model_state import model_state, set_model_state
 from ..options import check_count, with_overrides
 from ..quant.sim import QuantSim
 from .frontier import Frontier
@@ -106,7 +107,7 @@ def bias_correction(
     method, num_samples = cfg.method, cfg.num_samples
     # Options and data are checked before tracing, so that a mistake fails fast. NaN/Inf in the data is
     # refused by sim.compute_encodings below, naming the batch.
-    if method == "analytical" and not getattr(model, "output_stats", None):
+    if method == "analytical" and not model_state(model).output_stats:
         raise InvalidOptionError(
             "method='analytical' needs BN statistics, which this model does not carry: "
             "pass a model from lt.fold_batch_norms(...) or lt.equalize(...), or use "
@@ -120,7 +121,8 @@ def bias_correction(
             "the example input, or use method='analytical' on a BN-folded model"
         )
     gm = prepare(model, example_input)
-    stats = dict(getattr(gm, "output_stats", {}))
+    state = model_state(gm)
+    stats = dict(state.output_stats)
     sim = QuantSim(
         gm,
         example_input,
@@ -157,7 +159,7 @@ def bias_correction(
                 frontier.rerun()  # later layers must see this layer's corrected output
     bar.close()
     log.info("bias correction: %(analytical)d analytical, %(empirical)d empirical", counts)
-    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute; torch types Module attributes as Tensor | Module
+    set_model_state(gm, replace(state, output_stats=stats))
     return gm
 
 

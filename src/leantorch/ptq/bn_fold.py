@@ -11,6 +11,7 @@ folded weights is what the deployed model sees.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -18,6 +19,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..graph import call_counts, find_chains, prepare, untie_parameters
+from ..model_state import model_state, set_model_state
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def fold_batch_norms(
 
     Returns the folded model (a traced copy; the input model is untouched unless ``inplace``, which
     only skips the copy of an already prepared GraphModule) and the ``(layer, bn)`` pairs folded. The
-    BN statistics stay available as ``model.output_stats[layer] = (mean, std)``: the distribution of the
+    BN statistics stay available as ``lt.model_state(model).output_stats[layer] = (mean, std)``: the distribution of the
     folded layer's output per channel (``β`` and ``|γ|``), used by high-bias absorption and analytical
     bias correction; transforms that rescale a layer update it, and :func:`leantorch.prepare` carries it
     over. A warning names BNs that could not be folded.
@@ -48,7 +50,8 @@ def fold_batch_norms(
         gm = prepare(model, example_input)
     was_training = gm.training
     gm.eval()
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(getattr(gm, "output_stats", {}))
+    state = model_state(gm)
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(state.output_stats)
     pairs = []
     calls = call_counts(gm)
     for pattern in _FOLDABLE:
@@ -74,7 +77,7 @@ def fold_batch_norms(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute; torch types Module attributes as Tensor | Module
+    set_model_state(gm, replace(state, output_stats=stats))
     left = [
         n.target
         for n in gm.graph.nodes

@@ -26,7 +26,7 @@ error cut float top-1 agreement to ~78%.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -35,6 +35,7 @@ from torch import fx, nn
 from .. import ops
 from ..errors import InvalidOptionError
 from ..graph import call_counts, call_sites, prepare, untie_parameters
+from ..model_state import model_state, set_model_state
 from .bn_fold import fold_batch_norms
 from .relu6 import replace_relu6
 
@@ -53,7 +54,8 @@ class ScalingSet:
     between: list[list[str]]
 
 
-#: Per layer name, the (mean, std) per output channel of its output (``model.output_stats``, from BN folding).
+#: Per layer name, the (mean, std) per output channel of its output (``lt.model_state(model).output_stats``, from
+#: BN folding).
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -260,7 +262,8 @@ def cross_layer_scale(
         True
     """
     gm = model if inplace and isinstance(model, fx.GraphModule) else prepare(model, example_input)
-    stats: Stats = dict(getattr(gm, "output_stats", {}))
+    state = model_state(gm)
+    stats: Stats = dict(state.output_stats)
     sets = find_scaling_sets(gm)
     for layer in {n for s in sets for n in s.layers}:
         untie_parameters(gm, gm.get_submodule(layer))  # scaling is for this layer alone, not a tied twin
@@ -271,9 +274,7 @@ def cross_layer_scale(
         change = max((_equalize_set(gm, s, stats) for s in sets), default=0.0)
         if change < tolerance:
             break
-    # plain attributes; torch types Module attributes as Tensor | Module
-    gm.output_stats = stats  # type: ignore[assignment]
-    gm.scaling_sets = sets  # type: ignore[assignment]
+    set_model_state(gm, replace(state, output_stats=stats, scaling_sets=sets))
     log.info("cross-layer scaling: %d sets, %d ReLU6 turned into bounded ReLUs", len(sets), bounded)
     report = [{"layer": n, "spread before": before[n], "spread after": spread(gm.get_submodule(n))} for n in names]
     return gm, report
@@ -281,7 +282,7 @@ def cross_layer_scale(
 
 @torch.no_grad()
 def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None, num_std: float = 3.0) -> int:
-    """High-bias absorption across ReLUs, using ``gm.output_stats`` (from BN folding). Returns the count
+    """High-bias absorption across ReLUs, using ``lt.model_state(gm).output_stats`` (from BN folding). Returns the count
     of layers whose bias was absorbed.
 
     Example:
@@ -290,7 +291,8 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
         >>> absorb_high_biases(fold_batch_norms(net, torch.randn(1, 4))[0])
         1
     """
-    stats: Stats = dict(getattr(gm, "output_stats", {}))
+    state = model_state(gm)
+    stats: Stats = dict(state.output_stats)
     absorbed = 0
     for scaling_set in sets if sets is not None else find_scaling_sets(gm):
         for member in scaling_set.layers:
@@ -325,7 +327,7 @@ def absorb_high_biases(gm: fx.GraphModule, sets: list[ScalingSet] | None = None,
             else:
                 next_bias.add_(shift.to(next_bias.dtype))
             absorbed += 1
-    gm.output_stats = stats  # type: ignore[assignment]  # a plain attribute
+    set_model_state(gm, replace(state, output_stats=stats))
     return absorbed
 
 
@@ -343,8 +345,8 @@ def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.G
 
     ``relu6="bound"`` (default) keeps the function exact by scaling per-channel ReLU6 bounds;
     ``relu6="replace"`` replaces ReLU6 by ReLU as in the DFQ paper (see the module docstring for why that
-    is not the default). Returns a new model (the input is untouched); ``model.cle_report`` holds the
-    per-layer range spread before/after scaling.
+    is not the default). Returns a new model (the input is untouched); ``lt.model_state(model).cle_report`` holds
+    the per-layer range spread before/after scaling.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval()
@@ -362,8 +364,8 @@ def equalize(model: nn.Module, example_input: Any, relu6: str = "bound") -> fx.G
     if relu6 == "replace":
         folded = replace_relu6(folded, inplace=True)
     scaled, report = cross_layer_scale(folded, example_input, inplace=True)
-    sets = cast("list[ScalingSet]", scaled.scaling_sets)  # set by cross_layer_scale
+    sets = cast("list[ScalingSet]", model_state(scaled).scaling_sets)  # set by cross_layer_scale
     absorbed = absorb_high_biases(scaled, sets)
     log.info("equalize: folded %d BNs, %d scaling sets, absorbed %d biases", len(pairs), len(sets), absorbed)
-    scaled.cle_report = report  # type: ignore[assignment]  # a plain attribute
+    set_model_state(scaled, replace(model_state(scaled), cle_report=report))
     return scaled

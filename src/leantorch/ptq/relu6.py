@@ -7,6 +7,7 @@ result; the DFQ paper makes the same replacement.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import fx, nn
@@ -40,9 +41,4 @@ def replace_relu6(model: nn.Module, example_input: Any = None, inplace: bool = F
 
 
 def _copy(gm: fx.GraphModule) -> fx.GraphModule:
-    import copy
-
-    new = copy.deepcopy(gm)
-    if hasattr(gm, "output_stats"):
-        new.output_stats = copy.deepcopy(gm.output_stats)
-    return new
+    return copy.deepcopy(gm)  # the model's state (BN statistics) is in gm.meta, which deepcopy keeps
