@@ -141,11 +141,12 @@ def test_every_weight_and_state_is_quantized_once_per_layer_and_direction(cls: t
     with torch.no_grad():
         quantized = sim.model(*inputs)
         assert _max_diff(quantized, model(*inputs)) > 1e-4
-        for q in inner.values():
-            q.enabled = False
-        sim.set_activation_quantization(False)
+        sim.set_activation_quantization(False)  # also switches the gate and state quantizers inside the op
+        assert not any(q.enabled for q in inner.values())
         sim.set_param_quantization(False)
         assert _max_diff(sim.model(*inputs), model(*inputs)) <= 1e-5
+        sim.set_activation_quantization(True)  # and back to what the config chose
+        assert all(q.enabled for q in inner.values())
 
 
 def test_config_rules_reach_the_inner_quantizers() -> None:

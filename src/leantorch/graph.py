@@ -92,10 +92,11 @@ class _ScopeTracer(fx.Tracer):
         # of its ops gets its own quantizers.
         if getattr(m, "lt_traced_through", False):
             return False
-        # leantorch's own layers (op modules, quantizers, wrappers) and every class registered as an op type are
-        # never traced through. Only the exact registered class: a user's nn.Conv2d subclass with its own
-        # forward (EfficientNet's Conv2dStaticSamePadding) must still be traced into.
-        if type(m).__module__.startswith(("leantorch.ops.", "leantorch.quant.")) or ops.is_registered_class(type(m)):
+        # Every class registered as an op type (leantorch's op modules included) and the simulation's own layers
+        # (quantizers and wrappers, which set ``lt_leaf``) are never traced through. Only the exact registered
+        # class: a user's nn.Conv2d subclass with its own forward (EfficientNet's Conv2dStaticSamePadding) must
+        # still be traced into.
+        if ops.is_registered_class(type(m)) or getattr(type(m), "lt_leaf", False):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -148,9 +148,8 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
         _configure_activation(cast(Quantizer, q), config, settings, rule.input_quantized)
     # An op module's own quantizers (an RNN's gate and state quantizers) quantize activations inside the op,
     # so they follow its output rule.
-    for q in wrapper.module.modules():
-        if isinstance(q, Quantizer):
-            _configure_activation(q, config, settings, rule.output_quantized)
+    for q in wrapper.inner_quantizers():
+        _configure_activation(q, config, settings, rule.output_quantized)
     weights = weight_names(wrapper.module)
     for name, module in wrapper.param_quantizers.items():
         q = cast(Quantizer, module)

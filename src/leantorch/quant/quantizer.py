@@ -20,6 +20,7 @@ learned values snapped to a valid grid (positive scale, integer offset), so they
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +44,9 @@ class Quantizer(nn.Module):
         >>> round(float(q(torch.tensor([0.5]))), 6)  # snapped to the 8-bit grid over [-1, 3]
         0.501961
     """
+
+    #: prepare() never traces into it (it is part of the simulation, not of the user's model).
+    lt_leaf: ClassVar[bool] = True
 
     op_type = "Quantize"
     # Registered as buffers (or as parameters under range learning) in __init__/_store_grid; declared here

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from .. import ops
 from ..batches import check_iterable, model_inputs, run_batch
 from ..distributed import any_rank_failed, merge_estimators, merge_group
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
@@ -159,7 +160,9 @@ class QuantSim:
         for name in names:
             wrapper = all_layers[name]
             groups: list[Iterable[nn.Module]] = (
-                [wrapper.param_quantizers.values()] if params else [wrapper.input_quantizers, wrapper.output_quantizers]
+                [wrapper.param_quantizers.values()]
+                if params
+                else [wrapper.input_quantizers, wrapper.output_quantizers, wrapper.inner_quantizers()]
             )
             for group in groups:
                 for q in map(_as_quantizer, group):
@@ -364,7 +367,8 @@ class QuantSim:
         for layer, wrapper in self.layers().items():
             for pname, q in wrapper.param_quantizers.items():
                 # A weight's channels lie on its op's output-channel axis; a bias has only axis 0.
-                axis = PER_CHANNEL_AXIS.get(wrapper.op_type, 0) if pname == "weight" else 0
+                weight = pname in ops.weight_names(wrapper.module)
+                axis = PER_CHANNEL_AXIS.get(wrapper.op_type, 0) if weight else 0
                 params[id(q)] = (f"{layer}.{pname}", tuple(getattr(wrapper.module, pname).shape), axis)
         targets = []
         for name, q in self.quantizers().items():

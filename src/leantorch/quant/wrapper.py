@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ class QuantWrapper(nn.Module):
         >>> sorted(w.param_quantizers)
         ['bias', 'weight']
     """
+
+    #: prepare() never traces into it (it is part of the simulation, not of the user's model).
+    lt_leaf: ClassVar[bool] = True
 
     def __init__(self, module: nn.Module, op_type: str, num_inputs: int, num_outputs: int) -> None:
         super().__init__()
@@ -70,6 +73,11 @@ class QuantWrapper(nn.Module):
             return self.module(*args, **kwargs)
         finally:
             slots.update(saved)
+
+    def inner_quantizers(self) -> list[Quantizer]:
+        """The quantizers inside the wrapped op module (an RNN's gate and state quantizers): they quantize
+        activations inside the op, so they are switched and configured with its activation quantizers."""
+        return [m for m in self.module.modules() if isinstance(m, Quantizer)]
 
     def quantized_params(self) -> dict[str, torch.Tensor]:
         """Fake-quantized versions of the parameters whose quantizers are active."""
