@@ -578,3 +578,13 @@ def test_replace_and_decomposition_hooks_trace_into_registered_ops() -> None:
     finally:
         ops.unregister("Softplus2")
         ops.unregister("LogAddExp")
+
+
+def test_bn_folding_patterns_derive_from_the_registry() -> None:
+    from leantorch.ptq.bn_fold import _patterns
+
+    # the tables bn_fold.py wrote out before the registry roles folds_bn_after / folds_bn_before
+    assert sorted(_patterns(after=True)) == sorted(
+        [["Conv", "BatchNorm"], ["Linear", "BatchNorm"], ["ConvTranspose", "BatchNorm"]]
+    )
+    assert sorted(_patterns(after=False)) == sorted([["BatchNorm", "Conv"], ["BatchNorm", "Linear"]])

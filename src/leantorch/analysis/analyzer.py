@@ -33,9 +33,9 @@ from ..parallel import check_backend, gpu_share, run_chunks
 from ..ptq.auto import call_eval_fn
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
-from ..quant.wrapper import QuantWrapper
 from ..sweep import Trial, first_calls, suffix_outputs
-from .report import ActivationStats, AnalysisReport, WeightRanges
+from .report import ActivationStats, AnalysisReport
+from .weight_ranges import weight_ranges
 
 log = logging.getLogger(__name__)
 
@@ -451,32 +451,3 @@ def _histogram(
             counts[name] += torch.histc(x.float(), bins, lower, upper).double().cpu()
 
     return observe
-
-
-def weight_ranges(model: nn.Module) -> dict[str, WeightRanges]:
-    """Per-output-channel min, max and mean of the weight of every conv/linear layer of ``model``.
-
-    Works on a plain model and on ``sim.model`` (wrapped layers report the float weights).
-
-    Example:
-        >>> ranges = weight_ranges(nn.Sequential(nn.Linear(3, 2)))
-        >>> len(ranges["0"].max)
-        2
-    """
-    wrapped = {id(m.module) for m in model.modules() if isinstance(m, QuantWrapper)}
-    result = {}
-    for name, module in model.named_modules():
-        if id(module) in wrapped:
-            continue  # reported under its wrapper's name
-        inner = module.module if isinstance(module, QuantWrapper) else module
-        if not isinstance(inner, (nn.modules.conv._ConvNd, nn.Linear)):
-            continue
-        w = inner.weight.detach().float().cpu()
-        # ConvTranspose stores (in, out/groups, ...): output channels are dim 1 there.
-        if isinstance(inner, nn.modules.conv._ConvTransposeNd):
-            w = w.transpose(0, 1)
-        flat = w.reshape(w.shape[0], -1)
-        result[name] = WeightRanges(
-            name=name, min=flat.min(1).values.tolist(), max=flat.max(1).values.tolist(), mean=flat.mean(1).tolist()
-        )
-    return result

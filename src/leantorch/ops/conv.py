@@ -59,6 +59,8 @@ CONV = register(
         weight_axis=0,
         mac_count=conv_macs,
         supergroups=_FUSED,
+        folds_bn_after=True,
+        folds_bn_before=True,
         cle_scalable=_cle_scalable,
     )
 )
@@ -70,5 +72,6 @@ CONV_TRANSPOSE = register(
         weight_axis=1,
         mac_count=conv_transpose_macs,
         supergroups=_FUSED,
+        folds_bn_after=True,
     )
 )

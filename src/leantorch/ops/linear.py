@@ -28,6 +28,8 @@ LINEAR = register(
         weight_axis=0,
         mac_count=linear_macs,
         supergroups=(("BatchNorm",), (ACT,)),
+        folds_bn_after=True,
+        folds_bn_before=True,
         cle_scalable=True,
     )
 )

@@ -65,6 +65,9 @@ class OpSpec:
             the graph of registered ops ``function`` is written in (e.g. ``F.scaled_dot_product_attention``).
 
     Roles (each ``True``/``False`` or a predicate on the module, for roles that depend on its settings):
+        folds_bn_after: a BatchNorm right after it folds into its weight and bias (BN folding).
+        folds_bn_before: a BatchNorm right before it folds into it, where that is exact (BN folding checks
+            padding and groups).
         cle_scalable: CLE may scale this layer's output channels (and the next one's inputs).
         cle_activation: a (bounded) ReLU CLE may scale through; cle_relu6: one with the fixed bound 6.
         cle_equivariant: ``f(s·x) = s·f(x)`` per channel, so CLE may scale through it.
@@ -86,6 +89,8 @@ class OpSpec:
     replace: Callable[[nn.Module], nn.Module] | None = None
     weight_params: Callable[[nn.Module], tuple[str, ...]] | None = None
     decompositions: tuple[tuple[Any, Callable[..., Any]], ...] = ()
+    folds_bn_after: bool = False
+    folds_bn_before: bool = False
     cle_scalable: Role = False
     cle_activation: Role = False
     cle_relu6: Role = False

@@ -18,12 +18,18 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import ops
 from ..graph import call_counts, find_chains, prepare, untie_parameters
 from ..model_state import model_state, set_model_state
 
 log = logging.getLogger(__name__)
 
-_FOLDABLE = (["Conv", "BatchNorm"], ["Linear", "BatchNorm"], ["ConvTranspose", "BatchNorm"])
+
+def _patterns(after: bool) -> list[list[str]]:
+    """``[layer, BatchNorm]`` (``after``) or ``[BatchNorm, layer]`` chains of the op types that fold BNs."""
+    if after:
+        return [[s.name, "BatchNorm"] for s in ops.specs() if s.folds_bn_after]
+    return [["BatchNorm", s.name] for s in ops.specs() if s.folds_bn_before]
 
 
 def fold_batch_norms(
@@ -54,7 +60,7 @@ def fold_batch_norms(
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(state.output_stats)
     pairs = []
     calls = call_counts(gm)
-    for pattern in _FOLDABLE:
+    for pattern in _patterns(after=True):
         for layer_node, bn_node in find_chains(gm, pattern):
             layer, bn = gm.get_submodule(_name(layer_node)), cast(_BatchNorm, gm.get_submodule(_name(bn_node)))
             if not _foldable(layer, bn):
@@ -102,7 +108,7 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
     """
     pairs = []
     calls = call_counts(gm)
-    for pattern in (["BatchNorm", "Conv"], ["BatchNorm", "Linear"]):
+    for pattern in _patterns(after=False):
         for bn_node, layer_node in find_chains(gm, pattern):
             bn, layer = cast(_BatchNorm, gm.get_submodule(_name(bn_node))), gm.get_submodule(_name(layer_node))
             if not bn.track_running_stats or bn.running_mean is None:
