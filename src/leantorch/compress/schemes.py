@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from torch import fx, nn
 
+from ..registry import Registry
 from .channel_pruning import (
     GramAccumulator,
     PruningPath,
@@ -172,29 +173,26 @@ class ChannelPruningScheme(CompressionScheme):
         prune_channels(model, stage.paths[name], kept, reconstruct(module.weight, grams, kept))
 
 
-_SCHEMES: dict[str, CompressionScheme] = {}
+_SCHEMES: Registry[CompressionScheme] = Registry("scheme", "compression scheme")
 
 
 def register_scheme(scheme: CompressionScheme) -> CompressionScheme:
     """Make ``scheme`` selectable by its name; returns it.
 
     Raises:
-        ValueError: the name is empty or taken.
+        ConfigError (a ValueError): the name is empty or taken.
     """
-    if not scheme.name or scheme.name in _SCHEMES:
-        raise ValueError(f"compression scheme name {scheme.name!r} is empty or already registered")
-    _SCHEMES[scheme.name] = scheme
-    return scheme
+    return _SCHEMES.add(scheme.name, scheme)
 
 
 def unregister_scheme(name: str) -> None:
     """Remove a registered scheme (tests register toy schemes and take them away again)."""
-    del _SCHEMES[name]
+    _SCHEMES.remove(name)
 
 
 def scheme_for(name: str) -> CompressionScheme:
-    """The registered scheme called ``name`` (``KeyError`` if none: :func:`scheme_names` lists them)."""
-    return _SCHEMES[name]
+    """The registered scheme called ``name`` (:class:`InvalidOptionError` listing them if none)."""
+    return _SCHEMES.get(name)
 
 
 def scheme_names() -> Sequence[str]:
@@ -204,7 +202,7 @@ def scheme_names() -> Sequence[str]:
         >>> scheme_names()[:3]
         ('weight_svd', 'spatial_svd', 'channel_pruning')
     """
-    return tuple(_SCHEMES)
+    return _SCHEMES.names()
 
 
 for _builtin in (LowRankScheme("weight_svd"), LowRankScheme("spatial_svd"), ChannelPruningScheme()):

@@ -23,7 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, InvalidOptionError
+from ..errors import ConfigError
+from ..registry import Registry
 from .adaround import AdaroundConfig
 
 __all__ = ["StageContext", "AutoQuantStage", "register_stage", "stage_names", "get_stage"]
@@ -59,34 +60,30 @@ class AutoQuantStage:
     starts_from: str = "float"
 
 
-_STAGES: dict[str, AutoQuantStage] = {}
+_STAGES: Registry[AutoQuantStage] = Registry("auto_quant stage", "auto_quant stage")
 
 
 def register_stage(stage: AutoQuantStage) -> AutoQuantStage:
     """Add a stage (after the existing ones); raises :class:`ConfigError` if the name is taken."""
-    if stage.name in _STAGES or stage.name == "float":
-        raise ConfigError(f"auto_quant stage {stage.name!r} is already registered: pick another name")
     if stage.starts_from != "float" and stage.starts_from not in _STAGES:
         raise ConfigError(
             f"auto_quant stage {stage.name!r} starts from {stage.starts_from!r}, which is not registered before it"
         )
-    _STAGES[stage.name] = stage
-    return stage
+    if stage.name == "float":
+        raise ConfigError("'float' names the user's model in auto_quant's table: pick another stage name")
+    return _STAGES.add(stage.name, stage)
 
 
 def unregister_stage(name: str) -> None:
     """Remove a stage (tests add toy stages and take them away again)."""
-    del _STAGES[name]
+    _STAGES.remove(name)
 
 
 def stage_names() -> tuple[str, ...]:
     """The registered stage names, in the order auto_quant runs them."""
-    return tuple(_STAGES)
+    return _STAGES.names()
 
 
 def get_stage(name: str) -> AutoQuantStage:
     """The stage called ``name``; :class:`InvalidOptionError` listing the stages otherwise."""
-    try:
-        return _STAGES[name]
-    except KeyError:
-        raise InvalidOptionError(f"auto_quant stage {name!r}: use one of {', '.join(_STAGES)}") from None
+    return _STAGES.get(name)

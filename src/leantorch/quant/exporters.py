@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, InvalidOptionError
+from ..registry import Registry
 from .encodings_file import EncodingsVersion
 from .export import export_quantsim
 from .export_float import strip_qdq
@@ -45,32 +45,27 @@ class Exporter:
     description: str
 
 
-_EXPORTERS: dict[str, Exporter] = {}
+_EXPORTERS: Registry[Exporter] = Registry("format", "export format")
 
 
 def register_exporter(exporter: Exporter) -> Exporter:
     """Add an export format; raises :class:`ConfigError` if the name is taken."""
-    if exporter.name in _EXPORTERS:
-        raise ConfigError(f"export format {exporter.name!r} is already registered: pick another name")
-    _EXPORTERS[exporter.name] = exporter
-    return exporter
+    return _EXPORTERS.add(exporter.name, exporter)
 
 
 def unregister_exporter(name: str) -> None:
     """Remove an export format (tests add toy formats and take them away again)."""
-    del _EXPORTERS[name]
+    _EXPORTERS.remove(name)
 
 
 def exporter_names() -> tuple[str, ...]:
     """The registered export formats, the default first."""
-    return tuple(_EXPORTERS)
+    return _EXPORTERS.names()
 
 
 def get_exporter(name: Any) -> Exporter:
     """The export format called ``name``; :class:`InvalidOptionError` listing the formats otherwise."""
-    if not isinstance(name, str) or name not in _EXPORTERS:
-        raise InvalidOptionError(f"format={name!r}: use one of {', '.join(_EXPORTERS)}")
-    return _EXPORTERS[name]
+    return _EXPORTERS.get(name)
 
 
 def _onnx_float(
