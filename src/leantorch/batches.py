@@ -24,6 +24,8 @@ import torch
 
 from .errors import CalibrationDataError, DataError, LeanTorchError
 
+__all__ = ["ACCEPTED", "model_inputs", "all_finite", "run_batch", "check_iterable", "is_iterable"]
+
 #: What a batch may look like, for error messages.
 ACCEPTED = (
     "a tensor, or a tuple/list whose first {n} item(s) are the model's input tensor(s) (labels after them are ignored)"

@@ -23,6 +23,19 @@ from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
 from .quant.exporters import exporter_names
 
+__all__ = [
+    "DESCRIPTION",
+    "UsageError",
+    "add_parallel_options",
+    "COMPRESS_QUANTIZE",
+    "ADAROUND_DEFAULTS",
+    "ADAROUND_THOROUGH",
+    "ADAROUND_SAMPLES",
+    "COMPRESS_DEFAULTS",
+    "COMPRESS_THOROUGH",
+    "build_parser",
+]
+
 DESCRIPTION = (
     "Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
     "Arguments, data and output locations are checked before any long computation; a mistake is "

@@ -21,6 +21,20 @@ from torch import nn
 
 from .errors import DataError, LeanTorchError
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PHOTOGRAPHS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "sample_images",
+    "batches",
+    "channels_last",
+    "digits",
+    "load_data",
+    "check_finite",
+    "check_model_accepts",
+]
+
 #: Image file types read from a ``--data`` directory.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 

@@ -22,6 +22,8 @@ from .ptq.cle import equalize
 from .quant.sim import QuantSim
 from .staging import staged_outputs
 
+__all__ = ["EXPORT_NAME", "run_demo", "analysis_report"]
+
 log = logging.getLogger(__name__)
 
 #: File name prefix of the demo's export.

@@ -35,6 +35,16 @@ import torch.distributed as dist
 from .errors import DistributedMismatchError, InvalidOptionError
 from .quant.estimators import HistogramEstimator, RangeEstimator
 
+__all__ = [
+    "merge_group",
+    "comm_device",
+    "reduce_scalar",
+    "any_rank_failed",
+    "check_same",
+    "merge_estimators",
+    "check_channels",
+]
+
 
 def merge_group(distributed: bool | None = None, process_group: Any = None) -> Any | None:
     """The process group to merge statistics over, or None to work locally.

@@ -13,6 +13,28 @@ Example:
 
 from __future__ import annotations
 
+__all__ = [
+    "LeanTorchError",
+    "TraceError",
+    "UnsupportedBitwidthError",
+    "InvalidOptionError",
+    "UnknownLayerError",
+    "DataError",
+    "CalibrationDataError",
+    "TrainingDataError",
+    "NonFiniteModelError",
+    "EncodingsMissingError",
+    "InputShapeError",
+    "ConfigError",
+    "EncodingsFileError",
+    "ExportError",
+    "TrainingDivergedError",
+    "OutputPathError",
+    "RayNotInstalledError",
+    "ParallelBackendError",
+    "DistributedMismatchError",
+]
+
 
 class LeanTorchError(Exception):
     """Base class of all leantorch errors."""

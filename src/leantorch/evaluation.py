@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 
 from .metrics import kl_divergence, sqnr_db, top1_agreement
 
+__all__ = ["model_outputs", "Agreement", "markdown_table", "OutputScore", "sqnr_score", "agreement_score"]
+
 
 def model_outputs(
     model: nn.Module, data: Iterable[torch.Tensor], progress: bool = True, desc: str = "evaluating"

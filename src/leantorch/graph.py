@@ -20,6 +20,23 @@ from .graph_rewrite import functional_to_modules, record_values, split_shared_st
 from .model_state import carry_model_state
 from .options import short_repr
 
+__all__ = [
+    "OP_TYPE_NAMES",
+    "PASSTHROUGH_TYPES",
+    "op_type",
+    "as_tuple",
+    "example_inputs",
+    "prepare",
+    "check_module",
+    "check_finite",
+    "run_checked",
+    "call_sites",
+    "call_counts",
+    "untie_parameters",
+    "find_chains",
+    "unknown_leaf_modules",
+]
+
 log = logging.getLogger(__name__)
 
 # Op type tables, derived from the op registry (leantorch.ops): one registration per op type.

@@ -19,6 +19,8 @@ from torch import fx, nn
 from . import ops
 from .ops.rules import arg
 
+__all__ = ["is_float_tensor_node", "record_values", "functional_to_modules", "split_shared_stateless_modules"]
+
 log = logging.getLogger(__name__)
 
 # Which calls become which op modules is each op's OpSpec.functions / OpSpec.methods (leantorch.ops).

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+__all__ = ["top1_agreement", "kl_divergence", "sqnr_db", "sqnr_db_from_sums"]
+
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Fraction of samples whose arg-max class is the same in both logits tensors ``[N, classes]``.

@@ -26,6 +26,18 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
+__all__ = [
+    "with_overrides",
+    "check_flag",
+    "check_count",
+    "check_positive",
+    "check_fraction",
+    "check_choice",
+    "as_names",
+    "short_repr",
+    "name_list",
+]
+
 _Config = TypeVar("_Config")
 
 

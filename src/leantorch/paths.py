@@ -28,6 +28,8 @@ from typing import Any
 
 from .errors import InvalidOptionError, OutputPathError
 
+__all__ = ["check_file_name", "check_directory", "check_file", "writing", "existing_ancestor"]
+
 
 def check_file_name(value: Any, what: str = "filename_prefix") -> str:
     """``value`` if it is a plain, non-empty file name (no directory part), else a typed error.

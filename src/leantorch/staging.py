@@ -42,6 +42,8 @@ from pathlib import Path
 from .errors import OutputPathError
 from .paths import existing_ancestor, writing
 
+__all__ = ["StagedOutputs", "staged_outputs"]
+
 _PREFIX = ".leantorch-staging-"
 # The process umask, read once at import: reading it means setting it, which would race with other threads.
 _UMASK = os.umask(0o022)

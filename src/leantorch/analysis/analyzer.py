@@ -37,6 +37,8 @@ from ..sweep import Trial, first_calls, suffix_outputs
 from .report import ActivationStats, AnalysisReport
 from .weight_ranges import weight_ranges
 
+__all__ = ["MODEL_INPUTS", "analyze", "sweepable_layers"]
+
 log = logging.getLogger(__name__)
 
 #: Pseudo layer name of the model-input quantizers in sensitivity tables.

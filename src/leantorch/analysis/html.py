@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .report import AnalysisReport
 
+__all__ = ["data_uri", "escape", "document", "render", "table", "details", "images", "png_size"]
+
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;

@@ -14,6 +14,16 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
+__all__ = [
+    "DPI",
+    "sensitivity_plot",
+    "sqnr_plot",
+    "weight_ranges_plot",
+    "histogram_plot",
+    "equalization_plot",
+    "compression_curves_plot",
+]
+
 # One palette for every figure: quantized (orange) against float (blue), encodings in red.
 FLOAT_COLOR, QUANT_COLOR, ENCODING_COLOR, GREY = "#1f77b4", "#ff7f0e", "#d62728", "#7f7f7f"
 DPI = 90

@@ -19,6 +19,8 @@ from . import plots
 from .html import render
 from .weight_ranges import WeightRanges, weight_ranges
 
+__all__ = ["ActivationStats", "AnalysisReport"]
+
 
 @dataclass
 class ActivationStats:

@@ -36,6 +36,18 @@ from .. import ops
 from ..batches import run_batch
 from ..graph import as_tuple
 
+__all__ = [
+    "PruningPath",
+    "prunable_layer",
+    "pruning_path",
+    "GramAccumulator",
+    "sample_grams",
+    "select_channels",
+    "reconstruct",
+    "prune_channels",
+    "channels_for_ratio",
+]
+
 
 @dataclass
 class PruningPath:

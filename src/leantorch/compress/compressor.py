@@ -44,6 +44,8 @@ from .schemes import scheme_for, scheme_names
 from .stage import Stage
 from .suffix_table import layer_nodes, rows_fn, suffix_work
 
+__all__ = ["Scheme", "SCHEMES", "CompressionInfo", "compress"]
+
 log = logging.getLogger(__name__)
 
 Scheme = str  # a registered scheme's name (leantorch.compress.schemes): weight_svd, spatial_svd, channel_pruning, ...

@@ -23,6 +23,8 @@ from ..graph import check_finite, check_module, example_inputs, run_checked
 from ..ops import counted, counted_classes, spec_for
 from .ratio_selection import CompressionError
 
+__all__ = ["COUNTED", "LayerCost", "CostReport", "layer_macs", "cost"]
+
 #: The module classes counted when this module was imported; the cost model itself asks the op registry
 #: (an op type with ``OpSpec.mac_count``), so op types registered later are counted too.
 COUNTED = counted_classes()

@@ -29,6 +29,18 @@ from ..errors import LeanTorchError
 from ..paths import check_file, writing
 from ..staging import staged_outputs
 
+__all__ = [
+    "CompressionError",
+    "default_candidates",
+    "EvalScoreTable",
+    "fingerprint",
+    "build_table",
+    "build_table_by_layers",
+    "ratios_for_threshold",
+    "greedy_select",
+    "spend_slack",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -8,6 +8,8 @@ from ..analysis import plots
 from ..analysis.html import details, document, images, table
 from .compressor import CompressionInfo
 
+__all__ = ["sensitivity_figures", "write_report"]
+
 
 def _stages(info: CompressionInfo) -> list[CompressionInfo]:
     return info.stages or [info]

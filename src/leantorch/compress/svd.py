@@ -27,6 +27,8 @@ from torch import nn
 
 from .cost import LayerCost
 
+__all__ = ["decomposable", "full_rank", "macs_per_rank", "rank_for_ratio", "weight_svd", "spatial_svd"]
+
 
 def decomposable(module: nn.Module, scheme: str) -> bool:
     """Whether ``module`` can be decomposed by ``scheme`` (``"weight_svd"`` or ``"spatial_svd"``).

@@ -14,6 +14,8 @@ from torch import nn
 
 from ..errors import LeanTorchError
 
+__all__ = ["IMAGE_SIZE", "efficientnet_lite0"]
+
 #: Input resolution of EfficientNet-Lite0.
 IMAGE_SIZE = 224
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["BasicBlock", "ResNetSmall"]
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 conv+BN layers with a residual connection (1×1 conv shortcut when the shape changes)."""

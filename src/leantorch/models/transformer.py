@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["TransformerEncoderBlock", "TransformerClassifier"]
+
 
 class TransformerEncoderBlock(nn.Module):
     """LayerNorm → multi-head self-attention (q·kᵀ matmul, softmax, ·v matmul) → residual add,

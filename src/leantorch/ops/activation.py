@@ -16,6 +16,8 @@ from .modules import BoundedReLU
 from .registry import OpSpec, register
 from .rules import arg, simple, unary
 
+__all__ = ["is_relu6", "RELU", "RELU6", "BOUNDED_RELU", "HARDTANH", "GELU", "SIGMOID", "TANH", "LEAKY_RELU", "SOFTMAX"]
+
 
 def is_relu6(module: nn.Module) -> bool:
     """A ``Hardtanh`` clipping to ``[0, 6]`` (``nn.ReLU6`` is one): the bound CLE must keep exact."""

@@ -35,6 +35,22 @@ from torch import fx, nn
 from ..errors import ConfigError, TraceError
 from .registry import OpSpec, register
 
+__all__ = [
+    "MASK_KINDS",
+    "attention_mask",
+    "AttentionMask",
+    "MultiheadAttentionDecomposed",
+    "TransformerEncoderLayerDecomposed",
+    "zero_padded_positions",
+    "TransformerEncoderDecomposed",
+    "sdpa_decomposition",
+    "ATTENTION_MASK",
+    "MULTIHEAD_ATTENTION",
+    "TRANSFORMER_ENCODER_LAYER",
+    "TRANSFORMER_ENCODER",
+    "SDPA",
+]
+
 #: How :func:`attention_mask` reads a mask: ``"mha"`` (``nn.MultiheadAttention``'s attn_mask: bool True
 #: masks, 3-D masks are per batch·head), ``"key_padding"`` (its key_padding_mask, ``(B, S)`` or ``(S,)``),
 #: ``"keep"`` (SDPA's attn_mask: bool True takes part), ``"causal"`` (no mask tensor: query i sees keys ≤ i).

@@ -17,6 +17,8 @@ from torch import nn
 
 from .registry import ACT, OpSpec, register
 
+__all__ = ["is_depthwise", "conv_macs", "conv_transpose_macs", "CONV", "CONV_TRANSPOSE"]
+
 
 def is_depthwise(module: nn.Module) -> bool:
     """A 2-D conv (or subclass) with one filter per input channel: ``groups == in == out > 1``.

@@ -15,6 +15,8 @@ from .modules import Add, Cat, Div, Interpolate, MatMul, Mean, Mul, Sub
 from .registry import ACT, OpSpec, register
 from .rules import arg, binary, unary
 
+__all__ = ["ADD", "SUB", "MUL", "DIV", "MATMUL", "CONCAT", "INTERPOLATE", "MEAN"]
+
 
 def _cat(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
     tensors = args[0] if args else kwargs.get("tensors")

@@ -14,6 +14,8 @@ from torch import nn
 
 from .registry import ACT, OpSpec, register
 
+__all__ = ["linear_macs", "LINEAR", "EMBEDDING"]
+
 
 def linear_macs(module: nn.Module, input_shape: tuple, output_shape: tuple) -> int:
     """MACs per sample: ``in * out`` for each row (all dims between batch and features)."""

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["Add", "Sub", "Mul", "Div", "MatMul", "Cat", "Interpolate", "Mean", "Pad", "BoundedReLU"]
+
 
 class Add(nn.Module):
     """``a + b`` (residual connections)."""

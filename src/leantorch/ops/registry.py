@@ -26,6 +26,31 @@ from torch import nn
 from ..errors import ConfigError, LeanTorchError
 from .rules import Rule
 
+__all__ = [
+    "Role",
+    "ACT",
+    "MacCount",
+    "OpSpec",
+    "register",
+    "unregister",
+    "spec_for",
+    "weight_names",
+    "is_registered_class",
+    "specs",
+    "OP_TYPE_NAMES",
+    "PASSTHROUGH_TYPES",
+    "WEIGHT_AXES",
+    "counted",
+    "counted_classes",
+    "has_role",
+    "default_supergroups",
+    "relu_upper",
+    "function_rule",
+    "method_rule",
+    "decomposition",
+    "replace_registered_modules",
+]
+
 #: A role of an op: a constant, or a predicate on the module (where it depends on the module's settings).
 Role = bool | Callable[[nn.Module], bool]
 #: In :attr:`OpSpec.supergroups`: any op type with ``fusable_activation``.

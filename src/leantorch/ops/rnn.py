@@ -39,6 +39,8 @@ from ..errors import TraceError
 from ..quant.quantizer import Quantizer
 from .registry import OpSpec, register
 
+__all__ = ["STATE_QUANTIZERS", "RecurrentLoop", "RNNLoop", "LSTMLoop", "GRULoop", "to_loop", "LSTM", "GRU", "RNN"]
+
 #: The activation quantizers of one layer and direction, by cell type.
 STATE_QUANTIZERS = {
     "LSTM": ("input_gate", "forget_gate", "cell_gate", "output_gate", "cell", "hidden"),

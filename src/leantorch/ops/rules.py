@@ -19,6 +19,8 @@ from typing import Any
 
 from torch import nn
 
+__all__ = ["Made", "Rule", "arg", "binary", "unary", "simple", "fixed_args"]
+
 Made = "tuple[nn.Module, tuple] | None"
 Rule = Callable[[tuple, dict], "tuple[nn.Module, tuple] | None"]
 

@@ -15,6 +15,8 @@ from .modules import Pad
 from .registry import OpSpec, register
 from .rules import arg, fixed_args, unary
 
+__all__ = ["FLATTEN", "PAD", "MAX_POOL", "AVG_POOL", "DROPOUT", "IDENTITY"]
+
 
 def _flatten(args: tuple, kwargs: dict) -> nn.Module:
     return nn.Flatten(arg(args, kwargs, 1, "start_dim", 0), arg(args, kwargs, 2, "end_dim", -1))

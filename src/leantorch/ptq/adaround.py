@@ -60,6 +60,8 @@ from .input_moments import layer_objective, supports_moments
 from .layer_rounding import LayerRoundingConfig, round_layers
 from .layer_rounding import save_param_encodings as _save_param_encodings  # noqa: F401  (tests' old import path)
 
+__all__ = ["OBJECTIVES", "Gradient", "rectified_sigmoid", "AdaroundConfig", "adaround"]
+
 log = logging.getLogger(__name__)
 
 ZETA, GAMMA = 1.1, -0.1

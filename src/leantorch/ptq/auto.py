@@ -27,6 +27,8 @@ from .auto_stages import AutoQuantStage, StageContext, get_stage, register_stage
 from .bn_fold import fold_batch_norms
 from .cle import equalize
 
+__all__ = ["EvalFunctionError", "call_eval_fn", "AutoQuantResult", "auto_quant"]
+
 log = logging.getLogger(__name__)
 
 

@@ -38,6 +38,8 @@ from ..quant.sim import QuantSim
 from .frontier import Frontier
 from .layer_io import Batch, channel_mean, channel_means
 
+__all__ = ["Method", "METHODS", "BiasCorrectionConfig", "bias_correction", "clipped_normal_mean"]
+
 log = logging.getLogger(__name__)
 
 Method = Literal["empirical", "analytical", "hybrid"]

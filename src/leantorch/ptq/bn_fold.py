@@ -22,6 +22,8 @@ from .. import ops
 from ..graph import call_counts, find_chains, prepare, untie_parameters
 from ..model_state import model_state, set_model_state
 
+__all__ = ["fold_batch_norms"]
+
 log = logging.getLogger(__name__)
 
 

@@ -39,6 +39,18 @@ from ..model_state import model_state, set_model_state
 from .bn_fold import fold_batch_norms
 from .relu6 import replace_relu6
 
+__all__ = [
+    "ScalingSet",
+    "Stats",
+    "find_scaling_sets",
+    "output_ranges",
+    "input_ranges",
+    "spread",
+    "cross_layer_scale",
+    "absorb_high_biases",
+    "equalize",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -28,6 +28,17 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..errors import CalibrationDataError
 
+__all__ = [
+    "supports_moments",
+    "grouped_weight",
+    "patches",
+    "InputMoments",
+    "factorize",
+    "QuadraticObjective",
+    "LowRankObjective",
+    "layer_objective",
+]
+
 # Images per chunk when unfolding: a 112×112 depthwise layer's patches of 32 images would take ~350 MB.
 _CHUNK = 8
 

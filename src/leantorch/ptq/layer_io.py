@@ -16,6 +16,8 @@ from torch import nn
 
 from ..graph import as_tuple
 
+__all__ = ["Batch", "run_on", "StopForward", "channel_mean", "channel_means", "layer_io"]
+
 #: One batch of model inputs: a tensor, or a tuple of tensors for a model with several inputs.
 Batch = torch.Tensor | Sequence[torch.Tensor]
 

@@ -14,6 +14,8 @@ from torch import fx, nn
 
 from ..graph import call_sites, prepare
 
+__all__ = ["replace_relu6"]
+
 
 def replace_relu6(model: nn.Module, example_input: Any = None, inplace: bool = False) -> fx.GraphModule:
     """Return a copy of ``model`` with every ReLU6 (and ``Hardtanh(0, 6)``) replaced by ReLU.

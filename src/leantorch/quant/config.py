@@ -28,6 +28,8 @@ from ..errors import ConfigError
 from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES, default_supergroups
 from ..options import short_repr
 
+__all__ = ["PER_CHANNEL_AXIS", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
+
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
 #: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
 PER_CHANNEL_AXIS = WEIGHT_AXES

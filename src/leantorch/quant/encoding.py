@@ -42,6 +42,17 @@ from . import primitives
 from .primitives import FLT_MAX as FLT_MAX  # re-exported: their home was here
 from .primitives import MIN_SCALE as MIN_SCALE
 
+__all__ = [
+    "check_bitwidth",
+    "Encoding",
+    "compute_encoding",
+    "quantize",
+    "dequantize",
+    "REQUIRED_FIELDS",
+    "same_encoding",
+    "parse_encoding",
+]
+
 #: Bitwidths that are simulated. 32 means "leave this tensor in floating point".
 MIN_BITWIDTH, MAX_BITWIDTH, FLOAT_BITWIDTH = 2, 16, 32
 

@@ -60,6 +60,8 @@ from .wrapper import QuantWrapper
 if TYPE_CHECKING:
     from .sim import QuantSim
 
+__all__ = ["Marked", "FileEncodings", "check_opset", "export_quantsim", "float_state_dict", "build_qdq_onnx"]
+
 _V = TypeVar("_V")
 
 

@@ -30,6 +30,8 @@ from .estimators import QuantScheme
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
 
+__all__ = ["QuantSettings", "wrap_layers", "insert_model_input_quantizers", "apply_config"]
+
 log = logging.getLogger(__name__)
 
 # call_method / call_function targets that only move data: their output is on the input's grid.

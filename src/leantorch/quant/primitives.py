@@ -35,6 +35,21 @@ import torch
 
 from ..errors import DataError
 
+__all__ = [
+    "MIN_SCALE",
+    "FLT_MAX",
+    "Grid",
+    "grid_from_range",
+    "asymmetric_grid",
+    "symmetric_grid",
+    "unsigned_grid",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "learnable_fake_quantize",
+    "lsq_grad_scale",
+]
+
 # Smallest scale we allow: a tensor that is constant zero still needs a valid (non-zero) grid.
 MIN_SCALE = 1e-10
 

@@ -41,6 +41,8 @@ from ..options import check_choice, check_count, check_flag, check_positive
 from .quantizer import Quantizer
 from .sim import QuantSim
 
+__all__ = ["OPTIMIZERS", "fit"]
+
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")

@@ -34,6 +34,8 @@ from .primitives import fake_quantize as fake_quantize
 from .primitives import learnable_fake_quantize as learnable_fake_quantize
 from .primitives import lsq_grad_scale
 
+__all__ = ["Quantizer", "finish_calibrations", "OnnxQuantizeMarker"]
+
 
 class Quantizer(nn.Module):
     """Fake-quantizes one tensor (per tensor, or per channel along ``axis``).

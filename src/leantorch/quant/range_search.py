@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["expected_noise", "search_noise"]
+
 
 def expected_noise(
     hist: torch.Tensor, centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor, gamma: float

@@ -10,6 +10,8 @@ from torch import nn
 
 from .quantizer import Quantizer
 
+__all__ = ["QuantWrapper"]
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
