@@ -90,6 +90,8 @@ class OpSpec:
             the graph of registered ops ``function`` is written in (e.g. ``F.scaled_dot_product_attention``).
 
     Roles (each ``True``/``False`` or a predicate on the module, for roles that depend on its settings):
+        params_quantized: the default config quantizes its parameters (False for BatchNorm, whose affine is
+            folded into the conv before deployment rather than being a weight).
         folds_bn_after: a BatchNorm right after it folds into its weight and bias (BN folding).
         folds_bn_before: a BatchNorm right before it folds into it, where that is exact (BN folding checks
             padding and groups).
@@ -114,6 +116,7 @@ class OpSpec:
     replace: Callable[[nn.Module], nn.Module] | None = None
     weight_params: Callable[[nn.Module], tuple[str, ...]] | None = None
     decompositions: tuple[tuple[Any, Callable[..., Any]], ...] = ()
+    params_quantized: bool = True
     folds_bn_after: bool = False
     folds_bn_before: bool = False
     cle_scalable: Role = False

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..ops import OP_TYPE_NAMES, PASSTHROUGH_TYPES, WEIGHT_AXES, default_supergroups
+from ..ops import OP_TYPE_NAMES, WEIGHT_AXES, default_supergroups, specs
 from ..options import short_repr
 
 __all__ = ["PER_CHANNEL_AXIS", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
@@ -61,10 +61,15 @@ def _default_supergroups() -> list[list[str]]:
 
 
 def _default_op_types() -> dict[str, OpRule]:
-    rules = {name: OpRule(output_quantized=False) for name in PASSTHROUGH_TYPES}
-    # BatchNorm statistics are folded into the conv before deployment; their affine is not a weight.
-    rules["BatchNorm"] = OpRule(params_quantized=False)
-    return rules
+    # Passthrough ops keep their input's grid (no output quantizer); ops whose parameters are not weights
+    # (BatchNorm) keep them float.
+    return {
+        s.name: OpRule(
+            output_quantized=False if s.passthrough else None, params_quantized=None if s.params_quantized else False
+        )
+        for s in specs()
+        if s.passthrough or not s.params_quantized
+    }
 
 
 @dataclass
