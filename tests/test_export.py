@@ -310,3 +310,43 @@ def test_export_formats_are_a_registry(tmp_path) -> None:
         assert sim.export(tmp_path, "m", format="encodings_only") == {"encodings": tmp_path / "m.encodings"}
     finally:
         unregister_exporter("encodings_only")
+
+
+class _LinearOnTwoScales(nn.Module):
+    """One Linear applied to inputs of very different magnitudes: one range for both calls would waste most of
+    the grid on the small one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.fc(100.0 * x)
+
+
+def test_each_call_of_a_reused_layer_has_its_own_activation_quantizers(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _LinearOnTwoScales().eval()
+    x = torch.randn(64, 8)
+    sim = lt.QuantSim(model, x[:1], per_channel=True)
+    sim.compute_encodings([x], progress=False)
+    first, second = sim.layers()["fc"], sim.layers()["fc_call1"]
+    assert second.repeat_of == "fc" and first.repeat_of is None
+    # one weight quantizer (shared), two output quantizers with their own ranges
+    assert second.param_quantizers["weight"] is first.param_quantizers["weight"]
+    assert list(sim.param_quantizers()) == ["fc.weight", "fc.bias"]
+    small, large = (float(w.output_quantizers[0].scale) for w in (first, second))
+    assert large > 50 * small
+    with torch.no_grad():
+        y, want = sim.model(x), model(x)
+        # the small call's error stays on its own fine grid: far below the coarse grid of the large call
+        assert float((sim.model.fc(x) - model.fc(x)).abs().max()) <= 2 * small
+    assert float((y - want).abs().max()) <= 2 * large
+    files, got, expected = export_and_run(sim, tmp_path, x)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    reloaded = lt.QuantSim(model, x[:1], per_channel=True)
+    reloaded.load_encodings(files["encodings"], strict=True)
+    for name in ("fc", "fc_call1"):
+        assert float(reloaded.layers()[name].output_quantizers[0].scale) == float(
+            sim.layers()[name].output_quantizers[0].scale
+        )

@@ -109,7 +109,9 @@ def analysis_report(
 ) -> AnalysisReport:
     """``lt.analyze`` of ``sim`` scored by output SQNR against FP32 on ``probe``, sensitivity over the
     conv/linear layers (what the demo can afford on a CPU)."""
-    weighted = [name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear")]
+    weighted = [
+        name for name, layer in sim.layers().items() if layer.op_type in ("Conv", "Linear") and layer.repeat_of is None
+    ]
     return analyze(sim, sqnr_score(model, [probe]), calib[:1], layers=weighted, progress=progress)
 
 

@@ -194,7 +194,10 @@ def prepare(
     functional_to_modules(gm)
     shared = split_shared_stateless_modules(gm)
     if shared:
-        log.warning("modules called at several places share one set of quantizers: %s", ", ".join(shared))
+        log.info(
+            "layers called at several places (one weight quantizer, activation quantizers per call): %s",
+            ", ".join(shared),
+        )
     for node in gm.graph.nodes:
         # ``from __future__ import annotations`` makes argument annotations strings ("torch.Tensor"); fx turns
         # them into a str global that GraphModule.__reduce__ cannot import, so the model would not pickle

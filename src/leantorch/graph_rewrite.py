@@ -243,8 +243,8 @@ def _claim_owner_name(gm: fx.GraphModule, owner: str) -> str | None:
 def split_shared_stateless_modules(gm: fx.GraphModule) -> list[str]:
     """Give each call site of a stateless module (one ``nn.ReLU6`` used five times) its own copy.
 
-    Returns the names of parametrised modules that are called more than once: those keep one set of
-    quantizers for all their call sites.
+    Returns the names of parametrised modules that are called more than once: those stay one module (one set
+    of weights); QuantSim gives each of their calls its own activation quantizers.
     """
     seen: dict[str, int] = {}
     shared_with_params = []

@@ -138,7 +138,10 @@ def bias_correction(
     layers = [
         n
         for n, w in sim.layers().items()
-        if w.op_type in ("Conv", "Linear") and "weight" in w.param_quantizers and w.param_quantizers["weight"].is_active
+        if w.op_type in ("Conv", "Linear")
+        and w.repeat_of is None
+        and "weight" in w.param_quantizers
+        and w.param_quantizers["weight"].is_active
     ]
     float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}

@@ -155,7 +155,9 @@ def round_layers(
     if not use_quantized_inputs:
         sim.set_activation_quantization(False)
     layers = [
-        n for n, w in sim.layers().items() if w.op_type in ("Conv", "Linear") and w.param_quantizers["weight"].is_active
+        n
+        for n, w in sim.layers().items()
+        if w.op_type in ("Conv", "Linear") and w.repeat_of is None and w.param_quantizers["weight"].is_active
     ]
     bar = tqdm(total=len(layers), desc=what, unit="layer", disable=not progress, leave=False)
     for name, inputs, quantized in layer_inputs(reference, sim, layers, data, use_quantized_inputs):

@@ -254,7 +254,7 @@ def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
     entries: list[Marked] = []
     param_of = {}
     for layer, wrapper in model.named_modules():
-        if isinstance(wrapper, QuantWrapper):
+        if isinstance(wrapper, QuantWrapper) and wrapper.repeat_of is None:
             for pname, q in wrapper.param_quantizers.items():
                 if q.is_active:
                     param = getattr(wrapper.module, pname)

@@ -80,14 +80,42 @@ class QuantSettings:
 
 
 def wrap_layers(gm: fx.GraphModule) -> dict[str, QuantWrapper]:
-    """Replace every called leaf module by a :class:`QuantWrapper` (quantizers disabled)."""
-    wrappers = {}
+    """Replace every called leaf module by a :class:`QuantWrapper` (quantizers disabled).
+
+    A layer with parameters called at several places gets one wrapper per call: the first under the layer's
+    name, the later ones as ``<name>_call<k>``, sharing the layer and its weight quantizers but each with its own
+    activation quantizers (the calls see different inputs and outputs, so they get their own ranges).
+    """
+    wrappers: dict[str, QuantWrapper] = {}
+    first: dict[str, QuantWrapper] = {}
+    calls: dict[str, int] = {}
     for node, module in list(call_sites(gm)):
+        target = _target(node)
         num_inputs = sum(1 for a in node.args if isinstance(a, fx.Node))
-        wrapper = QuantWrapper(module, op_type(module), num_inputs, _count_tensor_outputs(node))
-        _set_submodule(gm, _target(node), wrapper)
-        wrappers[str(node.target)] = wrapper
+        primary = first.get(target)
+        wrapper = QuantWrapper(
+            module, op_type(module), num_inputs, _count_tensor_outputs(node), repeat_of=primary, repeat_name=target
+        )
+        if primary is None:
+            first[target] = wrapper
+            name = target
+        else:
+            calls[target] = calls.get(target, 0) + 1
+            name = _free_name(gm, f"{target}_call{calls[target]}")
+            node.target = name
+        _set_submodule(gm, name, wrapper)
+        wrappers[name] = wrapper
+    gm.recompile()
     return wrappers
+
+
+def _free_name(gm: fx.GraphModule, name: str) -> str:
+    taken = {n for n, _ in gm.named_modules(remove_duplicate=False)}
+    candidate, k = name, 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
 
 
 def _count_tensor_outputs(node: fx.Node) -> int:

@@ -124,6 +124,7 @@ class QuantSim:
         return {
             f"{layer}.{p}": cast(Quantizer, q)
             for layer, w in self.layers().items()
+            if w.repeat_of is None  # a later call of a layer shares its first call's weight quantizers
             for p, q in w.param_quantizers.items()
         }
 
@@ -365,6 +366,8 @@ class QuantSim:
         """Every quantizer with the names, shapes and channel axes that encodings files refer to."""
         params: dict[int, tuple[str, tuple[int, ...], int]] = {}
         for layer, wrapper in self.layers().items():
+            if wrapper.repeat_of is not None:
+                continue  # its weight quantizers are its first call's
             for pname, q in wrapper.param_quantizers.items():
                 # A weight's channels lie on its op's output-channel axis; a bias has only axis 0.
                 weight = pname in ops.weight_names(wrapper.module)

@@ -29,15 +29,30 @@ class QuantWrapper(nn.Module):
     #: prepare() never traces into it (it is part of the simulation, not of the user's model).
     lt_leaf: ClassVar[bool] = True
 
-    def __init__(self, module: nn.Module, op_type: str, num_inputs: int, num_outputs: int) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        op_type: str,
+        num_inputs: int,
+        num_outputs: int,
+        repeat_of: QuantWrapper | None = None,
+        repeat_name: str | None = None,
+    ) -> None:
         super().__init__()
         self.module = module
         self.op_type = op_type
         self.input_quantizers = nn.ModuleList(Quantizer(enabled=False) for _ in range(num_inputs))
         self.output_quantizers = nn.ModuleList(Quantizer(enabled=False) for _ in range(num_outputs))
-        self.param_quantizers = nn.ModuleDict(
-            {name: Quantizer(enabled=False) for name, _ in module.named_parameters(recurse=False)}
-        )
+        #: For a later call of a layer called at several places: the name of its first call's wrapper, whose
+        #: weights and weight quantizers it shares (it has activation quantizers of its own).
+        self.repeat_of: str | None = repeat_name if repeat_of is not None else None
+        self.param_quantizers: nn.ModuleDict
+        if repeat_of is not None:
+            self.param_quantizers = repeat_of.param_quantizers
+        else:
+            self.param_quantizers = nn.ModuleDict(
+                {name: Quantizer(enabled=False) for name, _ in module.named_parameters(recurse=False)}
+            )
         for q in self.param_quantizers.values():
             cast(Quantizer, q).is_param = True
         # Exact types only: a subclass (e.g. a conv that pads in its own forward) goes the generic way.
