@@ -600,3 +600,56 @@ def test_algorithm_configs_equal_the_keyword_api(tmp_path) -> None:
         AdaroundConfig(lr=float("nan"))
     with pytest.raises(lt.InvalidOptionError, match="is a dict"):
         lt.adaround(net, data[0][:1], data, {"iterations": 5})
+
+
+def _tied_with_bias() -> nn.Module:
+    model = _TiedPair().eval()
+    model.c3.bias = model.c2.bias  # weight and bias tied
+    return model
+
+
+@pytest.mark.parametrize("algorithm", ["adaround", "gptq", "seq_mse"])
+def test_layer_wise_rounding_gives_each_tied_layer_its_own_rounding(tmp_path, algorithm: str) -> None:
+    # Once the second layer's rounding silently overwrote the first's (one tensor for two roundings).
+    torch.manual_seed(0)
+    model = _tied_with_bias()
+    data = [torch.randn(8, 3, 8, 8)]
+    options = {"iterations": 20} if algorithm == "adaround" else {}
+    rounded, enc = getattr(lt, algorithm)(model, data[0][:1], data, progress=False, path=tmp_path, **options)
+    assert model.c2.weight is model.c3.weight  # the user's model keeps its tie
+    assert rounded.get_submodule("c2").weight is not rounded.get_submodule("c3").weight
+    sim = lt.QuantSim(rounded, data[0][:1], param_bw=4, per_channel=True)
+    sim.set_and_freeze_param_encodings(enc)
+    for name in ("c2", "c3"):
+        wrapper = sim.layers()[name]
+        weight = wrapper.module.weight
+        assert torch.equal(wrapper.param_quantizers["weight"](weight), weight)  # on its own frozen grid
+
+
+def test_bias_correction_corrects_each_tied_bias_for_its_own_layer() -> None:
+    # Once both layers' shifts went into the one shared bias.
+    torch.manual_seed(0)
+    model = _tied_with_bias()
+    data = [torch.randn(8, 3, 8, 8)]
+    corrected = lt.bias_correction(model, data[0][:1], data, param_bw=4, scheme="minmax", progress=False)
+    untied = _TiedPair().eval()
+    untied.load_state_dict(model.state_dict())  # the same numbers, every tensor its own
+    reference = lt.bias_correction(untied, data[0][:1], data, param_bw=4, scheme="minmax", progress=False)
+    for name in ("c1", "c2", "c3"):
+        assert torch.allclose(corrected.get_submodule(name).bias, reference.get_submodule(name).bias, atol=1e-6)
+    assert model.c2.bias is model.c3.bias
+
+
+def test_channel_pruning_of_a_tied_layer_equals_pruning_the_untied_model() -> None:
+    torch.manual_seed(0)
+    model = _TiedPair().eval()
+    untied = _TiedPair().eval()
+    untied.load_state_dict(model.state_dict())
+    x = torch.randn(8, 3, 8, 8)
+    score = lambda m: -float((m(x) - model(x)).pow(2).mean())  # noqa: E731
+    for layer in ("c2", "c3"):
+        options = {"ratios": {layer: 0.5}, "calibration": [x], "progress": False, "rank_multiple": 1}
+        tied_small, _ = lt.compress(model, x[:1], score, "channel_pruning", 0.9, **options)
+        untied_small, _ = lt.compress(untied, x[:1], score, "channel_pruning", 0.9, **options)
+        with torch.no_grad():
+            assert torch.equal(tied_small(x), untied_small(x))

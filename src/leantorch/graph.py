@@ -405,9 +405,9 @@ def call_counts(gm: fx.GraphModule) -> Counter[str]:
     return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
 
 
-def untie_parameters(gm: fx.GraphModule, module: nn.Module) -> list[str]:
-    """Give ``module`` its own copy of every direct parameter another module of ``gm`` shares (tied weights);
-    returns the names of the parameters copied.
+def untie_parameters(gm: fx.GraphModule, module: nn.Module, names: Sequence[str] | None = None) -> list[str]:
+    """Give ``module`` its own copy of every direct parameter (of ``names``, default all) another module of ``gm``
+    shares (tied weights); returns the names of the parameters copied.
 
     Why: transforms that rewrite a layer's weights for that layer alone (BN folding, CLE scaling, bias
     absorption) would otherwise change the other module too. Call it on the traced copy, never the user's model.
@@ -422,7 +422,7 @@ def untie_parameters(gm: fx.GraphModule, module: nn.Module) -> list[str]:
     owners = Counter(id(p) for m in gm.modules() for p in m.parameters(recurse=False))
     copied = []
     for name, param in list(module.named_parameters(recurse=False)):
-        if owners[id(param)] > 1:
+        if owners[id(param)] > 1 and (names is None or name in names):
             setattr(module, name, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
             copied.append(name)
     return copied

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
-from ..graph import as_tuple, example_inputs, prepare
+from ..graph import as_tuple, example_inputs, prepare, untie_parameters
 from ..model_state import model_state, set_model_state
 from ..options import check_count, with_overrides
 from ..quant.sim import QuantSim
@@ -143,6 +143,10 @@ def bias_correction(
         and "weight" in w.param_quantizers
         and w.param_quantizers["weight"].is_active
     ]
+    for name in layers:
+        # Each layer's bias gets its own correction: a bias tied to another layer's would get both.
+        untie_parameters(gm, gm.get_submodule(name), names=("bias",))
+        untie_parameters(sim.model, sim.layers()[name].module, names=("bias",))
     float_means = channel_means(gm, layers, data) if data else {}
     counts = {"analytical": 0, "empirical": 0}
     bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=not cfg.progress, leave=False)

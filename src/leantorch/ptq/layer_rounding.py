@@ -10,6 +10,7 @@ instead of one per layer (O(depth²)).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
-from ..graph import example_inputs, prepare
+from ..graph import example_inputs, prepare, untie_parameters
 from ..options import check_count, check_flag
 from ..paths import check_directory, check_file_name
 from ..quant.encoding import Encoding
@@ -39,6 +40,8 @@ __all__ = [
     "weight_grid",
     "round_to_grid",
 ]
+
+log = logging.getLogger(__name__)
 
 Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
@@ -159,6 +162,13 @@ def round_layers(
         for n, w in sim.layers().items()
         if w.op_type in ("Conv", "Linear") and w.repeat_of is None and w.param_quantizers["weight"].is_active
     ]
+    tied = [n for n in layers if untie_parameters(gm, gm.get_submodule(n), names=("weight",))]
+    for name in tied:
+        # Each layer gets its own rounding of a weight it shared: rounding one copy for two layers would leave
+        # the first layer with the second one's rounding (and grid).
+        untie_parameters(sim.model, sim.layers()[name].module, names=("weight",))
+    if tied:
+        log.warning("%s: tied weights of %s are untied; each layer gets its own rounded copy", what, ", ".join(tied))
     bar = tqdm(total=len(layers), desc=what, unit="layer", disable=not progress, leave=False)
     for name, inputs, quantized in layer_inputs(reference, sim, layers, data, use_quantized_inputs):
         bar.update(1)
