@@ -48,7 +48,8 @@ from .errors import (
     NonFiniteModelError,
     UnknownLayerError,
 )
-from .graph import check_finite, prepare
+from .graph import prepare
+from .graph_checks import check_finite
 from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction

@@ -14,8 +14,8 @@ import torch
 from torch import fx, nn
 
 from . import ops
-from .batches import all_finite
-from .errors import InputShapeError, InvalidOptionError, NonFiniteModelError, TraceError
+from .errors import InputShapeError, TraceError
+from .graph_checks import check_finite, check_finite_output, check_module, run_checked, verify_same_outputs
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
 from .model_state import carry_model_state
 from .options import short_repr
@@ -179,7 +179,7 @@ def prepare(
     was_training = copy_.training
     copy_.eval()
     reference = run_checked(copy_, inputs)
-    _check_finite_output(reference)
+    check_finite_output(reference)
     leaf_types = tuple(x for x in (leaf_modules or []) if isinstance(x, type))
     leaf_names = frozenset(x for x in (leaf_modules or []) if isinstance(x, str))
     # Ops that are quantized as several ops (attention, RNNs) are swapped for their quantizable form first.
@@ -208,134 +208,12 @@ def prepare(
     gm.recompile()
     gm.eval()
     if verify:
-        _verify_same_outputs(reference, run_checked(gm, inputs))
+        verify_same_outputs(reference, run_checked(gm, inputs))
     record_values(gm, inputs)
     # Layer statistics kept by BN folding/CLE describe layers by name, which tracing preserves.
     carry_model_state(model, gm)
     gm.train(was_training)
     return gm
-
-
-def check_module(model: Any, what: str = "model") -> None:
-    """Raise :class:`InvalidOptionError` unless ``model`` is an ``nn.Module`` instance.
-
-    Example:
-        >>> check_module(lambda x: x)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        leantorch.errors.InvalidOptionError: model must be a torch.nn.Module, got function ...
-    """
-    if isinstance(model, nn.Module):
-        return
-    if isinstance(model, type) and issubclass(model, nn.Module):
-        fix = f"create an instance first: {model.__name__}(...)"
-    elif isinstance(model, dict):
-        fix = "this looks like a state dict: build the model and call model.load_state_dict(...) first"
-    else:
-        fix = "wrap the computation in an nn.Module whose forward calls it"
-    raise InvalidOptionError(
-        f"{what} must be a torch.nn.Module, got {type(model).__name__} ({short_repr(model, 60)}): {fix}"
-    )
-
-
-def check_finite(model: nn.Module, inputs: tuple) -> None:
-    """Raise :class:`NonFiniteModelError` naming a float input with NaN, or every parameter with NaN/Inf and
-    buffer with NaN (or Inf, in normalization statistics).
-
-    Checked before tracing because NaN propagates to the outputs, where it would make the traced model look
-    different from the original and be reported as a tracing problem. Inf is allowed in the example inputs
-    and in buffers outside normalization layers: attention masks hold -inf on purpose, whether passed to
-    ``forward`` (``forward(x, mask)``) or stored in the model.
-
-    Example:
-        >>> layer = nn.Linear(2, 2)
-        >>> layer.weight.data[0, 0] = float("nan")
-        >>> check_finite(layer, (torch.randn(1, 2),))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        leantorch.errors.NonFiniteModelError: weight has 1 NaN value. The model is corrupt: ...
-    """
-    for j, x in enumerate(inputs):
-        count = _non_finite(x, allow_inf=True)  # an attention mask input holds -inf on purpose
-        if count:
-            raise NonFiniteModelError(
-                f"example input {j} (shape {tuple(x.shape)}) has {count}: pass an example "
-                "input without NaN (any real sample of your data will do)."
-            )
-    found = [(name, count) for name, p in model.named_parameters() if (count := _non_finite(p, allow_inf=False))]
-    for prefix, module in model.named_modules():
-        statistics = isinstance(module, nn.modules.batchnorm._NormBase)  # running mean/var must be finite
-        for name, b in module.named_buffers(prefix=prefix, recurse=False):
-            count = _non_finite(b, allow_inf=not statistics)
-            if count:
-                found.append((name, count))
-    if found:
-        listed = "; ".join(f"{name} has {count}" for name, count in found[:5])
-        more = f" (and {len(found) - 5} more tensors)" if len(found) > 5 else ""
-        raise NonFiniteModelError(
-            f"{listed}{more}. The model is corrupt: reload the checkpoint, or find the training step that "
-            "diverged (for BatchNorm running statistics: recompute them on clean data). leantorch needs finite "
-            "weights to trace, quantize or compress it."
-        )
-
-
-def _non_finite(x: Any, allow_inf: bool) -> str:
-    """What is wrong with a float tensor ("3 NaN values", "1 NaN value and 2 Inf values"); "" if nothing is."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        return ""
-    x = x.detach()
-    if all_finite(x):  # the common case costs one min/max reduction
-        return ""
-    nan, inf = int(torch.isnan(x).sum()), 0 if allow_inf else int(torch.isinf(x).sum())
-    parts = [f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
-    return " and ".join(parts)
-
-
-def _check_finite_output(output: Any) -> None:
-    nan = sum(int(torch.isnan(t).sum()) for t in _flatten_tensors(output) if t.is_floating_point())
-    if nan:
-        raise NonFiniteModelError(
-            f"the model's output on the example input has {nan} NaN value(s) although the input, weights and "
-            "statistics are finite: an op in the forward produces NaN (0/0, log or sqrt of a negative, an "
-            "-inf mask over a whole row). Fix that op, or pass an example input in the range the model expects."
-        )
-
-
-def run_checked(model: nn.Module, inputs: tuple) -> Any:
-    """Run ``model(*inputs)`` without gradients; an input that does not fit raises InputShapeError."""
-    with torch.no_grad():
-        try:
-            return model(*inputs)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-            mismatch = _dtype_device_mismatch(model, inputs)
-            fix = (
-                f"Pass an example input of the model's {mismatch}"
-                if mismatch
-                else "Pass an example input of the shape the model expects (e.g. (1, 3, 224, 224) for an "
-                "ImageNet classifier)"
-            )
-            raise InputShapeError(f"the model fails on the example input of shape(s) {shapes}: {exc}. {fix}.") from exc
-
-
-def _dtype_device_mismatch(model: nn.Module, inputs: tuple) -> str:
-    """How the float inputs differ from the model's first float parameter in dtype/device ("" if they do not):
-    e.g. "dtype and device: the model's parameters are torch.float32 on cpu, input 0 is torch.float64 on cpu"."""
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is None:
-        return ""
-    for j, x in enumerate(inputs):
-        if not isinstance(x, torch.Tensor):
-            continue
-        dtype = x.is_floating_point() and x.dtype != param.dtype
-        device = x.device != param.device
-        if dtype or device:
-            what = " and ".join(w for w, bad in (("dtype", dtype), ("device", device)) if bad)
-            return (
-                f"{what}: its parameters are {param.dtype} on {param.device}, input {j} is {x.dtype} on "
-                f"{x.device} (e.g. x.to(dtype={param.dtype}, device='{param.device}'))"
-            )
-    return ""
 
 
 def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> fx.GraphModule:
@@ -371,26 +249,6 @@ def _user_frame(exc: Exception) -> traceback.FrameSummary | None:
     skip = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
     return frames[-1] if frames else None
-
-
-def _verify_same_outputs(expected: Any, actual: Any) -> None:
-    for a, b in zip(_flatten_tensors(expected), _flatten_tensors(actual)):
-        if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5):
-            raise TraceError(
-                "the traced model computes different outputs than the original (max abs diff "
-                f"{(a.float() - b.float()).abs().max().item():.3g}); a module probably depends on state "
-                "that tracing froze. Pass it in leaf_modules=[...] to keep it opaque."
-            )
-
-
-def _flatten_tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flatten_tensors(v)]
-    return []
 
 
 def call_sites(gm: fx.GraphModule) -> Iterable[tuple[fx.Node, nn.Module]]:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import check_finite, check_module, example_inputs, run_checked
+from ..graph import example_inputs
+from ..graph_checks import check_finite, check_module, run_checked
 from ..ops import counted, counted_classes, spec_for
 from .ratio_selection import CompressionError
 
