@@ -35,12 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import EncodingsMissingError, ExportError, InvalidOptionError
+from ..errors import EncodingsMissingError, InvalidOptionError
 from ..graph import as_tuple
 from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
@@ -54,6 +52,8 @@ from .encodings_file import (
     encodings_text,
     same_encoding,
 )
+from .export_bias import onnx_safe_name, quantize_biases
+from .qdq_nodes import qdq_nodes
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
 
@@ -225,7 +225,7 @@ def build_qdq_onnx(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     found = _replace_markers(proto, entries, unsigned_weights)
-    _quantize_biases(proto)
+    quantize_biases(proto)
     _drop_unused_initializers(proto)
     found = _rename_keys(found, _strip_wrapper_names(proto))
     encodings = encodings_dict(
@@ -269,66 +269,6 @@ def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
     return entries
 
 
-def _container(enc: Encoding, unsigned: bool = False) -> tuple[int, type[np.integer[Any]]]:
-    signed = enc.is_signed and not unsigned
-    if enc.bitwidth <= 8:
-        return (TensorProto.INT8, np.int8) if signed else (TensorProto.UINT8, np.uint8)
-    return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
-
-
-def _qdq_nodes(
-    enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, unsigned: bool = False
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``.
-
-    ``on_grid``: ``x`` is already quantized (exported weights), so no clamp is needed.
-    ``unsigned``: use an unsigned container even for a signed grid (same values, shifted zero point).
-    """
-    _, np_type = _container(enc, unsigned)
-    scale = enc.scale.detach().cpu().numpy().astype(np.float32)
-    # Signed containers store q - 2**(bw-1); unsigned ones q with zero_point = -offset.
-    shift = 2 ** (enc.bitwidth - 1) if enc.is_signed and not unsigned else 0
-    zero_point = (-enc.offset.detach().cpu().numpy() - shift).astype(np_type)
-    inits = [numpy_helper.from_array(scale, f"{stem}_scale"), numpy_helper.from_array(zero_point, f"{stem}_zero_point")]
-    attrs: dict[str, Any] = {"axis": enc.axis} if enc.axis is not None else {}
-    nodes = []
-    source = x
-    container_bits = 8 if enc.bitwidth <= 8 else 16
-    if enc.bitwidth < container_bits and not on_grid:
-        lo = enc.min.cpu().numpy().astype(np.float32)
-        hi = enc.max.cpu().numpy().astype(np.float32)
-        if enc.axis is None:
-            inits += [numpy_helper.from_array(lo, f"{stem}_min"), numpy_helper.from_array(hi, f"{stem}_max")]
-            nodes.append(
-                helper.make_node("Clip", [x, f"{stem}_min", f"{stem}_max"], [f"{stem}_clipped"], name=f"{stem}_Clip")
-            )
-        else:
-            raise ExportError(
-                "per-channel activation encodings below 8/16 bits cannot be expressed with "
-                "ONNX Clip; use per-tensor activations or a bitwidth of 8 or 16"
-            )
-        source = f"{stem}_clipped"
-    nodes.append(
-        helper.make_node(
-            "QuantizeLinear",
-            [source, f"{stem}_scale", f"{stem}_zero_point"],
-            [f"{stem}_quantized"],
-            name=f"{stem}_QuantizeLinear",
-            **attrs,
-        )
-    )
-    nodes.append(
-        helper.make_node(
-            "DequantizeLinear",
-            [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
-            [y],
-            name=f"{stem}_DequantizeLinear",
-            **attrs,
-        )
-    )
-    return nodes, inits
-
-
 def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_weights: bool = False) -> FileEncodings:
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
@@ -361,8 +301,8 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
             _record(found, "activation_encodings", found.activations, x, enc, qname)
         emitted[(x, index)] = y
         is_param = param_name is not None
-        nodes, inits = _qdq_nodes(
-            enc, x, y, stem=_safe(x) + f"_q{index}", on_grid=is_param, unsigned=unsigned_weights and is_param
+        nodes, inits = qdq_nodes(
+            enc, x, y, stem=onnx_safe_name(x) + f"_q{index}", on_grid=is_param, unsigned=unsigned_weights and is_param
         )
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)
@@ -421,69 +361,11 @@ def _quantizer_args(entries: list[Marked]) -> dict[str, Any]:
     }
 
 
-def _safe(name: str) -> str:
-    return name.strip("/").replace("/", "_").replace(".", "_").replace(":", "_")
-
-
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def _quantize_biases(proto: onnx.ModelProto) -> None:
-    """Store float biases of Conv/Gemm with quantized input and weight as int32 + DequantizeLinear."""
-    graph = proto.graph
-    initializers = {init.name: init for init in graph.initializer}
-    producers = _producers(graph)
-    for node in list(graph.node):
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in initializers:
-            continue
-        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
-        if not (dq_x is not None and dq_w is not None and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
-            continue
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
-            continue
-        s_x = _initializer_value(initializers, dq_x.input[1])
-        s_w = _initializer_value(initializers, dq_w.input[1])
-        if s_x is None or s_w is None or s_x.size != 1:
-            continue
-        bias_name = node.input[2]
-        bias = numpy_helper.to_array(initializers[bias_name]).astype(np.float64)
-        scale = (s_x.astype(np.float64).reshape(()) * s_w.astype(np.float64).reshape(-1)) * np.ones_like(bias)
-        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        stem, call = _safe(bias_name), 0
-        while f"{stem}_int32" in initializers:  # a layer called at several places: one int32 bias per call
-            call += 1
-            stem = f"{_safe(bias_name)}_{call}"
-        initializers[f"{stem}_int32"] = numpy_helper.from_array(q, f"{stem}_int32")
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, f"{stem}_int32"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{stem}_bias_scale"),
-                numpy_helper.from_array(np.zeros_like(q), f"{stem}_bias_zero_point"),
-            ]
-        )
-        dq = helper.make_node(
-            "DequantizeLinear",
-            [f"{stem}_int32", f"{stem}_bias_scale", f"{stem}_bias_zero_point"],
-            [f"{stem}_dequantized"],
-            name=f"{stem}_DequantizeLinear",
-            axis=0,
-        )
-        position = list(graph.node).index(node)
-        graph.node.insert(position, dq)
-        node.input[2] = f"{stem}_dequantized"
-
-
-def _initializer_value(initializers: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
-    init = initializers.get(name)
-    return None if init is None else numpy_helper.to_array(init)
 
 
 def _strip_wrapper_names(proto: onnx.ModelProto) -> dict[str, str]:
