@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .estimators import RangeEstimator
+    from .estimator_base import RangeEstimator
 
 __all__ = ["QuantScheme", "register_estimator", "unregister_estimator", "estimator_factory", "estimator_names"]
 

@@ -1,0 +1,237 @@
+"""What every range estimator is (:class:`RangeEstimator`: observe batches, propose ``(min, max)``, merge across
+ranks), the running min/max one (``minmax``), and :class:`HistogramEstimator`, the base of the histogram-based
+ones in :mod:`.estimators` (counts on the exact, mergeable grid of :mod:`.histogram`).
+
+Example:
+    >>> est = MinMaxEstimator()
+    >>> est.observe(torch.tensor([-1.0, 3.0]))
+    >>> [float(v) for v in est.compute_range(8, symmetric=False)]
+    [-1.0, 3.0]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .histogram import bin_edges, grid_counts, grid_for, regrid, release_scratch, uniform_view
+from .schemes import register_estimator
+
+__all__ = [
+    "RangeEstimator",
+    "MinMaxEstimator",
+    "HistogramEstimator",
+    "channels_first",
+    "storage_order",
+    "channel_extremes",
+    "release_scratch",
+]
+
+
+def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """View ``x`` as ``[channels, elements]`` (one channel when ``axis`` is None).
+
+    One channel takes the elements in memory order: statistics of a whole tensor do not depend on the order,
+    and ``reshape`` of a channels-last (NHWC) activation would otherwise copy it, which costs twice the
+    histogram of it.
+
+    Example:
+        >>> x = torch.arange(24.0).reshape(1, 2, 3, 4).contiguous(memory_format=torch.channels_last)
+        >>> flat = channels_first(x, None)
+        >>> flat.data_ptr() == x.data_ptr(), sorted(flat[0].tolist()) == list(range(24))  # a view, every element
+        (True, True)
+    """
+    if axis is None:
+        return storage_order(x).reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def storage_order(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its dimensions permuted into memory order (outermost first): a contiguous view whenever ``x``
+    is dense (e.g. channels-last), so that ``reshape(-1)`` of it does not copy. Dimensions of size 1 and equal
+    strides keep their order."""
+    # mypy checks the lambda against stride()'s first overload (no dim: a tuple), hence the ignore
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))  # type: ignore[operator]
+    return x.permute(order) if order != list(range(x.dim())) else x
+
+
+def channel_extremes(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(min, max)`` of ``[C, N]`` values, each ``[C]``.
+
+    One channel takes the full reduction: CPU ``aminmax(dim=1)`` of a ``[1, N]`` tensor is ~6x slower than
+    ``aminmax`` of all elements (it does not vectorise over a single long row), same values.
+    """
+    if flat.shape[0] == 1:
+        lo, hi = torch.aminmax(flat)
+        return lo.reshape(1), hi.reshape(1)
+    return torch.aminmax(flat, dim=1)
+
+
+class RangeEstimator(ABC):
+    """Accumulates statistics of a tensor over batches; proposes the range to quantize it with.
+
+    Merging (for distributed calibration): every estimator's statistics are a per-channel range
+    (:meth:`extremes`) plus, for histogram estimators, counts over that range (:meth:`counts`). Merging
+    several estimators of the same tensor means: take the union of their ranges, :meth:`adopt_range` it on
+    each, then sum their :meth:`counts`.
+    """
+
+    def __init__(self, axis: int | None = None) -> None:
+        self.axis = axis
+
+    @abstractmethod
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Fold one batch of the tensor into the statistics.
+
+        ``extremes``: the whole tensor's ``(min, max)`` when the caller has them already (the quantizer's
+        NaN check computes them); used by per-tensor estimators instead of a second reduction.
+        """
+
+    def _extremes(
+        self, flat: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if extremes is None or self.axis is not None:
+            return channel_extremes(flat)
+        return extremes[0].reshape(1), extremes[1].reshape(1)
+
+    @abstractmethod
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Proposed ``(min, max)``: 0-d tensors, or one value per channel."""
+
+    @property
+    @abstractmethod
+    def has_data(self) -> bool:
+        """True once :meth:`observe` has seen a batch."""
+
+    @abstractmethod
+    def extremes(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The observed per-channel ``(min, max)`` as float64 ``[C]`` tensors; None before any data."""
+
+    @abstractmethod
+    def adopt_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Widen the statistics to the range ``[lo, hi]`` (float64 ``[C]``, containing :meth:`extremes`);
+        an estimator without data starts empty on it."""
+
+    def counts(self) -> torch.Tensor | None:
+        """Counts that merge by summation (float64, integer-valued), or None when the range is everything."""
+        return None
+
+    def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(()) if self.axis is None else t
+
+
+@register_estimator("minmax")
+class MinMaxEstimator(RangeEstimator):
+    """Running min and max.
+
+    Example:
+        >>> est = MinMaxEstimator()
+        >>> est.observe(torch.tensor([-1.0, 2.0])); est.observe(torch.tensor([3.0]))
+        >>> [float(v) for v in est.compute_range(8, False)]
+        [-1.0, 3.0]
+    """
+
+    def __init__(self, axis: int | None = None) -> None:
+        super().__init__(axis)
+        self.min: torch.Tensor | None = None
+        self.max: torch.Tensor | None = None
+
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        lo, hi = self._extremes(channels_first(x.detach(), self.axis), extremes)
+        lo, hi = lo.to(x.dtype), hi.to(x.dtype)
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.max = hi if self.max is None else torch.maximum(self.max, hi)
+
+    @property
+    def has_data(self) -> bool:
+        return self.min is not None
+
+    def extremes(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.min is None or self.max is None else (self.min.double(), self.max.double())
+
+    def adopt_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        # float64 holds every float32/16 value exactly, so the merged extremes round-trip to the data dtype.
+        dtype = self.min.dtype if self.min is not None else torch.float64
+        self.min, self.max = lo.to(dtype), hi.to(dtype)
+
+    def compute_range(
+        self, bitwidth: int, symmetric: bool, unsigned_symmetric: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.min is not None and self.max is not None, "observe() was never called"
+        return self._squeeze(self.min.double()), self._squeeze(self.max.double())
+
+
+class HistogramEstimator(RangeEstimator):
+    """Base of the histogram-based estimators: exact data extremes plus counts on the grid of their range.
+
+    The counts live on the nested power-of-two grid of :mod:`.histogram` (``num_bins`` slots, re-gridded
+    exactly when a batch widens the range), so the statistics after any sequence of batches, or merged over
+    ranks, equal those of one pass over all the data, bit for bit.
+    """
+
+    def __init__(self, axis: int | None = None, num_bins: int = 512) -> None:
+        super().__init__(axis)
+        self.num_bins = num_bins
+        self.lo: torch.Tensor | None = None  # [C] float64, the data's minimum
+        self.hi: torch.Tensor | None = None  # [C] float64, the data's maximum
+        self.exponent: torch.Tensor | None = None  # [C] int64, grid exponent (see histogram.grid_for)
+        self.start: torch.Tensor | None = None  # [C] int64, first bin of the window
+        self.hist: torch.Tensor | None = None  # [C, num_bins] float64 counts
+
+    @property
+    def has_data(self) -> bool:
+        return self.hist is not None
+
+    def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        flat = channels_first(x.detach(), self.axis)
+        if not flat.is_floating_point():
+            flat = flat.float()
+        lo, hi = (t.double() for t in self._extremes(flat, extremes))
+        if self.hist is None:
+            self._start(lo, hi)
+        else:
+            assert self.lo is not None and self.hi is not None  # set with hist
+            self._grow(torch.minimum(self.lo, lo), torch.maximum(self.hi, hi))
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        self.hist += grid_counts(flat, self.exponent, self.start, self.num_bins)
+
+    def _start(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.lo, self.hi = lo, hi
+        self.exponent, self.start = grid_for(lo, hi, self.num_bins)
+        self.hist = torch.zeros(lo.shape[0], self.num_bins, dtype=torch.float64, device=lo.device)
+
+    def extremes(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.lo is None or self.hi is None else (self.lo, self.hi)
+
+    def adopt_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        if self.hist is None:
+            self._start(lo, hi)
+        else:
+            self._grow(lo, hi)
+
+    def counts(self) -> torch.Tensor | None:
+        return self.hist
+
+    def _grow(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        assert self.lo is not None and self.hi is not None  # set with hist
+        # An unchanged range keeps its grid; on a GPU the check would cost a host sync per batch, more than
+        # the 512-slot re-gridding it saves.
+        if new_lo.device.type == "cpu" and bool((new_lo == self.lo).all()) and bool((new_hi == self.hi).all()):
+            return
+        exponent, start = grid_for(new_lo, new_hi, self.num_bins)
+        self.hist = regrid(self.hist, self.exponent, self.start, exponent, start)
+        self.lo, self.hi, self.exponent, self.start = new_lo, new_hi, exponent, start
+
+    def bin_edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left and right edges of every slot, ``[C, num_bins]`` each."""
+        assert self.exponent is not None and self.start is not None
+        return bin_edges(self.exponent, self.start, self.num_bins)
+
+    def uniform_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(counts, centres, mass of bin 0)``: the bins at their midpoints (:func:`~.histogram.uniform_view`)."""
+        assert self.hist is not None and self.exponent is not None and self.start is not None
+        return uniform_view(self.hist, self.exponent, self.start)
