@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,7 @@ from .errors import InvalidOptionError
 
 __all__ = [
     "with_overrides",
+    "unknown_layers_message",
     "check_flag",
     "check_count",
     "check_positive",
@@ -165,3 +167,19 @@ def name_list(names: list[str], limit: int = 30) -> str:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def unknown_layers_message(missing: list[str], valid: list[str]) -> str:
+    """Name the unknown layers, suggest close names, and show some valid ones.
+
+    Example:
+        >>> unknown_layers_message(["conv"], ["conv1", "fc"])  # doctest: +ELLIPSIS
+        "no such layer(s) ['conv'] ('conv': did you mean 'conv1'?); valid names include ['conv1', 'fc'] — ..."
+    """
+    hints = {n: difflib.get_close_matches(n, valid, n=1) for n in missing[:5]}
+    suggestions = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
+    return (
+        f"no such layer(s) {missing[:5]}{' …' if len(missing) > 5 else ''}"
+        f"{' (' + suggestions + ')' if suggestions else ''}; valid names include {valid[:8]} — see "
+        f"sim.layers() for all {len(valid)}"
+    )

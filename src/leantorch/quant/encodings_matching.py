@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import ops
 from ..errors import EncodingsFileError
+from .config import PER_CHANNEL_AXIS
 from .encoding import Encoding, parse_encoding, same_encoding
 from .encodings_file import NAMES_KEY, SECTIONS, check_encodings
 from .encodings_formats import POOLED
 from .quantizer import Quantizer
+from .wrapper import QuantWrapper
 
-__all__ = ["Target", "match_encodings", "uncovered", "check_coverage"]
+__all__ = ["Target", "encoding_targets", "match_encodings", "uncovered", "check_coverage"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +175,25 @@ def check_coverage(
             "the others, or write the file from a sim with the same config."
         )
     return missing
+
+
+def encoding_targets(layers: dict[str, QuantWrapper], quantizers: dict[str, Quantizer]) -> list[Target]:
+    """Every quantizer of a sim (``sim.layers()``, ``sim.quantizers()``) with the names, shapes and channel axes
+    that encodings files refer to: parameters by parameter name, activations by quantizer name."""
+    params: dict[int, tuple[str, tuple[int, ...], int]] = {}
+    for layer, wrapper in layers.items():
+        if wrapper.repeat_of is not None:
+            continue  # its weight quantizers are its first call's
+        for pname, q in wrapper.param_quantizers.items():
+            # A weight's channels lie on its op's output-channel axis; a bias has only axis 0.
+            weight = pname in ops.weight_names(wrapper.module)
+            axis = PER_CHANNEL_AXIS.get(wrapper.op_type, 0) if weight else 0
+            params[id(q)] = (f"{layer}.{pname}", tuple(getattr(wrapper.module, pname).shape), axis)
+    targets = []
+    for name, q in quantizers.items():
+        if id(q) in params:
+            key, shape, axis = params[id(q)]
+            targets.append(Target(name, q, key, is_param=True, shape=shape, channel_axis=axis))
+        else:
+            targets.append(Target(name, q, name, channel_axis=q.axis))
+    return targets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import warnings
 from collections.abc import Iterable
@@ -13,13 +12,12 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from .. import ops
 from ..batches import check_iterable, model_inputs, run_batch
 from ..distributed import any_rank_failed, merge_estimators, merge_group
 from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
 from ..graph import example_inputs, prepare, unknown_leaf_modules
-from ..options import as_names, check_count, check_flag
-from .config import PER_CHANNEL_AXIS, QuantSimConfig, load_config
+from ..options import as_names, check_count, check_flag, unknown_layers_message
+from .config import QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
 from .encodings_file import (
     ENCODINGS_VERSION,
@@ -29,7 +27,7 @@ from .encodings_file import (
     read_encodings,
     write_encodings,
 )
-from .encodings_matching import Target, check_coverage, match_encodings
+from .encodings_matching import check_coverage, encoding_targets, match_encodings
 from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .exporters import get_exporter
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
@@ -157,7 +155,7 @@ class QuantSim:
         names = list(all_layers) if layers is None else as_names("layers", layers)
         missing = [n for n in names if n not in all_layers]
         if missing:
-            raise UnknownLayerError(_unknown_layers_message(missing, list(all_layers)))
+            raise UnknownLayerError(unknown_layers_message(missing, list(all_layers)))
         for name in names:
             wrapper = all_layers[name]
             groups: list[Iterable[nn.Module]] = (
@@ -336,7 +334,7 @@ class QuantSim:
             EncodingsFileError: a bad number or structure, an unknown name, or (``strict``) an active
                 quantizer without an encoding; the message names the entry and the fix.
         """
-        targets = self._encoding_targets()
+        targets = encoding_targets(self.layers(), self.quantizers())
         plan = match_encodings(read_encodings(path), targets, str(path))
         missing = check_coverage(targets, plan, strict, str(path))
         for target, enc in plan:
@@ -354,33 +352,13 @@ class QuantSim:
         encodings are applied, after the whole file is checked as in :meth:`load_encodings` (coverage aside:
         the other parameters keep being calibrated).
         """
-        targets = self._encoding_targets()
+        targets = encoding_targets(self.layers(), self.quantizers())
         plan = [(t, enc) for t, enc in match_encodings(read_encodings(path), targets, str(path)) if t.is_param]
         if not plan:
             raise EncodingsFileError(f"{path} holds no parameter encodings for this model; nothing to freeze")
         for target, enc in plan:
             target.quantizer.enabled = True
             target.quantizer.set_encoding(enc.to(self.device), freeze=True)
-
-    def _encoding_targets(self) -> list[Target]:
-        """Every quantizer with the names, shapes and channel axes that encodings files refer to."""
-        params: dict[int, tuple[str, tuple[int, ...], int]] = {}
-        for layer, wrapper in self.layers().items():
-            if wrapper.repeat_of is not None:
-                continue  # its weight quantizers are its first call's
-            for pname, q in wrapper.param_quantizers.items():
-                # A weight's channels lie on its op's output-channel axis; a bias has only axis 0.
-                weight = pname in ops.weight_names(wrapper.module)
-                axis = PER_CHANNEL_AXIS.get(wrapper.op_type, 0) if weight else 0
-                params[id(q)] = (f"{layer}.{pname}", tuple(getattr(wrapper.module, pname).shape), axis)
-        targets = []
-        for name, q in self.quantizers().items():
-            if id(q) in params:
-                key, shape, axis = params[id(q)]
-                targets.append(Target(name, q, key, is_param=True, shape=shape, channel_axis=axis))
-            else:
-                targets.append(Target(name, q, name, channel_axis=q.axis))
-        return targets
 
     # ------------------------------------------------------------------ export
     def export(
@@ -413,14 +391,3 @@ class QuantSim:
 def _as_quantizer(module: nn.Module) -> Quantizer:
     """An entry of a quantizer ModuleList/ModuleDict, typed as the Quantizer it is."""
     return cast(Quantizer, module)
-
-
-def _unknown_layers_message(missing: list[str], valid: list[str]) -> str:
-    """Name the unknown layers, suggest close names, and show some valid ones."""
-    hints = {n: difflib.get_close_matches(n, valid, n=1) for n in missing[:5]}
-    suggestions = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
-    return (
-        f"no such layer(s) {missing[:5]}{' …' if len(missing) > 5 else ''}"
-        f"{' (' + suggestions + ')' if suggestions else ''}; valid names include {valid[:8]} — see "
-        f"sim.layers() for all {len(valid)}"
-    )
