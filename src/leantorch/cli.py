@@ -15,8 +15,6 @@ when the whole command succeeded (see :mod:`leantorch.staging`).
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import logging
 import sys
 import tempfile
@@ -33,23 +31,17 @@ from .cli_args import (
     ADAROUND_DEFAULTS,
     ADAROUND_SAMPLES,
     ADAROUND_THOROUGH,
-    COMPRESS_DEFAULTS,
-    COMPRESS_QUANTIZE,
-    COMPRESS_THOROUGH,
     UsageError,
     build_parser,
 )
-from .data import batches, channels_last, check_model_accepts, load_data
+from .cli_common import check_names, fill_defaults, load_model, model_and_data
+from .cli_compress import cmd_compress
+from .data import batches, load_data
 from .errors import (
     CalibrationDataError,
-    DataError,
     InvalidOptionError,
     LeanTorchError,
-    NonFiniteModelError,
-    UnknownLayerError,
 )
-from .graph import prepare
-from .graph_checks import check_finite
 from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
@@ -62,61 +54,8 @@ from .staging import staged_outputs
 
 __all__ = ["build_parser", "load_data", "load_model", "main"]
 
-
-# ---------------------------------------------------------------------------------------------- model + data
-def load_model(spec: str) -> nn.Module:
-    """Build a model from ``package.module:factory`` (the factory is called without arguments).
-
-    Raises:
-        InvalidOptionError: the spec is malformed or names nothing importable.
-        NonFiniteModelError: a parameter or buffer of the model holds NaN or Inf.
-
-    Example:
-        >>> type(load_model("leantorch.models:ResNetSmall")).__name__
-        'ResNetSmall'
-    """
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InvalidOptionError(f"--model must look like package.module:factory, got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidOptionError(f"--model {spec}: cannot load it ({exc})") from exc
-    _check_factory(factory, spec)
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise InvalidOptionError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    try:  # NaN/Inf weights make every later number meaningless: name them now, before any long work
-        check_finite(model, ())
-    except NonFiniteModelError as exc:
-        raise NonFiniteModelError(f"--model {spec}: {exc}") from exc
-    return model.eval()
-
-
-def _check_factory(factory: object, spec: str) -> None:
-    """The factory must be callable without arguments; a TypeError from inside it is the model's own."""
-    if not callable(factory):
-        raise InvalidOptionError(
-            f"--model {spec} is a {type(factory).__name__}, not a function or class: name "
-            "a factory that returns an nn.Module"
-        )
-    try:
-        inspect.signature(factory).bind()
-    except TypeError as exc:
-        raise InvalidOptionError(
-            f"--model {spec} cannot be called without arguments ({exc}): name a factory "
-            "whose arguments all have defaults, or write one that supplies them"
-        ) from exc
-    except ValueError:  # no signature to inspect (some builtins): let the call itself decide
-        pass
-
-
-def _model_and_data(args: argparse.Namespace, count: int, error: type[DataError]) -> tuple[nn.Module, torch.Tensor]:
-    """The model and up to ``count`` samples of ``--data``, checked: finite, and the model runs on them."""
-    model = load_model(args.model)
-    data = load_data(args.data, count, args.image_size, error)
-    check_model_accepts(model, data, f"--data {args.data}", error)
-    return channels_last(model, data)
+# Their old names here (tests and scripts import them from this module).
+_check_names, _fill_defaults = check_names, fill_defaults
 
 
 def _sim_options(args: argparse.Namespace) -> dict:
@@ -204,24 +143,10 @@ def _check_sweep_layers(sim: QuantSim, layers: Sequence[str] | None) -> None:
     from .analysis import sweepable_layers
 
     if layers:
-        _check_names("--layers", layers, sweepable_layers(sim))
+        check_names("--layers", layers, sweepable_layers(sim))
 
 
-def _check_names(option: str, names: Sequence[str], valid: Sequence[str]) -> None:
-    """Every name must be in ``valid``; the message lists at most :data:`_MAX_NAMES` of each (a model may
-    have hundreds of layers)."""
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise UnknownLayerError(f"{option}: no layer named {_some(unknown)}; choose from {_some(valid)}")
-
-
-_MAX_NAMES = 30
-
-
-def _some(names: Sequence[str]) -> str:
-    """The first :data:`_MAX_NAMES` names, then how many there are in all."""
-    shown = ", ".join(names[:_MAX_NAMES])
-    return shown + (f", … ({len(names)} in all)" if len(names) > _MAX_NAMES else "")
+MAX_NAMES = 30
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -251,22 +176,15 @@ def _check_auto(args: argparse.Namespace) -> None:
         )
 
 
-def _fill_defaults(args: argparse.Namespace, defaults: dict[str, Any], thorough: dict[str, Any]) -> None:
-    """Options left unset take the quick default, or the slow one with --thorough; given values win over both."""
-    for key, value in (thorough if args.thorough else defaults).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-
-
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .evaluation import Agreement, markdown_table, model_outputs
     from .ptq.auto import auto_quant
 
-    _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
+    fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
     _check_auto(args)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
-        model, data = _model_and_data(args, args.num_samples, CalibrationDataError)
+        model, data = model_and_data(args, args.num_samples, CalibrationDataError)
         calib = batches(data, args.batch_size)
         example = calib[0][:1]
         structured = model if args.auto else _structural(model, example, args)
@@ -327,12 +245,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .evaluation import markdown_table, sqnr_score
 
-    _fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
+    fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
     check_backend(args.workers, args.ray_address)  # before calibration and AdaRound, not after
     with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
         report_path = staging.file(args.out)
         plots_dir = staging.directory(args.plots, "--plots") if args.plots else None
-        model, data = _model_and_data(args, args.num_samples, CalibrationDataError)
+        model, data = model_and_data(args, args.num_samples, CalibrationDataError)
         calib = batches(data, args.batch_size)
         example = calib[0][:1]
         structured = _structural(model, example, args)
@@ -368,94 +286,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compress(args: argparse.Namespace) -> int:
-    from . import compress as compression
-    from .compress.latency import export_float_onnx
-    from .compress.report import write_report
-    from .evaluation import agreement_score, markdown_table
-
-    _fill_defaults(args, COMPRESS_DEFAULTS, COMPRESS_THOROUGH)
-    with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
-        out = staging.directory(args.out)
-        model, data = _model_and_data(args, args.num_samples + args.eval_samples, DataError)
-        if len(data) <= args.num_samples:
-            raise DataError(
-                f"--data has {len(data)} samples; compress needs more than --num-samples "
-                f"({args.num_samples}) to hold some out for scoring"
-            )
-        calib = batches(data[: args.num_samples], args.batch_size)
-        evals = batches(data[args.num_samples :], args.batch_size)
-        example = calib[0][:1]
-        if args.skip:
-            _check_names("--skip", args.skip, list(compression.cost(prepare(model, example), example).layers))
-        # The long part starts here. An OutputScore (not a plain function): the eval-score table then runs only
-        # the part of the model after each candidate layer.
-        agreement = agreement_score(model, evals)
-
-        # The eval-score tables are a cache, not an output: they go straight to --out, so that a later
-        # run (another --target, or after a failure further on) reuses them.
-        compressed, info = compression.compress(
-            model,
-            example,
-            agreement,
-            args.scheme,
-            args.target,
-            calibration=calib,
-            candidates=args.candidates,
-            rank_multiple=args.rank_multiple,
-            skip_layers=args.skip,
-            cache_dir=args.out,
-            progress=not args.no_progress,
-            workers=args.workers,
-            ray_address=args.ray_address,
-        )
-        summary = {
-            "scheme": info.scheme,
-            "MAC ratio": info.mac_ratio,
-            "MACs before": info.macs_before,
-            "MACs after": info.macs_after,
-            "top-1 agreement": info.score,
-        }
-        # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
-        torch.jit.save(torch.jit.trace(compressed, example), str(out / "compressed.pt"))
-        export_float_onnx(compressed, example, out / "compressed.onnx")
-        timed: dict[str, Any] = {"original": model, "compressed": out / "compressed.onnx"}
-        if args.quantize:
-            name = f"compressed_{args.quantize}"
-            sim = _quantize_preset(compressed, example, calib, args.quantize)
-            summary[f"top-1 agreement {args.quantize}"] = agreement(sim.model)
-            timed[f"original {args.quantize}"] = _quantize_preset(model, example, calib, args.quantize).export(
-                scratch, "original"
-            )["onnx"]
-            timed[name] = sim.export(out, name)["onnx"]
-        print(markdown_table([summary]))
-        # What the MAC ratio buys in a runtime: ONNX Runtime on the original and the compressed model (and their
-        # quantized exports), runs alternated; ratios against the original (float, or quantized the same way).
-        rows = []
-        for pair in ([*timed][:2], [*timed][2:]):
-            if pair:
-                rows += [
-                    {**row, "MAC ratio": info.mac_ratio if row["model"].startswith("compressed") else 1.0}
-                    for row in compression.compare_latency({k: timed[k] for k in pair}, example, repeats=10)
-                ]
-        print(markdown_table(rows))
-        write_report(info, out / "compression_report.html", plots_dir=out)
-    final = Path(args.out)
-    quantized = f", {final / f'compressed_{args.quantize}'}.{{onnx,encodings,pth}}" if args.quantize else ""
-    print(
-        f"wrote {final / 'compressed.pt'}, {final / 'compressed.onnx'}, {final / 'compression_report.html'}{quantized}"
-    )
-    return 0
-
-
-def _quantize_preset(model: nn.Module, example: torch.Tensor, calib: list[torch.Tensor], preset: str) -> QuantSim:
-    """``compress --quantize``: BN folded, per-channel weights, calibrated QuantSim of a (compressed) model."""
-    param_bw, act_bw = COMPRESS_QUANTIZE[preset]
-    sim = QuantSim(fold_batch_norms(model, example)[0], example, param_bw=param_bw, act_bw=act_bw, per_channel=True)
-    sim.compute_encodings(calib, progress=False)
-    return sim
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -472,7 +302,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "quantize": _cmd_quantize,
     "analyze": _cmd_analyze,
-    "compress": _cmd_compress,
+    "compress": cmd_compress,
     "demo": _cmd_demo,
 }
 
