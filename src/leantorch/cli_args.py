@@ -12,14 +12,19 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 
+from .cli_types import (
+    bitwidth,
+    file_name,
+    html_path,
+    non_negative_float,
+    open_unit_interval,
+    path_text,
+    positive_float,
+    positive_int,
+)
 from .compress.schemes import scheme_names
-from .errors import OutputPathError
-from .paths import check_file_name
 from .ptq.auto import stage_names  # importing auto registers the built-in auto_quant stages
-from .quant.encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 from .quant.estimators import estimator_names  # importing estimators registers the built-in schemes
 from .quant.exporters import exporter_names
 
@@ -36,86 +41,15 @@ __all__ = [
     "build_parser",
 ]
 
+# Its old name here (tests import it from this module).
+_file_name = file_name
+
 DESCRIPTION = (
     "Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
     "Arguments, data and output locations are checked before any long computation; a mistake is "
     "reported on one line (exit status 2; --debug shows the traceback), Ctrl-C exits with 130, and "
     "outputs appear only when a command succeeds."
 )
-
-
-# ---------------------------------------------------------------------------------------------- argument types
-# argparse calls these on the option's text; an ArgumentTypeError becomes "argument --x: <message>".
-def _number(text: str, kind: Callable[[str], float], what: str) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """An integer ≥ 1 (sample counts, sizes, iterations)."""
-    value = int(_number(text, int, "an integer"))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _bitwidth(text: str) -> int:
-    """2–16, or 32 for "keep in floating point" (as ``check_bitwidth``)."""
-    value = int(_number(text, int, "an integer"))
-    if not (MIN_BITWIDTH <= value <= MAX_BITWIDTH or value == FLOAT_BITWIDTH):
-        raise argparse.ArgumentTypeError(
-            f"{value} is not supported: use {MIN_BITWIDTH} to {MAX_BITWIDTH}, "
-            f"or {FLOAT_BITWIDTH} to keep floating point"
-        )
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
-
-
-def _open_unit_interval(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (e.g. 0.5 keeps half the MACs), got {text}")
-    return value
-
-
-def _file_name(text: str) -> str:
-    """A plain file name (the rule of :func:`leantorch.paths.check_file_name`): the directory is given by --out."""
-    try:
-        return check_file_name(text, "--name")
-    except OutputPathError:
-        raise argparse.ArgumentTypeError(
-            f"must be a plain file name without a directory part (that is --out), got {text!r}"
-        ) from None
-
-
-def _path_text(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-def _html_path(text: str) -> str:
-    if not _path_text(text).lower().endswith((".html", ".htm")):
-        raise argparse.ArgumentTypeError(f"must be an .html file path, got {text!r}")
-    return text
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -157,12 +91,12 @@ def _add_data_options(p: argparse.ArgumentParser, num_samples: int, batch_size: 
     )
     p.add_argument(
         "--num-samples",
-        type=_positive_int,
+        type=positive_int,
         default=num_samples,
         help=f"{purpose} samples to use (default {num_samples})",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"batch size (default {batch_size})")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="image side for image data (default 224)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"batch size (default {batch_size})")
+    p.add_argument("--image-size", type=positive_int, default=224, help="image side for image data (default 224)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -170,7 +104,7 @@ def add_parallel_options(p: argparse.ArgumentParser, what: str) -> None:
     """``--workers N`` / ``--ray-address ADDR``: run ``what`` on Ray (the optional extra ``leantorch[ray]``)."""
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         help=f'run {what} in N local Ray worker processes (pip install "leantorch[ray]"); default: in this process',
     )
     p.add_argument("--ray-address", help=f"run {what} on an existing Ray cluster (auto, ray://host:10001)")
@@ -181,8 +115,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     # Batches of 8: a 224×224 CNN's activations then stay under glibc's mmap threshold and reuse freed memory
     # (see leantorch.allocator); batches of 32 ran the same flows about 1.3× slower on 2 cores.
     _add_data_options(p, 256, 8, "calibration")
-    p.add_argument("--param-bw", type=_bitwidth, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
-    p.add_argument("--act-bw", type=_bitwidth, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--param-bw", type=bitwidth, default=8, help="weight bitwidth, 2-16 or 32 (default 8)")
+    p.add_argument("--act-bw", type=bitwidth, default=8, help="activation bitwidth, 2-16 or 32 (default 8)")
     p.add_argument(
         "--scheme",
         default="tf_enhanced",
@@ -221,14 +155,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--adaround-iterations",
-        type=_positive_int,
+        type=positive_int,
         help="AdaRound iterations per layer, also for "
         f"--auto's AdaRound stage (default {ADAROUND_DEFAULTS['adaround_iterations']}; "
         f"{ADAROUND_THOROUGH['adaround_iterations']} with --thorough, as in the paper)",
     )
     p.add_argument(
         "--adaround-lr",
-        type=_positive_float,
+        type=positive_float,
         help="AdaRound Adam learning rate, > 0, also for --auto "
         f"(default {ADAROUND_DEFAULTS['adaround_lr']:g}; {ADAROUND_THOROUGH['adaround_lr']:g} with "
         "--thorough, as in the paper)",
@@ -304,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--allowed-drop",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.01,
         help="allowed top-1 agreement drop for --auto, ≥ 0 (default 0.01)",
     )
-    q.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
-    q.add_argument("--name", type=_file_name, default="model", help="file name prefix, a plain name (default model)")
+    q.add_argument("--out", type=path_text, default="out", help="output directory, created if needed (default out)")
+    q.add_argument("--name", type=file_name, default="model", help="file name prefix, a plain name (default model)")
     q.add_argument(
         "--export-format",
         choices=exporter_names(),
@@ -336,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(a)
     _add_model_options(a)
     a.add_argument(
-        "--out", type=_html_path, default="report.html", help="HTML report path, ending in .html (default report.html)"
+        "--out", type=html_path, default="report.html", help="HTML report path, ending in .html (default report.html)"
     )
-    a.add_argument("--plots", type=_path_text, help="also write every plot as PNG into this directory")
+    a.add_argument("--plots", type=path_text, help="also write every plot as PNG into this directory")
     a.add_argument(
         "--layers",
         nargs="+",
@@ -348,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity sweep")
     a.add_argument(
         "--sensitivity-samples",
-        type=_positive_int,
+        type=positive_int,
         help="samples scored in the sensitivity sweep "
         "(default 8, 32 with --thorough); the sweep runs only the part of the model after each layer",
     )
@@ -375,25 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--target",
-        type=_open_unit_interval,
+        type=open_unit_interval,
         default=0.5,
         help="MACs after / before, strictly between 0 and 1 (default 0.5)",
     )
     c.add_argument(
         "--candidates",
-        type=_positive_int,
+        type=positive_int,
         help=f"candidate ratios per layer, evenly spaced (default "
         f"{COMPRESS_DEFAULTS['candidates']}, {COMPRESS_THOROUGH['candidates']} with --thorough)",
     )
     c.add_argument(
-        "--rank-multiple", type=_positive_int, default=8, help="round ranks/channels up to a multiple (default 8)"
+        "--rank-multiple", type=positive_int, default=8, help="round ranks/channels up to a multiple (default 8)"
     )
     c.add_argument(
         "--skip", nargs="+", default=[], help="layer names to leave uncompressed (checked against the model's layers)"
     )
     c.add_argument(
         "--eval-samples",
-        type=_positive_int,
+        type=positive_int,
         help="held-out samples scoring each candidate (default "
         f"{COMPRESS_DEFAULTS['eval_samples']}, {COMPRESS_THOROUGH['eval_samples']} with --thorough)",
     )
@@ -411,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score it too, write OUT/compressed_<preset>.{onnx,encodings,pth} (QDQ) and time it in ONNX "
         "Runtime against the original quantized the same way",
     )
-    c.add_argument("--out", type=_path_text, default="out", help="output directory, created if needed (default out)")
+    c.add_argument("--out", type=path_text, default="out", help="output directory, created if needed (default out)")
 
     d = sub.add_parser(
         "demo",
@@ -422,9 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         "an analysis report to OUT." + staged,
     )
     _add_common(d)
-    d.add_argument("--out", type=_path_text, default="out", help="output directory (default out)")
-    d.add_argument("--calibration", type=_positive_int, default=128, help="calibration crops (default 128)")
-    d.add_argument("--evaluation", type=_positive_int, default=256, help="evaluation crops (default 256)")
-    d.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+    d.add_argument("--out", type=path_text, default="out", help="output directory (default out)")
+    d.add_argument("--calibration", type=positive_int, default=128, help="calibration crops (default 128)")
+    d.add_argument("--evaluation", type=positive_int, default=256, help="evaluation crops (default 256)")
+    d.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
