@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import traceback
@@ -189,7 +190,7 @@ def prepare(
     )
     if replaced:
         log.info("replaced by quantizable equivalents: %s", ", ".join(n or "<root>" for n in replaced))
-    gm = _trace(copy_, leaf_types, leaf_names)
+    gm = _trace(copy_, leaf_types, leaf_names, len(inputs))
     record_values(gm, inputs)
     functional_to_modules(gm)
     shared = split_shared_stateless_modules(gm)
@@ -216,13 +217,43 @@ def prepare(
     return gm
 
 
-def _trace(model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> fx.GraphModule:
+def _trace(
+    model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], num_inputs: int
+) -> fx.GraphModule:
     tracer = _ScopeTracer(leaf_types, leaf_names)
+    cls = type(model)
+    # The root is traced through a forward that takes exactly the example inputs and calls the model's own
+    # forward with them: its other parameters keep their defaults as real Python values (fx would make each a
+    # symbolic placeholder, so `if output_hidden_states:` or `kwargs[k] = v` in a Hugging Face forward would
+    # fail), and a decorated forward (`def wrapper(self, *args, **kwargs)`) is called, not re-parsed by fx.
+    model.__class__ = type(cls.__name__, (cls,), {"forward": _exact_forward(cls, num_inputs)})
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many kinds (TraceError, TypeError, RuntimeError...)
         raise TraceError(_trace_failure_message(exc, tracer.failed_in)) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    finally:
+        model.__class__ = cls
+    return fx.GraphModule(tracer.root, graph, cls.__name__)
+
+
+def _exact_forward(cls: type, num_inputs: int) -> Any:
+    """``forward(self, a, b, ...)`` with one parameter per example input (named like the model's own, for readable
+    placeholders) that returns ``cls.forward(self, a, b, ...)``."""
+    try:
+        params = list(inspect.signature(inspect.unwrap(cls.forward)).parameters.values())[1:]
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [
+        positional[i] if i < len(positional) and positional[i].isidentifier() else f"input_{i}"
+        for i in range(num_inputs)
+    ]
+    if len(set(names)) != len(names) or "self" in names or "_forward" in names:
+        names = [f"input_{i}" for i in range(num_inputs)]
+    arguments = ", ".join(names)
+    namespace: dict[str, Any] = {"_forward": cls.forward}
+    exec(f"def forward(self, {arguments}):\n    return _forward(self, {arguments})\n", namespace)  # noqa: S102
+    return namespace["forward"]
 
 
 def _trace_failure_message(exc: Exception, failed_in: tuple[str, type] | None) -> str:
