@@ -246,15 +246,17 @@ def test_sdpa_decomposition_matches_torch(options: dict[str, Any], mask: str | N
         assert (gm(*inputs) - model(*inputs)).abs().max() <= 1e-5
 
 
-def test_sdpa_refuses_traced_is_causal_and_dropout() -> None:
+def test_sdpa_decides_a_traced_is_causal_on_the_example_and_refuses_dropout() -> None:
     class TracedCausal(nn.Module):
         # Common in decoder code: causal only when there is more than one query (a bool at run time, but a
-        # traced value while tracing).
+        # traced value while tracing): decided on the example input, as a branch is.
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.scaled_dot_product_attention(x, x, x, is_causal=x.size(-2) > 1)
 
-    with pytest.raises(lt.TraceError, match="is_causal=Proxy: it must be a Python bool"):
-        lt.prepare(TracedCausal(), torch.randn(1, 2, 4, 8))
+    x = torch.randn(1, 2, 4, 8)
+    gm = lt.prepare(TracedCausal(), x)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), F.scaled_dot_product_attention(x, x, x, is_causal=True), atol=1e-6)
     with pytest.raises(lt.TraceError, match="dropout_p"):
         lt.prepare(SDPANet(dropout_p=0.1), torch.randn(1, 4, 16), verify=False)
 

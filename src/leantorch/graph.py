@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from . import ops
 from .errors import InputShapeError, TraceError
+from .example_tracing import ExampleTracer
 from .graph_checks import check_finite, check_finite_output, check_module, run_checked, verify_same_outputs
 from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
 from .model_state import carry_model_state
@@ -93,8 +94,9 @@ def example_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
-class _ScopeTracer(fx.Tracer):
-    """fx tracer that records, for each node, the path of the module whose forward created it."""
+class _ScopeTracer(ExampleTracer):
+    """fx tracer that records, for each node, the path of the module whose forward created it, and decides
+    Python control flow on the example input (:class:`~leantorch.example_tracing.ExampleTracer`)."""
 
     # Defaults: unpickling a GraphModule re-traces its generated code with a no-argument tracer of this class.
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()) -> None:
@@ -119,6 +121,8 @@ class _ScopeTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.evaluating:  # running on example values, not tracing
+            return forward(*args, **kwargs)
         name = self.path_of_module(m)
         self.lt_scope.append(name)
         try:
@@ -190,7 +194,7 @@ def prepare(
     )
     if replaced:
         log.info("replaced by quantizable equivalents: %s", ", ".join(n or "<root>" for n in replaced))
-    gm = _trace(copy_, leaf_types, leaf_names, len(inputs))
+    gm = _trace(copy_, leaf_types, leaf_names, inputs)
     record_values(gm, inputs)
     functional_to_modules(gm)
     shared = split_shared_stateless_modules(gm)
@@ -218,9 +222,11 @@ def prepare(
 
 
 def _trace(
-    model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], num_inputs: int
+    model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], inputs: tuple[Any, ...]
 ) -> fx.GraphModule:
     tracer = _ScopeTracer(leaf_types, leaf_names)
+    tracer.example_inputs = inputs
+    num_inputs = len(inputs)
     cls = type(model)
     # The root is traced through a forward that takes exactly the example inputs and calls the model's own
     # forward with them: its other parameters keep their defaults as real Python values (fx would make each a
@@ -233,6 +239,10 @@ def _trace(
         raise TraceError(_trace_failure_message(exc, tracer.failed_in)) from exc
     finally:
         model.__class__ = cls
+    if tracer.specialised:
+        log.info("tracing followed the example input at %d point(s) (branches, lengths, integers)", tracer.specialised)
+    for node in graph.nodes:
+        node.meta.pop("lt_example", None)  # the example values are not kept with the model
     return fx.GraphModule(tracer.root, graph, cls.__name__)
 
 

@@ -347,8 +347,9 @@ def sdpa_decomposition(
     """``F.scaled_dot_product_attention`` in plain torch calls; :func:`leantorch.prepare` traces it instead.
 
     Raises:
-        TraceError: ``is_causal`` is a tensor or traced value (it must be a Python bool), ``dropout_p`` is not
-            0 (torch's function drops even in eval), or both ``attn_mask`` and ``is_causal`` are given.
+        TraceError: ``dropout_p`` is not 0 (torch's function drops even in eval), or both ``attn_mask`` and
+            ``is_causal`` are given. A traced ``is_causal`` (``x.size(-2) > 1``) is decided on the example input,
+            like any branch :func:`leantorch.prepare` traces.
 
     Example:
         >>> q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
@@ -356,11 +357,7 @@ def sdpa_decomposition(
         >>> bool(torch.allclose(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6))
         True
     """
-    if not isinstance(is_causal, bool):
-        raise TraceError(
-            f"F.scaled_dot_product_attention got is_causal={type(is_causal).__name__}: it must be a Python bool "
-            "when the model is traced (write is_causal=True/False, or build the causal mask and pass attn_mask)"
-        )
+    is_causal = bool(is_causal)  # while tracing: the example input's decision (leantorch.example_tracing)
     if isinstance(dropout_p, (fx.Proxy, torch.Tensor)) or dropout_p != 0:
         raise TraceError(
             f"F.scaled_dot_product_attention with dropout_p={dropout_p!r} drops in eval too: pass "

@@ -6,7 +6,7 @@ None to leave the node alone (an unsupported argument). Op families list their r
 ``OpSpec.functions`` / ``OpSpec.methods``; :func:`leantorch.graph_rewrite.functional_to_modules` applies them.
 
 Example:
-    >>> from torch import nn
+    >>> from torch import fx, nn
     >>> module, args = simple(nn.ReLU)(("x",), {"inplace": True})
     >>> type(module).__name__, args
     ('ReLU', ('x',))
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 __all__ = ["Made", "Rule", "arg", "binary", "unary", "simple", "fixed_args"]
 
@@ -47,10 +47,25 @@ def unary(factory: Callable[[tuple, dict], nn.Module | None]) -> Rule:
     """``f(x, ...)`` → ``factory(args, kwargs)(x)`` (None from the factory: leave the call)."""
 
     def rule(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
+        # The other arguments become constants of the module: a value computed in the graph (a padding worked out
+        # from the input's size) cannot, so the call stays a function call.
+        if _holds_node((args[1:], kwargs)):
+            return None
         module = factory(args, kwargs)
         return None if module is None else (module, (args[0],))
 
     return rule
+
+
+def _holds_node(value: Any) -> bool:
+    """Whether a traced value (an fx Node) sits anywhere in nested tuples, lists and dicts."""
+    if isinstance(value, fx.Node):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_node(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_node(v) for v in value.values())
+    return False
 
 
 def simple(cls: type[nn.Module]) -> Rule:

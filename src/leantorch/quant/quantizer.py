@@ -200,6 +200,8 @@ class Quantizer(nn.Module):
         return enc
 
     def _observe(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:  # an empty tensor (a cache of length 0) holds no values to calibrate on
+            return
         # min/max propagate NaN and show Inf, so one reduction checks the whole tensor.
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 keeps values beyond float32
         lo, hi = torch.aminmax(x.detach().to(wide))
