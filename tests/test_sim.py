@@ -331,3 +331,17 @@ def test_out_of_memory_and_leantorch_errors_are_not_reported_as_a_bad_batch(exc:
         r"\[\(1, 3\)\]\)",
     ):
         run_batch(nn.Linear(3, 2), (torch.randn(7, 2),), 3, example_shapes=[(1, 3)])
+
+
+def test_a_constant_before_a_tensor_argument_leaves_the_input_quantizer_on_the_tensor() -> None:
+    # `0.044715 * x` (gelu_new): the Mul's input quantizer belongs to x, the second argument; it used to be applied
+    # to position 0 (the constant), so it never saw data and the export failed on a missing encoding.
+    class GeluNew(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    x = torch.randn(4, 8)
+    sim = lt.QuantSim(GeluNew(), x)
+    sim.compute_encodings([x], progress=False)
+    active = {n: q for n, q in sim.quantizers().items() if q.is_active}
+    assert active and all(q.encoding is not None for q in active.values())

@@ -91,10 +91,16 @@ def wrap_layers(gm: fx.GraphModule) -> dict[str, QuantWrapper]:
     calls: dict[str, int] = {}
     for node, module in list(call_sites(gm)):
         target = _target(node)
-        num_inputs = sum(1 for a in node.args if isinstance(a, fx.Node))
+        positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
         primary = first.get(target)
         wrapper = QuantWrapper(
-            module, op_type(module), num_inputs, _count_tensor_outputs(node), repeat_of=primary, repeat_name=target
+            module,
+            op_type(module),
+            len(positions),
+            _count_tensor_outputs(node),
+            repeat_of=primary,
+            repeat_name=target,
+            input_positions=positions,
         )
         if primary is None:
             first[target] = wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import torch
@@ -37,8 +38,11 @@ class QuantWrapper(nn.Module):
         num_outputs: int,
         repeat_of: QuantWrapper | None = None,
         repeat_name: str | None = None,
+        input_positions: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        #: the positional argument each input quantizer quantizes (``Mul(0.5, x)``: only ``x``, at position 1)
+        self.input_positions: tuple[int, ...] = tuple(range(num_inputs) if input_positions is None else input_positions)
         self.module = module
         self.op_type = op_type
         self.input_quantizers = nn.ModuleList(Quantizer(enabled=False) for _ in range(num_inputs))
@@ -60,10 +64,9 @@ class QuantWrapper(nn.Module):
         self._cache: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        num_inputs = len(self.input_quantizers)
+        quantizer_at = dict(zip(self.input_positions, self.input_quantizers))
         args = tuple(
-            self.input_quantizers[i](a) if i < num_inputs and isinstance(a, torch.Tensor) else a
-            for i, a in enumerate(args)
+            quantizer_at[i](a) if i in quantizer_at and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)
         )
         params = self.quantized_params()
         if not params:
