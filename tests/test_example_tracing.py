@@ -132,17 +132,24 @@ def test_sizes_computed_from_the_input_stay_in_the_graph(make, example, other) -
     assert float((sim.model(other) - model(other)).abs().max()) < 0.1
 
 
-def test_an_empty_tensor_is_skipped_by_calibration() -> None:
+def test_an_empty_tensor_is_skipped_by_calibration(tmp_path) -> None:
     class EmptyCache(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(4, 4)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            past = x[:, :0]  # a cache of length 0, concatenated in front
+            past = torch.zeros(x.shape[0], 0, x.shape[2])  # an empty cache (not on any grid), concatenated in front
             return self.fc(torch.cat([past, x], dim=1))
 
     x = torch.randn(2, 3, 4)
     sim = lt.QuantSim(EmptyCache().eval(), x)
+    empty = [q for q in sim.quantizers().values() if q.is_active]
     sim.compute_encodings([x], progress=False)
+    # a quantizer that only ever saw the empty cache is switched off; every other one has its encoding
     assert all(q.encoding is not None for q in sim.quantizers().values() if q.is_active)
+    assert any(not q.is_active for q in empty)
+    with torch.no_grad():
+        assert torch.isfinite(sim.model(x)).all()
+    files = sim.export(tmp_path, "empty")
+    assert files["onnx"].exists()

@@ -82,6 +82,7 @@ class Quantizer(nn.Module):
         self.register_buffer("offset", None)
         self._estimator: RangeEstimator | None = None
         self._calibrating = False
+        self.saw_only_empty = False
         self.export_index: int | None = None  # set while exporting to ONNX
 
     # ----------------------------------------------------------------- encoding
@@ -167,6 +168,8 @@ class Quantizer(nn.Module):
         """Pass tensors through unchanged and collect their statistics until :meth:`finish_calibration`."""
         self._estimator = make_estimator(self.scheme, self.axis)
         self._calibrating = True
+        #: the last calibration passed this quantizer only empty tensors (a cache of length 0): nothing to quantize
+        self.saw_only_empty = False
 
     def finish_calibration(self, apply: bool = True) -> Encoding | None:
         """Stop collecting; compute the encoding (and use it when ``apply``). None if nothing was seen."""
@@ -201,7 +204,10 @@ class Quantizer(nn.Module):
 
     def _observe(self, x: torch.Tensor) -> None:
         if x.numel() == 0:  # an empty tensor (a cache of length 0) holds no values to calibrate on
+            assert self._estimator is not None
+            self.saw_only_empty = not self._estimator.has_data
             return
+        self.saw_only_empty = False
         # min/max propagate NaN and show Inf, so one reduction checks the whole tensor.
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 keeps values beyond float32
         lo, hi = torch.aminmax(x.detach().to(wide))
@@ -227,6 +233,8 @@ class Quantizer(nn.Module):
             return x
         if self._calibrating:
             self._observe(x)
+            return x
+        if x.numel() == 0:  # nothing to quantize (and no encoding needed for it)
             return x
         if self.scale is None:
             raise EncodingsMissingError(

@@ -248,7 +248,12 @@ class QuantSim:
             self.model.train(was_training)
             release_scratch()
         for q, found in results:
-            if found is None:
+            if found is None and getattr(q, "saw_only_empty", False):
+                # It only ever quantizes an empty tensor (GPT-2's cat with a past of length 0): switched off, so
+                # that evaluation and export do not ask for an encoding it cannot have.
+                log.info("quantizer %s saw only empty tensors during calibration; disabled", q.name)
+                q.enabled = False
+            elif found is None:
                 log.warning("quantizer %s saw no data during calibration", q.name)
             q.set_encoding(found)
 
