@@ -38,12 +38,11 @@ looked up among activations and parameters alike.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal, get_args
 
 from ..errors import EncodingsFileError
 from ..options import short_repr
-from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH, MIN_SCALE
+from .encodings_fields import bits, check_scale, output_dtype, zero_points
 
 __all__ = ["EncodingsVersion", "VERSIONS", "POOLED", "legacy_entries", "to_legacy", "from_legacy"]
 
@@ -204,7 +203,7 @@ def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
             f"{label}: zero_point_shift={short_repr(shift)} (int2 custom grids) is not "
             "supported yet; drop the field if every shift is 0"
         )
-    bitwidth = _bits(item["bw"], label, "bw")
+    bitwidth = bits(item["bw"], label, "bw")
     symmetric = item["is_sym"]
     if not isinstance(symmetric, (bool, str)) or symmetric not in _SYMMETRY:
         raise EncodingsFileError(f"{label}: is_sym={symmetric!r} is not a boolean; use true or false")
@@ -230,7 +229,7 @@ def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
         raise EncodingsFileError(
             f"{label}: {lpbq}: blockwise (per-block, LPBQ) encodings are {_NOT_YET} encodings can be loaded"
         )
-    signed, bitwidth = _output_dtype(item.get("output_dtype"), label)
+    signed, bitwidth = output_dtype(item.get("output_dtype"), label)
     if "y_scale" not in item:
         raise EncodingsFileError(f"{label}: missing field 'y_scale'; every entry needs name, output_dtype, y_scale")
     raw = item["y_scale"]
@@ -247,93 +246,25 @@ def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
             f"per channel); nested lists (blockwise) are {_NOT_YET} encodings can be loaded"
         )
     for i, scale in enumerate(scales):
-        _check_scale(scale, f"{label} channel {i}" if per_channel else label)
+        check_scale(scale, f"{label} channel {i}" if per_channel else label)
     axis = item.get("axis")
     if per_channel and (isinstance(axis, bool) or not isinstance(axis, int)):
         raise EncodingsFileError(
             f"{label}: per-channel y_scale ({len(scales)} values) needs 'axis', the channel "
             f"axis as an integer; got {short_repr(axis)}"
         )
-    zero_points = _zero_points(item.get("y_zero_point"), len(scales), per_channel, label)
+    points = zero_points(item.get("y_zero_point"), len(scales), per_channel, label)
     shift = 2 ** (bitwidth - 1) if signed else 0
     low, high = -shift, 2**bitwidth - 1 - shift
-    for i, z in enumerate(zero_points):
+    for i, z in enumerate(points):
         if not low <= z <= high:
             where = f"{label} channel {i}" if per_channel else label
             raise EncodingsFileError(
                 f"{where}: y_zero_point={z} is outside the range [{low}, {high}] of {item['output_dtype']!r}"
             )
-    offsets = [-z - shift for z in zero_points]
+    offsets = [-z - shift for z in points]
     symmetric = all(o == -(2 ** (bitwidth - 1)) for o in offsets) or all(o == 0 for o in offsets)
     return legacy_entries(bitwidth, symmetric, scales, offsets)
-
-
-def _output_dtype(dtype: Any, label: str) -> tuple[bool, int]:
-    """(signed, bits) of ``int{bits}`` / ``uint{bits}``."""
-    if isinstance(dtype, str) and dtype.startswith("float"):
-        raise EncodingsFileError(
-            f"{label}: output_dtype={dtype!r}: float encodings are not supported yet; only "
-            "integer ('int8', 'uint8', ...) encodings can be loaded — drop the entry to keep "
-            "the tensor in float"
-        )
-    match = re.fullmatch(r"(u?)int(\d+)", dtype) if isinstance(dtype, str) else None
-    if match is None:
-        raise EncodingsFileError(
-            f"{label}: output_dtype={short_repr(dtype)} is not an integer type; use "
-            "'int<bits>' or 'uint<bits>' (e.g. 'int8', 'uint8', 'uint16')"
-        )
-    return not match[1], _bits(int(match[2]), label, "output_dtype", dtype)
-
-
-def _bits(value: Any, label: str, field: str, shown: Any = None) -> int:
-    """``value`` if it is a simulated bitwidth (2..16); ``shown`` is the field's value as written."""
-    shown = value if shown is None else shown
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EncodingsFileError(
-            f"{label}: {field}={shown!r} is not supported: use an integer from {MIN_BITWIDTH} to {MAX_BITWIDTH}"
-        )
-    if value == FLOAT_BITWIDTH:
-        raise EncodingsFileError(
-            f"{label}: {field}={shown!r}: 32-bit encodings (e.g. of biases) have no simulated "
-            "integer grid; drop the entry to keep the tensor in float"
-        )
-    if not MIN_BITWIDTH <= value <= MAX_BITWIDTH:
-        raise EncodingsFileError(
-            f"{label}: {field}={shown!r}: {value}-bit encodings are not supported; use "
-            f"{MIN_BITWIDTH} to {MAX_BITWIDTH} bits"
-        )
-    return value
-
-
-def _check_scale(value: Any, label: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (math.isfinite(value) and MIN_SCALE <= value <= _FLOAT32_MAX):
-        raise EncodingsFileError(
-            f"{label}: y_scale={value!r} is not a valid scale: a finite number of at least "
-            f"{MIN_SCALE} that fits float32; recompute the encodings or correct the entry"
-        )
-
-
-def _zero_points(raw: Any, count: int, per_channel: bool, label: str) -> list[int]:
-    if raw is None:
-        return [0] * count
-    values = raw if isinstance(raw, list) else [raw]
-    if isinstance(raw, list) != per_channel or len(values) != count:
-        raise EncodingsFileError(
-            f"{label}: y_zero_point={short_repr(raw)} does not match y_scale: give one zero "
-            f"point per scale ({'a list of ' + str(count) if per_channel else 'a number'}), "
-            "or leave it out for zero"
-        )
-    out = []
-    for z in values:
-        ok = isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
-        if not ok or z != round(z):
-            raise EncodingsFileError(
-                f"{label}: y_zero_point={z!r} is not an integer (fractional zero points of "
-                "2-bit custom grids are not supported yet)"
-            )
-        out.append(int(z))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -396,15 +327,15 @@ def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict
     half = 2 ** (bitwidth - 1)
     # Signed symmetric grids go in int{bw} with zero point 0 (as the QDQ export does); all others in uint{bw}.
     signed = _SYMMETRY.get(entries[0]["is_symmetric"]) is True and all(o == -half for o in offsets)
-    zero_points = [-o - (half if signed else 0) for o in offsets]
+    points = [-o - (half if signed else 0) for o in offsets]
     item: dict[str, Any] = {"name": name, "output_dtype": f"{'' if signed else 'u'}int{bitwidth}"}
     if len(entries) > 1 or axis is not None:
         item["y_scale"] = [e["scale"] for e in entries]
-        if any(zero_points):
-            item["y_zero_point"] = zero_points
+        if any(points):
+            item["y_zero_point"] = points
         item["axis"] = 0 if axis is None else axis
     else:
         item["y_scale"] = entries[0]["scale"]
-        if zero_points[0]:
-            item["y_zero_point"] = zero_points[0]
+        if points[0]:
+            item["y_zero_point"] = points[0]
     return item
