@@ -345,3 +345,34 @@ def test_a_constant_before_a_tensor_argument_leaves_the_input_quantizer_on_the_t
     sim.compute_encodings([x], progress=False)
     active = {n: q for n, q in sim.quantizers().items() if q.is_active}
     assert active and all(q.encoding is not None for q in active.values())
+
+
+def test_transformer_preset_gives_16_bit_outliers_and_8_bit_per_channel_weights() -> None:
+    from leantorch.models.transformer import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier(in_features=8, num_classes=3, dim=32).eval()
+    x = torch.randn(2, 6, 8)
+    sim = lt.QuantSim(model, x, param_bw=8, act_bw=8, config="transformer")
+    assert sim.config.name == "transformer" and sim.config.per_channel
+    seen = set()
+    for layer in sim.layers().values():
+        outputs = [q for q in layer.output_quantizers if q.enabled]
+        if layer.op_type in ("LayerNorm", "Softmax", "Add", "Linear") and outputs:
+            seen.add(layer.op_type)
+            assert all(q.bitwidth == 16 for q in outputs), layer.op_type
+        elif layer.op_type in ("GELU", "MatMul"):
+            assert all(q.bitwidth == 8 for q in outputs), layer.op_type
+        if layer.op_type == "Linear":
+            weight = layer.param_quantizers["weight"]
+            assert weight.enabled and weight.bitwidth == 8 and weight.axis == 0
+    assert seen == {"LayerNorm", "Softmax", "Add", "Linear"}
+    sim.compute_encodings([x], progress=False)
+    assert torch.isfinite(sim.model(x)).all()
+    # The same rule from JSON, and a bad bitwidth is named.
+    cfg = lt.QuantSimConfig.from_dict({"op_types": {"Softmax": {"act_bw": 16}}})
+    assert cfg.rule("Softmax").act_bw == 16 and cfg.rule("Linear").act_bw is None
+    with pytest.raises(lt.ConfigError, match="'op_types.Softmax.act_bw' is 12.5"):
+        lt.QuantSimConfig.from_dict({"op_types": {"Softmax": {"act_bw": 12.5}}})
+    with pytest.raises(lt.ConfigError, match="'transformer'"):
+        lt.QuantSimConfig.preset("transformers")

@@ -8,9 +8,12 @@ JSON example (every key optional; missing keys keep the defaults below)::
     {
       "output_quantized": true, "params_quantized": true, "param_symmetric": true,
       "activation_symmetric": false, "per_channel": false, "model_input_quantized": true,
-      "op_types": {"Softmax": {"output_quantized": true}, "Dropout": {"output_quantized": false}},
+      "op_types": {"Softmax": {"output_quantized": true, "act_bw": 16}, "Dropout": {"output_quantized": false}},
       "supergroups": [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]
     }
+
+An op rule's ``act_bw`` gives that op type's activation quantizers their own bitwidth (16-bit softmax
+outputs in an otherwise 8-bit model); the ``transformer`` preset uses it (:meth:`QuantSimConfig.preset`).
 
 Supergroups model runtimes that fuse a chain (Conv+BN+ReLU runs as one kernel): inside a chain only the
 last output is quantized.
@@ -27,12 +30,20 @@ from typing import Any
 from ..errors import ConfigError
 from ..ops import OP_TYPE_NAMES, WEIGHT_AXES, default_supergroups, specs
 from ..options import short_repr
+from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
 
-__all__ = ["PER_CHANNEL_AXIS", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
+__all__ = ["PER_CHANNEL_AXIS", "TRANSFORMER_ACT_BW", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
 #: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
 PER_CHANNEL_AXIS = WEIGHT_AXES
+
+#: The ``transformer`` preset's activation bitwidths per op type (the rest use QuantSim's ``act_bw``).
+#: Linear outputs (a BERT FFN's output projection reaches 100-200 against a typical 1-5), LayerNorm outputs
+#: and the residual stream (``Add``) carry a few huge outlier channels and softmax outputs need resolution
+#: near 0: an 8-bit grid over their range flattens most of the values. On the real all-MiniLM-L6-v2
+#: (``benchmarks/minilm.py``) the Linear outputs dominate the error of 8-bit activations.
+TRANSFORMER_ACT_BW: dict[str, int] = {"Linear": 16, "LayerNorm": 16, "Softmax": 16, "Add": 16}
 
 
 @dataclass
@@ -43,6 +54,9 @@ class OpRule:
     output_quantized: bool | None = None
     params_quantized: bool | None = None
     per_channel: bool | None = None
+    #: Bitwidth of this op type's activation quantizers (outputs, inputs, inner) instead of QuantSim's
+    #: ``act_bw`` (2–16, or 32 to keep them float); None: ``act_bw``.
+    act_bw: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class ResolvedRule:
     output_quantized: bool
     params_quantized: bool
     per_channel: bool
+    act_bw: int | None = None
 
 
 def _default_supergroups() -> list[list[str]]:
@@ -107,16 +122,35 @@ class QuantSimConfig:
             output_quantized=pick(over.output_quantized, self.output_quantized),
             params_quantized=pick(over.params_quantized, self.params_quantized),
             per_channel=pick(over.per_channel, self.per_channel) and op_type in PER_CHANNEL_AXIS,
+            act_bw=over.act_bw,
         )
 
     @classmethod
     def preset(cls, name: str) -> QuantSimConfig:
-        """``default`` (per-tensor everywhere) or ``per_channel`` (per-channel weights)."""
+        """``default`` (per-tensor everywhere), ``per_channel`` (per-channel weights) or ``transformer``.
+
+        ``transformer``: per-channel weights (at ``param_bw``, every weight, embeddings included) and
+        16-bit activations where 8 bits lose a transformer's accuracy: the outputs of LayerNorm, Softmax
+        and the residual ``Add``, and of Linear (see :data:`TRANSFORMER_ACT_BW`); every other activation
+        (GELU, MatMul, Mul, Embedding outputs, model inputs) at ``act_bw``.
+
+        Example:
+            >>> QuantSimConfig.preset("transformer").rule("LayerNorm").act_bw
+            16
+        """
         if name == "default":
             return cls(name="default")
         if name == "per_channel":
             return cls(name="per_channel", per_channel=True)
-        raise ConfigError(f"unknown config preset {name!r}; use 'default', 'per_channel' or a JSON file path")
+        if name == "transformer":
+            cfg = cls(name="transformer", per_channel=True)
+            for op, bw in TRANSFORMER_ACT_BW.items():
+                rule = cfg.op_types.setdefault(op, OpRule())
+                rule.act_bw = bw
+            return cfg
+        raise ConfigError(
+            f"unknown config preset {name!r}; use 'default', 'per_channel', 'transformer' or a JSON file path"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantSimConfig:
@@ -154,7 +188,7 @@ class QuantSimConfig:
                 if bad is None or bad:
                     raise ConfigError(
                         f"bad op_types entry {op!r}: {short_repr(rule)}; a rule is an object with keys "
-                        f"from {sorted(rule_fields)} (true, false or null each)"
+                        f"from {sorted(rule_fields)} (true, false or null each; act_bw a bitwidth or null)"
                     )
             cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
         cfg.validate()
@@ -181,7 +215,9 @@ class QuantSimConfig:
             if not isinstance(rule, OpRule):
                 raise ConfigError(f"op_types[{op!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object)")
             for f in fields(OpRule):
-                _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
+                if f.name != "act_bw":
+                    _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
+            _check_bitwidth(f"op_types.{op}.act_bw", rule.act_bw)
         groups = self.supergroups
         if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
             raise ConfigError(
@@ -237,6 +273,18 @@ def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
         f"config key '{key}' is {short_repr(value)} (a {type(value).__name__}); it must be {allowed} "
         "(a JSON boolean, not a string or a number)"
     )
+
+
+def _check_bitwidth(key: str, value: Any) -> None:
+    """An op rule's ``act_bw``: null or a bitwidth QuantSim supports."""
+    if value is None:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or not (MIN_BITWIDTH <= value <= MAX_BITWIDTH or value == FLOAT_BITWIDTH):
+        raise ConfigError(
+            f"config key '{key}' is {short_repr(value)}; it must be null or a bitwidth: an integer from "
+            f"{MIN_BITWIDTH} to {MAX_BITWIDTH}, or {FLOAT_BITWIDTH} to keep the tensor float"
+        )
 
 
 def _check_op_type(op: Any, where: str) -> None:

@@ -4,7 +4,8 @@ Rules, in order:
 
 1. Each layer's outputs, inputs and weights (``weight``, or its op type's ``weight_params``) follow its op
    type's rule in the config (other parameters per ``quantize_bias``); weights of ops with a ``weight_axis``
-   are per-channel where the rule says so. Quantizers inside an op module (an RNN's gates and states)
+   are per-channel where the rule says so; activation quantizers take the rule's ``act_bw`` if it has one.
+   Quantizers inside an op module (an RNN's gates and states)
    follow its output rule.
 2. Supergroups: inside a matched chain (Conv→BN→ReLU...) only the last output is quantized.
 3. Model inputs get their own quantizers (``input_quantizers.N``) when ``model_input_quantized``.
@@ -178,14 +179,15 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
 
 def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: QuantSettings) -> None:
     rule = config.rule(wrapper.op_type)
+    bw = rule.act_bw
     for q in wrapper.output_quantizers:
-        _configure_activation(cast(Quantizer, q), config, settings, rule.output_quantized)
+        _configure_activation(cast(Quantizer, q), config, settings, rule.output_quantized, bw)
     for q in wrapper.input_quantizers:
-        _configure_activation(cast(Quantizer, q), config, settings, rule.input_quantized)
+        _configure_activation(cast(Quantizer, q), config, settings, rule.input_quantized, bw)
     # An op module's own quantizers (an RNN's gate and state quantizers) quantize activations inside the op,
     # so they follow its output rule.
     for q in wrapper.inner_quantizers():
-        _configure_activation(q, config, settings, rule.output_quantized)
+        _configure_activation(q, config, settings, rule.output_quantized, bw)
     weights = weight_names(wrapper.module)
     for name, module in wrapper.param_quantizers.items():
         q = cast(Quantizer, module)
@@ -198,8 +200,11 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
             q.enabled = config.quantize_bias and rule.params_quantized
 
 
-def _configure_activation(q: Quantizer, config: QuantSimConfig, settings: QuantSettings, enabled: bool) -> None:
-    q.bitwidth, q.scheme, q.enabled = settings.act_bw, settings.scheme, enabled
+def _configure_activation(
+    q: Quantizer, config: QuantSimConfig, settings: QuantSettings, enabled: bool, bitwidth: int | None = None
+) -> None:
+    """``bitwidth``: the op rule's ``act_bw``; None: QuantSim's ``act_bw``."""
+    q.bitwidth, q.scheme, q.enabled = bitwidth or settings.act_bw, settings.scheme, enabled
     q.symmetric, q.unsigned_symmetric = config.activation_symmetric, config.unsigned_symmetric
 
 
@@ -234,7 +239,8 @@ def _close_gaps(
                 isinstance(gm.get_submodule(_target(source)), Quantizer) or _output_is_quantized(gm, source)
             ):
                 continue
-            _configure_activation(cast(Quantizer, q), config, settings, enabled=True)
+            bw = config.rule(wrapper.op_type).act_bw
+            _configure_activation(cast(Quantizer, q), config, settings, enabled=True, bitwidth=bw)
             log.debug("input %s of %s is not on a grid; quantizing it", arg.name, node.target)
 
 
