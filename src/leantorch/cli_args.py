@@ -124,7 +124,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="range estimator (default tf_enhanced; the choices are the registered estimators)",
     )
     p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
-    p.add_argument("--config", default="default", help="config preset (default, per_channel) or JSON file")
+    p.add_argument(
+        "--config",
+        default="default",
+        help="config preset (default, per_channel, transformer: 8-bit per-channel weights, 16-bit Linear/LayerNorm/"
+        "Softmax/Add outputs) or JSON file",
+    )
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
     p.add_argument(
         "--cle",

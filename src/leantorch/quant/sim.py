@@ -51,7 +51,8 @@ class QuantSim:
         scheme: range estimator for activations (and weights unless ``param_scheme``):
             ``minmax``, ``tf_enhanced``, ``percentile``, ``mse``.
         per_channel: per-channel weight quantization; None keeps the config's choice.
-        config: ``"default"``, ``"per_channel"``, a JSON path, a dict or a :class:`QuantSimConfig`.
+        config: ``"default"``, ``"per_channel"``, ``"transformer"`` (8-bit per-channel weights, 16-bit outputs of
+            Linear/LayerNorm/Softmax/Add), a JSON path, a dict or a :class:`QuantSimConfig`.
         param_scheme: range estimator for weights (default: ``scheme``).
         leaf_modules: module classes or names that tracing must not enter.
         range_learning: make every encoding set from now on (by calibration or loading, frozen ones
