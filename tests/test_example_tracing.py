@@ -153,3 +153,54 @@ def test_an_empty_tensor_is_skipped_by_calibration(tmp_path) -> None:
         assert torch.isfinite(sim.model(x)).all()
     files = sim.export(tmp_path, "empty")
     assert files["onnx"].exists()
+
+
+class GPT2Conv1D(nn.Module):
+    """transformers.pytorch_utils.Conv1D: a dense layer with its weight stored (in, out), applied with addmm."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_fc, self.c_proj = GPT2Conv1D(16, 8), GPT2Conv1D(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(torch.relu(self.c_fc(x)))
+
+
+def test_gpt2_conv1d_becomes_a_quantized_transposed_linear(tmp_path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model, x = GPT2MLP().eval(), torch.randn(2, 5, 8)
+    gm = lt.prepare(model, x)
+    assert [type(m).__name__ for m in gm.modules()].count("TransposedLinear") == 2
+    other = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(gm(other), model(other), atol=1e-6)
+    sim = lt.QuantSim(model, x, per_channel=True)
+    sim.compute_encodings([torch.randn(8, 5, 8)], progress=False)
+    for name in ("c_fc", "c_proj"):
+        q = sim.layers()[name].param_quantizers["weight"]
+        assert q.is_active and q.axis == 1  # per output channel: axis 1 of an (in, out) weight
+    files = sim.export(tmp_path, "gpt2_mlp")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    with torch.no_grad():
+        want = sim.model(x).numpy()
+    assert np.abs(got - want).max() <= float(sim.layers()["c_proj"].output_quantizers[0].scale) * 1.001

@@ -122,13 +122,16 @@ def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
             built = _linear_from_node(gm, node)
         elif node.target is F.layer_norm:
             built = _layer_norm_from_node(gm, node)
+        elif node.target is torch.addmm:
+            built = _addmm_from_node(gm, node)
         else:
             continue
         if built is None:
             continue
         module, owner = built
         target = _claim_owner_name(gm, owner) or _unique_name(gm, node, type(module).__name__.lower())
-        _insert_module_call(gm, node, module, target, (node.args[0],))
+        data = node.args[1] if node.target is torch.addmm else node.args[0]
+        _insert_module_call(gm, node, module, target, (data,))
         replaced += 1
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
@@ -198,6 +201,16 @@ def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str
     linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
     linear.weight, linear.bias = w, bias
     return linear, owner
+
+
+def _addmm_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
+    """``torch.addmm(bias, x, weight)`` on parameters (GPT-2's ``Conv1D``) → a ``TransposedLinear`` layer."""
+    if len(node.args) != 3 or node.kwargs:  # beta/alpha scaling: leave the call
+        return None
+    bias, weight = _param(gm, node.args[0]), _param(gm, node.args[2])
+    if bias is None or weight is None or bias[1] != weight[1]:
+        return None
+    return ops.TransposedLinear(weight[0], bias[0]), weight[1]
 
 
 def _layer_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:

@@ -48,6 +48,7 @@ from . import conv, linear, norm, activation, elementwise, shape, attention, rnn
 
 # isort: on
 from .conv import is_depthwise
+from .linear import TransposedLinear
 
 __all__ = [
     "Add",
@@ -60,6 +61,7 @@ __all__ = [
     "Mul",
     "Pad",
     "Sub",
+    "TransposedLinear",
     "ACT",
     "OP_TYPE_NAMES",
     "PASSTHROUGH_TYPES",
