@@ -27,10 +27,9 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
-from ..errors import InvalidOptionError
 from ..options import check_count, check_flag, check_positive, with_overrides
 from ..quant.encoding import Encoding
-from .input_moments import QuadraticObjective, grouped_weight, supports_moments
+from .input_moments import QuadraticObjective, grouped_weight, require_moments
 from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
 
 __all__ = ["GptqConfig", "gptq", "gptq_round"]
@@ -107,11 +106,7 @@ def gptq(
         inputs: list[torch.Tensor],
         quantized: list[torch.Tensor] | None,
     ) -> torch.Tensor:
-        if not supports_moments(fp_layer):
-            raise InvalidOptionError(
-                f"gptq: layer {name!r} ({fp_layer}) has a padding GPTQ cannot unfold into "
-                "input patches; use padding given as numbers with padding_mode='zeros'"
-            )
+        require_moments(fp_layer, name, "gptq", "GPTQ")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)

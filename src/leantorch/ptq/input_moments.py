@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, InvalidOptionError
 
 __all__ = [
     "supports_moments",
+    "require_moments",
     "grouped_weight",
     "patches",
     "InputMoments",
@@ -57,6 +58,22 @@ def supports_moments(layer: nn.Module) -> bool:
         and layer.padding_mode == "zeros"
         and not isinstance(layer.padding, str)
     )
+
+
+def require_moments(layer: nn.Module, name: str, what: str, title: str) -> None:
+    """Refuse a layer :func:`patches` cannot unfold, for an algorithm that needs its input moments.
+
+    Example:
+        >>> require_moments(nn.Conv2d(3, 4, 3, padding="same"), "conv", "gptq", "GPTQ")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: gptq: layer 'conv' (...) has a padding GPTQ cannot unfold into ...
+    """
+    if not supports_moments(layer):
+        raise InvalidOptionError(
+            f"{what}: layer {name!r} ({layer}) has a padding {title} cannot unfold into "
+            "input patches; use padding given as numbers with padding_mode='zeros'"
+        )
 
 
 def grouped_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,9 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
-from ..errors import InvalidOptionError
 from ..options import check_choice, check_count, with_overrides
 from ..quant.encoding import Encoding, compute_encoding
-from .input_moments import QuadraticObjective, grouped_weight, supports_moments
+from .input_moments import QuadraticObjective, grouped_weight, require_moments
 from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
 
 __all__ = ["SeqMseConfig", "seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
@@ -109,11 +108,7 @@ def seq_mse(
         float_inputs: list[torch.Tensor],
         quantized: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, Encoding]:
-        if not supports_moments(fp_layer):
-            raise InvalidOptionError(
-                f"seq_mse: layer {name!r} ({fp_layer}) has a padding SeqMSE cannot unfold into "
-                "input patches; use padding given as numbers with padding_mode='zeros'"
-            )
+        require_moments(fp_layer, name, "seq_mse", "SeqMSE")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         if inputs == "asym":
             objective = QuadraticObjective(fp_layer, weight, float_inputs, quantized)
