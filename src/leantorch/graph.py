@@ -16,9 +16,9 @@ from torch import fx, nn
 
 from . import ops
 from .errors import InputShapeError, TraceError
-from .example_tracing import ExampleTracer
+from .example_tracing import ExampleTracer, example_value
 from .graph_checks import check_finite, check_finite_output, check_module, run_checked, verify_same_outputs
-from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules
+from .graph_rewrite import functional_to_modules, record_values, split_shared_stateless_modules, store_value
 from .model_state import carry_model_state
 from .options import short_repr
 
@@ -194,8 +194,9 @@ def prepare(
     )
     if replaced:
         log.info("replaced by quantizable equivalents: %s", ", ".join(n or "<root>" for n in replaced))
-    gm = _trace(copy_, leaf_types, leaf_names, inputs)
-    record_values(gm, inputs)
+    gm, recorded = _trace(copy_, leaf_types, leaf_names, inputs)
+    if not recorded:  # tracing could not compute every value on the example: one run of the traced graph does
+        record_values(gm, inputs)
     functional_to_modules(gm)
     shared = split_shared_stateless_modules(gm)
     if shared:
@@ -223,7 +224,9 @@ def prepare(
 
 def _trace(
     model: nn.Module, leaf_types: tuple[type, ...], leaf_names: frozenset[str], inputs: tuple[Any, ...]
-) -> fx.GraphModule:
+) -> tuple[fx.GraphModule, bool]:
+    """The traced GraphModule, and whether every node's value was recorded (:func:`record_values`) from the
+    values tracing computed on the example."""
     tracer = _ScopeTracer(leaf_types, leaf_names)
     tracer.example_inputs = inputs
     num_inputs = len(inputs)
@@ -241,9 +244,16 @@ def _trace(
         model.__class__ = cls
     if tracer.specialised:
         log.info("tracing followed the example input at %d point(s) (branches, lengths, integers)", tracer.specialised)
+    # The values tracing computed on the example are what record_values would find: keep their stand-ins rather
+    # than run the model once more (the tensors themselves are not kept with the model).
+    recorded = all("lt_example" in n.meta for n in graph.nodes if n.op != "output")
+    if recorded:
+        for node in graph.nodes:
+            store_value(node, example_value(node.args[0] if node.op == "output" else node))
     for node in graph.nodes:
-        node.meta.pop("lt_example", None)  # the example values are not kept with the model
-    return fx.GraphModule(tracer.root, graph, cls.__name__)
+        node.meta.pop("lt_example", None)
+        node.meta.pop("lt_static", None)
+    return fx.GraphModule(tracer.root, graph, cls.__name__), recorded
 
 
 def _exact_forward(cls: type, num_inputs: int) -> Any:

@@ -19,7 +19,13 @@ from torch import fx, nn
 from . import ops
 from .ops.rules import arg
 
-__all__ = ["is_float_tensor_node", "record_values", "functional_to_modules", "split_shared_stateless_modules"]
+__all__ = [
+    "is_float_tensor_node",
+    "record_values",
+    "store_value",
+    "functional_to_modules",
+    "split_shared_stateless_modules",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +49,18 @@ def record_values(gm: fx.GraphModule, example_inputs: tuple) -> None:
     class _Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             result = super().run_node(n)
-            n.meta["lt_value"] = _stand_in(result)
-            if isinstance(result, torch.Tensor):
-                n.meta["lt_shape"] = tuple(result.shape)
+            store_value(n, result)
             return result
 
     with torch.no_grad():
         _Recorder(gm).run(*example_inputs)
+
+
+def store_value(node: fx.Node, value: Any) -> None:
+    """Keep what :func:`record_values` keeps of ``node``'s value: a zero-size stand-in and the tensor's shape."""
+    node.meta["lt_value"] = _stand_in(value)
+    if isinstance(value, torch.Tensor):
+        node.meta["lt_shape"] = tuple(value.shape)
 
 
 def _stand_in(value: Any) -> Any:
