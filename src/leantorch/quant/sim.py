@@ -249,7 +249,7 @@ class QuantSim:
             self.model.train(was_training)
             release_scratch()
         for q, found in results:
-            if found is None and getattr(q, "saw_only_empty", False):
+            if found is None and q.saw_only_empty:
                 # It only ever quantizes an empty tensor (GPT-2's cat with a past of length 0): switched off, so
                 # that evaluation and export do not ask for an encoding it cannot have.
                 log.info("quantizer %s saw only empty tensors during calibration; disabled", q.name)
