@@ -69,6 +69,9 @@ from leantorch.evaluation import markdown_table
 from leantorch.quant.quantizer import Quantizer
 from leantorch.quant.wrapper import QuantWrapper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, also when imported by the tests
+from ort_compare import compare_per_quantizer, run_onnx  # noqa: E402
+
 Inputs = tuple[torch.Tensor, ...]
 
 
@@ -739,20 +742,18 @@ def output_step(sim: lt.QuantSim) -> tuple[float | None, str]:
     return None, "not found"
 
 
-def _export_and_compare(sim: lt.QuantSim, x: Inputs, tmp: str) -> float:
-    """Max |ORT - sim.model| on x (first output)."""
+def _export_and_compare(sim: lt.QuantSim, x: Inputs, tmp: str) -> tuple[float, float, Path]:
+    """Max |ORT - sim.model| on x (first output), graph optimizations off and on (fused kernels)."""
     files = sim.export(tmp, "model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    feeds = {n: t.numpy() for n, t in zip(names, x)}
-    got = session.run(None, feeds)[0]
     with torch.no_grad():
-        want = _first_tensor(sim.model(*x)).numpy()
-    if got.shape != want.shape:
-        raise RuntimeError(f"ORT output shape {got.shape} != sim output shape {want.shape}")
-    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+        want = _first_tensor(sim.model(*x)).numpy().astype(np.float64)
+    deviations = []
+    for fused in (False, True):
+        got = next(iter(run_onnx(files["onnx"], x, fused=fused).values()))
+        if got.shape != want.shape:
+            raise RuntimeError(f"ORT output shape {got.shape} != sim output shape {want.shape}")
+        deviations.append(float(np.abs(got.astype(np.float64) - want).max()))
+    return deviations[0], deviations[1], Path(files["onnx"])
 
 
 def run_one(spec: Spec, timeout: int) -> dict[str, Any]:
@@ -868,12 +869,15 @@ def _measure(spec: Spec, row: dict[str, Any]) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                deviation = _export_and_compare(sim, held_out[0], tmp)
+                deviation, fused, onnx_path = _export_and_compare(sim, held_out[0], tmp)
+                local = compare_per_quantizer(sim, onnx_path, held_out[0])
             row["export"] = "ok"
             step, where = output_step(sim)
             row["ort_max_abs"] = deviation
             row["output_quantizer"] = where
             row["ort_steps"] = round(deviation / step, 3) if step else None
+            row["ort_fused_steps"] = round(fused / step, 3) if step else None
+            row["ort_same_inputs"] = local
         except Exception as exc:
             row["export"] = _error(exc)
             errors.append(f"export/ORT: {_error(exc)}")
@@ -903,6 +907,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 "SQNR dB": r.get("sqnr_db", "-"),
                 "export": _short(r.get("export", "-"), 60),
                 "ORT steps": r.get("ort_steps", "-") if r.get("ort_steps") is not None else "-",
+                "same inputs": (r.get("ort_same_inputs") or {}).get("max_steps", "-"),
+                "fused": r.get("ort_fused_steps", "-") if r.get("ort_fused_steps") is not None else "-",
                 "s": r["seconds"],
             }
         )

@@ -34,4 +34,5 @@ def test_torch_model_traces_quantizes_every_weight_and_matches_onnx_runtime(spec
     assert row["weights_quantized"] == 100.0, row.get("float_layers")
     assert row["export"] == "ok"
     assert row["ort_steps"] is not None and row["ort_steps"] <= 1.0
+    assert row["ort_same_inputs"]["max_steps"] <= 1.0 and row["ort_same_inputs"]["quantizers"] > 0
     assert row["sqnr_db"] > 15.0  # W8A8 keeps most of the signal on these small random-init models
