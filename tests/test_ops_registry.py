@@ -71,6 +71,7 @@ NEW_OP_TYPES_WITHOUT_AXIS = {
     "TransformerEncoder",
     "ScaledDotProductAttention",
     "AttentionMask",
+    "FrozenBatchNorm",  # torchvision's, recognised by duck typing and replaced by a BatchNorm before tracing
 }
 NEW_PASSTHROUGH = {"AttentionMask"}
 OLD_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)

@@ -117,7 +117,7 @@ _CONV_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d
 
 
 def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
-    """``F.conv*``/``F.linear``/``F.layer_norm`` on the model's own parameters become real layers.
+    """``F.conv*``/``F.linear``/``F.layer_norm``/``F.batch_norm`` on the model's own parameters become real layers.
 
     This is how nn.Conv2d subclasses with their own forward (EfficientNet's ``Conv2dStaticSamePadding``:
     pad, then ``F.conv2d(x, self.weight, ...)``) end up as ordinary convs that BN folding, CLE and the
@@ -135,6 +135,8 @@ def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
             built = _layer_norm_from_node(gm, node)
         elif node.target is torch.addmm:
             built = _addmm_from_node(gm, node)
+        elif node.target is F.batch_norm:
+            built = _batch_norm_from_node(gm, node)
         else:
             continue
         if built is None:
@@ -236,6 +238,34 @@ def _layer_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module,
         norm.weight, norm.bias = weight, bias
     owner = _param(gm, _arg(args, kwargs, 2, "weight"))
     return norm, owner[1] if owner else ""
+
+
+_BATCH_NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _batch_norm_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
+    """An inference ``F.batch_norm`` on a module's running statistics (a BatchNorm subclass with its own
+    forward, e.g. timm's ``BatchNormAct2d``: BN, then its activation) → an ``nn.BatchNorm*d`` that BN folding
+    and the quantizers see. Training-mode calls (batch statistics) stay."""
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    mean, var = (_arg(args, kwargs, i, n) for i, n in ((1, "running_mean"), (2, "running_var")))
+    if _arg(args, kwargs, 5, "training", False) is not False or not all(
+        isinstance(a, fx.Node) and a.op == "get_attr" for a in (mean, var)
+    ):
+        return None
+    ok_w, weight = _optional_param(gm, _arg(args, kwargs, 3, "weight"))
+    ok_b, bias = _optional_param(gm, _arg(args, kwargs, 4, "bias"))
+    shape = args[0].meta.get("lt_shape") if isinstance(args[0], fx.Node) else None
+    if not (ok_w and ok_b) or (weight is None) != (bias is None) or shape is None or len(shape) not in _BATCH_NORMS:
+        return None
+    running_mean, running_var = _fetch(gm, str(mean.target)), _fetch(gm, str(var.target))
+    bn = _BATCH_NORMS[len(shape)](
+        shape[1], eps=_arg(args, kwargs, 7, "eps", 1e-5), affine=weight is not None, device=running_mean.device
+    )
+    bn.running_mean, bn.running_var = running_mean, running_var  # shared, like the parameters
+    if weight is not None:
+        bn.weight, bn.bias = weight, bias
+    return bn.eval(), str(mean.target).rpartition(".")[0]
 
 
 def _claim_owner_name(gm: fx.GraphModule, owner: str) -> str | None:

@@ -67,6 +67,8 @@ class OpSpec:
     Attributes:
         name: the op type name configs and supergroups use.
         modules: the module classes recognised as this op (subclasses match too).
+        matches: ``matches(module)`` recognises modules of classes leantorch cannot import (duck typing, e.g.
+            torchvision's ``FrozenBatchNorm2d``); asked only for modules no registered class covers.
         passthrough: the output only selects/rearranges input values (already on the input's grid), so
             the default config leaves it unquantized.
         weight_axis: the output-channel axis of the weights when they may be quantized per channel (None: never).
@@ -106,6 +108,7 @@ class OpSpec:
 
     name: str
     modules: tuple[type, ...]
+    matches: Callable[[nn.Module], bool] | None = None
     passthrough: bool = False
     weight_axis: int | None = None
     mac_count: MacCount | None = None
@@ -168,6 +171,10 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
+def _matched(module: nn.Module) -> OpSpec | None:
+    return next((s for s in _SPECS.values() if s.matches is not None and s.matches(module)), None)
+
+
 def unregister(name: str) -> None:
     """Remove an op type (tests register toy ops and take them away again)."""
     spec = _SPECS.pop(name)
@@ -187,7 +194,7 @@ def spec_for(module: nn.Module) -> OpSpec | None:
         spec = _BY_CLASS.get(cls)
         if spec is not None:
             return spec
-    return None
+    return _matched(module)
 
 
 def weight_names(module: nn.Module) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ def fold_batch_norms(
     for pattern in _patterns(after=True):
         for layer_node, bn_node in find_chains(gm, pattern):
             layer, bn = gm.get_submodule(_name(layer_node)), cast(_BatchNorm, gm.get_submodule(_name(bn_node)))
-            if not _foldable(layer, bn):
+            if not _foldable(layer, bn) or not _same_channels(layer, bn_node):
                 continue
             if calls[_name(layer_node)] > 1:
                 # A layer called at several places: rescaling it for this BN would change its other calls.
@@ -94,7 +94,7 @@ def fold_batch_norms(
     log.info("folded %d batch norm(s)", len(pairs))
     if left:
         log.warning(
-            "%d batch norm(s) could not be folded (no conv/linear directly before them): %s",
+            "%d batch norm(s) could not be folded (no conv/linear on their channels right before or after): %s",
             len(left),
             ", ".join(map(str, left)),
         )
@@ -113,7 +113,7 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
     for pattern in _patterns(after=False):
         for bn_node, layer_node in find_chains(gm, pattern):
             bn, layer = cast(_BatchNorm, gm.get_submodule(_name(bn_node))), gm.get_submodule(_name(layer_node))
-            if not bn.track_running_stats or bn.running_mean is None:
+            if not bn.track_running_stats or bn.running_mean is None or not _same_channels(layer, bn_node):
                 continue
             if isinstance(layer, nn.modules.conv._ConvNd):
                 padding = layer.padding if not isinstance(layer.padding, str) else (1,)
@@ -127,6 +127,18 @@ def _fold_into_following(gm: fx.GraphModule) -> list[tuple[str, str]]:
             gm.graph.erase_node(bn_node)
             pairs.append((str(layer_node.target), str(bn_node.target)))
     return pairs
+
+
+def _same_channels(layer: nn.Module, bn_node: fx.Node) -> bool:
+    """Whether the BN's channels (dim 1) are the layer's output (or input) channels.
+
+    A conv's are on dim 1 too. A Linear's features are the last dim, which is dim 1 only for 2-D values:
+    ``BatchNorm1d`` on a ``(N, C, L)`` Linear output normalises ``C`` while the Linear mixes ``L``.
+    """
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return True
+    shape = bn_node.meta.get("lt_shape")
+    return shape is not None and len(shape) == 2
 
 
 def _name(node: fx.Node) -> str:

@@ -39,7 +39,7 @@ def uses_exact_batch_norm(module: nn.Module) -> bool:
         (True, False)
     """
     return (
-        type(module) in _PLAIN_BATCH_NORMS
+        (type(module) in _PLAIN_BATCH_NORMS or getattr(type(module), "lt_plain_batch_norm", False))
         and not module.training
         and getattr(module, "running_mean", None) is not None
         and getattr(module, "running_var", None) is not None
