@@ -31,7 +31,7 @@ The arithmetic itself is in :mod:`.primitives` (pure tensor functions); this mod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -86,9 +86,14 @@ class Encoding:
 
     bitwidth: int
     symmetric: bool
-    scale: torch.Tensor  # float32; shape () or (C,)
+    scale: torch.Tensor  # float32; shape () or (C,), or (C, n_blocks) blockwise
     offset: torch.Tensor  # int64; same shape as scale
     axis: int | None = None
+    #: blockwise (:mod:`.blocks`): input channels per block, along ``block_axis`` of the weight
+    block_size: int | None = None
+    block_axis: int | None = None
+    #: LPBQ: the block scales are integers in [1, 2**(decompressed_bw - bitwidth)] times one float per channel
+    decompressed_bw: int | None = None
 
     @property
     def num_steps(self) -> int:
@@ -121,9 +126,14 @@ class Encoding:
         """True for per-channel encodings."""
         return self.axis is not None
 
+    @property
+    def is_blockwise(self) -> bool:
+        """True for blockwise (and LPBQ) encodings: one scale per block of input channels per output channel."""
+        return self.block_size is not None
+
     def to(self, device: torch.device | str) -> Encoding:
         """Return the same encoding with its tensors on ``device``."""
-        return Encoding(self.bitwidth, self.symmetric, self.scale.to(device), self.offset.to(device), self.axis)
+        return replace(self, scale=self.scale.to(device), offset=self.offset.to(device))
 
     def to_aimet(self) -> list[dict[str, Any]]:
         """Entries in the AIMET encodings-file format: one per tensor or one per channel."""
@@ -216,7 +226,8 @@ def same_encoding(a: Encoding, b: Encoding) -> bool:
         True
     """
     return (
-        (a.bitwidth, a.symmetric, a.axis) == (b.bitwidth, b.symmetric, b.axis)
+        (a.bitwidth, a.symmetric, a.axis, a.block_size, a.block_axis, a.decompressed_bw)
+        == (b.bitwidth, b.symmetric, b.axis, b.block_size, b.block_axis, b.decompressed_bw)
         and a.scale.shape == b.scale.shape
         and torch.equal(a.scale.cpu(), b.scale.cpu())
         and torch.equal(a.offset.cpu(), b.offset.cpu())

@@ -25,7 +25,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import CalibrationDataError, EncodingsMissingError
+from ..errors import CalibrationDataError, ConfigError, EncodingsMissingError
+from .blocks import blocks_fit, blockwise_encoding, from_block_rows, lpbq_compress, lpbq_scale, to_block_rows
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
 
@@ -72,6 +73,12 @@ class Quantizer(nn.Module):
         self.symmetric = symmetric
         self.scheme = QuantScheme.parse(scheme)
         self.axis = axis
+        #: blockwise weights (:mod:`.blocks`): input channels per block along ``block_axis``; None: per channel
+        self.block_size: int | None = None
+        self.block_axis: int | None = None
+        #: LPBQ: block scales snap to integers in [1, 2**(decompressed_bw - bitwidth)] times a float per channel
+        self.decompressed_bw: int | None = None
+        self.block_channels = 0  # output channels of the last weight seen blockwise
         self.unsigned_symmetric = unsigned_symmetric
         self.enabled = enabled
         self.name = name
@@ -92,7 +99,17 @@ class Quantizer(nn.Module):
         if self.scale is None or self.offset is None:
             return None
         scale, offset = self._grid()
-        return Encoding(self.bitwidth, self.symmetric, scale, offset, self.axis)
+        return Encoding(
+            self.bitwidth, self.symmetric, scale, offset, self.axis, *self._block_fields(), self.decompressed_bw
+        )
+
+    @property
+    def is_blockwise(self) -> bool:
+        """True when this quantizer has one scale per block of input channels per output channel."""
+        return self.block_size is not None and self.axis is not None and self.block_axis is not None
+
+    def _block_fields(self) -> tuple[int | None, int | None]:
+        return (self.block_size, self.block_axis) if self.is_blockwise else (None, None)
 
     @property
     def is_learnable(self) -> bool:
@@ -106,6 +123,8 @@ class Quantizer(nn.Module):
             return self.scale, self.offset
         scale = self.scale.detach().abs().clamp_min(MIN_SCALE)
         offset = self.offset.detach().round().clamp(-(2**self.bitwidth - 1), 0).to(torch.int64)
+        if self.decompressed_bw is not None and scale.dim() == 2:  # learned block scales back onto LPBQ's grid
+            scale = lpbq_scale(*lpbq_compress(scale, self.bitwidth, self.decompressed_bw))
         return scale, offset
 
     def set_encoding(self, enc: Encoding | None, freeze: bool = False) -> None:
@@ -117,6 +136,7 @@ class Quantizer(nn.Module):
             return
         device = self.scale.device if self.scale is not None else enc.scale.device
         self.bitwidth, self.symmetric, self.axis = enc.bitwidth, enc.symmetric, enc.axis
+        self.block_size, self.block_axis, self.decompressed_bw = enc.block_size, enc.block_axis, enc.decompressed_bw
         scale = enc.scale.detach().clone().to(device=device, dtype=torch.float32)
         offset = enc.offset.detach().clone().to(device=device, dtype=torch.int64)
         self.frozen = freeze
@@ -166,7 +186,8 @@ class Quantizer(nn.Module):
     # ----------------------------------------------------------------- calibration
     def start_calibration(self) -> None:
         """Pass tensors through unchanged and collect their statistics until :meth:`finish_calibration`."""
-        self._estimator = make_estimator(self.scheme, self.axis)
+        # Blocks are calibrated as the channels (rows) of the weight's block view.
+        self._estimator = make_estimator(self.scheme, 0 if self.is_blockwise else self.axis)
         self._calibrating = True
         #: the last calibration passed this quantizer only empty tensors (a cache of length 0): nothing to quantize
         self.saw_only_empty = False
@@ -225,7 +246,18 @@ class Quantizer(nn.Module):
                 "Check the calibration data and the model's numerics for this tensor."
             )
         assert self._estimator is not None
-        self._estimator.observe(x, (lo, hi))
+        self._estimator.observe(self._block_rows(x.detach()) if self.is_blockwise else x, (lo, hi))
+
+    def _block_rows(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.block_size is not None and self.axis is not None and self.block_axis is not None
+        if not blocks_fit(x.shape, self.block_axis, self.block_size):
+            raise ConfigError(
+                f"{self.name or 'a weight quantizer'}: {x.shape[self.block_axis]} input channels (axis "
+                f"{self.block_axis}) do not split into blocks of {self.block_size}; pick a block size that "
+                "divides them, or quantize this layer per channel"
+            )
+        self.block_channels = x.shape[self.axis]
+        return to_block_rows(x, self.axis, self.block_axis, self.block_size)
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,18 +274,31 @@ class Quantizer(nn.Module):
                 "(or load encodings) before evaluating or exporting the model."
             )
         assert self.offset is not None  # set together with scale
+        if self.is_blockwise and self.export_index is None:
+            # per-channel quantization of the block view (the export marks the weight as it is)
+            return from_block_rows(self._quantize(self._block_rows(x), 0), x.shape, *self._block_view())
+        return self._quantize(x, self.axis)
+
+    def _block_view(self) -> tuple[int, int, int]:
+        assert self.axis is not None and self.block_axis is not None and self.block_size is not None
+        return self.axis, self.block_axis, self.block_size
+
+    def _quantize(self, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+        assert self.scale is not None and self.offset is not None  # forward checked
+        flat = self.is_blockwise and axis == 0  # the block view: one row per (channel, block)
         if self.is_learnable and torch.is_grad_enabled() and self.export_index is None:
-            return learnable_fake_quantize(
-                x, self.scale, self.offset, self.bitwidth, self.axis, self._lsq_grad_factor(x)
-            )
+            scale_p, offset_p = (self.scale.reshape(-1), self.offset.reshape(-1)) if flat else (self.scale, self.offset)
+            return learnable_fake_quantize(x, scale_p, offset_p, self.bitwidth, axis, self._lsq_grad_factor(x))
         scale, offset = self._grid()
+        if flat:
+            scale, offset = scale.reshape(-1), offset.reshape(-1)
         if self.export_index is not None:
             # torch's stubs leave Function.apply untyped
             marked: torch.Tensor = OnnxQuantizeMarker.apply(  # type: ignore[no-untyped-call]
-                x, scale, offset, self.bitwidth, self.axis, self.export_index
+                x, scale, offset, self.bitwidth, self.axis, self.export_index, self._block_fields()
             )
             return marked
-        return fake_quantize(x, scale, offset, self.bitwidth, self.axis)
+        return fake_quantize(x, scale, offset, self.bitwidth, axis)
 
     def _lsq_grad_factor(self, x: torch.Tensor) -> float:
         """LSQ's gradient scale ``1/sqrt(N * Q_P)``: N is the number of weights for a parameter, the number
@@ -264,6 +309,9 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
+        if self.is_blockwise:
+            where = f"blockwise(axis={self.axis}, block_axis={self.block_axis}, block_size={self.block_size})"
+            where += f", lpbq(decompressed_bw={self.decompressed_bw})" if self.decompressed_bw else ""
         state = "enabled" if self.enabled else "disabled"
         return f"bw={self.bitwidth}, {kind}, {where}, scheme={self.scheme.value}, {state}"
 
@@ -285,6 +333,9 @@ def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> 
     found: dict[int, Encoding] = {}
     for (q, _), (lo, hi) in zip(seen, ranges):
         enc = compute_encoding(lo, hi, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis)
+        if q.is_blockwise:
+            _, block_axis, block_size = q._block_view()
+            enc = blockwise_encoding(enc, q.block_channels, block_size, block_axis, q.decompressed_bw)
         if apply:
             q.set_encoding(enc.to(lo.device))
         found[id(q)] = enc
@@ -299,11 +350,16 @@ class OnnxQuantizeMarker(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, scale, offset, bitwidth, axis, index):  # type: ignore[no-untyped-def]
-        return fake_quantize(x, scale, offset, bitwidth, axis)
+    def forward(ctx, x, scale, offset, bitwidth, axis, index, blocks=(None, None)):  # type: ignore[no-untyped-def]
+        block_size, block_axis = blocks
+        if block_size is None:
+            return fake_quantize(x, scale, offset, bitwidth, axis)
+        rows = to_block_rows(x, axis, block_axis, block_size)
+        out = fake_quantize(rows, scale.reshape(-1), offset.reshape(-1), bitwidth, 0)
+        return from_block_rows(out, x.shape, axis, block_axis, block_size)
 
     @staticmethod
-    def symbolic(g, x, scale, offset, bitwidth, axis, index):  # type: ignore[no-untyped-def]
+    def symbolic(g, x, scale, offset, bitwidth, axis, index, blocks=(None, None)):  # type: ignore[no-untyped-def]
         out = g.op("leantorch::Quantize", x, index_i=index)
         out.setType(x.type())  # same shape and dtype as the input: lets the exporter infer shapes
         return out
