@@ -326,8 +326,9 @@ def _hf_text(
         cfg = getattr(transformers, config_cls)(vocab_size=vocab, **config)
         return getattr(transformers, model_cls)(cfg).eval()
 
-    # GPT-2's second positional parameter is past_key_values: called as-is a user passes input_ids only.
-    raw = (lambda x: x[:1]) if config_cls == "GPT2Config" else None
+    # A decoder whose second positional parameter is its cache (GPT-2, GPT-Neo): called as-is a user passes
+    # input_ids only.
+    raw = (lambda x: x[:1]) if config_cls in ("GPT2Config", "GPTNeoConfig") else None
     return Spec(name, "hf-text", build, _tokens(vocab, length), fast=fast, wrap=TextWrapper, raw_inputs=raw)
 
 
@@ -539,6 +540,32 @@ def hf_specs() -> list[Spec]:
             n_layer=2,
             n_head=4,
             n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        _hf_text(
+            "hf-gpt-neo-lmhead",
+            "GPTNeoConfig",
+            "GPTNeoForCausalLM",
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            window_size=8,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        _hf_text(
+            "hf-opt-lmhead",
+            "OPTConfig",
+            "OPTForCausalLM",
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=128,
+            word_embed_proj_dim=64,
+            max_position_embeddings=64,
             bos_token_id=0,
             eos_token_id=0,
         ),

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from .hf_support import cache_as_tensors, is_kv_cache, tracing_without_cache
+
 __all__ = ["ExampleTracer", "example_value", "is_static"]
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,14 @@ class ExampleTracer(fx.Tracer):
         # The example run must not change the caller's tensors (in-place ops in a forward).
         self._inputs = copy.deepcopy(self.example_inputs) if self.example_inputs is not None else ()
         self._placeholders = 0
-        with self._traced_factories():
+        # A decoder's key/value cache is incremental-decoding state, not part of the traced function (hf_support).
+        with self._traced_factories(), tracing_without_cache(root):
             return super().trace(root, concrete_args)
+
+    def create_arg(self, a: Any) -> Any:
+        if is_kv_cache(a):  # a cache the forward was asked for explicitly: its keys and values, as tensors
+            return super().create_arg(cache_as_tensors(a))
+        return super().create_arg(a)
 
     @contextlib.contextmanager
     def _traced_factories(self) -> Iterator[None]:
