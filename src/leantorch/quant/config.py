@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidOptionError
 from ..ops import OP_TYPE_NAMES, WEIGHT_AXES, default_supergroups, specs
 from ..options import short_repr
-from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH
+from .blocks import check_block_size
+from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH, check_bitwidth
 
 __all__ = ["PER_CHANNEL_AXIS", "TRANSFORMER_ACT_BW", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
 
@@ -42,8 +43,11 @@ PER_CHANNEL_AXIS = WEIGHT_AXES
 #: Linear outputs (a BERT FFN's output projection reaches 100-200 against a typical 1-5), LayerNorm outputs
 #: and the residual stream (``Add``) carry a few huge outlier channels and softmax outputs need resolution
 #: near 0: an 8-bit grid over their range flattens most of the values. On the real all-MiniLM-L6-v2
-#: (``benchmarks/minilm.py``) the Linear outputs dominate the error of 8-bit activations.
-TRANSFORMER_ACT_BW: dict[str, int] = {"Linear": 16, "LayerNorm": 16, "Softmax": 16, "Add": 16}
+#: (``benchmarks/minilm.py``) the Linear outputs dominate the error of 8-bit activations. ``Concat`` starts a
+#: ViT's residual stream: it joins the class (and DeiT's distillation) token, small, to the patch embeddings,
+#: large; an 8-bit grid over both rounds the class token that the classifier reads (``benchmarks/vit.py``:
+#: ViT-tiny logits 16 dB with it at 8 bits, 30 dB at 16).
+TRANSFORMER_ACT_BW: dict[str, int] = {"Linear": 16, "LayerNorm": 16, "Softmax": 16, "Add": 16, "Concat": 16}
 
 
 @dataclass
@@ -57,6 +61,8 @@ class OpRule:
     #: Bitwidth of this op type's activation quantizers (outputs, inputs, inner) instead of QuantSim's
     #: ``act_bw`` (2–16, or 32 to keep them float); None: ``act_bw``.
     act_bw: int | None = None
+    #: Input channels per weight block (blockwise weights) for this op type; 0: per channel; None: the config's.
+    param_block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class ResolvedRule:
     params_quantized: bool
     per_channel: bool
     act_bw: int | None = None
+    param_block_size: int | None = None
 
 
 def _default_supergroups() -> list[list[str]]:
@@ -106,6 +113,10 @@ class QuantSimConfig:
     activation_symmetric: bool = False
     unsigned_symmetric: bool = True
     per_channel: bool = False
+    #: Blockwise weights: one scale per block of this many input channels of each output channel (None: off).
+    param_block_size: int | None = None
+    #: LPBQ: block scales are integers in [1, 2**(decompressed_bw - param_bw)] times a float per channel.
+    decompressed_bw: int | None = None
     model_input_quantized: bool = True
     op_types: dict[str, OpRule] = field(default_factory=_default_op_types)
     supergroups: list[list[str]] = field(default_factory=_default_supergroups)
@@ -123,6 +134,11 @@ class QuantSimConfig:
             params_quantized=pick(over.params_quantized, self.params_quantized),
             per_channel=pick(over.per_channel, self.per_channel) and op_type in PER_CHANNEL_AXIS,
             act_bw=over.act_bw,
+            param_block_size=(
+                (over.param_block_size if over.param_block_size is not None else self.param_block_size) or None
+            )
+            if op_type in PER_CHANNEL_AXIS
+            else None,
         )
 
     @classmethod
@@ -131,7 +147,8 @@ class QuantSimConfig:
 
         ``transformer``: per-channel weights (at ``param_bw``, every weight, embeddings included) and
         16-bit activations where 8 bits lose a transformer's accuracy: the outputs of LayerNorm, Softmax
-        and the residual ``Add``, and of Linear (see :data:`TRANSFORMER_ACT_BW`); every other activation
+        and the residual ``Add``, of Linear, and of ``Concat`` (a ViT's class token joining the patch
+        embeddings; see :data:`TRANSFORMER_ACT_BW`); every other activation
         (GELU, MatMul, Mul, Embedding outputs, model inputs) at ``act_bw``.
 
         Example:
@@ -215,9 +232,12 @@ class QuantSimConfig:
             if not isinstance(rule, OpRule):
                 raise ConfigError(f"op_types[{op!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object)")
             for f in fields(OpRule):
-                if f.name != "act_bw":
+                if f.name not in ("act_bw", "param_block_size"):
                     _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
             _check_bitwidth(f"op_types.{op}.act_bw", rule.act_bw)
+            _check_count(f"op_types.{op}.param_block_size", rule.param_block_size, zero=True)
+        _check_count("param_block_size", self.param_block_size)
+        _check_bitwidth("decompressed_bw", self.decompressed_bw)
         groups = self.supergroups
         if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
             raise ConfigError(
@@ -245,6 +265,30 @@ class QuantSimConfig:
         if "name" not in data:
             cfg.name = Path(path).stem
         return cfg
+
+    def with_blocks(self, block_size: int | None, decompressed_bw: int | None, param_bw: int) -> QuantSimConfig:
+        """Set blockwise weights (and LPBQ) from QuantSim's arguments (None keeps the config's); returns ``self``.
+
+        Raises:
+            InvalidOptionError: a block size that is not a positive int; ``decompressed_bw`` without blocks, not
+                above ``param_bw`` or with asymmetric weights (LPBQ grids are symmetric).
+
+        Example:
+            >>> QuantSimConfig().with_blocks(32, 8, param_bw=4).rule("Linear").param_block_size
+            32
+        """
+        if block_size is not None:
+            self.param_block_size = check_block_size(block_size)
+        if decompressed_bw is not None:
+            self.decompressed_bw = check_bitwidth(decompressed_bw, "decompressed_bw")
+        if self.decompressed_bw is not None:
+            if not self.param_block_size or self.decompressed_bw <= param_bw or not self.param_symmetric:
+                raise InvalidOptionError(
+                    f"decompressed_bw={self.decompressed_bw} (LPBQ) needs blockwise weights (param_block_size), "
+                    f"symmetric weights and a bitwidth above param_bw={param_bw}, e.g. param_bw=4, "
+                    "param_block_size=32, decompressed_bw=8"
+                )
+        return self
 
     def to_json(self, path: str | Path) -> None:
         """Write the config as JSON (loadable with :meth:`from_json`)."""
@@ -285,6 +329,16 @@ def _check_bitwidth(key: str, value: Any) -> None:
             f"config key '{key}' is {short_repr(value)}; it must be null or a bitwidth: an integer from "
             f"{MIN_BITWIDTH} to {MAX_BITWIDTH}, or {FLOAT_BITWIDTH} to keep the tensor float"
         )
+
+
+def _check_count(key: str, value: Any, zero: bool = False) -> None:
+    """A block size: null or a positive integer (0 too where it means "per channel")."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)):
+        return
+    raise ConfigError(
+        f"config key '{key}' is {short_repr(value)}; it must be null or a positive integer (input channels per "
+        f"weight block, e.g. 32){' or 0 (per channel)' if zero else ''}"
+    )
 
 
 def _check_op_type(op: Any, where: str) -> None:

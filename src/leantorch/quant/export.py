@@ -108,8 +108,8 @@ def check_opset(opset: Any, wide: bool) -> int:
         )
     if wide and opset < WIDE_OPSET:
         raise InvalidOptionError(
-            f"opset={opset}: this sim has quantizers with more than 8 bits, and 16-bit QuantizeLinear exists from "
-            f"opset {WIDE_OPSET} on: pass opset={WIDE_OPSET} or None"
+            f"opset={opset}: this sim has quantizers with more than 8 bits or blockwise weights, and 16-bit and "
+            f"blocked QuantizeLinear exist from opset {WIDE_OPSET} on: pass opset={WIDE_OPSET} or None"
         )
     return int(opset)
 
@@ -154,7 +154,7 @@ def export_quantsim(
     """
     prefix = check_file_name(filename_prefix, "filename_prefix")
     out_dir = check_directory(path, "path")
-    check_opset(opset, wide=any(q.is_active and q.bitwidth > 8 for q in sim.quantizers().values()))
+    check_opset(opset, wide=any(q.is_active and (q.bitwidth > 8 or q.is_blockwise) for q in sim.quantizers().values()))
     check_flag("unsigned_weights", unsigned_weights)
     check_version(encodings_version)
     missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
@@ -202,7 +202,7 @@ def build_qdq_onnx(
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
-    wide = any(m.quantizer.bitwidth > 8 for m in entries)
+    wide = any(m.quantizer.bitwidth > 8 or m.quantizer.is_blockwise for m in entries)
     target_opset = check_opset(opset, wide)
     export_opset = min(target_opset, _TORCHSCRIPT_MAX_OPSET)
     buffer = io.BytesIO()
@@ -294,6 +294,7 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
         if param_name is not None and x in initializers:
             if x != param_name and param_name not in initializers:
                 initializers[x].name = param_name
+                initializers[param_name] = initializers[x]
                 _rename_uses(graph, x, param_name)
                 x = param_name
             _record(found, "param_encodings", found.params, x, enc, qname)
@@ -302,7 +303,13 @@ def _replace_markers(proto: onnx.ModelProto, entries: list[Marked], unsigned_wei
         emitted[(x, index)] = y
         is_param = param_name is not None
         nodes, inits = qdq_nodes(
-            enc, x, y, stem=onnx_safe_name(x) + f"_q{index}", on_grid=is_param, unsigned=unsigned_weights and is_param
+            enc,
+            x,
+            y,
+            stem=onnx_safe_name(x) + f"_q{index}",
+            on_grid=is_param,
+            unsigned=unsigned_weights and is_param,
+            shape=tuple(initializers[x].dims) if x in initializers else None,
         )
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)

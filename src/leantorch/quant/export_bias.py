@@ -38,6 +38,8 @@ def quantize_biases(proto: onnx.ModelProto) -> None:
             continue
         if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
             continue
+        if any(a.name == "block_size" for a in dq_w.attribute):
+            continue  # blockwise weights have no single scale per output channel: the bias stays float
         s_x = _initializer_value(initializers, dq_x.input[1])
         s_w = _initializer_value(initializers, dq_w.input[1])
         if s_x is None or s_w is None or s_x.size != 1:

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
 
 from ..graph import PASSTHROUGH_TYPES, call_sites, find_chains, op_type
 from ..ops import weight_names
+from .blocks import block_axis_for, blocks_fit
 from .config import PER_CHANNEL_AXIS, QuantSimConfig
 from .estimators import QuantScheme
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
 
-__all__ = ["QuantSettings", "wrap_layers", "insert_model_input_quantizers", "apply_config"]
+__all__ = ["QuantSettings", "wrap_layers", "insert_model_input_quantizers", "apply_config", "blockwise_fallbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,11 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
     for name, module in gm.named_modules():
         if isinstance(module, Quantizer):
             module.name = name
+    fallbacks = blockwise_fallbacks(gm)
+    if fallbacks:
+        warnings.warn(
+            f"weights kept per channel (their input channels make no whole blocks): {fallbacks}", stacklevel=3
+        )
 
 
 def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: QuantSettings) -> None:
@@ -196,8 +203,38 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
         if name in weights:
             q.enabled = rule.params_quantized
             q.axis = PER_CHANNEL_AXIS.get(wrapper.op_type) if rule.per_channel else None
+            _configure_blocks(q, getattr(wrapper.module, name), wrapper.op_type, rule.param_block_size, config)
         else:
             q.enabled = config.quantize_bias and rule.params_quantized
+
+
+def _configure_blocks(q: Quantizer, weight: Any, op_type: str, block_size: int | None, config: QuantSimConfig) -> None:
+    """Blockwise (and LPBQ) settings of a weight quantizer; a weight whose input channels do not split into
+    blocks keeps per-channel quantization (:func:`blockwise_fallbacks` lists them)."""
+    q.block_size = q.block_axis = q.decompressed_bw = q.block_fallback = None
+    axis = PER_CHANNEL_AXIS.get(op_type)
+    if block_size is None or axis is None or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return
+    q.axis = axis  # blocks are per output channel
+    block_axis = block_axis_for(axis)
+    if not blocks_fit(weight.shape, block_axis, block_size):
+        q.block_fallback = f"{weight.shape[block_axis]} input channels, blocks of {block_size}"
+        return
+    q.block_size, q.block_axis, q.decompressed_bw = block_size, block_axis, config.decompressed_bw
+
+
+def blockwise_fallbacks(gm: nn.Module) -> dict[str, str]:
+    """Weight quantizers asked to be blockwise that stay per channel, with why (name → reason).
+
+    Example:
+        >>> blockwise_fallbacks(nn.Sequential())
+        {}
+    """
+    return {
+        name: m.block_fallback
+        for name, m in gm.named_modules()
+        if isinstance(m, Quantizer) and m.enabled and m.block_fallback and not m.is_blockwise
+    }
 
 
 def _configure_activation(

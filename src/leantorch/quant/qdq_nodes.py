@@ -25,31 +25,52 @@ __all__ = ["container", "qdq_nodes"]
 
 
 def container(enc: Encoding, unsigned: bool = False) -> tuple[int, type[np.integer[Any]]]:
-    """The ONNX and numpy integer types that hold ``enc``'s grid (signed for a signed grid unless ``unsigned``)."""
+    """The ONNX and numpy integer types that hold ``enc``'s grid (signed for a signed grid unless ``unsigned``):
+    int4/uint4 for blockwise weights of up to 4 bits (the export is at opset 21 then), else 8 or 16 bits."""
     signed = enc.is_signed and not unsigned
+    if enc.is_blockwise and enc.bitwidth <= 4:
+        return (TensorProto.INT4, np.int8) if signed else (TensorProto.UINT4, np.uint8)
     if enc.bitwidth <= 8:
         return (TensorProto.INT8, np.int8) if signed else (TensorProto.UINT8, np.uint8)
     return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
 
 
 def qdq_nodes(
-    enc: Encoding, x: str, y: str, stem: str, on_grid: bool = False, unsigned: bool = False
+    enc: Encoding,
+    x: str,
+    y: str,
+    stem: str,
+    on_grid: bool = False,
+    unsigned: bool = False,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes and initializers computing ``y = DQ(Q([Clip](x)))`` for encoding ``enc``.
 
     ``on_grid``: ``x`` is already quantized (exported weights), so no clamp is needed.
     ``unsigned``: use an unsigned container even for a signed grid (same values, shifted zero point).
+    ``shape``: the shape of ``x``, needed for a blockwise encoding (opset 21's blocked QuantizeLinear wants
+    its scale at the rank of ``x``: the block scales, repeated over a conv's kernel positions).
     """
-    _, np_type = container(enc, unsigned)
+    onnx_type, np_type = container(enc, unsigned)
     scale = enc.scale.detach().cpu().numpy().astype(np.float32)
     # Signed containers store q - 2**(bw-1); unsigned ones q with zero_point = -offset.
     shift = 2 ** (enc.bitwidth - 1) if enc.is_signed and not unsigned else 0
     zero_point = (-enc.offset.detach().cpu().numpy() - shift).astype(np_type)
-    inits = [numpy_helper.from_array(scale, f"{stem}_scale"), numpy_helper.from_array(zero_point, f"{stem}_zero_point")]
     attrs: dict[str, Any] = {"axis": enc.axis} if enc.axis is not None else {}
+    if enc.is_blockwise:
+        if shape is None or not on_grid:
+            raise ExportError(f"{x}: blockwise encodings are for weights (initializers of known shape)")
+        scale, zero_point = (_at_rank(v, enc, shape) for v in (scale, zero_point))
+        attrs = {"axis": enc.block_axis, "block_size": enc.block_size}
+    inits = [
+        numpy_helper.from_array(scale, f"{stem}_scale"),
+        helper.make_tensor(f"{stem}_zero_point", onnx_type, zero_point.shape, zero_point.flatten().tolist())
+        if onnx_type in (TensorProto.INT4, TensorProto.UINT4)
+        else numpy_helper.from_array(zero_point, f"{stem}_zero_point"),
+    ]
     nodes = []
     source = x
-    container_bits = 8 if enc.bitwidth <= 8 else 16
+    container_bits = 4 if onnx_type in (TensorProto.INT4, TensorProto.UINT4) else 8 if enc.bitwidth <= 8 else 16
     if enc.bitwidth < container_bits and not on_grid:
         lo = enc.min.cpu().numpy().astype(np.float32)
         hi = enc.max.cpu().numpy().astype(np.float32)
@@ -83,3 +104,16 @@ def qdq_nodes(
         )
     )
     return nodes, inits
+
+
+def _at_rank(values: np.ndarray, enc: Encoding, shape: tuple[int, ...]) -> np.ndarray:
+    """Block values ``(C, n_blocks)`` laid out at the rank of the weight: channels on ``enc.axis``, blocks on
+    ``enc.block_axis``, repeated along every other axis (ONNX blocked quantization's scale shape)."""
+    assert enc.axis is not None and enc.block_axis is not None
+    axis, block_axis = enc.axis % len(shape), enc.block_axis % len(shape)
+    placed = values if axis < block_axis else values.T
+    view = [1] * len(shape)
+    view[axis], view[block_axis] = values.shape[0], values.shape[1]
+    full = list(shape)
+    full[block_axis] = values.shape[1]
+    return np.ascontiguousarray(np.broadcast_to(placed.reshape(view), full))

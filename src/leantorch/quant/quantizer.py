@@ -35,7 +35,7 @@ from .primitives import fake_quantize as fake_quantize
 from .primitives import learnable_fake_quantize as learnable_fake_quantize
 from .primitives import lsq_grad_scale
 
-__all__ = ["Quantizer", "finish_calibrations", "OnnxQuantizeMarker"]
+__all__ = ["Quantizer", "finish_calibrations", "tensor_encodings", "OnnxQuantizeMarker"]
 
 
 class Quantizer(nn.Module):
@@ -79,6 +79,7 @@ class Quantizer(nn.Module):
         #: LPBQ: block scales snap to integers in [1, 2**(decompressed_bw - bitwidth)] times a float per channel
         self.decompressed_bw: int | None = None
         self.block_channels = 0  # output channels of the last weight seen blockwise
+        self.block_fallback: str | None = None  # why a weight asked to be blockwise stays per channel
         self.unsigned_symmetric = unsigned_symmetric
         self.enabled = enabled
         self.name = name
@@ -340,6 +341,30 @@ def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> 
             q.set_encoding(enc.to(lo.device))
         found[id(q)] = enc
     return [found.get(id(q)) for q in quantizers]
+
+
+def tensor_encodings(pairs: Sequence[tuple[Quantizer, torch.Tensor]]) -> list[tuple[Quantizer, Encoding]]:
+    """The encoding each quantizer computes for its tensor (weights, known in full), not applied; batched as
+    :func:`finish_calibrations`. A failure leaves every quantizer as it was.
+
+    Example:
+        >>> q = Quantizer(scheme="minmax")
+        >>> [round(float(enc.scale), 4) for _, enc in tensor_encodings([(q, torch.tensor([0.0, 2.55]))])]
+        [0.01]
+    """
+    started = []
+    try:
+        for q, tensor in pairs:
+            started.append(q)
+            q.start_calibration()
+            q(tensor)  # calibrating: observes, returns it
+    except BaseException:
+        for q in started:
+            q.abort_calibration()
+        raise
+    encodings = finish_calibrations([q for q, _ in pairs], apply=False)
+    assert all(enc is not None for enc in encodings)
+    return [(q, enc) for (q, _), enc in zip(pairs, encodings) if enc is not None]
 
 
 class OnnxQuantizeMarker(torch.autograd.Function):

@@ -31,7 +31,7 @@ from .encodings_matching import check_coverage, encoding_targets, match_encoding
 from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .exporters import get_exporter
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
-from .quantizer import Quantizer, finish_calibrations
+from .quantizer import Quantizer, finish_calibrations, tensor_encodings
 from .wrapper import QuantWrapper
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ class QuantSim:
         config: ``"default"``, ``"per_channel"``, ``"transformer"`` (8-bit per-channel weights, 16-bit outputs of
             Linear/LayerNorm/Softmax/Add), a JSON path, a dict or a :class:`QuantSimConfig`.
         param_scheme: range estimator for weights (default: ``scheme``).
+        param_block_size: blockwise weights: one scale per block of this many input channels of each output
+            channel (Linear/Conv...; layers whose input channels do not split into blocks stay per channel).
+        decompressed_bw: with ``param_block_size``, LPBQ: block scales become integers in
+            ``[1, 2**(decompressed_bw - param_bw)]`` times one float per channel (e.g. ``param_bw=4``, 8).
         leaf_modules: module classes or names that tracing must not enter.
         range_learning: make every encoding set from now on (by calibration or loading, frozen ones
             excepted) a trainable ``scale``/``offset`` parameter pair for quantization-aware training
@@ -79,6 +83,8 @@ class QuantSim:
         param_scheme: str | QuantScheme | None = None,
         leaf_modules: list[type | str] | None = None,
         range_learning: bool = False,
+        param_block_size: int | None = None,
+        decompressed_bw: int | None = None,
     ) -> None:
         self.settings = QuantSettings(
             param_bw=check_bitwidth(param_bw, "param_bw"),
@@ -91,6 +97,7 @@ class QuantSim:
         self.config = load_config(config)
         if per_channel is not None:
             self.config.per_channel = per_channel
+        self.config.with_blocks(param_block_size, decompressed_bw, self.settings.param_bw)
         self.example_input = example_inputs(example_input)
         gm = prepare(model, self.example_input, leaf_modules=leaf_modules)
         wrap_layers(gm)
@@ -289,21 +296,13 @@ class QuantSim:
         return model_inputs(batch, len(self.example_input), index, device=self.device)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
-        quantizers = []
-        try:
-            for name, q in self.param_quantizers().items():
-                if q.is_active and not q.frozen:
-                    layer, _, pname = name.rpartition(".")
-                    quantizers.append(q)
-                    q.start_calibration()
-                    q(getattr(self.layers()[layer].module, pname).detach())  # calibrating: observes, returns it
-        except BaseException:
-            for q in quantizers:
-                q.abort_calibration()
-            raise
-        encodings = finish_calibrations(quantizers, apply=False)
-        assert all(enc is not None for enc in encodings)
-        return list(zip(quantizers, encodings))  # type: ignore[arg-type]
+        layers = self.layers()
+        weights = [
+            (q, getattr(layers[name.rpartition(".")[0]].module, name.rpartition(".")[2]).detach())
+            for name, q in self.param_quantizers().items()
+            if q.is_active and not q.frozen
+        ]
+        return tensor_encodings(weights)
 
     # ------------------------------------------------------------------ encodings files
     def save_encodings(self, path: str | Path, encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> None:

@@ -1,0 +1,147 @@
+"""Blockwise weights and LPBQ (issue 13, item 1): the grid per block, the QuantSim option, the ONNX export."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import leantorch as lt
+from leantorch.errors import InvalidOptionError
+from leantorch.quant.blocks import from_block_rows, lpbq_compress, lpbq_scale, to_block_rows
+from leantorch.quant.quantizer import Quantizer
+
+
+def _reference(weight: torch.Tensor, block_size: int, bitwidth: int, lpbq_bw: int | None = None) -> torch.Tensor:
+    """Symmetric min-max blockwise quantization of a (C, K, ...) weight along K, written out in float64."""
+    w = weight.double()
+    out = torch.empty_like(w)
+    channels, inputs = w.shape[:2]
+    half = 2 ** (bitwidth - 1)
+    scales = torch.empty(channels, inputs // block_size, dtype=torch.float64)
+    for c in range(channels):
+        for b in range(inputs // block_size):
+            block = w[c, b * block_size : (b + 1) * block_size]
+            scales[c, b] = float(torch.tensor(float(block.abs().max() / (half - 1)), dtype=torch.float32))
+    if lpbq_bw is not None:
+        levels = 2 ** (lpbq_bw - bitwidth)
+        per_channel = (scales.max(dim=1).values / levels).float().double()
+        scales = (torch.round(scales / per_channel[:, None]).clamp(1, levels) * per_channel[:, None]).float().double()
+    for c in range(channels):
+        for b in range(inputs // block_size):
+            block = w[c, b * block_size : (b + 1) * block_size]
+            out[c, b * block_size : (b + 1) * block_size] = (block / scales[c, b]).round().clamp(
+                -half, half - 1
+            ) * scales[c, b]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(6, 64), (4, 32, 3, 3)], ids=["linear", "conv"])
+@pytest.mark.parametrize("lpbq_bw", [None, 8], ids=["blockwise", "lpbq"])
+def test_blockwise_quantizer_matches_a_per_block_reference(shape: tuple[int, ...], lpbq_bw: int | None) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(shape) * torch.rand(shape[0], *[1] * (len(shape) - 1)) * 3
+    q = Quantizer(bitwidth=4, symmetric=True, scheme="minmax", axis=0)
+    q.block_size, q.block_axis, q.decompressed_bw = 16, 1, lpbq_bw
+    enc = q.encoding_from_tensor(weight)
+    assert enc.scale.shape == (shape[0], shape[1] // 16) and enc.is_blockwise
+    assert torch.allclose(q(weight).double(), _reference(weight, 16, 4, lpbq_bw), atol=1e-6)
+    if lpbq_bw is not None:
+        floats, ints = lpbq_compress(enc.scale, 4, lpbq_bw)
+        assert ints.min() >= 1 and ints.max() == 16  # every channel's largest block uses the top integer
+        assert torch.equal(lpbq_scale(floats, ints), enc.scale)  # the effective scales are exactly int × float
+
+
+def test_blocks_beat_channels_on_weights_with_uneven_input_channels() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(16, 128) * torch.logspace(-2, 0, 128)  # input channels of very different size
+    errors = {}
+    for name, block in (("per_channel", None), ("block32", 32), ("block8", 8)):
+        q = Quantizer(bitwidth=4, symmetric=True, scheme="minmax", axis=0)
+        q.block_size, q.block_axis = block, 1 if block else None
+        q.encoding_from_tensor(weight)
+        errors[name] = float((q(weight) - weight).pow(2).sum())
+    assert errors["block8"] < errors["block32"] < 0.7 * errors["per_channel"]
+
+
+def test_block_rows_round_trip_for_every_axis_pair() -> None:
+    w = torch.randn(4, 8, 3)
+    for axis, block_axis in ((0, 1), (1, 0), (0, 2)):
+        block = {1: 4, 0: 2, 2: 3}[block_axis]
+        rows = to_block_rows(w, axis, block_axis, block)
+        assert torch.equal(from_block_rows(rows, w.shape, axis, block_axis, block), w)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("param_bw,lpbq_bw", [(4, None), (8, None), (4, 8)], ids=["w4", "w8", "lpbq-w4"])
+def test_blockwise_sim_exports_blocked_dequantize_and_onnx_runtime_follows(tmp_path, param_bw, lpbq_bw) -> None:
+    model = _Net().eval()
+    data = [torch.randn(8, 32, 4, 4) for _ in range(2)]
+    sim = lt.QuantSim(model, data[0][:1], param_bw=param_bw, param_block_size=16, decompressed_bw=lpbq_bw)
+    weights = {n: q for n, q in sim.param_quantizers().items() if q.is_active}
+    assert weights and all(q.is_blockwise for q in weights.values())
+    assert weights["up.weight"].block_axis == 0  # ConvTranspose: input channels first
+    sim.compute_encodings(data, progress=False)
+    files = sim.export(tmp_path, "model")
+    proto = onnx.load(str(files["onnx"]))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
+    blocked = [n for n in proto.graph.node if any(a.name == "block_size" for a in n.attribute)]
+    assert {n.op_type for n in blocked} == {"QuantizeLinear", "DequantizeLinear"} and len(blocked) == 6
+    zero_point_types = {i.data_type for i in proto.graph.initializer if i.name.endswith("weight_q0_zero_point")}
+    assert zero_point_types == ({onnx.TensorProto.INT4} if param_bw == 4 else {onnx.TensorProto.INT8})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = torch.randn(16, 32, 4, 4)
+    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    with torch.no_grad():
+        want = sim.model(x).numpy()
+    step = float(sim.layers()["fc"].output_quantizers[0].scale)
+    assert np.abs(got - want).max() <= step * 1.001
+
+
+def test_layers_without_whole_blocks_stay_per_channel_with_a_warning() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
+    with pytest.warns(UserWarning, match="3 input channels, blocks of 32"):
+        sim = lt.QuantSim(model, torch.randn(1, 3, 8, 8), param_bw=4, param_block_size=32)
+    first, second = sim.param_quantizers()["0.weight"], sim.param_quantizers()["2.weight"]
+    assert not first.is_blockwise and first.axis == 0 and second.is_blockwise
+
+
+def test_block_size_per_op_type_in_the_config() -> None:
+    model = nn.Sequential(nn.Conv2d(32, 32, 1), nn.Flatten(), nn.Linear(32 * 4 * 4, 8)).eval()
+    config = {"per_channel": True, "param_block_size": 16, "op_types": {"Conv": {"param_block_size": 0}}}
+    sim = lt.QuantSim(model, torch.randn(1, 32, 4, 4), param_bw=4, config=config)
+    assert not sim.param_quantizers()["0.weight"].is_blockwise  # 0: per channel for Conv
+    assert sim.param_quantizers()["2.weight"].block_size == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"param_block_size": 0}, "param_block_size=0"),
+        ({"param_block_size": 16.0}, "param_block_size=16.0"),
+        ({"decompressed_bw": 8}, "needs blockwise weights"),
+        ({"param_block_size": 16, "decompressed_bw": 4}, "above param_bw=4"),
+    ],
+)
+def test_bad_block_settings_are_refused(kwargs: dict, match: str) -> None:
+    with warnings.catch_warnings(), pytest.raises(InvalidOptionError, match=match):
+        lt.QuantSim(nn.Linear(32, 4), torch.randn(1, 32), param_bw=4, **kwargs)
