@@ -145,3 +145,29 @@ def test_block_size_per_op_type_in_the_config() -> None:
 def test_bad_block_settings_are_refused(kwargs: dict, match: str) -> None:
     with warnings.catch_warnings(), pytest.raises(InvalidOptionError, match=match):
         lt.QuantSim(nn.Linear(32, 4), torch.randn(1, 32), param_bw=4, **kwargs)
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "seq_mse", "adaround"])
+def test_layerwise_rounding_works_on_blockwise_grids(tmp_path, algorithm: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 16)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-1, 0.5, 64))  # input channels of uneven size: blocks pay off
+    data = [torch.randn(64, 64) * torch.linspace(0.2, 2, 64) for _ in range(4)]
+    options = {"param_bw": 4, "param_block_size": 32, "progress": False, "path": tmp_path}
+    extra = {"iterations": 200} if algorithm == "adaround" else {}
+    rounded, _ = getattr(lt, algorithm)(model, data[0][:1], data, **options, **extra)
+    nearest = lt.QuantSim(model, data[0][:1], param_bw=4, param_block_size=32, param_scheme="mse")
+    nearest.compute_encodings(data, progress=False)
+    nearest.set_activation_quantization(False)
+    x = torch.cat(data)
+    with torch.no_grad():
+        reference = model(x)
+        error = (rounded(x) - reference).pow(2).mean()
+        nearest_error = (nearest.model(x) - reference).pow(2).mean()
+    assert error < nearest_error
+    for layer in (rounded.get_submodule("0"), rounded.get_submodule("2")):
+        blocks = layer.weight.detach().reshape(layer.weight.shape[0], -1, 32)
+        levels = [len(torch.unique(block)) for row in blocks for block in row]
+        assert max(levels) <= 16  # every block on a 4-bit grid of its own ...
+        assert len(torch.unique(layer.weight.detach()[0])) > 16  # ... and the blocks of a row on different grids

@@ -55,6 +55,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..errors import InvalidOptionError
 from ..options import check_count, check_flag, check_fraction, check_positive, with_overrides
+from ..quant.blocks import expand_blocks
 from ..quant.encoding import Encoding
 from .input_moments import layer_objective, supports_moments
 from .layer_rounding import LayerRoundingConfig, round_layers
@@ -252,8 +253,14 @@ def _learn_rounding(
     shape = [1] * weight.dim()
     if enc.axis is not None:
         shape[enc.axis] = -1
-    scale = enc.scale.to(weight.device).reshape(shape).to(weight.dtype)
-    offset = enc.offset.to(weight.device).reshape(shape).to(weight.dtype)
+    if enc.is_blockwise:  # one grid per block: scale and offset at every weight element
+        assert enc.axis is not None and enc.block_axis is not None and enc.block_size is not None
+        where = (weight.shape, enc.axis, enc.block_axis, enc.block_size)
+        scale = expand_blocks(enc.scale.to(weight.device), *where).to(weight.dtype)
+        offset = expand_blocks(enc.offset.to(weight.device), *where).to(weight.dtype)
+    else:
+        scale = enc.scale.to(weight.device).reshape(shape).to(weight.dtype)
+        offset = enc.offset.to(weight.device).reshape(shape).to(weight.dtype)
     w_floor = torch.floor(weight / scale)
     v = _initial_v(weight / scale - w_floor)
     grid = w_floor - offset  # the floor's index on the integer grid

@@ -19,7 +19,7 @@ already rounded (:func:`~leantorch.ptq.layer_rounding.round_layers`, as AdaRound
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -110,16 +110,22 @@ def gptq(
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)
-        return gptq_round(rows, hessian, encoding, cfg.damping, cfg.block_size).reshape(weight.shape)
+        return gptq_round(rows, hessian, encoding, cfg.damping, cfg.block_size, weight.shape).reshape(weight.shape)
 
     return round_layers(model, example_input, calibration, round_layer, cfg, cfg.use_quantized_inputs, "gptq")
 
 
 def gptq_round(
-    weight: torch.Tensor, hessian: torch.Tensor, encoding: Encoding, damping: float = 0.01, block_size: int = 128
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    encoding: Encoding,
+    damping: float = 0.01,
+    block_size: int = 128,
+    weight_shape: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """GPTQ-rounded ``weight`` (``[groups, out/groups, K]``) for input Hessians ``hessian`` (``[groups, K, K]``),
-        on ``encoding``'s grid (per tensor, or per output channel along axis 0). Returns ``weight``'s shape and dtype
+        on ``encoding``'s grid (per tensor, per output channel along axis 0, or blockwise: then give the layer's
+    ``weight_shape``, as each column has its block's scales). Returns ``weight``'s shape and dtype
     (computed in float64).
 
         Example:
@@ -137,7 +143,8 @@ def gptq_round(
     groups, out, k = weight.shape
     w = weight.detach().to(torch.float64).clone()
     h = hessian.detach().to(device=w.device, dtype=torch.float64).clone()
-    scale, offset = weight_grid(encoding, groups, out, w.device)
+    scale, offset = weight_grid(encoding, groups, out, w.device, weight_shape)
+    per_column = scale.dim() == 3  # blockwise: the grid of column k is that of k's block
 
     diag = h.diagonal(dim1=-2, dim2=-1)
     dead = diag == 0  # inputs that are always zero: nothing to compensate with, nothing to compensate for
@@ -153,7 +160,8 @@ def gptq_round(
         u = upper[:, start:end, start:end]
         for j in range(end - start):
             column = block[:, :, j]
-            q = round_to_grid(column, scale, offset, encoding.num_steps)
+            grid = (scale[:, :, start + j], offset[:, :, start + j]) if per_column else (scale, offset)
+            q = round_to_grid(column, *grid, encoding.num_steps)
             rounded[:, :, start + j] = q
             err = (column - q) / u[:, j, j][:, None]
             block[:, :, j:] -= err[:, :, None] * u[:, None, j, j:]

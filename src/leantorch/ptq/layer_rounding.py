@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +25,7 @@ from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import example_inputs, prepare, untie_parameters
 from ..options import check_count, check_flag
 from ..paths import check_directory, check_file_name
+from ..quant.blocks import check_block_size, expand_blocks
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import encodings_dict, write_encodings
 from ..quant.quantizer import Quantizer
@@ -62,6 +63,7 @@ class LayerRoundingConfig:
     Attributes:
         param_bw, per_channel, param_scheme: the weight quantization to round for (``param_scheme`` picks the
             starting scales).
+        param_block_size, decompressed_bw: blockwise weights (and LPBQ), as :class:`~leantorch.QuantSim`'s.
         act_bw, scheme, config: activation quantization of the sim that gives the quantized inputs
             (``config``: a QuantSim config name, path or dict).
         num_batches: calibration batches used (the first ones).
@@ -87,9 +89,12 @@ class LayerRoundingConfig:
     path: str | Path = "."
     filename_prefix: str = "rounded"
     progress: bool = True
+    param_block_size: int | None = None
+    decompressed_bw: int | None = None
 
     def __post_init__(self) -> None:
         check_count("num_batches", self.num_batches, hint=" (calibration batches to use)")
+        check_block_size(self.param_block_size)
         check_flag("per_channel", self.per_channel, allow_none=True)
 
 
@@ -153,6 +158,8 @@ def round_layers(
         param_scheme=options.param_scheme,
         per_channel=options.per_channel,
         config=options.config,
+        param_block_size=options.param_block_size,
+        decompressed_bw=options.decompressed_bw,
     )
     sim.compute_encodings(data, progress=False)
     if not use_quantized_inputs:
@@ -243,15 +250,25 @@ def save_param_encodings(sim: QuantSim, path: Path) -> None:
     write_encodings(path, encodings_dict({}, params))
 
 
-def weight_grid(encoding: Encoding, groups: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_grid(
+    encoding: Encoding, groups: int, out: int, device: torch.device, shape: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``encoding``'s scale and offset (float64) shaped ``[groups, out/groups]`` (per output channel) or ``[1, 1]``
-    (per tensor), to broadcast against a weight viewed as ``[groups, out/groups, ...]``.
+    (per tensor), to broadcast against a weight viewed as ``[groups, out/groups, ...]``; a blockwise encoding
+    (which needs the weight's ``shape``) gives one per weight element, ``[groups, out/groups, K]``.
 
     Raises:
         InvalidOptionError: a per-channel encoding that is not along the output channels (axis 0).
     """
     scale = encoding.scale.to(device=device, dtype=torch.float64)
     offset = encoding.offset.to(device=device, dtype=torch.float64)
+    if encoding.is_blockwise:
+        assert shape is not None and encoding.axis == 0, "blockwise rounding needs the weight's shape, axis 0"
+        assert encoding.block_axis is not None and encoding.block_size is not None
+        where = (shape, encoding.axis, encoding.block_axis, encoding.block_size)
+        return expand_blocks(scale, *where).reshape(groups, out, -1), expand_blocks(offset, *where).reshape(
+            groups, out, -1
+        )
     if encoding.axis is None:
         return scale.reshape(1, 1), offset.reshape(1, 1)
     if encoding.axis != 0 or scale.numel() != groups * out:

@@ -21,8 +21,8 @@ sees the quantized model's inputs can also make up for the error of the layers b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ import torch
 from torch import fx, nn
 
 from ..options import check_choice, check_count, with_overrides
+from ..quant.blocks import blockwise_encoding, to_block_rows
 from ..quant.encoding import Encoding, compute_encoding
 from .input_moments import QuadraticObjective, grouped_weight, require_moments
 from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
@@ -115,20 +116,27 @@ def seq_mse(
         else:  # both sides on the same inputs: quantized ones (symqt), or float ones (symfp)
             objective = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else float_inputs)
         rows = grouped_weight(fp_layer, weight)
-        best = seq_mse_search(rows, objective.gram, objective.target, encoding, cfg.num_candidates)
-        return _nearest(rows.double(), best, rows.shape).reshape(weight.shape).to(weight.dtype), best
+        best = seq_mse_search(rows, objective.gram, objective.target, encoding, cfg.num_candidates, weight.shape)
+        nearest = _nearest(rows.double(), best, rows.shape, weight.shape)
+        return nearest.reshape(weight.shape).to(weight.dtype), best
 
     return round_layers(model, example_input, calibration, choose, cfg, inputs != "symfp", "seq_mse")
 
 
 def seq_mse_search(
-    weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding, num_candidates: int = 20
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    target: torch.Tensor,
+    encoding: Encoding,
+    num_candidates: int = 20,
+    weight_shape: Sequence[int] | None = None,
 ) -> Encoding:
     """The encoding, among ``num_candidates`` shrunk ranges, with the least output error (module docstring).
 
     ``weight``: ``[groups, out/groups, K]``; ``gram``: ``[groups, K, K]`` (``E[x̂ x̂ᵀ]``); ``target``: like ``weight``
     (``W E[x x̂ᵀ]``; ``W G`` when both sides see the same inputs). ``encoding`` gives the bitwidth, symmetry
-    and axis (per tensor, or per output channel along axis 0). Returns an encoding of the same kind.
+    and axis (per tensor, or per output channel along axis 0, or blockwise: then give the layer's ``weight_shape``;
+    every block's range shrinks by the factor its output channel picks). Returns an encoding of the same kind.
 
     Example:
         >>> from leantorch.quant.encoding import compute_encoding
@@ -141,21 +149,24 @@ def seq_mse_search(
         >>> bool((chosen.scale < full.scale).all())               # the grid no longer spends steps on it
         True
     """
-    errors, encodings = candidate_errors(weight, gram, target, encoding, num_candidates)
+    errors, encodings = candidate_errors(weight, gram, target, encoding, num_candidates, weight_shape)
     if encoding.axis is None:
         best = int(errors.sum(dim=(1, 2)).argmin())  # the first of equal candidates
         return encodings[best]
     best_per_channel = errors.flatten(1).argmin(0)[None]  # [1, out]: each output channel's best candidate
-    scale = torch.stack([e.scale for e in encodings])
+    scale = torch.stack([e.scale for e in encodings])  # [n, out] or, blockwise, [n, out, n_blocks]
     offset = torch.stack([e.offset for e in encodings])
-    index = best_per_channel.to(scale.device)
-    return Encoding(
-        encoding.bitwidth, encoding.symmetric, scale.gather(0, index)[0], offset.gather(0, index)[0], encoding.axis
-    )
+    index = best_per_channel.to(scale.device).reshape(1, -1, *[1] * (scale.dim() - 2)).expand(1, *scale.shape[1:])
+    return replace(encoding, scale=scale.gather(0, index)[0], offset=offset.gather(0, index)[0])
 
 
 def candidate_errors(
-    weight: torch.Tensor, gram: torch.Tensor, target: torch.Tensor, encoding: Encoding, num_candidates: int
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    target: torch.Tensor,
+    encoding: Encoding,
+    num_candidates: int,
+    weight_shape: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, list[Encoding]]:
     """Output error (minus the float weight's own) of each candidate, ``[num_candidates, groups, out/groups]``
     in float64, and the candidates' encodings (ranges ``α·[min, max]`` of the weight, ``α = i/n``)."""
@@ -166,6 +177,10 @@ def candidate_errors(
     drift = torch.bmm(w, g) - target.detach().to(device=w.device, dtype=torch.float64)
     if encoding.axis is None:
         lo, hi = w.min(), w.max()
+    elif encoding.is_blockwise:  # one range per block (row of the block view)
+        assert weight_shape is not None and encoding.block_axis is not None and encoding.block_size is not None
+        blocks = to_block_rows(w.reshape(weight_shape), 0, encoding.block_axis, encoding.block_size)
+        lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)
     else:
         lo, hi = w.amin(dim=2).reshape(-1), w.amax(dim=2).reshape(-1)
     unsigned = encoding.symmetric and not encoding.is_signed
@@ -180,13 +195,23 @@ def candidate_errors(
             unsigned_symmetric=unsigned,
             axis=encoding.axis,
         )
-        e = w - _nearest(w, candidate, weight.shape)
+        if encoding.is_blockwise:
+            assert weight_shape is not None and encoding.block_axis is not None and encoding.block_size is not None
+            channels = weight_shape[0]
+            candidate = blockwise_encoding(
+                candidate, channels, encoding.block_size, encoding.block_axis, encoding.decompressed_bw
+            )
+        e = w - _nearest(w, candidate, weight.shape, weight_shape)
         errors.append((torch.bmm(e, g) * e).sum(-1) - 2 * (e * drift).sum(-1))
         encodings.append(candidate)
     return torch.stack(errors), encodings
 
 
-def _nearest(w: torch.Tensor, encoding: Encoding, shape: torch.Size) -> torch.Tensor:
+def _nearest(
+    w: torch.Tensor, encoding: Encoding, shape: torch.Size, weight_shape: Sequence[int] | None = None
+) -> torch.Tensor:
     """``w`` (float64, ``[groups, out/groups, K]``) rounded to nearest on ``encoding``'s grid."""
-    scale, offset = weight_grid(encoding, shape[0], shape[1], w.device)
-    return round_to_grid(w, scale[..., None], offset[..., None], encoding.num_steps)
+    scale, offset = weight_grid(encoding, shape[0], shape[1], w.device, weight_shape)
+    if scale.dim() == 2:  # per channel or per tensor: one grid for the whole row
+        scale, offset = scale[..., None], offset[..., None]
+    return round_to_grid(w, scale, offset, encoding.num_steps)

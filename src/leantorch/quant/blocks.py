@@ -38,6 +38,7 @@ __all__ = [
     "lpbq_scale",
     "check_block_size",
     "blockwise_encoding",
+    "expand_blocks",
 ]
 
 
@@ -153,3 +154,22 @@ def blockwise_encoding(
     if decompressed_bw is not None:
         scale = lpbq_scale(*lpbq_compress(scale, rows.bitwidth, decompressed_bw))
     return Encoding(rows.bitwidth, rows.symmetric, scale, offset, rows.axis, block_size, block_axis, decompressed_bw)
+
+
+def expand_blocks(
+    values: torch.Tensor, shape: Sequence[int], axis: int, block_axis: int, block_size: int
+) -> torch.Tensor:
+    """Per-block ``values`` ``(C, n_blocks)`` at every element of a weight of ``shape`` (a view, not a copy).
+
+    Example:
+        >>> expand_blocks(torch.tensor([[1.0, 2.0]]), (1, 4), axis=0, block_axis=1, block_size=2).tolist()
+        [[1.0, 1.0, 2.0, 2.0]]
+    """
+    ndim = len(shape)
+    axis, block_axis = axis % ndim, block_axis % ndim
+    per_input = values.repeat_interleave(block_size, dim=1)  # (C, K)
+    if axis > block_axis:
+        per_input = per_input.T
+    view = [1] * ndim
+    view[axis], view[block_axis] = shape[axis], shape[block_axis]
+    return per_input.reshape(view).expand(*shape)
