@@ -49,6 +49,7 @@ from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import equalize
 from .ptq.gptq import gptq
 from .ptq.seq_mse import seq_mse
+from .quant.config import load_config
 from .quant.sim import QuantSim
 from .staging import staged_outputs
 
@@ -59,12 +60,16 @@ _check_names, _fill_defaults = check_names, fill_defaults
 
 
 def _sim_options(args: argparse.Namespace) -> dict:
+    config: Any = args.config
+    if getattr(args, "param_block_size", None) or getattr(args, "decompressed_bw", None):
+        # in the config, so that every technique's own QuantSim (bias correction, AdaRound...) has the blocks too
+        config = load_config(args.config).with_blocks(args.param_block_size, args.decompressed_bw, args.param_bw)
     return {
         "param_bw": args.param_bw,
         "act_bw": args.act_bw,
         "scheme": args.scheme,
         "per_channel": args.per_channel or None,
-        "config": args.config,
+        "config": config,
     }
 
 

@@ -125,10 +125,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
     p.add_argument(
+        "--param-block-size",
+        type=positive_int,
+        metavar="N",
+        help="blockwise weights: one scale per N input channels of each output channel (e.g. 32; layers whose "
+        "input channels make no whole blocks stay per channel); exported as opset-21 blocked QDQ, int4 up to 4 bits",
+    )
+    p.add_argument(
+        "--decompressed-bw",
+        type=bitwidth,
+        metavar="BITS",
+        help="with --param-block-size, LPBQ: block scales become integers in [1, 2**(BITS - param_bw)] times one "
+        "float per channel (e.g. --param-bw 4 --decompressed-bw 8)",
+    )
+    p.add_argument(
         "--config",
         default="default",
         help="config preset (default, per_channel, transformer: 8-bit per-channel weights, 16-bit Linear/LayerNorm/"
-        "Softmax/Add outputs) or JSON file",
+        "Softmax/Add/Concat outputs) or JSON file",
     )
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding layers first")
     p.add_argument(
