@@ -41,6 +41,7 @@ from .quant import qat
 from .quant.config import OpRule, QuantSimConfig
 from .quant.encoding import Encoding, compute_encoding
 from .quant.estimators import QuantScheme
+from .quant.float_formats import set_float_format
 from .quant.quantizer import Quantizer
 from .quant.sim import QuantSim
 
@@ -102,4 +103,5 @@ __all__ = [
     "QuantScheme",
     "Quantizer",
     "QuantSim",
+    "set_float_format",
 ]

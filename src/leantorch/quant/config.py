@@ -32,6 +32,7 @@ from ..ops import OP_TYPE_NAMES, WEIGHT_AXES, default_supergroups, specs
 from ..options import short_repr
 from .blocks import check_block_size
 from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH, check_bitwidth
+from .float_formats import check_float_format
 
 __all__ = ["PER_CHANNEL_AXIS", "TRANSFORMER_ACT_BW", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
 
@@ -63,6 +64,8 @@ class OpRule:
     act_bw: int | None = None
     #: Input channels per weight block (blockwise weights) for this op type; 0: per channel; None: the config's.
     param_block_size: int | None = None
+    #: A float format for this op type's weights and activations (float16, bfloat16, float8_e4m3fn, float8_e5m2).
+    float_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class ResolvedRule:
     per_channel: bool
     act_bw: int | None = None
     param_block_size: int | None = None
+    float_format: str | None = None
 
 
 def _default_supergroups() -> list[list[str]]:
@@ -139,6 +143,7 @@ class QuantSimConfig:
             )
             if op_type in PER_CHANNEL_AXIS
             else None,
+            float_format=over.float_format,
         )
 
     @classmethod
@@ -232,10 +237,15 @@ class QuantSimConfig:
             if not isinstance(rule, OpRule):
                 raise ConfigError(f"op_types[{op!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object)")
             for f in fields(OpRule):
-                if f.name not in ("act_bw", "param_block_size"):
+                if f.name not in ("act_bw", "param_block_size", "float_format"):
                     _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
             _check_bitwidth(f"op_types.{op}.act_bw", rule.act_bw)
             _check_count(f"op_types.{op}.param_block_size", rule.param_block_size, zero=True)
+            if rule.float_format is not None:
+                try:
+                    rule.float_format = check_float_format(rule.float_format)
+                except InvalidOptionError as exc:
+                    raise ConfigError(f"op_types.{op}.float_format: {exc}") from exc
         _check_count("param_block_size", self.param_block_size)
         _check_bitwidth("decompressed_bw", self.decompressed_bw)
         groups = self.supergroups

@@ -94,6 +94,8 @@ class Encoding:
     block_axis: int | None = None
     #: LPBQ: the block scales are integers in [1, 2**(decompressed_bw - bitwidth)] times one float per channel
     decompressed_bw: int | None = None
+    #: a float format (:mod:`.float_formats`: float16, bfloat16, float8_e4m3fn, float8_e5m2) instead of an integer grid
+    float_format: str | None = None
 
     @property
     def num_steps(self) -> int:
@@ -226,8 +228,8 @@ def same_encoding(a: Encoding, b: Encoding) -> bool:
         True
     """
     return (
-        (a.bitwidth, a.symmetric, a.axis, a.block_size, a.block_axis, a.decompressed_bw)
-        == (b.bitwidth, b.symmetric, b.axis, b.block_size, b.block_axis, b.decompressed_bw)
+        (a.bitwidth, a.symmetric, a.axis, a.block_size, a.block_axis, a.decompressed_bw, a.float_format)
+        == (b.bitwidth, b.symmetric, b.axis, b.block_size, b.block_axis, b.decompressed_bw, b.float_format)
         and a.scale.shape == b.scale.shape
         and torch.equal(a.scale.cpu(), b.scale.cpu())
         and torch.equal(a.offset.cpu(), b.offset.cpu())

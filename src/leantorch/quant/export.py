@@ -53,7 +53,7 @@ from .encodings_file import (
     same_encoding,
 )
 from .export_bias import onnx_safe_name, quantize_biases
-from .qdq_nodes import qdq_nodes
+from .qdq_nodes import needs_opset_21, qdq_nodes
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
 
@@ -154,7 +154,7 @@ def export_quantsim(
     """
     prefix = check_file_name(filename_prefix, "filename_prefix")
     out_dir = check_directory(path, "path")
-    check_opset(opset, wide=any(q.is_active and (q.bitwidth > 8 or q.is_blockwise) for q in sim.quantizers().values()))
+    check_opset(opset, wide=any(q.is_active and needs_opset_21(q) for q in sim.quantizers().values()))
     check_flag("unsigned_weights", unsigned_weights)
     check_version(encodings_version)
     missing = [n for n, q in sim.quantizers().items() if q.is_active and q.encoding is None]
@@ -202,7 +202,7 @@ def build_qdq_onnx(
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()
     entries = _mark_quantizers(model)
-    wide = any(m.quantizer.bitwidth > 8 or m.quantizer.is_blockwise for m in entries)
+    wide = any(needs_opset_21(m.quantizer) for m in entries)
     target_opset = check_opset(opset, wide)
     export_opset = min(target_opset, _TORCHSCRIPT_MAX_OPSET)
     buffer = io.BytesIO()

@@ -206,6 +206,13 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
             _configure_blocks(q, getattr(wrapper.module, name), wrapper.op_type, rule.param_block_size, config)
         else:
             q.enabled = config.quantize_bias and rule.params_quantized
+    if rule.float_format is not None:
+        for q in _all_quantizers(wrapper):
+            q.set_float_format(rule.float_format)
+
+
+def _all_quantizers(wrapper: QuantWrapper) -> list[Quantizer]:
+    return [m for m in wrapper.modules() if isinstance(m, Quantizer)]
 
 
 def _configure_blocks(q: Quantizer, weight: Any, op_type: str, block_size: int | None, config: QuantSimConfig) -> None:

@@ -20,8 +20,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ExportError
 from .encoding import Encoding
+from .float_formats import is_scaled, onnx_float_type
 
-__all__ = ["container", "qdq_nodes"]
+__all__ = ["container", "qdq_nodes", "needs_opset_21"]
+
+
+def needs_opset_21(quantizer: Any) -> bool:
+    """Whether a quantizer's Q/DQ exist only from opset 21 on: 16-bit, blockwise or float8 (19+) ones.
+
+    Example:
+        >>> from leantorch.quant.quantizer import Quantizer
+        >>> needs_opset_21(Quantizer(bitwidth=8)), needs_opset_21(Quantizer(bitwidth=16))
+        (False, True)
+    """
+    return quantizer.bitwidth > 8 or quantizer.is_blockwise or quantizer.float_format is not None
 
 
 def container(enc: Encoding, unsigned: bool = False) -> tuple[int, type[np.integer[Any]]]:
@@ -51,6 +63,8 @@ def qdq_nodes(
     ``shape``: the shape of ``x``, needed for a blockwise encoding (opset 21's blocked QuantizeLinear wants
     its scale at the rank of ``x``: the block scales, repeated over a conv's kernel positions).
     """
+    if enc.float_format is not None:
+        return _float_nodes(enc, x, y, stem)
     onnx_type, np_type = container(enc, unsigned)
     scale = enc.scale.detach().cpu().numpy().astype(np.float32)
     # Signed containers store q - 2**(bw-1); unsigned ones q with zero_point = -offset.
@@ -117,3 +131,26 @@ def _at_rank(values: np.ndarray, enc: Encoding, shape: tuple[int, ...]) -> np.nd
     full = list(shape)
     full[block_axis] = values.shape[1]
     return np.ascontiguousarray(np.broadcast_to(placed.reshape(view), full))
+
+
+def _float_nodes(enc: Encoding, x: str, y: str, stem: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A float format: ``Cast → Cast`` for fp16/bf16; float8 QuantizeLinear/DequantizeLinear (saturating, opset 19+)
+    with the encoding's scales for fp8."""
+    assert enc.float_format is not None
+    onnx_type = onnx_float_type(enc.float_format)
+    if not is_scaled(enc.float_format):
+        return [
+            helper.make_node("Cast", [x], [f"{stem}_cast"], to=onnx_type, name=f"{stem}_Cast"),
+            helper.make_node("Cast", [f"{stem}_cast"], [y], to=TensorProto.FLOAT, name=f"{stem}_CastBack"),
+        ], []
+    scale = enc.scale.detach().cpu().numpy().astype(np.float32)
+    zero = helper.make_tensor(f"{stem}_zero_point", onnx_type, scale.shape, [0.0] * scale.size)
+    attrs: dict[str, Any] = {"axis": enc.axis} if enc.axis is not None else {}
+    inputs = [f"{stem}_scale", f"{stem}_zero_point"]
+    nodes = [
+        helper.make_node("QuantizeLinear", [x, *inputs], [f"{stem}_quantized"], name=f"{stem}_QuantizeLinear", **attrs),
+        helper.make_node(
+            "DequantizeLinear", [f"{stem}_quantized", *inputs], [y], name=f"{stem}_DequantizeLinear", **attrs
+        ),
+    ]
+    return nodes, [numpy_helper.from_array(scale, f"{stem}_scale"), zero]

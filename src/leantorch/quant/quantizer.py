@@ -29,13 +29,15 @@ from ..errors import CalibrationDataError, ConfigError, EncodingsMissingError
 from .blocks import blocks_fit, blockwise_encoding, from_block_rows, lpbq_compress, lpbq_scale, to_block_rows
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
 from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
+from .float_formats import check_float_format, float_bitwidth, float_encoding, float_fake_cast, is_scaled
+from .onnx_marker import OnnxQuantizeMarker as OnnxQuantizeMarker  # its home was here
 
 # The numerics live in .primitives; fake_quantize and learnable_fake_quantize stay importable from here.
 from .primitives import fake_quantize as fake_quantize
 from .primitives import learnable_fake_quantize as learnable_fake_quantize
 from .primitives import lsq_grad_scale
 
-__all__ = ["Quantizer", "finish_calibrations", "tensor_encodings", "OnnxQuantizeMarker"]
+__all__ = ["Quantizer", "finish_calibrations", "OnnxQuantizeMarker"]
 
 
 class Quantizer(nn.Module):
@@ -80,6 +82,8 @@ class Quantizer(nn.Module):
         self.decompressed_bw: int | None = None
         self.block_channels = 0  # output channels of the last weight seen blockwise
         self.block_fallback: str | None = None  # why a weight asked to be blockwise stays per channel
+        #: a float format (:mod:`.float_formats`) instead of an integer grid; set with :meth:`set_float_format`
+        self.float_format: str | None = None
         self.unsigned_symmetric = unsigned_symmetric
         self.enabled = enabled
         self.name = name
@@ -101,8 +105,32 @@ class Quantizer(nn.Module):
             return None
         scale, offset = self._grid()
         return Encoding(
-            self.bitwidth, self.symmetric, scale, offset, self.axis, *self._block_fields(), self.decompressed_bw
+            self.bitwidth,
+            self.symmetric,
+            scale,
+            offset,
+            self.axis,
+            *self._block_fields(),
+            self.decompressed_bw,
+            self.float_format,
         )
+
+    def set_float_format(self, name: str | None) -> None:
+        """Round to a float format (``float16``, ``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2``; None: back to an
+        integer grid of 8 bits). fp16/bf16 need no calibration; fp8 and integer grids are recalibrated.
+
+        Example:
+            >>> q = Quantizer(); q.set_float_format("fp16")
+            >>> q.bitwidth, q(torch.tensor([1.0 + 2**-12])).item()
+            (16, 1.0)
+        """
+        self.float_format = None if name is None else check_float_format(name)
+        self.bitwidth = 8 if name is None else float_bitwidth(self.float_format)  # type: ignore[arg-type]
+        self.block_size = self.block_axis = self.decompressed_bw = None
+        self.set_encoding(None)
+        if self.float_format is not None and not is_scaled(self.float_format):
+            one = torch.ones(())
+            self.set_encoding(float_encoding(one, one, self.float_format, None))
 
     @property
     def is_blockwise(self) -> bool:
@@ -138,6 +166,7 @@ class Quantizer(nn.Module):
         device = self.scale.device if self.scale is not None else enc.scale.device
         self.bitwidth, self.symmetric, self.axis = enc.bitwidth, enc.symmetric, enc.axis
         self.block_size, self.block_axis, self.decompressed_bw = enc.block_size, enc.block_axis, enc.decompressed_bw
+        self.float_format = enc.float_format
         scale = enc.scale.detach().clone().to(device=device, dtype=torch.float32)
         offset = enc.offset.detach().clone().to(device=device, dtype=torch.int64)
         self.frozen = freeze
@@ -184,9 +213,17 @@ class Quantizer(nn.Module):
         """True when this quantizer changes the tensor (enabled and below 32 bits)."""
         return self.enabled and self.bitwidth != FLOAT_BITWIDTH
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Active, not frozen, and not a plain float cast (fp16/bf16 have no range to find)."""
+        plain_cast = self.float_format is not None and not is_scaled(self.float_format)
+        return self.is_active and not self.frozen and not plain_cast
+
     # ----------------------------------------------------------------- calibration
     def start_calibration(self) -> None:
         """Pass tensors through unchanged and collect their statistics until :meth:`finish_calibration`."""
+        if self.float_format is not None and not is_scaled(self.float_format):
+            return  # a plain cast (fp16, bf16) has nothing to calibrate: its encoding stays
         # Blocks are calibrated as the channels (rows) of the weight's block view.
         self._estimator = make_estimator(self.scheme, 0 if self.is_blockwise else self.axis)
         self._calibrating = True
@@ -287,6 +324,8 @@ class Quantizer(nn.Module):
     def _quantize(self, x: torch.Tensor, axis: int | None) -> torch.Tensor:
         assert self.scale is not None and self.offset is not None  # forward checked
         flat = self.is_blockwise and axis == 0  # the block view: one row per (channel, block)
+        if self.float_format is not None and self.export_index is None:
+            return float_fake_cast(x, self._grid()[0], axis, self.float_format)
         if self.is_learnable and torch.is_grad_enabled() and self.export_index is None:
             scale_p, offset_p = (self.scale.reshape(-1), self.offset.reshape(-1)) if flat else (self.scale, self.offset)
             return learnable_fake_quantize(x, scale_p, offset_p, self.bitwidth, axis, self._lsq_grad_factor(x))
@@ -296,7 +335,13 @@ class Quantizer(nn.Module):
         if self.export_index is not None:
             # torch's stubs leave Function.apply untyped
             marked: torch.Tensor = OnnxQuantizeMarker.apply(  # type: ignore[no-untyped-call]
-                x, scale, offset, self.bitwidth, self.axis, self.export_index, self._block_fields()
+                x,
+                scale,
+                offset,
+                self.bitwidth,
+                self.axis,
+                self.export_index,
+                (*self._block_fields(), self.float_format),
             )
             return marked
         return fake_quantize(x, scale, offset, self.bitwidth, axis)
@@ -314,6 +359,8 @@ class Quantizer(nn.Module):
             where = f"blockwise(axis={self.axis}, block_axis={self.block_axis}, block_size={self.block_size})"
             where += f", lpbq(decompressed_bw={self.decompressed_bw})" if self.decompressed_bw else ""
         state = "enabled" if self.enabled else "disabled"
+        if self.float_format is not None:
+            return f"{self.float_format}, {where}, {state}"
         return f"bw={self.bitwidth}, {kind}, {where}, scheme={self.scheme.value}, {state}"
 
 
@@ -333,6 +380,11 @@ def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> 
     ranges = compute_ranges([(est, q.bitwidth, q.symmetric, q.unsigned_symmetric) for q, est in seen])
     found: dict[int, Encoding] = {}
     for (q, _), (lo, hi) in zip(seen, ranges):
+        if q.float_format is not None:
+            found[id(q)] = enc = float_encoding(lo, hi, q.float_format, q.axis)
+            if apply:
+                q.set_encoding(enc.to(lo.device))
+            continue
         enc = compute_encoding(lo, hi, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis)
         if q.is_blockwise:
             _, block_axis, block_size = q._block_view()
@@ -341,50 +393,3 @@ def finish_calibrations(quantizers: Sequence[Quantizer], apply: bool = True) -> 
             q.set_encoding(enc.to(lo.device))
         found[id(q)] = enc
     return [found.get(id(q)) for q in quantizers]
-
-
-def tensor_encodings(pairs: Sequence[tuple[Quantizer, torch.Tensor]]) -> list[tuple[Quantizer, Encoding]]:
-    """The encoding each quantizer computes for its tensor (weights, known in full), not applied; batched as
-    :func:`finish_calibrations`. A failure leaves every quantizer as it was.
-
-    Example:
-        >>> q = Quantizer(scheme="minmax")
-        >>> [round(float(enc.scale), 4) for _, enc in tensor_encodings([(q, torch.tensor([0.0, 2.55]))])]
-        [0.01]
-    """
-    started = []
-    try:
-        for q, tensor in pairs:
-            started.append(q)
-            q.start_calibration()
-            q(tensor)  # calibrating: observes, returns it
-    except BaseException:
-        for q in started:
-            q.abort_calibration()
-        raise
-    encodings = finish_calibrations([q for q, _ in pairs], apply=False)
-    assert all(enc is not None for enc in encodings)
-    return [(q, enc) for (q, _), enc in zip(pairs, encodings) if enc is not None]
-
-
-class OnnxQuantizeMarker(torch.autograd.Function):
-    """Fake quantization in torch; a ``leantorch::Quantize(index)`` node in a TorchScript ONNX export.
-
-    :mod:`.export` replaces every marker by [Clip →] QuantizeLinear → DequantizeLinear built from quantizer
-    ``index``'s encoding (torch's own export of fake-quant ops only knows 8-bit ranges).
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, offset, bitwidth, axis, index, blocks=(None, None)):  # type: ignore[no-untyped-def]
-        block_size, block_axis = blocks
-        if block_size is None:
-            return fake_quantize(x, scale, offset, bitwidth, axis)
-        rows = to_block_rows(x, axis, block_axis, block_size)
-        out = fake_quantize(rows, scale.reshape(-1), offset.reshape(-1), bitwidth, 0)
-        return from_block_rows(out, x.shape, axis, block_axis, block_size)
-
-    @staticmethod
-    def symbolic(g, x, scale, offset, bitwidth, axis, index, blocks=(None, None)):  # type: ignore[no-untyped-def]
-        out = g.op("leantorch::Quantize", x, index_i=index)
-        out.setType(x.type())  # same shape and dtype as the input: lets the exporter infer shapes
-        return out

@@ -31,7 +31,8 @@ from .encodings_matching import check_coverage, encoding_targets, match_encoding
 from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .exporters import get_exporter
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
-from .quantizer import Quantizer, finish_calibrations, tensor_encodings
+from .quantizer import Quantizer, finish_calibrations
+from .weight_encodings import tensor_encodings
 from .wrapper import QuantWrapper
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class QuantSim:
         if num_batches is not None:
             check_count("num_batches", num_batches, hint=", or None for all batches")
         group = merge_group(distributed, process_group)
-        named = {n: q for n, q in self.activation_quantizers().items() if q.is_active and not q.frozen}
+        named = {n: q for n, q in self.activation_quantizers().items() if q.needs_calibration}
         activations = list(named.values())
         # Weights are encoded first so that activation ranges are those of the quantized-weight model.
         params = self._param_encodings()
@@ -300,7 +301,7 @@ class QuantSim:
         weights = [
             (q, getattr(layers[name.rpartition(".")[0]].module, name.rpartition(".")[2]).detach())
             for name, q in self.param_quantizers().items()
-            if q.is_active and not q.frozen
+            if q.needs_calibration
         ]
         return tensor_encodings(weights)
 
