@@ -35,6 +35,7 @@ from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize
 from .ptq.gptq import GptqConfig, gptq
+from .ptq.outlier_migration import OutlierMigrationConfig, migrate_outliers
 from .ptq.relu6 import replace_relu6
 from .ptq.seq_mse import SeqMseConfig, seq_mse
 from .quant import qat
@@ -51,6 +52,7 @@ __all__ = [
     "AdaroundConfig",
     "BiasCorrectionConfig",
     "GptqConfig",
+    "OutlierMigrationConfig",
     "SeqMseConfig",
     "__version__",
     "CalibrationDataError",
@@ -93,6 +95,7 @@ __all__ = [
     "cross_layer_scale",
     "equalize",
     "gptq",
+    "migrate_outliers",
     "replace_relu6",
     "seq_mse",
     "qat",
