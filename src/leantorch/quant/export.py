@@ -1,19 +1,18 @@
 """Export of a calibrated QuantSim: ONNX QDQ model, AIMET encodings file, float weights.
 
 How the ONNX file is made: a copy of ``sim.model`` is exported with torch's TorchScript exporter while
-each active quantizer leaves a ``leantorch::Quantize`` marker node. Each marker is then replaced by
-``[Clip →] QuantizeLinear → DequantizeLinear`` built from that quantizer's encoding:
+each active quantizer leaves a ``leantorch::Quantize`` marker node, then replaced by ``[Clip →]
+QuantizeLinear → DequantizeLinear`` built from that quantizer's encoding (:mod:`.qdq_nodes`):
 
-* container type: ``int8``/``uint8`` up to 8 bits, ``int16``/``uint16`` up to 16 bits (opset 21);
-  signed for symmetric encodings with a negative range, ``zero_point = -offset`` otherwise;
-* below the container width (e.g. 4 bits in int8) a Clip to the encoding's ``[min, max]`` comes first,
-  so ONNX Runtime clamps exactly where the simulation does;
-* per-channel weights get per-axis QuantizeLinear/DequantizeLinear (``axis`` attribute);
+* containers ``int8``/``uint8`` up to 8 bits, ``int16``/``uint16`` up to 16 (opset 21); signed for symmetric
+  encodings with a negative range, ``zero_point = -offset`` otherwise; below the container width a Clip to
+  ``[min, max]`` comes first, so ONNX Runtime clamps where the simulation does; per-channel weights get
+  per-axis Q/DQ; blockwise weights opset 21's blocked Q/DQ (int4/uint4 up to 4 bits); float formats a Cast
+  pair (fp16, bf16) or float8 Q/DQ;
 * weights are stored as float initializers already on the quantization grid (the simulated values), so
-  re-quantizing them with the file's encodings is exact in any runtime;
-* the float bias of a Conv/Gemm whose input and weight are quantized is stored as int32 with
-  ``scale = s_input * s_weight`` (the form ONNX Runtime's integer kernels expect; error far below one
-  output step).
+  re-quantizing them with the file's encodings is exact in any runtime (a tied weight gets one copy per grid);
+* the float bias of a Conv/Gemm whose input and weight are quantized (not blockwise) is stored as int32 with
+  ``scale = s_input * s_weight`` (the form integer kernels expect; error far below one output step).
 
 The encodings file follows AIMET's encodings format version 0.6.1 (or 1.0.0 / 2.0.0 with
 ``encodings_version``, see :mod:`.encodings_formats`): ``activation_encodings`` keyed by ONNX
@@ -33,13 +32,14 @@ import numbers
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import onnx
 import torch
+from torch import fx
 
 from ..errors import EncodingsMissingError, InvalidOptionError
-from ..graph import as_tuple
+from ..graph import as_tuple, untie_parameters
 from ..options import check_flag
 from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
@@ -148,8 +148,7 @@ def export_quantsim(
         EncodingsMissingError: a quantizer in use has no encoding (call ``compute_encodings`` first).
 
     Example:
-        >>> paths = sim.export("out", "model")  # doctest: +SKIP
-        >>> sorted(paths)                       # doctest: +SKIP
+        >>> sorted(sim.export("out", "model"))  # doctest: +SKIP
         ['encodings', 'onnx', 'pth']
     """
     prefix = check_file_name(filename_prefix, "filename_prefix")
@@ -168,11 +167,7 @@ def export_quantsim(
     if rewrite is not None:
         rewrite(model_proto)
         onnx.checker.check_model(model_proto)
-    files = {
-        "onnx": out_dir / f"{prefix}.onnx",
-        "encodings": out_dir / f"{prefix}.encodings",
-        "pth": out_dir / f"{prefix}.pth",
-    }
+    files = {kind: out_dir / f"{prefix}.{kind}" for kind in ("onnx", "encodings", "pth")}
     with writing(f"the export files {prefix}.* in {out_dir}"), staged_outputs() as staging:
         temporary = {kind: staging.file(dest, option="path") for kind, dest in files.items()}
         onnx.save(model_proto, str(temporary["onnx"]))
@@ -255,6 +250,9 @@ def _mark_quantizers(model: torch.nn.Module) -> list[Marked]:
     param_of = {}
     for layer, wrapper in model.named_modules():
         if isinstance(wrapper, QuantWrapper) and wrapper.repeat_of is None:
+            active = [pname for pname, q in wrapper.param_quantizers.items() if q.is_active]
+            # A tied weight (GPT-2's lm_head = wte) is snapped onto each quantizer's grid in its own copy.
+            untie_parameters(cast(fx.GraphModule, model), wrapper.module, names=active)
             for pname, q in wrapper.param_quantizers.items():
                 if q.is_active:
                     param = getattr(wrapper.module, pname)
