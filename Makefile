@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench browser clean
+.PHONY: demo test test-fast lint bench browser coverage-timm clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ browser:
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantsim.py
+
+# benchmarks/coverage.py's timm group, merged into its results file. timm is installed without its dependencies and
+# is no extra of leantorch: it imports torchvision, whose only wheels here are CUDA builds; timm's models need just
+# torchvision's FrozenBatchNorm2d, which benchmarks/shims/torchvision provides when torchvision is missing.
+coverage-timm: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps timm
+	$(PY) -m pip install --quiet pyyaml huggingface_hub safetensors  # timm's other dependencies
+	$(PY) benchmarks/coverage.py --group timm --out benchmarks/results/coverage.json --merge
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

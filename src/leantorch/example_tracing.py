@@ -16,6 +16,7 @@ tracing only), and
 * ``iter(p)`` yields one symbolic item per element of the example value, so ``b, c, h, w = x.shape`` stays
   symbolic;
 * ``p.shape`` and ``p.size()`` stay symbolic: a reshape written with them follows the batch size;
+* ``p[index] = value`` is recorded as an in-place ``operator.setitem`` call (and done on the example value);
 * tensor factories called with a traced size (``torch.zeros(b, 4)``, ``torch.arange(seq_len)``), which torch does
   not dispatch to proxies, are recorded as graph calls too.
 
@@ -123,6 +124,15 @@ class _ExampleMixin:
 
     def __float__(self) -> float:
         return float(self._static_value("float()"))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # ``mask[:, a:b, c:d] = k`` on a traced tensor (timm's Swin builds its shifted-window mask so when the input
+        # size may vary: ``torch.zeros((1, H, W, 1))``, then region numbers written in). An in-place graph call, which
+        # fx keeps (operator.setitem has side effects) and runs in order; the example value is written too, so later
+        # reads see the write. A value or index from the input's data makes the tensor depend on it too.
+        write = self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+        if not is_static(write):
+            self.node.meta["lt_static"] = False  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE_ATTRIBUTES:
