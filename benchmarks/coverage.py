@@ -575,6 +575,19 @@ def hf_specs() -> list[Spec]:
             bos_token_id=0,
             eos_token_id=0,
         ),
+        _hf_text(
+            "hf-llama-lmhead",
+            "LlamaConfig",
+            "LlamaForCausalLM",
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
         _minilm(),
     ]
 

@@ -212,7 +212,24 @@ class ExampleTracer(fx.Tracer):
     def call_module(self, m: torch.nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         if self.evaluating:  # fx patches Module.__call__ while tracing: an example run calls the module itself
             return forward(*args, **kwargs)
+        if _stateless(m) and not self._installed(m):  # a function in a module's clothes: traced into
+            return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def path_of_module(self, mod: torch.nn.Module) -> str:
+        # A module without parameters or buffers that is not a submodule of the model (a global: the `kernels`
+        # package makes Llama's apply_rotary_pos_emb one; or built inline) holds nothing a graph needs to refer to:
+        # it is traced into (call_module), under a scope name of its class. With state it stays fx's NameError.
+        if _stateless(mod) and not self._installed(mod):
+            return f"<{type(mod).__name__}>"
+        return super().path_of_module(mod)
+
+    def _installed(self, mod: torch.nn.Module) -> bool:
+        try:
+            super().path_of_module(mod)
+        except NameError:
+            return False
+        return True
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ExampleProxy(node, self)
@@ -273,6 +290,11 @@ class ExampleTracer(fx.Tracer):
             return example_value(obj).keys()
         except LookupError:
             return super().keys(obj)
+
+
+def _stateless(module: torch.nn.Module) -> bool:
+    """Whether ``module`` (and its submodules) holds no parameter and no buffer."""
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
 
 
 def _static_node(kind: str, target: Any, args: Any, kwargs: Any) -> bool:
