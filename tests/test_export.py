@@ -350,3 +350,33 @@ def test_each_call_of_a_reused_layer_has_its_own_activation_quantizers(tmp_path)
         assert float(reloaded.layers()[name].output_quantizers[0].scale) == float(
             sim.layers()[name].output_quantizers[0].scale
         )
+
+
+class _CacheConcat(nn.Module):
+    """A key/value cache's first step: torch.cat of an empty 1-D placeholder with the new keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        past = torch.zeros(0, device=x.device)
+        return torch.cat([past, self.proj(x)], dim=-2) * 2.0
+
+
+def test_a_concat_with_an_empty_placeholder_exports(tmp_path) -> None:
+    # ONNX Concat refuses the empty 1-D input that torch.cat skips ("All tensors must have the same rank").
+    torch.manual_seed(0)
+    model = _CacheConcat().eval()
+    x = torch.randn(2, 5, 8)
+    sim = lt.QuantSim(model, x[:1])
+    sim.compute_encodings([x], progress=False)
+    files = sim.export(tmp_path, "model")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    with torch.no_grad():
+        want = sim.model(x).numpy()
+    assert got.shape == (2, 5, 8) and np.abs(got - want).max() <= 1e-5

@@ -9,8 +9,8 @@ the output's ``past_key_values`` is ``None``, and the graph holds no cache bookk
 empty 1-D placeholder tensor has no ONNX equivalent). A forward that asks for a cache explicitly
 (``model(ids, use_cache=True)``) still gets one; the traced graph then returns its keys and values as tensors, one
 ``(key, value)`` pair per layer (:func:`cache_as_tensors`), which is what a static graph can return. Such a graph
-does not export yet: the cache's first update concatenates an empty 1-D placeholder (``torch.tensor([])``) with
-the keys, which ``torch.cat`` skips but ONNX ``Concat`` refuses ("All tensors must have the same rank").
+exports too: the cache's first update concatenates an empty 1-D placeholder (``torch.tensor([])``) with the
+keys, which ``torch.cat`` skips and ONNX ``Concat`` refuses, so leantorch's ``Cat`` op leaves it out.
 
 Nothing here imports ``transformers``: models and caches are recognised by their attributes, so leantorch works
 without it.

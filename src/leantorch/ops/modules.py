@@ -62,7 +62,10 @@ class Cat(nn.Module):
         self.dim = dim
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.cat(tensors, dim=self.dim)
+        # torch.cat skips empty 1-D tensors among higher-rank ones (a key/value cache's placeholder before the
+        # first step); ONNX Concat refuses them, so they are left out here, as torch leaves them out.
+        kept = [t for t in tensors if not (t.dim() == 1 and t.shape[0] == 0)]
+        return torch.cat(kept or list(tensors), dim=self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
