@@ -35,6 +35,7 @@ from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize
 from .ptq.gptq import GptqConfig, gptq
+from .ptq.mixed_precision import Candidate, MixedPrecisionConfig, MixedPrecisionResult, mixed_precision
 from .ptq.outlier_migration import OutlierMigrationConfig, migrate_outliers
 from .ptq.relu6 import replace_relu6
 from .ptq.seq_mse import SeqMseConfig, seq_mse
@@ -107,4 +108,8 @@ __all__ = [
     "Quantizer",
     "QuantSim",
     "set_float_format",
+    "Candidate",
+    "MixedPrecisionConfig",
+    "MixedPrecisionResult",
+    "mixed_precision",
 ]

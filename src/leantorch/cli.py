@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
+from .cli_amp import amp_sim, check_amp
 from .cli_args import (
     ADAROUND_DEFAULTS,
     ADAROUND_SAMPLES,
@@ -187,6 +188,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     fill_defaults(args, ADAROUND_DEFAULTS, ADAROUND_THOROUGH)
     _check_auto(args)
+    check_amp(args)
     with staged_outputs() as staging:
         out = staging.directory(args.out)
         model, data = model_and_data(args, args.num_samples, CalibrationDataError)
@@ -219,6 +221,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             )
             print(markdown_table(result.stages))
             sim = result.sim
+        elif args.amp:
+            sim = amp_sim(sim, calib, reference, args, out, progress)
         else:
             sim = _calibrated_sim(structured, sim, calib, args, out, progress)
         # auto_quant's chosen model was scored on these batches already: its outputs are reused, not recomputed.
@@ -232,7 +236,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             markdown_table(
                 [
                     {
-                        "model": f"W{args.param_bw}A{args.act_bw}",
+                        "model": "AMP" if args.amp else f"W{args.param_bw}A{args.act_bw}",
                         "top-1 agreement": row.top1,
                         "KL divergence": row.kl,
                         "output SQNR (dB)": row.sqnr_db,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_amp import add_amp_options
 from .cli_types import (
     bitwidth,
     file_name,
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="allowed top-1 agreement drop for --auto, ≥ 0 (default 0.01)",
     )
+    add_amp_options(q)
     q.add_argument("--out", type=path_text, default="out", help="output directory, created if needed (default out)")
     q.add_argument("--name", type=file_name, default="model", help="file name prefix, a plain name (default model)")
     q.add_argument(

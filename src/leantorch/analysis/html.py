@@ -84,6 +84,8 @@ def render(report: AnalysisReport, figures: dict[str, list[tuple[str, bytes]]]) 
             "equalization evens the channels out so that one per-tensor grid serves all of them.</p>",
             images(figures["equalization"]),
         ]
+    if report.mixed_precision is not None:
+        parts += report.mixed_precision.html_parts()
     parts += [
         "<h2>Weight ranges per output channel</h2>",
         "<p class='note'>Min–max bar and mean (red) of each output channel's weights. Channels with "

@@ -22,6 +22,7 @@ __all__ = [
     "histogram_plot",
     "equalization_plot",
     "compression_curves_plot",
+    "pareto_plot",
 ]
 
 # One palette for every figure: quantized (orange) against float (blue), encodings in red.
@@ -158,4 +159,36 @@ def compression_curves_plot(title: str, scores: dict[str, dict[float, float]], c
     ax.grid(alpha=0.3)
     if len(scores) <= 16:  # beyond that a legend hides the curves; the tables name the layers
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
+def pareto_plot(
+    curves: dict[str, list[tuple[float, float, float | None]]],
+    chosen: dict[str, tuple[float, float]],
+    cost_label: str,
+    target: float | None = None,
+) -> bytes:
+    """Mixed-precision Pareto curves: score against relative cost, one line per candidate set.
+
+    ``curves[label]``: ``(relative cost, estimated score, real score or None)`` per point of the greedy list;
+    the estimate is a thin line, real evaluations are dots; ``chosen[label]`` is ringed in red; ``target`` is
+    the score the choice had to reach (dashed).
+    """
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab10"]
+    for index, (label, points) in enumerate(curves.items()):
+        color = colors(index % 10)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-", lw=1, color=color, alpha=0.5)
+        real = [(p[0], p[2]) for p in points if p[2] is not None]
+        ax.plot([x for x, _ in real], [y for _, y in real], "o-", ms=4, color=color, label=f"{label} (evaluated)")
+        if label in chosen:
+            ax.plot(*chosen[label], "o", ms=11, mfc="none", mec=ENCODING_COLOR, mew=2)
+    if target is not None:
+        ax.axhline(target, color=GREY, ls="--", lw=1, label="target (FP32 − allowed drop)")
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel("score")
+    ax.set_title("Mixed precision: greedy Pareto list (lines: phase-1 estimate; red ring: chosen)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return _png(fig)

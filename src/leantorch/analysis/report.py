@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownLayerError
 from ..options import as_names, name_list
@@ -18,6 +18,9 @@ from ..staging import staged_outputs
 from . import plots
 from .html import render
 from .weight_ranges import WeightRanges, weight_ranges
+
+if TYPE_CHECKING:  # the result type only: ptq imports analysis (plots, html), not the other way round
+    from ..ptq.mixed_precision import MixedPrecisionResult
 
 __all__ = ["ActivationStats", "AnalysisReport"]
 
@@ -58,6 +61,15 @@ class AnalysisReport:
     activations: dict[str, ActivationStats]
     weight_ranges: dict[str, WeightRanges]
     equalization: list[tuple[WeightRanges, WeightRanges]] = field(default_factory=list)
+    mixed_precision: MixedPrecisionResult | None = None
+
+    def add_mixed_precision(self, result: MixedPrecisionResult) -> None:
+        """Add the automatic mixed precision section: its Pareto curve, chosen point and tables.
+
+        Example:
+            >>> report.add_mixed_precision(lt.mixed_precision(model, x[:1], batches))  # doctest: +SKIP
+        """
+        self.mixed_precision = result
 
     def add_equalization(self, before: Any, after: Any, layers: list[str] | None = None, max_layers: int = 4) -> None:
         """Add the CLE view: per-channel weight ranges of ``layers`` in ``before`` and ``after`` side by side.
@@ -101,6 +113,8 @@ class AnalysisReport:
                 )
                 for a, b in self.equalization
             ]
+        if self.mixed_precision is not None:
+            sections["mixed_precision"] = [("amp_pareto", self.mixed_precision.plot())]
         sections["weights"] = [
             (f"weights_{_stem(n)}", plots.weight_ranges_plot(n, w.min, w.max, w.mean))
             for n, w in self.weight_ranges.items()

@@ -1,0 +1,113 @@
+"""``leantorch quantize --amp``: automatic mixed precision from the command line.
+
+The options (:func:`add_amp_options`), their checks before any long work (:func:`check_amp`) and the run
+(:func:`amp_sim`): the score is top-1 agreement with FP32 on the data, as for ``--auto``, within ``--allowed-drop``.
+
+Example:
+    >>> p = argparse.ArgumentParser(); add_amp_options(p)
+    >>> p.parse_args(["--amp", "W4A8,W8A8"]).amp_cost
+    'bitops'
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .errors import InvalidOptionError
+from .evaluation import Agreement, markdown_table, model_outputs
+from .ptq.amp_groups import parse_candidates
+from .ptq.mixed_precision import mixed_precision
+from .quant.sim import QuantSim
+
+__all__ = ["add_amp_options", "amp_candidates", "check_amp", "amp_sim"]
+
+#: techniques that set weight encodings themselves (frozen), which AMP could then not change
+_EXCLUSIVE = ("auto", "adaround", "gptq", "seq_mse", "bias_correction")
+
+
+def amp_candidates(text: str) -> str:
+    """An ``--amp`` value: comma-separated candidates such as ``W4A8,W8A8`` (checked, returned as given).
+
+    Example:
+        >>> amp_candidates("W4A8,W8A16")
+        'W4A8,W8A16'
+    """
+    try:
+        parse_candidates(text)
+    except InvalidOptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def add_amp_options(p: argparse.ArgumentParser) -> None:
+    """``--amp CANDIDATES`` and ``--amp-cost`` (the allowed drop is ``--allowed-drop``, shared with ``--auto``).
+
+    Example:
+        >>> p = argparse.ArgumentParser(); add_amp_options(p); p.parse_args([]).amp is None
+        True
+    """
+    p.add_argument(
+        "--amp",
+        type=amp_candidates,
+        metavar="CANDIDATES",
+        help="automatic mixed precision: a precision per layer group from these candidates (e.g. W4A8,W8A8,W8A16), "
+        "the cheapest mix whose top-1 agreement with FP32 on the data is within --allowed-drop; writes "
+        "OUT/amp_pareto.png and OUT/amp.html. It chooses the weight bitwidths itself: not with --auto, "
+        "--adaround, --gptq, --seq-mse or --bias-correction",
+    )
+    p.add_argument(
+        "--amp-cost",
+        choices=["bitops", "memory"],
+        default="bitops",
+        help="what --amp minimises: bitops (MACs × weight bits × activation bits, default) or memory (weight bytes)",
+    )
+
+
+def check_amp(args: argparse.Namespace) -> None:
+    """With ``--amp``, no technique that freezes weight encodings (checked before any long work).
+
+    Example:
+        >>> check_amp(argparse.Namespace(amp="W4A8,W8A8", auto=False, adaround=True, gptq=False, seq_mse=False,
+        ...                              bias_correction=None))
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: --amp chooses the weight bitwidths itself; drop --adaround (or drop --amp)
+    """
+    if not getattr(args, "amp", None):
+        return
+    chosen = [f for f in _EXCLUSIVE if getattr(args, f, None)]
+    if chosen:
+        flags = " ".join("--" + f.replace("_", "-") for f in chosen)
+        raise InvalidOptionError(f"--amp chooses the weight bitwidths itself; drop {flags} (or drop --amp)")
+
+
+def amp_sim(
+    sim: QuantSim,
+    calib: list[torch.Tensor],
+    reference: torch.Tensor,
+    args: argparse.Namespace,
+    out: Path,
+    progress: bool,
+) -> QuantSim:
+    """Run AMP on ``sim`` (configured in place) scored by top-1 agreement with ``reference`` (the FP32 outputs on
+    ``calib``); prints the chosen precision per group, writes ``out/amp_pareto.png`` and ``out/amp.html``.
+
+    Example:
+        >>> sim = amp_sim(sim, calib, reference, args, Path("out"), progress=False)  # doctest: +SKIP
+    """
+    amp = mixed_precision(
+        sim,
+        calibration=calib,
+        eval_fn=lambda m: Agreement.of(reference, model_outputs(m, calib, progress=False)).top1,
+        candidates=args.amp,
+        allowed_drop=args.allowed_drop,
+        cost=args.amp_cost,
+        progress=progress,
+    )
+    print(markdown_table([{"group": g, "precision": c} for g, c in amp.chosen.config.items()]))
+    amp.save_plot(out / "amp_pareto.png")
+    amp.to_html(out / "amp.html")
+    return amp.sim

@@ -1,0 +1,245 @@
+"""Mixed-precision candidates and layer groups: which quantizers must share a precision, and what each costs.
+
+A **candidate** is one precision for a group: a weight bitwidth and an activation bitwidth (``"W4A8"``,
+``"W8A16"``). Float formats (fp16, bf16, fp8) are a planned extension: :class:`Candidate` keeps the two widths in
+named fields so that a ``param_format``/``act_format`` can be added beside them without changing callers.
+
+A **layer group** is one weighted layer (its weight quantizers, shared by every call site of the layer) with the
+activation quantizers that belong to it: each enabled activation quantizer belongs to the nearest weighted layer
+upstream of it in the graph (a conv's output, or the output of the ReLU6 that ends its supergroup, or an Add after
+it); quantizers with no weighted layer upstream (the model's input quantizers) belong to the first weighted layer
+downstream. So a group is what AIMET calls a quantizer group: quantizers that change precision together.
+
+Costs per group (per sample), as AIMET counts them:
+
+* ``bitops``: ``MACs × weight bits × activation bits`` of the layer's calls;
+* ``memory``: bytes of the group's quantized parameters, ``elements × weight bits / 8``.
+
+Example:
+    >>> Candidate.parse("W4A8"), Candidate.parse("w8a16").name
+    (Candidate(param_bw=4, act_bw=8), 'W8A16')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from ..errors import InvalidOptionError
+from ..ops import spec_for
+from ..quant.quantizer import Quantizer
+from ..quant.sim import QuantSim
+from ..quant.wrapper import QuantWrapper
+
+__all__ = ["Candidate", "CostKind", "LayerGroup", "parse_candidates", "find_groups", "measure_macs"]
+
+CostKind = Literal["bitops", "memory"]
+
+_SPEC = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One precision a layer group can take: ``param_bw``-bit weights, ``act_bw``-bit activations.
+
+    Example:
+        >>> Candidate(4, 8).name, Candidate.parse("W8A16") > Candidate.parse("W8A8")
+        ('W4A8', True)
+    """
+
+    param_bw: int
+    act_bw: int
+
+    def __post_init__(self) -> None:
+        for what, bw in (("param_bw", self.param_bw), ("act_bw", self.act_bw)):
+            if isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 16:
+                raise InvalidOptionError(f"candidate {what}={bw!r}: pass a whole number of bits in [2, 16]")
+
+    @property
+    def name(self) -> str:
+        """``"W{param_bw}A{act_bw}"``."""
+        return f"W{self.param_bw}A{self.act_bw}"
+
+    @property
+    def bit_product(self) -> int:
+        """``param_bw × act_bw``: the candidate's bit-operations per MAC."""
+        return self.param_bw * self.act_bw
+
+    @classmethod
+    def parse(cls, spec: str | Candidate | tuple[int, int]) -> Candidate:
+        """A candidate from ``"W4A8"`` (any case), a ``(param_bw, act_bw)`` pair, or a Candidate.
+
+        Raises:
+            InvalidOptionError: not of that form, or bitwidths outside [2, 16] (float formats such as "fp16"
+                are not candidates yet).
+
+        Example:
+            >>> Candidate.parse((8, 16)).name
+            'W8A16'
+        """
+        if isinstance(spec, Candidate):
+            return spec
+        if isinstance(spec, tuple) and len(spec) == 2:
+            return cls(*spec)
+        match = _SPEC.match(spec) if isinstance(spec, str) else None
+        if match is None:
+            raise InvalidOptionError(
+                f"candidate {spec!r}: write it as 'W<weight bits>A<activation bits>', e.g. 'W4A8' or 'W8A16' "
+                "(float formats such as fp16 are not mixed-precision candidates yet)"
+            )
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+def parse_candidates(specs: str | Iterable[str | Candidate | tuple[int, int]]) -> tuple[Candidate, ...]:
+    """Candidates from ``"W4A8,W8A8"`` or a sequence, without duplicates, highest (most bit-operations) first.
+
+    Raises:
+        InvalidOptionError: an unknown candidate, or fewer than two distinct ones.
+
+    Example:
+        >>> [c.name for c in parse_candidates("W4A8, W8A16,W8A8")]
+        ['W8A16', 'W8A8', 'W4A8']
+    """
+    items = [s for s in specs.split(",") if s.strip()] if isinstance(specs, str) else list(specs)
+    found = sorted({Candidate.parse(s) for s in items}, key=lambda c: (c.bit_product, c), reverse=True)
+    if len(found) < 2:
+        raise InvalidOptionError(
+            f"candidates={specs!r}: give at least two distinct precisions, e.g. ('W4A8', 'W8A8', 'W8A16')"
+        )
+    return tuple(found)
+
+
+@dataclass
+class LayerGroup:
+    """Quantizers that take one precision together: a weighted layer's weights and its activations.
+
+    ``macs``: multiply-accumulates per sample over the layer's calls; ``params``: elements of its quantized
+    parameters; ``param_names``: parameter names (as in ``sim.param_quantizers()`` and encodings files);
+    ``activation_names``: qualified quantizer names (as in ``sim.quantizers()``).
+    """
+
+    name: str
+    param_names: list[str] = field(default_factory=list)
+    activation_names: list[str] = field(default_factory=list)
+    macs: int = 0
+    params: int = 0
+
+    def cost(self, candidate: Candidate, kind: CostKind) -> float:
+        """This group's cost at ``candidate``: bit-operations or bytes (see the module docstring).
+
+        Example:
+            >>> LayerGroup("fc", macs=100, params=50).cost(Candidate(4, 8), "memory")
+            25.0
+        """
+        if kind == "bitops":
+            return float(self.macs * candidate.bit_product)
+        return self.params * candidate.param_bw / 8.0
+
+
+def _wrapper_quantizers(wrapper: QuantWrapper) -> list[Quantizer]:
+    inner = [*wrapper.input_quantizers, *wrapper.output_quantizers, *wrapper.inner_quantizers()]
+    return [q for q in inner if isinstance(q, Quantizer)]
+
+
+def _tunable(q: Quantizer) -> bool:
+    """Integer, enabled, not frozen: a frozen encoding (AdaRound's, a loaded file's) keeps its bitwidth."""
+    return q.is_active and not q.frozen and q.float_format is None
+
+
+def find_groups(sim: QuantSim) -> tuple[list[LayerGroup], list[str]]:
+    """The layer groups of ``sim`` in graph order, and the tunable activation quantizers no group owns.
+
+    Example:
+        >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
+        >>> groups, _ = find_groups(sim)
+        >>> [(g.name, g.param_names, g.activation_names) for g in groups]  # doctest: +NORMALIZE_WHITESPACE
+        [('0', ['0.weight'], ['input_quantizers.0', '1.output_quantizers.0']),
+         ('2', ['2.weight'], ['2.output_quantizers.0'])]
+    """
+    names = {id(q): n for n, q in sim.quantizers().items()}
+    layers = sim.layers()
+    primary = {n: (w.repeat_of or n) for n, w in layers.items()}
+    groups: dict[str, LayerGroup] = {}
+    for name, quantizer in sim.param_quantizers().items():
+        if _tunable(quantizer):
+            layer = name.rpartition(".")[0]
+            groups.setdefault(layer, LayerGroup(layer)).param_names.append(name)
+    owner_up: dict[fx.Node, str | None] = {}
+    order = list(sim.model.graph.nodes)
+    for node in order:  # the nearest weighted layer upstream, along each node's first tensor input
+        target = str(node.target) if node.op == "call_module" else ""
+        if primary.get(target) in groups:
+            owner_up[node] = primary[target]
+            continue
+        inputs = [a for a in node.all_input_nodes if a in owner_up]
+        owner_up[node] = next((owner_up[a] for a in inputs if owner_up[a] is not None), None)
+    owner_down: dict[fx.Node, str | None] = {}
+    for node in reversed(order):  # the first weighted layer downstream, for quantizers with none upstream
+        target = str(node.target) if node.op == "call_module" else ""
+        own = primary.get(target) if primary.get(target) in groups else None
+        owner_down[node] = own or next((owner_down[u] for u in node.users if owner_down.get(u)), None)
+    orphans: list[str] = []
+    for node in order:
+        if node.op != "call_module":
+            continue
+        module = sim.model.get_submodule(str(node.target))
+        found = _wrapper_quantizers(module) if isinstance(module, QuantWrapper) else [module]
+        for q in found:
+            if not isinstance(q, Quantizer) or not _tunable(q) or id(q) not in names:
+                continue
+            owner = owner_up[node] or owner_down[node]
+            if owner is None:
+                orphans.append(names[id(q)])
+            elif names[id(q)] not in groups[owner].activation_names:
+                groups[owner].activation_names.append(names[id(q)])
+    ranked = {n: i for i, n in enumerate(str(node.target) for node in order)}
+    ordered = sorted(groups.values(), key=lambda g: ranked.get(g.name, len(ranked)))
+    for group in ordered:
+        module = layers[group.name].module
+        group.params = sum(getattr(module, n.rpartition(".")[2]).numel() for n in group.param_names)
+    return ordered, orphans
+
+
+def measure_macs(sim: QuantSim, groups: Sequence[LayerGroup], example: tuple[torch.Tensor, ...]) -> None:
+    """Set each group's ``macs`` (per sample, summed over the layer's calls) from one forward pass of ``sim``.
+
+    Ops the registry has no MAC formula for count 0 (their groups then cost nothing in bit-operations).
+
+    Example:
+        >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 8)), torch.randn(1, 4))
+        >>> groups, _ = find_groups(sim); sim.compute_encodings([torch.randn(2, 4)], progress=False)
+        >>> measure_macs(sim, groups, (torch.randn(3, 4),)); groups[0].macs
+        32
+    """
+    by_layer = {g.name: g for g in groups}
+    for g in groups:
+        g.macs = 0
+    handles = []
+    for name, wrapper in sim.layers().items():
+        group = by_layer.get(wrapper.repeat_of or name)
+        spec = spec_for(wrapper.module)
+        if group is None or spec is None or spec.mac_count is None:
+            continue
+        count = spec.mac_count
+
+        # On the wrapper: it calls a conv's kernel itself, so the inner module's forward hooks never run.
+        def hook(
+            w: nn.Module, inputs: tuple[Any, ...], out: Any, group: LayerGroup = group, count: Any = count
+        ) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                inner = w.module if isinstance(w, QuantWrapper) else w
+                group.macs += int(count(inner, tuple(inputs[0].shape), tuple(out.shape)))
+
+        handles.append(wrapper.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            sim.model.eval()
+            sim.model(*example)
+    finally:
+        for handle in handles:
+            handle.remove()

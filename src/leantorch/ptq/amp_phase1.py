@@ -1,0 +1,128 @@
+"""Phase 1 of automatic mixed precision: every candidate's encodings, and the score of each group lowered alone.
+
+:class:`Assembler` calibrates the model once per candidate and keeps every tuned quantizer's encoding at each, so
+that any mix is put together by setting encodings, without recalibrating. :func:`phase1` scores each group at each
+lower candidate with the others at the highest; with an :class:`~leantorch.evaluation.OutputScore` only the graph
+after the lowered group runs (:func:`~leantorch.sweep.suffix_outputs`), same numbers as full runs.
+
+Example:
+    >>> from leantorch.ptq.amp_groups import find_groups, parse_candidates
+    >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
+    >>> groups, _ = find_groups(sim); cands = parse_candidates("W4A8,W8A8")
+    >>> asm = Assembler(sim, groups, cands, [torch.randn(16, 4)])
+    >>> asm.set_group(groups[0], cands[1]); sim.param_quantizers()["0.weight"].bitwidth
+    4
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..evaluation import OutputScore
+from ..quant.encoding import Encoding
+from ..quant.sim import QuantSim
+from ..sweep import Trial, suffix_outputs
+from .amp_groups import Candidate, LayerGroup
+from .auto import EvalFunctionError, call_eval_fn
+
+__all__ = ["Assembler", "phase1", "suffix_scores"]
+
+
+class Assembler:
+    """Encodings of every candidate for every tuned quantizer, and a configuration put together from them.
+
+    Args:
+        sim: the QuantSim whose quantizers are tuned; groups: its layer groups; candidates: highest first;
+        calib: calibration batches (re-iterable) or ``callable(model)``, run once per candidate.
+    """
+
+    def __init__(self, sim: QuantSim, groups: list[LayerGroup], candidates: tuple[Candidate, ...], calib: Any):
+        self.sim, self.groups = sim, groups
+        self.quantizers = {**sim.quantizers(), **sim.param_quantizers()}  # weights by parameter name
+        self.cache: dict[Candidate, dict[str, Encoding | None]] = {}
+        for cand in reversed(candidates):  # the highest last: quantizers outside the groups end as it leaves them
+            for g in groups:
+                for n in g.param_names:
+                    self.quantizers[n].bitwidth = cand.param_bw
+                for n in g.activation_names:
+                    self.quantizers[n].bitwidth = cand.act_bw
+            sim.compute_encodings(calib, progress=False)
+            names = [n for g in groups for n in (*g.param_names, *g.activation_names)]
+            self.cache[cand] = {n: self.quantizers[n].encoding for n in names}
+
+    def set_group(self, group: LayerGroup, cand: Candidate) -> None:
+        """Put ``group``'s quantizers on ``cand``'s encodings."""
+        for n in (*group.param_names, *group.activation_names):
+            enc = self.cache[cand][n]
+            if enc is not None:  # None: it saw no data during calibration (left as calibration left it)
+                self.quantizers[n].set_encoding(enc)
+
+    def set_all(self, config: dict[str, Candidate]) -> None:
+        """Put every group on its candidate in ``config`` (group name -> candidate)."""
+        for g in self.groups:
+            self.set_group(g, config[g.name])
+
+
+def phase1(
+    assembler: Assembler, candidates: tuple[Candidate, ...], score: Callable[[nn.Module], float], progress: bool
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Per group: the score at the highest candidate (all groups there) and with only this group lowered."""
+    groups, top = assembler.groups, candidates[0]
+    assembler.set_all(dict.fromkeys((g.name for g in groups), top))
+    base = call_eval_fn(score, assembler.sim.model, f"all groups at {top.name}")
+    table: dict[str, dict[str, float]] = {g.name: {top.name: base} for g in groups}
+    if isinstance(score, OutputScore):  # scores outputs: run only the graph after each lowered group
+        for (group_name, cand_name), value in suffix_scores(assembler, candidates, score, progress).items():
+            table[group_name][cand_name] = value
+        return table, 1 + len(groups) * (len(candidates) - 1)
+    bar = tqdm(total=len(groups) * (len(candidates) - 1), desc="AMP phase 1", disable=not progress, leave=False)
+    try:
+        for g in groups:
+            for cand in candidates[1:]:
+                assembler.set_group(g, cand)
+                table[g.name][cand.name] = call_eval_fn(score, assembler.sim.model, f"group {g.name} at {cand.name}")
+                bar.update(1)
+            assembler.set_group(g, top)
+    finally:
+        bar.close()
+    return table, 1 + len(groups) * (len(candidates) - 1)
+
+
+def suffix_scores(
+    assembler: Assembler, candidates: tuple[Candidate, ...], score: OutputScore, progress: bool
+) -> dict[tuple[str, str], float]:
+    """Phase 1 by :func:`~leantorch.sweep.suffix_outputs`: the same numbers as full runs, in about half the time."""
+    quantizers = assembler.quantizers
+
+    def lowered(group: LayerGroup, cand: Candidate) -> Callable[[], AbstractContextManager[None]]:
+        @contextmanager
+        def change() -> Iterator[None]:
+            assembler.set_group(group, cand)
+            try:
+                yield
+            finally:
+                assembler.set_group(group, candidates[0])
+
+        return change
+
+    trials = [
+        Trial((g.name, c.name), tuple(quantizers[n] for n in (*g.param_names, *g.activation_names)), lowered(g, c))
+        for g in assembler.groups
+        for c in candidates[1:]
+    ]
+
+    def finite(key: Hashable, outputs: list[Any]) -> float:
+        value = score.score_outputs(outputs)
+        if not math.isfinite(value):
+            raise EvalFunctionError(f"the score of group {key} is {value}: check the data and model for NaN/Inf")
+        return value
+
+    probe = [(b,) for b in score.probe]
+    found = suffix_outputs(assembler.sim.model, probe, trials, progress, "AMP phase 1", on_result=finite)
+    return {key: value for key, value in found.items() if isinstance(key, tuple)}

@@ -1,0 +1,253 @@
+"""Automatic mixed precision (AMP, as in AIMET): a precision per layer group that meets an allowed score drop.
+
+1. Layer groups (:mod:`.amp_groups`): a weighted layer's weights with the activations that belong to it.
+   Each candidate (``"W4A8"``, ``"W8A8"``, ``"W8A16"``...) is calibrated once for the whole model; any mix is
+   then assembled from those encodings without recalibrating.
+2. Phase 1: for every group and lower candidate, the score with only that group lowered (the others at the
+   highest candidate): the sensitivity table.
+3. Phase 2 and 3 (:mod:`.amp_search`): the greedy Pareto list of cost (bit-operations or weight bytes) against
+   score, its points verified with real evaluations, and the cheapest verified point whose score is within
+   ``allowed_drop`` of the FP32 score.
+
+The chosen bitwidths are the quantizers' own, so ``result.sim.export(...)`` writes them into the encodings file
+and the ONNX QDQ graph (weights below 8 bits as int8 containers with a clip, 16-bit activations as int16).
+
+Example:
+    >>> net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> data = [torch.randn(32, 16) for _ in range(2)]
+    >>> amp = mixed_precision(net, data[0][:1], data, candidates=("W4A8", "W8A8"), allowed_drop=0.05, progress=False)
+    >>> sorted(amp.chosen.config.values()) <= ["W4A8", "W8A8"], amp.chosen.score >= amp.fp32_score - 0.05
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..batches import check_iterable
+from ..errors import CalibrationDataError, InvalidOptionError
+from ..evaluation import agreement_score, model_outputs, sqnr_score
+from ..options import check_choice, check_count, check_flag, check_positive, with_overrides
+from ..quant.sim import QuantSim
+from .amp_groups import Candidate, CostKind, LayerGroup, find_groups, measure_macs, parse_candidates
+from .amp_phase1 import Assembler, phase1
+from .amp_result import MixedPrecisionResult, ParetoPoint
+from .amp_search import greedy_steps, search_front
+from .auto import call_eval_fn
+
+__all__ = ["MixedPrecisionConfig", "ParetoPoint", "MixedPrecisionResult", "mixed_precision", "Candidate"]
+
+log = logging.getLogger(__name__)
+
+ScoreKind = Literal["auto", "agreement", "sqnr"]
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig:
+    """Options of :func:`mixed_precision`.
+
+    Attributes:
+        candidates: precisions a group may take, ``"W<bits>A<bits>"`` strings or :class:`Candidate`\\ s.
+        allowed_drop: the chosen point's score may be at most this far below the FP32 score (score units).
+        cost: ``"bitops"`` (MACs × weight bits × activation bits) or ``"memory"`` (weight bytes).
+        score: without ``eval_fn``: ``"agreement"`` (top-1 agreement with the float model's outputs),
+            ``"sqnr"`` (output SQNR in dB, capped at 200) or ``"auto"`` (agreement for ``[N, classes]`` outputs).
+        baseline: what ``allowed_drop`` is measured from: ``"fp32"`` (the float model's score, as AIMET),
+            ``"highest"`` (every group at the highest candidate) or ``"auto"`` (``"highest"`` for the default
+            SQNR score, whose float value is only its cap; ``"fp32"`` otherwise).
+        front_evals: evenly spaced points of the Pareto list scored for real (beside the binary search).
+        per_channel, scheme, config: the QuantSim built for a model input (ignored for a QuantSim input).
+        progress: progress bars.
+
+    Example:
+        >>> MixedPrecisionConfig(allowed_drop=0.02).cost
+        'bitops'
+    """
+
+    candidates: tuple[str | Candidate, ...] = ("W4A8", "W8A8", "W8A16")
+    allowed_drop: float = 0.01
+    cost: CostKind = "bitops"
+    score: ScoreKind = "auto"
+    baseline: Literal["auto", "fp32", "highest"] = "auto"
+    front_evals: int = 16
+    per_channel: bool | None = True
+    scheme: str = "tf_enhanced"
+    config: Any = "default"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_candidates(self.candidates)
+        check_positive("allowed_drop", self.allowed_drop, allow_zero=True, hint=" (in the score's units)")
+        check_choice("cost", self.cost, ("bitops", "memory"))
+        check_choice("score", self.score, ("auto", "agreement", "sqnr"))
+        check_choice("baseline", self.baseline, ("auto", "fp32", "highest"))
+        check_count("front_evals", self.front_evals)
+        check_flag("per_channel", self.per_channel, allow_none=True)
+        check_flag("progress", self.progress)
+
+
+@contextmanager
+def _float_mode(sim: QuantSim) -> Iterator[None]:
+    """Every quantizer off (the float model as traced), restored afterwards."""
+    quantizers = list(sim.quantizers().values())
+    saved = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, was in zip(quantizers, saved):
+            q.enabled = was
+
+
+def _default_eval(sim: QuantSim, data: list[Any], kind: ScoreKind) -> tuple[Callable[[nn.Module], float], str]:
+    probe = [b if isinstance(b, torch.Tensor) else b[0] for b in data]
+    with _float_mode(sim):
+        outputs = model_outputs(sim.model, probe[:1], progress=False)
+        if kind == "auto":
+            kind = "agreement" if outputs.dim() == 2 and outputs.shape[1] > 1 else "sqnr"
+        score = agreement_score(sim.model, probe) if kind == "agreement" else sqnr_score(sim.model, probe)
+    return score, score.name
+
+
+def mixed_precision(
+    sim_or_model: QuantSim | nn.Module,
+    example_input: Any = None,
+    calibration: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    options: MixedPrecisionConfig | None = None,
+    *,
+    eval_data: Any = None,
+    sensitivity_fn: Callable[[nn.Module], float] | None = None,
+    **overrides: Any,
+) -> MixedPrecisionResult:
+    """Choose a precision per layer group (AIMET's AMP); ``result.sim`` is the configured QuantSim.
+
+    Args:
+        sim_or_model: a float model (not modified: a QuantSim of a copy is built at the highest candidate), or a
+            QuantSim (configured in place; its frozen and float-format quantizers keep their precision).
+        example_input: the model's example input (for a model).
+        calibration: batches (re-iterable) or ``callable(model)``: every candidate is calibrated on it.
+        eval_fn: ``eval_fn(model) -> float``, higher is better. Default: the ``score`` option on ``eval_data``.
+        options: a :class:`MixedPrecisionConfig`; keyword options override its fields.
+        eval_data: batches for the default score (default: the calibration batches).
+        sensitivity_fn: scores phase 1 (the order of the greedy list) instead of ``eval_fn``, e.g. output SQNR
+            where a few samples' agreement ties; the choice is still verified with ``eval_fn``.
+
+    Raises:
+        InvalidOptionError: an unknown candidate or option, ``allowed_drop`` < 0, no group to tune.
+        CalibrationDataError: no or empty calibration data.
+        EvalFunctionError: a score that is not a finite number (NaN outputs, an empty evaluation set).
+
+    Example:
+        >>> amp = mixed_precision(model, x[:1], batches, candidates="W4A8,W8A8", allowed_drop=0.01)  # doctest: +SKIP
+        >>> amp.sim.export("out", "model")                                                           # doctest: +SKIP
+    """
+    cfg = with_overrides(MixedPrecisionConfig, options, overrides, "mixed_precision")
+    candidates = parse_candidates(cfg.candidates)
+    if calibration is None:
+        raise CalibrationDataError("mixed_precision needs calibration data: pass calibration=[batch, ...]")
+    check_iterable(calibration, allow_callable=True)
+    calib = calibration if callable(calibration) else list(calibration)
+    if not callable(calib) and not calib:
+        raise CalibrationDataError("calibration data is empty: pass at least one batch")
+    top = candidates[0]
+    if isinstance(sim_or_model, QuantSim):
+        sim = sim_or_model
+    else:
+        if example_input is None:
+            raise InvalidOptionError("mixed_precision(model, ...) needs example_input (or pass a QuantSim)")
+        sim = QuantSim(
+            sim_or_model,
+            example_input,
+            param_bw=top.param_bw,
+            act_bw=top.act_bw,
+            scheme=cfg.scheme,
+            per_channel=cfg.per_channel,
+            config=cfg.config,
+        )
+    groups, orphans = find_groups(sim)
+    if not groups:
+        raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
+    if orphans:
+        log.info("activation quantizers outside every layer group stay at %s: %s", top.name, ", ".join(orphans))
+    default = eval_fn is None
+    if eval_fn is None:
+        if callable(calib) and eval_data is None:
+            raise InvalidOptionError("with calibration as a callable, pass eval_fn or eval_data for the score")
+        eval_fn, score_name = _default_eval(sim, list(eval_data) if eval_data is not None else calib, cfg.score)
+    else:
+        score_name = getattr(eval_fn, "name", "eval_fn")
+    with _float_mode(sim):
+        fp32 = call_eval_fn(eval_fn, sim.model, "the float model")
+    assembler = Assembler(sim, groups, candidates, calib)
+    measure_macs(sim, groups, sim.example_input)
+    sensitive = sensitivity_fn or eval_fn
+    sensitivity, evaluations = phase1(assembler, candidates, sensitive, cfg.progress)
+    front = _pareto_list(groups, candidates, sensitivity, cfg.cost)
+    by_name = {c.name: c for c in candidates}
+    scored: dict[int, float] = {}
+
+    def score_at(index: int) -> float:
+        if index not in scored:
+            assembler.set_all({g: by_name[c] for g, c in front[index].config.items()})
+            scored[index] = front[index].score = call_eval_fn(eval_fn, sim.model, f"Pareto point {index}")
+        return scored[index]
+
+    # An SQNR's float value is only its cap: the default SQNR score measures the drop from all-highest.
+    highest = cfg.baseline == "highest" or (cfg.baseline == "auto" and default and score_name.startswith("output SQNR"))
+    reference = score_at(0) if highest else fp32
+    chosen, met = search_front(len(front), score_at, reference - cfg.allowed_drop, cfg.front_evals)
+    if not met:
+        log.warning(
+            "no candidate mix is within allowed_drop=%g of the reference score: all at %s", cfg.allowed_drop, top.name
+        )
+    assembler.set_all({g: by_name[c] for g, c in front[chosen].config.items()})
+    return MixedPrecisionResult(
+        sim=sim,
+        groups=groups,
+        candidates=candidates,
+        cost_kind=cfg.cost,
+        fp32_score=fp32,
+        reference_score=reference,
+        allowed_drop=cfg.allowed_drop,
+        sensitivity=sensitivity,
+        front=front,
+        chosen=front[chosen],
+        met=met,
+        evaluations=evaluations + len(scored),
+        score_name=score_name,
+    )
+
+
+def _pareto_list(
+    groups: list[LayerGroup],
+    candidates: tuple[Candidate, ...],
+    sensitivity: dict[str, dict[str, float]],
+    kind: CostKind,
+) -> list[ParetoPoint]:
+    """Phase 2: the greedy list from all-highest, each point with its cost and estimated score."""
+    names = [c.name for c in candidates]
+    base = sensitivity[groups[0].name][names[0]]
+    drops = {g.name: {n: base - sensitivity[g.name][n] for n in names} for g in groups}
+    costs = {g.name: {c.name: g.cost(c, kind) for c in candidates} for g in groups}
+    weights = {g.name: {c.name: g.cost(c, "memory") for c in candidates} for g in groups}
+    config = dict.fromkeys((g.name for g in groups), names[0])
+
+    def point(estimated: float) -> ParetoPoint:
+        cost = sum(costs[g][c] for g, c in config.items())
+        size = sum(weights[g][c] for g, c in config.items())
+        return ParetoPoint(cost, size, estimated, dict(config))
+
+    front = [point(base)]
+    for (group, cand), drop in greedy_steps(drops, costs, names):
+        config[group] = cand
+        front.append(point(base - drop))
+    return front
