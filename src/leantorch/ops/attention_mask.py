@@ -17,13 +17,15 @@ from torch import fx, nn
 
 from ..errors import ConfigError
 from .registry import OpSpec, register
+from .rules import integer_derived
 
-__all__ = ["MASK_KINDS", "attention_mask", "AttentionMask", "ATTENTION_MASK"]
+__all__ = ["MASK_KINDS", "attention_mask", "AttentionMask", "ATTENTION_MASK", "is_mask_operand"]
 
 #: How :func:`attention_mask` reads a mask: ``"mha"`` (``nn.MultiheadAttention``'s attn_mask: bool True
 #: masks, 3-D masks are per batch·head), ``"key_padding"`` (its key_padding_mask, ``(B, S)`` or ``(S,)``),
-#: ``"keep"`` (SDPA's attn_mask: bool True takes part), ``"causal"`` (no mask tensor: query i sees keys ≤ i).
-MASK_KINDS = ("mha", "key_padding", "keep", "causal")
+#: ``"keep"`` (SDPA's attn_mask: bool True takes part), ``"causal"`` (no mask tensor: query i sees keys ≤ i),
+#: ``"additive"`` (a float mask added to the scores, as Hugging Face eager attention does: :func:`is_mask_operand`).
+MASK_KINDS = ("mha", "key_padding", "keep", "causal", "additive")
 
 
 def attention_mask(scores: torch.Tensor, mask: torch.Tensor | None, kind: str) -> torch.Tensor:
@@ -53,6 +55,19 @@ def attention_mask(scores: torch.Tensor, mask: torch.Tensor | None, kind: str) -
     if mask.dtype == torch.bool:
         return scores.masked_fill(mask.logical_not() if kind == "keep" else mask, lowest)
     return (scores + mask).clamp_min(lowest)
+
+
+def is_mask_operand(node: object) -> bool:
+    """Whether a traced float value is an attention mask made from integer model inputs only (Hugging Face's
+    ``(1 - attention_mask) * finfo.min``; :func:`~leantorch.ops.rules.integer_derived`). Added to the scores it
+    is an :class:`AttentionMask` (``"additive"``), not a quantized Add: GPT-Neo's sum of the lowest value and
+    the lowest value is ``-inf``, which no quantizer can span.
+
+    Example:
+        >>> is_mask_operand(None)
+        False
+    """
+    return integer_derived(node, floating=True)
 
 
 # Traced as one call (not traced into), so that the rule below can make it an AttentionMask op.

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_mask import AttentionMask, is_mask_operand
 from .modules import Add, Cat, Div, Interpolate, MatMul, Mean, Mul, Sub
 from .registry import ACT, OpSpec, register
 from .rules import arg, binary, unary
@@ -51,8 +52,25 @@ def _binary_op(name: str, cls: type[nn.Module], functions: tuple, method: str | 
     )
 
 
+def _add(args: tuple, kwargs: dict) -> tuple[nn.Module, tuple] | None:
+    """``a + b``; scores plus an attention mask made from the model's integer inputs is an AttentionMask."""
+    if len(args) == 2 and not kwargs:
+        for scores, mask in ((args[0], args[1]), (args[1], args[0])):
+            if is_mask_operand(mask) and not is_mask_operand(scores):
+                return AttentionMask("additive"), (scores, mask)
+    return binary(Add)(args, kwargs)
+
+
 # A residual add is fused with the activation after it.
-ADD = _binary_op("Add", Add, (operator.add, torch.add), "add", supergroups=((ACT,),))
+ADD = register(
+    OpSpec(
+        "Add",
+        (Add,),
+        functions=((operator.add, _add), (torch.add, _add)),
+        methods=(("add", _add),),
+        supergroups=((ACT,),),
+    )
+)
 SUB = _binary_op("Sub", Sub, (operator.sub, torch.sub), "sub")
 MUL = _binary_op("Mul", Mul, (operator.mul, torch.mul), "mul")
 DIV = _binary_op("Div", Div, (operator.truediv, torch.div), "div")
