@@ -235,3 +235,25 @@ def test_item_assignment_of_input_values_makes_the_tensor_depend_on_the_input() 
 
     with pytest.raises(lt.TraceError):
         lt.prepare(Branchy(), torch.ones(2, 3))
+
+
+def test_in_place_methods_whose_result_is_unused_stay_in_the_graph() -> None:
+    # timm's LayerScale(inplace=True) style: `x.mul_(gamma)`, the tensor then read through its old name. fx's
+    # dead-code elimination counts a call_method as pure; dropped, the model computed something else.
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.gamma = nn.Parameter(torch.rand(4, 1, 1) + 0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y.mul_(self.gamma)
+            y.add_(x)
+            return torch.relu(y)
+
+    model, x = InPlace().eval(), torch.randn(2, 4, 8, 8)
+    gm = lt.prepare(model, x)
+    other = torch.randn(3, 4, 8, 8)
+    assert torch.equal(gm(other), model(other))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_method"] == ["mul_", "add_"]

@@ -146,9 +146,32 @@ def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
         data = node.args[1] if node.target is torch.addmm else node.args[0]
         _insert_module_call(gm, node, module, target, (data,))
         replaced += 1
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effects)
     gm.delete_all_unused_submodules()
     return replaced
+
+
+def _has_side_effects(node: fx.Node) -> bool:
+    """fx's impure nodes, and in-place tensor methods and functions (``x.mul_(gamma)``, ``torch.relu_(x)``).
+
+    Their result is often unused: the mutated tensor is read through its old name (``y.add_(x); return relu(y)``,
+    timm's ``LayerScale(inplace=True)`` style). fx's dead-code elimination counts a ``call_method`` as pure and
+    dropped the write: the traced model computed something else, and prepare refused it.
+
+    Example:
+        >>> gm = fx.symbolic_trace(lambda x: (x.add_(1), x)[1])
+        >>> [_has_side_effects(n) for n in gm.graph.nodes if n.op == "call_method"]
+        [True]
+    """
+    if node.is_impure():
+        return True
+    if node.op == "call_method":
+        name = node.target
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+    else:
+        return False
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
 
 def _param(gm: fx.GraphModule, arg: Any) -> tuple[nn.Parameter, str] | None:
