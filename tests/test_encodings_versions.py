@@ -373,11 +373,14 @@ BAD = {
         "supported yet",
     ),
     (V1, "unknown dtype"): (set_item(V1, INTERMEDIATE, dtype="int"), r"dtype='int' is not a known dtype of version"),
-    (V1, "per block"): (
+    (V1, "per block, one scale per channel"): (  # blockwise entries: tests/test_encodings_blockwise.py
         set_item(V1, CONV, enc_type="PER_BLOCK", block_size=2),
-        r"3\.weight'\]: enc_type='PER_BLOCK' is not supported yet",
+        r"3\.weight'\]: the file has 4 block encodings but 3\.weight has 4 channels along axis 0 × 3 blocks",
     ),
-    (V1, "lpbq"): (set_item(V1, CONV, enc_type="LPBQ", compressed_bw=4), r"enc_type='LPBQ' is not supported yet"),
+    (V1, "lpbq without its fields"): (
+        set_item(V1, CONV, enc_type="LPBQ", compressed_bw=4),
+        r"missing field\(s\) \['block_size', 'per_block_int_scale'\]; an LPBQ entry needs",
+    ),
     (V1, "block size on per channel"): (
         set_item(V1, CONV, block_size=2),
         r"\['block_size'\] given with enc_type="
@@ -435,19 +438,17 @@ BAD = {
     (V2, "unknown dtype"): (set_item(V2, INTERMEDIATE, output_dtype="q8"), r"output_dtype='q8' is not an integer type"),
     (V2, "no dtype"): (drop_item_field(V2, INTERMEDIATE, "output_dtype"), r"output_dtype=None is not an integer"),
     (V2, "no y_scale"): (drop_item_field(V2, INTERMEDIATE, "y_scale"), r"missing field 'y_scale'"),
-    (V2, "per block"): (
+    (V2, "per block, flat y_scale"): (
         set_item(V2, CONV, block_size=2),
-        r"3\.weight'\]: \['block_size'\]: blockwise .*not supported "
-        "yet",
+        r"3\.weight'\]: y_scale=\[.* must be nested lists: one non-empty list per channel",
     ),
-    (V2, "lpbq"): (
+    (V2, "lpbq without block_size"): (
         lambda d: item(V2, CONV)(d).update(per_block_int_scale=[[1, 2]], per_channel_float_scale=[0.1]),
-        r"\['per_block_int_scale', 'per_channel_float_scale'\]: blockwise .*not supported yet",
+        r"missing field\(s\) \['block_size'\]; an LPBQ entry needs",
     ),
-    (V2, "nested y_scale"): (
+    (V2, "nested y_scale without block_size"): (
         set_item(V2, CONV, y_scale=[[0.1, 0.2]] * 4),
-        r"nested lists \(blockwise\) are not "
-        "supported yet",
+        r"3\.weight'\]: missing field 'block_size'",
     ),
     (V2, "meta y_scale"): (set_item(V2, CONV, y_scale={"x": [[3]], "x_scale": [0.1]}), r"y_scale is an object"),
     (V2, "no axis"): (drop_item_field(V2, CONV, "axis"), r"per-channel y_scale \(4 values\) needs 'axis'"),

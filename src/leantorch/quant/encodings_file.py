@@ -41,6 +41,13 @@ entry and channel, the bad value and the fix):
 * The channels of one tensor share bitwidth and symmetry (and signedness); their number matches the
   tensor's channels. A single entry for a quantizer that quantizes per channel (more than one channel) is
   refused rather than silently turning it per-tensor.
+* Blockwise weights (``PER_BLOCK``/``LPBQ`` in 1.0.0, ``block_size`` in 2.0.0) are one entry per block,
+  channel-major, carrying the block keys ``block_size``, ``block_axis``, ``num_blocks`` and (LPBQ)
+  ``decompressed_bw`` (:mod:`.encodings_blocks`); they are written in 1.0.0 and 2.0.0 only (0.6.1 has no
+  block fields: refused on writing and reading). The channels × blocks match the weight; a blockwise
+  quantizer takes only entries of its block size, block axis and LPBQ setting, while a per-channel or
+  per-tensor weight quantizer adopts a blockwise entry (as it adopts a per-channel one). LPBQ block scales
+  are an integer in ``[1, 2**(decompressed_bw - bw)]`` times a float per channel, as AIMET computes them.
 * Every name in the file names a quantizer of the model; one quantizer gets one encoding. Loading with
   ``strict=True`` also requires every active quantizer to be covered.
 """
@@ -56,6 +63,7 @@ from ..options import check_choice
 from ..paths import check_file, writing
 from ..staging import staged_outputs
 from .encoding import REQUIRED_FIELDS, Encoding, parse_encoding, same_encoding
+from .encodings_blocks import BLOCK_KEYS, block_keys, parse_entries
 from .encodings_formats import POOLED, VERSIONS, EncodingsVersion, from_legacy, to_legacy
 
 __all__ = [
@@ -83,6 +91,10 @@ READABLE_VERSIONS = VERSIONS
 SECTIONS = ("activation_encodings", "param_encodings")
 #: Top-level key mapping file names back to quantizer names (written by the ONNX export).
 NAMES_KEY = "quantizer_names"
+_NO_BLOCKS = (
+    "a blockwise (PER_BLOCK/LPBQ) encoding cannot be expressed in encodings version 0.6.1, which has no block "
+    'fields; write encodings_version="1.0.0" or "2.0.0"'
+)
 
 
 def check_version(version: Any, what: str = "encodings_version") -> str:
@@ -159,6 +171,10 @@ def check_encodings(data: Any, source: str = "the file") -> dict[str, Any]:
                 f"got {type(data[section]).__name__}"
             )
     _check_names_map(data.get(NAMES_KEY), source)
+    for section in present:  # leantorch's block keys live only in files converted from 1.0.0/2.0.0
+        for key, entries in data[section].items():
+            if isinstance(entries, list) and any(isinstance(e, dict) and e.keys() & set(BLOCK_KEYS) for e in entries):
+                raise EncodingsFileError(f"{section}[{key!r}]: {_NO_BLOCKS}")
     return data
 
 
@@ -190,7 +206,9 @@ def encodings_dict(
     """The JSON object of an encodings file (AIMET ``version``) for encodings keyed by their file names.
 
     For 1.0.0 and 2.0.0 the encodings are checked first (an invalid one raises EncodingsFileError naming
-    it); ``quantizer_names`` and ``extra`` are top-level keys in every version.
+    it); ``quantizer_names`` and ``extra`` are top-level keys in every version. Blockwise (and LPBQ)
+    encodings need 1.0.0 or 2.0.0 (0.6.1 raises EncodingsFileError naming the fix; LPBQ in 2.0.0 needs
+    ``decompressed_bw == 2 * bitwidth``).
 
     Example:
         >>> from leantorch.quant.encoding import compute_encoding
@@ -204,10 +222,15 @@ def encodings_dict(
         'int8'
     """
     check_version(version, "version")
+    if version == ENCODINGS_VERSION:
+        blockwise = [n for n, e in (activations | params).items() if e.is_blockwise]
+        if blockwise:
+            more = f" (and {len(blockwise) - 1} more)" if len(blockwise) > 1 else ""
+            raise EncodingsFileError(f"{blockwise[0]!r}{more}: {_NO_BLOCKS}")
     data: dict[str, Any] = {
         "version": ENCODINGS_VERSION,
-        "activation_encodings": {n: e.to_aimet() for n, e in activations.items()},
-        "param_encodings": {n: e.to_aimet() for n, e in params.items()},
+        "activation_encodings": {n: _entries(e) for n, e in activations.items()},
+        "param_encodings": {n: _entries(e) for n, e in params.items()},
     }
     if quantizer_names is not None:
         data[NAMES_KEY] = quantizer_names
@@ -216,9 +239,15 @@ def encodings_dict(
         return data
     for section in SECTIONS:  # the 0.6.1 checks name the bad encoding before its fields are moved
         for key, entries in data[section].items():
-            parse_encoding(entries, f"{section}[{key!r}]")
+            parse_entries(entries, f"{section}[{key!r}]")
     axes = {(s, n): e.axis for s, encs in zip(SECTIONS, (activations, params)) for n, e in encs.items()}
     return from_legacy(data, version, axes)
+
+
+def _entries(enc: Encoding) -> list[dict[str, Any]]:
+    # one 0.6.1 entry per tensor, channel or block; a block's carry the block keys (module docstring)
+    keys = block_keys(enc)
+    return [entry | keys for entry in enc.to_aimet()]
 
 
 def write_encodings(path: str | Path, data: dict[str, Any], what: str = "path") -> None:
@@ -255,7 +284,7 @@ def encodings_text(data: dict[str, Any], source: str = "the encodings") -> str:
     checked = check_encodings(data, source)
     for section in (*SECTIONS, POOLED) if checked.get("version") == "2.0.0" else SECTIONS:
         for key, entries in (checked.get(section) or {}).items():
-            parse_encoding(entries, f"{section}[{key!r}]")
+            parse_entries(entries, f"{section}[{key!r}]")
     try:
         return json.dumps(data, indent=2, allow_nan=False)
     except ValueError as exc:  # a NaN/Inf outside the entries (e.g. in extra keys)

@@ -14,9 +14,18 @@ Version 1.0.0 (AIMET ``aimet_common.defs.EncodingType``, ``Docs/techniques/encod
             "scale": [0.1, 0.2], "offset": [-128, -128]}      # one value per channel; [x] per tensor
 
 ``offset`` is the 0.6.1 offset (``x̂ = (q + offset) * scale``, ``q`` in ``[0, 2**bw - 1]``); ``min``/``max``
-are gone (they follow from scale and offset). ``enc_type`` ``PER_BLOCK``, ``LPBQ`` and ``VECTOR``
-(``block_size``, ``compressed_bw``, ``per_block_int_scale``, ...) and ``dtype`` ``FLOAT`` are refused: not
-supported yet.
+are gone (they follow from scale and offset). Blockwise weights (one scale per block of ``block_size``
+input channels of each output channel, C output channels, n blocks each; :mod:`.encodings_blocks`)::
+
+    item = {"name": "fc.weight", "enc_type": "PER_BLOCK", "dtype": "INT", "bw": 4, "is_sym": true,
+            "scale": [C·n values, channel-major], "offset": [C·n values], "block_size": 32}
+    item = {"name": "fc.weight", "enc_type": "LPBQ", "dtype": "INT", "bw": 8, "compressed_bw": 4,
+            "block_size": 32, "is_sym": true, "scale": [C per-channel float scales],
+            "offset": [-128] * C, "per_block_int_scale": [C·n integers in [1, 2**(bw - compressed_bw)]]}
+
+LPBQ's ``bw`` is the decompressed bitwidth, ``compressed_bw`` the stored one; a block's scale is its integer
+times its channel's float scale. The block axis is not written (the weight's input-channel axis is taken
+on loading). ``enc_type`` ``VECTOR`` and ``dtype`` ``FLOAT`` are refused: not supported yet.
 
 Version 2.0.0 (fields of ONNX QuantizeLinear)::
 
@@ -29,10 +38,19 @@ Version 2.0.0 (fields of ONNX QuantizeLinear)::
 ``offset = -y_zero_point - 2**(bw-1)`` for ``int{bw}``. The format has no symmetry flag: leantorch writes a
 signed symmetric encoding as ``int{bw}`` (zero point 0) and every other one as ``uint{bw}``, and on loading a
 2.0.0 entry is symmetric when its quantizer is and its grid is a symmetric one (offset ``-2**(bw-1)`` or
-0), as AIMET takes the setting from the sim. Blockwise entries (``block_size``, nested ``y_scale``, LPBQ's
-``per_block_int_scale``), float ``output_dtype`` and fractional zero points (2-bit custom grids) are
-refused: not supported yet. The read 2.0.0 list becomes the section ``"encodings"`` (name → 0.6.1 entries),
-looked up among activations and parameters alike.
+0), as AIMET takes the setting from the sim. Blockwise weights::
+
+    item = {"name": "fc.weight", "output_dtype": "int4", "y_scale": [[n scales] * C], "axis": 1,
+            "block_size": 32}                          # y_zero_point nested alike, only when not all 0
+    item = {"name": "fc.weight", "output_dtype": "int4", "per_channel_float_scale": [[f0], [f1], ...],
+            "per_block_int_scale": [[n integers] * C], "axis": 1, "block_size": 32}      # LPBQ
+
+``axis`` is the block (input-channel) axis; LPBQ decompresses ``int{bw}`` to ``2·bw`` bits (the format has
+no field for it, so an LPBQ encoding with another decompressed bitwidth is written in 1.0.0 only).
+Double-quantized scales (2.1.0), float ``output_dtype`` and fractional zero points (2-bit custom grids)
+are refused: not supported yet. The read 2.0.0 list becomes the section ``"encodings"`` (name → 0.6.1
+entries), looked up among activations and parameters alike. Blockwise entries become one 0.6.1 entry per
+block with the block keys of :mod:`.encodings_blocks`.
 """
 
 from __future__ import annotations
@@ -42,7 +60,15 @@ from typing import Any, Literal, get_args
 
 from ..errors import EncodingsFileError
 from ..options import short_repr
-from .encodings_fields import bits, check_scale, output_dtype, zero_points
+from .encodings_blocks import (
+    entry_blocks,
+    positive_int,
+    read_v1_lpbq,
+    read_v2_lpbq,
+    v1_block_item,
+    v2_block_item,
+)
+from .encodings_fields import bits, check_scale, nested, output_dtype, zero_points
 
 __all__ = ["EncodingsVersion", "VERSIONS", "POOLED", "legacy_entries", "to_legacy", "from_legacy"]
 
@@ -55,10 +81,9 @@ POOLED = "encodings"
 _SECTIONS = ("activation_encodings", "param_encodings")
 _NAMES_KEY = "quantizer_names"
 _V1_FIELDS = ("bw", "is_sym", "scale", "offset")
-_BLOCKWISE_TYPES = ("PER_BLOCK", "LPBQ", "VECTOR")
+_V1_TYPES = ("PER_TENSOR", "PER_CHANNEL", "PER_BLOCK", "LPBQ")
 _FLOAT32_MAX = 3.4028234663852886e38
 _SYMMETRY = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}
-_NOT_YET = "not supported yet (leantorch has no blockwise quantization); only per-tensor and per-channel"
 
 
 def legacy_entries(bitwidth: Any, symmetric: Any, scales: list[Any], offsets: list[Any]) -> list[dict[str, Any]]:
@@ -179,21 +204,25 @@ def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
             f"{label}: dtype={short_repr(dtype)} is not a known dtype of version 1.0.0; use "
             "'INT' (or 'FLOAT', which is not supported yet)"
         )
-    if enc_type in _BLOCKWISE_TYPES:
+    if enc_type == "VECTOR":
         raise EncodingsFileError(
-            f"{label}: enc_type={enc_type!r} is {_NOT_YET} ('PER_TENSOR', 'PER_CHANNEL') "
-            "integer encodings can be loaded"
+            f"{label}: enc_type='VECTOR' (vector quantization) is not supported yet; only 'PER_TENSOR', "
+            "'PER_CHANNEL', 'PER_BLOCK' and 'LPBQ' integer encodings can be loaded"
         )
-    if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
+    if enc_type not in _V1_TYPES:
         raise EncodingsFileError(
-            f"{label}: enc_type={short_repr(enc_type)} is not a known encoding type; use 'PER_TENSOR' or 'PER_CHANNEL'"
+            f"{label}: enc_type={short_repr(enc_type)} is not a known encoding type; use one of {list(_V1_TYPES)}"
         )
-    blockwise = [f for f in ("block_size", "compressed_bw", "per_block_int_scale") if f in item]
-    if blockwise:
+    lpbq_only = ("compressed_bw", "per_block_int_scale")
+    stray = [f for f in ("block_size", *lpbq_only) if f in item and enc_type in ("PER_TENSOR", "PER_CHANNEL")]
+    stray += [f for f in lpbq_only if f in item and enc_type == "PER_BLOCK"]
+    if stray:
         raise EncodingsFileError(
-            f"{label}: {blockwise} given with enc_type={enc_type!r}: blockwise fields are "
-            f"{_NOT_YET} encodings can be loaded"
+            f"{label}: {stray} given with enc_type={enc_type!r}: block_size belongs to 'PER_BLOCK' and 'LPBQ' "
+            "entries, compressed_bw and per_block_int_scale to 'LPBQ' ones; set enc_type or drop the fields"
         )
+    if enc_type == "LPBQ":
+        return _lpbq_entries(*read_v1_lpbq(item, label))
     missing = [f for f in _V1_FIELDS if f not in item]
     if missing:
         raise EncodingsFileError(f"{label}: missing field(s) {missing}; every INT entry needs {list(_V1_FIELDS)}")
@@ -220,51 +249,67 @@ def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
             f"{label}: enc_type='PER_TENSOR' with {len(scales)} scales; use 'PER_CHANNEL' "
             "for one scale per channel, or give one scale"
         )
-    return legacy_entries(bitwidth, _SYMMETRY[symmetric], scales, offsets)
+    # PER_BLOCK: one entry per block, channel-major; the weight's shape gives the channels when loading.
+    keys = {"block_size": positive_int(item.get("block_size"), label, "block_size")} if enc_type == "PER_BLOCK" else {}
+    return [e | keys for e in legacy_entries(bitwidth, _SYMMETRY[symmetric], scales, offsets)]
+
+
+def _lpbq_entries(bitwidth: int, scales: list[float], keys: dict[str, int]) -> list[dict[str, Any]]:
+    # LPBQ grids are signed symmetric: every block's offset is -2**(bw-1)
+    return [e | keys for e in legacy_entries(bitwidth, True, scales, [-(2 ** (bitwidth - 1))] * len(scales))]
 
 
 def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    lpbq = [f for f in ("per_block_int_scale", "per_channel_float_scale", "block_size") if f in item]
-    if lpbq:
-        raise EncodingsFileError(
-            f"{label}: {lpbq}: blockwise (per-block, LPBQ) encodings are {_NOT_YET} encodings can be loaded"
-        )
+    if "per_block_int_scale" in item or "per_channel_float_scale" in item:
+        return _lpbq_entries(*read_v2_lpbq(item, label))
     signed, bitwidth = output_dtype(item.get("output_dtype"), label)
     if "y_scale" not in item:
         raise EncodingsFileError(f"{label}: missing field 'y_scale'; every entry needs name, output_dtype, y_scale")
-    raw = item["y_scale"]
+    raw, raw_points, keys = item["y_scale"], item.get("y_zero_point"), {}
     if isinstance(raw, dict):
         raise EncodingsFileError(
-            f"{label}: y_scale is an object (a double-quantized scale, version 2.1.0): "
-            f"{_NOT_YET} encodings can be loaded"
+            f"{label}: y_scale is an object (a double-quantized scale, version 2.1.0): not supported yet; "
+            "only per-tensor, per-channel, blockwise and LPBQ (version 2.0.0) encodings can be loaded"
         )
+    if "block_size" in item or (isinstance(raw, list) and any(isinstance(s, list) for s in raw)):
+        # blockwise: y_scale (and y_zero_point) nested (C, n_blocks); axis is the weight's block axis
+        block_size = positive_int(item.get("block_size"), label, "block_size")
+        block_axis = positive_int(item.get("axis"), label, "axis (the block axis)", least=0)
+        channels, count, raw = nested(raw, label, "y_scale")
+        if raw_points is not None:
+            raw_points = nested(raw_points, label, "y_zero_point", (channels, count))[2]
+        keys = {"block_size": block_size, "block_axis": block_axis, "num_blocks": count}
     per_channel = isinstance(raw, list)
     scales = raw if per_channel else [raw]
     if not scales or any(isinstance(s, list) for s in scales):
         raise EncodingsFileError(
-            f"{label}: y_scale={short_repr(raw)}: give a number, or a flat non-empty list (one "
-            f"per channel); nested lists (blockwise) are {_NOT_YET} encodings can be loaded"
+            f"{label}: y_scale={short_repr(raw)}: give a number, a flat non-empty list (one per channel), or "
+            "nested lists (one list of block scales per channel) with block_size"
         )
-    for i, scale in enumerate(scales):
-        check_scale(scale, f"{label} channel {i}" if per_channel else label)
+    where = [f"{label} channel {i}" if per_channel else label for i in range(len(scales))]
+    if keys:
+        where = [
+            f"{label} channel {i // keys['num_blocks']} block {i % keys['num_blocks']}" for i in range(len(scales))
+        ]
+    for scale, at in zip(scales, where):
+        check_scale(scale, at)
     axis = item.get("axis")
     if per_channel and (isinstance(axis, bool) or not isinstance(axis, int)):
         raise EncodingsFileError(
             f"{label}: per-channel y_scale ({len(scales)} values) needs 'axis', the channel "
             f"axis as an integer; got {short_repr(axis)}"
         )
-    points = zero_points(item.get("y_zero_point"), len(scales), per_channel, label)
+    points = zero_points(raw_points, len(scales), per_channel, label)
     shift = 2 ** (bitwidth - 1) if signed else 0
     low, high = -shift, 2**bitwidth - 1 - shift
-    for i, z in enumerate(points):
+    for z, at in zip(points, where):
         if not low <= z <= high:
-            where = f"{label} channel {i}" if per_channel else label
             raise EncodingsFileError(
-                f"{where}: y_zero_point={z} is outside the range [{low}, {high}] of {item['output_dtype']!r}"
+                f"{at}: y_zero_point={z} is outside the range [{low}, {high}] of {item['output_dtype']!r}"
             )
     offsets = [-z - shift for z in points]
     symmetric = all(o == -(2 ** (bitwidth - 1)) for o in offsets) or all(o == 0 for o in offsets)
-    return legacy_entries(bitwidth, symmetric, scales, offsets)
+    return [e | keys for e in legacy_entries(bitwidth, symmetric, scales, offsets)]
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -310,7 +355,7 @@ def from_legacy(
 def _v1_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:
     first = entries[0]
     per_channel = len(entries) > 1 or axis is not None
-    return {
+    item = {
         "name": name,
         "enc_type": "PER_CHANNEL" if per_channel else "PER_TENSOR",
         "dtype": "INT",
@@ -319,6 +364,8 @@ def _v1_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict
         "scale": [e["scale"] for e in entries],
         "offset": [int(e["offset"]) for e in entries],
     }
+    blocks = entry_blocks(entries, name)
+    return item if blocks is None else v1_block_item(item, blocks)
 
 
 def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:
@@ -329,7 +376,8 @@ def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict
     signed = _SYMMETRY.get(entries[0]["is_symmetric"]) is True and all(o == -half for o in offsets)
     points = [-o - (half if signed else 0) for o in offsets]
     item: dict[str, Any] = {"name": name, "output_dtype": f"{'' if signed else 'u'}int{bitwidth}"}
-    if len(entries) > 1 or axis is not None:
+    blocks = entry_blocks(entries, name)
+    if len(entries) > 1 or axis is not None or blocks is not None:
         item["y_scale"] = [e["scale"] for e in entries]
         if any(points):
             item["y_zero_point"] = points
@@ -338,4 +386,4 @@ def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict
         item["y_scale"] = entries[0]["scale"]
         if points[0]:
             item["y_zero_point"] = points[0]
-    return item
+    return item if blocks is None else v2_block_item(item, bitwidth, blocks, axis)

@@ -13,8 +13,10 @@ from typing import Any
 
 from .. import ops
 from ..errors import EncodingsFileError
+from .blocks import block_axis_for, blocks_fit
 from .config import PER_CHANNEL_AXIS
-from .encoding import Encoding, parse_encoding, same_encoding
+from .encoding import Encoding, same_encoding
+from .encodings_blocks import Blocks, check_lpbq, parse_entries
 from .encodings_file import NAMES_KEY, SECTIONS, check_encodings
 from .encodings_formats import POOLED
 from .quantizer import Quantizer
@@ -74,7 +76,7 @@ def match_encodings(
     for section in (*SECTIONS, POOLED) if pooled else SECTIONS:
         for key, entries in (data.get(section) or {}).items():
             label = f"{section}[{key!r}]"
-            enc = parse_encoding(entries, label)
+            enc, blocks = parse_entries(entries, label)
             if section == POOLED:  # one list: the name is a parameter's or an activation quantizer's
                 mapped = names.get(SECTIONS[1], {}).get(key, names.get(SECTIONS[0], {}).get(key))
                 default = by_key.get((True, key)) or by_key.get((False, key))
@@ -89,8 +91,10 @@ def match_encodings(
                 if target is None:
                     unknown.append(what)
                 else:
-                    fitted = _fit(enc, target, label)
-                    _add(plan, target, _with_symmetry_of(fitted, target) if section == POOLED else fitted, label)
+                    fitted = _fit(enc, target, label) if blocks is None else _fit_blocks(enc, blocks, target, label)
+                    # LPBQ grids are symmetric by definition; other 2.0.0 entries take their quantizer's flag
+                    pooled = section == POOLED and fitted.decompressed_bw is None
+                    _add(plan, target, _with_symmetry_of(fitted, target) if pooled else fitted, label)
     if unknown:
         raise EncodingsFileError(
             f"{source}: {len(unknown)} encoding(s) name no quantizer of this model, e.g. {unknown[:3]}; was the "
@@ -102,6 +106,16 @@ def match_encodings(
 
 def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
     """Give ``enc`` the granularity of ``target``: per-channel entries need a channel axis of that size."""
+    q = target.quantizer
+    if q.is_blockwise:  # a per-channel or per-tensor entry would silently turn a blockwise quantizer coarser
+        kind = "per-channel encodings" if enc.scale.dim() else "one encoding"
+        raise EncodingsFileError(
+            f"{label}: the file has {kind} for {target.key} but this sim quantizes it blockwise (blocks of "
+            f"{q.block_size} input channels along axis {q.block_axis}"
+            f"{'' if q.decompressed_bw is None else f', LPBQ decompressed_bw={q.decompressed_bw}'}): write the "
+            "file from a blockwise sim (encodings_version='1.0.0' or '2.0.0'), or build the sim without "
+            "param_block_size"
+        )
     channels = enc.scale.numel() if enc.scale.dim() else None
     axis = target.quantizer.axis if target.quantizer.axis is not None else target.channel_axis
     if channels is None:
@@ -129,6 +143,55 @@ def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
             f"{target.shape[axis]} channels along axis {axis}; was it written for another model?"
         )
     return replace(enc, axis=axis)
+
+
+def _fit_blocks(enc: Encoding, blocks: Blocks, target: Target, label: str) -> Encoding:
+    """Give a blockwise entry (flat scales, ``blocks`` from :func:`parse_entries`) the shape ``(C, n_blocks)`` of
+    the weight of ``target``, or refuse it naming both settings and the fix.
+    """
+    quantizer, shape, key, setting = target.quantizer, target.shape, target.key, blocks.describe()
+    if shape is None:
+        raise EncodingsFileError(
+            f"{label}: {setting} is a weight encoding, but {key} is an activation quantizer; give it one entry"
+        )
+    axis = quantizer.axis if quantizer.axis is not None else target.channel_axis
+    if axis is None or axis >= len(shape):
+        raise EncodingsFileError(f"{label}: {setting}, but {key} has no output-channel axis to block")
+    if quantizer.is_blockwise:
+        block_axis = blocks.block_axis if blocks.block_axis is not None else quantizer.block_axis
+        ours = Blocks(quantizer.block_size or 0, quantizer.block_axis, None, quantizer.decompressed_bw)
+        if replace(blocks, block_axis=block_axis, num_blocks=None) != ours:
+            raise EncodingsFileError(
+                f"{label}: the file has {setting} for {key}, but this sim quantizes it with {ours.describe()}; "
+                f"build the sim with param_block_size={blocks.block_size} and decompressed_bw="
+                f"{blocks.decompressed_bw} (as the file was written), or write the file from a sim like this one"
+            )
+    else:
+        block_axis = blocks.block_axis if blocks.block_axis is not None else block_axis_for(axis)
+    assert block_axis is not None  # a blockwise quantizer has its block axis
+    if block_axis == axis or block_axis >= len(shape):
+        raise EncodingsFileError(
+            f"{label}: block axis {block_axis} of {key} (shape {list(shape)}) is not an input-channel axis "
+            f"(the output channels are on axis {axis}); give the weight's input-channel axis"
+        )
+    if not blocks_fit(shape, block_axis, blocks.block_size):
+        raise EncodingsFileError(
+            f"{label}: {key} has {shape[block_axis]} input channels along axis {block_axis}, which do not split "
+            f"into blocks of {blocks.block_size}; was the file written for another model?"
+        )
+    channels, count = shape[axis], shape[block_axis] // blocks.block_size
+    if enc.scale.numel() != channels * count or blocks.num_blocks not in (None, count):
+        given = f" ({blocks.num_blocks} per channel)" if blocks.num_blocks is not None else ""
+        raise EncodingsFileError(
+            f"{label}: the file has {enc.scale.numel()} block encodings{given} but {key} has {channels} channels "
+            f"along axis {axis} × {count} blocks of {blocks.block_size}; was it written for another model?"
+        )
+    scale, offset = enc.scale.reshape(channels, count), enc.offset.reshape(channels, count)
+    if blocks.decompressed_bw is not None:
+        check_lpbq(scale, enc.bitwidth, blocks.decompressed_bw, label)
+    return Encoding(
+        enc.bitwidth, enc.symmetric, scale, offset, axis, blocks.block_size, block_axis, blocks.decompressed_bw
+    )
 
 
 def _with_symmetry_of(enc: Encoding, target: Target) -> Encoding:
