@@ -161,10 +161,12 @@ def _fit_blocks(enc: Encoding, blocks: Blocks, target: Target, label: str) -> En
         block_axis = blocks.block_axis if blocks.block_axis is not None else quantizer.block_axis
         ours = Blocks(quantizer.block_size or 0, quantizer.block_axis, None, quantizer.decompressed_bw)
         if replace(blocks, block_axis=block_axis, num_blocks=None) != ours:
+            lpbq = "" if blocks.decompressed_bw is None else f" and decompressed_bw={blocks.decompressed_bw}"
+            lpbq = lpbq or (" and decompressed_bw=None" if ours.decompressed_bw is not None else "")
             raise EncodingsFileError(
                 f"{label}: the file has {setting} for {key}, but this sim quantizes it with {ours.describe()}; "
-                f"build the sim with param_block_size={blocks.block_size} and decompressed_bw="
-                f"{blocks.decompressed_bw} (as the file was written), or write the file from a sim like this one"
+                f"build the sim with param_block_size={blocks.block_size}{lpbq} (as the file was written), or "
+                "write the file from a sim like this one"
             )
     else:
         block_axis = blocks.block_axis if blocks.block_axis is not None else block_axis_for(axis)
