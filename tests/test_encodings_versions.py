@@ -499,7 +499,7 @@ def test_bad_entry_is_refused_and_nothing_changes(tmp_path, saved, target, versi
 
 
 # ------------------------------------------------------------------------------------------ options
-@pytest.mark.parametrize("version", ["0.6.2", "2.1.0", 1, None])
+@pytest.mark.parametrize("version", ["0.6.2", "2.1.0", 1, ""])  # None means "pick": see below
 def test_unknown_version_is_refused_before_anything_is_written(tmp_path, model, version: Any) -> None:
     sim = calibrated(model)
     with pytest.raises(lt.InvalidOptionError, match=r"encodings_version=.*use one of '0\.6\.1', '1\.0\.0', '2\.0\.0'"):
@@ -515,6 +515,18 @@ def test_default_stays_0_6_1(tmp_path, model) -> None:
     files = sim.export(tmp_path, "net")
     assert json.loads((tmp_path / "a.encodings").read_text())["version"] == "0.6.1"
     assert json.loads(files["encodings"].read_text())["version"] == "0.6.1"
+
+
+def test_without_a_version_blockwise_weights_are_written_in_1_0_0(tmp_path) -> None:
+    # 0.6.1 has no block fields: the default is the oldest version that can hold the encodings.
+    model = nn.Sequential(nn.Linear(32, 8)).eval()
+    sim = lt.QuantSim(model, torch.randn(1, 32), param_bw=4, param_block_size=16)
+    sim.compute_encodings([torch.randn(8, 32)], progress=False)
+    sim.save_encodings(tmp_path / "a.encodings")
+    data = json.loads((tmp_path / "a.encodings").read_text())
+    assert data["version"] == "1.0.0" and data["param_encodings"][0]["enc_type"] == "PER_BLOCK"
+    with pytest.raises(lt.EncodingsFileError, match="1.0.0"):
+        sim.save_encodings(tmp_path / "b.encodings", encodings_version="0.6.1")  # asked for: refused, named
 
 
 def test_formats_module_examples_run() -> None:

@@ -68,6 +68,7 @@ from .encodings_formats import POOLED, VERSIONS, EncodingsVersion, from_legacy, 
 
 __all__ = [
     "ENCODINGS_VERSION",
+    "version_for",
     "EncodingsVersion",
     "READABLE_VERSIONS",
     "SECTIONS",
@@ -97,8 +98,9 @@ _NO_BLOCKS = (
 )
 
 
-def check_version(version: Any, what: str = "encodings_version") -> str:
-    """``version`` if leantorch writes it (one of :data:`READABLE_VERSIONS`), else InvalidOptionError.
+def check_version(version: Any, what: str = "encodings_version") -> str | None:
+    """``version`` if leantorch writes it (one of :data:`READABLE_VERSIONS`, or None: the oldest that can hold the
+    encodings, :func:`version_for`), else InvalidOptionError.
 
     Example:
         >>> check_version("1.0.0")
@@ -108,8 +110,21 @@ def check_version(version: Any, what: str = "encodings_version") -> str:
         ...
         leantorch.errors.InvalidOptionError: encodings_version='0.6.2': use one of '0.6.1', '1.0.0', '2.0.0'
     """
+    if version is None:
+        return None
     checked: str = check_choice(what, version, READABLE_VERSIONS)
     return checked
+
+
+def version_for(encodings: Any) -> EncodingsVersion:
+    """The version written when none is asked for: 0.6.1 (:data:`ENCODINGS_VERSION`), or 1.0.0 when an encoding
+    is blockwise (0.6.1 has no block fields).
+
+    Example:
+        >>> version_for([])
+        '0.6.1'
+    """
+    return "1.0.0" if any(e.is_blockwise for e in encodings) else ENCODINGS_VERSION
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -201,9 +216,10 @@ def encodings_dict(
     params: dict[str, Encoding],
     quantizer_names: dict[str, dict[str, list[str]]] | None = None,
     extra: dict[str, Any] | None = None,
-    version: EncodingsVersion = ENCODINGS_VERSION,
+    version: EncodingsVersion | None = None,
 ) -> dict[str, Any]:
-    """The JSON object of an encodings file (AIMET ``version``) for encodings keyed by their file names.
+    """The JSON object of an encodings file (AIMET ``version``; None: :func:`version_for` the encodings) for
+    encodings keyed by their file names.
 
     For 1.0.0 and 2.0.0 the encodings are checked first (an invalid one raises EncodingsFileError naming
     it); ``quantizer_names`` and ``extra`` are top-level keys in every version. Blockwise (and LPBQ)
@@ -221,8 +237,8 @@ def encodings_dict(
         >>> encodings_dict({}, {"fc.weight": e}, version="2.0.0")["encodings"][0]["output_dtype"]
         'int8'
     """
-    check_version(version, "version")
-    if version == ENCODINGS_VERSION:
+    chosen: str = check_version(version, "version") or version_for([*activations.values(), *params.values()])
+    if chosen == ENCODINGS_VERSION:
         blockwise = [n for n, e in (activations | params).items() if e.is_blockwise]
         if blockwise:
             more = f" (and {len(blockwise) - 1} more)" if len(blockwise) > 1 else ""
@@ -235,13 +251,13 @@ def encodings_dict(
     if quantizer_names is not None:
         data[NAMES_KEY] = quantizer_names
     data |= extra or {}
-    if version == ENCODINGS_VERSION:
+    if chosen == ENCODINGS_VERSION:
         return data
     for section in SECTIONS:  # the 0.6.1 checks name the bad encoding before its fields are moved
         for key, entries in data[section].items():
             parse_entries(entries, f"{section}[{key!r}]")
     axes = {(s, n): e.axis for s, encs in zip(SECTIONS, (activations, params)) for n, e in encs.items()}
-    return from_legacy(data, version, axes)
+    return from_legacy(data, chosen, axes)
 
 
 def _entries(enc: Encoding) -> list[dict[str, Any]]:

@@ -45,7 +45,6 @@ from ..paths import check_directory, check_file_name, writing
 from ..staging import staged_outputs
 from .encoding import Encoding
 from .encodings_file import (
-    ENCODINGS_VERSION,
     EncodingsVersion,
     check_version,
     encodings_dict,
@@ -121,7 +120,7 @@ def export_quantsim(
     example_input: Any = None,
     opset: int | None = None,
     unsigned_weights: bool = False,
-    encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+    encodings_version: EncodingsVersion | None = None,
     rewrite: Callable[[onnx.ModelProto], None] | None = None,
 ) -> dict[str, Path]:
     """Write ``<prefix>.onnx``, ``<prefix>.encodings`` and ``<prefix>.pth`` into ``path``.
@@ -192,7 +191,7 @@ def build_qdq_onnx(
     inputs: tuple[Any, ...],
     opset: int | None = None,
     unsigned_weights: bool = False,
-    encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+    encodings_version: EncodingsVersion | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The QDQ ONNX model and the encodings dict of a calibrated sim (see module docstring)."""
     model = copy.deepcopy(sim.model).eval().cpu()

@@ -33,7 +33,7 @@ __all__ = ["Exporter", "register_exporter", "unregister_exporter", "exporter_nam
 
 #: ``write(sim, path, filename_prefix, example_input, opset, unsigned_weights, encodings_version)`` → the
 #: written files by kind (``"onnx"``, ``"encodings"``, ``"pth"`` ...).
-Write = Callable[["QuantSim", "str | Path", str, Any, "int | None", bool, EncodingsVersion], dict[str, Path]]
+Write = Callable[["QuantSim", "str | Path", str, Any, "int | None", bool, "EncodingsVersion | None"], dict[str, Path]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _onnx_float(
     example_input: Any,
     opset: int | None,
     unsigned_weights: bool,
-    encodings_version: EncodingsVersion,
+    encodings_version: EncodingsVersion | None,
 ) -> dict[str, Path]:
     return export_quantsim(
         sim, path, filename_prefix, example_input, opset, unsigned_weights, encodings_version, rewrite=strip_qdq

@@ -306,9 +306,9 @@ class QuantSim:
         return tensor_encodings(weights)
 
     # ------------------------------------------------------------------ encodings files
-    def save_encodings(self, path: str | Path, encodings_version: EncodingsVersion = ENCODINGS_VERSION) -> None:
+    def save_encodings(self, path: str | Path, encodings_version: EncodingsVersion | None = None) -> None:
         """Write all encodings (activations by quantizer name, params by param name) in AIMET's encodings
-        format ``encodings_version``: ``"0.6.1"`` (default), ``"1.0.0"`` or ``"2.0.0"``.
+        format ``encodings_version``: ``"0.6.1"``, ``"1.0.0"`` or ``"2.0.0"`` (None: 0.6.1, or 1.0.0 if blockwise).
 
         The file loads back with :meth:`load_encodings` into any ``QuantSim`` of the same model and config.
 
@@ -374,7 +374,7 @@ class QuantSim:
         example_input: Any = None,
         opset: int | None = None,
         unsigned_weights: bool = False,
-        encodings_version: EncodingsVersion = ENCODINGS_VERSION,
+        encodings_version: EncodingsVersion | None = None,
         format: str = "onnx_qdq",
     ) -> dict[str, Path]:
         """Write ``prefix.onnx``, ``prefix.encodings`` (AIMET JSON) and ``prefix.pth`` (weights).
@@ -383,8 +383,8 @@ class QuantSim:
         QuantizeLinear/DequantizeLinear pairs ONNX Runtime runs) or ``"onnx_float"`` (float ONNX whose tensor
         names the encodings file uses, for converters that quantize themselves, e.g. QNN). ``unsigned_weights=True``
         stores symmetric weights as uint8 (same grid) for ONNX Runtime on x86 CPUs without VNNI.
-        ``encodings_version`` is the AIMET encodings format of ``prefix.encodings``: ``"0.6.1"`` (default),
-        ``"1.0.0"`` or ``"2.0.0"``; every one loads back with :meth:`load_encodings`. See
+        ``encodings_version`` is the AIMET encodings format of ``prefix.encodings``: ``"0.6.1"``, ``"1.0.0"`` or
+        ``"2.0.0"`` (None: 0.6.1, or 1.0.0 with blockwise weights); each loads back with :meth:`load_encodings`. See
         :func:`leantorch.quant.export.export_quantsim`.
 
         Example:
