@@ -51,6 +51,7 @@ from .ptq.cle import equalize
 from .ptq.gptq import gptq
 from .ptq.seq_mse import seq_mse
 from .quant.config import load_config
+from .quant.float_formats import set_float_format
 from .quant.sim import QuantSim
 from .staging import staged_outputs
 
@@ -140,7 +141,15 @@ def _calibrated_sim(
         sim = QuantSim(model, example, **options)
     if encodings is not None:
         sim.set_and_freeze_param_encodings(encodings)
+    _float_formats(sim, args)
     sim.compute_encodings(calib, progress=progress)
+    return sim
+
+
+def _float_formats(sim: QuantSim, args: argparse.Namespace) -> QuantSim:
+    """--float-format on --float-layers (all when not given); an unknown layer name is refused here."""
+    if getattr(args, "float_format", None):
+        set_float_format(sim, args.float_format, args.float_layers)
     return sim
 
 
@@ -195,7 +204,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         calib = batches(data, args.batch_size)
         example = calib[0][:1]
         structured = model if args.auto else _structural(model, example, args)
-        sim = QuantSim(structured, example, **_sim_options(args))  # checks bitwidths and --config quickly
+        sim = _float_formats(QuantSim(structured, example, **_sim_options(args)), args)  # checks options quickly
         # The long part starts here.
         progress = not args.no_progress
         reference = model_outputs(model, calib, progress=progress, desc="FP32")
@@ -263,7 +272,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         calib = batches(data, args.batch_size)
         example = calib[0][:1]
         structured = _structural(model, example, args)
-        sim = QuantSim(structured, example, **_sim_options(args))  # checks bitwidths and --config quickly
+        sim = _float_formats(QuantSim(structured, example, **_sim_options(args)), args)  # checks options quickly
         _check_sweep_layers(sim, args.layers)
         # The long part starts here. AdaRound's encodings file is not an output of `analyze`.
         progress = not args.no_progress

@@ -133,6 +133,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "input channels make no whole blocks stay per channel); exported as opset-21 blocked QDQ, int4 up to 4 bits",
     )
     p.add_argument(
+        "--float-format",
+        choices=["fp16", "bf16", "fp8", "e5m2"],
+        help="simulate --float-layers (default: every layer) in a float format: fp16, bf16 (casts) or fp8 "
+        "(e4m3) / e5m2 (scaled); exported as Cast pairs or float8 QDQ",
+    )
+    p.add_argument("--float-layers", nargs="+", metavar="LAYER", help="the layers --float-format applies to")
+    p.add_argument(
         "--decompressed-bw",
         type=bitwidth,
         metavar="BITS",
