@@ -257,3 +257,37 @@ def test_in_place_methods_whose_result_is_unused_stay_in_the_graph() -> None:
     other = torch.randn(3, 4, 8, 8)
     assert torch.equal(gm(other), model(other))
     assert [n.target for n in gm.graph.nodes if n.op == "call_method"] == ["mul_", "add_"]
+
+
+class StdConv(nn.Conv2d):
+    """timm's ScaledStdConv2d / transformers' BiT conv: the weight standardised by ``F.batch_norm`` each forward."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+        self.scale = 0.7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1),
+            None,
+            None,
+            weight=(self.gain * self.scale).view(-1),
+            training=True,
+            momentum=0.0,
+            eps=1e-6,
+        ).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_weight_standardised_convs_are_folded_into_quantized_convs() -> None:
+    # NF-Nets, ResNetV2-BiT and transformers' BiT compute their conv weight from parameters in every forward: the
+    # value is folded into an nn.Conv2d of the same name (else the conv stayed float: 52% of NF-RegNet-B0 weights).
+    model = nn.Sequential(StdConv(3, 8, 3, padding=1), nn.ReLU(), StdConv(8, 4, 3, bias=False)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    gm = lt.prepare(model, x)
+    assert [type(gm.get_submodule(n)) for n in ("0", "2")] == [nn.Conv2d, nn.Conv2d]
+    other = torch.randn(3, 3, 12, 12)
+    assert torch.allclose(gm(other), model(other), atol=1e-6)
+    sim = lt.QuantSim(model, x, per_channel=True)
+    assert all(sim.layers()[n].param_quantizers["weight"].is_active for n in ("0", "2"))

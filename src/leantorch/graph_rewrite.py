@@ -146,7 +146,10 @@ def _weighted_functionals_to_modules(gm: fx.GraphModule) -> int:
         data = node.args[1] if node.target is torch.addmm else node.args[0]
         _insert_module_call(gm, node, module, target, (data,))
         replaced += 1
-    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effects)
+    # fx's eliminate_dead_code without its lint: a folded weight's dead reads name attributes its owner lost.
+    for dead in [n for n in reversed(gm.graph.nodes) if n.op not in ("placeholder", "output")]:
+        if not dead.users and not _has_side_effects(dead):
+            gm.graph.erase_node(dead)
     gm.delete_all_unused_submodules()
     return replaced
 
@@ -212,7 +215,11 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] 
     args, kwargs = tuple(node.args), dict(node.kwargs)
     owned = _owned_weight_and_bias(gm, args, kwargs)
     if owned is None:
-        return None
+        folded = _folded_weight(gm, node, _arg(args, kwargs, 1, "weight"))
+        ok, bias_param = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
+        if folded is None or not ok:
+            return None
+        owned = folded[0], bias_param, folded[1]
     w, bias, owner = owned
     groups = _arg(args, kwargs, 6, "groups", 1)
     conv = _CONV_FUNCTIONS[node.target](
@@ -227,6 +234,51 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] 
     )
     conv.weight, conv.bias = w, bias
     return conv, owner
+
+
+def _folded_weight(gm: fx.GraphModule, conv: fx.Node, weight: Any) -> tuple[nn.Parameter, str] | None:
+    """A conv weight computed from the model's parameters alone → that value, as a parameter, and its owner.
+
+    Weight-standardised convs (timm's ``StdConv2d``/``ScaledStdConv2d`` in BiT, ResNetV2 and NF-Nets, transformers'
+    BiT) compute ``F.batch_norm`` over their raw weight in every forward; left as is, the conv stays float. Folded
+    like BatchNorm into a conv: the same function, with the standardised weight as the layer's parameter. Only
+    when the computation reads no input, calls no layer with state, writes nothing and feeds nothing else.
+    """
+    nodes: dict[fx.Node, None] = {}
+    stack = [weight]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n.op not in ("get_attr", "call_function", "call_method", "call_module"):
+            return None
+        if n.op == "call_module" and any(True for _ in gm.get_submodule(str(n.target)).state_dict()):
+            return None  # an op module made from a call (``gain * scale`` → Mul) is a function; a layer is not
+        if n not in nodes:
+            if _has_side_effects(n):
+                return None
+            nodes[n] = None
+            stack.extend(n.all_input_nodes)
+    if any(u not in nodes and u is not conv for n in nodes for u in n.users):
+        return None
+    values: dict[fx.Node, Any] = {}
+    with torch.no_grad():
+        for n in sorted(nodes, key=list(gm.graph.nodes).index):
+            a, k = fx.node.map_arg((n.args, n.kwargs), values.__getitem__)
+            values[n] = (
+                _fetch(gm, str(n.target))
+                if n.op == "get_attr"
+                else n.target(*a, **k)
+                if n.op == "call_function"
+                else getattr(a[0], str(n.target))(*a[1:], **k)
+                if n.op == "call_method"
+                else gm.get_submodule(str(n.target))(*a, **k)
+            )
+    params = [n for n in nodes if n.op == "get_attr" and isinstance(values[n], nn.Parameter)]
+    if len(nodes) < 2 or not params or not isinstance(values[weight], torch.Tensor):
+        return None
+    raw = min(params, key=lambda n: (not str(n.target).endswith("weight"), str(n.target)))
+    log.info("conv weight computed from parameters (weight standardisation) folded: %s", raw.target)
+    folded = nn.Parameter(values[weight].detach().clone(), requires_grad=values[raw].requires_grad)
+    return folded, str(raw.target).rpartition(".")[0]
 
 
 def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
