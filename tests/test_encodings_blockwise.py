@@ -34,10 +34,13 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(32, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 8)).eval()
 
 
-def sim_for(net: nn.Module, block_size: int | None = 16, decompressed_bw: int | None = None, **options: Any):
-    options = {"param_bw": 4, "config": {"per_channel": True, "param_symmetric": True}} | options
-    return lt.QuantSim(net, torch.randn(1, 32, 4, 4), param_block_size=block_size, decompressed_bw=decompressed_bw,
-                       **options)  # fmt: skip
+def sim_for(net: nn.Module, block_size: int | None = 16, decompressed_bw: int | None = None) -> lt.QuantSim:
+    """A W4 symmetric per-channel sim, blockwise when ``block_size`` is given (LPBQ with ``decompressed_bw``)."""
+    config = {"per_channel": True, "param_symmetric": True}
+    example = torch.randn(1, 32, 4, 4)
+    return lt.QuantSim(
+        net, example, param_bw=4, config=config, param_block_size=block_size, decompressed_bw=decompressed_bw
+    )
 
 
 def calibrated(net: nn.Module, block_size: int | None = 16, decompressed_bw: int | None = None) -> lt.QuantSim:
@@ -373,7 +376,7 @@ def test_bad_blockwise_entry_is_refused_and_nothing_changes(tmp_path, net, versi
             32,
             r"the file has 128 block encodings \(16 per channel\) but 3\.weight has 8 channels along "
             r"axis 0 × 8 blocks of 32",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_blocks_must_fit_the_weight_a_per_channel_sim_adopts(tmp_path, net, field, value, message) -> None:
