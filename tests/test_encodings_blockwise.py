@@ -1,9 +1,5 @@
-"""Blockwise (PER_BLOCK) and LPBQ weight encodings in the AIMET encodings files (issue 13 item 1).
-
-References independent of the converters: the sim that wrote a file (its encodings, outputs and the scales
-of :func:`leantorch.quant.blocks.lpbq_compress`), and items written literally from AIMET's definitions
-(1.0.0: ``scale``/``offset`` flat channel-major, LPBQ ``bw`` the decompressed bitwidth; 2.0.0: nested
-``(C, n_blocks)``, ``axis`` the block axis, LPBQ decompressing ``int{bw}`` to ``2·bw`` bits).
+"""Blockwise (PER_BLOCK) and LPBQ weight encodings in AIMET encodings files (issue 13 item 1). References: the
+sim that wrote a file, :func:`leantorch.quant.blocks.lpbq_compress`, and items written from AIMET's definitions.
 """
 
 from __future__ import annotations
@@ -264,14 +260,8 @@ def setting(name: str, **fields: Any) -> Callable[[dict], None]:
 
 
 def in_list(name: str, field: str, index: int | tuple[int, int], value: Any) -> Callable[[dict], None]:
-    def mutate(data: dict) -> None:
-        values = at(name)(data)[field]
-        if isinstance(index, tuple):
-            values[index[0]][index[1]] = value
-        else:
-            values[index] = value
-
-    return mutate
+    row, col = index if isinstance(index, tuple) else (None, index)  # a nested 2.0.0 list, or a flat one
+    return lambda data: (at(name)(data)[field] if row is None else at(name)(data)[field][row]).__setitem__(col, value)
 
 
 BAD = {
