@@ -7,8 +7,8 @@ Sections (``--only NAME``; more are planned beside ``amp``: blockwise int4, GPTQ
   than half the weight bytes of W8. BN folded first; per-channel weights, tf_enhanced ranges.
 
 Data: scikit-image photograph crops. Calibration: ``--calibration`` crops (seed 0). The search scores
-(``eval_fn``) top-1 agreement with FP32 on ``--search`` crops (seed 2) and orders phase 1 by output SQNR on
-``--probe`` of them; the table's "held-out agreement" is on ``--evaluation`` other crops (seed 1).
+(``eval_fn``) top-1 agreement with FP32 on ``--search`` crops (seed 2) and orders phase 1 by relative output
+noise power on ``--probe`` of them; the table's "held-out agreement" is on ``--evaluation`` other crops (seed 1).
 Writes ``benchmarks/results/weights_amp.json`` and the Pareto plot ``weights_amp_pareto.png`` beside it.
 
 Run: ``.venv/bin/python benchmarks/weights.py --only amp``.
@@ -28,7 +28,7 @@ import torch
 import leantorch as lt
 from leantorch.analysis import plots
 from leantorch.data import batches, channels_last, sample_images
-from leantorch.evaluation import Agreement, agreement_score, markdown_table, model_outputs, sqnr_score
+from leantorch.evaluation import Agreement, OutputScore, agreement_score, markdown_table, model_outputs
 from leantorch.models import efficientnet_lite0
 from leantorch.ptq.mixed_precision import MixedPrecisionResult, mixed_precision
 
@@ -111,14 +111,20 @@ def _amp_row(label: str, spec: str, amp: MixedPrecisionResult, env: dict[str, An
     }
 
 
+def _negative_noise(reference: torch.Tensor, output: torch.Tensor) -> float:
+    return -float((output.double() - reference.double()).pow(2).sum() / reference.double().pow(2).sum())
+
+
 def run_amp(args: argparse.Namespace) -> dict[str, Any]:
     """The AMP section: fronts, chosen points, held-out agreement; returns what goes into the JSON file."""
     env = _setup(args)
     eval_fn = agreement_score(env["model"], env["search"])
-    order_fn = sqnr_score(env["model"], env["probe"])
+    # Phase 1 orders by relative output noise power (Σ(out - ref)² / Σ ref², negated): independent noise adds up,
+    # so the greedy list's estimate (a sum of drops) tracks the real score better than a sum of dB drops.
+    order_fn = OutputScore(env["model"], env["probe"], _negative_noise, name="-(output noise / signal)")
     rows = _uniform_rows(env, ["W16A16", "W8A16", "W8A8", "W4A16", "W4A8"])
     fronts: dict[str, Any] = {}
-    curves: dict[str, list[tuple[float, float, float | None]]] = {}
+    curves: dict[str, list[tuple[float, float | None, float | None]]] = {}
     chosen: dict[str, tuple[float, float]] = {}
     runs = [r for r in AMP_RUNS if not args.runs or r[0] in args.runs]
     for label, spec, cost, drop, baseline in runs:
@@ -155,7 +161,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", help="AMP runs by label (default all)")
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--search", type=int, default=256, help="crops the AMP search scores agreement on")
-    parser.add_argument("--probe", type=int, default=32, help="crops of the search set phase 1 scores SQNR on")
+    parser.add_argument("--probe", type=int, default=32, help="crops of the search set phase 1 scores on")
     parser.add_argument("--evaluation", type=int, default=500, help="held-out crops")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--front-evals", type=int, default=12)

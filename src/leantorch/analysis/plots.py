@@ -163,14 +163,14 @@ def compression_curves_plot(title: str, scores: dict[str, dict[float, float]], c
 
 
 def pareto_plot(
-    curves: dict[str, list[tuple[float, float, float | None]]],
+    curves: dict[str, list[tuple[float, float | None, float | None]]],
     chosen: dict[str, tuple[float, float]],
     cost_label: str,
     target: float | None = None,
 ) -> bytes:
     """Mixed-precision Pareto curves: score against relative cost, one line per candidate set.
 
-    ``curves[label]``: ``(relative cost, estimated score, real score or None)`` per point of the greedy list;
+    ``curves[label]``: ``(relative cost, estimated score, real score)`` per point of the greedy list (None: not known);
     the estimate is a thin line, real evaluations are dots; ``chosen[label]`` is ringed in red; ``target`` is
     the score the choice had to reach (dashed).
     """
@@ -179,7 +179,8 @@ def pareto_plot(
     colors = matplotlib.colormaps["tab10"]
     for index, (label, points) in enumerate(curves.items()):
         color = colors(index % 10)
-        ax.plot([p[0] for p in points], [p[1] for p in points], "-", lw=1, color=color, alpha=0.5)
+        estimate = [(p[0], p[1]) for p in points if p[1] is not None]
+        ax.plot([x for x, _ in estimate], [y for _, y in estimate], "-", lw=1, color=color, alpha=0.5)
         real = [(p[0], p[2]) for p in points if p[2] is not None]
         ax.plot([x for x, _ in real], [y for _, y in real], "o-", ms=4, color=color, label=f"{label} (evaluated)")
         if label in chosen:
@@ -188,7 +189,7 @@ def pareto_plot(
         ax.axhline(target, color=GREY, ls="--", lw=1, label="target (FP32 − allowed drop)")
     ax.set_xlabel(cost_label)
     ax.set_ylabel("score")
-    ax.set_title("Mixed precision: greedy Pareto list (lines: phase-1 estimate; red ring: chosen)")
+    ax.set_title("Mixed precision: greedy Pareto list (thin lines: phase-1 estimate; red ring: chosen)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)

@@ -49,6 +49,8 @@ class MixedPrecisionResult:
     met: bool
     evaluations: int = 0
     score_name: str = "score"
+    #: False when phase 1 used a ``sensitivity_fn``: estimates are then in its units, not the score's
+    estimate_is_score: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -110,10 +112,12 @@ class MixedPrecisionResult:
         """The x axis of the curve."""
         return "bit-operations relative to all-highest" if self.cost_kind == "bitops" else "weight bytes relative"
 
-    def curve(self) -> list[tuple[float, float, float | None]]:
-        """``(relative cost, estimated score, real score or None)`` of every point."""
+    def curve(self) -> list[tuple[float, float | None, float | None]]:
+        """``(relative cost, estimated score, real score)`` of every point; None where not evaluated, and for every
+        estimate made in a ``sensitivity_fn``'s units (not comparable with the score)."""
         top = self.baseline.cost or 1.0
-        return [(p.cost / top, p.estimated_score, p.score) for p in self.front]
+        keep = self.estimate_is_score
+        return [(p.cost / top, p.estimated_score if keep else None, p.score) for p in self.front]
 
     def chosen_xy(self) -> tuple[float, float]:
         """(relative cost, score) of the chosen point."""

@@ -224,6 +224,7 @@ def mixed_precision(
         met=met,
         evaluations=evaluations + len(scored),
         score_name=score_name,
+        estimate_is_score=sensitivity_fn is None,
     )
 
 
