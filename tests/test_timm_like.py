@@ -291,3 +291,22 @@ def test_weight_standardised_convs_are_folded_into_quantized_convs() -> None:
     assert torch.allclose(gm(other), model(other), atol=1e-6)
     sim = lt.QuantSim(model, x, per_channel=True)
     assert all(sim.layers()[n].param_quantizers["weight"].is_active for n in ("0", "2"))
+
+
+def test_a_bias_computed_from_parameters_is_folded() -> None:
+    # BEiT/EVA: F.linear(x, self.qkv.weight, torch.cat((q_bias, zeros_like(v_bias), v_bias))); the qkv stayed float.
+    class QKV(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24, bias=False)
+            self.q_bias, self.v_bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+            self.register_buffer("k_bias", torch.zeros(8), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+
+    model, x = QKV().eval(), torch.randn(2, 5, 8)
+    gm = lt.prepare(model, x)
+    assert type(gm.get_submodule("qkv")) is nn.Linear and gm.get_submodule("qkv").bias is not None
+    assert torch.equal(gm(x), model(x))
+    assert lt.QuantSim(model, x).layers()["qkv"].param_quantizers["weight"].is_active

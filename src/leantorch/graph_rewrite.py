@@ -201,11 +201,18 @@ def _optional_param(gm: fx.GraphModule, arg: Any) -> tuple[bool, nn.Parameter | 
 
 
 def _owned_weight_and_bias(
-    gm: fx.GraphModule, args: tuple, kwargs: dict
+    gm: fx.GraphModule, node: fx.Node, fold_weight: bool = False
 ) -> tuple[nn.Parameter, nn.Parameter | None, str] | None:
-    """(weight, bias, owner) of a functional conv/linear whose weight and bias are model parameters."""
+    """(weight, bias, owner) of a functional conv/linear: parameters, or computed from them (:func:`_folded_weight`;
+    conv weights, any bias: BEiT/EVA's ``cat(q_bias, 0, v_bias)``)."""
+    args, kwargs = tuple(node.args), dict(node.kwargs)
     weight = _param(gm, _arg(args, kwargs, 1, "weight"))
+    if weight is None and fold_weight:
+        weight = _folded_weight(gm, node, _arg(args, kwargs, 1, "weight"))
     ok, bias = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
+    if not ok and weight is not None:
+        folded = _folded_weight(gm, node, _arg(args, kwargs, 2, "bias"))
+        ok, bias = folded is not None, folded[0] if folded else None
     if weight is None or not ok:
         return None
     return weight[0], bias, weight[1]
@@ -213,13 +220,9 @@ def _owned_weight_and_bias(
 
 def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
     args, kwargs = tuple(node.args), dict(node.kwargs)
-    owned = _owned_weight_and_bias(gm, args, kwargs)
+    owned = _owned_weight_and_bias(gm, node, fold_weight=True)
     if owned is None:
-        folded = _folded_weight(gm, node, _arg(args, kwargs, 1, "weight"))
-        ok, bias_param = _optional_param(gm, _arg(args, kwargs, 2, "bias"))
-        if folded is None or not ok:
-            return None
-        owned = folded[0], bias_param, folded[1]
+        return None
     w, bias, owner = owned
     groups = _arg(args, kwargs, 6, "groups", 1)
     conv = _CONV_FUNCTIONS[node.target](
@@ -237,11 +240,10 @@ def _conv_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] 
 
 
 def _folded_weight(gm: fx.GraphModule, conv: fx.Node, weight: Any) -> tuple[nn.Parameter, str] | None:
-    """A conv weight computed from the model's parameters alone → that value, as a parameter, and its owner.
+    """A conv weight (or a bias) computed from parameters alone → its value as a parameter, and its owner.
 
-    Weight-standardised convs (timm's ``StdConv2d``/``ScaledStdConv2d`` in BiT, ResNetV2 and NF-Nets, transformers'
-    BiT) compute ``F.batch_norm`` over their raw weight in every forward; left as is, the conv stays float. Folded
-    like BatchNorm into a conv: the same function, with the standardised weight as the layer's parameter. Only
+    Weight-standardised convs (timm's ``StdConv2d``/``ScaledStdConv2d``: BiT, ResNetV2, NF-Nets) run ``F.batch_norm``
+    over their raw weight in every forward; left so, the conv stays float. Folded like BN: the same function. Only
     when the computation reads no input, calls no layer with state, writes nothing and feeds nothing else.
     """
     nodes: dict[fx.Node, None] = {}
@@ -250,11 +252,10 @@ def _folded_weight(gm: fx.GraphModule, conv: fx.Node, weight: Any) -> tuple[nn.P
         n = stack.pop()
         if not isinstance(n, fx.Node) or n.op not in ("get_attr", "call_function", "call_method", "call_module"):
             return None
-        if n.op == "call_module" and any(True for _ in gm.get_submodule(str(n.target)).state_dict()):
-            return None  # an op module made from a call (``gain * scale`` → Mul) is a function; a layer is not
+        # an op module made from a call (``gain * scale`` → Mul) is a function; a layer with state is not
+        if _has_side_effects(n) or (n.op == "call_module" and gm.get_submodule(str(n.target)).state_dict()):
+            return None
         if n not in nodes:
-            if _has_side_effects(n):
-                return None
             nodes[n] = None
             stack.extend(n.all_input_nodes)
     if any(u not in nodes and u is not conv for n in nodes for u in n.users):
@@ -276,13 +277,12 @@ def _folded_weight(gm: fx.GraphModule, conv: fx.Node, weight: Any) -> tuple[nn.P
     if len(nodes) < 2 or not params or not isinstance(values[weight], torch.Tensor):
         return None
     raw = min(params, key=lambda n: (not str(n.target).endswith("weight"), str(n.target)))
-    log.info("conv weight computed from parameters (weight standardisation) folded: %s", raw.target)
-    folded = nn.Parameter(values[weight].detach().clone(), requires_grad=values[raw].requires_grad)
-    return folded, str(raw.target).rpartition(".")[0]
+    log.info("a layer's weight/bias computed from parameters alone is folded: %s", raw.target)
+    return nn.Parameter(values[weight].detach().clone(), values[raw].requires_grad), str(raw.target).rpartition(".")[0]
 
 
 def _linear_from_node(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str] | None:
-    owned = _owned_weight_and_bias(gm, tuple(node.args), dict(node.kwargs))
+    owned = _owned_weight_and_bias(gm, node)
     if owned is None:
         return None
     w, bias, owner = owned
