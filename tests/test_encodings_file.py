@@ -176,15 +176,10 @@ BAD_ENTRIES = {
     "bitwidth text": (set_field(ACT, INTERMEDIATE, "bitwidth", "8"), r"bitwidth='8' is not supported"),
     "is_symmetric text": (set_field(ACT, INTERMEDIATE, "is_symmetric", "yes"), r"is_symmetric='yes' is not a boolean"),
     "is_symmetric int": (set_field(ACT, INTERMEDIATE, "is_symmetric", 1), r"is_symmetric=1 is not a boolean"),
-    "float dtype": (
+    "float dtype": (  # an 8-bit float entry must say which fp8 (float entries: tests/test_encodings_floats.py)
         set_field(ACT, INTERMEDIATE, "dtype", "float"),
-        r"dtype='float' .*float encodings are not "
-        "supported yet",
-    ),
-    "aimet float entry": (
-        replace_entry(ACT, INTERMEDIATE, {"bitwidth": 16, "dtype": "float"}),
-        r"2\.output_quantizers\.0'\]: dtype='float' \(bitwidth 16\): float encodings are not "
-        "supported yet",
+        r"2\.output_quantizers\.0'\]: an 8-bit float entry without 'float_format': add 'float_format': "
+        "'float8_e4m3fn' or 'float8_e5m2'",
     ),
     "unknown dtype": (set_field(ACT, INTERMEDIATE, "dtype", "int8"), r"dtype='int8' is not a known dtype"),
     "per-tensor entry on a per-channel weight": (

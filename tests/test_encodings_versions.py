@@ -367,10 +367,9 @@ BAD = {
     (V1, "bw 17"): (set_item(V1, INTERMEDIATE, bw=17), r"bw=17: 17-bit encodings are not supported"),
     (V1, "bw 32"): (set_item(V1, INTERMEDIATE, bw=32), r"bw=32: 32-bit encodings .* drop the entry"),
     (V1, "bw text"): (set_item(V1, INTERMEDIATE, bw="8"), r"bw='8' is not supported"),
-    (V1, "float"): (
+    (V1, "float"): (  # float items: tests/test_encodings_floats.py
         set_item(V1, INTERMEDIATE, dtype="FLOAT"),
-        r"dtype='FLOAT' \(bw 8\): float encodings are not "
-        "supported yet",
+        r"an 8-bit float entry without 'float_format': add 'float_format': 'float8_e4m3fn' or 'float8_e5m2'",
     ),
     (V1, "unknown dtype"): (set_item(V1, INTERMEDIATE, dtype="int"), r"dtype='int' is not a known dtype of version"),
     (V1, "per block, one scale per channel"): (  # blockwise entries: tests/test_encodings_blockwise.py
@@ -429,9 +428,9 @@ BAD = {
         r"y_zero_point=-0\.5 is not an integer .*not supported yet",
     ),
     (V2, "zero point shape"): (set_item(V2, CONV, y_zero_point=0), r"y_zero_point=0 does not match y_scale"),
-    (V2, "float dtype"): (
-        set_item(V2, INTERMEDIATE, output_dtype="float8e4m3fn"),
-        r"output_dtype='float8e4m3fn': float encodings are not supported yet",
+    (V2, "float dtype"): (  # float items: tests/test_encodings_floats.py
+        set_item(V2, INTERMEDIATE, output_dtype="float32"),
+        r"output_dtype='float32' is not a supported float type; use one of \['float16', 'bfloat16', 'float8e4m3fn'",
     ),
     (V2, "int32"): (set_item(V2, INTERMEDIATE, output_dtype="int32"), r"output_dtype='int32': 32-bit encodings"),
     (V2, "int17"): (set_item(V2, INTERMEDIATE, output_dtype="uint17"), r"17-bit encodings are not supported"),

@@ -141,6 +141,9 @@ class Encoding:
         """Entries in the AIMET encodings-file format: one per tensor or one per channel."""
         scales = self.scale.reshape(-1).double().tolist()
         offsets = self.offset.reshape(-1).tolist()
+        if self.float_format is not None:  # :mod:`.encodings_floats`: no grid; fp8 (8 bits) has scales
+            head = {"bitwidth": self.bitwidth, "dtype": "float", "float_format": self.float_format}
+            return [head] if self.bitwidth == 16 else [head | {"scale": s, "offset": 0} for s in scales]
         entries = []
         for scale, offset in zip(scales, offsets):
             entries.append(
@@ -286,18 +289,12 @@ def _parse_entry(entry: Any, label: str) -> tuple[int, bool, float, int]:
             f"{label}: expected an entry object {{bitwidth, is_symmetric, scale, offset, "
             f"min, max}}, got {short_repr(entry)}"
         )
-    # dtype first: AIMET float entries ({"bitwidth": 16, "dtype": "float"}) have no scale/offset/min/max.
+    # dtype first: float entries ({"bitwidth": 16, "dtype": "float"}) are parsed by .encodings_floats
     dtype = entry.get("dtype", "int")
-    if dtype == "float":
-        raise EncodingsFileError(
-            f"{label}: dtype='float' (bitwidth {short_repr(entry.get('bitwidth'))}): float "
-            "encodings are not supported yet; only integer ('int') encodings can be loaded — "
-            "drop the entry to keep the tensor in full float"
-        )
     if dtype != "int":
         raise EncodingsFileError(
-            f"{label}: dtype={short_repr(dtype)} is not a known dtype; only integer ('int') "
-            "encodings can be loaded — drop the entry to keep the tensor in float"
+            f"{label}: dtype={short_repr(dtype)} is not a known dtype; use 'int' (or 'float' with a float_format, "
+            "which sim.load_encodings reads) — or drop the entry to keep the tensor in float"
         )
     missing = [f for f in REQUIRED_FIELDS if f not in entry]
     if missing:

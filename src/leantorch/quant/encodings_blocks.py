@@ -40,6 +40,7 @@ from ..options import short_repr
 from .blocks import block_axis_for, lpbq_compress, lpbq_scale
 from .encoding import MAX_BITWIDTH, Encoding, parse_encoding
 from .encodings_fields import bits, lpbq_effective, nested, output_dtype
+from .encodings_floats import is_float_entries, parse_float_entries
 
 __all__ = [
     "BLOCK_KEYS",
@@ -153,6 +154,8 @@ def parse_entries(entries: Any, label: str) -> tuple[Encoding, Blocks | None]:
         >>> parse_entries([entry], "x")[1] is None
         True
     """
+    if is_float_entries(entries):  # float formats: no blocks (:mod:`.encodings_floats`)
+        return parse_float_entries(entries, label), None
     enc = parse_encoding(entries, label)
     blocks = entry_blocks(entries, label)
     if blocks is None:

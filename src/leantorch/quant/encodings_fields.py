@@ -29,9 +29,8 @@ def output_dtype(dtype: Any, label: str) -> tuple[bool, int]:
     """(signed, bits) of ``int{bits}`` / ``uint{bits}``."""
     if isinstance(dtype, str) and dtype.startswith("float"):
         raise EncodingsFileError(
-            f"{label}: output_dtype={dtype!r}: float encodings are not supported yet; only "
-            "integer ('int8', 'uint8', ...) encodings can be loaded — drop the entry to keep "
-            "the tensor in float"
+            f"{label}: output_dtype={dtype!r} is a float type, read by encodings_floats.v2_float_entries "
+            "('float16', 'bfloat16', 'float8e4m3fn', 'float8e5m2'); here an integer type is expected"
         )
     match = re.fullmatch(r"(u?)int(\d+)", dtype) if isinstance(dtype, str) else None
     if match is None:

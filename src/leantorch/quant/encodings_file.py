@@ -30,8 +30,10 @@ entry and channel, the bad value and the fix):
   ``param_encodings``, each a JSON object of non-empty lists of entry objects (1.0.0: each a list of
   named entries; 2.0.0: one list ``encodings``). 1.0.0/2.0.0 entries are checked field by field under their
   own names first (see :mod:`.encodings_formats`), then as converted 0.6.1 entries.
-* ``dtype``, if given, is ``"int"`` (AIMET float entries, ``"dtype": "float"``, are not supported yet);
-  every entry has ``bitwidth``, ``is_symmetric``, ``scale``, ``offset``, ``min`` and ``max``.
+* ``dtype``, if given, is ``"int"`` or ``"float"``. Float entries (float16, bfloat16, fp8; AIMET's
+  ``{"bitwidth": 16, "dtype": "float"}`` is float16) follow :mod:`.encodings_floats` and make their quantizer
+  that float format; every integer entry has ``bitwidth``, ``is_symmetric``, ``scale``, ``offset``, ``min``
+  and ``max``.
 * ``bitwidth`` is an integer from 2 to 16; ``is_symmetric`` is true/false (or ``"True"``/``"False"``).
 * ``scale`` is finite and at least :data:`~leantorch.quant.encoding.MIN_SCALE` (and fits float32).
 * ``offset`` is an integer on the grid of :mod:`leantorch.quant.encoding`: asymmetric in
@@ -117,8 +119,8 @@ def check_version(version: Any, what: str = "encodings_version") -> str | None:
 
 
 def version_for(encodings: Any) -> EncodingsVersion:
-    """The version written when none is asked for: 0.6.1 (:data:`ENCODINGS_VERSION`), or 1.0.0 when an encoding
-    is blockwise (0.6.1 has no block fields).
+    """The version written when none is asked for: 0.6.1 (:data:`ENCODINGS_VERSION`, which holds float formats
+    too), or 1.0.0 when an encoding is blockwise (0.6.1 has no block fields).
 
     Example:
         >>> version_for([])

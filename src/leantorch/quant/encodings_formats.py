@@ -25,7 +25,8 @@ input channels of each output channel, C output channels, n blocks each; :mod:`.
 
 LPBQ's ``bw`` is the decompressed bitwidth, ``compressed_bw`` the stored one; a block's scale is its integer
 times its channel's float scale. The block axis is not written (the weight's input-channel axis is taken
-on loading). ``enc_type`` ``VECTOR`` and ``dtype`` ``FLOAT`` are refused: not supported yet.
+on loading). ``enc_type`` ``VECTOR`` is refused: not supported yet. ``dtype`` ``FLOAT`` items (float16, bfloat16,
+fp8) are :mod:`.encodings_floats`'s.
 
 Version 2.0.0 (fields of ONNX QuantizeLinear)::
 
@@ -47,7 +48,8 @@ signed symmetric encoding as ``int{bw}`` (zero point 0) and every other one as `
 
 ``axis`` is the block (input-channel) axis; LPBQ decompresses ``int{bw}`` to ``2·bw`` bits (the format has
 no field for it, so an LPBQ encoding with another decompressed bitwidth is written in 1.0.0 only).
-Double-quantized scales (2.1.0), float ``output_dtype`` and fractional zero points (2-bit custom grids)
+Float ``output_dtype`` items (``float16``, ``bfloat16``, ``float8e4m3fn``, ``float8e5m2``) are
+:mod:`.encodings_floats`'s. Double-quantized scales (2.1.0) and fractional zero points (2-bit custom grids)
 are refused: not supported yet. The read 2.0.0 list becomes the section ``"encodings"`` (name → 0.6.1
 entries), looked up among activations and parameters alike. Blockwise entries become one 0.6.1 entry per
 block with the block keys of :mod:`.encodings_blocks`.
@@ -60,6 +62,7 @@ from typing import Any, Literal, get_args
 
 from ..errors import EncodingsFileError
 from ..options import short_repr
+from . import encodings_floats as floats
 from .encodings_blocks import (
     entry_blocks,
     positive_int,
@@ -194,15 +197,10 @@ def _read_list(
 def _v1_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
     dtype, enc_type = item.get("dtype"), item.get("enc_type")
     if dtype == "FLOAT":
-        raise EncodingsFileError(
-            f"{label}: dtype='FLOAT' (bw {short_repr(item.get('bw'))}): float encodings are "
-            "not supported yet; only integer ('INT') encodings can be loaded — drop the entry "
-            "to keep the tensor in full float"
-        )
+        return floats.v1_float_entries(item, label)
     if dtype != "INT":
         raise EncodingsFileError(
-            f"{label}: dtype={short_repr(dtype)} is not a known dtype of version 1.0.0; use "
-            "'INT' (or 'FLOAT', which is not supported yet)"
+            f"{label}: dtype={short_repr(dtype)} is not a known dtype of version 1.0.0; use 'INT' or 'FLOAT'"
         )
     if enc_type == "VECTOR":
         raise EncodingsFileError(
@@ -260,6 +258,8 @@ def _lpbq_entries(bitwidth: int, scales: list[float], keys: dict[str, int]) -> l
 
 
 def _v2_entries(item: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    if floats.is_float_dtype(item.get("output_dtype")):
+        return floats.v2_float_entries(item, label)
     if "per_block_int_scale" in item or "per_channel_float_scale" in item:
         return _lpbq_entries(*read_v2_lpbq(item, label))
     signed, bitwidth = output_dtype(item.get("output_dtype"), label)
@@ -354,6 +354,8 @@ def from_legacy(
 
 def _v1_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:
     first = entries[0]
+    if floats.is_float_entries(entries):
+        return floats.v1_float_item(name, entries, axis)
     per_channel = len(entries) > 1 or axis is not None
     item = {
         "name": name,
@@ -369,6 +371,8 @@ def _v1_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict
 
 
 def _v2_item(name: str, entries: list[dict[str, Any]], axis: int | None) -> dict[str, Any]:
+    if floats.is_float_entries(entries):
+        return floats.v2_float_item(name, entries, axis)
     bitwidth = entries[0]["bitwidth"]
     offsets = [int(e["offset"]) for e in entries]
     half = 2 ** (bitwidth - 1)

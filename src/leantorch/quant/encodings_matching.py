@@ -4,6 +4,12 @@ Files written by ``save_encodings`` name activation quantizers and parameters; f
 name ONNX tensors and carry ``quantizer_names`` (see :mod:`.encodings_file`). Each entry is parsed and checked
 (:func:`~leantorch.quant.encoding.parse_encoding`), given its quantizer's granularity, and paired with it; one
 quantizer gets one encoding.
+
+Float-format entries (:mod:`.encodings_floats`) are adopted by any quantizer, which then rounds to that format
+(as a per-channel quantizer adopts a blockwise entry, the file's kind wins): float16/bfloat16 casts have no
+channels and fit every quantizer; fp8 scales are fitted per tensor or per channel as integer ones are (a
+blockwise quantizer takes them per channel). An integer entry likewise turns a float-format quantizer back to an
+integer grid.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from .encoding import Encoding, same_encoding
 from .encodings_blocks import Blocks, check_lpbq, parse_entries
 from .encodings_file import NAMES_KEY, SECTIONS, check_encodings
 from .encodings_formats import POOLED
+from .float_formats import is_scaled
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
 
@@ -93,7 +100,7 @@ def match_encodings(
                 else:
                     fitted = _fit(enc, target, label) if blocks is None else _fit_blocks(enc, blocks, target, label)
                     # LPBQ grids are symmetric by definition; other 2.0.0 entries take their quantizer's flag
-                    pooled = section == POOLED and fitted.decompressed_bw is None
+                    pooled = section == POOLED and fitted.decompressed_bw is None and fitted.float_format is None
                     _add(plan, target, _with_symmetry_of(fitted, target) if pooled else fitted, label)
     if unknown:
         raise EncodingsFileError(
@@ -107,7 +114,11 @@ def match_encodings(
 def _fit(enc: Encoding, target: Target, label: str) -> Encoding:
     """Give ``enc`` the granularity of ``target``: per-channel entries need a channel axis of that size."""
     q = target.quantizer
-    if q.is_blockwise:  # a per-channel or per-tensor entry would silently turn a blockwise quantizer coarser
+    if enc.float_format is not None and not is_scaled(enc.float_format):
+        return enc  # a plain cast (float16, bfloat16): no channels, fits any quantizer
+    if (
+        q.is_blockwise and enc.float_format is None
+    ):  # a per-channel or per-tensor entry would silently turn a blockwise quantizer coarser
         kind = "per-channel encodings" if enc.scale.dim() else "one encoding"
         raise EncodingsFileError(
             f"{label}: the file has {kind} for {target.key} but this sim quantizes it blockwise (blocks of "
