@@ -60,3 +60,14 @@ def assert_unchanged(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) 
     assert set(state) == set(snapshot)
     for k, v in snapshot.items():
         assert torch.equal(state[k], v), f"{k} was modified"
+
+
+def run_onnx(path, x: torch.Tensor):
+    """First output of the ONNX file at ``path`` on input ``x`` (named ``input``), graph optimizations off: the QDQ
+    graph as the ONNX spec defines it, not ONNX Runtime's fused integer kernels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]

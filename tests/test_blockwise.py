@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -15,6 +14,8 @@ import leantorch as lt
 from leantorch.errors import InvalidOptionError
 from leantorch.quant.blocks import from_block_rows, lpbq_compress, lpbq_scale, to_block_rows
 from leantorch.quant.quantizer import Quantizer
+
+from .conftest import run_onnx
 
 
 def _reference(weight: torch.Tensor, block_size: int, bitwidth: int, lpbq_bw: int | None = None) -> torch.Tensor:
@@ -105,12 +106,8 @@ def test_blockwise_sim_exports_blocked_dequantize_and_onnx_runtime_follows(tmp_p
     assert {n.op_type for n in blocked} == {"QuantizeLinear", "DequantizeLinear"} and len(blocked) == 6
     zero_point_types = {i.data_type for i in proto.graph.initializer if i.name.endswith("weight_q0_zero_point")}
     assert zero_point_types == ({onnx.TensorProto.INT4} if param_bw == 4 else {onnx.TensorProto.INT8})
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     x = torch.randn(16, 32, 4, 4)
-    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
-    )[0]
+    got = run_onnx(files["onnx"], x)
     with torch.no_grad():
         want = sim.model(x).numpy()
     step = float(sim.layers()["fc"].output_quantizers[0].scale)

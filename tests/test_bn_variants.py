@@ -17,6 +17,8 @@ from torch import nn
 import leantorch as lt
 from leantorch.ops.norm import FrozenBatchNorm2d as LeantorchFrozenBatchNorm2d
 
+from .conftest import run_onnx
+
 
 class BatchNormAct2d(nn.BatchNorm2d):
     """timm's: a BatchNorm2d whose forward calls F.batch_norm, then ``drop`` and ``act``."""
@@ -112,19 +114,14 @@ def test_a_frozen_batch_norm_stays_frozen_in_the_sim_in_training_mode() -> None:
 
 
 def test_batch_norm_act_exports_and_matches_onnx_runtime(tmp_path) -> None:
-    import onnxruntime as ort
 
     model = _net(BatchNormAct2d)
     data = [torch.randn(8, 3, 12, 12) for _ in range(2)]
     sim = lt.QuantSim(lt.fold_batch_norms(model, data[0][:1])[0], data[0][:1], per_channel=True)
     sim.compute_encodings(data, progress=False)
     files = sim.export(tmp_path, "model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     x = torch.randn(4, 3, 12, 12)
-    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
-    )[0]
+    got = run_onnx(files["onnx"], x)
     with torch.no_grad():
         want = sim.model(x).numpy()
     step = float(sim.layers()["3"].output_quantizers[0].scale)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 import leantorch as lt
 from leantorch.quant.exact_batch_norm import exact_batch_norm, uses_exact_batch_norm
+
+from .conftest import run_onnx
 
 
 def _bn(kind: type[nn.Module], channels: int, seed: int = 0) -> nn.Module:
@@ -85,10 +86,7 @@ def test_an_unfolded_batch_norm_exports_so_onnx_runtime_matches_the_sim_bit_for_
         want = sim.model(x).numpy()
         float_out = model(x)
     files = sim.export(tmp_path, "model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
+    got = run_onnx(files["onnx"], x)
     ops = [n.op_type for n in onnx.load(str(files["onnx"])).graph.node]
     assert "BatchNormalization" not in ops and ops.count("Mul") >= 5 and ops.count("Add") >= 5
     step = float(sim.layers()["bn1d"].output_quantizers[0].scale)
@@ -109,10 +107,7 @@ def test_batch_norm_alone_is_bit_exact_in_onnx_runtime(tmp_path) -> None:
     sim.compute_encodings(data, progress=False)
     x = torch.randn(32, 16, 10, 10) * 0.05
     files = sim.export(tmp_path, "model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
+    got = run_onnx(files["onnx"], x)
     with torch.no_grad():
         want = sim.model(x).numpy()
     assert np.array_equal(got, want)  # only elementwise IEEE operations on both sides

@@ -13,6 +13,8 @@ from torch import nn
 
 import leantorch as lt
 
+from .conftest import run_onnx
+
 
 def export_and_run(
     sim: lt.QuantSim, tmp_path, x: torch.Tensor, name: str = "model", fused: bool = False, **export_options
@@ -276,11 +278,7 @@ def test_onnx_float_export_is_the_sim_without_activation_quantization(tmp_path, 
     keys = [*encodings["activation_encodings"], *encodings["param_encodings"]]
     assert keys and all(k in names for k in keys)
     x = torch.randn(4, 3, 32, 32)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
-    )[0]
+    got = run_onnx(files["onnx"], x)
     sim.set_activation_quantization(False)
     with torch.no_grad():
         want = sim.model(x).numpy()
@@ -372,11 +370,7 @@ def test_a_concat_with_an_empty_placeholder_exports(tmp_path) -> None:
     sim = lt.QuantSim(model, x[:1])
     sim.compute_encodings([x], progress=False)
     files = sim.export(tmp_path, "model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
-    )[0]
+    got = run_onnx(files["onnx"], x)
     with torch.no_grad():
         want = sim.model(x).numpy()
     assert got.shape == (2, 5, 8) and np.abs(got - want).max() <= 1e-5

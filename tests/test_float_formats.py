@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -14,6 +13,8 @@ import leantorch as lt
 from leantorch.errors import ConfigError, InvalidOptionError, UnknownLayerError
 from leantorch.quant.float_formats import float_fake_cast
 from leantorch.quant.quantizer import Quantizer
+
+from .conftest import run_onnx
 
 FORMATS = ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"]
 FMAX = {"float8_e4m3fn": 448.0, "float8_e5m2": 57344.0}
@@ -80,11 +81,7 @@ def test_float_layers_export_and_onnx_runtime_follows(tmp_path, name: str) -> No
         assert getattr(onnx.TensorProto, name.upper().replace("_", "")) in zero_types
     else:
         assert ops.count("Cast") >= 4  # a pair per float quantizer
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    got = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
-    )[0]
+    got = run_onnx(files["onnx"], x)
     with torch.no_grad():
         want = sim.model(x).numpy()
         reference = model(x).numpy()
