@@ -269,3 +269,21 @@ def test_bad_entry_is_refused_and_nothing_changes(tmp_path, files, case) -> None
     with pytest.raises(EncodingsFileError, match=message):
         target.load_encodings(write(tmp_path, data))
     assert_same_state(target, before)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_blockwise_quantizer_adopts_a_per_channel_fp8_entry(tmp_path, sims, version: str) -> None:
+    fmt, sim = sims
+    sim.save_encodings(tmp_path / "a.encodings", encodings_version=version)
+    data = json.loads((tmp_path / "a.encodings").read_text())
+    item = find(data, CONV)
+    if version == "0.6.1":
+        data = {"version": version, "param_encodings": {CONV: item}}
+    else:
+        data = {"version": version, "encodings" if version == "2.0.0" else "param_encodings": [item]}
+    blockwise = lt.QuantSim(small_model(), torch.randn(1, 3, 8, 8), per_channel=True, param_bw=4, param_block_size=3)
+    q = blockwise.param_quantizers()[CONV]
+    assert q.is_blockwise
+    blockwise.load_encodings(write(tmp_path, data), strict=False)
+    assert (q.float_format, q.is_blockwise) == (fmt, False)
+    assert same_encoding(q.encoding, sim.param_quantizers()[CONV].encoding)
