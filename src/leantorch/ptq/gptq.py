@@ -44,6 +44,10 @@ class GptqConfig(LayerRoundingConfig):
         block_size: columns rounded before the later columns are updated (the paper's lazy batch updates).
         use_quantized_inputs: the Hessian of the partially quantized model's layer inputs (default), or of
             the float model's.
+        param_scheme: ``minmax`` by default (the paper's per-row grids), not the MSE ranges AdaRound starts
+            from: GPTQ feeds each column's rounding error into the later columns, and a clipped range turns an
+            outlier weight's clipping error into a cascade (all-MiniLM-L6-v2's FFN output projections, W4
+            per channel: relative weight error above 1, sentence-embedding cosine 0.26 with ``mse``).
         Others: :class:`~leantorch.ptq.layer_rounding.LayerRoundingConfig`.
 
     Example:
@@ -52,6 +56,7 @@ class GptqConfig(LayerRoundingConfig):
     """
 
     filename_prefix: str = "gptq"
+    param_scheme: str = "minmax"
     damping: float = 0.01
     block_size: int = 128
     use_quantized_inputs: bool = True
