@@ -1,6 +1,8 @@
 """Weight-precision techniques on the ImageNet-pretrained EfficientNet-Lite0: automatic mixed precision (AMP).
 
-Sections (``--only NAME``; more are planned beside ``amp``: blockwise int4, GPTQ/SeqMSE comparisons):
+Sections (``--only NAME``). The other half of issue 13's demonstration, W4 weights per channel and block-32 with
+round-to-nearest, SeqMSE, GPTQ and AdaRound on MiniLM and EfficientNet-Lite0, is ``benchmarks/weights_rounding.py``
+(results in ``benchmarks/results/weights_rounding.json``).
 
 * ``amp``: ``lt.mixed_precision`` Pareto fronts for candidate sets {W4A8, W8A8} and {W8A8, W8A16} (cost:
   bit-operations) and a weight-bytes run (cost: memory) aiming at ≥ 0.95 top-1 agreement with FP32 at less
