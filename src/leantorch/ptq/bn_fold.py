@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import ops
 from ..graph import call_counts, find_chains, prepare, untie_parameters
 from ..model_state import model_state, set_model_state
+from ..quant.exact_batch_norm import batch_norm_affine
 
 __all__ = ["fold_batch_norms"]
 
@@ -151,16 +152,6 @@ def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     return cast(torch.Tensor, layer.weight), cast("torch.Tensor | None", layer.bias)
 
 
-def _bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) with ``bn(x) = a·x + b`` per channel in eval mode (float64)."""
-    assert bn.running_var is not None and bn.running_mean is not None  # callers check track_running_stats
-    std = torch.sqrt(bn.running_var.double() + bn.eps)
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
-    a = gamma / std
-    return a, beta - bn.running_mean.double() * a
-
-
 @torch.no_grad()
 def _set_bias(layer: nn.Module, value: torch.Tensor) -> None:
     weight, bias = _weight_and_bias(layer)
@@ -172,7 +163,7 @@ def _set_bias(layer: nn.Module, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _fold_before(layer: nn.Module, bn: _BatchNorm) -> None:
-    a, b = _bn_affine(bn)
+    a, b = batch_norm_affine(bn)
     layer_weight, layer_bias = _weight_and_bias(layer)
     weight = layer_weight.double()
     shape = [1] * weight.dim()
@@ -201,7 +192,7 @@ def _foldable(layer: nn.Module, bn: _BatchNorm) -> bool:
 
 @torch.no_grad()
 def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:
-    a, b = _bn_affine(bn)
+    a, b = batch_norm_affine(bn)
     layer_weight, layer_bias = _weight_and_bias(layer)
     weight = layer_weight.double()
     out_axis = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0

@@ -25,7 +25,7 @@ from typing import cast
 import torch
 from torch import nn
 
-__all__ = ["uses_exact_batch_norm", "exact_batch_norm"]
+__all__ = ["uses_exact_batch_norm", "exact_batch_norm", "batch_norm_affine"]
 
 _PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -46,6 +46,26 @@ def uses_exact_batch_norm(module: nn.Module) -> bool:
     )
 
 
+def batch_norm_affine(
+    bn: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)`` in float64 with ``bn(x) = a·x + c`` per channel in eval mode (what BN folding folds and
+    :func:`exact_batch_norm` applies); ``weight``/``bias`` replace ``bn``'s own.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2, eps=0.0).eval()
+        >>> [t.tolist() for t in batch_norm_affine(bn, bias=torch.tensor([1.0, 2.0]))]
+        [[1.0, 1.0], [1.0, 2.0]]
+    """
+    weight = cast("torch.Tensor | None", bn.weight) if weight is None else weight
+    bias = cast("torch.Tensor | None", bn.bias) if bias is None else bias
+    mean = cast(torch.Tensor, bn.running_mean).double()
+    std = torch.sqrt(cast(torch.Tensor, bn.running_var).double() + float(cast(float, bn.eps)))
+    a = weight.double() / std if weight is not None else 1.0 / std
+    c = bias.double() - mean * a if bias is not None else -mean * a
+    return a, c
+
+
 def exact_batch_norm(
     x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -57,16 +77,7 @@ def exact_batch_norm(
         >>> exact_batch_norm(torch.ones(2, 4), bn).shape
         torch.Size([2, 4])
     """
-    weight = cast("torch.Tensor | None", bn.weight) if weight is None else weight
-    bias = cast("torch.Tensor | None", bn.bias) if bias is None else bias
-    mean = cast(torch.Tensor, bn.running_mean).double()
-    variance = cast(torch.Tensor, bn.running_var).double()
-    a = 1.0 / torch.sqrt(variance + float(cast(float, bn.eps)))
-    if weight is not None:
-        a = a * weight.double()
-    c = -mean * a
-    if bias is not None:
-        c = c + bias.double()
+    a, c = batch_norm_affine(bn, weight, bias)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     scale, shift = a.to(x.dtype).reshape(shape), c.to(x.dtype).reshape(shape)
     if torch.onnx.is_in_onnx_export():
