@@ -1,5 +1,6 @@
-"""Model compression: cost model, weight SVD, spatial SVD, channel pruning, per-layer ratio selection, and
-the ONNX Runtime latency of the result (``lt.compress.compare_latency``).
+"""Model compression: cost model, weight SVD, spatial SVD, channel pruning, per-layer ratio selection, the
+ONNX Runtime latency of the result (``lt.compress.compare_latency``), and recovery by distillation from the
+original model (``lt.compress.distill``).
 
 ``lt.compress`` is this package and is also callable: ``lt.compress(model, x, eval_fn, ...)`` is
 :func:`leantorch.compress.compressor.compress`; ``lt.compress.cost(model, x)`` is the cost model.
@@ -11,6 +12,7 @@ import types
 from .compressor import SCHEMES, CompressionInfo, compress
 from .config import CompressConfig
 from .cost import CostReport, LayerCost, cost
+from .distill import DistillConfig, DistillResult, distill, distill_loss
 from .latency import compare_latency
 from .ratio_selection import CompressionError, EvalScoreTable
 
@@ -20,11 +22,15 @@ __all__ = [
     "CompressionError",
     "CompressionInfo",
     "CostReport",
+    "DistillConfig",
+    "DistillResult",
     "EvalScoreTable",
     "LayerCost",
     "compare_latency",
     "compress",
     "cost",
+    "distill",
+    "distill_loss",
 ]
 
 
