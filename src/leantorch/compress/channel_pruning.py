@@ -16,9 +16,9 @@ For a conv layer ``L`` (``groups == 1``) and a kept fraction of its input channe
    (ReLU/ReLU6/activations, BatchNorm, zero padding, pooling, dropout) and depthwise convs (whose
    channels are removed too — they propagate the pruning) to the producing conv.
 
-Graph rule: a layer is **skipped** (not pruned) when any tensor on that path feeds another consumer
-(channels tied by a residual add, a concatenation or a branch) or the path reaches anything else (the
-model input, an add, a linear layer): pruning jointly across such ties is not attempted.
+:func:`pruning_path` is the single-chain case; channels tied by residual adds, concatenations or fan-out are
+pruned together as one dependency group (:mod:`~leantorch.compress.pruning_groups`,
+:mod:`~leantorch.compress.group_pruning`), which the ``channel_pruning`` scheme uses.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ __all__ = [
     "GramAccumulator",
     "sample_grams",
     "select_channels",
+    "channel_contribution",
+    "greedy_keep",
     "reconstruct",
     "prune_channels",
     "channels_for_ratio",
@@ -197,11 +199,33 @@ def select_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int) -> torc
         >>> select_channels(w, torch.eye(3), keep=2).tolist()
         [0, 2]
     """
+    return greedy_keep(channel_contribution(weight, gram), keep)
+
+
+def channel_contribution(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``G_cd = ⟨Z_c, Z_d⟩`` (float64, channels × channels) from the layer's weight (a conv's
+    ``(out, C, kh, kw)`` or a linear's ``(out, C)``) and the Gram matrix of its input patches.
+
+    Example:
+        >>> channel_contribution(torch.tensor([[1.0, 2.0]]), torch.eye(2)).tolist()
+        [[1.0, 2.0], [2.0, 4.0]]
+    """
     n_out, channels = weight.shape[:2]
     k = weight[0, 0].numel()
     w2 = weight.detach().double().reshape(n_out, channels * k).to(gram.device)
-    contribution = ((w2.t() @ w2) * gram.double()).reshape(channels, k, channels, k).sum(dim=(1, 3))
-    removed = torch.zeros(channels, dtype=torch.bool, device=gram.device)
+    return ((w2.t() @ w2) * gram.double()).reshape(channels, k, channels, k).sum(dim=(1, 3))
+
+
+def greedy_keep(contribution: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices (sorted) of the ``keep`` channels left when the channels are removed one by one, each time
+    the one that least increases ``‖Σ_R Z‖² = Σ_{c,d∈R} G_cd`` (``contribution`` = G).
+
+    Example:
+        >>> greedy_keep(torch.diag(torch.tensor([3.0, 1.0, 2.0])), keep=1).tolist()
+        [0]
+    """
+    channels = contribution.shape[0]
+    removed = torch.zeros(channels, dtype=torch.bool, device=contribution.device)
     increase = contribution.diagonal().clone()  # growth of ‖Σ_R Z‖² if the channel joins R
     for _ in range(channels - keep):
         candidate = int(torch.where(removed, torch.full_like(increase, math.inf), increase).argmin())
@@ -213,6 +237,8 @@ def select_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int) -> torc
 def reconstruct(weight: torch.Tensor, grams: GramAccumulator, kept: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
     """Least-squares weights ``(n_out, kept, kh, kw)`` reproducing ``X_original · Wᵀ`` from the kept channels
     of ``X_compressed`` (normal equations on the sampled Gram matrices, ridge relative to their trace)."""
+    if weight.dim() == 2:  # a linear layer: a 1×1 conv on one "pixel"
+        return reconstruct(weight[:, :, None, None], grams, kept, ridge)[:, :, 0, 0]
     n_out, channels, kh, kw = weight.shape
     k = kh * kw
     columns = (kept[:, None] * k + torch.arange(k)[None, :]).flatten()

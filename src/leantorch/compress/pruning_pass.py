@@ -1,39 +1,41 @@
-"""Channel pruning of the chosen layers in one pass over the calibration batches.
+"""Channel pruning of the chosen dependency groups in one pass over the calibration batches.
 
-Each layer's least-squares fit needs its inputs in the model pruned so far ("current") and in the original
-model. :func:`~leantorch.compress.channel_pruning.sample_grams` runs both models from their inputs up to the
-layer, so pruning ``L`` layers costs about ``L / 2`` forward passes of each. Here one
+Each consumer's least-squares fit needs its inputs in the model pruned so far ("current") and in the original
+model. :func:`~leantorch.compress.group_pruning.sample_group_grams` runs both models from their inputs up to
+the consumers, so pruning ``L`` groups costs about ``L / 2`` forward passes of each. Here one
 :class:`~leantorch.ptq.frontier.Frontier` advances over the model being pruned and one over the original, in
-lock-step by layer (the graphs are copies: the same node names), so the whole pass costs about one forward
-pass of each.
+lock-step by consumer call (the graphs are copies: the same node names), so the whole pass costs about one
+forward pass of each, plus, per group with consumers further down, a fork of the current frontier that runs
+from its first consumer to its last to gather their statistics for the selection: the cost grows with how
+far the groups reach (a residual stream: its stage), not with the number of groups times the depth.
 
-After a layer is pruned, its producer, BatchNorms and depthwise convs have lost the dropped channels, but the
-current frontier still holds their full-width outputs (those nodes ran before the pruning). The layer is
-therefore stepped over with a forward that reads only the kept channels: exactly what the pruned chain
-computes (the dropped channels are never read), so every later layer sees the pruned model's activations.
-The result equals layer-by-layer pruning with ``sample_grams`` (the same Gram matrices from the same patches
-at the same random positions) up to float rounding in the convs, whose kernels may block a different
-number of channels differently.
+Nothing is cut while the frontiers run. At a group's first consumer its kept units are chosen (from every
+consumer's Gram matrix, the later ones from the fork); each consumer, when reached, is re-fitted on its
+inputs in the current model and from then on runs as a forward that reads only the kept channels of its
+full-width input: exactly what the pruned model computes, since every channel of a group is computed on its
+own and leaves the group only through a consumer. The producers, BatchNorms and depthwise convs are cut and
+the consumers get their weights at the end (:func:`~leantorch.compress.group_pruning.prune_groups`). For a
+single chain the result equals layer-by-layer pruning (the same Gram matrices from the same patches at the
+same random positions) up to float rounding in the convs.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-from torch import fx
 from tqdm.auto import tqdm
 
 from ..ptq.frontier import Frontier
-from .channel_pruning import GramAccumulator, prune_channels, reconstruct, select_channels
+from .group_pruning import layer_grams, prune_groups, reading_kept, refit, select_units
 from .stage import Stage, swapped
-from .suffix_table import advance_checked, layer_nodes
+from .suffix_table import advance_checked, group_grams, layer_nodes
 
 __all__ = ["prune_in_one_pass"]
 
 
 def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = True) -> dict[str, int]:
-    """Prune ``stage.gm`` in place with the ratios ``chosen``; returns the kept channels per pruned layer.
-
-    Layers are pruned in graph order (a layer's statistics depend on the layers before it).
+    """Prune ``stage.gm`` in place with the ratios ``chosen`` (per group); returns the kept units per group.
 
     Example:
         >>> from torch import nn
@@ -48,57 +50,51 @@ def prune_in_one_pass(stage: Stage, chosen: dict[str, float], progress: bool = T
     """
     assert stage.reference is not None and stage.data is not None
     model, reference = stage.gm, stage.reference
-    start = layer_nodes(model, list(stage.costs.layers))
-    todo = sorted(
-        (n for n, r in chosen.items() if r < 1.0 and stage.size_for(n, r) is not None), key=lambda n: start[n]
-    )
+    todo = {n: s for n, r in chosen.items() if r < 1.0 and (s := stage.size_for(n, r)) is not None}
     if not todo:
         return {}
+    nodes = list(model.graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    calls = {str(n.target): n for n in nodes if n.op == "call_module"}
+    # One event per consumer call, in graph order (a consumer belongs to one group).
+    events = sorted((index[calls[c]], c, g) for g in todo for c in stage.groups[g].consumers)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches = [tuple(x.to(device) for x in batch) for batch in stage.data]
     current, original = Frontier(model, batches), Frontier(reference, batches)
-    nodes, by_name = list(model.graph.nodes), {n.name: n for n in reference.graph.nodes}
+    by_name = {n.name: n for n in reference.graph.nodes}
     samples = sum(len(batch[0]) for batch in batches)
-    # Progress in MACs run (both models, up to each layer): the layers sit at very different depths.
-    reached = {n: sum(c.macs for m, c in stage.costs.layers.items() if start[m] < start[n]) for n in todo}
+    start = layer_nodes(model, list(stage.costs.layers))
+    # Progress in MACs run (both models, up to each consumer): the consumers sit at very different depths.
+    reached = [sum(c.macs for m, c in stage.costs.layers.items() if start[m] < at) for at, _, _ in events]
     bar = tqdm(
-        total=2 * samples * reached[todo[-1]],
+        total=2 * samples * reached[-1],
         desc="pruning (channel_pruning)",
         unit="MAC",
         unit_scale=True,
         disable=not progress,
         leave=False,
     )
-    sizes: dict[str, int] = {}
+    kept: dict[str, torch.Tensor] = {}
+    weights: dict[str, dict[str, torch.Tensor]] = {g: {} for g in todo}
     done = 0
-    with torch.no_grad(), bar:
-        for name in todo:
-            node = nodes[start[name]]
+    with torch.no_grad(), bar, contextlib.ExitStack() as swaps:
+        for (at, consumer, name), macs in zip(events, reached):
+            node, group, layer = nodes[at], stage.groups[name], model.get_submodule(consumer)
             advance_checked(current, node, model)
             advance_checked(original, by_name[node.name], reference)
-            kept = _prune(stage, name, (node, by_name[node.name]), (current, original), chosen[name])
-            sizes[name] = len(kept)
-            conv = model.get_submodule(name)
-            # Step over the layer reading only the kept channels of its (still full-width) input.
-            with swapped(conv, lambda x, conv=conv, kept=kept: type(conv).forward(conv, x.index_select(1, kept))):
-                current.advance_to(nodes[start[name] + 1])
-            bar.update(2 * samples * (reached[name] - done))
-            done = reached[name]
-    return sizes
-
-
-def _prune(
-    stage: Stage, name: str, nodes: tuple[fx.Node, fx.Node], frontiers: tuple[Frontier, Frontier], ratio: float
-) -> torch.Tensor:
-    """Gram matrices from both frontiers, channel selection, least-squares fit, pruning; returns the kept."""
-    conv = stage.gm.get_submodule(name)
-    grams = GramAccumulator()
-    gen = torch.Generator().manual_seed(0)  # as sample_grams: the same positions for every layer
-    (node, reference_node), (current, original) = nodes, frontiers
-    for now, before in zip(current.inputs_of(node), original.inputs_of(reference_node)):
-        grams.add_inputs(conv, now[0], before[0], stage.samples_per_image, gen)
-    size = stage.size_for(name, ratio)
-    assert size is not None
-    kept = select_channels(conv.weight, grams.current, size)
-    prune_channels(stage.gm, stage.paths[name], kept, reconstruct(conv.weight, grams, kept))
-    return kept.to(conv.weight.device)
+            now, before = current.inputs_of(node), original.inputs_of(by_name[node.name])
+            grams = layer_grams(layer, now, before, stage.samples_per_image)
+            if name not in kept:  # the group's first consumer: choose its units
+                stats = {c: grams.current if c == consumer else None for c in group.consumers}
+                if len(group.consumers) > 1:
+                    ahead = group_grams(stage, current, node, name)
+                    stats = {c: g.current if c != consumer else grams.current for c, g in ahead.items()}
+                layers = {c: model.get_submodule(c).weight for c in group.consumers}
+                kept[name] = select_units(group, layers, stats, todo[name])  # type: ignore[arg-type]
+            local, weight = refit(group, consumer, layer, grams, kept[name])
+            weights[name][consumer] = weight
+            swaps.enter_context(swapped(layer, reading_kept(layer, local, weight)))
+            bar.update(2 * samples * (macs - done))
+            done = macs
+    prune_groups(model, [(stage.groups[g], kept[g], weights[g]) for g in todo])
+    return {g: todo[g] for g in sorted(todo, key=lambda g: start[g])}

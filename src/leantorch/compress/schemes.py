@@ -10,26 +10,16 @@ the registry.
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
 from ..registry import Registry
-from .channel_pruning import (
-    GramAccumulator,
-    PruningPath,
-    channels_for_ratio,
-    prunable_layer,
-    prune_channels,
-    pruning_path,
-    reconstruct,
-    sample_grams,
-    select_channels,
-)
-from .kept_inputs import KeptInputs
+from .channel_pruning import GramAccumulator
+from .group_pruning import group_replacements, prune_groups, refit, sample_group_grams, select_units, units_for_ratio
+from .pruning_groups import find_groups
 from .svd import decomposable, macs_per_rank, rank_for_ratio, spatial_svd, weight_svd
 
 if TYPE_CHECKING:
@@ -83,6 +73,15 @@ class CompressionScheme(ABC):
     def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: GramAccumulator | None) -> None:
         """Compress layer ``name`` of ``model`` (in place) to ``size``."""
 
+    def units(self, stage: Stage, skip: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
+        """The units the ratios are chosen for and the skipped layers with reasons, when they are not the
+        layers one by one (channel pruning: dependency groups); None: per layer, from :meth:`skip_reason`."""
+        return None
+
+    def replacements(self, stage: Stage, name: str, size: int, stats: Any) -> dict[str, nn.Module]:
+        """Every layer unit ``name`` changes at ``size``, and what each becomes (default: the layer alone)."""
+        return {name: self.replacement(stage, name, stage.gm.get_submodule(name), size, stats)}
+
 
 class LowRankScheme(CompressionScheme):
     """Weight SVD (``W ≈ U V``: two layers of rank r) or spatial SVD (a k×1 then a 1×k conv of rank r)."""
@@ -118,59 +117,65 @@ class LowRankScheme(CompressionScheme):
 
 
 class ChannelPruningScheme(CompressionScheme):
-    """Input channels chosen from sampled activations, the producer's output channels removed along the
-    path, and the layer re-fitted by least squares (:mod:`~leantorch.compress.channel_pruning`)."""
+    """Dependency groups pruned as units (:mod:`~leantorch.compress.pruning_groups`): one kept-channel set per
+    group from the summed error of its consumers, each consumer re-fitted by least squares, the producers,
+    BatchNorms and depthwise convs losing the dropped channels (:mod:`~leantorch.compress.group_pruning`).
+    A group is named by its first consumer; the stage's ``layers`` are the group names."""
 
     name = "channel_pruning"
     needs_data = True
     prunes_in_one_pass = True
 
+    def units(self, stage: Stage, skip: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        found = find_groups(stage.gm, list(stage.costs.layers))
+        skipped = dict(found.skipped)
+        for name, group in found.groups.items():
+            asked = [c for c in group.consumers if c in skip]
+            for consumer in group.consumers if asked else ():
+                skipped[consumer] = f"its input channels are tied to those of {asked[0]}, skipped by request"
+            if not asked:
+                stage.groups[name] = group
+        skipped.update({n: "skipped by request" for n in skip if n in stage.costs.layers})
+        stage.group_of = {c: g.name for g in stage.groups.values() for c in g.consumers}
+        order = list(stage.costs.layers)
+        return [n for n in order if n in stage.groups], {n: skipped[n] for n in order if n in skipped}
+
     def skip_reason(self, stage: Stage, name: str, module: nn.Module) -> str:
-        if not prunable_layer(module):
-            groups = getattr(module, "groups", 1)
-            return f"{type(module).__name__} (groups={groups}) has no input channels to select"
-        path = pruning_path(stage.gm, name)
-        if not isinstance(path, PruningPath):
-            return path
-        # A module called at several places sees several inputs; its channels cannot be chosen from one
-        # call's statistics, and pruning its producer would change the other calls' values too.
-        reused = [
-            f"{m} is called at {stage.calls[m]} places"
-            for m in [name, path.producer, *path.batch_norms, *path.depthwise]
-            if stage.calls.get(m, 0) > 1
-        ]
-        if reused:
-            return "; ".join(reused)
-        stage.paths[name] = path
-        return ""
+        return "" if name in stage.groups else stage.skipped.get(name, "not the first consumer of a group")
 
     def size_for(self, stage: Stage, name: str, module: nn.Module, ratio: float) -> int | None:
-        keep = channels_for_ratio(module, ratio, stage.multiple)
-        return keep if keep < module.in_channels else None
+        units = stage.groups[name].units
+        keep = units_for_ratio(units, ratio, stage.multiple)
+        return keep if keep < units else None
 
     def scale_macs(self, stage: Stage, name: str, module: nn.Module, size: int, macs: dict[str, float]) -> None:
-        kept = size / module.in_channels
-        path = stage.paths[name]
-        for touched in [name, path.producer, *path.depthwise]:
-            macs[touched] *= kept
+        group = stage.groups[name]
+        kept = size / group.units
+        # A layer both reading and writing the group loses on both sides: its MACs scale twice.
+        for touched in [*group.consumers, *group.producers, *group.channelwise]:
+            if touched in macs:
+                macs[touched] *= kept
 
     def replacement(
         self, stage: Stage, name: str, module: nn.Module, size: int, grams: GramAccumulator | None
     ) -> nn.Module:
         assert grams is not None, "channel pruning needs the layer's input statistics"
-        kept = select_channels(module.weight, grams.current, size)
-        small = copy.deepcopy(module)
-        small.weight = nn.Parameter(reconstruct(module.weight, grams, kept).contiguous())
-        small.in_channels = len(kept)
-        return KeptInputs(kept, small)
+        return self.replacements(stage, name, size, {name: grams})[name]
 
-    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: GramAccumulator | None) -> None:
+    def replacements(self, stage: Stage, name: str, size: int, stats: Any) -> dict[str, nn.Module]:
+        assert isinstance(stats, dict), "channel pruning needs every consumer's input statistics"
+        return group_replacements(stage.gm, stage.groups[name], stats, size)
+
+    def apply(self, stage: Stage, model: fx.GraphModule, name: str, size: int, grams: Any) -> None:
         assert stage.reference is not None and stage.data is not None
-        module = model.get_submodule(name)
-        if grams is None:
-            grams = sample_grams(model, stage.reference, name, stage.data, stage.samples_per_image)
-        kept = select_channels(module.weight, grams.current, size)
-        prune_channels(model, stage.paths[name], kept, reconstruct(module.weight, grams, kept))
+        group = stage.groups[name]
+        if not isinstance(grams, dict):
+            grams = sample_group_grams(model, stage.reference, group, stage.data, stage.samples_per_image)
+        layers = {n: model.get_submodule(n) for n in group.consumers}
+        currents = {n: g.current for n, g in grams.items()}
+        kept = select_units(group, {n: m.weight for n, m in layers.items()}, currents, size)
+        weights = {n: refit(group, n, layer, grams[n], kept)[1] for n, layer in layers.items()}
+        prune_groups(model, [(group, kept, weights)])
 
 
 _SCHEMES: Registry[CompressionScheme] = Registry("scheme", "compression scheme")

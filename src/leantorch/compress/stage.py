@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import fx, nn
 
-from .channel_pruning import GramAccumulator, PruningPath
+from .channel_pruning import GramAccumulator
 from .cost import CostReport
 from .kept_inputs import KeptInputs
+from .pruning_groups import PruningGroup
 from .schemes import CompressionScheme, scheme_for
 
 __all__ = ["Stage", "KeptInputs", "swapped"]
@@ -48,7 +49,8 @@ class Stage:
 
     What the scheme does to a layer is its :class:`~leantorch.compress.schemes.CompressionScheme`
     (``self.method``); the stage holds the model, its costs and the per-model state the scheme keeps
-    (``paths``, ``reference``, ``data``)."""
+    (``groups``, ``group_of``, ``reference``, ``data``). ``layers`` are the units whose ratio is chosen: the
+    layers themselves, or for channel pruning the dependency groups, named by their first consumer."""
 
     def __init__(
         self,
@@ -66,8 +68,13 @@ class Stage:
         self.reference = copy.deepcopy(gm) if self.method.needs_data else None
         self.layers: list[str] = []
         self.skipped: dict[str, str] = {}
-        self.paths: dict[str, PruningPath] = {}
+        self.groups: dict[str, PruningGroup] = {}
+        self.group_of: dict[str, str] = {}  # consumer layer -> its group's name
         self.calls = collections.Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+        units = self.method.units(self, skip)
+        if units is not None:
+            self.layers, self.skipped = units
+            return
         for name in costs.layers:
             reason = (
                 "skipped by request" if name in skip else self.method.skip_reason(self, name, gm.get_submodule(name))
@@ -99,7 +106,15 @@ class Stage:
             return None
         return self.method.replacement(self, name, self.gm.get_submodule(name), size, grams)
 
-    def apply(self, model: fx.GraphModule, name: str, ratio: float, grams: GramAccumulator | None = None) -> int | None:
+    def replacements(self, name: str, ratio: float, stats: Any = None) -> dict[str, nn.Module] | None:
+        """Every layer unit ``name`` changes at ``ratio`` and what it becomes (the model is not changed); None
+        when that would not save anything. Channel pruning takes ``{consumer: grams}`` of the group."""
+        size = self.size_for(name, ratio)
+        if size is None:
+            return None
+        return self.method.replacements(self, name, size, stats)
+
+    def apply(self, model: fx.GraphModule, name: str, ratio: float, grams: Any = None) -> int | None:
         """Compress ``name`` in ``model`` (in place) to about ``ratio`` of its MACs; returns the rank or the
         kept channels, None when that would not save anything. Channel pruning samples the layer's inputs in
         ``model`` and the original model unless ``grams`` holds them already."""

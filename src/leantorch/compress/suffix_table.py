@@ -7,8 +7,10 @@ that layer computes what the uncompressed model computes. When ``eval_fn`` is an
 candidate ratio the layer's replacement (:meth:`Stage.replacement`) stands in for the layer while only the
 rest of the graph runs (``fork().run_rest()``); ``score_outputs`` scores those outputs.
 
-Channel pruning also needs the layer's input statistics on the calibration batches: a second frontier over
-them stops at the same node. In the table the layer's "current" and "original" inputs are the same tensors
+Channel pruning works on dependency groups, named by their first consumer; a candidate replaces every
+consumer of the group (the rows are per group). It also needs each consumer's input statistics on the
+calibration batches: a second frontier over them stops at the same node, and a fork of it runs on to the
+group's later consumers. In the table the layer's "current" and "original" inputs are the same tensors
 (nothing before the layer has changed), so the Gram matrices are gathered once per layer, not once per
 candidate. The numbers are those of a full run of a deep copy with the layer compressed: the same nodes run on
 the same inputs, and the Gram matrices come from the same patches at the same random positions.
@@ -19,6 +21,7 @@ advances its own frontiers from the model input over its range.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,6 +35,7 @@ from ..ptq.auto import call_eval_fn
 from ..ptq.frontier import Frontier
 from ..sweep import first_calls
 from .channel_pruning import GramAccumulator
+from .group_pruning import layer_grams
 from .stage import Stage, swapped
 
 __all__ = ["score_layers", "layer_nodes", "suffix_work", "advance_checked", "rows_fn"]
@@ -103,14 +107,15 @@ def score_layers(
                 node = nodes[start[name]]
                 probe.advance_to(node)
                 grams = _layer_grams(stage, calib, node, name) if calib is not None else None
-                module = gm.get_submodule(name)
                 row: Row = {1.0: baseline}
                 for ratio in ratios:
-                    replacement = stage.replacement(name, ratio, grams)
-                    if replacement is None:
+                    replacements = stage.replacements(name, ratio, grams)
+                    if replacements is None:
                         row[ratio] = baseline
                     else:
-                        with swapped(module, replacement):
+                        with contextlib.ExitStack() as swaps:
+                            for layer, replacement in replacements.items():
+                                swaps.enter_context(swapped(gm.get_submodule(layer), replacement))
                             outputs = probe.fork().run_rest()
                         what = f"the model with layer {name} compressed to ratio {ratio}"
                         row[ratio] = call_eval_fn(lambda _m, outputs=outputs: score.score_outputs(outputs), gm, what)
@@ -121,15 +126,29 @@ def score_layers(
     return [rows[n] for n in layers]
 
 
-def _layer_grams(stage: Stage, calib: Frontier, node: fx.Node, name: str) -> GramAccumulator:
-    """The Gram matrices :func:`~leantorch.compress.channel_pruning.sample_grams` gathers for ``name`` in an
-    unchanged copy of the model (same batches, same seed, so the same random positions)."""
+def _layer_grams(stage: Stage, calib: Frontier, node: fx.Node, name: str) -> dict[str, GramAccumulator]:
+    """The Gram matrices :func:`~leantorch.compress.group_pruning.sample_group_grams` gathers for every consumer
+    of group ``name`` in an unchanged copy of the model (same batches, same seed, so the same random
+    positions). The group's later consumers are reached by a fork, so ``calib`` stays at ``node``."""
     advance_checked(calib, node, stage.gm)
-    conv = stage.gm.get_submodule(name)
-    grams = GramAccumulator()
-    gen = torch.Generator().manual_seed(0)
-    for args in calib.inputs_of(node):
-        grams.add_inputs(conv, args[0], args[0], stage.samples_per_image, gen)
+    return group_grams(stage, calib, node, name)
+
+
+def group_grams(stage: Stage, frontier: Frontier, node: fx.Node, name: str) -> dict[str, GramAccumulator]:
+    """Input Gram matrices (current = original) of group ``name``'s consumers on the model ``frontier`` runs,
+    which stands at ``node``, the call of the first consumer."""
+    gm, group = frontier.gm, stage.groups[name]
+    calls = {str(n.target): n for n in frontier.nodes if n.op == "call_module"}
+    grams: dict[str, GramAccumulator] = {}
+    ahead: Frontier | None = None
+    for layer in group.consumers:
+        at = calls[layer]
+        if at is not node and ahead is None:
+            ahead = frontier.fork()
+        if ahead is not None:
+            advance_checked(ahead, at, gm)
+        inputs = (ahead or frontier).inputs_of(at)
+        grams[layer] = layer_grams(gm.get_submodule(layer), inputs, inputs, stage.samples_per_image)
     return grams
 
 
