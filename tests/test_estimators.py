@@ -211,6 +211,57 @@ def test_prefix_sum_search_picks_what_the_bin_by_bin_sum_picks(scheme: str, seed
         assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), (bw, symmetric)
 
 
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "mse"])
+@pytest.mark.parametrize("seed", range(4))
+def test_search_over_few_values_picks_what_the_bin_by_bin_sum_picks(scheme: str, seed: int) -> None:
+    # Channels with few values (a depthwise conv's 9 weights) are searched over the values' bin centres, not the
+    # histogram's slots: same objective, so the same pick as the bin-by-bin reference on the counts.
+    gen = torch.Generator().manual_seed(seed)
+    est = make_estimator(scheme, axis=0)
+    for i in range(3):  # growing ranges, values kept across batches
+        x = torch.randn(7, 9, generator=gen) * (1 + i)
+        x[::3] = x[::3].relu()  # all-non-negative channels: unsigned candidates
+        x[1, 0] = 12.0  # an outlier
+        x[2, :4] = 0.0  # values in bin 0
+        est.observe(x)
+    assert est.few is not None and est.few.shape == (7, 27)
+    for bw, symmetric in [(8, False), (8, True), (4, False), (3, True)]:
+        lo, hi = est.compute_range(bw, symmetric)
+        ref_lo, ref_hi = _old_search(est, bw, symmetric)  # est.hist: counts made from the kept values
+        assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), (bw, symmetric)
+
+
+def test_kept_values_give_the_histogram_and_stop_when_they_are_many() -> None:
+    gen = torch.Generator().manual_seed(3)
+    parts = [torch.randn(4, n, generator=gen) * (1 + i) for i, n in enumerate([100, 100, 100])]
+    kept, streamed = TfEnhancedEstimator(axis=0), TfEnhancedEstimator(axis=0, num_bins=128)
+    for part in parts[:2]:
+        kept.observe(part)
+    assert kept.few is not None  # 200 values per channel <= 512 // 2
+    one_pass = TfEnhancedEstimator(axis=0)
+    one_pass.observe(torch.cat(parts[:2], 1).repeat(1, 2))  # 400 values: counted, not kept
+    assert one_pass.few is None
+    assert torch.equal(kept.hist * 2, one_pass.hist)
+    kept.observe(parts[2])  # 300 values: the counts are made, the values dropped
+    for part in parts:
+        streamed.observe(part)
+    assert kept.few is None and streamed.few is None  # 128 // 2 < 100 + 100
+    reference = TfEnhancedEstimator(axis=0)
+    reference.observe(torch.cat(parts, 1))
+    assert torch.equal(kept.hist, reference.hist)
+    for a, b in zip(kept.compute_range(8, False), reference.compute_range(8, False)):
+        assert torch.equal(a, b)
+
+
+def test_merging_counts_forgets_the_kept_values() -> None:
+    est = TfEnhancedEstimator(axis=0)
+    est.observe(torch.tensor([[0.0, 1.0, 2.0], [-1.0, 0.5, 3.0]]))
+    counts = est.counts()
+    assert est.few is None and counts is not None and counts.sum().item() == 6
+    counts.mul_(2)  # what a merge does: the search must use the changed counts
+    assert est.hist is counts
+
+
 def test_a_registered_estimator_is_a_scheme_everywhere() -> None:
     # One class in any module is enough: QuantSim, make_estimator and the CLI's --scheme choices accept it.
     from leantorch.cli_args import build_parser
@@ -244,3 +295,18 @@ def test_a_registered_estimator_is_a_scheme_everywhere() -> None:
         unregister_estimator("absmax_test")
     with pytest.raises(ConfigError, match="choose one of: minmax, tf_enhanced"):
         make_estimator("absmax_test")
+
+
+def test_value_search_noise_equals_the_bin_by_bin_sum() -> None:
+    from leantorch.quant.range_search import expected_noise, search_values
+
+    gen = torch.Generator().manual_seed(5)
+    k = torch.randint(-40, 41, (6, 25), generator=gen).double()
+    positions = (2 * k + k.sign()).sort(1).values  # bin centres in half-bin units, bin 0 at 0
+    unit = 2.0 ** torch.randint(-8, 2, (6,), generator=gen).double()
+    lo = -torch.rand(6, 30, generator=gen, dtype=torch.float64) * 90 * unit[:, None]
+    hi = torch.rand(6, 30, generator=gen, dtype=torch.float64) * 90 * unit[:, None]
+    delta = (hi - lo) / 255
+    got = search_values(positions, unit, lo, hi, delta, 3.0)
+    ref = expected_noise(torch.ones_like(positions), positions * unit[:, None], lo, hi, delta, 3.0)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0.0)

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .histogram import bin_edges, grid_counts, grid_for, regrid, release_scratch, uniform_view
+from .histogram import bin_edges, grid_counts, grid_for, pow2, regrid, release_scratch, uniform_view
 from .schemes import register_estimator
 
 __all__ = [
@@ -179,51 +179,94 @@ class HistogramEstimator(RangeEstimator):
         self.hi: torch.Tensor | None = None  # [C] float64, the data's maximum
         self.exponent: torch.Tensor | None = None  # [C] int64, grid exponent (see histogram.grid_for)
         self.start: torch.Tensor | None = None  # [C] int64, first bin of the window
-        self.hist: torch.Tensor | None = None  # [C, num_bins] float64 counts
+        self._hist: torch.Tensor | None = None  # [C, num_bins] float64 counts (see hist)
+        # Every value seen, [C, N], while N <= num_bins // 2 (weights: one tensor, few values per channel). The
+        # range search then runs over the values' bin centres instead of every slot (same objective, much
+        # cheaper), and the counts are made from them only if asked for.
+        self.few: torch.Tensor | None = None
+
+    @property
+    def hist(self) -> torch.Tensor | None:
+        """The counts ``[C, num_bins]`` (float64) on the grid of the range seen; None before any data."""
+        if self._hist is None and self.few is not None:
+            assert self.exponent is not None and self.start is not None
+            self._hist = grid_counts(self.few, self.exponent, self.start, self.num_bins)
+        return self._hist
 
     @property
     def has_data(self) -> bool:
-        return self.hist is not None
+        return self.lo is not None
 
     def observe(self, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         flat = channels_first(x.detach(), self.axis)
         if not flat.is_floating_point():
             flat = flat.float()
         lo, hi = (t.double() for t in self._extremes(flat, extremes))
-        if self.hist is None:
+        if self.lo is None or self.hi is None:
             self._start(lo, hi)
         else:
-            assert self.lo is not None and self.hi is not None  # set with hist
             self._grow(torch.minimum(self.lo, lo), torch.maximum(self.hi, hi))
-        assert self.hist is not None and self.exponent is not None and self.start is not None
-        self.hist += grid_counts(flat, self.exponent, self.start, self.num_bins)
+        if self._keep_few(flat):
+            return
+        assert self.exponent is not None and self.start is not None
+        counts = grid_counts(flat, self.exponent, self.start, self.num_bins)
+        self._hist = counts if self._hist is None else self._hist.add_(counts)
+
+    def _keep_few(self, flat: torch.Tensor) -> bool:
+        """Keep ``flat`` with the values seen before if they stay few; True when kept."""
+        kept = 0 if self.few is None else self.few.shape[1]
+        if (self.few is not None or self._hist is None) and kept + flat.shape[1] <= self.num_bins // 2:
+            self.few = flat.clone() if self.few is None else torch.cat([self.few, flat], 1)
+            self._hist = None  # made again from every value when asked for
+            return True
+        self._drop_few()
+        return False
+
+    def _drop_few(self) -> None:
+        """Forget the values seen, their counts made first."""
+        if self.few is not None:
+            self._hist = self.hist
+            self.few = None
+
+    def value_positions(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With few values seen (see ``few``): their bin centres, sorted per channel, in units of half a bin
+        (``2k ± 1`` for bin ``k ≠ 0``, 0 for bin 0), and that unit ``[C]``; None otherwise."""
+        if self.few is None:
+            return None
+        assert self.exponent is not None
+        k = (self.few.double() * pow2(-self.exponent)[:, None]).trunc()  # the bin, exactly as grid_counts
+        return (2 * k + k.sign()).sort(1).values, pow2(self.exponent - 1)
 
     def _start(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.lo, self.hi = lo, hi
         self.exponent, self.start = grid_for(lo, hi, self.num_bins)
-        self.hist = torch.zeros(lo.shape[0], self.num_bins, dtype=torch.float64, device=lo.device)
+        self._hist = None
 
     def extremes(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if self.lo is None or self.hi is None else (self.lo, self.hi)
 
     def adopt_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        if self.hist is None:
+        self._drop_few()  # merged counts from elsewhere will follow: the values seen here are not all of them
+        if self.lo is None:
             self._start(lo, hi)
+            self._hist = torch.zeros(lo.shape[0], self.num_bins, dtype=torch.float64, device=lo.device)
         else:
             self._grow(lo, hi)
 
     def counts(self) -> torch.Tensor | None:
-        return self.hist
+        self._drop_few()  # handed out to be merged (changed in place): the values seen here no longer describe them
+        return self._hist
 
     def _grow(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
-        assert self.hist is not None and self.exponent is not None and self.start is not None
-        assert self.lo is not None and self.hi is not None  # set with hist
+        assert self.exponent is not None and self.start is not None
+        assert self.lo is not None and self.hi is not None
         # An unchanged range keeps its grid; on a GPU the check would cost a host sync per batch, more than
         # the 512-slot re-gridding it saves.
         if new_lo.device.type == "cpu" and bool((new_lo == self.lo).all()) and bool((new_hi == self.hi).all()):
             return
         exponent, start = grid_for(new_lo, new_hi, self.num_bins)
-        self.hist = regrid(self.hist, self.exponent, self.start, exponent, start)
+        if self._hist is not None:  # kept values are binned on the final grid when asked for
+            self._hist = regrid(self._hist, self.exponent, self.start, exponent, start)
         self.lo, self.hi, self.exponent, self.start = new_lo, new_hi, exponent, start
 
     def bin_edges(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,7 +47,7 @@ from .estimator_base import (
     channels_first,
     release_scratch,
 )
-from .range_search import expected_noise, search_noise
+from .range_search import expected_noise, search_noise, search_values
 from .schemes import QuantScheme, estimator_factory, estimator_names, register_estimator
 
 __all__ = [
@@ -108,7 +108,7 @@ def search_ranges(
     """
     first = estimators[0]
     for est in estimators:
-        assert est.hist is not None and est.lo is not None and est.hi is not None
+        assert est.has_data and est.lo is not None and est.hi is not None
         assert type(est) is type(first) and est.settings() == first.settings(), "one kind and settings per batch"
     lo = torch.cat([est.lo for est in estimators]).clamp(max=0.0)  # type: ignore[misc]
     hi = torch.cat([est.hi for est in estimators]).clamp(min=0.0)  # type: ignore[misc]
@@ -117,19 +117,43 @@ def search_ranges(
         delta = cand_hi / (2 ** (bitwidth - 1) - 1)
     else:
         delta = (cand_hi - cand_lo) / (2**bitwidth - 1)
-    views = [est.uniform_view() for est in estimators]
-    hist, centres, zero_mass = (torch.cat([v[i] for v in views]) for i in range(3))
-    noise = search_noise(hist, centres, cand_lo, cand_hi, delta, first.gamma)
-    # Bin 0's mass sits at 0, off the equally spaced grid: its noise is added bin by bin (one bin).
-    noise += expected_noise(
-        zero_mass[:, None], torch.zeros_like(zero_mass)[:, None], cand_lo, cand_hi, delta, first.gamma
-    )
+    noise = _candidate_noise(estimators, cand_lo, cand_hi, delta, first.gamma)
     best = noise.argmin(dim=1, keepdim=True)
     best_lo, best_hi = cand_lo.gather(1, best)[:, 0], cand_hi.gather(1, best)[:, 0]  # first of equal ones
-    sizes = [v[0].shape[0] for v in views]
+    sizes = [est.lo.shape[0] for est in estimators]  # type: ignore[union-attr]
     lows = best_lo.split(sizes)  # type: ignore[no-untyped-call]
     highs = best_hi.split(sizes)  # type: ignore[no-untyped-call]
     return [(est._squeeze(a), est._squeeze(b)) for est, a, b in zip(estimators, lows, highs)]
+
+
+def _candidate_noise(
+    estimators: Sequence[_SearchEstimator], lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Every channel's noise per candidate ``[C, K]`` (channels of ``estimators`` in order): from the histogram
+    slots (:func:`search_noise`), or from the values themselves where an estimator kept them (few values per
+    channel, :func:`search_values`; estimators with equally many values per channel are searched together)."""
+    ends = torch.tensor([0] + [est.lo.shape[0] for est in estimators]).cumsum(0).tolist()  # type: ignore[union-attr]
+    rows = [torch.arange(a, b, device=lo.device) for a, b in zip(ends, ends[1:])]
+    noise = lo.new_empty(lo.shape)
+    by_count: dict[int, list[int]] = {}
+    dense: list[int] = []
+    for i, est in enumerate(estimators):
+        few = est.few
+        (dense if few is None else by_count.setdefault(few.shape[1], [])).append(i)
+    if dense:
+        at = torch.cat([rows[i] for i in dense])
+        views = [estimators[i].uniform_view() for i in dense]
+        hist, centres, zero_mass = (torch.cat([v[j] for v in views]) for j in range(3))
+        part = search_noise(hist, centres, lo[at], hi[at], delta[at], gamma)
+        # Bin 0's mass sits at 0, off the equally spaced grid: its noise is added bin by bin (one bin).
+        zeros = torch.zeros_like(zero_mass)[:, None]
+        noise[at] = part + expected_noise(zero_mass[:, None], zeros, lo[at], hi[at], delta[at], gamma)
+    for members in by_count.values():
+        at = torch.cat([rows[i] for i in members])
+        found = [estimators[i].value_positions() for i in members]
+        positions, unit = (torch.cat([f[j] for f in found if f is not None]) for j in range(2))
+        noise[at] = search_values(positions, unit, lo[at], hi[at], delta[at], gamma)
+    return noise
 
 
 def compute_ranges(jobs: Sequence[tuple[RangeEstimator, int, bool, bool]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
