@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..analysis import plots
 from ..analysis.html import details, document, images, table
@@ -24,8 +25,16 @@ def sensitivity_figures(info: CompressionInfo) -> list[tuple[str, bytes]]:
     ]
 
 
-def write_report(info: CompressionInfo, path: str | Path, plots_dir: str | Path | None = None) -> Path:
+def write_report(
+    info: CompressionInfo,
+    path: str | Path,
+    plots_dir: str | Path | None = None,
+    latency: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write the compression report as one HTML file (and the curves as PNG files into ``plots_dir``).
+
+    ``latency``: rows of :func:`~leantorch.compress.latency.compare_latency` (ONNX Runtime timings of the original
+    and compressed models), shown next to the MAC ratio.
 
     Example:
         >>> write_report(info, "out/compression_report.html")  # doctest: +SKIP
@@ -47,6 +56,14 @@ def write_report(info: CompressionInfo, path: str | Path, plots_dir: str | Path 
         for s in _stages(info)
     ]
     body = ["<h2>Summary</h2>", table(summary)]
+    if latency:
+        body += [
+            "<h2>Measured latency (ONNX Runtime)</h2>",
+            f"<p class='note'>Median times, ratios to the original model; the MAC ratio is "
+            f"{info.mac_ratio:.3f}. A latency ratio well above the MAC ratio means the runtime does not turn the "
+            "saved MACs into time (try rounding channel counts to a multiple of 8).</p>",
+            table(latency),
+        ]
     if figures:
         body += [
             "<h2>Per-layer sensitivity</h2>",
