@@ -282,3 +282,24 @@ def test_compress_prunes_every_efficientnet_block() -> None:
     )
     assert info.skipped == {"_conv_stem": "reaches the model input"}
     assert info.mac_ratio <= 0.75 and small(torch.randn(1, 3, 96, 96)).shape == (1, 1000)
+
+
+def test_a_manual_ratio_for_any_consumer_is_its_groups_ratio() -> None:
+    model = _dead_residual()
+    x = torch.randn(1, 3, 8, 8)
+    data = [torch.randn(8, 3, 8, 8)]
+    score = sqnr_score(model, [torch.randn(2, 3, 8, 8)])
+    options = {"calibration": data, "rank_multiple": 1, "progress": False}
+    small, info = lt.compress(model, x, score, "channel_pruning", ratios={"c": 0.5}, **options)
+    assert info.sizes == {"b": 4} and small.get_submodule("c").in_channels == small.get_submodule("a").out_channels == 4
+    with pytest.raises(lt.CompressionError, match="pruned together with the group b"):
+        lt.compress(model, x, score, "channel_pruning", ratios={"b": 0.5, "c": 0.75}, **options)
+
+
+@pytest.mark.parametrize("module", ["leantorch.compress.pruning_groups", "leantorch.compress.group_pruning"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

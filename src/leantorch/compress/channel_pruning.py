@@ -207,7 +207,7 @@ def channel_contribution(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tens
     ``(out, C, kh, kw)`` or a linear's ``(out, C)``) and the Gram matrix of its input patches.
 
     Example:
-        >>> channel_contribution(torch.tensor([[1.0, 2.0]]), torch.eye(2)).tolist()
+        >>> channel_contribution(torch.tensor([[1.0, 2.0]]), torch.ones(2, 2)).tolist()  # identical inputs
         [[1.0, 2.0], [2.0, 4.0]]
     """
     n_out, channels = weight.shape[:2]

@@ -102,7 +102,10 @@ def compress(
         scheme: ``"weight_svd"``, ``"spatial_svd"`` (default), ``"channel_pruning"``, or a sequence of them run
             as stages (e.g. ``["spatial_svd", "channel_pruning"]``).
         target_mac_ratio: overall MACs after / before, in (0, 1) (default 0.5).
-        ratios: manual per-layer ratios ``{layer: ratio}`` (single stage; no eval-score table).
+        ratios: manual per-layer ratios ``{layer: ratio}`` (single stage; no eval-score table). Channel
+            pruning prunes dependency groups (channels tied by adds, concatenations, fan-out): a ratio given
+            for any layer reading a group is the group's, and ``info.ratios``/``info.sizes`` are keyed by
+            the group's first consumer.
         stage_targets: per-stage targets; their product must equal ``target_mac_ratio`` (default: the
             remaining target split evenly over the remaining stages).
         candidates: number of evenly spaced candidate ratios (default 10) or the ratios themselves.
@@ -353,6 +356,17 @@ def _eval_score_table(
 
 
 def _manual_ratios(ratios: dict[str, float], stage: Stage) -> dict[str, float]:
+    # Channel pruning chooses one ratio per dependency group: any consumer of a group names it.
+    grouped: dict[str, float] = {}
+    for name, ratio in ratios.items():
+        unit = stage.group_of.get(name, name)
+        if grouped.get(unit, ratio) != ratio:
+            raise CompressionError(
+                f"cannot use manual ratios {ratios}: {name} is pruned together with the group {unit}, which "
+                f"already has ratio {grouped[unit]}; give the group one ratio"
+            )
+        grouped[unit] = ratio
+    ratios = grouped
     unknown = [n for n in ratios if n not in stage.costs.layers]
     if unknown:
         raise UnknownLayerError(

@@ -50,7 +50,15 @@ def add_layer_inputs(
     samples_per_image: int,
     generator: torch.Generator,
 ) -> None:
-    """Add one batch of ``layer``'s inputs: a conv's patches at random positions, a linear's rows."""
+    """Add one batch of ``layer``'s inputs: a conv's patches at random positions, a linear's rows.
+
+    Example:
+        >>> grams = GramAccumulator()
+        >>> x = torch.randn(5, 3)
+        >>> add_layer_inputs(grams, nn.Linear(3, 2), x, x, 16, torch.Generator())
+        >>> grams.count, torch.allclose(grams.current, (x.t() @ x).double())
+        (5, True)
+    """
     if isinstance(layer, nn.Linear):
         grams.add(current, original)
     else:
@@ -61,7 +69,13 @@ def layer_grams(
     layer: nn.Module, current: Sequence[tuple], original: Sequence[tuple], samples_per_image: int
 ) -> GramAccumulator:
     """Gram matrices of ``layer``'s inputs from per-batch argument tuples (a fresh seed-0 generator, as
-    :func:`~leantorch.compress.channel_pruning.sample_grams`: the same positions for every layer)."""
+    :func:`~leantorch.compress.channel_pruning.sample_grams`: the same positions for every layer).
+
+    Example:
+        >>> x = torch.randn(2, 4, 6, 6)
+        >>> layer_grams(nn.Conv2d(4, 2, 3), [(x,)], [(x,)], samples_per_image=5).count
+        10
+    """
     grams, gen = GramAccumulator(), torch.Generator().manual_seed(0)
     for now, before in zip(current, original):
         add_layer_inputs(grams, layer, now[0], before[0], samples_per_image, gen)
@@ -155,7 +169,16 @@ def units_for_ratio(units: int, ratio: float, multiple: int = 1) -> int:
 def refit(
     group: PruningGroup, name: str, layer: nn.Module, grams: GramAccumulator, kept_units: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consumer ``name``'s kept input channels and its least-squares weight over them."""
+    """Consumer ``name``'s kept input channels and its least-squares weight over them.
+
+    Example:
+        >>> layer, x = nn.Linear(3, 2), torch.randn(50, 3)
+        >>> grams = GramAccumulator(); grams.add(x, x)
+        >>> group = PruningGroup("fc", 3, {"fc": torch.arange(3)})
+        >>> local, weight = refit(group, "fc", layer, grams, torch.tensor([0, 1, 2]))
+        >>> local.tolist(), torch.allclose(weight, layer.weight, atol=1e-4)
+        ([0, 1, 2], True)
+    """
     local = group.kept(group.consumers[name], kept_units)
     return local, reconstruct(layer.weight, grams, local)
 
@@ -175,7 +198,18 @@ def group_replacements(
 ) -> dict[str, nn.Module]:
     """What each consumer of ``group`` becomes when ``keep`` units are kept, run on the unpruned model's
     activations (:class:`KeptInputs`: reads the kept channels, applies the re-fitted layer); exactly the
-    pruned model, since every path out of the group's tensors goes through a consumer."""
+    pruned model, since every path out of the group's tensors goes through a consumer.
+
+    Example:
+        >>> from leantorch import prepare
+        >>> from leantorch.compress.pruning_groups import find_groups
+        >>> gm = prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), torch.randn(1, 3, 8, 8))
+        >>> group = find_groups(gm, ["0", "2"]).groups["2"]
+        >>> grams = sample_group_grams(gm, gm, group, [torch.randn(2, 3, 8, 8)])
+        >>> new = group_replacements(gm, group, grams, keep=5)
+        >>> new["2"].conv.in_channels, len(new["2"].kept)
+        (5, 5)
+    """
     layers = {n: gm.get_submodule(n) for n in group.consumers}
     currents = {n: g.current for n, g in grams.items() if g.current is not None}
     kept = select_units(group, {n: m.weight for n, m in layers.items()}, currents, keep)
@@ -208,7 +242,19 @@ def prune_groups(gm: nn.Module, jobs: Sequence[tuple[PruningGroup, torch.Tensor,
 
     Input sides are set before output sides are cut, so a layer that reads one group and writes another
     (or the same) ends with both. All tensors are computed before anything is assigned: an error leaves
-    ``gm`` as it was."""
+    ``gm`` as it was.
+
+    Example:
+        >>> from leantorch import prepare
+        >>> from leantorch.compress.pruning_groups import find_groups
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+        >>> gm = prepare(net, torch.randn(1, 3, 8, 8))
+        >>> group = find_groups(gm, ["0", "2"]).groups["2"]
+        >>> kept = torch.tensor([0, 3, 5])
+        >>> prune_groups(gm, [(group, kept, {"2": gm.get_submodule("2").weight.detach()[:, kept]})])
+        >>> gm.get_submodule("0").out_channels, gm.get_submodule("1").num_features, gm.get_submodule("2").in_channels
+        (3, 3, 3)
+    """
     fields: dict[str, dict[str, Any]] = {}
     for _group, _kept, weights in jobs:
         for name, weight in weights.items():
