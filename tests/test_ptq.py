@@ -563,7 +563,7 @@ def test_auto_quant_runs_the_chosen_stages_and_a_registered_one(tmp_path) -> Non
         scores = iter([1.0, 0.5])
         result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["halve"], path=tmp_path)
         assert started_from[1] is net  # cle did not run: the float model
-        with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, halve"):
+        with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, reconstruct, halve"):
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["clee"], path=tmp_path)
         with pytest.raises(lt.InvalidOptionError, match="distinct"):
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["cle", "cle"], path=tmp_path)

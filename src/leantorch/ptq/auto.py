@@ -1,5 +1,5 @@
-"""AutoQuant: BN folding → CLE → AdaRound (the stages of :mod:`.auto_stages`), stage by stage, until the quantized
-score is good enough."""
+"""AutoQuant: BN folding → CLE → AdaRound (→ block reconstruction, on request): the stages of :mod:`.auto_stages`,
+stage by stage, until the quantized score is good enough."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from ..paths import check_directory, check_file_name
 from ..quant.estimators import QuantScheme
 from ..quant.sim import QuantSim
 from .adaround import AdaroundConfig, adaround
-from .auto_stages import AutoQuantStage, StageContext, get_stage, register_stage, stage_names
+from .auto_stages import (
+    AutoQuantStage,
+    StageContext,
+    default_stage_names,
+    get_stage,
+    register_stage,
+    stage_names,
+)
+from .block_reconstruction import BlockReconstructionConfig, reconstruct
 from .bn_fold import fold_batch_norms
 from .cle import equalize
 
@@ -84,9 +92,15 @@ def _adaround(model: nn.Module, context: StageContext) -> tuple[nn.Module, Path 
     return adaround(model, context.example_input, context.calibration, **options)
 
 
+def _reconstruct(model: nn.Module, context: StageContext) -> tuple[nn.Module, Path | None]:
+    return reconstruct(model, context.example_input, context.calibration, context.reconstruct)
+
+
 register_stage(AutoQuantStage("bn_fold", _bn_fold))
 register_stage(AutoQuantStage("cle", _cle))
 register_stage(AutoQuantStage("adaround", _adaround, starts_from="cle"))
+# Opt-in: on EfficientNet-Lite0 it takes minutes per configuration on a CPU where AdaRound takes one or two.
+register_stage(AutoQuantStage("reconstruct", _reconstruct, starts_from="cle", default=False, activation_encodings=True))
 
 
 def auto_quant(
@@ -104,6 +118,7 @@ def auto_quant(
     path: str | Path = ".",
     progress: bool = True,
     stages: Sequence[str] | None = None,
+    reconstruct_kwargs: dict[str, Any] | None = None,
 ) -> AutoQuantResult:
     """Apply BN fold, then CLE, then AdaRound, evaluating the quantized model after each; stop at the first
     stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
@@ -111,15 +126,19 @@ def auto_quant(
     ``eval_fn(model) -> float`` scores a model (higher is better); it is called with the float model
     and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
     ``stages`` picks and orders the stages (names from :func:`~leantorch.ptq.auto_stages.stage_names`;
-    default: all registered ones, in registration order).
+    default: the default ones, :func:`~leantorch.ptq.auto_stages.default_stage_names`, in registration order).
+    Block reconstruction is opt-in (``stages=["bn_fold", "cle", "adaround", "reconstruct"]``): it runs after
+    AdaRound, from the CLE model, with ``reconstruct_kwargs`` (options of
+    :func:`~leantorch.ptq.block_reconstruction.reconstruct`, e.g. ``{"iterations": 500}``), and its sim keeps
+    the activation step sizes it learned; the table shows both and the better one is returned.
 
     Raises:
         CalibrationDataError: no calibration batch, a batch that is not a tensor or a tuple of the model's
             inputs (then labels), or NaN/Inf in one (checked before ``eval_fn`` first runs).
-        InvalidOptionError: ``allowed_drop`` is negative or not finite; ``adaround_kwargs`` names an option
-            adaround does not take or one auto_quant sets itself (``path``, ``param_bw``, ``per_channel`` …), or
-            a value adaround would refuse (checked with adaround's own rules before ``eval_fn`` first runs); an
-            unknown or repeated stage name.
+        InvalidOptionError: ``allowed_drop`` is negative or not finite; ``adaround_kwargs`` (or
+            ``reconstruct_kwargs``) names an option adaround (reconstruct) does not take or one auto_quant sets
+            itself (``path``, ``param_bw``, ``per_channel`` …), or a value it would refuse (checked with its own
+            rules before ``eval_fn`` first runs); an unknown or repeated stage name.
         OutputPathError: ``path`` (where AdaRound writes its encodings) cannot be a directory.
         EvalFunctionError: ``eval_fn`` raised or returned something that is not a finite number.
 
@@ -147,10 +166,12 @@ def auto_quant(
         model_inputs(batch, len(example_inputs(example_input)), index)
     check_directory(path, "path")  # AdaRound, the last stage, writes its encodings there
     own = {"param_bw": param_bw, "act_bw": act_bw, "per_channel": per_channel, "scheme": scheme, "config": config}
+    settings = {**own, "path": path, "progress": progress}
     context = StageContext(
         example_input,
         calibration,
-        _adaround_options(adaround_kwargs, {**own, "path": path, "progress": progress}),
+        _stage_options(AdaroundConfig, "adaround", adaround_kwargs, settings),
+        _stage_options(BlockReconstructionConfig, "reconstruct", reconstruct_kwargs, settings),
     )
     float_score = call_eval_fn(eval_fn, model, "the float model")
     target = float_score - allowed_drop
@@ -162,7 +183,9 @@ def auto_quant(
         candidate, encodings = stage.build(candidates.get(stage.starts_from, model), context)
         candidates[stage.name] = candidate
         sim = QuantSim(candidate, example_input, **own)
-        if encodings is not None:
+        if encodings is not None and stage.activation_encodings:
+            sim.load_encodings(encodings, freeze=True)  # learned step sizes stay; nothing left to calibrate
+        elif encodings is not None:
             sim.set_and_freeze_param_encodings(encodings)
         sim.compute_encodings(calibration, progress=progress)
         score = call_eval_fn(eval_fn, sim.model, f"the quantized model after {stage.name}")
@@ -178,7 +201,7 @@ def auto_quant(
 
 def _check_stages(stages: Sequence[str] | None) -> list[AutoQuantStage]:
     if stages is None:
-        return [get_stage(name) for name in stage_names()]
+        return [get_stage(name) for name in default_stage_names()]
     names = as_names("stages", stages)
     if not names or len(set(names)) != len(names):
         raise InvalidOptionError(f"stages={stages!r}: pass distinct stage names from {', '.join(stage_names())}")
@@ -200,27 +223,27 @@ _SET_BY_AUTO_QUANT = (
 )
 
 
-def _adaround_options(adaround_kwargs: Any, own: dict[str, Any]) -> AdaroundConfig:
-    """``adaround_kwargs`` with auto_quant's own settings, checked like adaround checks its options, before the
+def _stage_options(cls: type[Any], what: str, kwargs: Any, own: dict[str, Any]) -> Any:
+    """``<what>_kwargs`` with auto_quant's own settings, checked like ``what`` checks its options, before the
     first ``eval_fn`` call: a typo or a bad value would otherwise surface only after the float, BN-fold and CLE
     stages were scored."""
-    if adaround_kwargs is None:
-        adaround_kwargs = {}
-    if not isinstance(adaround_kwargs, dict) or not all(isinstance(k, str) for k in adaround_kwargs):
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise InvalidOptionError(
-            f"adaround_kwargs={adaround_kwargs!r}: pass a dict of adaround options, e.g. {{'iterations': 1000}}"
+            f"{what}_kwargs={kwargs!r}: pass a dict of {what} options, e.g. {{'iterations': 1000}}"
         )
-    accepted = [f.name for f in fields(AdaroundConfig) if f.name not in _SET_BY_AUTO_QUANT]
-    for key in adaround_kwargs:
+    accepted = [f.name for f in fields(cls) if f.name not in _SET_BY_AUTO_QUANT]
+    for key in kwargs:
         if key in _SET_BY_AUTO_QUANT:
             raise InvalidOptionError(
-                f"adaround_kwargs: {key!r} is set by auto_quant itself (pass it to "
-                f"auto_quant directly, if it is one of its arguments); adaround_kwargs "
+                f"{what}_kwargs: {key!r} is set by auto_quant itself (pass it to "
+                f"auto_quant directly, if it is one of its arguments); {what}_kwargs "
                 f"takes {', '.join(accepted)}"
             )
         if key not in accepted:
-            raise InvalidOptionError(f"adaround_kwargs: no adaround option {key!r}; choose from {', '.join(accepted)}")
-    options = with_overrides(AdaroundConfig, None, {**adaround_kwargs, **own}, "adaround_kwargs")
+            raise InvalidOptionError(f"{what}_kwargs: no {what} option {key!r}; choose from {', '.join(accepted)}")
+    options = with_overrides(cls, None, {**kwargs, **own}, f"{what}_kwargs")
     check_file_name(options.filename_prefix)
     QuantScheme.parse(options.param_scheme)
     return options

@@ -2,13 +2,16 @@
 candidate that is quantized and scored, and may hand over frozen weight encodings.
 
 Built in (registered by :mod:`.auto`), in this order: ``bn_fold`` (fold BatchNorms), ``cle`` (BN fold +
-cross-layer equalization) and ``adaround`` (AdaRound on the CLE model). A new stage is one
-:func:`register_stage` call; ``auto_quant`` runs the registered stages in registration order unless told
+cross-layer equalization), ``adaround`` (AdaRound on the CLE model) and ``reconstruct`` (block reconstruction,
+BRECQ + QDrop, on the CLE model; opt-in: it costs many times AdaRound's time). A new stage is one
+:func:`register_stage` call; ``auto_quant`` runs the registered default stages in registration order unless told
 otherwise (``stages=``), and the CLI's ``--auto-stages`` choices come from :func:`stage_names`.
 
 Example:
     >>> import leantorch.ptq.auto  # registers the built-in stages
     >>> stage_names()
+    ('bn_fold', 'cle', 'adaround', 'reconstruct')
+    >>> default_stage_names()
     ('bn_fold', 'cle', 'adaround')
     >>> get_stage("cle").starts_from
     'float'
@@ -26,18 +29,20 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import Registry
 from .adaround import AdaroundConfig
+from .block_reconstruction import BlockReconstructionConfig
 
-__all__ = ["StageContext", "AutoQuantStage", "register_stage", "stage_names", "get_stage"]
+__all__ = ["StageContext", "AutoQuantStage", "register_stage", "stage_names", "default_stage_names", "get_stage"]
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a stage may use: the example input, the calibration batches and the AdaRound options
-    (auto_quant's bitwidths, scheme, config and path already in them)."""
+    """What a stage may use: the example input, the calibration batches and the AdaRound and block
+    reconstruction options (auto_quant's bitwidths, scheme, config and path already in them)."""
 
     example_input: Any
     calibration: Iterable[Any]
     adaround: AdaroundConfig
+    reconstruct: BlockReconstructionConfig = BlockReconstructionConfig()
 
 
 #: ``build(start_model, context) -> (candidate float model, frozen weight encodings file or None)``.
@@ -53,11 +58,16 @@ class AutoQuantStage:
         build: makes the candidate from the model of stage ``starts_from``.
         starts_from: ``"float"`` (the user's model) or the name of an earlier stage whose candidate it refines
             (used when that stage ran before it; the float model otherwise).
+        default: run when ``auto_quant`` is not told which stages (``stages=None``).
+        activation_encodings: the stage's encodings file also holds activation encodings to keep (learned
+            step sizes): auto_quant loads the whole file frozen instead of recalibrating the activations.
     """
 
     name: str
     build: BuildStage
     starts_from: str = "float"
+    default: bool = True
+    activation_encodings: bool = False
 
 
 _STAGES: Registry[AutoQuantStage] = Registry("auto_quant stage", "auto_quant stage")
@@ -82,6 +92,11 @@ def unregister_stage(name: str) -> None:
 def stage_names() -> tuple[str, ...]:
     """The registered stage names, in the order auto_quant runs them."""
     return _STAGES.names()
+
+
+def default_stage_names() -> tuple[str, ...]:
+    """The stages auto_quant runs when not told which, in order."""
+    return tuple(name for name in _STAGES.names() if _STAGES.get(name).default)
 
 
 def get_stage(name: str) -> AutoQuantStage:
