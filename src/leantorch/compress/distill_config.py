@@ -60,6 +60,9 @@ class DistillConfig:
         min_crop: smallest crop area, as a fraction of the image, in (0, 1].
         schedule: ``"cosine"`` (the learning rate decays to 0 at the end of the epochs or of the time budget,
             whichever comes first) or ``"constant"``.
+        warmup: share of the run (steps or time, as the schedule) over which the learning rate ramps up
+            linearly from 0, in [0, 1): Adam's first steps move every weight by about ``lr`` whatever its
+            gradient's size, which on a pretrained network costs more agreement than a short ramp does.
         num_inputs: positional inputs of the model (a batch's first ``num_inputs`` tensors; labels are ignored).
         seed: shuffling, hold-out and augmentation are drawn from a generator seeded with it.
         progress: a tqdm progress bar with the ETA, the loss and the held-out agreement.
@@ -81,6 +84,7 @@ class DistillConfig:
     augment: bool = True
     min_crop: float = 0.35
     schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = 0.05
     num_inputs: int = 1
     seed: int = 0
     progress: bool = True
@@ -114,6 +118,8 @@ class DistillConfig:
         if check_fraction("min_crop", self.min_crop) <= 0.0:
             raise InvalidOptionError(f"min_crop={self.min_crop!r}: pass a fraction in (0, 1]")
         check_choice("schedule", self.schedule, SCHEDULES)
+        if check_fraction("warmup", self.warmup) >= 1.0:
+            raise InvalidOptionError(f"warmup={self.warmup!r}: pass a fraction in [0, 1)")
         check_count("num_inputs", self.num_inputs)
         check_count("seed", self.seed, minimum=0)
 

@@ -102,7 +102,7 @@ def augment_images(x: torch.Tensor, min_crop: float, gen: torch.Generator) -> to
     n = len(x)
     area = min_crop + (1.0 - min_crop) * torch.rand(n, generator=gen)
     side = area.sqrt()  # side fraction of the crop, the same along both axes
-    shift = (1.0 - side) * (2.0 * torch.rand(n, 2, generator=gen) - 1.0)  # the crop stays inside the image
+    shift = (1.0 - side)[:, None] * (2.0 * torch.rand(n, 2, generator=gen) - 1.0)  # the crop stays inside the image
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = side * flip, side

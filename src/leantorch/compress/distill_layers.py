@@ -2,7 +2,8 @@
 
 The compression schemes keep the original's layer names where a layer survives: spatial/weight SVD replace
 layer ``name`` by a two-layer ``nn.Sequential`` *called* ``name`` (its output is the original layer's output,
-approximated), and channel pruning keeps every name but shrinks a producer's output channels. So a teacher
+approximated; a traced student calls the pair's layers, not the ``Sequential``, so the match is the pair's last
+layer), and channel pruning keeps every name but shrinks a producer's output channels. So a teacher
 layer's output has a counterpart in the student module of the same name, except where pruning removed
 channels (the shapes differ: those layers are left out) or a module runs more than once per forward (its
 output would be ambiguous: left out too). Which layers match is decided on the first batch.
@@ -31,6 +32,14 @@ from torch import nn
 __all__ = ["LayerMatcher"]
 
 
+def _last_layer(module: nn.Module) -> nn.Module:
+    """The module whose output is ``module``'s: itself, or for a container without weights of its own (an SVD
+    pair: a ``Sequential``, or the plain module that tracing leaves in its place) its last layer."""
+    while next(module.parameters(recurse=False), None) is None and len(list(module.children())):
+        module = list(module.children())[-1]
+    return module
+
+
 class LayerMatcher:
     """Forward hooks on same-named layers of ``student`` and ``teacher`` that record their outputs.
 
@@ -50,10 +59,12 @@ class LayerMatcher:
         self.names: list[str] | None = None
         self.active = True  # False while the student is evaluated: those passes are no training targets
         self._hooks = []
-        for side, model in (("student", student), ("teacher", teacher)):
-            modules = dict(model.named_modules())
-            for name in self.candidates:
-                self._hooks.append(modules[name].register_forward_hook(self._recorder(side, name)))
+        teacher_modules = dict(teacher.named_modules())
+        for name in self.candidates:
+            self._hooks.append(teacher_modules[name].register_forward_hook(self._recorder("teacher", name)))
+            self._hooks.append(
+                _last_layer(student_modules[name]).register_forward_hook(self._recorder("student", name))
+            )
 
     def _recorder(self, side: str, name: str) -> Any:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
