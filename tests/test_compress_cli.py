@@ -62,3 +62,55 @@ def test_compress_rejects_a_bad_worker_count_before_any_work(recorded) -> None:
     calls, base = recorded
     assert main(base + ["--workers", "0"]) == 2
     assert not calls
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_compress_rejects_a_bad_recovery_budget_before_any_work(recorded, value) -> None:
+    calls, base = recorded
+    assert main(base + ["--recover", value]) == 2
+    assert not calls
+
+
+def test_compress_help_documents_recover(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--recover MINUTES" in text and "distillation from the original" in text and "--recover-samples" in text
+
+
+@pytest.mark.slow
+def test_compress_recover_distils_on_samples_apart_from_the_scoring_ones_and_writes_that_model(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """--recover runs lt.compress.distill after compressing: on the calibration samples and the extra
+    --recover-samples (never the --eval-samples that score it), for the given minutes, and the written model is
+    the recovered one."""
+    import torch
+
+    import leantorch.cli_recover as cli_recover
+
+    data = np.random.default_rng(1).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    calls: list = []
+    real = cli_recover.distill
+
+    def spy(student, teacher, train, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((train, kwargs, real(student, teacher, train, **kwargs)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(cli_recover, "distill", spy)
+    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+            "--scheme", "channel_pruning", "--target", "0.7", "--candidates", "3", "--num-samples", "8",
+            "--eval-samples", "8", "--batch-size", "8", "--recover", "0.01", "--recover-samples", "16",
+            "--recover-lr", "1e-3", "--out", str(tmp_path / "c"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "recovery:" in out and "top-1 agreement after recovery" in out
+    train, kwargs, result = calls[0]
+    expected = np.concatenate([data[:8], data[16:32]])  # calibration + extra samples; data[8:16] scores
+    np.testing.assert_array_equal(train.contiguous().numpy(), expected)
+    assert kwargs["max_minutes"] == 0.01 and kwargs["lr"] == 1e-3 and kwargs["mode"] == "end_to_end"
+    written = torch.jit.load(str(tmp_path / "c" / "compressed.pt"))
+    x = torch.from_numpy(data[8:12])
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), result.model(x), atol=1e-5, rtol=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from .cli_amp import add_amp_options
+from .cli_recover import add_recover_options
 from .cli_types import (
     bitwidth,
     file_name,
@@ -373,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score it too, write OUT/compressed_<preset>.{onnx,encodings,pth} (QDQ) and time it in ONNX "
         "Runtime against the original quantized the same way",
     )
+    add_recover_options(c)
     c.add_argument("--out", type=path_text, default="out", help="output directory, created if needed (default out)")
 
     d = sub.add_parser(

@@ -1,6 +1,6 @@
-"""``leantorch compress``: compress a model to a MAC target on held-out agreement with the original, write the
-compressed model (TorchScript and ONNX), its HTML report and, with ``--quantize``, a quantized export; print the
-ONNX Runtime latency of original and compressed.
+"""``leantorch compress``: compress a model to a MAC target on held-out agreement with the original, with
+``--recover`` distil it from the original, write the compressed model (TorchScript and ONNX), its HTML report
+and, with ``--quantize``, a quantized export; print the ONNX Runtime latency of original and compressed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 
 from .cli_args import COMPRESS_DEFAULTS, COMPRESS_QUANTIZE, COMPRESS_THOROUGH
 from .cli_common import check_names, fill_defaults, model_and_data
+from .cli_recover import recover, recovery_samples
 from .data import batches
 from .errors import DataError
 from .graph import prepare
@@ -35,14 +36,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     fill_defaults(args, COMPRESS_DEFAULTS, COMPRESS_THOROUGH)
     with staged_outputs() as staging, tempfile.TemporaryDirectory() as scratch:
         out = staging.directory(args.out)
-        model, data = model_and_data(args, args.num_samples + args.eval_samples, DataError)
+        held_out = args.num_samples + args.eval_samples  # then the extra samples of --recover, if any
+        model, data = model_and_data(args, held_out + recovery_samples(args), DataError)
         if len(data) <= args.num_samples:
             raise DataError(
                 f"--data has {len(data)} samples; compress needs more than --num-samples "
                 f"({args.num_samples}) to hold some out for scoring"
             )
         calib = batches(data[: args.num_samples], args.batch_size)
-        evals = batches(data[args.num_samples :], args.batch_size)
+        evals = batches(data[args.num_samples : held_out], args.batch_size)
         example = calib[0][:1]
         if args.skip:
             check_names("--skip", args.skip, list(compression.cost(prepare(model, example), example).layers))
@@ -74,6 +76,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "MACs after": info.macs_after,
             "top-1 agreement": info.score,
         }
+        if args.recover is not None:  # never on the scoring samples: calibration ones and the extra ones
+            train = torch.cat([data[: args.num_samples], data[held_out:]])
+            compressed, recovered = recover(model, compressed, train, agreement, args)
+            summary.update(recovered)
         # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
         torch.jit.save(torch.jit.trace(compressed, example), str(out / "compressed.pt"))
         export_float_onnx(compressed, example, out / "compressed.onnx")
