@@ -125,6 +125,12 @@ def distill(
         TrainingDivergedError: the loss became NaN/Inf (lower ``lr``); the best weights so far are restored.
 
     All checks run before any weight changes.
+
+    Example:
+        >>> teacher = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> result = distill(nn.Linear(4, 3), teacher, torch.randn(64, 4), epochs=2, progress=False)
+        >>> result.steps, result.stop_reason
+        (4, 'epochs')
     """
     cfg = with_overrides(DistillConfig, options, overrides, "distill")
     if cfg.inplace and student is teacher:

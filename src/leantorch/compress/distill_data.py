@@ -37,6 +37,10 @@ def gather_samples(data: Any, num_inputs: int, what: str) -> Samples:
     Raises:
         TrainingDataError: not a tensor or an iterable of batches, no sample, batches of different sample
             shapes, or NaN/Inf (naming the batch).
+
+    Example:
+        >>> [x.shape for x in gather_samples([torch.zeros(2, 3), (torch.zeros(4, 3), "labels")], 1, "data")]
+        [torch.Size([6, 3])]
     """
     if isinstance(data, torch.Tensor):
         batches: list[Samples] = [model_inputs(data, num_inputs, 0, TrainingDataError, what)]
@@ -75,7 +79,12 @@ def split_samples(
 
 
 def shuffled_batches(samples: Samples, batch_size: int, gen: torch.Generator) -> Iterator[Samples]:
-    """One epoch: the samples in a random order, in batches of ``batch_size`` (the last one may be smaller)."""
+    """One epoch: the samples in a random order, in batches of ``batch_size`` (the last one may be smaller).
+
+    Example:
+        >>> [len(b[0]) for b in shuffled_batches((torch.arange(5),), 2, torch.Generator().manual_seed(0))]
+        [2, 2, 1]
+    """
     order = torch.randperm(len(samples[0]), generator=gen)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
@@ -83,7 +92,12 @@ def shuffled_batches(samples: Samples, batch_size: int, gen: torch.Generator) ->
 
 
 def in_batches(samples: Samples, batch_size: int) -> Iterable[Samples]:
-    """The samples in order, in batches of ``batch_size``."""
+    """The samples in order, in batches of ``batch_size``.
+
+    Example:
+        >>> [b[0].tolist() for b in in_batches((torch.arange(3),), 2)]
+        [[0, 1], [2]]
+    """
     for start in range(0, len(samples[0]), batch_size):
         yield tuple(x[start : start + batch_size] for x in samples)
 
