@@ -98,3 +98,29 @@ def test_bad_calls_are_refused_before_anything_changes() -> None:
         assert (q.encoding is None) == (before[name] is None)
         if q.encoding is not None and before[name] is not None:
             assert torch.equal(q.encoding.scale, before[name].scale)
+
+
+def test_scheme_downstream_is_minmax_then_the_downstream_search_on_two_batches() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    data = [torch.randn(8, 3, 10, 10) * (1 + i) for i in range(3)]
+    chosen = QuantSim(net, data[0][:1], scheme="downstream")
+    chosen.compute_encodings(data, progress=False)
+    by_hand = QuantSim(net, data[0][:1], scheme="minmax")
+    by_hand.compute_encodings(data, progress=False)
+    rows = downstream_ranges(by_hand, data[:2], progress=False)
+    assert any(r.fraction < 1.0 for r in rows)  # the search changed something, and the scheme did the same
+    for name, q in chosen.quantizers().items():
+        other = by_hand.quantizers()[name]
+        assert (q.encoding is None) == (other.encoding is None)
+        if q.encoding is not None and other.encoding is not None:
+            assert torch.equal(q.encoding.scale, other.encoding.scale), name
+            assert torch.equal(q.encoding.offset, other.encoding.offset), name
+
+
+def test_scheme_downstream_needs_batches_not_a_callable() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    sim = QuantSim(net, torch.randn(1, 4), scheme="downstream")
+    with pytest.raises(InvalidOptionError, match="list or DataLoader"):
+        sim.compute_encodings(lambda m: m(torch.randn(4, 4)), progress=False)
+    assert all(q.encoding is None for q in sim.activation_quantizers().values())

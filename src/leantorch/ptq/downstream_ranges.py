@@ -37,8 +37,9 @@ from .frontier import Frontier
 
 __all__ = ["DownstreamRange", "downstream_ranges", "DEFAULT_FRACTIONS"]
 
-#: Scales of the calibrated range tried for each quantizer (1.0, the calibrated range, is always among them).
-DEFAULT_FRACTIONS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.25)
+#: Scales of the calibrated range tried for each quantizer (1.0, the calibrated range, is always among them):
+#: narrower only, since the default start is the data's full range (scheme "downstream": minmax statistics).
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
 @dataclass(frozen=True)

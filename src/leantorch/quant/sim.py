@@ -10,13 +10,13 @@ from typing import Any, cast
 
 import torch
 from torch import fx, nn
-from tqdm.auto import tqdm
 
-from ..batches import check_iterable, model_inputs, run_batch
+from ..batches import check_iterable
 from ..distributed import any_rank_failed, merge_estimators, merge_group
-from ..errors import CalibrationDataError, EncodingsFileError, UnknownLayerError
+from ..errors import EncodingsFileError, InvalidOptionError, UnknownLayerError
 from ..graph import example_inputs, prepare, unknown_leaf_modules
 from ..options import as_names, check_count, check_flag, unknown_layers_message
+from .calibration_loop import run_calibration
 from .config import QuantSimConfig, load_config
 from .encoding import Encoding, check_bitwidth
 from .encodings_file import (
@@ -226,6 +226,9 @@ class QuantSim:
         group = merge_group(distributed, process_group)
         named = {n: q for n, q in self.activation_quantizers().items() if q.needs_calibration}
         activations = list(named.values())
+        searched = any(q.scheme == "downstream" for q in activations)  # ranges re-chosen by downstream error
+        if searched and group is not None:
+            raise InvalidOptionError("scheme 'downstream' is not merged across ranks: calibrate on one process")
         # Weights are encoded first so that activation ranges are those of the quantized-weight model.
         params = self._param_encodings()
         previous = [(q, q.encoding) for q, _ in params]
@@ -238,7 +241,9 @@ class QuantSim:
         ran = False
         try:
             with torch.no_grad():
-                self._run_calibration(calibration, num_batches, progress)
+                kept = run_calibration(
+                    self.model, self.example_input, self.device, calibration, num_batches, progress, keep=2 * searched
+                )
             ran = True
             if group is not None:
                 # every one of them was started above, so none is None
@@ -265,36 +270,10 @@ class QuantSim:
             elif found is None:
                 log.warning("quantizer %s saw no data during calibration", q.name)
             q.set_encoding(found)
+        if kept:
+            from ..ptq.downstream_ranges import downstream_ranges  # ptq builds on quant: imported when used
 
-    def _run_calibration(self, calibration: Any, num_batches: int | None, progress: bool) -> None:
-        if callable(calibration) and not isinstance(calibration, (torch.Tensor, list, tuple)):
-            calibration(self.model)
-            calibrating = [q for q in self.activation_quantizers().values() if q.statistics is not None]
-            if calibrating and not any(q.statistics is not None and q.statistics.has_data for q in calibrating):
-                raise CalibrationDataError("the calibration callable never ran the model: no data was seen")
-            return
-        total = (
-            num_batches if num_batches is not None else (len(calibration) if hasattr(calibration, "__len__") else None)
-        )
-        seen = 0
-        bar = tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False)
-        try:
-            for index, batch in enumerate(calibration):
-                if num_batches is not None and index >= num_batches:
-                    break
-                inputs = self._to_inputs(batch, index)
-                run_batch(self.model, inputs, index, example_shapes=[tuple(x.shape) for x in self.example_input])
-                seen += 1
-                bar.update(1)
-        finally:
-            bar.close()
-        if seen == 0:
-            raise CalibrationDataError("calibration data is empty: pass at least one batch")
-
-    def _to_inputs(self, batch: Any, index: int) -> tuple[torch.Tensor, ...]:
-        """Model inputs of one calibration batch on the sim's device (:func:`leantorch.batches.model_inputs`);
-        CalibrationDataError names a batch that is not one (wrong structure, NaN/Inf)."""
-        return model_inputs(batch, len(self.example_input), index, device=self.device)
+            downstream_ranges(self, kept, num_batches=len(kept), progress=progress)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
         layers = self.layers()
