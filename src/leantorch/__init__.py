@@ -33,7 +33,9 @@ from .ptq.adaround import AdaroundConfig, adaround
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
 from .ptq.bn_fold import fold_batch_norms
+from .ptq.block_reconstruction import BlockReconstructionConfig, reconstruct
 from .ptq.cle import cross_layer_scale, equalize
+from .ptq.downstream_ranges import DownstreamRange, downstream_ranges
 from .ptq.gptq import GptqConfig, gptq
 from .ptq.mixed_precision import Candidate, MixedPrecisionConfig, MixedPrecisionResult, mixed_precision
 from .ptq.outlier_migration import OutlierMigrationConfig, migrate_outliers
@@ -112,4 +114,8 @@ __all__ = [
     "MixedPrecisionConfig",
     "MixedPrecisionResult",
     "mixed_precision",
+    "BlockReconstructionConfig",
+    "reconstruct",
+    "DownstreamRange",
+    "downstream_ranges",
 ]
