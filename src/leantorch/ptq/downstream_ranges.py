@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import fx, nn
@@ -30,12 +30,16 @@ from ..batches import model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import example_inputs
 from ..quant.encoding import compute_encoding
+from ..quant.estimator_base import MinMaxEstimator
 from ..quant.quantizer import Quantizer
-from ..quant.sim import QuantSim
+from ..quant.schemes import register_estimator
 from ..quant.wrapper import QuantWrapper
 from .frontier import Frontier
 
-__all__ = ["DownstreamRange", "downstream_ranges", "DEFAULT_FRACTIONS"]
+if TYPE_CHECKING:
+    from ..quant.sim import QuantSim
+
+__all__ = ["DownstreamRange", "downstream_ranges", "DownstreamEstimator", "DEFAULT_FRACTIONS"]
 
 #: Scales of the calibrated range tried for each quantizer (1.0, the calibrated range, is always among them):
 #: narrower only, since the default start is the data's full range (scheme "downstream": minmax statistics).
@@ -88,6 +92,7 @@ def downstream_ranges(
         CalibrationDataError: no batch.
 
     Example:
+        >>> from leantorch import QuantSim
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
         >>> sim = QuantSim(net, torch.randn(1, 3, 8, 8), scheme="minmax")
         >>> data = [torch.randn(16, 3, 8, 8)]
@@ -261,3 +266,28 @@ def _choose(
         error_before=errors[fractions.index(1.0)],
         error_after=errors[best],
     )
+
+
+@register_estimator("downstream")
+class DownstreamEstimator(MinMaxEstimator):
+    """Scheme ``downstream``: the data's range (as minmax), which :meth:`QuantSim.compute_encodings` then narrows
+    for each activation quantizer to the fraction with the least error at the weighted layers it feeds, measured
+    on the first :attr:`kept_batches` calibration batches (:func:`downstream_ranges`). Weights (known in full)
+    keep the data's range.
+
+    Example:
+        >>> from leantorch import QuantSim
+        >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4),
+        ...                scheme="downstream")
+        >>> sim.compute_encodings([torch.randn(16, 4) for _ in range(3)], progress=False)
+        >>> all(q.encoding is not None for q in sim.activation_quantizers().values() if q.is_active)
+        True
+    """
+
+    #: calibration batches the search measures errors on
+    kept_batches: ClassVar[int] = 2
+
+    @staticmethod
+    def after_calibration(sim: QuantSim, batches: list[tuple[torch.Tensor, ...]], progress: bool) -> None:
+        """Re-choose ``sim``'s activation ranges by their downstream error on ``batches`` (the kept ones)."""
+        downstream_ranges(sim, batches, num_batches=len(batches), progress=progress)

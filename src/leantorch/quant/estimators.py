@@ -56,7 +56,6 @@ __all__ = [
     "MinMaxEstimator",
     "HistogramEstimator",
     "TfEnhancedEstimator",
-    "DownstreamEstimator",
     "MseEstimator",
     "PercentileEstimator",
     "make_estimator",
@@ -315,18 +314,3 @@ def make_estimator(scheme: str, axis: int | None = None) -> RangeEstimator:
         'TfEnhancedEstimator'
     """
     return estimator_factory(scheme)(axis=axis)
-
-
-@register_estimator("downstream")
-class DownstreamEstimator(MinMaxEstimator):
-    """The data's range (as minmax), which :meth:`QuantSim.compute_encodings` then narrows for each activation
-    quantizer to the fraction with the least error at the weighted layers it feeds, measured on its first two
-    calibration batches (:func:`leantorch.ptq.downstream_ranges.downstream_ranges`). Weights (known in full)
-    keep the data's range.
-
-    Example:
-        >>> est = DownstreamEstimator()
-        >>> est.observe(torch.tensor([-1.0, 3.0]))
-        >>> [float(v) for v in est.compute_range(8, symmetric=False)]
-        [-1.0, 3.0]
-    """

@@ -8,7 +8,7 @@ configs, the CLI's choices).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
@@ -16,7 +16,14 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from .estimator_base import RangeEstimator
 
-__all__ = ["QuantScheme", "register_estimator", "unregister_estimator", "estimator_factory", "estimator_names"]
+__all__ = [
+    "QuantScheme",
+    "register_estimator",
+    "unregister_estimator",
+    "estimator_factory",
+    "estimator_names",
+    "after_calibration_hooks",
+]
 
 EstimatorFactory = Callable[..., "RangeEstimator"]  # called as factory(axis=...)
 Factory = TypeVar("Factory", bound=EstimatorFactory)
@@ -101,6 +108,28 @@ def unregister_estimator(name: str) -> None:
 def estimator_factory(scheme: str) -> EstimatorFactory:
     """The factory registered for ``scheme`` (a name or alias; see :meth:`QuantScheme.parse`)."""
     return _FACTORIES[QuantScheme.parse(scheme)]
+
+
+def after_calibration_hooks(schemes: Iterable[str]) -> tuple[int, list[Callable[..., None]]]:
+    """What the schemes in use ask of :meth:`QuantSim.compute_encodings` after the statistics are turned into
+    encodings: the number of calibration batches to keep (the most any asks for) and the distinct
+    ``after_calibration(sim, batches, progress)`` functions to call with them.
+
+    Why: some schemes choose ranges by running the model again (``downstream``, in :mod:`leantorch.ptq`); an
+    estimator class declares ``kept_batches`` and ``after_calibration``, so the simulation needs to know none.
+
+    Example:
+        >>> after_calibration_hooks(["minmax", "tf_enhanced"])
+        (0, [])
+    """
+    keep, hooks = 0, []
+    for scheme in dict.fromkeys(schemes):
+        factory = estimator_factory(scheme)
+        hook = getattr(factory, "after_calibration", None)
+        if hook is not None and hook not in hooks:
+            hooks.append(hook)
+            keep = max(keep, int(getattr(factory, "kept_batches", 0)))
+    return keep, hooks
 
 
 def estimator_names() -> Sequence[str]:

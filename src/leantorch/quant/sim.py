@@ -32,6 +32,7 @@ from .estimators import QuantScheme, RangeEstimator, release_scratch
 from .exporters import get_exporter
 from .placement import QuantSettings, apply_config, insert_model_input_quantizers, wrap_layers
 from .quantizer import Quantizer, finish_calibrations
+from .schemes import after_calibration_hooks
 from .weight_encodings import tensor_encodings
 from .wrapper import QuantWrapper
 
@@ -226,9 +227,9 @@ class QuantSim:
         group = merge_group(distributed, process_group)
         named = {n: q for n, q in self.activation_quantizers().items() if q.needs_calibration}
         activations = list(named.values())
-        searched = any(q.scheme == "downstream" for q in activations)  # ranges re-chosen by downstream error
-        if searched and group is not None:
-            raise InvalidOptionError("scheme 'downstream' is not merged across ranks: calibrate on one process")
+        keep, hooks = after_calibration_hooks(q.scheme for q in activations)  # e.g. scheme "downstream"
+        if hooks and group is not None:
+            raise InvalidOptionError("a scheme that runs the model after calibration is not merged across ranks yet")
         # Weights are encoded first so that activation ranges are those of the quantized-weight model.
         params = self._param_encodings()
         previous = [(q, q.encoding) for q, _ in params]
@@ -242,7 +243,7 @@ class QuantSim:
         try:
             with torch.no_grad():
                 kept = run_calibration(
-                    self.model, self.example_input, self.device, calibration, num_batches, progress, keep=2 * searched
+                    self.model, self.example_input, self.device, calibration, num_batches, progress, keep=keep
                 )
             ran = True
             if group is not None:
@@ -270,10 +271,8 @@ class QuantSim:
             elif found is None:
                 log.warning("quantizer %s saw no data during calibration", q.name)
             q.set_encoding(found)
-        if kept:
-            from ..ptq.downstream_ranges import downstream_ranges  # ptq builds on quant: imported when used
-
-            downstream_ranges(self, kept, num_batches=len(kept), progress=progress)
+        for hook in hooks:
+            hook(self, kept, progress)
 
     def _param_encodings(self) -> list[tuple[Quantizer, Encoding]]:
         layers = self.layers()
