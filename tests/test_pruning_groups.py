@@ -124,6 +124,11 @@ def test_groups_of_a_residual_add_a_concat_and_a_fan_out_through_depthwise() -> 
     assert "transpose" in found.skipped["d"] and "a" in found.skipped
     assert "dw" not in found.skipped  # pruned with its group
 
+    grouped = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1))
+    _, found = _analyse(grouped, x)
+    assert found.groups == {} and "grouped but not depthwise" in found.skipped["2"]
+    assert "channels come from 2 (Conv2d, groups=2" in found.skipped["3"]
+
 
 def test_a_resnet_has_every_block_in_a_group_and_only_the_stem_skipped() -> None:
     x = torch.randn(1, 3, 16, 16)

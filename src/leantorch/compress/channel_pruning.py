@@ -234,9 +234,18 @@ def greedy_keep(contribution: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.nonzero(~removed).flatten().cpu()
 
 
-def reconstruct(weight: torch.Tensor, grams: GramAccumulator, kept: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+def reconstruct(weight: torch.Tensor, grams: GramAccumulator, kept: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
     """Least-squares weights ``(n_out, kept, kh, kw)`` reproducing ``X_original · Wᵀ`` from the kept channels
-    of ``X_compressed`` (normal equations on the sampled Gram matrices, ridge relative to their trace)."""
+    of ``X_compressed`` (normal equations on the sampled Gram matrices, with a ridge relative to their mean
+    diagonal that pulls towards the original weights: keeping every channel of an unchanged input returns
+    them exactly).
+
+    Example:
+        >>> x, w = torch.randn(200, 3), torch.randn(2, 3, 1, 1)
+        >>> grams = GramAccumulator(); grams.add(x, x)
+        >>> torch.allclose(reconstruct(w, grams, torch.arange(3)), w, atol=1e-5)
+        True
+    """
     if weight.dim() == 2:  # a linear layer: a 1×1 conv on one "pixel"
         return reconstruct(weight[:, :, None, None], grams, kept, ridge)[:, :, 0, 0]
     n_out, channels, kh, kw = weight.shape
@@ -247,7 +256,12 @@ def reconstruct(weight: torch.Tensor, grams: GramAccumulator, kept: torch.Tensor
     columns = columns.to(grams.current.device)
     a = grams.current[columns][:, columns]
     b = grams.cross[columns] @ w2.t()  # X_Sᵀ Y with Y = X_original Wᵀ
-    a = a + ridge * (a.trace() / len(columns) + 1e-12) * torch.eye(len(columns), dtype=a.dtype, device=a.device)
+    # The ridge pulls towards the original weights of the kept channels, not towards zero: with fewer samples
+    # than unknowns (a wide 1×1 conv, a linear head after global pooling) the directions the samples do not
+    # see keep their trained values instead of vanishing.
+    damping = ridge * (a.trace() / len(columns) + 1e-12)
+    a = a + damping * torch.eye(len(columns), dtype=a.dtype, device=a.device)
+    b = b + damping * w2[:, columns].t()
     solution = torch.linalg.solve(a, b)  # (|S|·k, n_out)
     return solution.t().reshape(n_out, len(kept), kh, kw).to(device=weight.device, dtype=weight.dtype)
 

@@ -198,6 +198,8 @@ class _Tracer:
         elif type(m) is nn.Conv2d and ops.is_depthwise(m):
             self.passthrough(node, first, what)
             self.channelwise.append((name, node))
+        elif isinstance(m, nn.Conv2d) and m.groups > 1:
+            self.unknown(node, f"{what[:-1]}, groups={m.groups}: grouped but not depthwise)")
         elif isinstance(m, nn.BatchNorm2d):
             self.passthrough(node, first, what)
             self.channelwise.append((name, node))
