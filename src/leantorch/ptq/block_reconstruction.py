@@ -213,6 +213,9 @@ def reconstruct(
         sim.model, tensor_nodes(float_gm, [x.to(sim.device) for x in inputs]), chosen.__contains__, max_layers
     )
     _sweep(sim, float_gm, gm, blocks, batches, cfg)
+    # The activation ranges not learned (outside blocks, or all with learn_act_ranges=False) were calibrated on
+    # the unrounded model: calibrated again on the rounded one, as a sim loading only the weights would do.
+    sim.compute_encodings(data, progress=False)
     sim.save_encodings(enc_path)
     return gm, enc_path
 
@@ -336,5 +339,5 @@ def _fit_block(
             cast(torch.Tensor, module.weight).copy_(hard)
             cast(torch.Tensor, gm.get_submodule(name).weight).copy_(hard)
             cast(Quantizer, wrappers[name].param_quantizers["weight"]).frozen = True
-    for q in acts:
-        q.frozen = True  # later calibration keeps the step sizes learned (or calibrated) against this block
+    for q in learned:
+        q.frozen = True  # later calibration keeps the step sizes learned against this block
