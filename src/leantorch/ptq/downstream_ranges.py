@@ -43,7 +43,7 @@ __all__ = ["DownstreamRange", "downstream_ranges", "DownstreamEstimator", "DEFAU
 
 #: Scales of the calibrated range tried for each quantizer (1.0, the calibrated range, is always among them):
 #: narrower only, since the default start is the data's full range (scheme "downstream": minmax statistics).
-DEFAULT_FRACTIONS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
 @dataclass(frozen=True)
