@@ -61,7 +61,7 @@ from .input_moments import layer_objective, supports_moments
 from .layer_rounding import LayerRoundingConfig, round_layers
 from .layer_rounding import save_param_encodings as _save_param_encodings  # noqa: F401  (tests' old import path)
 
-__all__ = ["OBJECTIVES", "Gradient", "rectified_sigmoid", "AdaroundConfig", "adaround"]
+__all__ = ["OBJECTIVES", "Gradient", "rectified_sigmoid", "initial_v", "AdaroundConfig", "adaround"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,18 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
-def _initial_v(fraction: torch.Tensor) -> torch.Tensor:
-    """V such that h(V) = fraction (inverse of the rectified sigmoid inside (0, 1))."""
+def initial_v(fraction: torch.Tensor) -> torch.Tensor:
+    """V such that h(V) = fraction (inverse of the rectified sigmoid inside (0, 1)): where AdaRound starts.
+
+    Example:
+        >>> round(float(rectified_sigmoid(initial_v(torch.tensor(0.3)))), 6)
+        0.3
+    """
     p = ((fraction - GAMMA) / (ZETA - GAMMA)).clamp(1e-6, 1 - 1e-6)
     return torch.log(p / (1 - p))
+
+
+_initial_v = initial_v  # its earlier private name (tests/test_adaround.py reaches it)
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,7 @@ def _learn_rounding(
         scale = enc.scale.to(weight.device).reshape(shape).to(weight.dtype)
         offset = enc.offset.to(weight.device).reshape(shape).to(weight.dtype)
     w_floor = torch.floor(weight / scale)
-    v = _initial_v(weight / scale - w_floor)
+    v = initial_v(weight / scale - w_floor)
     grid = w_floor - offset  # the floor's index on the integer grid
     # W̃ = base + slope·h: rounding up moves W̃ by one step, except where the grid's clamp holds it still
     base = scale * (grid.clamp(0, enc.num_steps) + offset)

@@ -14,7 +14,7 @@ import torch
 
 from ..quant.blocks import expand_blocks
 from ..quant.encoding import Encoding
-from .adaround import _initial_v, rectified_sigmoid
+from .adaround import initial_v, rectified_sigmoid
 
 __all__ = ["SoftRounding"]
 
@@ -41,7 +41,7 @@ class SoftRounding:
         self.base = scale * (grid.clamp(0, steps) + offset)
         self.slope = scale * ((grid >= 0) & (grid <= steps - 1)).to(weight.dtype)
         #: the trained variables (one per weight)
-        self.v = _initial_v(weight / scale - floor).requires_grad_(True)
+        self.v = initial_v(weight / scale - floor).requires_grad_(True)
 
     def weight(self) -> torch.Tensor:
         """The soft weight ``base + slope · h(V)`` (differentiable in ``v``)."""
