@@ -276,6 +276,7 @@ def test_auto_quant_reconstruct_stage_is_opt_in_and_keeps_its_step_sizes(tmp_pat
         reconstruct_kwargs={"iterations": 5, "act_lr": 1e-2},
         param_bw=4,
         per_channel=True,
+        downstream=False,
     )
     assert [s["stage"] for s in result.stages] == ["float", "cle", "reconstruct"]
     saved = lt.QuantSim(result.model, calib[0][:1], param_bw=4, per_channel=True)

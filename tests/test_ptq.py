@@ -216,6 +216,7 @@ def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, mon
         path=tmp_path,
         adaround_kwargs={"iterations": 2},
         progress=False,
+        downstream=False,
     )
     assert [s["stage"] for s in result.stages] == ["float", "bn_fold", "cle", "adaround"]
     assert len(equalized) == 1 and rounded_from == equalized
@@ -555,13 +556,22 @@ def test_auto_quant_runs_the_chosen_stages_and_a_registered_one(tmp_path) -> Non
     try:
         scores = iter([1.0, 0.2, 0.9])
         result = lt.auto_quant(
-            net, data[0][:1], data, lambda m: next(scores), stages=["cle", "halve"], path=tmp_path, progress=False
+            net,
+            data[0][:1],
+            data,
+            lambda m: next(scores),
+            stages=["cle", "halve"],
+            path=tmp_path,
+            progress=False,
+            downstream=False,
         )
         assert [s["stage"] for s in result.stages] == ["float", "cle", "halve"]
         assert isinstance(started_from[0], torch.fx.GraphModule)  # the CLE stage's model
         assert result.model is not started_from[0]
         scores = iter([1.0, 0.5])
-        result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["halve"], path=tmp_path)
+        result = lt.auto_quant(
+            net, data[0][:1], data, lambda m: next(scores), stages=["halve"], path=tmp_path, downstream=False
+        )
         assert started_from[1] is net  # cle did not run: the float model
         with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, reconstruct, halve"):
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["clee"], path=tmp_path)
@@ -569,6 +579,40 @@ def test_auto_quant_runs_the_chosen_stages_and_a_registered_one(tmp_path) -> Non
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["cle", "cle"], path=tmp_path)
     finally:
         unregister_stage("halve")
+
+
+def test_auto_quant_tries_downstream_ranges_when_no_stage_reaches_the_target(tmp_path, monkeypatch) -> None:
+    """Missing the target, the best stage's activation ranges are re-chosen by their downstream error: kept
+    when that scores better (a table row), the stage's own ranges restored when it does not."""
+    import leantorch.ptq.auto as auto
+    from leantorch.ptq.downstream_ranges import DownstreamRange
+
+    def halve_a_range(sim, calibration, num_batches, progress):  # what a search that clips one range does
+        name, q = next((n, q) for n, q in sim.activation_quantizers().items() if q.is_active)
+        enc = q.encoding
+        q.set_encoding(lt.compute_encoding(enc.min * 0.5, enc.max * 0.5, enc.bitwidth, enc.symmetric))
+        return [DownstreamRange(name, ("3",), 0.5, 1.0, 0.5)]
+
+    monkeypatch.setattr(auto, "downstream_ranges", halve_a_range)
+    net, data = _small_net(), _calibration()
+    for later, kept in [(0.8, True), (0.1, False)]:
+        scores = iter([1.0, 0.5, later])  # float, cle, cle + downstream ranges
+        result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["cle"], path=tmp_path)
+        assert [s["stage"] for s in result.stages] == ["float", "cle", "cle + downstream ranges"]
+        assert result.stages[-1]["score"] == later
+        plain = lt.QuantSim(result.model, data[0][:1])
+        plain.compute_encodings(data, progress=False)
+        same = [
+            torch.equal(q.encoding.scale, plain.quantizers()[name].encoding.scale)
+            for name, q in result.sim.activation_quantizers().items()
+            if q.is_active
+        ]
+        assert all(same) != kept  # kept: the clipped range stays; not better: the stage's own ranges back
+    scores = iter([1.0, 0.5])
+    result = lt.auto_quant(
+        net, data[0][:1], data, lambda m: next(scores), stages=["cle"], path=tmp_path, downstream=False
+    )
+    assert [s["stage"] for s in result.stages] == ["float", "cle"]
 
 
 def test_algorithm_configs_equal_the_keyword_api(tmp_path) -> None:

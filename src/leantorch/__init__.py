@@ -26,7 +26,7 @@ from .graph import prepare
 __version__ = "0.1.0"
 from . import analysis, compress, evaluation, graph, metrics
 from .analysis import AnalysisReport, analyze
-from .compress import CompressionError
+from .compress import CompressionError, DistillConfig, DistillResult, distill
 from .evaluation import OutputScore, agreement_score, sqnr_score
 from .model_state import ModelState, model_state
 from .ptq.adaround import AdaroundConfig, adaround
@@ -118,4 +118,7 @@ __all__ = [
     "reconstruct",
     "DownstreamRange",
     "downstream_ranges",
+    "DistillConfig",
+    "DistillResult",
+    "distill",
 ]

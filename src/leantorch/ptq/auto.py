@@ -34,6 +34,7 @@ from .auto_stages import (
 from .block_reconstruction import BlockReconstructionConfig, reconstruct
 from .bn_fold import fold_batch_norms
 from .cle import equalize
+from .downstream_ranges import downstream_ranges
 
 __all__ = ["EvalFunctionError", "call_eval_fn", "AutoQuantResult", "auto_quant"]
 
@@ -119,6 +120,7 @@ def auto_quant(
     progress: bool = True,
     stages: Sequence[str] | None = None,
     reconstruct_kwargs: dict[str, Any] | None = None,
+    downstream: bool = True,
 ) -> AutoQuantResult:
     """Apply BN fold, then CLE, then AdaRound, evaluating the quantized model after each; stop at the first
     stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
@@ -131,6 +133,9 @@ def auto_quant(
     AdaRound, from the CLE model, with ``reconstruct_kwargs`` (options of
     :func:`~leantorch.ptq.block_reconstruction.reconstruct`, e.g. ``{"iterations": 500}``), and its sim keeps
     the activation step sizes it learned; the table shows both and the better one is returned.
+    With ``downstream`` (default), when no stage reaches the target, the best stage's activation ranges are
+    re-chosen by their error at the next weighted layers (:func:`~leantorch.ptq.downstream_ranges.downstream_ranges`,
+    on two calibration batches) and kept if that scores better (a row ``<stage> + downstream ranges``).
 
     Raises:
         CalibrationDataError: no calibration batch, a batch that is not a tensor or a tuple of the model's
@@ -196,7 +201,33 @@ def auto_quant(
         if score >= target:
             break
     assert best is not None
+    if downstream and best[0] < target and scheme != "downstream":
+        best = _try_downstream_ranges(best, table, calibration, eval_fn, progress)
     return AutoQuantResult(best[1], best[2], table)
+
+
+def _try_downstream_ranges(
+    best: tuple[float, nn.Module, QuantSim],
+    table: list[dict[str, Any]],
+    calibration: list[Any],
+    eval_fn: Callable[[nn.Module], float],
+    progress: bool,
+) -> tuple[float, nn.Module, QuantSim]:
+    """The best stage with its activation ranges re-chosen by their downstream error, if that scores better."""
+    score, candidate, sim = best
+    stage = max((row for row in table[1:]), key=lambda row: row["score"])["stage"]
+    start = time.perf_counter()
+    quantizers = sim.quantizers()
+    saved = {name: q.encoding for name, q in quantizers.items()}
+    changed = downstream_ranges(sim, calibration, num_batches=2, progress=progress)
+    new_score = call_eval_fn(eval_fn, sim.model, f"the quantized model after {stage} with downstream ranges")
+    table.append({"stage": f"{stage} + downstream ranges", "score": new_score, "seconds": time.perf_counter() - start})
+    log.info("auto_quant %s + downstream ranges: %.4f (%d ranges changed)", stage, new_score, len(changed))
+    if new_score > score:
+        return new_score, candidate, sim
+    for row in changed:  # not better: the stage's own ranges back
+        quantizers[row.quantizer].set_encoding(saved[row.quantizer])
+    return best
 
 
 def _check_stages(stages: Sequence[str] | None) -> list[AutoQuantStage]:
