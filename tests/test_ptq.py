@@ -597,7 +597,7 @@ def test_auto_quant_tries_downstream_ranges_when_no_stage_reaches_the_target(tmp
     net, data = _small_net(), _calibration()
     for later, kept in [(0.8, True), (0.1, False)]:
         scores = iter([1.0, 0.5, later])  # float, cle, cle + downstream ranges
-        result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["cle"], path=tmp_path)
+        result = lt.auto_quant(net, data[0][:1], data, lambda m: next(scores), stages=["cle"], path=tmp_path)  # noqa: B023
         assert [s["stage"] for s in result.stages] == ["float", "cle", "cle + downstream ranges"]
         assert result.stages[-1]["score"] == later
         plain = lt.QuantSim(result.model, data[0][:1])

@@ -32,8 +32,8 @@ from .model_state import ModelState, model_state
 from .ptq.adaround import AdaroundConfig, adaround
 from .ptq.auto import AutoQuantResult, EvalFunctionError, auto_quant
 from .ptq.bias_correction import BiasCorrectionConfig, bias_correction
-from .ptq.bn_fold import fold_batch_norms
 from .ptq.block_reconstruction import BlockReconstructionConfig, reconstruct
+from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import cross_layer_scale, equalize
 from .ptq.downstream_ranges import DownstreamRange, downstream_ranges
 from .ptq.gptq import GptqConfig, gptq
