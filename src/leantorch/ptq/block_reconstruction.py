@@ -16,9 +16,9 @@ the block's own training steps), never once per block, so the cost is linear in 
 
 On EfficientNet-Lite0 (``benchmarks/ptq_efficientnet.py --only-reconstruct``, 60 steps of 8 samples per block,
 128 calibration samples, top-1 agreement with FP32 on 1,000 held-out crops): W8A8 per-tensor after CLE 0.841 (CLE +
-bias correction: 0.796), W8A8 per-channel 0.950 (calibration alone: 0.843), W4A8 per-channel 0.664, 0.754 at
-lr 5e-2 (AdaRound: 0.801; 60 steps are too few to learn 4-bit roundings, which AdaRound's exact objective does in
-500 cheap steps).
+bias correction: 0.796), W8A8 per-channel 0.950 (calibration alone: 0.843), W4A8 per-channel 0.664; 0.754 at
+lr 5e-2; 0.767 with 150 steps at lr 5e-2 (512 s). AdaRound reaches 0.801 there: 60-150 noisy steps are too few to
+learn 4-bit roundings, which AdaRound's exact objective does in 500 cheap steps.
 
 Deviations from the papers, and why:
 
