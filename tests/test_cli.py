@@ -122,6 +122,7 @@ def test_compress_writes_model_onnx_report_and_curves(tmp_path, capsys) -> None:
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], model(x).numpy(), atol=1e-4)
     html = (out / "compression_report.html").read_text()
     assert "Per-layer sensitivity" in html and (out / "sensitivity_spatial_svd.png").exists()
+    assert "Measured latency (ONNX Runtime)" in html  # the timings printed above, next to the MAC ratio
     assert (out / "eval_scores_channel_pruning.json").exists()
     assert main(args[:-1] + ["--target", "1.5", "--no-progress"]) == 2  # one-line error, no traceback
 

@@ -103,7 +103,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                     for row in compression.compare_latency({k: timed[k] for k in pair}, example, repeats=10)
                 ]
         print(markdown_table(rows))
-        write_report(info, out / "compression_report.html", plots_dir=out)
+        write_report(info, out / "compression_report.html", plots_dir=out, latency=rows)
     final = Path(args.out)
     quantized = f", {final / f'compressed_{args.quantize}'}.{{onnx,encodings,pth}}" if args.quantize else ""
     print(
