@@ -776,3 +776,27 @@ def test_export_format_choices_come_from_the_registry(tmp_path, data_file, capsy
     assert main([*argv, "--export-format", "tflite"]) == 2
     err = capsys.readouterr().err
     assert all(name in err for name in exporter_names())
+
+
+def test_reconstruct_flag_loads_the_learned_activation_encodings_frozen(tmp_path, monkeypatch, capsys) -> None:
+    """--reconstruct: block reconstruction gets the QuantSim options, and its file (weights and learned activation
+    step sizes) is loaded frozen, so calibration leaves those encodings as learned."""
+    import json
+
+    import leantorch.cli as cli
+
+    seen: dict = {}
+    real = cli.reconstruct
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, iterations=2, **kwargs)
+
+    monkeypatch.setattr(cli, "reconstruct", recording)
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    argv = [*QUANTIZE[:3], "--data", str(tmp_path / "d.npy"), "--image-size", "32", "--num-samples", "4"]
+    argv += ["--no-progress", "--reconstruct", "--param-bw", "4", "--per-channel", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (seen["param_bw"], seen["per_channel"]) == (4, True)
+    learned = json.loads((tmp_path / "o" / "reconstruct.encodings").read_text())
+    assert learned["activation_encodings"] and learned["param_encodings"]

@@ -46,6 +46,7 @@ from .errors import (
 from .parallel import check_backend
 from .ptq.adaround import adaround
 from .ptq.bias_correction import bias_correction
+from .ptq.block_reconstruction import reconstruct
 from .ptq.bn_fold import fold_batch_norms
 from .ptq.cle import equalize
 from .ptq.gptq import gptq
@@ -103,7 +104,7 @@ def _calibrated_sim(
     adaround_dir: Path,
     progress: bool,
 ) -> QuantSim:
-    """--bias-correction → --adaround / --gptq / --seq-mse → calibrated QuantSim (the long part).
+    """--bias-correction → --adaround / --gptq / --seq-mse / --reconstruct → calibrated QuantSim (the long part).
 
     ``sim`` is the (uncalibrated) QuantSim of ``model`` built to check the options; it is used as it is
     unless a technique changes the weights."""
@@ -137,9 +138,13 @@ def _calibrated_sim(
             num_batches=_adaround_options(args)["num_batches"],
             **options,
         )
-    if args.bias_correction or args.adaround or args.gptq or args.seq_mse:
+    if args.reconstruct:  # rounding and activation step sizes learned block by block (BRECQ + QDrop)
+        model, encodings = reconstruct(model, example, calib, path=adaround_dir, progress=progress, **options)
+    if args.bias_correction or args.adaround or args.gptq or args.seq_mse or args.reconstruct:
         sim = QuantSim(model, example, **options)
-    if encodings is not None:
+    if encodings is not None and args.reconstruct:
+        sim.load_encodings(encodings, freeze=True)  # its learned activation encodings too
+    elif encodings is not None:
         sim.set_and_freeze_param_encodings(encodings)
     _float_formats(sim, args)
     sim.compute_encodings(calib, progress=progress)
@@ -180,6 +185,7 @@ def _check_auto(args: argparse.Namespace) -> None:
             ("--adaround", args.adaround),
             ("--gptq", args.gptq),
             ("--seq-mse", args.seq_mse),
+            ("--reconstruct", args.reconstruct),
         )
         if on
     ]

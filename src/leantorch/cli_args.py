@@ -181,6 +181,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "(the range, of 20 shrunk ones, with the least layer output error; one pass) and freeze "
         "the weight encodings",
     )
+    rounding.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="block reconstruction (BRECQ+QDrop): rounding and activation step sizes learned per block; slow",
+    )
     p.add_argument(
         "--adaround-iterations",
         type=positive_int,
