@@ -41,8 +41,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..batches import check_iterable, model_inputs
-from ..errors import CalibrationDataError, InvalidOptionError
+from ..errors import InvalidOptionError
 from ..graph import example_inputs, prepare, untie_parameters
 from ..options import check_count, check_flag, check_fraction, check_positive, with_overrides
 from ..paths import check_directory, check_file_name
@@ -53,7 +52,7 @@ from .block_graph import Block, check_blocks, graph_blocks, tensor_nodes
 from .block_rounding import SoftRounding
 from .block_training import BlockData, TrainSettings, train_block
 from .frontier import Frontier
-from .layer_rounding import LayerRoundingConfig
+from .layer_rounding import LayerRoundingConfig, calibration_batches, rounding_sim
 
 __all__ = ["BlockReconstructionConfig", "reconstruct"]
 
@@ -173,33 +172,10 @@ def reconstruct(
     """
     cfg = with_overrides(BlockReconstructionConfig, options, overrides, "reconstruct")
     enc_path = check_directory(cfg.path, "path") / f"{check_file_name(cfg.filename_prefix)}.encodings"
-    if calibration is None:
-        raise CalibrationDataError(
-            "reconstruct needs calibration data (got None): pass a list or DataLoader of input batches like the "
-            "example input"
-        )
-    check_iterable(calibration)
     inputs = example_inputs(example_input)
-    data = [model_inputs(b, len(inputs), i) for i, b in zip(range(cfg.num_batches), calibration)]
-    if not data:
-        raise CalibrationDataError(
-            "reconstruct needs calibration data (got no batch): pass a list or DataLoader of input batches like "
-            "the example input"
-        )
+    data = calibration_batches(calibration, inputs, cfg.num_batches, "reconstruct")
     gm = prepare(model, inputs)  # receives the rounded weights
-    sim = QuantSim(
-        gm,
-        inputs,
-        param_bw=cfg.param_bw,
-        act_bw=cfg.act_bw,
-        scheme=cfg.scheme,
-        param_scheme=cfg.param_scheme,
-        per_channel=cfg.per_channel,
-        config=cfg.config,
-        param_block_size=cfg.param_block_size,
-        decompressed_bw=cfg.decompressed_bw,
-    )
-    sim.compute_encodings(data, progress=False)
+    sim = rounding_sim(gm, inputs, cfg, data)
     wrappers = sim.layers()
     layers = [
         n

@@ -34,6 +34,8 @@ from .frontier import Frontier
 
 __all__ = [
     "LayerRoundingConfig",
+    "calibration_batches",
+    "rounding_sim",
     "RoundLayer",
     "round_layers",
     "layer_inputs",
@@ -134,34 +136,10 @@ def round_layers(
     out = check_directory(path, "path")
     enc_path = out / f"{check_file_name(filename_prefix)}.encodings"
     # The data is checked before tracing: a missing data set should fail fast.
-    if calibration is None:
-        raise CalibrationDataError(
-            f"{what} needs calibration data (got None): pass a list or DataLoader of input "
-            "batches like the example input"
-        )
-    check_iterable(calibration)
-    num_inputs = len(example_inputs(example_input))
-    data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
-    if not data:
-        raise CalibrationDataError(
-            f"{what} needs calibration data (got no batch): pass a list or DataLoader of "
-            "input batches like the example input"
-        )
+    data = calibration_batches(calibration, example_input, num_batches, what)
     reference = prepare(model, example_input)
     gm = copy.deepcopy(reference)  # receives the rounded weights; ``reference`` stays float for the targets
-    sim = QuantSim(
-        gm,
-        example_input,
-        param_bw=options.param_bw,
-        act_bw=options.act_bw,
-        scheme=options.scheme,
-        param_scheme=options.param_scheme,
-        per_channel=options.per_channel,
-        config=options.config,
-        param_block_size=options.param_block_size,
-        decompressed_bw=options.decompressed_bw,
-    )
-    sim.compute_encodings(data, progress=False)
+    sim = rounding_sim(gm, example_input, options, data)
     if not use_quantized_inputs:
         sim.set_activation_quantization(False)
     layers = [
@@ -195,6 +173,59 @@ def round_layers(
     bar.close()
     save_param_encodings(sim, enc_path)
     return gm, enc_path
+
+
+def calibration_batches(calibration: Iterable[Any], example_input: Any, num_batches: int, what: str) -> list[Inputs]:
+    """The model inputs of the first ``num_batches`` calibration batches, checked (structure, NaN/Inf).
+
+    Raises:
+        CalibrationDataError: ``calibration`` is None or holds no batch (naming ``what`` needs it), or a bad batch.
+
+    Example:
+        >>> [tuple(x.shape) for (x,) in calibration_batches([torch.zeros(2, 4)] * 3, torch.zeros(1, 4), 2, "gptq")]
+        [(2, 4), (2, 4)]
+    """
+    if calibration is None:
+        raise CalibrationDataError(
+            f"{what} needs calibration data (got None): pass a list or DataLoader of input "
+            "batches like the example input"
+        )
+    check_iterable(calibration)
+    num_inputs = len(example_inputs(example_input))
+    data = [model_inputs(b, num_inputs, i) for i, b in zip(range(num_batches), calibration)]
+    if not data:
+        raise CalibrationDataError(
+            f"{what} needs calibration data (got no batch): pass a list or DataLoader of "
+            "input batches like the example input"
+        )
+    return data
+
+
+def rounding_sim(gm: fx.GraphModule, example_input: Any, options: LayerRoundingConfig, data: list[Inputs]) -> QuantSim:
+    """The QuantSim whose grids a layer- or block-wise rounding uses: built from ``options``, calibrated on
+    ``data``.
+
+    Example:
+        >>> from leantorch import prepare
+        >>> net, x = nn.Sequential(nn.Linear(4, 2)), torch.randn(8, 4)
+        >>> options = LayerRoundingConfig(param_bw=4, path="/tmp", filename_prefix="doc", progress=False)
+        >>> rounding_sim(prepare(net, x[:1]), x[:1], options, [(x,)]).param_quantizers()["0.weight"].bitwidth
+        4
+    """
+    sim = QuantSim(
+        gm,
+        example_input,
+        param_bw=options.param_bw,
+        act_bw=options.act_bw,
+        scheme=options.scheme,
+        param_scheme=options.param_scheme,
+        per_channel=options.per_channel,
+        config=options.config,
+        param_block_size=options.param_block_size,
+        decompressed_bw=options.decompressed_bw,
+    )
+    sim.compute_encodings(data, progress=False)
+    return sim
 
 
 def layer_inputs(
