@@ -232,15 +232,16 @@ def _choose(
     goals = [[_run_path(reference, path, x) for x in float_values] for path in target.paths]
     layers = [cast(QuantWrapper, sim.model.get_submodule(str(path[-1].target))) for path in target.paths]
     saved = [[cast(Quantizer, o).enabled for o in layer.output_quantizers] for layer in layers]
+    candidates = [
+        compute_encoding(lo * f, hi * f, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis) for f in fractions
+    ]
     errors = []
     try:
         for layer in layers:  # the error is measured at the layers' own outputs, before they are quantized
             for o in layer.output_quantizers:
                 cast(Quantizer, o).enabled = False
-        for fraction in fractions:
-            q.set_encoding(
-                compute_encoding(lo * fraction, hi * fraction, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis)
-            )
+        for candidate in candidates:
+            q.set_encoding(candidate)
             error = 0.0
             for path, goal in zip(target.paths, goals):
                 num = sum(float((_run_path(sim.model, path, q(x)) - g).pow(2).sum()) for x, g in zip(raw, goal))
@@ -253,12 +254,7 @@ def _choose(
                 cast(Quantizer, o).enabled = flag
     best = min(range(len(fractions)), key=lambda i: (errors[i], abs(fractions[i] - 1.0)))
     chosen = fractions[best]
-    if chosen == 1.0:
-        q.set_encoding(calibrated)
-    else:
-        q.set_encoding(
-            compute_encoding(lo * chosen, hi * chosen, q.bitwidth, q.symmetric, q.unsigned_symmetric, q.axis)
-        )
+    q.set_encoding(calibrated if chosen == 1.0 else candidates[best])
     return DownstreamRange(
         quantizer=target.name,
         consumers=tuple(str(path[-1].target) for path in target.paths),
