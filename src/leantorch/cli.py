@@ -52,6 +52,7 @@ from .ptq.cle import equalize
 from .ptq.gptq import gptq
 from .ptq.seq_mse import seq_mse
 from .quant.config import load_config
+from .quant.estimator_base import every_value_histograms
 from .quant.float_formats import set_float_format
 from .quant.sim import QuantSim
 from .staging import staged_outputs
@@ -347,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     keep_freed_memory()  # forward passes reuse freed activation memory instead of page-faulting it in again
     try:
-        return _COMMANDS[args.command](args)
+        with every_value_histograms(getattr(args, "thorough", False)):  # --thorough: no sampled histograms
+            return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if args.debug:
             raise

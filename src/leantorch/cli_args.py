@@ -203,9 +203,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--thorough",
         action="store_true",
-        help="slower settings: AdaRound as in the paper; for "
-        "analyze also 32 sensitivity samples and per-layer SQNR/histograms on every sample, not the "
-        "first batches up to 64 samples",
+        help="slower settings: AdaRound as in the paper; histogram range searches count every activation "
+        "value, not a strided sample of each large one; for analyze also 32 sensitivity samples and per-layer "
+        "SQNR/histograms on every sample, not the first batches up to 64 samples",
     )
 
 

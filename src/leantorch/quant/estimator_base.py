@@ -12,10 +12,13 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-from .histogram import bin_edges, grid_counts, grid_for, pow2, regrid, release_scratch, uniform_view
+from .histogram import bin_edges, grid_counts, grid_for, pow2, regrid, release_scratch, tensor_counts, uniform_view
+from .histogram_sample import VALUES_PER_SAMPLE, strided_sample
 from .schemes import register_estimator
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "storage_order",
     "channel_extremes",
     "release_scratch",
+    "every_value_histograms",
 ]
 
 
@@ -172,6 +176,10 @@ class HistogramEstimator(RangeEstimator):
     ranks, equal those of one pass over all the data, bit for bit.
     """
 
+    #: Per-tensor histograms count at most this many values of each sample (see :mod:`.histogram_sample`);
+    #: None counts every value.
+    values_per_sample: int | None = VALUES_PER_SAMPLE
+
     def __init__(self, axis: int | None = None, num_bins: int = 512) -> None:
         super().__init__(axis)
         self.num_bins = num_bins
@@ -209,7 +217,11 @@ class HistogramEstimator(RangeEstimator):
         if self._keep_few(flat):
             return
         assert self.exponent is not None and self.start is not None
-        counts = grid_counts(flat, self.exponent, self.start, self.num_bins)
+        if self.axis is None:  # one histogram of the whole tensor: of a strided sample when it is large
+            sample = strided_sample(storage_order(x.detach()), self.values_per_sample)
+            counts = tensor_counts(sample, self.exponent, self.start, self.num_bins)
+        else:
+            counts = grid_counts(flat, self.exponent, self.start, self.num_bins)
         self._hist = counts if self._hist is None else self._hist.add_(counts)
 
     def _keep_few(self, flat: torch.Tensor) -> bool:
@@ -278,3 +290,23 @@ class HistogramEstimator(RangeEstimator):
         """``(counts, centres, mass of bin 0)``: the bins at their midpoints (:func:`~.histogram.uniform_view`)."""
         assert self.hist is not None and self.exponent is not None and self.start is not None
         return uniform_view(self.hist, self.exponent, self.start)
+
+
+@contextmanager
+def every_value_histograms(enabled: bool = True) -> Iterator[None]:
+    """Within the block, per-tensor histograms count every value of each activation instead of a strided sample
+    of at most :attr:`HistogramEstimator.values_per_sample` per sample (``enabled=False``: no change). The CLI's
+    ``--thorough`` uses it.
+
+    Example:
+        >>> with every_value_histograms():
+        ...     HistogramEstimator.values_per_sample is None
+        True
+    """
+    previous = HistogramEstimator.values_per_sample
+    if enabled:
+        HistogramEstimator.values_per_sample = None
+    try:
+        yield
+    finally:
+        HistogramEstimator.values_per_sample = previous

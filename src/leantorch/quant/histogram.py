@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["grid_for", "grid_counts", "regrid", "bin_edges", "uniform_view", "pow2", "release_scratch"]
+__all__ = ["grid_for", "grid_counts", "tensor_counts", "regrid", "bin_edges", "uniform_view", "pow2", "release_scratch"]
 
 #: Largest ``|trunc(x / 2**e)|`` the grid allows: bin numbers fit int16 before the window shift.
 _INDEX_BITS = 15
@@ -127,6 +127,23 @@ def grid_counts(values: torch.Tensor, exponent: torch.Tensor, start: torch.Tenso
     return torch.bincount(index.reshape(-1), minlength=channels * slots).reshape(channels, slots).double()
 
 
+def tensor_counts(values: torch.Tensor, exponent: torch.Tensor, start: torch.Tensor, slots: int) -> torch.Tensor:
+    """Counts of all of ``values`` (any shape, may be a strided view: it is not copied) as one channel, float64
+    ``[1, slots]``; ``exponent``/``start`` are the channel's grid (``[1]``), see :func:`grid_counts`.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.3], [0.5, 1.0]])
+        >>> e, start = grid_for(torch.tensor([0.0]), torch.tensor([1.0]), 8)
+        >>> tensor_counts(x[:, ::2], e, start, 8).tolist()   # 0.0 and 0.5
+        [[1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    """
+    if not values.is_floating_point() or values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()
+    scale = pow2(-exponent).to(torch.float64 if values.dtype == torch.float64 else torch.float32)
+    rows = values.reshape(-1) if values.is_contiguous() or values.dim() < 2 else values  # never copied
+    return _tensor_counts(rows, scale, start, slots)[None, :]
+
+
 #: Elements per pass of the CPU hot path: its float32 and int16 work buffers (6 MiB) stay in the last-level
 #: cache, so a large activation is read from memory once instead of once per elementwise pass.
 _CHUNK = 1 << 20
@@ -148,10 +165,10 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
     start16 = start.to(torch.int16)
     lane_offsets = _lane_offsets(min(x.numel(), _CHUNK), lanes, slots, x.device) if lanes > 1 else None
     total: torch.Tensor | None = None
-    for part in x.split(_CHUNK) if x.device.type == "cpu" else (x,):  # type: ignore[no-untyped-call]  # unannotated in torch
-        scaled = torch.mul(part, scale, out=scratch.get(part.numel(), scale.dtype, x.device))
+    for part in _chunks(x):
+        scaled = torch.mul(part, scale, out=scratch.get(part.numel(), scale.dtype, x.device).view(part.shape))
         index = scratch.get(part.numel(), torch.int16, x.device)
-        index.copy_(scaled)  # truncation toward zero; |bin| < 2**15 by the choice of exponent
+        index.view(part.shape).copy_(scaled)  # truncation toward zero; |bin| < 2**15 by the choice of exponent
         if shift:
             index.sub_(start16)
         if lane_offsets is not None:
@@ -160,6 +177,14 @@ def _tensor_counts(x: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, sl
         total = counts if total is None else total.add_(counts)
     assert total is not None
     return total.reshape(lanes, slots).sum(0).double()
+
+
+def _chunks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``x`` (1-D, or a strided sample split along dimension 0) in pieces of about ``_CHUNK`` elements on a CPU."""
+    if x.device.type != "cpu":
+        return (x,)
+    rows = _CHUNK if x.dim() == 1 else max(1, _CHUNK // max(1, x[0].numel()))
+    return tuple(x.split(rows))  # type: ignore[no-untyped-call]  # unannotated in torch
 
 
 _LANE_OFFSETS: dict[tuple[int, int, torch.device], torch.Tensor] = {}

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import CalibrationDataError, ConfigError, EncodingsMissingError
 from .blocks import blocks_fit, blockwise_encoding, from_block_rows, lpbq_compress, lpbq_scale, to_block_rows
 from .encoding import FLOAT_BITWIDTH, FLT_MAX, MIN_SCALE, Encoding, check_bitwidth, compute_encoding
-from .estimators import QuantScheme, RangeEstimator, compute_ranges, make_estimator
+from .estimators import HistogramEstimator, QuantScheme, RangeEstimator, compute_ranges, make_estimator
 from .float_formats import check_float_format, float_bitwidth, float_encoding, float_fake_cast, is_scaled
 from .onnx_marker import OnnxQuantizeMarker as OnnxQuantizeMarker  # its home was here
 
@@ -220,12 +220,18 @@ class Quantizer(nn.Module):
         return self.is_active and not self.frozen and not plain_cast
 
     # ----------------------------------------------------------------- calibration
-    def start_calibration(self) -> None:
-        """Pass tensors through unchanged and collect their statistics until :meth:`finish_calibration`."""
+    def start_calibration(self, every_value: bool = False) -> None:
+        """Pass tensors through unchanged and collect their statistics until :meth:`finish_calibration`.
+
+        ``every_value``: histograms count every value (a tensor known in full, such as a weight) instead of a
+        strided sample of each large activation (:mod:`.histogram_sample`).
+        """
         if self.float_format is not None and not is_scaled(self.float_format):
             return  # a plain cast (fp16, bf16) has nothing to calibrate: its encoding stays
         # Blocks are calibrated as the channels (rows) of the weight's block view.
         self._estimator = make_estimator(self.scheme, 0 if self.is_blockwise else self.axis)
+        if every_value and isinstance(self._estimator, HistogramEstimator):
+            self._estimator.values_per_sample = None
         self._calibrating = True
         #: the last calibration passed this quantizer only empty tensors (a cache of length 0): nothing to quantize
         self.saw_only_empty = False
@@ -253,7 +259,7 @@ class Quantizer(nn.Module):
 
     def encoding_from_tensor(self, x: torch.Tensor) -> Encoding:
         """Compute (and use) the encoding of a tensor known in full, e.g. a weight."""
-        self.start_calibration()
+        self.start_calibration(every_value=True)
         try:
             self._observe(x)
         finally:

@@ -25,7 +25,7 @@ def tensor_encodings(pairs: Sequence[tuple[Quantizer, torch.Tensor]]) -> list[tu
     try:
         for q, tensor in pairs:
             started.append(q)
-            q.start_calibration()
+            q.start_calibration(every_value=True)
             q(tensor)  # calibrating: observes, returns it
     except BaseException:
         for q in started:
