@@ -4,6 +4,7 @@ model-level sweep lands on the grid and beats round-to-nearest."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -49,6 +50,44 @@ def test_blocked_batched_rounding_equals_the_papers_column_loop(per_channel: boo
     for g in range(groups):
         want = reference_gptq(w[g], h[g], scale[g], offset[g], enc.num_steps, 0.01)
         torch.testing.assert_close(got[g].double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_act_order_is_the_papers_loop_over_columns_sorted_by_input_energy(per_channel: bool) -> None:
+    gen = torch.Generator().manual_seed(5)
+    out, k = 6, 10
+    w = torch.randn(1, out, k, generator=gen)
+    x = torch.randn(k, 300, generator=gen) * torch.rand(k, 1, generator=gen).mul(3)  # unequal input energies
+    h = x @ x.T / 300
+    if per_channel:
+        enc = compute_encoding(w[0].amin(1), w[0].amax(1), 3, symmetric=False, axis=0)
+        scale, offset = enc.scale.double(), enc.offset.double()
+    else:
+        enc = compute_encoding(w.min(), w.max(), 3, symmetric=False)
+        scale, offset = enc.scale.double().expand(out), enc.offset.double().expand(out)
+    order = h.diagonal().argsort(descending=True)
+    assert not torch.equal(order, torch.arange(k))  # the order matters in this case
+    want = torch.empty(out, k, dtype=torch.float64)
+    want[:, order] = reference_gptq(w[0][:, order], h[order][:, order], scale, offset, enc.num_steps, 0.01)
+    got = gptq_round(w, h[None], enc, damping=0.01, block_size=4, act_order=True)
+    torch.testing.assert_close(got[0].double(), want, rtol=0, atol=1e-6)
+    assert not torch.equal(got, gptq_round(w, h[None], enc, damping=0.01, block_size=4))
+
+
+def test_act_order_keeps_each_column_on_its_own_blocks_grid() -> None:
+    gen = torch.Generator().manual_seed(6)
+    layer = nn.Linear(16, 3)
+    w = layer.weight.detach()[None]
+    x = torch.randn(16, 200, generator=gen) * torch.linspace(3, 0.1, 16)[torch.randperm(16, generator=gen)][:, None]
+    blocks = w[0].reshape(3, 4, 4)  # block size 4: per row, 4 blocks of 4 columns
+    flat = compute_encoding(blocks.amin(2).reshape(-1), blocks.amax(2).reshape(-1), 3, symmetric=False, axis=0)
+    scale, offset = flat.scale.reshape(3, 4), flat.offset.reshape(3, 4)
+    enc = dataclasses.replace(flat, scale=scale, offset=offset, block_size=4, block_axis=1)
+    got = gptq_round(w, (x @ x.T / 200)[None], enc, weight_shape=(3, 16), act_order=True)[0]
+    scale, offset = scale.repeat_interleave(4, 1), offset.repeat_interleave(4, 1)
+    steps = torch.round(got / scale) - offset
+    torch.testing.assert_close(got, scale * (steps + offset))
+    assert bool((steps >= 0).all()) and bool((steps <= enc.num_steps).all())
 
 
 def test_identity_hessian_without_damping_is_round_to_nearest_and_dead_inputs_stay_finite() -> None:
