@@ -8,12 +8,16 @@ round-to-nearest, SeqMSE, GPTQ and AdaRound on MiniLM and EfficientNet-Lite0, is
   bit-operations) and a weight-bytes run (cost: memory) aiming at ≥ 0.95 top-1 agreement with FP32 at less
   than half the weight bytes of W8. BN folded first; per-channel weights, tf_enhanced ranges.
 
+* ``amp_rounded``: the weight-bytes run with AdaRound candidates (``rounding="adaround"``: each candidate below
+  16-bit weights rounded once by ``lt.adaround``), and uniform AdaRound W8A16 / W4A16 / W3A16 from the same
+  rounded weights. Its rows and front are added to ``weights_amp.json`` (the plot: ``weights_amp_rounded_pareto.png``).
+
 Data: scikit-image photograph crops. Calibration: ``--calibration`` crops (seed 0). The search scores
 (``eval_fn``) top-1 agreement with FP32 on ``--search`` crops (seed 2) and orders phase 1 by relative output
 noise power on ``--probe`` of them; the table's "held-out agreement" is on ``--evaluation`` other crops (seed 1).
 Writes ``benchmarks/results/weights_amp.json`` and the Pareto plot ``weights_amp_pareto.png`` beside it.
 
-Run: ``.venv/bin/python benchmarks/weights.py --only amp``.
+Run: ``.venv/bin/python benchmarks/weights.py --only amp`` (or ``--only amp_rounded``).
 """
 
 from __future__ import annotations
@@ -154,7 +158,82 @@ def run_amp(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "fronts": fronts, "png": png}
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"amp": run_amp}
+#: (label, candidates, allowed drop from FP32) of the AdaRound weight-bytes run; W16A16 is kept for a few sensitive
+#: layers (its bytes count), the others are rounded by AdaRound once each.
+ROUNDED_RUN = ("weight bytes, AdaRound", "W16A16,W8A16,W4A16,W3A16", 0.04)
+
+
+def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
+    """AMP over AdaRound candidates (cost: weight bytes) and uniform AdaRound rows; merged into weights_amp.json."""
+    env = _setup(args)
+    eval_fn = agreement_score(env["model"], env["search"])
+    order_fn = OutputScore(env["model"], env["probe"], _negative_noise, name="-(output noise / signal)")
+    label, spec, drop = ROUNDED_RUN
+    quantized_inputs = not args.adaround_float_inputs
+    if not quantized_inputs:
+        label += " (float inputs)"
+    start = time.perf_counter()
+    amp = mixed_precision(
+        env["folded"],
+        env["calib"][0][:1],
+        env["calib"],
+        eval_fn,
+        sensitivity_fn=order_fn,
+        candidates=spec,
+        allowed_drop=drop,
+        cost="memory",
+        baseline="fp32",
+        per_channel=True,
+        front_evals=args.front_evals,
+        rounding="adaround",
+        rounding_options=lt.AdaroundConfig(progress=False, use_quantized_inputs=quantized_inputs),
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    row = _amp_row(label, spec, amp, env, seconds)
+    assert amp.assembler is not None
+    rows = []
+    for cand in amp.candidates[1:]:  # uniform AdaRound points from the same rounded weights
+        amp.assembler.set_all({g.name: cand for g in amp.groups})
+        agree = Agreement.of(env["reference"], model_outputs(amp.sim.model, env["held_out"], progress=False))
+        rows.append(
+            {
+                **row,
+                "run": f"uniform AdaRound{label[len(ROUNDED_RUN[0]) :]} {cand.name}",
+                "candidates": cand.name,
+                "cost": "-",
+            }
+        )
+        rows[-1].update({"chosen mix": cand.name, "relative bitops": cand.bit_product / 128})
+        rows[-1].update({"weight bytes / W8": cand.param_bw / 8, "search agreement": float("nan")})
+        rows[-1].update({"held-out agreement": agree.top1, "held-out SQNR (dB)": agree.sqnr_db, "evaluations": 0})
+        rows[-1]["seconds"] = float("nan")  # the rounding's time is in the AMP row
+    by_name = {c.name: c for c in amp.candidates}
+    amp.assembler.set_all({g: by_name[c] for g, c in amp.chosen.config.items()})
+    rows.append(row)
+    print(markdown_table(rows), flush=True)
+    fronts = {label: {"allowed_drop": drop, "front": amp.front_rows(), "chosen": amp.chosen.config, "met": amp.met}}
+    png = plots.pareto_plot({label: amp.curve()}, {label: amp.chosen_xy()}, "weight bytes relative to W16", None)
+    return {"rows": rows, "fronts": fronts, "png": png}
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"amp": run_amp, "amp_rounded": run_amp_rounded}
+#: sections whose rows and fronts are added to another section's JSON file (rows of the same run replaced)
+MERGED_INTO = {"amp_rounded": "amp"}
+
+
+def _save(name: str, found: dict[str, Any]) -> None:
+    target = MERGED_INTO.get(name)
+    if target is None:
+        (RESULTS / f"weights_{name}.json").write_text(json.dumps(found, indent=1, default=str) + "\n")
+        return
+    path = RESULTS / f"weights_{target}.json"
+    old = json.loads(path.read_text()) if path.exists() else {"rows": [], "fronts": {}}
+    runs = {r["run"] for r in found["rows"]}
+    old["rows"] = [r for r in old["rows"] if r["run"] not in runs] + found["rows"]
+    old["fronts"].update(found["fronts"])
+    old[f"settings ({name})"], old[f"seconds ({name})"] = found["settings"], found["seconds"]
+    path.write_text(json.dumps(old, indent=1, default=str) + "\n")
 
 
 def main() -> None:
@@ -168,6 +247,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--front-evals", type=int, default=12)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--adaround-float-inputs",
+        action="store_true",
+        help="amp_rounded: AdaRound each layer on float inputs (composable per group) instead of the quantized ones",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     RESULTS.mkdir(exist_ok=True)
@@ -179,7 +263,7 @@ def main() -> None:
             (RESULTS / f"weights_{name}_pareto.png").write_bytes(png)
         found["settings"] = {k: v for k, v in vars(args).items() if k != "only"}
         found["seconds"] = time.perf_counter() - start
-        (RESULTS / f"weights_{name}.json").write_text(json.dumps(found, indent=1, default=str) + "\n")
+        _save(name, found)
         print(f"\n## {name}\n\n" + markdown_table(found["rows"]))
 
 

@@ -19,6 +19,7 @@ import torch
 from .errors import InvalidOptionError
 from .evaluation import Agreement, markdown_table, model_outputs
 from .ptq.amp_groups import parse_candidates
+from .ptq.amp_rounding import ROUNDINGS
 from .ptq.mixed_precision import mixed_precision
 from .quant.sim import QuantSim
 
@@ -43,7 +44,8 @@ def amp_candidates(text: str) -> str:
 
 
 def add_amp_options(p: argparse.ArgumentParser) -> None:
-    """``--amp CANDIDATES`` and ``--amp-cost`` (the allowed drop is ``--allowed-drop``, shared with ``--auto``).
+    """``--amp CANDIDATES``, ``--amp-cost`` and ``--amp-rounding`` (the allowed drop is ``--allowed-drop``,
+    shared with ``--auto``).
 
     Example:
         >>> p = argparse.ArgumentParser(); add_amp_options(p); p.parse_args([]).amp is None
@@ -63,6 +65,13 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         choices=["bitops", "memory"],
         default="bitops",
         help="what --amp minimises: bitops (MACs × weight bits × activation bits, default) or memory (weight bytes)",
+    )
+    p.add_argument(
+        "--amp-rounding",
+        choices=list(ROUNDINGS),
+        default="nearest",
+        help="how --amp rounds the weights of candidates below 16 bits: nearest (default) or adaround (each such "
+        "candidate rounded once by AdaRound on the data; a layer at it takes those weights, also in the export)",
     )
 
 
@@ -105,6 +114,7 @@ def amp_sim(
         candidates=args.amp,
         allowed_drop=args.allowed_drop,
         cost=args.amp_cost,
+        rounding=getattr(args, "amp_rounding", "nearest"),
         progress=progress,
     )
     print(markdown_table([{"group": g, "precision": c} for g, c in amp.chosen.config.items()]))

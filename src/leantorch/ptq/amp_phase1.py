@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ from ..quant.encoding import Encoding
 from ..quant.sim import QuantSim
 from ..sweep import Trial, suffix_outputs
 from .amp_groups import Candidate, LayerGroup
+from .amp_rounding import RoundedWeights
 from .auto import EvalFunctionError, call_eval_fn
 
 __all__ = ["Assembler", "phase1", "suffix_scores"]
@@ -42,31 +44,65 @@ class Assembler:
         calib: calibration batches (re-iterable) or ``callable(model)``, run once per candidate.
     """
 
-    def __init__(self, sim: QuantSim, groups: list[LayerGroup], candidates: tuple[Candidate, ...], calib: Any):
+    def __init__(
+        self,
+        sim: QuantSim,
+        groups: list[LayerGroup],
+        candidates: tuple[Candidate, ...],
+        calib: Any,
+        rounded: dict[Candidate, RoundedWeights] | None = None,
+    ):
         self.sim, self.groups = sim, groups
         self.quantizers = {**sim.quantizers(), **sim.param_quantizers()}  # weights by parameter name
+        self.rounded = rounded or {}
+        swapped = {n for r in self.rounded.values() for n in r.weights}
+        self.params = {n: _parameter(sim, n) for g in groups for n in g.param_names if n in swapped}
+        self.float_weights = {n: p.detach().clone() for n, p in self.params.items()}
         self.cache: dict[Candidate, dict[str, Encoding | None]] = {}
         for cand in reversed(candidates):  # the highest last: quantizers outside the groups end as it leaves them
             for g in groups:
+                self._set_weights(g, cand)
                 for n in g.param_names:
                     self.quantizers[n].bitwidth = cand.param_bw
                 for n in g.activation_names:
                     self.quantizers[n].bitwidth = cand.act_bw
-            sim.compute_encodings(calib, progress=False)
+            sim.compute_encodings(calib, progress=False)  # rounded weights' encodings are frozen: kept
             names = [n for g in groups for n in (*g.param_names, *g.activation_names)]
             self.cache[cand] = {n: self.quantizers[n].encoding for n in names}
 
+    def _set_weights(self, group: LayerGroup, cand: Candidate) -> None:
+        """``cand``'s rounded weights (encodings frozen) where it has them, else the float ones (unfrozen)."""
+        rounded = self.rounded.get(cand)
+        for n in group.param_names:
+            if n not in self.params:
+                continue
+            with torch.no_grad():
+                if rounded is not None and n in rounded.weights:
+                    self.params[n].copy_(rounded.weights[n])
+                    self.quantizers[n].set_encoding(rounded.encodings[n], freeze=True)
+                else:
+                    self.params[n].copy_(self.float_weights[n])
+                    self.quantizers[n].frozen = False
+
     def set_group(self, group: LayerGroup, cand: Candidate) -> None:
-        """Put ``group``'s quantizers on ``cand``'s encodings."""
+        """Put ``group``'s quantizers on ``cand``'s encodings (and its weights on ``cand``'s rounding, if any)."""
+        self._set_weights(group, cand)
+        frozen = self.rounded[cand].encodings if cand in self.rounded else {}
         for n in (*group.param_names, *group.activation_names):
             enc = self.cache[cand][n]
             if enc is not None:  # None: it saw no data during calibration (left as calibration left it)
-                self.quantizers[n].set_encoding(enc)
+                self.quantizers[n].set_encoding(enc, freeze=n in frozen)
 
     def set_all(self, config: dict[str, Candidate]) -> None:
         """Put every group on its candidate in ``config`` (group name -> candidate)."""
         for g in self.groups:
             self.set_group(g, config[g.name])
+
+
+def _parameter(sim: QuantSim, name: str) -> torch.Tensor:
+    """The tensor of parameter ``name`` (``"layer.weight"``) inside ``sim.model``'s wrapper of that layer."""
+    layer, _, param = name.rpartition(".")
+    return cast(torch.Tensor, getattr(sim.layers()[layer].module, param))
 
 
 def phase1(

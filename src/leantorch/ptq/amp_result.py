@@ -17,6 +17,7 @@ from ..analysis.html import details, document, images, table
 from ..paths import check_file, writing
 from ..quant.sim import QuantSim
 from .amp_groups import Candidate, CostKind, LayerGroup
+from .amp_phase1 import Assembler
 
 __all__ = ["ParetoPoint", "MixedPrecisionResult"]
 
@@ -52,6 +53,10 @@ class MixedPrecisionResult:
     #: False when phase 1 used a ``sensitivity_fn``: estimates are then in its units, not the score's
     estimate_is_score: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how the weights of candidates below 16 bits were rounded (``"nearest"`` or ``"adaround"``)
+    rounding: str = "nearest"
+    #: puts ``sim`` on any mix of the candidates (``assembler.set_all({group: candidate})``), e.g. to score others
+    assembler: Assembler | None = None
 
     @property
     def baseline(self) -> ParetoPoint:

@@ -36,9 +36,11 @@ from ..errors import CalibrationDataError, InvalidOptionError
 from ..evaluation import agreement_score, model_outputs, sqnr_score
 from ..options import check_choice, check_count, check_flag, check_positive, with_overrides
 from ..quant.sim import QuantSim
+from .adaround import AdaroundConfig
 from .amp_groups import Candidate, CostKind, LayerGroup, find_groups, measure_macs, parse_candidates
 from .amp_phase1 import Assembler, phase1
 from .amp_result import MixedPrecisionResult, ParetoPoint
+from .amp_rounding import ROUNDINGS, Rounding, check_rounding_options, float_copy, round_candidates
 from .amp_search import greedy_steps, search_front
 from .auto import call_eval_fn
 
@@ -64,6 +66,11 @@ class MixedPrecisionConfig:
             SQNR score, whose float value is only its cap; ``"fp32"`` otherwise).
         front_evals: evenly spaced points of the Pareto list scored for real (beside the binary search).
         per_channel, scheme, config: the QuantSim built for a model input (ignored for a QuantSim input).
+        rounding: ``"nearest"`` (round-to-nearest weights) or ``"adaround"``: each candidate below 16-bit weights
+            is rounded once by :func:`~leantorch.adaround` (:mod:`.amp_rounding`); a group at that candidate takes
+            its rounded weights and their frozen encodings, also in the export.
+        rounding_options: an :class:`~leantorch.ptq.adaround.AdaroundConfig` for ``"adaround"`` (its bitwidths,
+            per-channel setting, batches and path are set per candidate); None: its defaults.
         progress: progress bars.
 
     Example:
@@ -81,6 +88,8 @@ class MixedPrecisionConfig:
     scheme: str = "tf_enhanced"
     config: Any = "default"
     progress: bool = True
+    rounding: Rounding = "nearest"
+    rounding_options: AdaroundConfig | None = None
 
     def __post_init__(self) -> None:
         parse_candidates(self.candidates)
@@ -91,6 +100,8 @@ class MixedPrecisionConfig:
         check_count("front_evals", self.front_evals)
         check_flag("per_channel", self.per_channel, allow_none=True)
         check_flag("progress", self.progress)
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_rounding_options(self.rounding_options)
 
 
 @contextmanager
@@ -158,6 +169,8 @@ def mixed_precision(
     calib = calibration if callable(calibration) else list(calibration)
     if not callable(calib) and not calib:
         raise CalibrationDataError("calibration data is empty: pass at least one batch")
+    if cfg.rounding != "nearest" and callable(calib):
+        raise InvalidOptionError(f"rounding={cfg.rounding!r} needs calibration batches, not a callable")
     top = candidates[0]
     if isinstance(sim_or_model, QuantSim):
         sim = sim_or_model
@@ -187,7 +200,14 @@ def mixed_precision(
         score_name = getattr(eval_fn, "name", "eval_fn")
     with _float_mode(sim):
         fp32 = call_eval_fn(eval_fn, sim.model, "the float model")
-    assembler = Assembler(sim, groups, candidates, calib)
+    rounded = None
+    if cfg.rounding == "adaround":
+        source = float_copy(sim) if isinstance(sim_or_model, QuantSim) else sim_or_model
+        example = sim.example_input if example_input is None else example_input
+        adaround_options = check_rounding_options(cfg.rounding_options)
+        per_channel = sim.config.per_channel
+        rounded = round_candidates(source, example, calib, candidates, sim, adaround_options, per_channel, cfg.progress)
+    assembler = Assembler(sim, groups, candidates, calib, rounded)
     measure_macs(sim, groups, sim.example_input)
     sensitive = sensitivity_fn or eval_fn
     sensitivity, evaluations = phase1(assembler, candidates, sensitive, cfg.progress)
@@ -225,6 +245,8 @@ def mixed_precision(
         evaluations=evaluations + len(scored),
         score_name=score_name,
         estimate_is_score=sensitivity_fn is None,
+        rounding=cfg.rounding,
+        assembler=assembler,
     )
 
 

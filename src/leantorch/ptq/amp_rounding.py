@@ -1,0 +1,133 @@
+"""Rounded weight candidates for automatic mixed precision: AdaRound once per low-bit candidate.
+
+With ``MixedPrecisionConfig(rounding="adaround")`` every candidate whose weights have fewer than 16 bits is
+rounded once for the whole model by :func:`~leantorch.ptq.adaround.adaround` (the float model, the candidate's
+``param_bw`` and ``act_bw``, per-channel as the sim, the AMP calibration batches). Per weight, the rounded tensor
+and its frozen encoding are kept (:class:`RoundedWeights`); a group set to that candidate takes both (the encoding
+frozen, so recalibration keeps it), a group set to a round-to-nearest candidate gets its float weight back.
+
+For a QuantSim input the float model is the sim's own graph with every wrapper replaced by the layer it wraps
+(:func:`float_copy`), so the rounded weights carry the sim's parameter names.
+
+Example:
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> sim = QuantSim(net, torch.randn(1, 4))
+    >>> sorted(dict(float_copy(sim).named_parameters()))[:2]
+    ['0.bias', '0.weight']
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from ..errors import InvalidOptionError
+from ..quant.encoding import Encoding
+from ..quant.encodings_file import read_encodings
+from ..quant.encodings_matching import encoding_targets, match_encodings
+from ..quant.quantizer import Quantizer
+from ..quant.sim import QuantSim
+from ..quant.wrapper import QuantWrapper
+from .adaround import AdaroundConfig, adaround
+from .amp_groups import Candidate
+
+__all__ = ["Rounding", "ROUNDINGS", "RoundedWeights", "check_rounding_options", "float_copy", "round_candidates"]
+
+Rounding = Literal["nearest", "adaround"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "adaround")
+
+
+@dataclass
+class RoundedWeights:
+    """One candidate's rounded weights and their frozen encodings, by parameter name (``"conv1.weight"``)."""
+
+    weights: dict[str, torch.Tensor]
+    encodings: dict[str, Encoding]
+
+
+def check_rounding_options(options: Any) -> AdaroundConfig:
+    """``rounding_options`` as an :class:`AdaroundConfig` (None: its defaults).
+
+    Raises:
+        InvalidOptionError: anything else.
+
+    Example:
+        >>> check_rounding_options(None).iterations
+        500
+    """
+    if options is None:
+        return AdaroundConfig(progress=False)
+    if not isinstance(options, AdaroundConfig):
+        raise InvalidOptionError(f"rounding_options={options!r}: pass an AdaroundConfig (or None for its defaults)")
+    return options
+
+
+def float_copy(sim: QuantSim) -> fx.GraphModule:
+    """A float copy of ``sim.model``: each wrapper replaced by the layer it wraps, the input quantizers by Identity.
+
+    Example:
+        >>> sim = QuantSim(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4))
+        >>> type(float_copy(sim).get_submodule("0")).__name__
+        'Linear'
+    """
+    gm = copy.deepcopy(sim.model)
+    wrappers = [(n, m) for n, m in gm.named_modules() if isinstance(m, QuantWrapper)]
+    for name, wrapper in wrappers:
+        parent, _, leaf = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, wrapper.module)
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, Quantizer):
+            parent, _, leaf = name.rpartition(".")
+            holder = gm.get_submodule(parent) if parent else gm
+            if isinstance(holder, nn.ModuleList):
+                holder[int(leaf)] = nn.Identity()
+            else:
+                setattr(holder, leaf, nn.Identity())
+    gm.recompile()
+    return gm
+
+
+def round_candidates(
+    model: nn.Module,
+    example_input: Any,
+    calib: list[Any],
+    candidates: tuple[Candidate, ...],
+    sim: QuantSim,
+    options: AdaroundConfig,
+    per_channel: bool | None,
+    progress: bool,
+) -> dict[Candidate, RoundedWeights]:
+    """AdaRound ``model`` once per candidate below 16-bit weights; the rounded weights and encodings of ``sim``'s
+    enabled weight quantizers (the model is not modified).
+
+    Example:
+        >>> rounded = round_candidates(net, x[:1], batches, cands, sim, AdaroundConfig(), True, False)  # doctest: +SKIP
+    """
+    found: dict[Candidate, RoundedWeights] = {}
+    for cand in candidates:
+        if cand.param_bw >= 16:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = replace(
+                options,
+                param_bw=cand.param_bw,
+                act_bw=cand.act_bw,
+                per_channel=per_channel,
+                num_batches=len(calib),
+                path=tmp,
+                filename_prefix=f"amp_{cand.name}",
+                progress=progress,
+            )
+            rounded, path = adaround(model, example_input, calib, cfg)
+            targets = encoding_targets(sim.layers(), sim.quantizers())
+            plan = match_encodings(read_encodings(path), targets, str(path))
+        state = rounded.state_dict()
+        encodings = {t.key: enc for t, enc in plan if t.is_param and t.quantizer.is_active and t.key in state}
+        weights = {name: state[name].detach().clone() for name in encodings}
+        found[cand] = RoundedWeights(weights, encodings)
+    return found
