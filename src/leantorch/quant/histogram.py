@@ -115,13 +115,12 @@ def grid_counts(values: torch.Tensor, exponent: torch.Tensor, start: torch.Tenso
         >>> grid_counts(x, e, start, 8).tolist()   # 0.0, 0.3 and -0.2 in bin 0; 0.5 in bin 1; 1.0 in bin 2
         [[3.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
     """
-    if not values.is_floating_point() or values.dtype in (torch.float16, torch.bfloat16):
-        values = values.float()
-    compute = torch.float64 if values.dtype == torch.float64 else torch.float32
-    scale = pow2(-exponent).to(compute)
     channels = values.shape[0]
     if channels == 1:
-        return _tensor_counts(values.reshape(-1), scale, start, slots)[None, :]
+        return tensor_counts(values, exponent, start, slots)
+    if not values.is_floating_point() or values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()
+    scale = pow2(-exponent).to(torch.float64 if values.dtype == torch.float64 else torch.float32)
     index = (values * scale[:, None]).to(torch.int64)  # truncation toward zero: the bin number
     index += (torch.arange(channels, device=values.device) * slots - start)[:, None]
     return torch.bincount(index.reshape(-1), minlength=channels * slots).reshape(channels, slots).double()
