@@ -121,35 +121,44 @@ def _negative_noise(reference: torch.Tensor, output: torch.Tensor) -> float:
     return -float((output.double() - reference.double()).pow(2).sum() / reference.double().pow(2).sum())
 
 
+def _scores(env: dict[str, Any]) -> tuple[Callable[[torch.nn.Module], float], OutputScore]:
+    """The search's score (top-1 agreement with FP32 on the search crops) and phase 1's order: relative output
+    noise power (Σ(out - ref)² / Σ ref², negated) on the probe. Independent noise adds up, so the greedy list's
+    estimate (a sum of drops) tracks the real score better than a sum of dB drops."""
+    eval_fn = agreement_score(env["model"], env["search"])
+    return eval_fn, OutputScore(env["model"], env["probe"], _negative_noise, name="-(output noise / signal)")
+
+
+def _search(
+    env: dict[str, Any], args: argparse.Namespace, scores: tuple[Any, OutputScore], **options: Any
+) -> tuple[MixedPrecisionResult, float]:
+    """``mixed_precision`` of the folded model with the benchmark's data and scores; the result and its seconds."""
+    start = time.perf_counter()
+    amp = mixed_precision(
+        env["folded"],
+        env["calib"][0][:1],
+        env["calib"],
+        scores[0],
+        sensitivity_fn=scores[1],
+        per_channel=True,
+        front_evals=args.front_evals,
+        progress=not args.no_progress,
+        **options,
+    )
+    return amp, time.perf_counter() - start
+
+
 def run_amp(args: argparse.Namespace) -> dict[str, Any]:
     """The AMP section: fronts, chosen points, held-out agreement; returns what goes into the JSON file."""
     env = _setup(args)
-    eval_fn = agreement_score(env["model"], env["search"])
-    # Phase 1 orders by relative output noise power (Σ(out - ref)² / Σ ref², negated): independent noise adds up,
-    # so the greedy list's estimate (a sum of drops) tracks the real score better than a sum of dB drops.
-    order_fn = OutputScore(env["model"], env["probe"], _negative_noise, name="-(output noise / signal)")
+    scores = _scores(env)
     rows = _uniform_rows(env, ["W16A16", "W8A16", "W8A8", "W4A16", "W4A8"])
     fronts: dict[str, Any] = {}
     curves: dict[str, list[tuple[float, float | None, float | None]]] = {}
     chosen: dict[str, tuple[float, float]] = {}
     runs = [r for r in AMP_RUNS if not args.runs or r[0] in args.runs]
     for label, spec, cost, drop, baseline in runs:
-        start = time.perf_counter()
-        amp = mixed_precision(
-            env["folded"],
-            env["calib"][0][:1],
-            env["calib"],
-            eval_fn,
-            sensitivity_fn=order_fn,
-            candidates=spec,
-            allowed_drop=drop,
-            cost=cost,
-            baseline=baseline,
-            per_channel=True,
-            front_evals=args.front_evals,
-            progress=not args.no_progress,
-        )
-        seconds = time.perf_counter() - start
+        amp, seconds = _search(env, args, scores, candidates=spec, allowed_drop=drop, cost=cost, baseline=baseline)
         rows.append(_amp_row(label, spec, amp, env, seconds))
         print(markdown_table(rows[-1:]), flush=True)
         curves[label], chosen[label] = amp.curve(), amp.chosen_xy()
@@ -166,30 +175,21 @@ ROUNDED_RUN = ("weight bytes, AdaRound", "W16A16,W8A16,W4A16,W3A16", 0.04)
 def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
     """AMP over AdaRound candidates (cost: weight bytes) and uniform AdaRound rows; merged into weights_amp.json."""
     env = _setup(args)
-    eval_fn = agreement_score(env["model"], env["search"])
-    order_fn = OutputScore(env["model"], env["probe"], _negative_noise, name="-(output noise / signal)")
     label, spec, drop = ROUNDED_RUN
     quantized_inputs = not args.adaround_float_inputs
     if not quantized_inputs:
         label += " (float inputs)"
-    start = time.perf_counter()
-    amp = mixed_precision(
-        env["folded"],
-        env["calib"][0][:1],
-        env["calib"],
-        eval_fn,
-        sensitivity_fn=order_fn,
+    amp, seconds = _search(
+        env,
+        args,
+        _scores(env),
         candidates=spec,
         allowed_drop=drop,
         cost="memory",
         baseline="fp32",
-        per_channel=True,
-        front_evals=args.front_evals,
         rounding="adaround",
         rounding_options=lt.AdaroundConfig(progress=False, use_quantized_inputs=quantized_inputs),
-        progress=not args.no_progress,
     )
-    seconds = time.perf_counter() - start
     row = _amp_row(label, spec, amp, env, seconds)
     assert amp.assembler is not None
     rows = []
