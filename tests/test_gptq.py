@@ -144,6 +144,7 @@ def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alon
         (dict(block_size=0), "block_size"),
         (dict(num_batches=0), "num_batches"),
         (dict(use_quantized_inputs="yes"), "use_quantized_inputs"),
+        (dict(act_order="yes"), "act_order"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(kwargs, match, tmp_path, monkeypatch) -> None:
