@@ -9,11 +9,15 @@ JSON example (every key optional; missing keys keep the defaults below)::
       "output_quantized": true, "params_quantized": true, "param_symmetric": true,
       "activation_symmetric": false, "per_channel": false, "model_input_quantized": true,
       "op_types": {"Softmax": {"output_quantized": true, "act_bw": 16}, "Dropout": {"output_quantized": false}},
+      "layers": {"conv_stem": {"param_bw": 8}, "classifier": {"param_bw": 8}},
       "supergroups": [["Conv", "BatchNorm", "ReLU"], ["Add", "ReLU"]]
     }
 
 An op rule's ``act_bw`` gives that op type's activation quantizers their own bitwidth (16-bit softmax
 outputs in an otherwise 8-bit model); the ``transformer`` preset uses it (:meth:`QuantSimConfig.preset`).
+``param_bw`` does the same for weights. ``layers`` holds rules for single layers by name, over their op type's
+rule: the usual "first and last layer at 8 bits" of a W4 model. A name that is not a layer of the model is
+refused when the QuantSim is built.
 
 Supergroups model runtimes that fuse a chain (Conv+BN+ReLU runs as one kernel): inside a chain only the
 last output is quantized.
@@ -28,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InvalidOptionError
-from ..ops import OP_TYPE_NAMES, WEIGHT_AXES, default_supergroups, specs
+from ..ops import WEIGHT_AXES, default_supergroups, specs
 from ..options import short_repr
 from .blocks import check_block_size
-from .encoding import FLOAT_BITWIDTH, MAX_BITWIDTH, MIN_BITWIDTH, check_bitwidth
-from .float_formats import check_float_format
+from .config_checks import BOOL_KEYS, check_block_count, check_bool, check_op_type, check_rule, check_rule_bitwidth
+from .encoding import check_bitwidth
 
 __all__ = ["PER_CHANNEL_AXIS", "TRANSFORMER_ACT_BW", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
 
@@ -53,7 +57,8 @@ TRANSFORMER_ACT_BW: dict[str, int] = {"Linear": 16, "LayerNorm": 16, "Softmax": 
 
 @dataclass
 class OpRule:
-    """Overrides for one op type; None means "use the config-wide default"."""
+    """Overrides for one op type (``op_types``) or one layer (``layers``); None means "use the default" (for a
+    layer: its op type's rule, then the config-wide default)."""
 
     input_quantized: bool | None = None
     output_quantized: bool | None = None
@@ -62,6 +67,9 @@ class OpRule:
     #: Bitwidth of this op type's activation quantizers (outputs, inputs, inner) instead of QuantSim's
     #: ``act_bw`` (2–16, or 32 to keep them float); None: ``act_bw``.
     act_bw: int | None = None
+    #: Bitwidth of the weights instead of QuantSim's ``param_bw`` (2–16, or 32 to keep them float); None:
+    #: ``param_bw``. Per layer it keeps, say, the first conv and the classifier at 8 bits in a W4 model.
+    param_bw: int | None = None
     #: Input channels per weight block (blockwise weights) for this op type; 0: per channel; None: the config's.
     param_block_size: int | None = None
     #: A float format for this op type's weights and activations (float16, bfloat16, float8_e4m3fn, float8_e5m2).
@@ -77,8 +85,34 @@ class ResolvedRule:
     params_quantized: bool
     per_channel: bool
     act_bw: int | None = None
+    param_bw: int | None = None
     param_block_size: int | None = None
     float_format: str | None = None
+
+
+def _merged(base: OpRule, top: OpRule) -> OpRule:
+    """``top``'s settings where it has them, ``base``'s elsewhere."""
+    return OpRule(
+        **{f.name: getattr(base, f.name) if getattr(top, f.name) is None else getattr(top, f.name) for f in fields(top)}
+    )
+
+
+def _rules(key: str, what: str, value: Any, example: str) -> dict[str, OpRule]:
+    """A JSON object of ``what`` → rule as OpRules; the value types are checked by ``validate``."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"config key {key!r} is {short_repr(value)} (a {type(value).__name__}); it must be an object of {what} → "
+            f"rule, e.g. {example}"
+        )
+    rule_fields = {f.name for f in fields(OpRule)}
+    for name, rule in value.items():
+        bad = sorted(set(rule) - rule_fields, key=str) if isinstance(rule, dict) else None
+        if bad is None or bad:
+            raise ConfigError(
+                f"bad {key} entry {name!r}: {short_repr(rule)}; a rule is an object with keys from "
+                f"{sorted(rule_fields)} (true, false or null each; act_bw and param_bw a bitwidth or null)"
+            )
+    return {str(k): OpRule(**v) for k, v in value.items()}
 
 
 def _default_supergroups() -> list[list[str]]:
@@ -123,11 +157,19 @@ class QuantSimConfig:
     decompressed_bw: int | None = None
     model_input_quantized: bool = True
     op_types: dict[str, OpRule] = field(default_factory=_default_op_types)
+    #: Rules for single layers by name (as in ``QuantSim.layers()``), over their op type's rule.
+    layers: dict[str, OpRule] = field(default_factory=dict)
     supergroups: list[list[str]] = field(default_factory=_default_supergroups)
 
-    def rule(self, op_type: str) -> ResolvedRule:
-        """Settings for layers of ``op_type``."""
-        over = self.op_types.get(op_type, OpRule())
+    def rule(self, op_type: str, layer: str | None = None) -> ResolvedRule:
+        """Settings for layers of ``op_type``; with ``layer``, that layer's own rule (:attr:`layers`) goes on top.
+
+        Example:
+            >>> cfg = QuantSimConfig(layers={"stem": OpRule(param_bw=8)})
+            >>> cfg.rule("Conv", "stem").param_bw, cfg.rule("Conv", "head").param_bw
+            (8, None)
+        """
+        over = _merged(self.op_types.get(op_type, OpRule()), self.layers.get(layer or "", OpRule()))
 
         def pick(value: bool | None, default: bool) -> bool:
             return default if value is None else value
@@ -138,6 +180,7 @@ class QuantSimConfig:
             params_quantized=pick(over.params_quantized, self.params_quantized),
             per_channel=pick(over.per_channel, self.per_channel) and op_type in PER_CHANNEL_AXIS,
             act_bw=over.act_bw,
+            param_bw=over.param_bw,
             param_block_size=(
                 (over.param_block_size if over.param_block_size is not None else self.param_block_size) or None
             )
@@ -195,24 +238,13 @@ class QuantSimConfig:
             raise ConfigError(f"unknown config keys {sorted(unknown, key=str)}; known keys: {sorted(known)}")
         data = dict(data)
         cfg = cls()
-        op_types = data.pop("op_types", None)
+        op_types, layers = data.pop("op_types", None), data.pop("layers", None)
         for key, value in data.items():
             setattr(cfg, key, value)
         if op_types is not None:
-            if not isinstance(op_types, dict):
-                raise ConfigError(
-                    f"config key 'op_types' is {short_repr(op_types)} (a {type(op_types).__name__}); it "
-                    'must be an object of op type → rule, e.g. {"Softmax": {"output_quantized": true}}'
-                )
-            rule_fields = {f.name for f in fields(OpRule)}
-            for op, rule in op_types.items():
-                bad = sorted(set(rule) - rule_fields, key=str) if isinstance(rule, dict) else None
-                if bad is None or bad:
-                    raise ConfigError(
-                        f"bad op_types entry {op!r}: {short_repr(rule)}; a rule is an object with keys "
-                        f"from {sorted(rule_fields)} (true, false or null each; act_bw a bitwidth or null)"
-                    )
-            cfg.op_types.update({k: OpRule(**v) for k, v in op_types.items()})
+            cfg.op_types.update(_rules("op_types", "op type", op_types, '{"Softmax": {"output_quantized": true}}'))
+        if layers is not None:
+            cfg.layers = _rules("layers", "layer name", layers, '{"conv1": {"param_bw": 8}}')
         cfg.validate()
         return cfg
 
@@ -222,8 +254,8 @@ class QuantSimConfig:
         Raises:
             ConfigError: names the key, the value and the expected type.
         """
-        for key in _BOOL_KEYS:
-            _check_bool(key, getattr(self, key))
+        for key in BOOL_KEYS:
+            check_bool(key, getattr(self, key))
         if not isinstance(self.name, str):
             raise ConfigError(
                 f"config key 'name' is {short_repr(self.name)} (a {type(self.name).__name__}); it must be a string"
@@ -233,21 +265,21 @@ class QuantSimConfig:
                 f"config key 'op_types' is {short_repr(self.op_types)}; it must map op type names to rules"
             )
         for op, rule in self.op_types.items():
-            _check_op_type(op, "op_types")
+            check_op_type(op, "op_types")
             if not isinstance(rule, OpRule):
                 raise ConfigError(f"op_types[{op!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object)")
-            for f in fields(OpRule):
-                if f.name not in ("act_bw", "param_block_size", "float_format"):
-                    _check_bool(f"op_types.{op}.{f.name}", getattr(rule, f.name), allow_none=True)
-            _check_bitwidth(f"op_types.{op}.act_bw", rule.act_bw)
-            _check_count(f"op_types.{op}.param_block_size", rule.param_block_size, zero=True)
-            if rule.float_format is not None:
-                try:
-                    rule.float_format = check_float_format(rule.float_format)
-                except InvalidOptionError as exc:
-                    raise ConfigError(f"op_types.{op}.float_format: {exc}") from exc
-        _check_count("param_block_size", self.param_block_size)
-        _check_bitwidth("decompressed_bw", self.decompressed_bw)
+            check_rule(f"op_types.{op}", rule)
+        if not isinstance(self.layers, dict):
+            raise ConfigError(f"config key 'layers' is {short_repr(self.layers)}; it must map layer names to rules")
+        for name, rule in self.layers.items():
+            if not isinstance(name, str) or not isinstance(rule, OpRule):
+                raise ConfigError(
+                    f"layers[{name!r}] is {short_repr(rule)}; it must be an OpRule (in JSON an object) under a "
+                    "layer name"
+                )
+            check_rule(f"layers.{name}", rule)
+        check_block_count("param_block_size", self.param_block_size)
+        check_rule_bitwidth("decompressed_bw", self.decompressed_bw)
         groups = self.supergroups
         if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
             raise ConfigError(
@@ -256,7 +288,7 @@ class QuantSimConfig:
             )
         for group in groups:
             for op in group:
-                _check_op_type(op, f"supergroup {group}")
+                check_op_type(op, f"supergroup {group}")
         return self
 
     @classmethod
@@ -303,60 +335,6 @@ class QuantSimConfig:
     def to_json(self, path: str | Path) -> None:
         """Write the config as JSON (loadable with :meth:`from_json`)."""
         Path(path).write_text(json.dumps(asdict(self), indent=2))
-
-
-_BOOL_KEYS = (
-    "output_quantized",
-    "input_quantized",
-    "params_quantized",
-    "quantize_bias",
-    "param_symmetric",
-    "activation_symmetric",
-    "unsigned_symmetric",
-    "per_channel",
-    "model_input_quantized",
-)
-
-
-def _check_bool(key: str, value: Any, allow_none: bool = False) -> None:
-    """A JSON boolean, not a string or number that Python would take as one ("False" is truthy)."""
-    if isinstance(value, bool) or (allow_none and value is None):
-        return
-    allowed = "true, false or null" if allow_none else "true or false"
-    raise ConfigError(
-        f"config key '{key}' is {short_repr(value)} (a {type(value).__name__}); it must be {allowed} "
-        "(a JSON boolean, not a string or a number)"
-    )
-
-
-def _check_bitwidth(key: str, value: Any) -> None:
-    """An op rule's ``act_bw``: null or a bitwidth QuantSim supports."""
-    if value is None:
-        return
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or not (MIN_BITWIDTH <= value <= MAX_BITWIDTH or value == FLOAT_BITWIDTH):
-        raise ConfigError(
-            f"config key '{key}' is {short_repr(value)}; it must be null or a bitwidth: an integer from "
-            f"{MIN_BITWIDTH} to {MAX_BITWIDTH}, or {FLOAT_BITWIDTH} to keep the tensor float"
-        )
-
-
-def _check_count(key: str, value: Any, zero: bool = False) -> None:
-    """A block size: null or a positive integer (0 too where it means "per channel")."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)):
-        return
-    raise ConfigError(
-        f"config key '{key}' is {short_repr(value)}; it must be null or a positive integer (input channels per "
-        f"weight block, e.g. 32){' or 0 (per channel)' if zero else ''}"
-    )
-
-
-def _check_op_type(op: Any, where: str) -> None:
-    """Op type names come from :func:`leantorch.graph.op_type`; a misspelt one would silently match nothing."""
-    if op not in OP_TYPE_NAMES:
-        raise ConfigError(
-            f"{where}: unknown op type {short_repr(op)}; known op types: {', '.join(sorted(OP_TYPE_NAMES))}"
-        )
 
 
 def load_config(config: str | Path | QuantSimConfig | dict[str, Any]) -> QuantSimConfig:

@@ -3,8 +3,9 @@
 Rules, in order:
 
 1. Each layer's outputs, inputs and weights (``weight``, or its op type's ``weight_params``) follow its op
-   type's rule in the config (other parameters per ``quantize_bias``); weights of ops with a ``weight_axis``
-   are per-channel where the rule says so; activation quantizers take the rule's ``act_bw`` if it has one.
+   type's rule in the config, with the layer's own rule (``layers``) on top (other parameters per
+   ``quantize_bias``); weights of ops with a ``weight_axis`` are per-channel where the rule says so;
+   activation quantizers take the rule's ``act_bw`` and weights its ``param_bw`` if it has one.
    Quantizers inside an op module (an RNN's gates and states)
    follow its output rule.
 2. Supergroups: inside a matched chain (Conv→BN→ReLU...) only the last output is quantized.
@@ -25,10 +26,12 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
+from ..errors import UnknownLayerError
 from ..graph import PASSTHROUGH_TYPES, call_sites, find_chains, op_type
 from ..ops import weight_names
+from ..options import unknown_layers_message
 from .blocks import block_axis_for, blocks_fit
-from .config import PER_CHANNEL_AXIS, QuantSimConfig
+from .config import PER_CHANNEL_AXIS, QuantSimConfig, ResolvedRule
 from .estimators import QuantScheme
 from .quantizer import Quantizer
 from .wrapper import QuantWrapper
@@ -167,9 +170,12 @@ def insert_model_input_quantizers(gm: fx.GraphModule) -> list[Quantizer]:
 
 def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSettings) -> None:
     """Configure every quantizer of ``gm`` (rules 1–4 of the module docstring)."""
-    wrappers = {n.target: m for n, m in call_sites(gm) if isinstance(m, QuantWrapper)}
-    for wrapper in wrappers.values():
-        _configure_layer(wrapper, config, settings)
+    wrappers = {str(n.target): m for n, m in call_sites(gm) if isinstance(m, QuantWrapper)}
+    unknown = [name for name in config.layers if name not in wrappers]
+    if unknown:  # a misspelt name would otherwise leave that layer at the default bitwidth without a word
+        raise UnknownLayerError(f"config 'layers': {unknown_layers_message(unknown, list(wrappers))}")
+    for name, wrapper in wrappers.items():
+        _configure_layer(wrapper, config.rule(wrapper.op_type, name), config, settings)
     internal_edges = _apply_supergroups(gm, config)
     for q in cast(nn.ModuleList, gm.input_quantizers):
         _configure_activation(cast(Quantizer, q), config, settings, enabled=config.model_input_quantized)
@@ -184,8 +190,9 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
         )
 
 
-def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: QuantSettings) -> None:
-    rule = config.rule(wrapper.op_type)
+def _configure_layer(
+    wrapper: QuantWrapper, rule: ResolvedRule, config: QuantSimConfig, settings: QuantSettings
+) -> None:
     bw = rule.act_bw
     for q in wrapper.output_quantizers:
         _configure_activation(cast(Quantizer, q), config, settings, rule.output_quantized, bw)
@@ -198,7 +205,7 @@ def _configure_layer(wrapper: QuantWrapper, config: QuantSimConfig, settings: Qu
     weights = weight_names(wrapper.module)
     for name, module in wrapper.param_quantizers.items():
         q = cast(Quantizer, module)
-        q.bitwidth, q.scheme = settings.param_bw, settings.param_scheme
+        q.bitwidth, q.scheme = rule.param_bw or settings.param_bw, settings.param_scheme
         q.symmetric, q.unsigned_symmetric = config.param_symmetric, False
         if name in weights:
             q.enabled = rule.params_quantized
@@ -283,7 +290,7 @@ def _close_gaps(
                 isinstance(gm.get_submodule(_target(source)), Quantizer) or _output_is_quantized(gm, source)
             ):
                 continue
-            bw = config.rule(wrapper.op_type).act_bw
+            bw = config.rule(wrapper.op_type, _target(node)).act_bw
             _configure_activation(cast(Quantizer, q), config, settings, enabled=True, bitwidth=bw)
             log.debug("input %s of %s is not on a grid; quantizing it", arg.name, node.target)
 
