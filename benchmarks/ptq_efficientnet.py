@@ -56,6 +56,15 @@ def main() -> None:
     )
     parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     parser.add_argument(
+        "--keep-8",
+        default="_conv_stem,_fc",
+        help="layers whose weights stay 8-bit in the mixed W4A8 rows (config 'layers'; default: the first conv and "
+        "the classifier, the papers' convention)",
+    )
+    parser.add_argument(
+        "--only-keep-8", action="store_true", help="only the mixed W4A8 rows (round-to-nearest, AdaRound)"
+    )
+    parser.add_argument(
         "--reconstruct-iterations",
         type=int,
         default=60,
@@ -104,12 +113,15 @@ def main() -> None:
     fold_s = time.perf_counter() - start
     print(f"folded {len(pairs)} batch norms in {fold_s:.2f} s", flush=True)
 
-    if args.only_reconstruct:
+    if args.only_keep_8:
+        keep_8_rows(args, folded, fold_s, example, calib, row)
+    elif args.only_reconstruct:
         reconstruct_rows(args, model, folded, fold_s, example, calib, evals, reference, rows)
     else:
         if not args.only_w4:
             w8_rows(args, model, folded, fold_s, example, calib, row)
         w4_rows(args, folded, fold_s, example, calib, row)
+        keep_8_rows(args, folded, fold_s, example, calib, row)
         reconstruct_rows(args, model, folded, fold_s, example, calib, evals, reference, rows)
     print(
         f"\nEfficientNet-Lite0, {args.calibration} calibration / {args.evaluation} evaluation crops; "
@@ -191,6 +203,28 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
         layerwise_row("W4A8 per-channel mse weights + GPTQ (quantized inputs), BN folded", lt.gptq, param_scheme="mse")
     if args.seq_mse:  # SeqMSE chooses the grids itself (shrunk minmax ranges)
         layerwise_row("W4A8 per-channel SeqMSE weights (asym inputs), BN folded", lt.seq_mse)
+
+
+def keep_8_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[no-untyped-def]
+    """W4A8 per-channel with the ``--keep-8`` layers at W8 (config ``layers``): round-to-nearest, and AdaRound on
+    every calibration batch. The papers' convention (AdaRound, BRECQ, QDrop) keeps the first conv and the
+    classifier at 8 bits; on EfficientNet-Lite0 the stem is 0.02% of the weights (and the most sensitive layer:
+    21.9 dB output SQNR with only its weights at 8 bits, every other layer ≥ 30 dB), the classifier 27.8%
+    (so that model has 1.28× the bytes of an all-W4 one)."""
+    keep = [name for name in args.keep_8.split(",") if name]
+    options = dict(
+        param_bw=4, per_channel=True, param_scheme="mse", config={"layers": {n: {"param_bw": 8} for n in keep}}
+    )
+    kept = " + ".join(keep) + " W8"
+    row(f"W4A8 per-channel mse weights, {kept}, round-to-nearest", folded, fold_s, time.perf_counter(), **options)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        weights, encodings = lt.adaround(
+            folded, example, calib, num_batches=len(calib), path=tmp, iterations=args.adaround_iterations,
+            lr=args.adaround_lr, **options,
+        )  # fmt: skip
+        label = f"W4A8 per-channel mse weights + AdaRound ({len(calib)} batches), {kept}"
+        row(label, weights, fold_s + time.perf_counter() - start, time.perf_counter(), frozen=encodings, **options)
 
 
 def reconstruct_rows(args, model, folded, fold_s, example, calib, evals, reference, rows) -> None:  # type: ignore[no-untyped-def]
