@@ -161,33 +161,10 @@ def w4_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ignore[
         )
 
     def layerwise_row(label: str, technique, **options) -> None:  # type: ignore[no-untyped-def]
-        """A W4A8 per-channel row whose weights (and frozen encodings) come from a layer-wise technique run on
-        the AdaRound calibration batches; ``param_scheme``, if given, is also the evaluated sim's."""
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            weights, encodings = technique(
-                folded,
-                example,
-                calib,
-                param_bw=4,
-                act_bw=8,
-                per_channel=True,
-                num_batches=args.adaround_batches,
-                path=tmp,
-                **options,
-            )
-            seconds = time.perf_counter() - start
-            scheme = {"param_scheme": options["param_scheme"]} if "param_scheme" in options else {}
-            row(
-                label,
-                weights,
-                fold_s + seconds,
-                time.perf_counter(),
-                param_bw=4,
-                per_channel=True,
-                frozen=encodings,
-                **scheme,
-            )
+        """A W4A8 per-channel row from a layer-wise technique run on the AdaRound calibration batches;
+        ``param_scheme``, if given, is also the evaluated sim's."""
+        shared = {"param_scheme": options.pop("param_scheme")} if "param_scheme" in options else {}
+        rounded_row(row, label, technique, folded, fold_s, example, calib[: args.adaround_batches], shared, **options)
 
     for inputs in ("float", "quantized"):
         if args.adaround_inputs in (inputs, "both"):
@@ -212,19 +189,26 @@ def keep_8_rows(args, folded, fold_s, example, calib, row) -> None:  # type: ign
     21.9 dB output SQNR with only its weights at 8 bits, every other layer ≥ 30 dB), the classifier 27.8%
     (so that model has 1.28× the bytes of an all-W4 one)."""
     keep = [name for name in args.keep_8.split(",") if name]
-    options = dict(
-        param_bw=4, per_channel=True, param_scheme="mse", config={"layers": {n: {"param_bw": 8} for n in keep}}
-    )
+    options = dict(param_scheme="mse", config={"layers": {n: {"param_bw": 8} for n in keep}})
     kept = " + ".join(keep) + " W8"
-    row(f"W4A8 per-channel mse weights, {kept}, round-to-nearest", folded, fold_s, time.perf_counter(), **options)
+    row(f"W4A8 per-channel mse weights, {kept}, round-to-nearest", folded, fold_s, time.perf_counter(), param_bw=4,
+        per_channel=True, **options)  # fmt: skip
+    label = f"W4A8 per-channel mse weights + AdaRound ({len(calib)} batches), {kept}"
+    rounded_row(row, label, lt.adaround, folded, fold_s, example, calib, options, iterations=args.adaround_iterations,
+                lr=args.adaround_lr)  # fmt: skip
+
+
+def rounded_row(row, label, technique, folded, fold_s, example, calib, shared, **options) -> None:  # type: ignore[no-untyped-def]
+    """A W4A8 per-channel row whose weights (and frozen encodings) come from a layer-wise technique run on every
+    batch of ``calib``; ``shared`` options (scheme, config) go to the technique and to the evaluated sim alike."""
+    shared = {"param_bw": 4, "per_channel": True, **shared}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        weights, encodings = lt.adaround(
-            folded, example, calib, num_batches=len(calib), path=tmp, iterations=args.adaround_iterations,
-            lr=args.adaround_lr, **options,
-        )  # fmt: skip
-        label = f"W4A8 per-channel mse weights + AdaRound ({len(calib)} batches), {kept}"
-        row(label, weights, fold_s + time.perf_counter() - start, time.perf_counter(), frozen=encodings, **options)
+        weights, encodings = technique(
+            folded, example, calib, act_bw=8, num_batches=len(calib), path=tmp, **shared, **options
+        )
+        seconds = time.perf_counter() - start
+        row(label, weights, fold_s + seconds, time.perf_counter(), frozen=encodings, **shared)
 
 
 def reconstruct_rows(args, model, folded, fold_s, example, calib, evals, reference, rows) -> None:  # type: ignore[no-untyped-def]
