@@ -114,3 +114,46 @@ def test_compress_recover_distils_on_samples_apart_from_the_scoring_ones_and_wri
     x = torch.from_numpy(data[8:12])
     with torch.no_grad():
         torch.testing.assert_close(written(x), result.model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compress_help_documents_refit(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--refit" in text and "least squares" in text
+
+
+@pytest.mark.slow
+def test_compress_refit_fits_on_samples_apart_from_the_scoring_ones_and_writes_that_model(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """--refit runs lt.compress.refit_layers after compressing, on the calibration samples and the extra
+    --recover-samples (never the --eval-samples that score it), and the written model is the re-fitted one."""
+    import torch
+
+    import leantorch.cli_recover as cli_recover
+
+    data = np.random.default_rng(2).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    calls: list = []
+    real = cli_recover.refit_layers
+
+    def spy(model, original, train, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((train, real(model, original, train, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(cli_recover, "refit_layers", spy)
+    args = ["compress", "--model", "leantorch.models:ResNetSmall", "--data", str(tmp_path / "data.npy"),
+            "--scheme", "channel_pruning", "--target", "0.7", "--candidates", "3", "--num-samples", "8",
+            "--eval-samples", "8", "--batch-size", "8", "--refit", "--recover-samples", "16",
+            "--out", str(tmp_path / "c"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "re-fit:" in out and "top-1 agreement after re-fit" in out
+    train, result = calls[0]
+    np.testing.assert_array_equal(train.contiguous().numpy(), np.concatenate([data[:8], data[16:32]]))
+    assert result.refitted, result.skipped
+    written = torch.jit.load(str(tmp_path / "c" / "compressed.pt"))
+    x = torch.from_numpy(data[8:12])
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), result.model(x), atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """``leantorch compress``: compress a model to a MAC target on held-out agreement with the original, with
-``--recover`` distil it from the original, write the compressed model (TorchScript and ONNX), its HTML report
-and, with ``--quantize``, a quantized export; print the ONNX Runtime latency of original and compressed.
+``--refit``/``--recover`` re-fit it by least squares and/or distil it from the original, write the compressed
+model (TorchScript and ONNX), its HTML report and, with ``--quantize``, a quantized export; print the ONNX
+Runtime latency of original and compressed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from .cli_args import COMPRESS_DEFAULTS, COMPRESS_QUANTIZE, COMPRESS_THOROUGH
 from .cli_common import check_names, fill_defaults, model_and_data
-from .cli_recover import recover, recovery_samples
+from .cli_recover import recover, recovery_samples, refit
 from .data import batches
 from .errors import DataError
 from .graph import prepare
@@ -76,8 +77,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "MACs after": info.macs_after,
             "top-1 agreement": info.score,
         }
-        if args.recover is not None:  # never on the scoring samples: calibration ones and the extra ones
-            train = torch.cat([data[: args.num_samples], data[held_out:]])
+        # never on the scoring samples: calibration ones and the extra ones
+        train = torch.cat([data[: args.num_samples], data[held_out:]])
+        if args.refit:
+            compressed, refitted = refit(model, compressed, train, agreement, args)
+            summary.update(refitted)
+        if args.recover is not None:
             compressed, recovered = recover(model, compressed, train, agreement, args)
             summary.update(recovered)
         # TorchScript, not a pickled module: it loads without leantorch, and torch 2.13 cannot pickle fx graphs.
