@@ -216,3 +216,20 @@ def test_refit_on_cuda_follows_the_model() -> None:
     result = refit_layers(student, original, x, progress=False)
     assert next(result.model.parameters()).is_cuda
     assert _mse(result.model, original, x) < 0.1 * _mse(student, original, x)
+
+
+def test_sampled_patches_equal_unfold_at_those_positions() -> None:
+    """Patches gathered at a few output positions are unfold's columns there (stride, padding, dilation)."""
+    from leantorch.compress.layer_least_squares import layer_rows
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2)
+    x = torch.randn(2, 3, 11, 11)
+    y = conv(x).detach()
+    positions = y.shape[2] * y.shape[3]
+    gen = torch.Generator().manual_seed(0)
+    (rows, targets), *_ = layer_rows(conv, x, y, 7, gen)
+    keep = torch.randperm(positions, generator=torch.Generator().manual_seed(0))[:7]
+    full = torch.nn.functional.unfold(x, 3, dilation=2, padding=2, stride=2)[..., keep]
+    torch.testing.assert_close(rows, full.transpose(1, 2).reshape(-1, 27))
+    torch.testing.assert_close(targets, y.flatten(2)[..., keep].transpose(1, 2).reshape(-1, 4))

@@ -26,7 +26,7 @@ from .graph import prepare
 __version__ = "0.1.0"
 from . import analysis, compress, evaluation, graph, metrics
 from .analysis import AnalysisReport, analyze
-from .compress import CompressionError, DistillConfig, DistillResult, distill
+from .compress import CompressionError, DistillConfig, DistillResult, RefitResult, distill, refit_layers
 from .evaluation import OutputScore, agreement_score, sqnr_score
 from .model_state import ModelState, model_state
 from .ptq.adaround import AdaroundConfig, adaround
@@ -121,4 +121,6 @@ __all__ = [
     "DistillConfig",
     "DistillResult",
     "distill",
+    "RefitResult",
+    "refit_layers",
 ]

@@ -79,10 +79,12 @@ def solve_layer(
     ridge: float,
     samples_per_image: int,
     gen: torch.Generator,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Ridge least squares ``(weight, bias)`` of ``layer`` mapping ``inputs`` to ``outputs`` (lists of per-batch
     tensors), pulled towards the current weights by ``ridge`` (relative to the inputs' mean square); None when
-    the solution is not finite. ``samples_per_image`` and ``gen``: see :func:`layer_rows`.
+    the solution is not finite. ``samples_per_image`` and ``gen``: see :func:`layer_rows`; ``kept``: the channels of
+    ``outputs`` that the layer produces (all when None).
 
     Example:
         >>> conv = nn.Conv2d(2, 2, 1)
@@ -96,8 +98,9 @@ def solve_layer(
     cross: torch.Tensor | None = None
     for x, y in zip(inputs, outputs):
         for rows, targets in layer_rows(layer, x, y, samples_per_image, gen):
-            rows = torch.cat([rows.double(), torch.ones_like(rows[..., :1], dtype=torch.float64)], -1)
-            g, c = rows.transpose(-1, -2) @ rows, rows.transpose(-1, -2) @ targets.double()
+            if kept is not None:  # only the output channels the layer kept (a pruned producer)
+                targets = targets[kept.to(targets.device)] if per_channel else targets[:, kept.to(targets.device)]
+            g, c = _moments(rows.float(), targets.float())
             gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
     assert gram is not None and cross is not None
     out = layer.weight.shape[0]
@@ -116,13 +119,31 @@ def solve_layer(
     return weight, solution[:, -1].to(layer.weight.dtype)
 
 
+def _moments(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[X 1]ᵀ[X 1]`` and ``[X 1]ᵀY`` (batched over a leading channel axis for depthwise convs), in float64.
+
+    Products in float32 (twice as fast as float64 on a CPU; the ridge dwarfs their rounding), summed in float64
+    over the chunks by the caller; the ones column's blocks are sums, so no copy of ``rows`` is made."""
+    count = torch.full((*rows.shape[:-2], 1, 1), float(rows.shape[-2]), dtype=torch.float64, device=rows.device)
+    sums = rows.sum(-2, keepdim=True).double()  # (…, 1, k)
+    gram = torch.cat(
+        [
+            torch.cat([(rows.transpose(-1, -2) @ rows).double(), sums.transpose(-1, -2)], -1),
+            torch.cat([sums, count], -1),
+        ],
+        -2,
+    )
+    cross = torch.cat([(rows.transpose(-1, -2) @ targets).double(), targets.sum(-2, keepdim=True).double()], -2)
+    return gram, cross
+
+
 def layer_rows(
     layer: Layer, x: torch.Tensor, y: torch.Tensor, samples_per_image: int, gen: torch.Generator
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(input rows, target rows) of one batch (``x`` the layer's input, ``y`` its target output): ``[R, unknowns−1]``
     and ``[R, outputs]``, or per channel ``[C, R, kh·kw]`` and ``[C, R, 1]`` for a depthwise conv; in chunks of
-    images that keep the unfolded patches small. A ``groups=1`` conv keeps ``samples_per_image`` random output
-    positions (drawn from ``gen``, the same for the images of a chunk); a depthwise conv keeps them all.
+    images that keep the unfolded patches small. A conv keeps ``samples_per_image`` random output positions per
+    image (drawn from ``gen``, the same for the images of a chunk; all of them when there are fewer).
 
     Example:
         >>> conv = nn.Conv2d(3, 4, 3, padding=1)
@@ -142,19 +163,55 @@ def layer_rows(
     )
     channels, k = x.shape[1], kernel[0] * kernel[1]
     positions = y.shape[2] * y.shape[3]
-    chunk = max(1, int(2**24 // max(channels * k * positions, 1)))  # ≤ 64 MB of float32 patches at a time
+    if k == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) and not depthwise(layer):
+        yield from _pointwise_rows(x, y, samples_per_image, gen)  # a 1×1 conv's patches are its input pixels
+        return
+    sampled = min(positions, samples_per_image)
+    chunk = max(1, int(2**24 // max(channels * k * sampled, 1)))  # ≤ 64 MB of float32 patches at a time
     for first in range(0, x.shape[0], chunk):
-        patches = F.unfold(x[first : first + chunk], kernel, dilation, padding, stride)  # (B, C·k, L)
         targets = y[first : first + chunk].flatten(2)  # (B, out, L)
-        if not depthwise(layer) and positions > samples_per_image:
+        if positions > samples_per_image:
             keep = torch.randperm(positions, generator=gen)[:samples_per_image].to(x.device)
-            patches, targets = patches[..., keep], targets[..., keep]
+            patches = _patches_at(x[first : first + chunk], kernel, stride, padding, dilation, y.shape[3], keep)
+            targets = targets[..., keep]
+        else:
+            patches = F.unfold(x[first : first + chunk], kernel, dilation, padding, stride)  # (B, C·k, L)
         b, _, length = patches.shape
         if depthwise(layer):
             per_channel = patches.reshape(b, channels, k, length).permute(1, 0, 3, 2).reshape(channels, -1, k)
-            yield per_channel, targets.permute(1, 0, 2).reshape(channels, -1, 1)
+            yield per_channel, targets.permute(1, 0, 2).reshape(targets.shape[1], -1, 1)
         else:
             yield patches.transpose(1, 2).reshape(-1, channels * k), targets.transpose(1, 2).reshape(b * length, -1)
+
+
+def _patches_at(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    out_width: int,
+    keep: torch.Tensor,
+) -> torch.Tensor:
+    """``F.unfold``'s patches ``(B, C·kh·kw, S)`` at the flat output positions ``keep`` only, gathered offset by
+    offset from the padded input (unfolding every position first costs ``L / S`` times more)."""
+    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    rows, cols = (keep // out_width) * stride[0], (keep % out_width) * stride[1]
+    taps = [
+        padded[:, :, rows + i * dilation[0], cols + j * dilation[1]] for i in range(kernel[0]) for j in range(kernel[1])
+    ]
+    return torch.stack(taps, 2).reshape(x.shape[0], -1, len(keep))
+
+
+def _pointwise_rows(
+    x: torch.Tensor, y: torch.Tensor, samples_per_image: int, gen: torch.Generator
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`layer_rows` of a 1×1 conv with stride 1 and no padding, without unfolding."""
+    inputs, targets = x.flatten(2), y.flatten(2)  # (B, C, L)
+    if inputs.shape[2] > samples_per_image:
+        keep = torch.randperm(inputs.shape[2], generator=gen)[:samples_per_image].to(x.device)
+        inputs, targets = inputs[..., keep], targets[..., keep]
+    yield inputs.transpose(1, 2).reshape(-1, inputs.shape[1]), targets.transpose(1, 2).reshape(-1, targets.shape[1])
 
 
 def assign_layer(layer: Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -13,8 +13,10 @@ instead of the minutes of :func:`~leantorch.compress.distill` (which can run aft
 Per layer kind, with an intercept column so that the bias absorbs mean shifts:
 
 * Linear, and Conv1d/Conv2d with ``groups=1``: one system over the input patches (``in·kh·kw + 1`` unknowns per
-  output channel), patches sampled at ``samples_per_image`` random positions per image.
-* Depthwise convs: one small system per channel (``kh·kw + 1`` unknowns), over every position.
+  output channel).
+* Depthwise convs: one small system per channel (``kh·kw + 1`` unknowns).
+
+Convs are fitted on ``samples_per_image`` random output positions per image.
 
 A layer is left alone (``result.skipped`` says why) when it has no layer of the same name and output size in the
 original (a producer whose output channels were pruned, a renamed layer), is called at several places, has
@@ -102,7 +104,7 @@ def refit_layers(
         ridge: pull towards the current weights, relative to the mean diagonal of each layer's input Gram
             matrix (> 0): it keeps the directions the samples do not span (a wide classifier fitted on
             fewer images than its inputs) at their trained values.
-        samples_per_image: input positions sampled per image for each conv with ``groups=1``.
+        samples_per_image: output positions sampled per image for each conv (all when it has fewer).
         max_unknowns: layers with more weights per output channel than this are skipped (the Gram matrix
             grows with its square).
         max_samples: use the first this many samples of ``data`` (the sweep holds the live activations of all of
@@ -191,9 +193,11 @@ def _pairs(
         parent, _, last = name.rpartition(".")
         match = name if name in theirs else parent if last == "1" and parent in theirs else None
         other = theirs.get(match) if match is not None else None
+        pruned = other is not None and type(other) is type(layer) and other.weight.shape[0] != layer.weight.shape[0]
+        kept = kept_channels(layer.weight, other.weight) if pruned else None  # type: ignore[union-attr]
         if other is None or type(other) is not type(layer):
             skipped[name] = "no layer of that name and type in the original"
-        elif other.weight.shape[0] != layer.weight.shape[0] and kept_channels(layer.weight, other.weight) is None:
+        elif pruned and kept is None:
             skipped[name] = "its output channels differ from the original's and are not a subset of them"
         elif counts[name] > 1:
             skipped[name] = f"called at {counts[name]} places"
@@ -208,7 +212,6 @@ def _pairs(
         elif unknowns(layer) > max_unknowns:
             skipped[name] = f"{unknowns(layer)} weights per output channel (max_unknowns={max_unknowns})"
         else:
-            kept = kept_channels(layer.weight, other.weight) if other.weight.shape[0] != layer.weight.shape[0] else None
             pairs[name] = (match, kept)  # type: ignore[assignment]
     return pairs, skipped
 
@@ -246,13 +249,12 @@ def _sweep(
                 reference_frontier.advance_to(target)
                 outputs = next(iter(reference_frontier))[1]
                 layer, inputs = ours[name], [args[0] for args in frontier.inputs_of(node)]
-                if kept is not None:  # a producer whose output channels were pruned: fit the kept ones
-                    axis = -1 if isinstance(layer, nn.Linear) else 1
-                    outputs = [y.index_select(axis, kept.to(y.device)) for y in outputs]
-                elif _unchanged(layer, theirs[match], inputs, lambda t=target: reference_frontier.inputs_of(t)):
+                if kept is None and _unchanged(
+                    layer, theirs[match], inputs, lambda t=target: reference_frontier.inputs_of(t)
+                ):
                     skipped[name] = "inputs and weights equal to the original: nothing to correct"
                     continue
-                solved = solve_layer(layer, inputs, outputs, ridge, samples_per_image, gen)
+                solved = solve_layer(layer, inputs, outputs, ridge, samples_per_image, gen, kept)
                 if solved is None:
                     skipped[name] = "the least-squares solution is not finite"
                     continue
