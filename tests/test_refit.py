@@ -233,3 +233,21 @@ def test_sampled_patches_equal_unfold_at_those_positions() -> None:
     full = torch.nn.functional.unfold(x, 3, dilation=2, padding=2, stride=2)[..., keep]
     torch.testing.assert_close(rows, full.transpose(1, 2).reshape(-1, 27))
     torch.testing.assert_close(targets, y.flatten(2)[..., keep].transpose(1, 2).reshape(-1, 4))
+
+
+def test_fit_bias_false_keeps_the_bias_and_fits_the_weights_to_the_rest() -> None:
+    """With fit_bias=False the bias stays and the weights are lstsq without intercept on Y − b (float64)."""
+    torch.manual_seed(6)
+    teacher = nn.Sequential(nn.Linear(5, 3)).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student[0].weight.mul_(0.5)
+        student[0].bias.add_(0.3)
+    x = torch.randn(200, 5)
+    result = refit_layers(student, teacher, x, ridge=1e-10, fit_bias=False, progress=False)
+    fitted = result.model.get_submodule("0")
+    assert torch.equal(fitted.bias, student[0].bias)
+    with torch.no_grad():
+        target = (teacher(x) - student[0].bias).double().numpy()
+    expected = np.linalg.lstsq(x.double().numpy(), target, rcond=None)[0].T
+    np.testing.assert_allclose(fitted.weight.detach().double().numpy(), expected, atol=1e-5)

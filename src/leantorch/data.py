@@ -11,6 +11,7 @@ cannot run (:func:`check_model_accepts`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,17 +76,30 @@ def _photographs() -> tuple[torch.Tensor, ...]:
     return tuple(images)
 
 
-def sample_images(count: int, size: int = 224, seed: int = 0, normalize: bool = True) -> torch.Tensor:
+def _chosen_photographs(names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    unknown = [n for n in names if n not in PHOTOGRAPHS]
+    if unknown or not names:
+        raise DataError(f"photos={list(names)!r}: choose one or more of {list(PHOTOGRAPHS)}")
+    every = _photographs()
+    return tuple(every[PHOTOGRAPHS.index(n)] for n in names)
+
+
+def sample_images(
+    count: int, size: int = 224, seed: int = 0, normalize: bool = True, photos: Sequence[str] | None = None
+) -> torch.Tensor:
     """``count`` random crops (scale 25–100% of the short side, random flip) resized to ``size``².
 
     Returns a float tensor ``[count, 3, size, size]``, ImageNet-normalised unless ``normalize=False``.
+    ``photos``: crop only these of :data:`PHOTOGRAPHS` (e.g. to score on photographs a method never saw).
 
     Example:
         >>> sample_images(2, size=64, seed=0).shape
         torch.Size([2, 3, 64, 64])
+        >>> sample_images(1, size=32, photos=["moon"]).shape
+        torch.Size([1, 3, 32, 32])
     """
     gen = torch.Generator().manual_seed(seed)
-    photos = _photographs()
+    photos = _photographs() if photos is None else _chosen_photographs(photos)
     crops = []
     for _ in range(count):
         img = photos[int(torch.randint(len(photos), (1,), generator=gen))]

@@ -80,11 +80,12 @@ def solve_layer(
     samples_per_image: int,
     gen: torch.Generator,
     kept: torch.Tensor | None = None,
+    fit_bias: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Ridge least squares ``(weight, bias)`` of ``layer`` mapping ``inputs`` to ``outputs`` (lists of per-batch
     tensors), pulled towards the current weights by ``ridge`` (relative to the inputs' mean square); None when
     the solution is not finite. ``samples_per_image`` and ``gen``: see :func:`layer_rows`; ``kept``: the channels of
-    ``outputs`` that the layer produces (all when None).
+    ``outputs`` that the layer produces (all when None); ``fit_bias=False`` keeps the current bias.
 
     Example:
         >>> conv = nn.Conv2d(2, 2, 1)
@@ -110,8 +111,13 @@ def solve_layer(
     current = current[:, :, None] if per_channel else current.t()
     diagonal = gram.diagonal(dim1=-2, dim2=-1)[..., :-1].mean(-1)  # the inputs' scale, not the ones column's
     damping = (ridge * diagonal + 1e-12)[..., None, None] if per_channel else ridge * float(diagonal) + 1e-12
+    if not fit_bias:  # keep b: fit W to Y − b, i.e. XᵀY − (Σx)·bᵀ over the weights' unknowns only
+        b = current[..., -1:, :]  # (1, outputs), or (channels, 1, 1)
+        gram, cross, current = gram[..., :-1, :-1], cross[..., :-1, :] - gram[..., :-1, -1:] @ b, current[..., :-1, :]
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     solution = torch.linalg.solve(gram + damping * eye, cross + damping * current)
+    if not fit_bias:
+        solution = torch.cat([solution, b], -2)
     if not torch.isfinite(solution).all():
         return None
     solution = solution[..., 0] if per_channel else solution.t()  # (outputs, unknowns)

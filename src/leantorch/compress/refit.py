@@ -87,6 +87,7 @@ def refit_layers(
     samples_per_image: int = 1024,
     max_unknowns: int = 6144,
     max_samples: int = 512,
+    fit_bias: bool = True,
     num_inputs: int = 1,
     seed: int = 0,
     progress: bool = True,
@@ -110,6 +111,7 @@ def refit_layers(
         max_samples: use the first this many samples of ``data`` (the sweep holds the live activations of all of
             them, spilled to disk beyond a quarter of the memory per model): 256-512 images of 224² are enough,
             more did not help on EfficientNet-Lite0 (``benchmarks/compress.py``).
+        fit_bias: fit each layer's bias too (a layer without one gains one); False keeps the biases.
         num_inputs: positional inputs of the model.
         seed: the sampled positions.
         progress: a progress bar over the layers.
@@ -136,6 +138,7 @@ def refit_layers(
     check_count("seed", seed, minimum=0)
     check_flag("progress", progress)
     check_flag("inplace", inplace)
+    check_flag("fit_bias", fit_bias)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches = _batches(data, num_inputs, device, max_samples)
     example = tuple(x[:1] for x in batches[0])
@@ -144,7 +147,7 @@ def refit_layers(
         gm, reference = prepare(model, example), prepare(original, example)
         gm.eval()
         reference.eval()
-        result = _sweep(gm, reference, batches, ridge, samples_per_image, max_unknowns, seed, progress)
+        result = _sweep(gm, reference, batches, (ridge, samples_per_image, fit_bias), max_unknowns, seed, progress)
     finally:
         model.train(modes[0])
         original.train(modes[1])
@@ -220,13 +223,14 @@ def _sweep(
     gm: fx.GraphModule,
     reference: fx.GraphModule,
     batches: list[tuple[torch.Tensor, ...]],
-    ridge: float,
-    samples_per_image: int,
+    fit: tuple[float, int, bool],
     max_unknowns: int,
     seed: int,
     progress: bool,
 ) -> RefitResult:
-    """Advance both models over ``batches`` node by node; at each paired layer, solve and re-run it."""
+    """Advance both models over ``batches`` node by node; at each paired layer, solve and re-run it.
+    ``fit``: ``ridge``, ``samples_per_image`` and ``fit_bias`` of :func:`refit_layers`."""
+    ridge, samples_per_image, fit_bias = fit
     pairs, skipped = _pairs(gm, reference, max_unknowns)
     result = RefitResult(gm, skipped=skipped)
     ours, theirs = dict(gm.named_modules()), dict(reference.named_modules())
@@ -254,7 +258,7 @@ def _sweep(
                 ):
                     skipped[name] = "inputs and weights equal to the original: nothing to correct"
                     continue
-                solved = solve_layer(layer, inputs, outputs, ridge, samples_per_image, gen, kept)
+                solved = solve_layer(layer, inputs, outputs, ridge, samples_per_image, gen, kept, fit_bias)
                 if solved is None:
                     skipped[name] = "the least-squares solution is not finite"
                     continue
