@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..batches import model_inputs
+from ..batches import check_iterable, model_inputs
 from ..errors import CalibrationDataError, InvalidOptionError
 from ..graph import call_counts, prepare
 from ..options import check_count, check_flag, check_positive
@@ -147,7 +147,9 @@ def refit_layers(
         gm, reference = prepare(model, example), prepare(original, example)
         gm.eval()
         reference.eval()
-        result = _sweep(gm, reference, batches, (ridge, samples_per_image, fit_bias), max_unknowns, seed, progress)
+        pairs, skipped = _pairs(gm, reference, max_unknowns)
+        result = RefitResult(gm, skipped=skipped)
+        _sweep(gm, reference, batches, pairs, result, ridge, samples_per_image, fit_bias, seed, progress)
     finally:
         model.train(modes[0])
         original.train(modes[1])
@@ -162,10 +164,7 @@ def _batches(data: Any, num_inputs: int, device: torch.device, max_samples: int)
     """The first ``max_samples`` samples of ``data`` as checked batches of input tuples on ``device``."""
     if isinstance(data, torch.Tensor):
         data = torch.split(data, 32)
-    if not isinstance(data, Iterable):
-        raise CalibrationDataError(
-            f"refit_layers: data is a {type(data).__name__}; pass a tensor [N, ...] or an iterable of batches"
-        )
+    check_iterable(data, "refit_layers: data", CalibrationDataError)
     batches, count = [], 0
     for i, batch in enumerate(data):
         inputs = model_inputs(batch, num_inputs, i, CalibrationDataError, "batch", device)
@@ -223,16 +222,17 @@ def _sweep(
     gm: fx.GraphModule,
     reference: fx.GraphModule,
     batches: list[tuple[torch.Tensor, ...]],
-    fit: tuple[float, int, bool],
-    max_unknowns: int,
+    pairs: dict[str, tuple[str, torch.Tensor | None]],
+    result: RefitResult,
+    ridge: float,
+    samples_per_image: int,
+    fit_bias: bool,
     seed: int,
     progress: bool,
-) -> RefitResult:
-    """Advance both models over ``batches`` node by node; at each paired layer, solve and re-run it.
-    ``fit``: ``ridge``, ``samples_per_image`` and ``fit_bias`` of :func:`refit_layers`."""
-    ridge, samples_per_image, fit_bias = fit
-    pairs, skipped = _pairs(gm, reference, max_unknowns)
-    result = RefitResult(gm, skipped=skipped)
+) -> None:
+    """Advance both models over ``batches`` node by node; at each paired layer (:func:`_pairs`), solve and re-run
+    it. The re-fitted layers and the ones skipped on the way are recorded in ``result``."""
+    skipped = result.skipped
     ours, theirs = dict(gm.named_modules()), dict(reference.named_modules())
     reference_nodes = {str(n.target): n for n in reference.graph.nodes if n.op == "call_module"}
     frontier, reference_frontier = Frontier(gm, batches), Frontier(reference, batches)
@@ -267,8 +267,6 @@ def _sweep(
                 result.refitted.append(name)
     finally:
         bar.close()
-    result.skipped = {n: r for n, r in skipped.items() if n not in result.refitted}
-    return result
 
 
 def _unchanged(
