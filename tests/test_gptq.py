@@ -145,9 +145,94 @@ def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alon
         (dict(num_batches=0), "num_batches"),
         (dict(use_quantized_inputs="yes"), "use_quantized_inputs"),
         (dict(act_order="yes"), "act_order"),
+        (dict(asymmetric="yes"), "asymmetric"),
+        (dict(correct_bias=1), "correct_bias"),
+        (dict(asymmetric=True, use_quantized_inputs=False), "use_quantized_inputs=True"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(kwargs, match, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("leantorch.ptq.layer_rounding.prepare", lambda *a, **k: pytest.fail("traced"))
     with pytest.raises(lt.InvalidOptionError, match=match):
         lt.gptq(_net(), torch.zeros(1, 3, 8, 8), [torch.zeros(2, 3, 8, 8)], path=tmp_path, **kwargs)
+
+
+def _quantized_inputs(net: nn.Module, data: list[torch.Tensor], **options) -> torch.Tensor:
+    """What the Linear ``net[1]`` multiplies its weight with in a sim of ``net`` built and calibrated like GPTQ's."""
+    sim = lt.QuantSim(net, data[0][:1], **options)
+    sim.compute_encodings(data, progress=False)
+    wrapper, seen = sim.layers()["1"], []
+    handle = wrapper.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        for batch in data:
+            sim.model(batch)
+        handle.remove()
+        return torch.cat([wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x for x in seen])
+
+
+def test_asymmetric_gptq_with_bias_is_the_float64_least_squares_fit_of_float_outputs_from_quantized_inputs(
+    tmp_path,
+) -> None:
+    """On a fine weight grid (16 bits) GPTQ rounds nothing away, so the asymmetric weight and re-fitted bias must be
+    the least-squares solution of ``[x̂, 1] → W x + b`` (x̂: the 3-bit quantized input), computed here in float64."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ReLU(), nn.Linear(6, 5)).eval()
+    data = [torch.randn(64, 6) * torch.linspace(0.5, 2.0, 6) + 0.3 for _ in range(2)]
+    options = dict(param_bw=16, act_bw=3, per_channel=True, scheme="minmax", param_scheme="minmax")
+    rounded, _ = lt.gptq(
+        net, data[0][:1], data, num_batches=2, damping=0.0, asymmetric=True, correct_bias=True,
+        path=tmp_path, progress=False, **options,
+    )  # fmt: skip
+    x_hat = _quantized_inputs(net, data, **options).double()
+    with torch.no_grad():
+        x = torch.cat(data).relu().double()
+        target = x @ net[1].weight.double().T + net[1].bias.double()
+    assert (x_hat - x).abs().max() > 0.05  # the inputs are coarsely quantized: there is something to compensate
+    design = torch.cat([x_hat, torch.ones(len(x_hat), 1, dtype=torch.float64)], dim=1)
+    solution = torch.linalg.lstsq(design, target).solution  # [7, 5]
+    torch.testing.assert_close(rounded.get_submodule("1").weight.double(), solution[:6].T, rtol=0, atol=2e-3)
+    torch.testing.assert_close(rounded.get_submodule("1").bias.double(), solution[6], rtol=0, atol=2e-3)
+    symmetric, _ = lt.gptq(net, data[0][:1], data, num_batches=2, damping=0.0, path=tmp_path, progress=False, **options)
+    torch.testing.assert_close(
+        symmetric.get_submodule("1").weight, net[1].weight, rtol=0, atol=2e-4
+    )  # plain GPTQ keeps W
+
+
+def test_bias_correction_zeroes_the_mean_output_error_on_the_calibration_data(tmp_path) -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.ReLU(), nn.Linear(6, 5)).eval()
+    data = [torch.randn(64, 6) + 1.0 for _ in range(2)]
+    options = dict(param_bw=3, act_bw=4, per_channel=True, scheme="minmax")
+    rounded, _ = lt.gptq(
+        net, data[0][:1], data, num_batches=2, correct_bias=True, path=tmp_path, progress=False, **options
+    )
+    x_hat = _quantized_inputs(net, data, **options)
+    with torch.no_grad():
+        x = torch.cat(data)
+        error = net(x) - rounded.get_submodule("1")(x_hat)
+    assert error.mean(0).abs().max() < 1e-4 * error.abs().mean()  # zero up to float32 rounding
+    plain, _ = lt.gptq(net, data[0][:1], data, num_batches=2, path=tmp_path, progress=False, **options)
+    with torch.no_grad():
+        plain_error = net(x) - plain.get_submodule("1")(x_hat)
+    assert plain_error.mean(0).abs().max() > 100 * error.mean(0).abs().max()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_asymmetric_gptq_compensates_upstream_rounding_errors_on_correlated_inputs(seed: int, tmp_path) -> None:
+    """Inputs from a 4-dimensional subspace of 16 (as real activations are correlated): an upstream layer's 3-bit
+    rounding error is then mostly a linear function of what the next layer sees, which the asymmetric fit undoes
+    and plain GPTQ (fitted to its own weights' outputs) cannot. Held-out error against the float model."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    basis = torch.randn(4, 16)
+    data = [torch.randn(256, 4) @ basis for _ in range(2)]
+    held_out = torch.randn(1024, 4) @ basis
+    options = dict(param_bw=3, act_bw=16, per_channel=True)
+    errors = {}
+    for label, extra in (("gptq", {}), ("asymmetric", dict(asymmetric=True, correct_bias=True))):
+        rounded, enc = lt.gptq(net, data[0][:1], data, num_batches=2, path=tmp_path, progress=False, **options, **extra)
+        sim = lt.QuantSim(rounded, data[0][:1], param_scheme="mse", **options)
+        sim.set_and_freeze_param_encodings(enc)
+        sim.compute_encodings(data, progress=False)
+        with torch.no_grad():
+            errors[label] = float((sim.model(held_out) - net(held_out)).pow(2).mean())
+    assert errors["asymmetric"] < 0.7 * errors["gptq"], errors

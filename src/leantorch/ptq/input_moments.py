@@ -38,6 +38,7 @@ __all__ = [
     "QuadraticObjective",
     "LowRankObjective",
     "layer_objective",
+    "CenteredMoments",
 ]
 
 # Images per chunk when unfolding: a 112×112 depthwise layer's patches of 32 images would take ~350 MB.
@@ -316,3 +317,51 @@ def layer_objective(
     if 2 * sum(_positions(layer, x) for x in inputs) < k:
         return LowRankObjective(layer, weight, inputs, quantized)
     return QuadraticObjective(layer, weight, inputs, quantized)
+
+
+class CenteredMoments:
+    """Means and centred second moments of the float patches ``p`` and quantized patches ``p̂`` of one layer:
+    ``G = Cov(p̂)``, ``C = Cov(p, p̂)`` (``[groups, K, K]``), ``m = E[p]``, ``m̂ = E[p̂]`` (``[groups, K]``), float64.
+
+    They are what a weight fitted together with a free bias needs: ``min over Ŵ, δ of E‖W p − Ŵ p̂ − δ‖²`` has
+    ``δ = W m − Ŵ m̂`` and leaves ``E‖W (p − m) − Ŵ (p̂ − m̂)‖²``, the same objective on centred patches.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+        >>> m = CenteredMoments(layer, [x], [x + 1])
+        >>> m.mean.tolist(), m.mean_quantized.tolist(), m.gram.tolist()
+        ([[2.0, 4.0]], [[3.0, 5.0]], [[[1.0, 2.0], [2.0, 4.0]]])
+    """
+
+    def __init__(self, layer: nn.Module, inputs: list[torch.Tensor], quantized: list[torch.Tensor]) -> None:
+        gram: torch.Tensor | None = None
+        cross: torch.Tensor | None = None
+        sums: torch.Tensor | None = None
+        sums_q: torch.Tensor | None = None
+        count = 0
+        with torch.no_grad():
+            for x, x_hat in zip(inputs, quantized):
+                g, c = _per_group_products(layer, x, x_hat)
+                s, s_q = _patch_sums(layer, x), _patch_sums(layer, x_hat)
+                gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
+                sums, sums_q = (s, s_q) if sums is None or sums_q is None else (sums + s, sums_q + s_q)
+                count += _positions(layer, x)
+        if gram is None or cross is None or sums is None or sums_q is None:
+            raise CalibrationDataError("no layer inputs: pass at least one batch of calibration data")
+        self.mean, self.mean_quantized = sums / count, sums_q / count
+        # E[x yᵀ] − E[x] E[y]ᵀ, in float64: the raw moments are large next to the covariances of offset inputs
+        self.gram = gram / count - self.mean_quantized[:, :, None] * self.mean_quantized[:, None, :]
+        self.cross = cross / count - self.mean[:, :, None] * self.mean_quantized[:, None, :]
+
+
+def _patch_sums(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``Σ p`` over positions and samples, per group as ``[groups, K]`` (float64), in chunks of samples."""
+    groups = getattr(layer, "groups", 1)
+    total: torch.Tensor | None = None
+    for start in range(0, x.shape[0], _CHUNK):
+        cols = _columns(layer, x[start : start + _CHUNK].float())
+        part = cols.sum(-1).reshape(-1, groups, cols.shape[1]).sum(0).double()
+        total = part if total is None else total + part
+    assert total is not None
+    return total

@@ -37,6 +37,7 @@ __all__ = [
     "calibration_batches",
     "rounding_sim",
     "RoundLayer",
+    "RoundedLayer",
     "round_layers",
     "layer_inputs",
     "save_param_encodings",
@@ -48,12 +49,22 @@ log = logging.getLogger(__name__)
 
 Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
+
+@dataclass(frozen=True)
+class RoundedLayer:
+    """A rounded weight with the bias that goes with it (an algorithm that also re-fits the layer's bias)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
 #: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
-#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), or ``(weight,
-#: encoding)`` when the layer also chooses its grid (SeqMSE).
+#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), ``(weight,
+#: encoding)`` when the layer also chooses its grid (SeqMSE), or a :class:`RoundedLayer` with a new bias (GPTQ
+#: with ``correct_bias``).
 RoundLayer = Callable[
     [str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"],
-    "torch.Tensor | tuple[torch.Tensor, Encoding]",
+    "torch.Tensor | tuple[torch.Tensor, Encoding] | RoundedLayer",
 ]
 
 
@@ -160,15 +171,21 @@ def round_layers(
         wrapper = sim.layers()[name]
         quantizer = cast(Quantizer, wrapper.param_quantizers["weight"])
         assert quantizer.encoding is not None
-        rounded = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
+        result = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
         del inputs, quantized  # the activations can go before the next layer's arrive
-        if isinstance(rounded, tuple):
-            rounded, chosen = rounded
+        bias = None
+        if isinstance(result, RoundedLayer):
+            rounded, bias = result.weight, result.bias
+        elif isinstance(result, tuple):
+            rounded, chosen = result
             quantizer.set_encoding(chosen.to(rounded.device))
+        else:
+            rounded = result
         with torch.no_grad():
-            cast(torch.Tensor, gm.get_submodule(name).weight).copy_(rounded)
-            # the sim frontier runs this layer next, with the rounding
-            cast(torch.Tensor, wrapper.module.weight).copy_(rounded)
+            for layer in (gm.get_submodule(name), wrapper.module):  # the sim frontier runs it next, rounded
+                cast(torch.Tensor, layer.weight).copy_(rounded)
+                if bias is not None:
+                    cast(torch.Tensor, layer.bias).copy_(bias)
         quantizer.frozen = True
     bar.close()
     save_param_encodings(sim, enc_path)
