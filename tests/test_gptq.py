@@ -236,3 +236,22 @@ def test_asymmetric_gptq_compensates_upstream_rounding_errors_on_correlated_inpu
         with torch.no_grad():
             errors[label] = float((sim.model(held_out) - net(held_out)).pow(2).mean())
     assert errors["asymmetric"] < 0.7 * errors["gptq"], errors
+
+
+def test_a_constant_input_with_a_large_value_is_taken_as_constant_not_as_negative_variance(tmp_path) -> None:
+    """A saturated channel (constant 500, as CLE can scale a ReLU6 that always clips) has E[x²] − E[x]² equal to
+    float32 rounding noise, which can be negative; it must be taken as constant (zero variance) so the fit runs."""
+    from leantorch.ptq.input_moments import CenteredMoments
+
+    torch.manual_seed(0)
+    x = torch.randn(4096, 8)
+    x[:, 3] = 535.17
+    moments = CenteredMoments(nn.Linear(8, 2), [x], [x])
+    assert moments.gram[0, 3].abs().max() == 0 and moments.cross[0, :, 3].abs().max() == 0
+    torch.testing.assert_close(moments.gram[0, :3, :3], torch.cov(x[:, :3].double().T, correction=0))
+    net = nn.Sequential(nn.ReLU(), nn.Linear(8, 2)).eval()
+    rounded, _ = lt.gptq(
+        net, x[:1], [x[:2048], x[2048:]], num_batches=2, param_bw=4, asymmetric=True, correct_bias=True,
+        path=tmp_path, progress=False,
+    )  # fmt: skip
+    assert torch.isfinite(rounded.get_submodule("1").weight).all()

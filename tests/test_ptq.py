@@ -185,7 +185,8 @@ def test_auto_quant_stops_at_first_stage_meeting_target(resnet) -> None:
 
 
 def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, monkeypatch) -> None:
-    """The AdaRound stage rounds the CLE stage's model itself (CLE runs once, not once per stage)."""
+    """The AdaRound and GPTQ stages round the CLE stage's model itself (CLE runs once, not once per stage); GPTQ is
+    the asymmetric one with bias re-fitting."""
     import functools
 
     import leantorch.ptq.auto as auto
@@ -193,7 +194,8 @@ def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, mon
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     data = [torch.randn(4, 3, 8, 8)]
     equalized, rounded_from = [], []
-    real_equalize, real_adaround = auto.equalize, auto.adaround
+    real_equalize, real_adaround, real_gptq = auto.equalize, auto.adaround, auto.gptq
+    gptq_options = []
 
     def counting_equalize(*args, **kwargs):
         equalized.append(real_equalize(*args, **kwargs))
@@ -204,9 +206,15 @@ def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, mon
         rounded_from.append(model)
         return real_adaround(model, *args, **kwargs)
 
+    def recording_gptq(model, example, calibration, options):
+        rounded_from.append(model)
+        gptq_options.append(options)
+        return real_gptq(model, example, calibration, options)
+
     monkeypatch.setattr(auto, "equalize", counting_equalize)
     monkeypatch.setattr(auto, "adaround", recording_adaround)
-    scores = iter([1.0, 0.0, 0.0, 0.0])  # the float model, then stages that never reach the target
+    monkeypatch.setattr(auto, "gptq", recording_gptq)
+    scores = iter([1.0, 0.0, 0.0, 0.0, 0.0])  # the float model, then stages that never reach the target
     result = lt.auto_quant(
         net,
         data[0][:1],
@@ -218,8 +226,9 @@ def test_auto_quant_adaround_stage_starts_from_the_cle_stage_model(tmp_path, mon
         progress=False,
         downstream=False,
     )
-    assert [s["stage"] for s in result.stages] == ["float", "bn_fold", "cle", "adaround"]
-    assert len(equalized) == 1 and rounded_from == equalized
+    assert [s["stage"] for s in result.stages] == ["float", "bn_fold", "cle", "adaround", "gptq"]
+    assert len(equalized) == 1 and rounded_from == equalized * 2
+    assert gptq_options[0].asymmetric and gptq_options[0].correct_bias and gptq_options[0].param_scheme == "mse"
 
 
 @pytest.mark.slow  # model-level: minutes on 2 cores
@@ -573,7 +582,7 @@ def test_auto_quant_runs_the_chosen_stages_and_a_registered_one(tmp_path) -> Non
             net, data[0][:1], data, lambda m: next(scores), stages=["halve"], path=tmp_path, downstream=False
         )
         assert started_from[1] is net  # cle did not run: the float model
-        with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, reconstruct, halve"):
+        with pytest.raises(lt.InvalidOptionError, match="use one of bn_fold, cle, adaround, gptq, reconstruct, halve"):
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["clee"], path=tmp_path)
         with pytest.raises(lt.InvalidOptionError, match="distinct"):
             lt.auto_quant(net, data[0][:1], data, lambda m: 1.0, stages=["cle", "cle"], path=tmp_path)

@@ -2,17 +2,19 @@
 candidate that is quantized and scored, and may hand over frozen weight encodings.
 
 Built in (registered by :mod:`.auto`), in this order: ``bn_fold`` (fold BatchNorms), ``cle`` (BN fold +
-cross-layer equalization), ``adaround`` (AdaRound on the CLE model) and ``reconstruct`` (block reconstruction,
-BRECQ + QDrop, on the CLE model; opt-in: it costs many times AdaRound's time). A new stage is one
+cross-layer equalization), ``adaround`` (AdaRound on the CLE model), ``gptq`` (asymmetric GPTQ with bias
+re-fitting on the CLE model: each layer fitted to the float model's outputs from the quantized model's inputs) and
+``reconstruct`` (block reconstruction, BRECQ + QDrop, on the CLE model; opt-in: it costs many times AdaRound's
+time). A new stage is one
 :func:`register_stage` call; ``auto_quant`` runs the registered default stages in registration order unless told
 otherwise (``stages=``), and the CLI's ``--auto-stages`` choices come from :func:`stage_names`.
 
 Example:
     >>> import leantorch.ptq.auto  # registers the built-in stages
     >>> stage_names()
-    ('bn_fold', 'cle', 'adaround', 'reconstruct')
+    ('bn_fold', 'cle', 'adaround', 'gptq', 'reconstruct')
     >>> default_stage_names()
-    ('bn_fold', 'cle', 'adaround')
+    ('bn_fold', 'cle', 'adaround', 'gptq')
     >>> get_stage("cle").starts_from
     'float'
 """
@@ -30,19 +32,21 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .adaround import AdaroundConfig
 from .block_reconstruction import BlockReconstructionConfig
+from .gptq import GptqConfig
 
 __all__ = ["StageContext", "AutoQuantStage", "register_stage", "stage_names", "default_stage_names", "get_stage"]
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a stage may use: the example input, the calibration batches and the AdaRound and block
-    reconstruction options (auto_quant's bitwidths, scheme, config and path already in them)."""
+    """What a stage may use: the example input, the calibration batches and the AdaRound, block reconstruction and
+    GPTQ options (auto_quant's bitwidths, scheme, config and path already in them)."""
 
     example_input: Any
     calibration: Iterable[Any]
     adaround: AdaroundConfig
     reconstruct: BlockReconstructionConfig = BlockReconstructionConfig()
+    gptq: GptqConfig = GptqConfig(asymmetric=True, correct_bias=True)
 
 
 #: ``build(start_model, context) -> (candidate float model, frozen weight encodings file or None)``.

@@ -325,6 +325,9 @@ class CenteredMoments:
 
     They are what a weight fitted together with a free bias needs: ``min over Ŵ, δ of E‖W p − Ŵ p̂ − δ‖²`` has
     ``δ = W m − Ŵ m̂`` and leaves ``E‖W (p − m) − Ŵ (p̂ − m̂)‖²``, the same objective on centred patches.
+    An input whose variance is below ``1e-5`` of its mean square (a saturated ReLU6 channel, constant up to
+    float32 rounding) is taken as constant: its rows and columns are zero, as ``E[x²] − E[x]²`` there is only
+    the float32 sums' rounding (and can be negative).
 
     Example:
         >>> layer = nn.Linear(2, 1)
@@ -338,30 +341,34 @@ class CenteredMoments:
         gram: torch.Tensor | None = None
         cross: torch.Tensor | None = None
         sums: torch.Tensor | None = None
-        sums_q: torch.Tensor | None = None
         count = 0
         with torch.no_grad():
             for x, x_hat in zip(inputs, quantized):
                 g, c = _per_group_products(layer, x, x_hat)
-                s, s_q = _patch_sums(layer, x), _patch_sums(layer, x_hat)
+                s = torch.stack([*_patch_sums(layer, x), *_patch_sums(layer, x_hat)])  # Σp, Σp², Σp̂, Σp̂²
                 gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
-                sums, sums_q = (s, s_q) if sums is None or sums_q is None else (sums + s, sums_q + s_q)
+                sums = s if sums is None else sums + s
                 count += _positions(layer, x)
-        if gram is None or cross is None or sums is None or sums_q is None:
+        if gram is None or cross is None or sums is None:
             raise CalibrationDataError("no layer inputs: pass at least one batch of calibration data")
-        self.mean, self.mean_quantized = sums / count, sums_q / count
-        # E[x yᵀ] − E[x] E[y]ᵀ, in float64: the raw moments are large next to the covariances of offset inputs
-        self.gram = gram / count - self.mean_quantized[:, :, None] * self.mean_quantized[:, None, :]
-        self.cross = cross / count - self.mean[:, :, None] * self.mean_quantized[:, None, :]
+        mean, square, mean_q, square_q = sums / count
+        self.mean, self.mean_quantized = mean, mean_q
+        # E[x yᵀ] − E[x] E[y]ᵀ, in float64 (the sums of each chunk are float32 products)
+        self.gram = gram / count - mean_q[:, :, None] * mean_q[:, None, :]
+        self.cross = cross / count - mean[:, :, None] * mean_q[:, None, :]
+        varies = (square - mean**2) > 1e-5 * square
+        varies_q = (square_q - mean_q**2) > 1e-5 * square_q
+        self.gram *= (varies_q[:, :, None] & varies_q[:, None, :]).to(self.gram.dtype)
+        self.cross *= (varies[:, :, None] & varies_q[:, None, :]).to(self.cross.dtype)
 
 
-def _patch_sums(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``Σ p`` over positions and samples, per group as ``[groups, K]`` (float64), in chunks of samples."""
+def _patch_sums(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ p`` and ``Σ p²`` over positions and samples, per group as ``[groups, K]`` (float64), in chunks."""
     groups = getattr(layer, "groups", 1)
     total: torch.Tensor | None = None
     for start in range(0, x.shape[0], _CHUNK):
         cols = _columns(layer, x[start : start + _CHUNK].float())
-        part = cols.sum(-1).reshape(-1, groups, cols.shape[1]).sum(0).double()
-        total = part if total is None else total + part
+        part = torch.stack([cols.sum(-1), cols.square().sum(-1)]).reshape(2, -1, groups, cols.shape[1]).sum(1)
+        total = part.double() if total is None else total + part.double()
     assert total is not None
-    return total
+    return total[0], total[1]
