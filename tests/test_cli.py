@@ -741,6 +741,26 @@ def test_layerwise_rounding_flags_run_their_algorithm_and_freeze_the_weights(
     assert main([*QUANTIZE, *options, flag, "--auto"]) == 2
 
 
+def test_gptq_asymmetric_flag_reaches_gptq_and_needs_gptq(tmp_path, data_file, monkeypatch, capsys) -> None:
+    import leantorch.cli as cli
+
+    called: list[dict] = []
+    real = cli.gptq
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        called.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "gptq", recording)
+    options = ["--data", data_file, "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main([*QUANTIZE, *options, "--gptq", "--gptq-asymmetric"]) == 0
+    assert main([*QUANTIZE, *options, "--gptq"]) == 0
+    assert [c["asymmetric"] for c in called] == [True, False]
+    capsys.readouterr()
+    assert main([*QUANTIZE, *options, "--gptq-asymmetric"]) == 2
+    assert "add --gptq" in capsys.readouterr().err and len(called) == 2
+
+
 def test_auto_stages_come_from_the_registry_and_reach_auto_quant(tmp_path, data_file, monkeypatch, capsys) -> None:
     import leantorch.ptq.auto as auto
     from leantorch.ptq.auto_stages import stage_names

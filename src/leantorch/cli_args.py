@@ -174,6 +174,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="round weights with GPTQ (error feedback through the "
         "inverse input Hessian; one pass, no iterations) and freeze the weight encodings",
     )
+    p.add_argument(
+        "--gptq-asymmetric",
+        action="store_true",
+        help="with --gptq: fit each layer to the float model's outputs from the inputs the quantized model gives it "
+        "(GPTAQ), so it also undoes the quantization error upstream; far better for CNNs at 4 bits and for "
+        "per-tensor 8 bits (EfficientNet-Lite0 W4A8: 0.52 -> 0.85 agreement)",
+    )
     rounding.add_argument(
         "--seq-mse",
         action="store_true",
