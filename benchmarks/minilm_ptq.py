@@ -11,7 +11,8 @@ Every row is evaluated in a QuantSim built like the one the method used: its fil
 (``load_encodings(freeze=True)`` for reconstruct, whose file also holds learned activation step sizes;
 ``set_and_freeze_param_encodings`` otherwise) and the other activations calibrated on the calibration sentences.
 
-Run: ``.venv/bin/python benchmarks/minilm_ptq.py [--methods nearest,downstream,reconstruct,adaround,gptq]``.
+Run: ``.venv/bin/python benchmarks/minilm_ptq.py [--methods nearest,downstream,reconstruct,adaround,gptq,
+gptq_asymmetric]``.
 Writes ``benchmarks/results/minilm_ptq.json``.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -37,7 +39,14 @@ from leantorch.evaluation import markdown_table
 RESULTS = Path(__file__).parent / "results" / "minilm_ptq.json"
 #: (label, param_bw, param_block_size)
 WEIGHTS = [("W8A8", 8, None), ("W4A8", 4, None), ("W4A8 block-32", 4, 32)]
-ROUNDERS = {"reconstruct": lt.reconstruct, "adaround": lt.adaround, "gptq": lt.gptq}
+ROUNDERS = {
+    "reconstruct": lt.reconstruct,
+    "adaround": lt.adaround,
+    "gptq": lt.gptq,
+    # each Linear fitted to the float model's outputs from the quantized inputs: it also undoes activation
+    # quantization upstream, so it runs at W8A8 too
+    "gptq_asymmetric": functools.partial(lt.gptq, asymmetric=True),
+}
 
 
 def activation_config(name: str) -> lt.QuantSimConfig:
@@ -81,7 +90,7 @@ def run(env: dict[str, Any], method: str, bits: int, block: int | None, config: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--methods", default="nearest,downstream,reconstruct,adaround,gptq")
+    parser.add_argument("--methods", default="nearest,downstream,reconstruct,adaround,gptq,gptq_asymmetric")
     parser.add_argument("--configs", default="transformer,per_channel")
     parser.add_argument("--weights", default=",".join(w[0] for w in WEIGHTS))
     parser.add_argument("--iterations", type=int, default=200, help="reconstruct/AdaRound steps per block/layer")

@@ -255,3 +255,20 @@ def test_a_constant_input_with_a_large_value_is_taken_as_constant_not_as_negativ
         path=tmp_path, progress=False,
     )  # fmt: skip
     assert torch.isfinite(rounded.get_submodule("1").weight).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_asymmetric_gptq_on_cuda_matches_cpu(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = _net()
+    data = [torch.randn(16, 3, 8, 8) for _ in range(2)]
+    options = dict(param_bw=4, act_bw=8, num_batches=2, asymmetric=True, correct_bias=True, progress=False)
+    on_cpu, _ = lt.gptq(net, data[0][:1], data, path=tmp_path, filename_prefix="cpu", **options)
+    on_gpu, _ = lt.gptq(
+        copy.deepcopy(net).cuda(), data[0][:1].cuda(), [d.cuda() for d in data], path=tmp_path, **options
+    )
+    assert next(on_gpu.parameters()).is_cuda
+    with torch.no_grad():  # the same fit up to float rounding (a weight near a tie may round the other way)
+        x = torch.randn(32, 3, 8, 8)
+        reference, error = on_cpu(x), on_gpu(x.cuda()).cpu() - on_cpu(x)
+    assert error.abs().max() < 0.05 * reference.abs().max()
