@@ -247,6 +247,8 @@ def gptq_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type
         ("W4A8 per-channel mse weights, _conv_stem W8", folded, fold_s, {**w4, "config": stem_8}),
     ]  # fmt: skip
     for label, start_model, before_s, options in cases:
+        if options["param_bw"] == 8 and args.only_w4:
+            continue
         for correct_bias in {"off": (False,), "on": (True,), "both": (False, True)}[args.gptq_bias]:
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
