@@ -146,7 +146,7 @@ def test_failed_rename_is_an_output_path_error(tmp_path, monkeypatch) -> None:
 def test_cli_file_name_uses_the_one_plain_file_name_rule(name) -> None:
     import argparse
 
-    from leantorch.cli_args import _file_name
+    from leantorch.cli_types import file_name as _file_name
     from leantorch.paths import check_file_name
 
     try:

@@ -43,9 +43,6 @@ __all__ = [
     "build_parser",
 ]
 
-# Its old name here (tests import it from this module).
-_file_name = file_name
-
 DESCRIPTION = (
     "Quantize, analyse or compress a PyTorch model given by a factory function, or run the demo. "
     "Arguments, data and output locations are checked before any long computation; a mistake is "
@@ -177,16 +174,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gptq-asymmetric",
         action="store_true",
-        help="with --gptq: fit each layer to the float model's outputs from the inputs the quantized model gives it "
-        "(GPTAQ), so it also undoes the quantization error upstream; far better for CNNs at 4 bits and for "
-        "per-tensor 8 bits (EfficientNet-Lite0 W4A8: 0.52 -> 0.85 agreement)",
+        help="with --gptq: fit each layer to the float model's outputs from the quantized model's inputs (GPTAQ)",
     )
     rounding.add_argument(
         "--seq-mse",
         action="store_true",
-        help="choose each weight encoding by Sequential MSE "
-        "(the range, of 20 shrunk ones, with the least layer output error; one pass) and freeze "
-        "the weight encodings",
+        help="choose each weight encoding by Sequential MSE (the range, of 20 shrunk ones, with the least layer "
+        "output error; one pass) and freeze the weight encodings",
     )
     rounding.add_argument(
         "--reconstruct",
@@ -210,15 +204,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--thorough",
         action="store_true",
-        help="slower settings: AdaRound as in the paper; histogram range searches count every activation "
-        "value, not a strided sample of each large one; for analyze also 32 sensitivity samples and per-layer "
-        "SQNR/histograms on every sample, not the first batches up to 64 samples",
+        help="slower settings: AdaRound as in the paper; histogram range searches count every activation value, not "
+        "a strided sample of each large one; for analyze also 32 sensitivity samples and per-layer SQNR/histograms "
+        "on every sample, not the first batches up to 64 samples",
     )
 
 
-# AdaRound: 500 steps at lr 2e-2 reach the paper's 10,000 at 1e-3 (EfficientNet-Lite0 W4A8 per-channel: top-1
-# agreement with FP32 0.801, 0.800 at 1,000/1e-2, 0.796 at 10,000/1e-3; benchmarks/ptq_efficientnet.py) in a
-# twentieth of the time; --thorough keeps the paper's schedule.
+# AdaRound: 500 steps at lr 2e-2 reach the paper's 10,000 at 1e-3 in a twentieth of the time (EfficientNet-Lite0
+# W4A8 per channel, agreement with FP32: 0.801; 0.796 at 10,000/1e-3); --thorough keeps the paper's schedule.
 #: compress --quantize presets: (weight bits, activation bits)
 COMPRESS_QUANTIZE = {"w8a8": (8, 8), "w8a16": (8, 16), "w4a8": (4, 8)}
 
