@@ -86,6 +86,7 @@ def main() -> None:
         "without bias re-fitting)",
     )
     parser.add_argument("--gptq-batches", type=int, default=8, help="calibration batches asymmetric GPTQ fits on")
+    parser.add_argument("--gptq-cases", help="only the GPTQ rows whose label contains one of these (comma-separated)")
     parser.add_argument(
         "--gptq-bias",
         choices=["off", "on", "both"],
@@ -238,6 +239,7 @@ def gptq_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type
     cle_s = time.perf_counter() - start
     w4 = {"param_bw": 4, "per_channel": True, "param_scheme": "mse"}
     stem_8 = {"layers": {"_conv_stem": {"param_bw": 8}}}
+    first_last_8 = {"layers": {"_conv_stem": {"param_bw": 8}, "_fc": {"param_bw": 8}}}  # the papers' convention
     per_tensor = {"param_bw": 8, "per_channel": False}
     cases = [
         ("W8A8 per-tensor tf_enhanced + CLE", equalized, cle_s, per_tensor),
@@ -245,9 +247,12 @@ def gptq_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type
         ("W8A8 per-channel tf_enhanced, BN folded", folded, fold_s, {"param_bw": 8, "per_channel": True}),
         ("W4A8 per-channel mse weights, BN folded", folded, fold_s, w4),
         ("W4A8 per-channel mse weights, _conv_stem W8", folded, fold_s, {**w4, "config": stem_8}),
+        ("W4A8 per-channel mse weights, _conv_stem + _fc W8", folded, fold_s, {**w4, "config": first_last_8}),
     ]  # fmt: skip
     for label, start_model, before_s, options in cases:
-        if options["param_bw"] == 8 and args.only_w4:
+        if (options["param_bw"] == 8 and args.only_w4) or (
+            args.gptq_cases and not any(part in label for part in args.gptq_cases.split(","))
+        ):
             continue
         for correct_bias in {"off": (False,), "on": (True,), "both": (False, True)}[args.gptq_bias]:
             with tempfile.TemporaryDirectory() as tmp:
@@ -278,7 +283,9 @@ def reconstruct_rows(args, model, folded, fold_s, example, calib, evals, referen
         ),
     ]
     for label, start_model, before_s, options in cases:
-        if options["param_bw"] == 8 and args.only_w4:
+        if (options["param_bw"] == 8 and args.only_w4) or (
+            args.gptq_cases and not any(part in label for part in args.gptq_cases.split(","))
+        ):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
