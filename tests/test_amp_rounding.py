@@ -103,6 +103,29 @@ def test_candidate_weights_and_encodings_are_adarounds(rounded, data, tmp_path, 
         np.testing.assert_allclose(q.encoding.scale.flatten().numpy(), [e["scale"] for e in file[name]], rtol=1e-6)
 
 
+def test_gptq_candidates_are_asymmetric_gptqs_of_the_float_model(data, tmp_path) -> None:
+    """``rounding="gptq"``: a group at W4A16 holds exactly what ``lt.gptq(asymmetric=True)`` gives on the AMP
+    calibration data (MSE grids), with that file's frozen encodings; the float model is untouched."""
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    amp = mixed_precision(
+        net, data["calib"][0][:1], data["calib"], _score(net, data["held_out"]), candidates=CANDIDATES,
+        allowed_drop=0.05, cost="memory", rounding="gptq", progress=False,
+    )  # fmt: skip
+    want, path = lt.gptq(
+        net, data["calib"][0][:1], data["calib"], param_bw=4, act_bw=16, per_channel=True, num_batches=2,
+        asymmetric=True, param_scheme="mse", progress=False, path=tmp_path,
+    )  # fmt: skip
+    _all_at(amp, "W4A16")
+    file = read_encodings(path)["param_encodings"]
+    for name, got in _weights(amp).items():
+        assert torch.equal(got, want.get_parameter(name)), name
+        q = amp.sim.param_quantizers()[name]
+        assert q.frozen and q.bitwidth == 4 and q.encoding is not None
+        np.testing.assert_allclose(q.encoding.scale.flatten().numpy(), [e["scale"] for e in file[name]], rtol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 @pytest.mark.slow
 def test_set_group_switches_weights_back_and_forth_exactly(rounded) -> None:
     net, before, amp = rounded
@@ -168,6 +191,11 @@ def test_bad_options_are_typed_errors(data) -> None:
         mixed_precision(net, data["calib"][0][:1], data["calib"], candidates=CANDIDATES, rounding="gptq2")
     with pytest.raises(InvalidOptionError, match="rounding_options"):
         mixed_precision(net, data["calib"][0][:1], data["calib"], candidates=CANDIDATES, rounding_options={"a": 1})
+    with pytest.raises(InvalidOptionError, match="GptqConfig"):  # the options of the other rounding
+        mixed_precision(
+            net, data["calib"][0][:1], data["calib"], candidates=CANDIDATES, rounding="gptq",
+            rounding_options=lt.AdaroundConfig(),
+        )  # fmt: skip
     with pytest.raises(InvalidOptionError, match="callable"):
         mixed_precision(
             net, data["calib"][0][:1], lambda m: None, eval_fn=lambda m: 1.0, candidates=CANDIDATES, rounding="adaround"

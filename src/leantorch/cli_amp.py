@@ -70,8 +70,9 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         "--amp-rounding",
         choices=list(ROUNDINGS),
         default="nearest",
-        help="how --amp rounds the weights of candidates below 16 bits: nearest (default) or adaround (each such "
-        "candidate rounded once by AdaRound on the data; a layer at it takes those weights, also in the export)",
+        help="how --amp rounds the weights of candidates below 16 bits: nearest (default), adaround or gptq (each "
+        "such candidate rounded once by AdaRound or asymmetric GPTQ on the data; a layer at it takes those weights, "
+        "also in the export)",
     )
 
 

@@ -1,10 +1,12 @@
-"""Rounded weight candidates for automatic mixed precision: AdaRound once per low-bit candidate.
+"""Rounded weight candidates for automatic mixed precision: AdaRound or asymmetric GPTQ once per low-bit candidate.
 
 With ``MixedPrecisionConfig(rounding="adaround")`` every candidate whose weights have fewer than 16 bits is
 rounded once for the whole model by :func:`~leantorch.ptq.adaround.adaround` (the float model, the candidate's
-``param_bw`` and ``act_bw``, per-channel as the sim, the AMP calibration batches). Per weight, the rounded tensor
-and its frozen encoding are kept (:class:`RoundedWeights`); a group set to that candidate takes both (the encoding
-frozen, so recalibration keeps it), a group set to a round-to-nearest candidate gets its float weight back.
+``param_bw`` and ``act_bw``, per-channel as the sim, the AMP calibration batches); with ``rounding="gptq"``
+by :func:`~leantorch.ptq.gptq.gptq` with ``asymmetric=True`` (each layer fitted to the float model's outputs).
+Per weight, the rounded tensor and its frozen encoding are kept (:class:`RoundedWeights`); a group set to that
+candidate takes both (the encoding frozen, so recalibration keeps it), a group set to a round-to-nearest candidate
+gets its float weight back.
 
 For a QuantSim input the float model is the sim's own graph with every wrapper replaced by the layer it wraps
 (:func:`float_copy`), so the rounded weights carry the sim's parameter names.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import fx, nn
@@ -35,11 +37,22 @@ from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
 from .adaround import AdaroundConfig, adaround
 from .amp_groups import Candidate
+from .gptq import GptqConfig, gptq
 
-__all__ = ["Rounding", "ROUNDINGS", "RoundedWeights", "check_rounding_options", "float_copy", "round_candidates"]
+__all__ = [
+    "Rounding",
+    "ROUNDINGS",
+    "GPTQ_DEFAULTS",
+    "RoundedWeights",
+    "check_rounding_options",
+    "float_copy",
+    "round_candidates",
+]
 
-Rounding = Literal["nearest", "adaround"]
-ROUNDINGS: tuple[str, ...] = ("nearest", "adaround")
+Rounding = Literal["nearest", "adaround", "gptq"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "adaround", "gptq")
+#: what ``rounding="gptq"`` runs when given no options: asymmetric, on AdaRound's (MSE) grids
+GPTQ_DEFAULTS = GptqConfig(asymmetric=True, param_scheme="mse", progress=False)
 
 
 @dataclass
@@ -50,8 +63,9 @@ class RoundedWeights:
     encodings: dict[str, Encoding]
 
 
-def check_rounding_options(options: Any) -> AdaroundConfig:
-    """``rounding_options`` as an :class:`AdaroundConfig` (None: its defaults).
+def check_rounding_options(options: Any, rounding: str = "adaround") -> AdaroundConfig | GptqConfig:
+    """``rounding_options`` as the config of ``rounding``: an :class:`AdaroundConfig` for ``"adaround"``, a
+    :class:`GptqConfig` for ``"gptq"`` (None: :data:`GPTQ_DEFAULTS`); either for ``"nearest"``, where it is unused.
 
     Raises:
         InvalidOptionError: anything else.
@@ -59,12 +73,18 @@ def check_rounding_options(options: Any) -> AdaroundConfig:
     Example:
         >>> check_rounding_options(None).iterations
         500
+        >>> check_rounding_options(None, "gptq").asymmetric
+        True
     """
+    wanted: tuple[type, ...] = {"adaround": (AdaroundConfig,), "gptq": (GptqConfig,)}.get(
+        rounding, (AdaroundConfig, GptqConfig)
+    )
     if options is None:
-        return AdaroundConfig(progress=False)
-    if not isinstance(options, AdaroundConfig):
-        raise InvalidOptionError(f"rounding_options={options!r}: pass an AdaroundConfig (or None for its defaults)")
-    return options
+        return GPTQ_DEFAULTS if rounding == "gptq" else AdaroundConfig(progress=False)
+    if not isinstance(options, wanted):
+        names = " or ".join(t.__name__ for t in wanted)
+        raise InvalidOptionError(f"rounding_options={options!r}: pass a {names} (or None for its defaults)")
+    return cast(AdaroundConfig | GptqConfig, options)
 
 
 def float_copy(sim: QuantSim) -> fx.GraphModule:
@@ -98,12 +118,12 @@ def round_candidates(
     calib: list[Any],
     candidates: tuple[Candidate, ...],
     sim: QuantSim,
-    options: AdaroundConfig,
+    options: AdaroundConfig | GptqConfig,
     per_channel: bool | None,
     progress: bool,
 ) -> dict[Candidate, RoundedWeights]:
-    """AdaRound ``model`` once per candidate below 16-bit weights; the rounded weights and encodings of ``sim``'s
-    enabled weight quantizers (the model is not modified).
+    """AdaRound (or GPTQ, for a :class:`GptqConfig`) ``model`` once per candidate below 16-bit weights; the rounded
+    weights and encodings of ``sim``'s enabled weight quantizers (the model is not modified).
 
     Example:
         >>> rounded = round_candidates(net, x[:1], batches, cands, sim, AdaroundConfig(), True, False)  # doctest: +SKIP
@@ -123,7 +143,10 @@ def round_candidates(
                 filename_prefix=f"amp_{cand.name}",
                 progress=progress,
             )
-            rounded, path = adaround(model, example_input, calib, cfg)
+            if isinstance(cfg, GptqConfig):
+                rounded, path = gptq(model, example_input, calib, cfg)
+            else:
+                rounded, path = adaround(model, example_input, calib, cfg)
             targets = encoding_targets(sim.layers(), sim.quantizers())
             plan = match_encodings(read_encodings(path), targets, str(path))
         state = rounded.state_dict()

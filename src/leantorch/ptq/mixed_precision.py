@@ -43,6 +43,7 @@ from .amp_result import MixedPrecisionResult, ParetoPoint
 from .amp_rounding import ROUNDINGS, Rounding, check_rounding_options, float_copy, round_candidates
 from .amp_search import greedy_steps, search_front
 from .auto import call_eval_fn
+from .gptq import GptqConfig
 
 __all__ = ["MixedPrecisionConfig", "ParetoPoint", "MixedPrecisionResult", "mixed_precision", "Candidate"]
 
@@ -66,11 +67,13 @@ class MixedPrecisionConfig:
             SQNR score, whose float value is only its cap; ``"fp32"`` otherwise).
         front_evals: evenly spaced points of the Pareto list scored for real (beside the binary search).
         per_channel, scheme, config: the QuantSim built for a model input (ignored for a QuantSim input).
-        rounding: ``"nearest"`` (round-to-nearest weights) or ``"adaround"``: each candidate below 16-bit weights
-            is rounded once by :func:`~leantorch.adaround` (:mod:`.amp_rounding`); a group at that candidate takes
-            its rounded weights and their frozen encodings, also in the export.
-        rounding_options: an :class:`~leantorch.ptq.adaround.AdaroundConfig` for ``"adaround"`` (its bitwidths,
-            per-channel setting, batches and path are set per candidate); None: its defaults.
+        rounding: ``"nearest"`` (round-to-nearest weights), ``"adaround"`` or ``"gptq"``: each candidate below
+            16-bit weights is rounded once by :func:`~leantorch.adaround` or by asymmetric :func:`~leantorch.gptq`
+            (:mod:`.amp_rounding`); a group at that candidate takes its rounded weights and their frozen encodings,
+            also in the export.
+        rounding_options: an :class:`~leantorch.ptq.adaround.AdaroundConfig` for ``"adaround"``, a
+            :class:`~leantorch.ptq.gptq.GptqConfig` for ``"gptq"`` (their bitwidths, per-channel setting, batches
+            and path are set per candidate); None: the defaults (for GPTQ: asymmetric, MSE grids).
         progress: progress bars.
 
     Example:
@@ -89,7 +92,7 @@ class MixedPrecisionConfig:
     config: Any = "default"
     progress: bool = True
     rounding: Rounding = "nearest"
-    rounding_options: AdaroundConfig | None = None
+    rounding_options: AdaroundConfig | GptqConfig | None = None
 
     def __post_init__(self) -> None:
         parse_candidates(self.candidates)
@@ -101,7 +104,7 @@ class MixedPrecisionConfig:
         check_flag("per_channel", self.per_channel, allow_none=True)
         check_flag("progress", self.progress)
         check_choice("rounding", self.rounding, ROUNDINGS)
-        check_rounding_options(self.rounding_options)
+        check_rounding_options(self.rounding_options, self.rounding)
 
 
 @contextmanager
@@ -201,12 +204,12 @@ def mixed_precision(
     with _float_mode(sim):
         fp32 = call_eval_fn(eval_fn, sim.model, "the float model")
     rounded = None
-    if cfg.rounding == "adaround":
+    if cfg.rounding != "nearest":
         source = float_copy(sim) if isinstance(sim_or_model, QuantSim) else sim_or_model
         example = sim.example_input if example_input is None else example_input
-        adaround_options = check_rounding_options(cfg.rounding_options)
+        rounder = check_rounding_options(cfg.rounding_options, cfg.rounding)
         per_channel = sim.config.per_channel
-        rounded = round_candidates(source, example, calib, candidates, sim, adaround_options, per_channel, cfg.progress)
+        rounded = round_candidates(source, example, calib, candidates, sim, rounder, per_channel, cfg.progress)
     assembler = Assembler(sim, groups, candidates, calib, rounded)
     measure_macs(sim, groups, sim.example_input)
     sensitive = sensitivity_fn or eval_fn
