@@ -105,9 +105,10 @@ def _reconstruct(model: nn.Module, context: StageContext) -> tuple[nn.Module, Pa
 register_stage(AutoQuantStage("bn_fold", _bn_fold))
 register_stage(AutoQuantStage("cle", _cle))
 register_stage(AutoQuantStage("adaround", _adaround, starts_from="cle"))
-# After AdaRound, so a model AdaRound already brings within the allowed drop keeps its old result; at 4 bits it is
-# the better one (EfficientNet-Lite0 W4A8 per channel: 0.85 against AdaRound's 0.80, in about the same time).
-register_stage(AutoQuantStage("gptq", _gptq, starts_from="cle"))
+# Opt-in, after AdaRound: on CNNs it is the better one (EfficientNet-Lite0 W4A8 per channel: 0.82 against AdaRound's
+# 0.80; W8A8 per-tensor 0.87), but on transformers it loses (MiniLM), and by default it would add minutes to every
+# `quantize --auto` whose AdaRound stage misses the target.
+register_stage(AutoQuantStage("gptq", _gptq, starts_from="cle", default=False))
 # Opt-in: on EfficientNet-Lite0 it takes minutes per configuration on a CPU where AdaRound takes one or two.
 register_stage(AutoQuantStage("reconstruct", _reconstruct, starts_from="cle", default=False, activation_encodings=True))
 
@@ -130,14 +131,16 @@ def auto_quant(
     reconstruct_kwargs: dict[str, Any] | None = None,
     downstream: bool = True,
 ) -> AutoQuantResult:
-    """Apply BN fold, then CLE, then AdaRound, then asymmetric GPTQ, evaluating the quantized model after each; stop
-    at the first stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
+    """Apply BN fold, then CLE, then AdaRound, evaluating the quantized model after each; stop at the first
+    stage whose score is within ``allowed_drop`` of the float score, else return the best stage.
 
     ``eval_fn(model) -> float`` scores a model (higher is better); it is called with the float model
     and with each stage's ``sim.model``. Returns the model, its QuantSim and a table of stage scores.
     ``stages`` picks and orders the stages (names from :func:`~leantorch.ptq.auto_stages.stage_names`;
     default: the default ones, :func:`~leantorch.ptq.auto_stages.default_stage_names`, in registration order).
-    Block reconstruction is opt-in (``stages=["bn_fold", "cle", "adaround", "gptq", "reconstruct"]``): it runs after
+    Asymmetric GPTQ (stage ``gptq``: each layer fitted to the float model's outputs from the quantized model's inputs,
+    from the CLE model) and block reconstruction are opt-in
+    (``stages=["bn_fold", "cle", "adaround", "gptq", "reconstruct"]``); reconstruction runs after
     AdaRound, from the CLE model, with ``reconstruct_kwargs`` (options of
     :func:`~leantorch.ptq.block_reconstruction.reconstruct`, e.g. ``{"iterations": 500}``), and its sim keeps
     the activation step sizes it learned; the table shows both and the better one is returned.
@@ -290,10 +293,11 @@ def _stage_options(cls: type[Any], what: str, kwargs: Any, own: dict[str, Any]) 
 
 
 def _gptq_options(settings: dict[str, Any], adaround_kwargs: dict[str, Any] | None) -> GptqConfig:
-    """The ``gptq`` stage's options: asymmetric with bias re-fitting, auto_quant's settings, and AdaRound's
+    """The ``gptq`` stage's options: asymmetric (without bias re-fitting: it lost in every paired trial), auto_quant's
+    settings, and AdaRound's
     calibration batch count and weight scheme where ``adaround_kwargs`` set them (the two stages see the same data)."""
     shared: dict[str, Any] = {
         "param_scheme": "mse"
     }  # AdaRound's default grids (GPTQ's own default, minmax, is for transformers)
     shared.update({k: v for k, v in (adaround_kwargs or {}).items() if k in ("num_batches", "param_scheme")})
-    return GptqConfig(asymmetric=True, correct_bias=True, **shared, **settings)
+    return GptqConfig(asymmetric=True, **shared, **settings)

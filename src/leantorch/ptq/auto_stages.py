@@ -2,10 +2,10 @@
 candidate that is quantized and scored, and may hand over frozen weight encodings.
 
 Built in (registered by :mod:`.auto`), in this order: ``bn_fold`` (fold BatchNorms), ``cle`` (BN fold +
-cross-layer equalization), ``adaround`` (AdaRound on the CLE model), ``gptq`` (asymmetric GPTQ with bias
-re-fitting on the CLE model: each layer fitted to the float model's outputs from the quantized model's inputs) and
-``reconstruct`` (block reconstruction, BRECQ + QDrop, on the CLE model; opt-in: it costs many times AdaRound's
-time). A new stage is one
+cross-layer equalization), ``adaround`` (AdaRound on the CLE model), ``gptq`` (asymmetric GPTQ
+on the CLE model: each layer fitted to the float model's outputs from the quantized model's inputs;
+opt-in) and ``reconstruct`` (block reconstruction, BRECQ + QDrop, on the CLE model; opt-in: it costs many times
+AdaRound's time). A new stage is one
 :func:`register_stage` call; ``auto_quant`` runs the registered default stages in registration order unless told
 otherwise (``stages=``), and the CLI's ``--auto-stages`` choices come from :func:`stage_names`.
 
@@ -14,7 +14,7 @@ Example:
     >>> stage_names()
     ('bn_fold', 'cle', 'adaround', 'gptq', 'reconstruct')
     >>> default_stage_names()
-    ('bn_fold', 'cle', 'adaround', 'gptq')
+    ('bn_fold', 'cle', 'adaround')
     >>> get_stage("cle").starts_from
     'float'
 """
@@ -46,7 +46,7 @@ class StageContext:
     calibration: Iterable[Any]
     adaround: AdaroundConfig
     reconstruct: BlockReconstructionConfig = BlockReconstructionConfig()
-    gptq: GptqConfig = GptqConfig(asymmetric=True, correct_bias=True)
+    gptq: GptqConfig = GptqConfig(asymmetric=True)
 
 
 #: ``build(start_model, context) -> (candidate float model, frozen weight encodings file or None)``.
