@@ -58,10 +58,12 @@ class GptqConfig(LayerRoundingConfig):
             quantized model gives it (``E‖W p − Ŵ p̂‖²``, GPTAQ; Li et al., 2025), instead of to its own float
             weights' outputs on those inputs (``E‖W p̂ − Ŵ p̂‖²``, the paper's): each layer then also undoes what
             the quantization upstream (weights and activations) did to its input, where that is linear. Needs
-            ``use_quantized_inputs``. EfficientNet-Lite0 W4A8 per channel: 0.52 → 0.85 top-1 agreement
-            (``benchmarks/ptq_efficientnet.py``).
+            ``use_quantized_inputs``. EfficientNet-Lite0, top-1 agreement with FP32: W4A8 per channel 0.52 → 0.82,
+            W8A8 per-tensor after CLE 0.87 (``benchmarks/ptq_efficientnet.py --only-gptq``); on all-MiniLM-L6-v2
+            it loses to plain GPTQ (W4A8 per channel 0.957 → 0.900), hence off by default.
         correct_bias: re-fit each layer's bias with its weights (the objective on centred inputs, and the bias
-            takes the mean output error ``W E[p] − Ŵ E[p̂]``); layers without a bias keep none.
+            takes the mean output error ``W E[p] − Ŵ E[p̂]``); layers without a bias keep none. It lost 0.01–0.02
+            agreement on EfficientNet-Lite0 beside ``asymmetric`` alone.
         Others: :class:`~leantorch.ptq.layer_rounding.LayerRoundingConfig`.
 
     Example:
