@@ -177,7 +177,10 @@ def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
     env = _setup(args)
     label, spec, drop = ROUNDED_RUN
     quantized_inputs = not args.adaround_float_inputs
-    if not quantized_inputs:
+    options: Any = lt.AdaroundConfig(progress=False, use_quantized_inputs=quantized_inputs)
+    if args.amp_rounding == "gptq":
+        label, options = label.replace("AdaRound", "asymmetric GPTQ"), None  # rounding="gptq"'s defaults
+    elif not quantized_inputs:
         label += " (float inputs)"
     amp, seconds = _search(
         env,
@@ -187,8 +190,8 @@ def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
         allowed_drop=drop,
         cost="memory",
         baseline="fp32",
-        rounding="adaround",
-        rounding_options=lt.AdaroundConfig(progress=False, use_quantized_inputs=quantized_inputs),
+        rounding=args.amp_rounding,
+        rounding_options=options,
     )
     row = _amp_row(label, spec, amp, env, seconds)
     assert amp.assembler is not None
@@ -199,7 +202,8 @@ def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {
                 **row,
-                "run": f"uniform AdaRound{label[len(ROUNDED_RUN[0]) :]} {cand.name}",
+                "run": f"uniform {'GPTQ' if args.amp_rounding == 'gptq' else 'AdaRound'}"
+                f"{label[len(ROUNDED_RUN[0]) :]} {cand.name}",
                 "candidates": cand.name,
                 "cost": "-",
             }
@@ -251,6 +255,12 @@ def main() -> None:
         "--adaround-float-inputs",
         action="store_true",
         help="amp_rounded: AdaRound each layer on float inputs (composable per group) instead of the quantized ones",
+    )
+    parser.add_argument(
+        "--amp-rounding",
+        choices=["adaround", "gptq"],
+        default="adaround",
+        help="amp_rounded: how the candidates are rounded (gptq: asymmetric GPTQ on MSE grids)",
     )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
