@@ -10,7 +10,8 @@ round-to-nearest, SeqMSE, GPTQ and AdaRound on MiniLM and EfficientNet-Lite0, is
 
 * ``amp_rounded``: the weight-bytes run with AdaRound candidates (``rounding="adaround"``: each candidate below
   16-bit weights rounded once by ``lt.adaround``), and uniform AdaRound W8A16 / W4A16 / W3A16 from the same
-  rounded weights. Its rows and front are added to ``weights_amp.json`` (the plot: ``weights_amp_rounded_pareto.png``).
+  rounded weights. Its rows and front are added to ``weights_amp.json`` (the plot: ``weights_amp_rounded_pareto.png``;
+  ``--amp-rounding gptq``: asymmetric GPTQ candidates, ``weights_amp_rounded_gptq_pareto.png``).
 
 Data: scikit-image photograph crops. Calibration: ``--calibration`` crops (seed 0). The search scores
 (``eval_fn``) top-1 agreement with FP32 on ``--search`` crops (seed 2) and orders phase 1 by relative output
@@ -202,8 +203,8 @@ def run_amp_rounded(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {
                 **row,
-                "run": f"uniform {'GPTQ' if args.amp_rounding == 'gptq' else 'AdaRound'}"
-                f"{label[len(ROUNDED_RUN[0]) :]} {cand.name}",
+                "run": f"uniform {'asymmetric GPTQ' if args.amp_rounding == 'gptq' else 'AdaRound'}"
+                f"{label[len(ROUNDED_RUN[0]) :] if args.amp_rounding != 'gptq' else ''} {cand.name}",
                 "candidates": cand.name,
                 "cost": "-",
             }
@@ -270,7 +271,8 @@ def main() -> None:
         found = SECTIONS[name](args)
         png = found.pop("png", None)
         if png is not None:
-            (RESULTS / f"weights_{name}_pareto.png").write_bytes(png)
+            suffix = "_gptq" if name == "amp_rounded" and args.amp_rounding == "gptq" else ""
+            (RESULTS / f"weights_{name}{suffix}_pareto.png").write_bytes(png)
         found["settings"] = {k: v for k, v in vars(args).items() if k != "only"}
         found["seconds"] = time.perf_counter() - start
         _save(name, found)
