@@ -46,6 +46,9 @@ ROUNDERS = {
     # each Linear fitted to the float model's outputs from the quantized inputs: it also undoes activation
     # quantization upstream, so it runs at W8A8 too
     "gptq_asymmetric": functools.partial(lt.gptq, asymmetric=True),
+    # the same with 100× the damping (the least-squares fit pulled hard towards the float weights): on MiniLM the
+    # default fit loses to plain GPTQ
+    "gptq_asymmetric_damped": functools.partial(lt.gptq, asymmetric=True, damping=10.0),
 }
 
 
@@ -91,6 +94,7 @@ def run(env: dict[str, Any], method: str, bits: int, block: int | None, config: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", default="nearest,downstream,reconstruct,adaround,gptq,gptq_asymmetric")
+    # (also: gptq_asymmetric_damped)
     parser.add_argument("--configs", default="transformer,per_channel")
     parser.add_argument("--weights", default=",".join(w[0] for w in WEIGHTS))
     parser.add_argument("--iterations", type=int, default=200, help="reconstruct/AdaRound steps per block/layer")
