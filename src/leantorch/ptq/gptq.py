@@ -237,9 +237,9 @@ def _round_towards_float(
     the centred moments, and the bias takes ``W E[p] − Ŵ E[p̂]``."""
     moments = CenteredMoments(layer, inputs, quantized)
     center = cfg.correct_bias and getattr(layer, "bias", None) is not None
-    mean, mean_q = (moments.mean, moments.mean_quantized) if not center else (None, None)
     gram, cross = moments.gram, moments.cross
-    if mean is not None and mean_q is not None:  # no bias to absorb the means: raw moments
+    if not center:  # no bias to absorb the means: the raw second moments
+        mean, mean_q = moments.mean, moments.mean_quantized
         gram = gram + mean_q[:, :, None] * mean_q[:, None, :]
         cross = cross + mean[:, :, None] * mean_q[:, None, :]
     rows = grouped_weight(layer, weight).double()
