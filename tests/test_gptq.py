@@ -272,3 +272,16 @@ def test_asymmetric_gptq_on_cuda_matches_cpu(tmp_path) -> None:
         x = torch.randn(32, 3, 8, 8)
         reference, error = on_cpu(x), on_gpu(x.cuda()).cpu() - on_cpu(x)
     assert error.abs().max() < 0.05 * reference.abs().max()
+
+
+def test_bias_correction_leaves_a_layer_without_bias_without_one(tmp_path) -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.ReLU(), nn.Linear(6, 5, bias=False)).eval()
+    data = [torch.randn(64, 6) + 1.0 for _ in range(2)]
+    rounded, _ = lt.gptq(
+        net, data[0][:1], data, num_batches=2, param_bw=4, act_bw=4, asymmetric=True, correct_bias=True,
+        path=tmp_path, progress=False,
+    )  # fmt: skip
+    layer = rounded.get_submodule("1")
+    assert layer.bias is None and torch.isfinite(layer.weight).all()
+    assert not torch.equal(layer.weight, net[1].weight)
