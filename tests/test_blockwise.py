@@ -144,7 +144,7 @@ def test_bad_block_settings_are_refused(kwargs: dict, match: str) -> None:
         lt.QuantSim(nn.Linear(32, 4), torch.randn(1, 32), param_bw=4, **kwargs)
 
 
-@pytest.mark.parametrize("algorithm", ["gptq", "seq_mse", "adaround"])
+@pytest.mark.parametrize("algorithm", ["gptq", "gptq_asymmetric", "seq_mse", "adaround"])
 def test_layerwise_rounding_works_on_blockwise_grids(tmp_path, algorithm: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 16)).eval()
@@ -152,8 +152,8 @@ def test_layerwise_rounding_works_on_blockwise_grids(tmp_path, algorithm: str) -
         model[0].weight.mul_(torch.logspace(-1, 0.5, 64))  # input channels of uneven size: blocks pay off
     data = [torch.randn(64, 64) * torch.linspace(0.2, 2, 64) for _ in range(4)]
     options = {"param_bw": 4, "param_block_size": 32, "progress": False, "path": tmp_path}
-    extra = {"iterations": 200} if algorithm == "adaround" else {}
-    rounded, _ = getattr(lt, algorithm)(model, data[0][:1], data, **options, **extra)
+    extra = {"adaround": {"iterations": 200}, "gptq_asymmetric": {"asymmetric": True}}.get(algorithm, {})
+    rounded, _ = getattr(lt, algorithm.removesuffix("_asymmetric"))(model, data[0][:1], data, **options, **extra)
     nearest = lt.QuantSim(model, data[0][:1], param_bw=4, param_block_size=32, param_scheme="mse")
     nearest.compute_encodings(data, progress=False)
     nearest.set_activation_quantization(False)
