@@ -196,6 +196,11 @@ def test_bad_options_are_typed_errors(data) -> None:
             net, data["calib"][0][:1], data["calib"], candidates=CANDIDATES, rounding="gptq",
             rounding_options=lt.AdaroundConfig(),
         )  # fmt: skip
+    with pytest.raises(InvalidOptionError, match="correct_bias"):  # a re-fitted bias would not follow its weights
+        mixed_precision(
+            net, data["calib"][0][:1], data["calib"], candidates=CANDIDATES, rounding="gptq",
+            rounding_options=lt.GptqConfig(correct_bias=True),
+        )  # fmt: skip
     with pytest.raises(InvalidOptionError, match="callable"):
         mixed_precision(
             net, data["calib"][0][:1], lambda m: None, eval_fn=lambda m: 1.0, candidates=CANDIDATES, rounding="adaround"

@@ -68,7 +68,7 @@ def check_rounding_options(options: Any, rounding: str = "adaround") -> Adaround
     :class:`GptqConfig` for ``"gptq"`` (None: :data:`GPTQ_DEFAULTS`); either for ``"nearest"``, where it is unused.
 
     Raises:
-        InvalidOptionError: anything else.
+        InvalidOptionError: anything else, or a GptqConfig with ``correct_bias`` (AMP carries weights, not biases).
 
     Example:
         >>> check_rounding_options(None).iterations
@@ -84,6 +84,9 @@ def check_rounding_options(options: Any, rounding: str = "adaround") -> Adaround
     if not isinstance(options, wanted):
         names = " or ".join(t.__name__ for t in wanted)
         raise InvalidOptionError(f"rounding_options={options!r}: pass a {names} (or None for its defaults)")
+    if isinstance(options, GptqConfig) and options.correct_bias:
+        # AMP swaps each group's weights between candidates; a bias re-fitted for one candidate would not follow
+        raise InvalidOptionError("rounding_options: AMP keeps the float biases, so GPTQ's correct_bias must be False")
     return cast(AdaroundConfig | GptqConfig, options)
 
 
