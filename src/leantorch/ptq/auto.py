@@ -294,10 +294,9 @@ def _stage_options(cls: type[Any], what: str, kwargs: Any, own: dict[str, Any]) 
 
 def _gptq_options(settings: dict[str, Any], adaround_kwargs: dict[str, Any] | None) -> GptqConfig:
     """The ``gptq`` stage's options: asymmetric (without bias re-fitting: it lost in every paired trial), auto_quant's
-    settings, and AdaRound's
-    calibration batch count and weight scheme where ``adaround_kwargs`` set them (the two stages see the same data)."""
-    shared: dict[str, Any] = {
-        "param_scheme": "mse"
-    }  # AdaRound's default grids (GPTQ's own default, minmax, is for transformers)
+    settings, and AdaRound's calibration batch count and weight scheme where ``adaround_kwargs`` set them (the two
+    stages see the same data). The grids default to AdaRound's MSE ones (GPTQ's own default, minmax, is for
+    transformers)."""
+    shared: dict[str, Any] = {"param_scheme": "mse"}
     shared.update({k: v for k, v in (adaround_kwargs or {}).items() if k in ("num_batches", "param_scheme")})
     return GptqConfig(asymmetric=True, **shared, **settings)
