@@ -201,13 +201,15 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _per_group_products(
-    layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    layer: nn.Module, x: torch.Tensor, x_hat: torch.Tensor | None, with_sums: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``Σ p̂ p̂ᵀ`` and ``Σ p p̂ᵀ`` over positions, per group as ``[groups, K, K]`` (float64), in chunks of
-    samples; each input is unfolded once. ``x_hat=None`` means ``p̂ = p`` (then both sums are one tensor)."""
+    samples; each input is unfolded once. ``x_hat=None`` means ``p̂ = p`` (then both sums are one tensor).
+    ``with_sums`` also gives ``Σp, Σp², Σp̂, Σp̂²`` as ``[4, groups, K]`` from the same unfolded chunks (else None)."""
     groups = getattr(layer, "groups", 1)
     gram: torch.Tensor | None = None
     cross: torch.Tensor | None = None
+    sums: torch.Tensor | None = None
     for start in range(0, x.shape[0], _CHUNK):
         p = _columns(layer, x[start : start + _CHUNK].float())
         p_hat = p if x_hat is None else _columns(layer, x_hat[start : start + _CHUNK].float())
@@ -216,8 +218,12 @@ def _per_group_products(
         c = g if x_hat is None else torch.bmm(p, p_hat.transpose(1, 2))
         c = c if x_hat is None else c.reshape(-1, groups, *c.shape[1:]).sum(0).double()
         gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
+        if with_sums:
+            part = torch.stack([p.sum(-1), p.square().sum(-1), p_hat.sum(-1), p_hat.square().sum(-1)])
+            part = part.reshape(4, -1, groups, p.shape[1]).sum(1).double()
+            sums = part if sums is None else sums + part
     assert gram is not None and cross is not None
-    return gram, cross
+    return gram, cross, sums
 
 
 def _positions(layer: nn.Module, x: torch.Tensor) -> int:
@@ -254,7 +260,7 @@ class QuadraticObjective:
         count = 0
         with torch.no_grad():
             for i, x in enumerate(inputs):
-                g, c = _per_group_products(layer, x, quantized[i] if quantized is not None else None)
+                g, c, _ = _per_group_products(layer, x, quantized[i] if quantized is not None else None)
                 gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
                 count += _positions(layer, x)
         if gram is None or cross is None:
@@ -344,8 +350,8 @@ class CenteredMoments:
         count = 0
         with torch.no_grad():
             for x, x_hat in zip(inputs, quantized):
-                g, c = _per_group_products(layer, x, x_hat)
-                s = torch.stack([*_patch_sums(layer, x), *_patch_sums(layer, x_hat)])  # Σp, Σp², Σp̂, Σp̂²
+                g, c, s = _per_group_products(layer, x, x_hat, with_sums=True)  # s: Σp, Σp², Σp̂, Σp̂²
+                assert s is not None
                 gram, cross = (g, c) if gram is None or cross is None else (gram + g, cross + c)
                 sums = s if sums is None else sums + s
                 count += _positions(layer, x)
@@ -360,15 +366,3 @@ class CenteredMoments:
         varies_q = (square_q - mean_q**2) > 1e-5 * square_q
         self.gram *= (varies_q[:, :, None] & varies_q[:, None, :]).to(self.gram.dtype)
         self.cross *= (varies[:, :, None] & varies_q[:, None, :]).to(self.cross.dtype)
-
-
-def _patch_sums(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ p`` and ``Σ p²`` over positions and samples, per group as ``[groups, K]`` (float64), in chunks."""
-    groups = getattr(layer, "groups", 1)
-    total: torch.Tensor | None = None
-    for start in range(0, x.shape[0], _CHUNK):
-        cols = _columns(layer, x[start : start + _CHUNK].float())
-        part = torch.stack([cols.sum(-1), cols.square().sum(-1)]).reshape(2, -1, groups, cols.shape[1]).sum(1)
-        total = part.double() if total is None else total + part.double()
-    assert total is not None
-    return total[0], total[1]
