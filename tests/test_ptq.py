@@ -82,9 +82,35 @@ def test_high_bias_absorption_is_exact_when_preactivations_stay_above_c() -> Non
     bn.weight.data.fill_(0.1)
     bn.bias.data = torch.linspace(1.0, 3.0, 6, dtype=torch.float64)  # β ≫ 3γ: large absorbable bias
     x = torch.randn(64, 4, dtype=torch.float64) * 0.5
-    eq = lt.equalize(net, x[:1])
+    torch.testing.assert_close(lt.equalize(net, x[:1])(x), net(x), rtol=1e-9, atol=1e-9)  # absorption is opt-in
+    eq = lt.equalize(net, x[:1], absorb_high_bias=True)
     assert float(eq.get_submodule("0").bias.abs().max()) < float(bn.bias.max())  # bias was absorbed
     torch.testing.assert_close(eq(x), net(x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_cle_leaves_channels_that_bn_folding_left_constant_unscaled(relu6: bool) -> None:
+    """A BN with γ ≈ 0 leaves a channel of ~1e-7 weights whose output is the constant relu(β); scaling it like the
+    others would divide that constant by ~1e-7. It keeps scale 1 (its bias and ReLU6 bound unchanged), the live
+    channels are still equalized, and the function is unchanged."""
+    net = mobile_block(relu6).double()
+    for bn in (net[1], net[4]):  # a constant channel after the first conv and after the depthwise conv
+        bn.weight.data[0], bn.bias.data[0] = 1e-7, 2.0
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    folded = lt.fold_batch_norms(net, x)[0]
+    scaled, _ = lt.cross_layer_scale(folded, x)
+    xs = torch.randn(16, 3, 6, 6, dtype=torch.float64) * 3
+    torch.testing.assert_close(scaled(xs), net(xs), rtol=1e-9, atol=1e-9)
+    for name in ("0", "3"):  # the constant channels' biases are not scaled
+        assert float(scaled.get_submodule(name).bias[0]) == pytest.approx(float(folded.get_submodule(name).bias[0]))
+    r1, r3 = output_ranges(scaled.get_submodule("0"))[1:], input_ranges(scaled.get_submodule("6"))[1:]
+    torch.testing.assert_close(r1, r3, rtol=1e-6, atol=0)  # live channels equalized as before
+    acts: dict[str, float] = {}
+    for tag, model in (("folded", folded), ("scaled", scaled)):
+        hook = model.get_submodule("5").register_forward_hook(lambda m, i, o, t=tag: acts.__setitem__(t, o.abs().max()))
+        model(xs)
+        hook.remove()
+    assert acts["scaled"] < 10 * acts["folded"]  # before the fix: ~1e7 times larger
 
 
 def test_clipped_normal_mean_matches_numerical_integration() -> None:

@@ -154,7 +154,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cle",
         action="store_true",
-        help="cross-layer equalization (folds BN, scales layer pairs and depthwise triplets, absorbs high biases)",
+        help="cross-layer equalization (folds BN, scales layer pairs and depthwise triplets; no high-bias absorption)",
     )
     p.add_argument(
         "--bias-correction",
