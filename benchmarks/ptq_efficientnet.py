@@ -56,6 +56,9 @@ def main() -> None:
     )
     parser.add_argument("--only-w4", action="store_true", help="only the W4A8 rows (round-to-nearest, AdaRound)")
     parser.add_argument(
+        "--only-w8", action="store_true", help="only the W8A8 calibration rows (minmax, tf_enhanced, CLE, per-channel)"
+    )
+    parser.add_argument(
         "--keep-8",
         default="_conv_stem,_fc",
         help="layers whose weights stay 8-bit in the mixed W4A8 rows (config 'layers'; default: the first conv and "
@@ -128,7 +131,9 @@ def main() -> None:
     fold_s = time.perf_counter() - start
     print(f"folded {len(pairs)} batch norms in {fold_s:.2f} s", flush=True)
 
-    if args.only_keep_8:
+    if args.only_w8:
+        w8_rows(args, model, folded, fold_s, example, calib, row)
+    elif args.only_keep_8:
         keep_8_rows(args, folded, fold_s, example, calib, row)
     elif args.only_gptq:
         gptq_rows(args, model, folded, fold_s, example, calib, row)
@@ -157,6 +162,10 @@ def w8_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type: 
     equalized = lt.equalize(model, example)
     cle_s = time.perf_counter() - start
     row("W8A8 per-tensor tf_enhanced + CLE", equalized, cle_s, time.perf_counter())
+    start = time.perf_counter()
+    absorbed = lt.equalize(model, example, absorb_high_bias=True)  # the DFQ paper's recipe, opt-in since 2026-12
+    row("W8A8 per-tensor tf_enhanced + CLE with high-bias absorption", absorbed, time.perf_counter() - start,
+        time.perf_counter())  # fmt: skip
     start = time.perf_counter()
     corrected = lt.bias_correction(equalized, example, calib, method="empirical", num_samples=args.bc_samples)
     bc_s = time.perf_counter() - start
