@@ -116,18 +116,25 @@ def _net() -> nn.Module:
     ).eval()
 
 
-def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alone(tmp_path) -> None:
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_lands_on_the_grid_beats_round_to_nearest_and_leaves_the_model_alone(symmetric: bool, tmp_path) -> None:
+    """Also on asymmetric weight grids (a zero point per channel), which GPTQ rounds to through the offset."""
     torch.manual_seed(0)
     net = _net()
     before = copy.deepcopy(net.state_dict())
     data = [torch.randn(32, 3, 8, 8) for _ in range(2)]
     held_out = torch.randn(64, 3, 8, 8)
-    rounded, enc = lt.gptq(net, data[0][:1], data, param_bw=3, act_bw=32, num_batches=2, path=tmp_path, progress=False)
+    config = {"per_channel": True, "param_symmetric": symmetric}
+    rounded, enc = lt.gptq(
+        net, data[0][:1], data, param_bw=3, act_bw=32, num_batches=2, path=tmp_path, progress=False, config=config
+    )
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    sim = lt.QuantSim(rounded, data[0][:1], param_bw=3, act_bw=32, per_channel=True)
+    sim = lt.QuantSim(rounded, data[0][:1], param_bw=3, act_bw=32, config=config)
     sim.set_and_freeze_param_encodings(enc)
     sim.compute_encodings(data, progress=False)
-    rtn = lt.QuantSim(net, data[0][:1], param_bw=3, act_bw=32, per_channel=True, param_scheme="mse")
+    offsets = torch.cat([q.encoding.offset.flatten() for q in sim.param_quantizers().values() if q.encoding])
+    assert bool((offsets == -4).all()) == symmetric  # 3-bit symmetric grids sit at offset -4
+    rtn = lt.QuantSim(net, data[0][:1], param_bw=3, act_bw=32, config=config, param_scheme="mse")
     rtn.compute_encodings(data, progress=False)
     with torch.no_grad():
         target = net(held_out)
