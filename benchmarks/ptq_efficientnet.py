@@ -258,6 +258,8 @@ def gptq_rows(args, model, folded, fold_s, example, calib, row) -> None:  # type
         ("W4A8 per-channel mse weights, _conv_stem W8", folded, fold_s, {**w4, "config": stem_8}),
         ("W4A8 per-channel mse weights, _conv_stem + _fc W8", folded, fold_s, {**w4, "config": first_last_8}),
         # asymmetric weight grids (a zero point per channel: int4/uint4 DequantizeLinear takes one)
+        ("W4A8 per-channel asymmetric mse weights, BN folded", folded, fold_s,
+         {**w4, "config": {"param_symmetric": False}}),
         ("W4A8 per-channel asymmetric mse weights, _conv_stem + _fc W8", folded, fold_s,
          {**w4, "config": {**first_last_8, "param_symmetric": False}}),
     ]  # fmt: skip
