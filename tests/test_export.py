@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 import leantorch as lt
@@ -64,6 +65,24 @@ def test_resnet_onnx_matches_sim_within_one_output_step(tmp_path, resnet, bw: in
         n for n in model.graph.node if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)
     ]
     assert bool(per_axis) == per_channel
+
+
+def test_asymmetric_4_bit_per_channel_weights_export_with_zero_points_onnx_runtime_follows(tmp_path, resnet) -> None:
+    """W4A8 with a zero point per weight channel (the grid asymmetric GPTQ rounds to on EfficientNet-Lite0)."""
+    data = [torch.randn(8, 3, 32, 32) for _ in range(3)]
+    config = {"per_channel": True, "param_symmetric": False}
+    sim = lt.QuantSim(resnet, data[0][:1], param_bw=4, act_bw=8, config=config)
+    sim.compute_encodings(data, progress=False)
+    assert any(bool((q.offset != -8).any()) for q in sim.param_quantizers().values() if q.is_active)  # asymmetric
+    x = torch.randn(16, 3, 32, 32)
+    files, got, want = export_and_run(sim, tmp_path, x)
+    assert np.abs(got - want).max() <= output_step(sim, "fc") * 1.001
+    weight_points = [
+        numpy_helper.to_array(init)
+        for init in onnx.load(str(files["onnx"])).graph.initializer
+        if init.name.endswith("_zero_point") and init.dims and init.dims[0] > 1
+    ]
+    assert weight_points and any(bool((p != p.flat[0]).any()) for p in weight_points)  # a zero point per channel
 
 
 def test_encodings_file_names_onnx_tensors_and_params(tmp_path, resnet) -> None:
