@@ -101,8 +101,10 @@ def test_cle_leaves_channels_that_bn_folding_left_constant_unscaled(relu6: bool)
     scaled, _ = lt.cross_layer_scale(folded, x)
     xs = torch.randn(16, 3, 6, 6, dtype=torch.float64) * 3
     torch.testing.assert_close(scaled(xs), net(xs), rtol=1e-9, atol=1e-9)
-    for name in ("0", "3"):  # the constant channels' biases are not scaled
+    for name, act in (("0", "2"), ("3", "5")):  # the constant channels' biases and ReLU6 bounds are not scaled
         assert float(scaled.get_submodule(name).bias[0]) == pytest.approx(float(folded.get_submodule(name).bias[0]))
+        if relu6:
+            assert float(scaled.get_submodule(act).upper[0]) == pytest.approx(6.0)
     r1, r3 = output_ranges(scaled.get_submodule("0"))[1:], input_ranges(scaled.get_submodule("6"))[1:]
     torch.testing.assert_close(r1, r3, rtol=1e-6, atol=0)  # live channels equalized as before
     acts: dict[str, float] = {}
