@@ -422,6 +422,8 @@ def test_equalize_auto_quant_and_input_moments_raise_typed_errors() -> None:
     before = state_snapshot(net)
     with pytest.raises(lt.InvalidOptionError, match="relu6='clip'.*'bound'.*'replace'"):
         lt.equalize(net, x, relu6="clip")
+    with pytest.raises(lt.InvalidOptionError, match="absorb_high_bias"):
+        lt.equalize(net, x, absorb_high_bias="yes")
     with pytest.raises(lt.EvalFunctionError, match="got nan on the float model.*NaN model outputs"):
         lt.auto_quant(net, x, data, lambda m: float("nan"), progress=False)
     calls = []
