@@ -15,8 +15,9 @@ import leantorch as lt
 from leantorch.cli import main
 from leantorch.errors import CalibrationDataError, InvalidOptionError
 from leantorch.evaluation import sqnr_score
+from leantorch.models import ResNetSmall
 from leantorch.ptq.amp_groups import Candidate, find_groups, parse_candidates
-from leantorch.ptq.amp_search import greedy_steps, search_front
+from leantorch.ptq.amp_search import first_within, greedy_steps, search_front
 from leantorch.ptq.auto import EvalFunctionError
 from leantorch.ptq.mixed_precision import MixedPrecisionResult, mixed_precision
 
@@ -158,6 +159,46 @@ def test_unreachable_drop_keeps_every_group_at_the_highest(data) -> None:
         assert set(amp.chosen.config.values()) == {"W8A8"} and amp.chosen is amp.front[0]
 
 
+def test_a_budget_limits_the_choice_to_the_points_within_it(data) -> None:
+    options = {"candidates": "W4A8,W8A8", "cost": "memory", "score": "sqnr", "per_channel": False, "progress": False}
+    net = _mlp(outlier=3.0)
+    # no drop allowed: nothing within the budget meets it, so the costliest point within it is taken (not all-W8)
+    strict = mixed_precision(net, data[0][:1], data, allowed_drop=0.0, max_cost=0.9, **options)
+    first = first_within(strict.front, 0.9)
+    assert first > 0 and strict.front[first - 1].cost > 0.9 * strict.front[0].cost
+    assert not strict.met and strict.chosen is strict.front[first] and strict.chosen.score is not None
+    assert strict.chosen.weight_bytes <= 0.9 * strict.front[0].weight_bytes
+    assert strict.max_cost == 0.9
+    # the sim is on that point: the chosen bitwidths are the quantizers'
+    weights = {n: q.bitwidth for n, q in strict.sim.param_quantizers().items() if n.endswith(".weight")}
+    assert weights == {n: bw for n, bw in strict.bitwidths().items() if n.endswith(".weight")}
+    assert 4 in weights.values()
+    # a generous drop: the cheapest verified point within the budget that meets it
+    loose = mixed_precision(net, data[0][:1], data, allowed_drop=6.0, max_cost=0.9, **options)
+    assert loose.met and loose.chosen.cost <= 0.9 * loose.front[0].cost
+    assert loose.chosen.score is not None and loose.chosen.score >= loose.target
+    # where the unlimited search's choice fits the budget, the budget changes nothing
+    unlimited = mixed_precision(net, data[0][:1], data, allowed_drop=6.0, **options)
+    assert unlimited.chosen.cost <= 0.9 * unlimited.front[0].cost and loose.chosen.config == unlimited.chosen.config
+
+
+def test_a_budget_below_the_cheapest_mix_is_refused_before_any_work(data) -> None:
+    sim = lt.QuantSim(_mlp(), data[0][:1])
+    calls: list[int] = []
+
+    def score(model: nn.Module) -> float:
+        calls.append(1)
+        return 1.0
+
+    # every group at W4A8 still costs half the weight bytes of all-W8A8
+    with pytest.raises(InvalidOptionError, match=r"max_cost=0.4 .*\(0.5 of"):
+        mixed_precision(sim, calibration=data, eval_fn=score, candidates="W4A8,W8A8", cost="memory", max_cost=0.4)
+    assert calls == [] and all(q.encoding is None for q in sim.quantizers().values())
+    for bad in (0.0, -1.0, math.nan, "half"):
+        with pytest.raises(InvalidOptionError, match="max_cost"):
+            mixed_precision(sim, calibration=data, eval_fn=score, candidates="W4A8,W8A8", max_cost=bad)
+
+
 def test_plot_and_html_report(sensitive, tmp_path) -> None:
     _, _, amp = sensitive
     png = amp.save_plot(tmp_path / "p.png").read_bytes()
@@ -201,6 +242,15 @@ def test_cli_quantize_amp_writes_the_curve(tmp_path) -> None:
     assert {"amp_pareto.png", "amp.html", "model.onnx", "model.encodings"} <= {p.name for p in out.iterdir()}
     assert main([*args[:-2], "--out", str(tmp_path / "o2"), "--adaround"]) == 2
     assert main([*args[:-2], "--amp", "W4A8,fp16", "--out", str(tmp_path / "o3")]) == 2
+    # a budget: the chosen mix's weight bytes stay within it (every layer W4 is half of W8)
+    budget = ["--amp-cost", "memory", "--amp-max-cost", "0.75", "--allowed-drop", "0.0"]
+    assert main([*args[:-2], *budget, "--out", str(tmp_path / "o4")]) == 0
+    chosen = json.loads((tmp_path / "o4" / "model.encodings").read_text())["param_encodings"]
+    params = {n: ResNetSmall().state_dict()[n].numel() for n in chosen}
+    bits = {n: e[0]["bitwidth"] for n, e in chosen.items()}
+    assert sum(params[n] * bits[n] for n in chosen) <= 0.75 * 8 * sum(params.values())
+    without_amp = ["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(data), "--amp-max-cost", "0.5"]
+    assert main([*without_amp, "--out", str(tmp_path / "o5")]) == 2
 
 
 def test_phase1_by_suffix_runs_equals_full_runs(data) -> None:

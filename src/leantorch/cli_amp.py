@@ -67,6 +67,15 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         help="what --amp minimises: bitops (MACs × weight bits × activation bits, default) or memory (weight bytes)",
     )
     p.add_argument(
+        "--amp-max-cost",
+        type=float,
+        metavar="FRACTION",
+        help="a budget for --amp: only mixes costing at most this fraction of every group at the highest candidate "
+        "(bitops or weight bytes, as --amp-cost) are considered; the cheapest of them within --allowed-drop, else "
+        "the costliest of them (e.g. 0.25 with --amp W16A16,W8A16,W4A16,W3A16 --amp-cost memory: under half the "
+        "weight bytes of W8)",
+    )
+    p.add_argument(
         "--amp-rounding",
         choices=list(ROUNDINGS),
         default="nearest",
@@ -77,7 +86,8 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
 
 
 def check_amp(args: argparse.Namespace) -> None:
-    """With ``--amp``, no technique that freezes weight encodings (checked before any long work).
+    """With ``--amp``, no technique that freezes weight encodings; ``--amp-max-cost`` only with ``--amp`` (checked
+    before any long work).
 
     Example:
         >>> check_amp(argparse.Namespace(amp="W4A8,W8A8", auto=False, adaround=True, gptq=False, seq_mse=False,
@@ -87,6 +97,8 @@ def check_amp(args: argparse.Namespace) -> None:
         leantorch.errors.InvalidOptionError: --amp chooses the weight bitwidths itself; drop --adaround (or drop --amp)
     """
     if not getattr(args, "amp", None):
+        if getattr(args, "amp_max_cost", None) is not None:
+            raise InvalidOptionError("--amp-max-cost is a budget for --amp: add --amp CANDIDATES (or drop it)")
         return
     chosen = [f for f in _EXCLUSIVE if getattr(args, f, None)]
     if chosen:
@@ -115,6 +127,7 @@ def amp_sim(
         candidates=args.amp,
         allowed_drop=args.allowed_drop,
         cost=args.amp_cost,
+        max_cost=getattr(args, "amp_max_cost", None),
         rounding=getattr(args, "amp_rounding", "nearest"),
         progress=progress,
     )

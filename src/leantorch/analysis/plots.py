@@ -167,12 +167,13 @@ def pareto_plot(
     chosen: dict[str, tuple[float, float]],
     cost_label: str,
     target: float | None = None,
+    budget: float | None = None,
 ) -> bytes:
     """Mixed-precision Pareto curves: score against relative cost, one line per candidate set.
 
     ``curves[label]``: ``(relative cost, estimated score, real score)`` per point of the greedy list (None: not known);
     the estimate is a thin line, real evaluations are dots; ``chosen[label]`` is ringed in red; ``target`` is
-    the score the choice had to reach (dashed).
+    the score the choice had to reach (dashed); ``budget`` the relative cost the choice had to stay within (dotted).
     """
     fig = Figure(figsize=(7.5, 4.4))
     ax = fig.subplots()
@@ -187,6 +188,8 @@ def pareto_plot(
             ax.plot(*chosen[label], "o", ms=11, mfc="none", mec=ENCODING_COLOR, mew=2)
     if target is not None:
         ax.axhline(target, color=GREY, ls="--", lw=1, label="target (FP32 − allowed drop)")
+    if budget is not None:
+        ax.axvline(budget, color=GREY, ls=":", lw=1.5, label="budget (max_cost)")
     ax.set_xlabel(cost_label)
     ax.set_ylabel("score")
     ax.set_title("Mixed precision: greedy Pareto list (thin lines: phase-1 estimate; red ring: chosen)")

@@ -55,6 +55,8 @@ class MixedPrecisionResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how the weights of candidates below 16 bits were rounded (``"nearest"`` or ``"adaround"``)
     rounding: str = "nearest"
+    #: the budget the search was limited to (a fraction of the all-highest point's cost), None without one
+    max_cost: float | None = None
     #: puts ``sim`` on any mix of the candidates (``assembler.set_all({group: candidate})``), e.g. to score others
     assembler: Assembler | None = None
 
@@ -101,9 +103,14 @@ class MixedPrecisionResult:
         ]
 
     def plot(self, label: str | None = None) -> bytes:
-        """The Pareto curve as PNG bytes (estimated and evaluated scores, the target line, the chosen point)."""
+        """The Pareto curve as PNG bytes (estimated and evaluated scores, the target line, the budget, the chosen
+        point)."""
         return plots.pareto_plot(
-            {label or "AMP": self.curve()}, {label or "AMP": self.chosen_xy()}, self.cost_label, self.target
+            {label or "AMP": self.curve()},
+            {label or "AMP": self.chosen_xy()},
+            self.cost_label,
+            self.target,
+            self.max_cost,
         )
 
     @property
@@ -149,6 +156,7 @@ class MixedPrecisionResult:
                 "target": self.target,
                 "chosen score": self.chosen.score,
                 f"relative {self.cost_kind}": self.chosen_xy()[0],
+                "budget": "none" if self.max_cost is None else self.max_cost,
                 "met": self.met,
                 "evaluations": self.evaluations,
             }

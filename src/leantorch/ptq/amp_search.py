@@ -8,7 +8,8 @@ groups (each measured with only that group lowered). Every step is a point of th
 Phase 3: the estimate ignores how errors add up, so points are verified with real evaluations. ``front_evals``
 evenly spaced points are scored (the curve drawn in the report); between the cheapest passing one and the next
 failing one a binary search (AIMET's, which assumes the score falls along the list) finds the cheapest point
-that meets the target. Only points scored by a real evaluation can be chosen.
+that meets the target. Only points scored by a real evaluation can be chosen. With a budget (``max_cost``) the
+search runs on the part of the list within it (:func:`first_within`).
 
 Example:
     >>> groups = {"a": {"hi": 0.0, "lo": 0.1}, "b": {"hi": 0.0, "lo": 0.5}}
@@ -20,8 +21,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["greedy_steps", "search_front"]
+from ..errors import InvalidOptionError
+
+if TYPE_CHECKING:
+    from .amp_groups import Candidate, CostKind, LayerGroup
+    from .amp_result import ParetoPoint
+
+__all__ = ["greedy_steps", "search_front", "check_budget", "first_within"]
 
 
 def greedy_steps(
@@ -85,3 +93,41 @@ def search_front(count: int, score_at: Callable[[int], float], target: float, fr
         else:
             high = mid
     return low, True
+
+
+def check_budget(
+    groups: Sequence[LayerGroup], candidates: Sequence[Candidate], kind: CostKind, max_cost: float
+) -> None:
+    """Refuse a budget that not even every group at its cheapest candidate meets (before any long work).
+
+    Example:
+        >>> from leantorch.ptq.amp_groups import Candidate, LayerGroup
+        >>> check_budget([LayerGroup("fc", macs=1, params=64)], [Candidate(8, 8), Candidate(4, 8)], "memory", 0.4)
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: max_cost=0.4 is below what every group at its cheapest candidate costs \
+(0.5 of the all-highest point's memory): raise max_cost or add a cheaper candidate
+    """
+    highest = sum(g.cost(candidates[0], kind) for g in groups)
+    lowest = sum(min(g.cost(c, kind) for c in candidates) for g in groups)
+    if highest > 0 and lowest > max_cost * highest:
+        raise InvalidOptionError(
+            f"max_cost={max_cost:g} is below what every group at its cheapest candidate costs "
+            f"({lowest / highest:.3g} of the all-highest point's {kind}): raise max_cost or add a cheaper candidate"
+        )
+
+
+def first_within(front: Sequence[ParetoPoint], max_cost: float | None) -> int:
+    """Index of the first point of the greedy list whose cost is at most ``max_cost`` × the first point's (0 without
+    a budget). Costs fall along the list, so every later point is within the budget too.
+
+    Example:
+        >>> from leantorch.ptq.amp_result import ParetoPoint
+        >>> front = [ParetoPoint(cost, cost, 0.0, {}) for cost in (8.0, 6.0, 4.0, 3.0)]
+        >>> first_within(front, 0.5), first_within(front, None)
+        (2, 0)
+    """
+    if max_cost is None:
+        return 0
+    limit = max_cost * front[0].cost
+    return next((i for i, point in enumerate(front) if point.cost <= limit), len(front) - 1)

@@ -7,7 +7,7 @@
    highest candidate): the sensitivity table.
 3. Phase 2 and 3 (:mod:`.amp_search`): the greedy Pareto list of cost (bit-operations or weight bytes) against
    score, its points verified with real evaluations, and the cheapest verified point whose score is within
-   ``allowed_drop`` of the FP32 score.
+   ``allowed_drop`` of the FP32 score; with ``max_cost`` (a budget), only the points within it are searched.
 
 The chosen bitwidths are the quantizers' own, so ``result.sim.export(...)`` writes them into the encodings file
 and the ONNX QDQ graph (weights below 8 bits as int8 containers with a clip, 16-bit activations as int16).
@@ -41,7 +41,7 @@ from .amp_groups import Candidate, CostKind, LayerGroup, find_groups, measure_ma
 from .amp_phase1 import Assembler, phase1
 from .amp_result import MixedPrecisionResult, ParetoPoint
 from .amp_rounding import ROUNDINGS, Rounding, check_rounding_options, float_copy, round_candidates
-from .amp_search import greedy_steps, search_front
+from .amp_search import check_budget, first_within, greedy_steps, search_front
 from .auto import call_eval_fn
 from .gptq import GptqConfig
 
@@ -60,6 +60,10 @@ class MixedPrecisionConfig:
         candidates: precisions a group may take, ``"W<bits>A<bits>"`` strings or :class:`Candidate`\\ s.
         allowed_drop: the chosen point's score may be at most this far below the FP32 score (score units).
         cost: ``"bitops"`` (MACs × weight bits × activation bits) or ``"memory"`` (weight bytes).
+        max_cost: a budget, as a fraction of the all-highest point's cost (e.g. 0.25 with ``cost="memory"`` and
+            W16 as the highest candidate: less than half the weight bytes of W8). Only points of the greedy list
+            within it are searched: the cheapest of them that meets ``allowed_drop``, else the first (costliest,
+            best estimated score) of them, with ``met`` False. None: no budget (AIMET's behaviour).
         score: without ``eval_fn``: ``"agreement"`` (top-1 agreement with the float model's outputs),
             ``"sqnr"`` (output SQNR in dB, capped at 200) or ``"auto"`` (agreement for ``[N, classes]`` outputs).
         baseline: what ``allowed_drop`` is measured from: ``"fp32"`` (the float model's score, as AIMET),
@@ -84,6 +88,7 @@ class MixedPrecisionConfig:
     candidates: tuple[str | Candidate, ...] = ("W4A8", "W8A8", "W8A16")
     allowed_drop: float = 0.01
     cost: CostKind = "bitops"
+    max_cost: float | None = None
     score: ScoreKind = "auto"
     baseline: Literal["auto", "fp32", "highest"] = "auto"
     front_evals: int = 16
@@ -98,6 +103,8 @@ class MixedPrecisionConfig:
         parse_candidates(self.candidates)
         check_positive("allowed_drop", self.allowed_drop, allow_zero=True, hint=" (in the score's units)")
         check_choice("cost", self.cost, ("bitops", "memory"))
+        if self.max_cost is not None:
+            check_positive("max_cost", self.max_cost, hint=" (a fraction of the all-highest point's cost, e.g. 0.5)")
         check_choice("score", self.score, ("auto", "agreement", "sqnr"))
         check_choice("baseline", self.baseline, ("auto", "fp32", "highest"))
         check_count("front_evals", self.front_evals)
@@ -156,7 +163,8 @@ def mixed_precision(
             where a few samples' agreement ties; the choice is still verified with ``eval_fn``.
 
     Raises:
-        InvalidOptionError: an unknown candidate or option, ``allowed_drop`` < 0, no group to tune.
+        InvalidOptionError: an unknown candidate or option, ``allowed_drop`` < 0, no group to tune, a ``max_cost``
+            below what every group at the lowest candidate costs (checked before any calibration or rounding).
         CalibrationDataError: no or empty calibration data.
         EvalFunctionError: a score that is not a finite number (NaN outputs, an empty evaluation set).
 
@@ -194,6 +202,10 @@ def mixed_precision(
         raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
     if orphans:
         log.info("activation quantizers outside every layer group stay at %s: %s", top.name, ", ".join(orphans))
+    with _float_mode(sim):  # MACs before calibration: the budget is checked before any long work
+        measure_macs(sim, groups, sim.example_input)
+    if cfg.max_cost is not None:
+        check_budget(groups, candidates, cfg.cost, cfg.max_cost)
     default = eval_fn is None
     if eval_fn is None:
         if callable(calib) and eval_data is None:
@@ -211,7 +223,6 @@ def mixed_precision(
         per_channel = sim.config.per_channel
         rounded = round_candidates(source, example, calib, candidates, sim, rounder, per_channel, cfg.progress)
     assembler = Assembler(sim, groups, candidates, calib, rounded)
-    measure_macs(sim, groups, sim.example_input)
     sensitive = sensitivity_fn or eval_fn
     sensitivity, evaluations = phase1(assembler, candidates, sensitive, cfg.progress)
     front = _pareto_list(groups, candidates, sensitivity, cfg.cost)
@@ -227,10 +238,18 @@ def mixed_precision(
     # An SQNR's float value is only its cap: the default SQNR score measures the drop from all-highest.
     highest = cfg.baseline == "highest" or (cfg.baseline == "auto" and default and score_name.startswith("output SQNR"))
     reference = score_at(0) if highest else fp32
-    chosen, met = search_front(len(front), score_at, reference - cfg.allowed_drop, cfg.front_evals)
+    first = first_within(front, cfg.max_cost)
+    chosen, met = search_front(
+        len(front) - first, lambda i: score_at(first + i), reference - cfg.allowed_drop, cfg.front_evals
+    )
+    chosen += first
     if not met:
         log.warning(
-            "no candidate mix is within allowed_drop=%g of the reference score: all at %s", cfg.allowed_drop, top.name
+            "no candidate mix %s is within allowed_drop=%g of the reference score: chose point %d (%s)",
+            "within max_cost" if cfg.max_cost is not None else "",
+            cfg.allowed_drop,
+            chosen,
+            "the costliest within the budget" if cfg.max_cost is not None else f"all at {top.name}",
         )
     assembler.set_all({g: by_name[c] for g, c in front[chosen].config.items()})
     return MixedPrecisionResult(
@@ -241,6 +260,7 @@ def mixed_precision(
         fp32_score=fp32,
         reference_score=reference,
         allowed_drop=cfg.allowed_drop,
+        max_cost=cfg.max_cost,
         sensitivity=sensitivity,
         front=front,
         chosen=front[chosen],
