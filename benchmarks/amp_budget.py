@@ -30,7 +30,6 @@ budget = float(sys.argv[2])
 env = W._setup(args)
 scores = W._scores(env)
 asym = {"param_symmetric": False}
-t = time.time()
 amp, s = W._search(
     env,
     args,
@@ -47,7 +46,7 @@ amp, s = W._search(
 row = W._amp_row("budget", "W8A16,W4A16,W3A16", amp, env, s)
 print(row, flush=True)
 cfgs = amp.chosen.config
-json.dump(cfgs, open(Path(__file__).parent / "results" / f"amp_budget_{budget}.json", "w"), indent=1)
+(Path(__file__).parent / "results" / f"amp_budget_{budget}.json").write_text(json.dumps(cfgs, indent=1))
 by = {c.name: c for c in amp.candidates}
 layers = {g: {"param_bw": by[c].param_bw} for g, c in cfgs.items()}
 print({c: sum(v == c for v in cfgs.values()) for c in set(cfgs.values())})

@@ -246,7 +246,8 @@ def test_cli_quantize_amp_writes_the_curve(tmp_path) -> None:
     budget = ["--amp-cost", "memory", "--amp-max-cost", "0.75", "--allowed-drop", "0.0"]
     assert main([*args[:-2], *budget, "--out", str(tmp_path / "o4")]) == 0
     chosen = json.loads((tmp_path / "o4" / "model.encodings").read_text())["param_encodings"]
-    params = {n: ResNetSmall().state_dict()[n].numel() for n in chosen}
+    state = ResNetSmall().state_dict()
+    params = {n: state[n].numel() for n in chosen}
     bits = {n: e[0]["bitwidth"] for n, e in chosen.items()}
     assert sum(params[n] * bits[n] for n in chosen) <= 0.75 * 8 * sum(params.values())
     without_amp = ["quantize", "--model", "leantorch.models:ResNetSmall", "--data", str(data), "--amp-max-cost", "0.5"]

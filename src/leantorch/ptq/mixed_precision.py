@@ -244,12 +244,15 @@ def mixed_precision(
     )
     chosen += first
     if not met:
+        where, fallback = (
+            ("within max_cost ", "the costliest within it") if cfg.max_cost else ("", f"all at {top.name}")
+        )
         log.warning(
-            "no candidate mix %s is within allowed_drop=%g of the reference score: chose point %d (%s)",
-            "within max_cost" if cfg.max_cost is not None else "",
+            "no candidate mix %sis within allowed_drop=%g of the reference score: chose point %d (%s)",
+            where,
             cfg.allowed_drop,
             chosen,
-            "the costliest within the budget" if cfg.max_cost is not None else f"all at {top.name}",
+            fallback,
         )
     assembler.set_all({g: by_name[c] for g, c in front[chosen].config.items()})
     return MixedPrecisionResult(
