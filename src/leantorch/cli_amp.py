@@ -44,8 +44,8 @@ def amp_candidates(text: str) -> str:
 
 
 def add_amp_options(p: argparse.ArgumentParser) -> None:
-    """``--amp CANDIDATES``, ``--amp-cost`` and ``--amp-rounding`` (the allowed drop is ``--allowed-drop``,
-    shared with ``--auto``).
+    """``--amp CANDIDATES``, ``--amp-cost``, ``--amp-max-cost``, ``--amp-rounding`` and ``--amp-reround`` (the
+    allowed drop is ``--allowed-drop``, shared with ``--auto``).
 
     Example:
         >>> p = argparse.ArgumentParser(); add_amp_options(p); p.parse_args([]).amp is None
@@ -82,6 +82,14 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         help="how --amp rounds the weights of candidates below 16 bits: nearest (default), adaround or gptq (each "
         "such candidate rounded once by AdaRound or asymmetric GPTQ on the data; a layer at it takes those weights, "
         "also in the export)",
+    )
+    p.add_argument(
+        "--amp-reround",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --amp-rounding adaround or gptq, round the chosen mix once more with every group at its chosen "
+        "bitwidths (each candidate was rounded with all layers at it), kept if it scores at least as well "
+        "(default: on; --no-amp-reround to skip)",
     )
 
 
@@ -129,9 +137,13 @@ def amp_sim(
         cost=args.amp_cost,
         max_cost=getattr(args, "amp_max_cost", None),
         rounding=getattr(args, "amp_rounding", "nearest"),
+        reround=getattr(args, "amp_reround", True),
         progress=progress,
     )
     print(markdown_table([{"group": g, "precision": c} for g, c in amp.chosen.config.items()]))
+    if amp.reround_score is not None:
+        kept = "kept" if amp.rerounded else "not kept: the chosen mix scores higher"
+        print(f"chosen mix: agreement {amp.chosen.score:.4f}; re-rounded: {amp.reround_score:.4f} ({kept})")
     amp.save_plot(out / "amp_pareto.png")
     amp.to_html(out / "amp.html")
     return amp.sim

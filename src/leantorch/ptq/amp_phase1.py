@@ -98,6 +98,15 @@ class Assembler:
         for g in self.groups:
             self.set_group(g, config[g.name])
 
+    def install(self, found: RoundedWeights) -> None:
+        """Put the groups' weights on ``found``'s rounded ones and freeze their encodings (a re-rounded mix); the
+        weights it lacks and the activations keep what :meth:`set_all` gave them."""
+        for n, param in self.params.items():
+            if n in found.weights:
+                with torch.no_grad():
+                    param.copy_(found.weights[n])
+                self.quantizers[n].set_encoding(found.encodings[n], freeze=True)
+
 
 def _parameter(sim: QuantSim, name: str) -> torch.Tensor:
     """The tensor of parameter ``name`` (``"layer.weight"``) inside ``sim.model``'s wrapper of that layer."""

@@ -53,12 +53,21 @@ class MixedPrecisionResult:
     #: False when phase 1 used a ``sensitivity_fn``: estimates are then in its units, not the score's
     estimate_is_score: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
-    #: how the weights of candidates below 16 bits were rounded (``"nearest"`` or ``"adaround"``)
+    #: how the weights of candidates below 16 bits were rounded (``"nearest"``, ``"adaround"`` or ``"gptq"``)
     rounding: str = "nearest"
     #: the budget the search was limited to (a fraction of the all-highest point's cost), None without one
     max_cost: float | None = None
     #: puts ``sim`` on any mix of the candidates (``assembler.set_all({group: candidate})``), e.g. to score others
     assembler: Assembler | None = None
+    #: the score of the chosen mix re-rounded (``reround``), None where it was not re-rounded
+    reround_score: float | None = None
+    #: whether ``sim`` holds the re-rounded mix (it scored at least the chosen mix), not the chosen one
+    rerounded: bool = False
+
+    @property
+    def final_score(self) -> float | None:
+        """The score of what ``sim`` holds: the re-rounded mix's where it was kept, else the chosen point's."""
+        return self.reround_score if self.rerounded else self.chosen.score
 
     @property
     def baseline(self) -> ParetoPoint:
@@ -155,6 +164,8 @@ class MixedPrecisionResult:
                 "reference": self.reference_score,
                 "target": self.target,
                 "chosen score": self.chosen.score,
+                "re-rounded score": "" if self.reround_score is None else self.reround_score,
+                "re-rounded mix kept": self.rerounded,
                 f"relative {self.cost_kind}": self.chosen_xy()[0],
                 "budget": "none" if self.max_cost is None else self.max_cost,
                 "met": self.met,

@@ -47,6 +47,7 @@ __all__ = [
     "check_rounding_options",
     "float_copy",
     "round_candidates",
+    "round_once",
 ]
 
 Rounding = Literal["nearest", "adaround", "gptq"]
@@ -135,25 +136,37 @@ def round_candidates(
     for cand in candidates:
         if cand.param_bw >= 16:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = replace(
-                options,
-                param_bw=cand.param_bw,
-                act_bw=cand.act_bw,
-                per_channel=per_channel,
-                num_batches=len(calib),
-                path=tmp,
-                filename_prefix=f"amp_{cand.name}",
-                progress=progress,
-            )
-            if isinstance(cfg, GptqConfig):
-                rounded, path = gptq(model, example_input, calib, cfg)
-            else:
-                rounded, path = adaround(model, example_input, calib, cfg)
-            targets = encoding_targets(sim.layers(), sim.quantizers())
-            plan = match_encodings(read_encodings(path), targets, str(path))
-        state = rounded.state_dict()
-        encodings = {t.key: enc for t, enc in plan if t.is_param and t.quantizer.is_active and t.key in state}
-        weights = {name: state[name].detach().clone() for name in encodings}
-        found[cand] = RoundedWeights(weights, encodings)
+        cfg = replace(
+            options,
+            param_bw=cand.param_bw,
+            act_bw=cand.act_bw,
+            per_channel=per_channel,
+            num_batches=len(calib),
+            filename_prefix=f"amp_{cand.name}",
+            progress=progress,
+        )
+        found[cand] = round_once(model, example_input, calib, sim, cfg)
     return found
+
+
+def round_once(
+    model: nn.Module, example_input: Any, calib: list[Any], sim: QuantSim, options: AdaroundConfig | GptqConfig
+) -> RoundedWeights:
+    """One AdaRound or GPTQ pass over ``model`` with ``options`` (its ``path`` replaced by a temporary folder); the
+    rounded weights and frozen encodings of ``sim``'s enabled weight quantizers that it rounded.
+
+    Example:
+        >>> found = round_once(net, x[:1], batches, sim, GptqConfig(param_bw=4, progress=False))  # doctest: +SKIP
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(options, path=tmp)
+        if isinstance(cfg, GptqConfig):
+            rounded, path = gptq(model, example_input, calib, cfg)
+        else:
+            rounded, path = adaround(model, example_input, calib, cfg)
+        targets = encoding_targets(sim.layers(), sim.quantizers())
+        plan = match_encodings(read_encodings(path), targets, str(path))
+    state = rounded.state_dict()
+    encodings = {t.key: enc for t, enc in plan if t.is_param and t.quantizer.is_active and t.key in state}
+    weights = {name: state[name].detach().clone() for name in encodings}
+    return RoundedWeights(weights, encodings)

@@ -38,7 +38,15 @@ from .blocks import check_block_size
 from .config_checks import BOOL_KEYS, check_block_count, check_bool, check_op_type, check_rule, check_rule_bitwidth
 from .encoding import check_bitwidth
 
-__all__ = ["PER_CHANNEL_AXIS", "TRANSFORMER_ACT_BW", "OpRule", "ResolvedRule", "QuantSimConfig", "load_config"]
+__all__ = [
+    "PER_CHANNEL_AXIS",
+    "TRANSFORMER_ACT_BW",
+    "OpRule",
+    "ResolvedRule",
+    "QuantSimConfig",
+    "load_config",
+    "merged_rule",
+]
 
 #: Op types whose ``weight`` may be quantized per output channel, with the channel axis of the weight
 #: (each op's ``OpSpec.weight_axis``; a live view of the op registry).
@@ -90,8 +98,13 @@ class ResolvedRule:
     float_format: str | None = None
 
 
-def _merged(base: OpRule, top: OpRule) -> OpRule:
-    """``top``'s settings where it has them, ``base``'s elsewhere."""
+def merged_rule(base: OpRule, top: OpRule) -> OpRule:
+    """``top``'s settings where it has them, ``base``'s elsewhere.
+
+    Example:
+        >>> merged_rule(OpRule(per_channel=True, param_bw=8), OpRule(param_bw=4)).param_bw
+        4
+    """
     return OpRule(
         **{f.name: getattr(base, f.name) if getattr(top, f.name) is None else getattr(top, f.name) for f in fields(top)}
     )
@@ -169,7 +182,7 @@ class QuantSimConfig:
             >>> cfg.rule("Conv", "stem").param_bw, cfg.rule("Conv", "head").param_bw
             (8, None)
         """
-        over = _merged(self.op_types.get(op_type, OpRule()), self.layers.get(layer or "", OpRule()))
+        over = merged_rule(self.op_types.get(op_type, OpRule()), self.layers.get(layer or "", OpRule()))
 
         def pick(value: bool | None, default: bool) -> bool:
             return default if value is None else value
