@@ -5,8 +5,8 @@ candidate: a layer at W4 in the mix was fitted to inputs from W4 layers upstream
 and W3 layers. GPTQ and AdaRound fit each layer to the inputs the partially quantized model gives it (asymmetric GPTQ
 also undoes their error), so one more pass with each layer at its chosen bitwidth fits every layer to the inputs it
 really gets. On EfficientNet-Lite0 with W8A16/W4A16/W3A16 at 0.479× the weight bytes of W8 (asymmetric GPTQ): top-1
-agreement with FP32 on held-out crops 0.810 as chosen, 0.874 re-rounded (``benchmarks/weights.py --only
-amp_budget``).
+agreement with FP32 on held-out crops 0.810 as chosen, 0.874 re-rounded (64 calibration crops;
+``benchmarks/weights_budget.py --only amp_budget``).
 
 Example:
     >>> from leantorch.ptq.amp_groups import LayerGroup, parse_candidates

@@ -1,0 +1,171 @@
+"""Issue 13's weight-bytes goal on the ImageNet-pretrained EfficientNet-Lite0: top-1 agreement with FP32 at less than
+half of W8's weight bytes.
+
+Sections (``--only NAME``), both with asymmetric per-channel weight grids (MSE), asymmetric GPTQ and BN folded:
+
+* ``amp_budget``: ``lt.mixed_precision`` over ``--candidates`` (default W8A16, W4A16, W3A16) with ``cost="memory"``,
+  ``max_cost=--budget`` (a fraction of all-W8's weight bytes), ``allowed_drop=0`` (so the costliest point of the
+  greedy list within the budget), ``rounding="gptq"``; two rows: the mix as AMP chose it, and that mix re-rounded
+  (``reround``, on by default: one sequential GPTQ with every group at its chosen bitwidths).
+* ``hand_mix``: a hand-chosen mix: depthwise convs and the stem at W8 (4% of the weights), the classifier ``_fc`` at
+  ``--fc-bw`` bits, every other conv at W4, activations at ``--act-bw``; one sequential GPTQ; then, with
+  ``--distill-minutes``, distillation of ``sim.model`` towards the float model (QAT, weight encodings frozen).
+
+Data: scikit-image photograph crops, as ``benchmarks/weights.py``: calibration ``--calibration`` crops (seed 0), the
+AMP search on ``--search`` crops (seed 2), "held-out" ``--evaluation`` crops (seed 1), "unseen" 300 crops of the four
+photographs no other set uses. Rows go into ``benchmarks/results/weights_budget.json`` (a row of the same label is
+replaced).
+
+Run: ``.venv/bin/python benchmarks/weights_budget.py --only amp_budget --budget 0.49``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import leantorch as lt
+from leantorch.compress.distill import distill
+from leantorch.data import batches, channels_last, sample_images
+from leantorch.evaluation import Agreement, markdown_table, model_outputs
+from leantorch.ptq.gptq import GptqConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from weights import RESULTS, _scores, _search, _setup  # noqa: E402  (benchmarks/weights.py: data, scores, AMP run)
+
+UNSEEN_PHOTOS = ["immunohistochemistry", "moon", "rocket", "retina"]
+ASYMMETRIC = {"param_symmetric": False}
+
+
+def _environment(args: argparse.Namespace) -> dict[str, Any]:
+    """``weights.py``'s set-up plus the unseen photographs' crops and the float outputs on them."""
+    env = _setup(args)
+    unseen = channels_last(env["model"], sample_images(300, seed=5, photos=UNSEEN_PHOTOS))[1]
+    env["unseen"] = batches(unseen, args.batch_size)
+    env["unseen_reference"] = model_outputs(env["model"], env["unseen"], progress=False)
+    return env
+
+
+def _row(run: str, model: nn.Module, env: dict[str, Any], bytes_w8: float, seconds: float) -> dict[str, Any]:
+    held = Agreement.of(env["reference"], model_outputs(model, env["held_out"], progress=False))
+    unseen = Agreement.of(env["unseen_reference"], model_outputs(model, env["unseen"], progress=False))
+    row = {"run": run, "weight bytes / W8": bytes_w8, "held-out agreement": held.top1}
+    row.update({"held-out SQNR (dB)": held.sqnr_db, "unseen agreement": unseen.top1, "seconds": seconds})
+    print(markdown_table([row]), flush=True)
+    return row
+
+
+def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Budgeted AMP with GPTQ candidates; the chosen mix as chosen and re-rounded."""
+    env = _environment(args)
+    rounder = GptqConfig(asymmetric=True, param_scheme="mse", progress=False, config=ASYMMETRIC)
+    amp, seconds = _search(
+        env, args, _scores(env), candidates=args.candidates, allowed_drop=0.0, cost="memory",
+        max_cost=args.budget, baseline="fp32", rounding="gptq", config=ASYMMETRIC, rounding_options=rounder,
+    )  # fmt: skip
+    assert amp.assembler is not None and amp.chosen.score is not None
+    relative = amp.chosen.weight_bytes / sum(g.params for g in amp.groups)
+    counts = {c: sum(v == c for v in amp.chosen.config.values()) for c in sorted(set(amp.chosen.config.values()))}
+    label = f"AMP {args.candidates} max_cost {args.budget}, {args.calibration} crops"
+    rows = [_row(f"{label}, re-rounded", amp.sim.model, env, relative, seconds)] if amp.rerounded else []
+    by_name = {c.name: c for c in amp.candidates}
+    amp.assembler.set_all({g: by_name[c] for g, c in amp.chosen.config.items()})  # the mix as AMP chose it
+    rows.insert(0, _row(f"{label}, as chosen", amp.sim.model, env, relative, seconds))
+    for row in rows:
+        row.update({"chosen mix": ", ".join(f"{n}×{c}" for c, n in counts.items()), "search agreement": None})
+    rows[0]["search agreement"] = amp.chosen.score
+    if amp.rerounded:
+        rows[1]["search agreement"] = amp.reround_score
+    (RESULTS / f"weights_budget_mix_{args.budget}.json").write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
+    return rows
+
+
+def hand_mix_layers(model: nn.Module, fc_bw: int) -> tuple[dict[str, dict[str, int]], float]:
+    """The hand mix's per-layer weight bitwidths (layers off the default W4) and its weight bytes relative to W8."""
+    layers, bits, total = {}, 0, 0
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
+            bw = fc_bw if name == "_fc" else 8 if depthwise or "stem" in name else 4
+            if bw != 4:
+                layers[name] = {"param_bw": bw}
+            bits += m.weight.numel() * bw
+            total += m.weight.numel()
+    return layers, bits / (8 * total)
+
+
+def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The hand mix rounded by one asymmetric GPTQ; then optional distillation."""
+    env = _environment(args)
+    layers, relative = hand_mix_layers(env["folded"], args.fc_bw)
+    config = {**ASYMMETRIC, "layers": layers}
+    calib, example = env["calib"], env["calib"][0][:1]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        rounded, encodings = lt.gptq(
+            env["folded"], example, calib, param_bw=4, act_bw=args.act_bw, per_channel=True, param_scheme="mse",
+            config=config, num_batches=len(calib), asymmetric=True, progress=False, path=tmp,
+        )  # fmt: skip
+        sim = lt.QuantSim(rounded, example, param_bw=4, act_bw=args.act_bw, per_channel=True, config=config)
+        sim.set_and_freeze_param_encodings(encodings)
+    sim.compute_encodings(calib, progress=False)
+    label = f"hand mix _fc W{args.fc_bw}, A{args.act_bw}, {args.calibration} crops"
+    rows = [_row(f"{label}, GPTQ", sim.model, env, relative, time.perf_counter() - start)]
+    if args.distill_minutes > 0:
+        start = time.perf_counter()
+        with torch.enable_grad():
+            result = distill(
+                sim.model, env["model"], sample_images(2000, seed=10), validation=sample_images(256, seed=2),
+                epochs=None, max_minutes=args.distill_minutes, lr=args.distill_lr, batch_size=32, inplace=True,
+                progress=False, patience=None,
+            )  # fmt: skip
+        run = f"{label}, GPTQ + {args.distill_minutes:g} min distillation ({result.steps} steps, lr {args.distill_lr})"
+        rows.append(_row(run, sim.model, env, relative, time.perf_counter() - start))
+    return rows
+
+
+SECTIONS = {"amp_budget": run_amp_budget, "hand_mix": run_hand_mix}
+
+
+def _save(rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    path = RESULTS / "weights_budget.json"
+    old = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    runs = {r["run"] for r in rows}
+    old["rows"] = [r for r in old["rows"] if r["run"] not in runs] + [{**r, "settings": settings} for r in rows]
+    path.write_text(json.dumps(old, indent=1, default=str) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    parser.add_argument("--calibration", type=int, default=256)
+    parser.add_argument("--search", type=int, default=256, help="crops the AMP search scores agreement on")
+    parser.add_argument("--probe", type=int, default=32, help="crops of the search set phase 1 scores on")
+    parser.add_argument("--evaluation", type=int, default=500, help="held-out crops")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--front-evals", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--candidates", default="W8A16,W4A16,W3A16", help="amp_budget: AMP candidates")
+    parser.add_argument("--budget", type=float, default=0.49, help="amp_budget: max_cost, relative to all-W8")
+    parser.add_argument("--fc-bw", type=int, default=3, help="hand_mix: the classifier's weight bits")
+    parser.add_argument("--act-bw", type=int, default=16, help="hand_mix: activation bits")
+    parser.add_argument("--distill-minutes", type=float, default=0.0, help="hand_mix: distillation after GPTQ")
+    parser.add_argument("--distill-lr", type=float, default=1e-4)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.only or sorted(SECTIONS):
+        settings = {k: v for k, v in vars(args).items() if k != "only"}
+        _save(SECTIONS[name](args), settings)
+
+
+if __name__ == "__main__":
+    main()
