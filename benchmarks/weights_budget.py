@@ -8,8 +8,9 @@ Sections (``--only NAME``), both with asymmetric per-channel weight grids (MSE),
   greedy list within the budget), ``rounding="gptq"``; two rows: the mix as AMP chose it, and that mix re-rounded
   (``reround``, on by default: one sequential GPTQ with every group at its chosen bitwidths).
 * ``hand_mix``: a hand-chosen mix: depthwise convs and the stem at W8 (4% of the weights), the classifier ``_fc`` at
-  ``--fc-bw`` bits, every other conv at W4, activations at ``--act-bw``; one sequential GPTQ; then, with
-  ``--distill-minutes``, distillation of ``sim.model`` towards the float model (QAT, weight encodings frozen).
+  ``--fc-bw`` bits, every other conv at W4 (or, with ``--mix-file``, a mix ``amp_budget`` saved), activations at
+  ``--act-bw``; one sequential GPTQ; then, with ``--distill-minutes``, distillation of ``sim.model`` towards the
+  float model (QAT, weight encodings frozen).
 
 Data: scikit-image photograph crops, as ``benchmarks/weights.py``: calibration ``--calibration`` crops (seed 0), the
 AMP search on ``--search`` crops (seed 2), "held-out" ``--evaluation`` crops (seed 1), "unseen" 300 crops of the four
@@ -84,19 +85,25 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows[0]["search agreement"] = amp.chosen.score
     if amp.rerounded:
         rows[1]["search agreement"] = amp.reround_score
-    (RESULTS / f"weights_budget_mix_{args.budget}.json").write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
+    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops.json"
+    if len(amp.candidates) != 3:
+        mix_file = mix_file.with_name(mix_file.stem + f"_{len(amp.candidates)}candidates.json")
+    mix_file.write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
     return rows
 
 
-def hand_mix_layers(model: nn.Module, fc_bw: int) -> tuple[dict[str, dict[str, int]], float]:
-    """The hand mix's per-layer weight bitwidths (layers off the default W4) and its weight bytes relative to W8."""
+def mix_layers(model: nn.Module, fc_bw: int, mix_file: str | None) -> tuple[dict[str, dict[str, int]], float]:
+    """Per-layer weight bitwidths (as config ``layers`` rules) and their weight bytes relative to W8: a saved AMP mix
+    (``{layer: "W4A16", ...}``), or the hand mix (depthwise and stem W8, ``_fc`` at ``fc_bw``, the rest W4)."""
+    saved = json.loads(Path(mix_file).read_text()) if mix_file else None
     layers, bits, total = {}, 0, 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
             bw = fc_bw if name == "_fc" else 8 if depthwise or "stem" in name else 4
-            if bw != 4:
-                layers[name] = {"param_bw": bw}
+            if saved is not None:
+                bw = lt.Candidate.parse(saved[name]).param_bw
+            layers[name] = {"param_bw": bw}
             bits += m.weight.numel() * bw
             total += m.weight.numel()
     return layers, bits / (8 * total)
@@ -105,7 +112,7 @@ def hand_mix_layers(model: nn.Module, fc_bw: int) -> tuple[dict[str, dict[str, i
 def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The hand mix rounded by one asymmetric GPTQ; then optional distillation."""
     env = _environment(args)
-    layers, relative = hand_mix_layers(env["folded"], args.fc_bw)
+    layers, relative = mix_layers(env["folded"], args.fc_bw, args.mix_file)
     config = {**ASYMMETRIC, "layers": layers}
     calib, example = env["calib"], env["calib"][0][:1]
     start = time.perf_counter()
@@ -117,7 +124,8 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
         sim = lt.QuantSim(rounded, example, param_bw=4, act_bw=args.act_bw, per_channel=True, config=config)
         sim.set_and_freeze_param_encodings(encodings)
     sim.compute_encodings(calib, progress=False)
-    label = f"hand mix _fc W{args.fc_bw}, A{args.act_bw}, {args.calibration} crops"
+    mix = f"mix {Path(args.mix_file).name}" if args.mix_file else f"hand mix _fc W{args.fc_bw}"
+    label = f"{mix}, A{args.act_bw}, {args.calibration} crops"
     rows = [_row(f"{label}, GPTQ", sim.model, env, relative, time.perf_counter() - start)]
     if args.distill_minutes > 0:
         start = time.perf_counter()
@@ -156,6 +164,9 @@ def main() -> None:
     parser.add_argument("--candidates", default="W8A16,W4A16,W3A16", help="amp_budget: AMP candidates")
     parser.add_argument("--budget", type=float, default=0.49, help="amp_budget: max_cost, relative to all-W8")
     parser.add_argument("--fc-bw", type=int, default=3, help="hand_mix: the classifier's weight bits")
+    parser.add_argument(
+        "--mix-file", help="hand_mix: a saved AMP mix (weights_budget_mix_*.json) instead of the hand mix"
+    )
     parser.add_argument("--act-bw", type=int, default=16, help="hand_mix: activation bits")
     parser.add_argument("--distill-minutes", type=float, default=0.0, help="hand_mix: distillation after GPTQ")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
