@@ -6,7 +6,8 @@ then checks one property of what the ranks saved.
 
 from __future__ import annotations
 
-import socket
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,13 @@ def _error_name(fn: Any) -> str:
     return "none"
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, out: str) -> None:
+    """One rank: run every scenario, save what it saw to ``out/rank{rank}.pt``, then leave without teardown."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # A file store in this run's own temporary folder: nothing to collide with. A TCP store on a port picked
+    # by binding port 0 and closing it again can be taken in between (the other xdist worker runs this
+    # fixture at the same time, and every gloo rank binds ephemeral ports of its own).
+    dist.init_process_group("gloo", init_method=(Path(out) / "rendezvous").as_uri(), rank=rank, world_size=WORLD)
     try:
         results: dict[str, Any] = {}
         shard = calibration_batches()[rank::WORLD]  # interleaved, as DistributedSampler shards
@@ -121,20 +126,30 @@ def _worker(rank: int, port: int, out: str) -> None:
             lambda: lt.qat.fit(sim, training_batches()[: 1 + rank], nn.functional.cross_entropy, progress=False)
         )
         torch.save(results, Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank leaves while the other still talks to it
     finally:
         dist.destroy_process_group()
+    _exit_without_teardown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _exit_without_teardown() -> None:
+    """End this rank now, skipping the interpreter's teardown (its results are saved and closed).
+
+    Once a ``DistributedDataParallel`` was built (``lt.qat.fit``), torch keeps the gloo process group alive
+    after ``destroy_process_group``: its worker, transport and store threads still run while the interpreter
+    shuts down, and a gloo group torn down there aborts the process ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#65513) now and then, more often on a loaded machine. Only this
+    success path skips teardown: an exception still reaches ``mp.spawn``, which reports it with its traceback.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
