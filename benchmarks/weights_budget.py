@@ -85,9 +85,8 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows[0]["search agreement"] = amp.chosen.score
     if amp.rerounded:
         rows[1]["search agreement"] = amp.reround_score
-    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops.json"
-    if len(amp.candidates) != 3:
-        mix_file = mix_file.with_name(mix_file.stem + f"_{len(amp.candidates)}candidates.json")
+    spec = "-".join(c.name for c in amp.candidates)
+    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}.json"
     mix_file.write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
     return rows
 
