@@ -20,6 +20,8 @@ from leantorch.ptq.amp_reround import mix_config, needs_reround, reround_mix
 from leantorch.ptq.amp_rounding import GPTQ_DEFAULTS
 from leantorch.ptq.mixed_precision import MixedPrecisionResult, mixed_precision
 
+from .test_amp_rounding import noise_score
+
 CANDIDATES = "W16A16,W4A16,W3A16"
 W16, W4, W3 = parse_candidates(CANDIDATES)
 
@@ -41,24 +43,11 @@ def data() -> dict[str, list[torch.Tensor]]:
     }
 
 
-def _score(net: nn.Module, held_out: list[torch.Tensor]) -> Any:
-    """Negative relative output noise power on held-out inputs (0 for the float model)."""
-    with torch.no_grad():
-        ref = torch.cat([net(x) for x in held_out])
-
-    def score(model: nn.Module) -> float:
-        with torch.no_grad():
-            out = torch.cat([model(x) for x in held_out])
-        return -float((out - ref).pow(2).sum() / ref.pow(2).sum())
-
-    return score
-
-
 def _amp(net: nn.Module, data: dict[str, list[torch.Tensor]], **kw: Any) -> MixedPrecisionResult:
     # no drop allowed and a budget: the costliest point of the greedy list within 0.22 of W16's weight bytes, a mix
     # of W4 and W3 (all at W4 would be 0.25)
     return mixed_precision(
-        net, data["calib"][0][:1], data["calib"], _score(net, data["held_out"]), candidates=CANDIDATES,
+        net, data["calib"][0][:1], data["calib"], noise_score(net, data["held_out"]), candidates=CANDIDATES,
         allowed_drop=0.0, cost="memory", max_cost=0.22, rounding="gptq", progress=False, **kw,
     )  # fmt: skip
 
@@ -120,7 +109,7 @@ def test_rerounded_sim_holds_the_rerounded_weights_and_its_score(pair, data) -> 
         want = found.weights[name] if amp.rerounded else chosen[name]
         assert torch.equal(w, want), name
         assert quantizers[name].frozen and quantizers[name].bitwidth == mix[name.rpartition(".")[0]].param_bw
-    score = _score(_net(), data["held_out"])(amp.sim.model)
+    score = noise_score(_net(), data["held_out"])(amp.sim.model)
     assert score == pytest.approx(amp.final_score, abs=1e-6)
 
 
@@ -148,7 +137,7 @@ def test_a_worse_rerounding_is_not_kept(data, monkeypatch) -> None:
     assert amp.chosen.score is not None and amp.reround_score < amp.chosen.score
     for name, w in _weights(amp).items():
         assert torch.equal(w, _weights(plain)[name]), name
-    assert _score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.chosen.score, abs=1e-6)
+    assert noise_score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.chosen.score, abs=1e-6)
 
 
 def test_reround_data_is_what_the_chosen_mix_is_rerounded_on(data) -> None:

@@ -43,7 +43,7 @@ def data() -> dict[str, list[torch.Tensor]]:
     }
 
 
-def _score(net: nn.Module, held_out: list[torch.Tensor]) -> Any:
+def noise_score(net: nn.Module, held_out: list[torch.Tensor]) -> Any:
     """Negative relative output noise power on held-out inputs (0 for the float model)."""
     with torch.no_grad():
         ref = torch.cat([net(x) for x in held_out])
@@ -61,7 +61,7 @@ def _amp(net: nn.Module, data: dict[str, list[torch.Tensor]], rounding: str, **k
     # group lowered alone (phase 1) gets the rounding's full benefit.
     options = lt.AdaroundConfig(iterations=ITERATIONS, progress=False, use_quantized_inputs=False)
     return mixed_precision(
-        net, data["calib"][0][:1], data["calib"], _score(net, data["held_out"]), candidates=CANDIDATES,
+        net, data["calib"][0][:1], data["calib"], noise_score(net, data["held_out"]), candidates=CANDIDATES,
         allowed_drop=0.05, cost="memory", rounding=rounding, rounding_options=options, progress=False, **kw,
     )  # fmt: skip
 
@@ -109,7 +109,7 @@ def test_gptq_candidates_are_asymmetric_gptqs_of_the_float_model(data, tmp_path)
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     amp = mixed_precision(
-        net, data["calib"][0][:1], data["calib"], _score(net, data["held_out"]), candidates=CANDIDATES,
+        net, data["calib"][0][:1], data["calib"], noise_score(net, data["held_out"]), candidates=CANDIDATES,
         allowed_drop=0.05, cost="memory", rounding="gptq", progress=False,
     )  # fmt: skip
     want, path = lt.gptq(
@@ -229,7 +229,7 @@ def test_quantsim_input_gets_the_same_rounded_weights(rounded, data) -> None:
     sim = lt.QuantSim(net, data["calib"][0][:1], param_bw=16, act_bw=16, per_channel=True)
     options = lt.AdaroundConfig(iterations=ITERATIONS, progress=False, use_quantized_inputs=False)
     in_place = mixed_precision(
-        sim, calibration=data["calib"], eval_fn=_score(net, data["held_out"]), candidates=CANDIDATES,
+        sim, calibration=data["calib"], eval_fn=noise_score(net, data["held_out"]), candidates=CANDIDATES,
         allowed_drop=0.05, cost="memory", rounding="adaround", rounding_options=options, progress=False,
     )  # fmt: skip
     for cand in ("W4A16", "W3A16"):
