@@ -241,17 +241,22 @@ def _save(name: str, found: dict[str, Any]) -> None:
     path.write_text(json.dumps(old, indent=1, default=str) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
-    parser.add_argument("--runs", nargs="*", help="AMP runs by label (default all)")
-    parser.add_argument("--calibration", type=int, default=64)
+def add_data_options(parser: argparse.ArgumentParser, calibration: int, front_evals: int) -> None:
+    """The crop counts, batch size and search settings :func:`_setup` and :func:`_search` read."""
+    parser.add_argument("--calibration", type=int, default=calibration)
     parser.add_argument("--search", type=int, default=256, help="crops the AMP search scores agreement on")
     parser.add_argument("--probe", type=int, default=32, help="crops of the search set phase 1 scores on")
     parser.add_argument("--evaluation", type=int, default=500, help="held-out crops")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--front-evals", type=int, default=12)
+    parser.add_argument("--front-evals", type=int, default=front_evals)
     parser.add_argument("--no-progress", action="store_true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    parser.add_argument("--runs", nargs="*", help="AMP runs by label (default all)")
+    add_data_options(parser, calibration=64, front_evals=12)
     parser.add_argument(
         "--adaround-float-inputs",
         action="store_true",

@@ -42,7 +42,7 @@ from leantorch.evaluation import Agreement, markdown_table, model_outputs
 from leantorch.ptq.gptq import GptqConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from weights import RESULTS, _scores, _search, _setup  # noqa: E402  (benchmarks/weights.py: data, scores, AMP run)
+from weights import RESULTS, _scores, _search, _setup, add_data_options  # noqa: E402  (benchmarks/weights.py: data, scores, AMP run)
 
 FOUR_PHOTOS = ["immunohistochemistry", "moon", "rocket", "retina"]
 ASYMMETRIC = {"param_symmetric": False}
@@ -160,13 +160,7 @@ def _save(rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
-    parser.add_argument("--calibration", type=int, default=256)
-    parser.add_argument("--search", type=int, default=256, help="crops the AMP search scores agreement on")
-    parser.add_argument("--probe", type=int, default=32, help="crops of the search set phase 1 scores on")
-    parser.add_argument("--evaluation", type=int, default=500, help="held-out crops")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--front-evals", type=int, default=8)
-    parser.add_argument("--no-progress", action="store_true")
+    add_data_options(parser, calibration=256, front_evals=8)
     parser.add_argument("--candidates", default="W8A16,W4A16,W3A16", help="amp_budget: AMP candidates")
     parser.add_argument(
         "--reround-calibration", type=int, default=0, help="amp_budget: crops the chosen mix is re-rounded on"
