@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -193,8 +193,8 @@ def adaround(
         name: str,
         fp_layer: nn.Module,
         encoding: Encoding,
-        inputs: list[torch.Tensor],
-        quantized: list[torch.Tensor] | None,
+        inputs: Sequence[torch.Tensor],
+        quantized: Sequence[torch.Tensor] | None,
     ) -> torch.Tensor:
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         gradient: Gradient
@@ -212,15 +212,15 @@ def adaround(
 
 def _minibatch_gradient(
     fp_layer: nn.Module,
-    inputs: list[torch.Tensor],
-    quantized: list[torch.Tensor] | None,
+    inputs: Sequence[torch.Tensor],
+    quantized: Sequence[torch.Tensor] | None,
     batch_size: int,
     gen: torch.Generator,
 ) -> Gradient:
     """The paper's estimate: each call draws ``batch_size`` cached samples and differentiates their error."""
     with torch.no_grad():
         targets = torch.cat([_apply(fp_layer, cast(torch.Tensor, fp_layer.weight), x) for x in inputs])
-    x_all = torch.cat(quantized if quantized is not None else inputs)
+    x_all = torch.cat(list(quantized if quantized is not None else inputs))  # AdaRound samples across all batches
 
     def gradient(candidate: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=gen).to(x_all.device)

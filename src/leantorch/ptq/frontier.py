@@ -105,6 +105,19 @@ class Frontier:
         # map_arg calls the lambda at once, with this env (B023 is a false positive)
         return [tuple(fx.node.map_arg(node.args, lambda n: self._load(env[n]))) for env in self.envs]  # noqa: B023
 
+    def argument_of(self, node: fx.Node, batch: int, position: int = 0) -> Any:
+        """Positional argument ``position`` of ``node`` in batch ``batch`` alone: a spilled value is read back for
+        this call only, so a caller that takes the batches one at a time holds one batch's copy at a time.
+
+        Example:
+            >>> gm = fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()))
+            >>> frontier = Frontier(gm, [(torch.randn(2, 3),), (torch.randn(5, 3),)])
+            >>> relu = [n for n in gm.graph.nodes if n.target == "1"][0]
+            >>> frontier.advance_to(relu); tuple(frontier.argument_of(relu, 1).shape)
+            (5, 4)
+        """
+        return fx.node.map_arg(node.args[position], lambda n: self._load(self.envs[batch][n]))
+
     def fork(self) -> Frontier:
         """An independent copy at the same position; running it leaves this frontier untouched.
 

@@ -135,8 +135,8 @@ def gptq(
         name: str,
         fp_layer: nn.Module,
         encoding: Encoding,
-        inputs: list[torch.Tensor],
-        quantized: list[torch.Tensor] | None,
+        inputs: Sequence[torch.Tensor],
+        quantized: Sequence[torch.Tensor] | None,
     ) -> torch.Tensor | RoundedLayer:
         require_moments(fp_layer, name, "gptq", "GPTQ")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
@@ -223,8 +223,8 @@ def _round_towards_float(
     layer: nn.Module,
     weight: torch.Tensor,
     encoding: Encoding,
-    inputs: list[torch.Tensor],
-    quantized: list[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    quantized: Sequence[torch.Tensor],
     cfg: GptqConfig,
 ) -> torch.Tensor | RoundedLayer:
     """GPTQ of the float layer's *outputs* ``W p`` from the quantized inputs ``p̂`` (``asymmetric``), and/or with

@@ -19,6 +19,7 @@ hundred samples), the patches themselves are the cheaper factors: :class:`LowRan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -251,8 +252,8 @@ class QuadraticObjective:
         self,
         layer: nn.Module,
         weight: torch.Tensor,
-        inputs: list[torch.Tensor],
-        quantized: list[torch.Tensor] | None = None,
+        inputs: Sequence[torch.Tensor],
+        quantized: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.layer = layer
         gram: torch.Tensor | None = None
@@ -293,8 +294,8 @@ class LowRankObjective:
         self,
         layer: nn.Module,
         weight: torch.Tensor,
-        inputs: list[torch.Tensor],
-        quantized: list[torch.Tensor] | None = None,
+        inputs: Sequence[torch.Tensor],
+        quantized: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.layer = layer
         with torch.no_grad():
@@ -311,7 +312,10 @@ class LowRankObjective:
 
 
 def layer_objective(
-    layer: nn.Module, weight: torch.Tensor, inputs: list[torch.Tensor], quantized: list[torch.Tensor] | None = None
+    layer: nn.Module,
+    weight: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    quantized: Sequence[torch.Tensor] | None = None,
 ) -> QuadraticObjective | LowRankObjective:
     """The cheaper exact form of ``E‖W p − W̃ p̂‖²`` for these inputs (see the two classes).
 
@@ -343,7 +347,7 @@ class CenteredMoments:
         ([[2.0, 4.0]], [[3.0, 5.0]], [[[1.0, 2.0], [2.0, 4.0]]])
     """
 
-    def __init__(self, layer: nn.Module, inputs: list[torch.Tensor], quantized: list[torch.Tensor]) -> None:
+    def __init__(self, layer: nn.Module, inputs: Sequence[torch.Tensor], quantized: Sequence[torch.Tensor]) -> None:
         gram: torch.Tensor | None = None
         cross: torch.Tensor | None = None
         sums: torch.Tensor | None = None

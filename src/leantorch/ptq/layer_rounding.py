@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import torch
 from torch import fx, nn
@@ -40,6 +40,7 @@ __all__ = [
     "RoundedLayer",
     "round_layers",
     "layer_inputs",
+    "BatchInputs",
     "save_param_encodings",
     "weight_grid",
     "round_to_grid",
@@ -63,7 +64,7 @@ class RoundedLayer:
 #: encoding)`` when the layer also chooses its grid (SeqMSE), or a :class:`RoundedLayer` with a new bias (GPTQ
 #: with ``correct_bias``).
 RoundLayer = Callable[
-    [str, nn.Module, Encoding, list[torch.Tensor], "list[torch.Tensor] | None"],
+    [str, nn.Module, Encoding, Sequence[torch.Tensor], "Sequence[torch.Tensor] | None"],
     "torch.Tensor | tuple[torch.Tensor, Encoding] | RoundedLayer",
 ]
 
@@ -247,7 +248,7 @@ def rounding_sim(gm: fx.GraphModule, example_input: Any, options: LayerRoundingC
 
 def layer_inputs(
     reference: fx.GraphModule, sim: QuantSim, layers: list[str], data: list[Inputs], use_quantized_inputs: bool
-) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor] | None]]:
+) -> Iterator[tuple[str, Sequence[torch.Tensor], Sequence[torch.Tensor] | None]]:
     """Each layer in graph order with its float inputs and (asymmetric mode) its quantized inputs, per batch.
 
     The sim's layer runs when the sweep moves on, after the caller has copied the rounded weight into its
@@ -263,17 +264,58 @@ def layer_inputs(
         ),
     )
     for name in order:
-        inputs = _first_arguments(float_frontier, float_nodes[name])
+        with torch.no_grad():
+            float_frontier.advance_to(float_nodes[name])
+        inputs = BatchInputs(float_frontier, float_nodes[name])
         quantized = None
         if sim_frontier is not None:
-            wrapper = sim.layers()[name]
             with torch.no_grad():
-                # what the wrapped layer multiplies its weights with: its input after its input quantizer
-                quantized = [
-                    wrapper.input_quantizers[0](x) if len(wrapper.input_quantizers) else x
-                    for x in _first_arguments(sim_frontier, sim_nodes[name])
-                ]
+                sim_frontier.advance_to(sim_nodes[name])
+            wrapper = sim.layers()[name]
+            # what the wrapped layer multiplies its weights with: its input after its input quantizer
+            quantizer = wrapper.input_quantizers[0] if len(wrapper.input_quantizers) else None
+            quantized = BatchInputs(sim_frontier, sim_nodes[name], quantizer)
         yield name, inputs, quantized
+
+
+class BatchInputs(Sequence[torch.Tensor]):
+    """A layer's input for every calibration batch, read from a :class:`~leantorch.ptq.frontier.Frontier` one batch
+    at a time (optionally through the layer's input quantizer).
+
+    Why not a list: the frontier keeps what exceeds its memory budget in memory-mapped files, and a list would
+    read every batch back into memory at once: EfficientNet-Lite0's widest layer input is 96 × 112² floats per
+    crop, 9.9 GB for 2,048 crops, twice (float and quantized inputs), which ran a 23 GB machine out of memory in
+    GPTQ. Iterating holds one batch's copy at a time; valid only until the sweep moves on to the next layer.
+
+    Example:
+        >>> from torch import fx
+        >>> gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+        >>> frontier = Frontier(gm, [(torch.randn(2, 3),), (torch.randn(5, 3),)])
+        >>> relu = [n for n in gm.graph.nodes if n.target == "1"][0]; frontier.advance_to(relu)
+        >>> [tuple(x.shape) for x in BatchInputs(frontier, relu)]
+        [(2, 4), (5, 4)]
+    """
+
+    def __init__(self, frontier: Frontier, node: fx.Node, transform: Callable[[torch.Tensor], Any] | None = None):
+        self.frontier, self.node, self.transform = frontier, node, transform
+
+    def __len__(self) -> int:
+        return len(self.frontier.envs)
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[torch.Tensor]: ...
+
+    def __getitem__(self, index: int | slice) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        with torch.no_grad():
+            x = cast(torch.Tensor, self.frontier.argument_of(self.node, index % len(self))).detach()
+            return cast(torch.Tensor, self.transform(x)) if self.transform is not None else x
 
 
 def _first_calls(gm: fx.GraphModule, layers: list[str]) -> dict[str, fx.Node]:
@@ -283,13 +325,6 @@ def _first_calls(gm: fx.GraphModule, layers: list[str]) -> dict[str, fx.Node]:
         if node.op == "call_module" and node.target in wanted and node.target not in found:
             found[str(node.target)] = node
     return found
-
-
-def _first_arguments(frontier: Frontier, node: fx.Node) -> list[torch.Tensor]:
-    """The first argument of ``node`` for every batch, advancing ``frontier`` to just before the node."""
-    with torch.no_grad():
-        frontier.advance_to(node)
-    return [args[0].detach() for args in frontier.inputs_of(node)]
 
 
 def save_param_encodings(sim: QuantSim, path: Path) -> None:

@@ -106,8 +106,8 @@ def seq_mse(
         name: str,
         fp_layer: nn.Module,
         encoding: Encoding,
-        float_inputs: list[torch.Tensor],
-        quantized: list[torch.Tensor] | None,
+        float_inputs: Sequence[torch.Tensor],
+        quantized: Sequence[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, Encoding]:
         require_moments(fp_layer, name, "seq_mse", "SeqMSE")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
