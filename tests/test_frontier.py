@@ -3,6 +3,7 @@ equals the layer-by-layer algorithm that re-runs the model for every layer."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -160,3 +161,23 @@ def test_bfloat16_values_spill_and_come_back_exactly() -> None:
         out = frontier.run_rest()[0]
         assert frontier.spilled_bytes > 0 and out.dtype == torch.bfloat16
         assert torch.equal(out, model(x))
+
+
+def test_batch_inputs_read_one_batch_at_a_time_through_the_transform() -> None:
+    from leantorch.ptq.layer_rounding import BatchInputs
+
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    xs = [torch.randn(2, 3), torch.randn(5, 3)]
+    frontier = Frontier(gm, [(x,) for x in xs], max_bytes=0)  # every value on disk
+    relu = next(n for n in gm.graph.nodes if n.target == "1")
+    frontier.advance_to(relu)
+    inputs = BatchInputs(frontier, relu, transform=lambda x: 2 * x)
+    with torch.no_grad():
+        want = [2 * gm.get_submodule("0")(x) for x in xs]
+    assert len(inputs) == 2
+    assert torch.equal(inputs[0], want[0]) and torch.equal(inputs[-1], want[1])
+    assert [torch.equal(a, b) for a, b in zip(inputs[0:2], want)] == [True, True]
+    assert [tuple(x.shape) for x in inputs] == [(2, 4), (5, 4)]
+    with pytest.raises(IndexError):
+        inputs[2]

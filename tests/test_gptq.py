@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -292,3 +293,29 @@ def test_bias_correction_leaves_a_layer_without_bias_without_one(tmp_path) -> No
     layer = rounded.get_submodule("1")
     assert layer.bias is None and torch.isfinite(layer.weight).all()
     assert not torch.equal(layer.weight, net[1].weight)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_gptq_with_every_activation_spilled_to_disk_equals_the_in_memory_run(asymmetric: bool, tmp_path, monkeypatch):
+    """Layer inputs are read from the frontier one batch at a time (``BatchInputs``): with a memory budget of 0
+    bytes every value lives in a memory-mapped file, and the rounding is bit for bit the in-memory one."""
+    import leantorch.ptq.frontier as frontier
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
+    data = [torch.randn(6, 3, 8, 8) for _ in range(3)]
+    options = {"param_bw": 4, "num_batches": 3, "asymmetric": asymmetric, "progress": False}
+    in_memory, _ = lt.gptq(net, data[0][:1], data, path=tmp_path / "a", **options)
+    spilled: list[int] = []
+    original = frontier.Frontier.argument_of
+
+    def counting(self: Any, node: Any, batch: int, position: int = 0) -> Any:
+        spilled.append(self.spilled_bytes)
+        return original(self, node, batch, position)
+
+    monkeypatch.setattr(frontier, "_memory_budget", lambda batches: 0)
+    monkeypatch.setattr(frontier.Frontier, "argument_of", counting)
+    on_disk, _ = lt.gptq(net, data[0][:1], data, path=tmp_path / "b", **options)
+    assert spilled and min(spilled) > 0  # every read came from a frontier with values on disk
+    for (name, a), (_, b) in zip(in_memory.state_dict().items(), on_disk.state_dict().items()):
+        assert torch.equal(a, b), name
