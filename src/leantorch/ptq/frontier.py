@@ -40,8 +40,8 @@ class Frontier:
         batches: the model inputs of each batch (a tuple of tensors per batch, already on the model's device).
         max_bytes: keep at most this many bytes of live tensors in memory (device or RAM); values produced
             beyond it go to memory-mapped temporary files and come back to their device when read.
-            ``"auto"`` (default): an eighth of the physical memory, or of the free GPU memory on CUDA (see
-            :func:`_memory_budget`). Values an in-place op writes to stay in memory.
+            ``"auto"`` (default): a quarter of the physical memory, or of the free GPU memory on CUDA (room for
+            the two frontiers algorithms advance side by side). Values an in-place op writes to stay in memory.
             ``None``: no limit.
 
     Example:
@@ -293,16 +293,13 @@ def _clone(value: Any, memo: dict[int, Any]) -> Any:
 
 
 def _memory_budget(batches: Sequence[tuple[Any, ...]]) -> int | None:
-    """An eighth of the memory where the batches live (free GPU memory for CUDA tensors, physical RAM otherwise).
-
-    Algorithms advance two frontiers side by side (float and quantized, probe and calibration), beside the
-    calibration data, the models and a batch's work. A quarter each was too much: GPTQ re-rounding EfficientNet-
-    Lite0 on 2,048 crops inside an AMP run was killed for memory on a 23 GB machine (24 GB anonymous memory)."""
+    """A quarter of the memory where the batches live (free GPU memory for CUDA tensors, physical RAM
+    otherwise): algorithms advance two frontiers side by side (float and quantized, probe and calibration)."""
     first = next((x for batch in batches for x in batch if isinstance(x, torch.Tensor)), None)
     if first is not None and first.device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(first.device)
-        return free // 8
+        return free // 4
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit rather than a wrong one
         return None
