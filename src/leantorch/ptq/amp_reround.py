@@ -4,9 +4,9 @@ AMP's rounded candidates (:mod:`.amp_rounding`) are each rounded for a model who
 candidate: a layer at W4 in the mix was fitted to inputs from W4 layers upstream, though upstream it now finds W8
 and W3 layers. GPTQ and AdaRound fit each layer to the inputs the partially quantized model gives it (asymmetric GPTQ
 also undoes their error), so one more pass with each layer at its chosen bitwidth fits every layer to the inputs it
-really gets. On EfficientNet-Lite0 with W8A16/W4A16/W3A16 at 0.479× the weight bytes of W8 (asymmetric GPTQ): top-1
-agreement with FP32 on held-out crops 0.810 as chosen, 0.874 re-rounded (64 calibration crops;
-``benchmarks/weights_budget.py --only amp_budget``).
+really gets. On EfficientNet-Lite0 with W8A16/W4A16/W3A16 under 0.49× the weight bytes of W8 (asymmetric GPTQ): top-1
+agreement with FP32 on held-out crops 0.810 as chosen, 0.874 re-rounded (64 calibration crops, 0.479×); 0.822 and
+0.898 (256 crops, 0.473×; ``benchmarks/weights_budget.py --only amp_budget``).
 
 Example:
     >>> from leantorch.ptq.amp_groups import LayerGroup, parse_candidates
