@@ -82,11 +82,16 @@ class Frontier:
         The values of the node just yielded may be changed by re-running it (:meth:`rerun`) before the
         iteration goes on: later nodes then see the new values."""
         while self.position < len(self.nodes):
-            node = self.nodes[self.position]
-            self._drop_dead_values()
-            self._run(node)
-            self.position += 1
+            node = self._step()
             yield node, [self._load(env[node]) for env in self.envs]
+
+    def _step(self) -> fx.Node:
+        """Run the next node on every batch (no value read back: spilled values stay on disk)."""
+        node: fx.Node = self.nodes[self.position]
+        self._drop_dead_values()
+        self._run(node)
+        self.position += 1
+        return node
 
     def peek(self) -> fx.Node | None:
         """The node the next step of the iteration will run (``None`` at the end)."""
@@ -97,8 +102,10 @@ class Frontier:
         target = self.nodes.index(node)
         if target < self.position:
             raise ValueError(f"node {node.name} has already run")
-        for _ in zip(range(target - self.position), self):
-            pass
+        # Not through __iter__: it reads every batch's value of each node back from disk at once, which for a
+        # spilled EfficientNet-Lite0 block on 1,536 crops was 7.4 GB per frontier (the cause of out-of-memory kills).
+        while self.position < target:
+            self._step()
 
     def inputs_of(self, node: fx.Node) -> list[tuple[Any, ...]]:
         """The positional arguments ``node`` is (or was, before moving on) called with, per batch."""
