@@ -70,18 +70,24 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Budgeted AMP with GPTQ candidates; the chosen mix as chosen and re-rounded."""
     env = _environment(args)
     rounder = GptqConfig(asymmetric=True, param_scheme="mse", progress=False, config=ASYMMETRIC)
+    candidate_rounder, inputs = rounder, ""
+    if args.candidate_inputs == "float":  # each candidate rounded for its layers' float inputs; the mix asymmetric
+        candidate_rounder = GptqConfig(
+            use_quantized_inputs=False, param_scheme="mse", progress=False, config=ASYMMETRIC
+        )
+        inputs = ", candidates on float inputs"
     more = None  # the first --calibration of these crops are the calibration crops (same seed)
     if args.reround_calibration:
         more = batches(channels_last(env["model"], sample_images(args.reround_calibration, seed=0))[1], args.batch_size)
     amp, seconds = _search(
         env, args, _scores(env), candidates=args.candidates, allowed_drop=0.0, cost="memory",
-        max_cost=args.budget, baseline="fp32", rounding="gptq", config=ASYMMETRIC, rounding_options=rounder,
-        reround_data=more,
+        max_cost=args.budget, baseline="fp32", rounding="gptq", config=ASYMMETRIC, rounding_options=candidate_rounder,
+        reround_options=rounder, reround_data=more,
     )  # fmt: skip
     assert amp.assembler is not None and amp.chosen.score is not None
     relative = amp.chosen.weight_bytes / sum(g.params for g in amp.groups)
     counts = {c: sum(v == c for v in amp.chosen.config.values()) for c in sorted(set(amp.chosen.config.values()))}
-    label = f"AMP {args.candidates} max_cost {args.budget}, {args.calibration} crops"
+    label = f"AMP {args.candidates} max_cost {args.budget}, {args.calibration} crops{inputs}"
     on = f" on {args.reround_calibration} crops" if args.reround_calibration else ""
     rows = [_row(f"{label}, re-rounded{on}", amp.sim.model, env, relative, seconds)] if amp.rerounded else []
     by_name = {c.name: c for c in amp.candidates}
@@ -93,7 +99,7 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     if amp.rerounded:
         rows[1]["search agreement"] = amp.reround_score
     spec = "-".join(c.name for c in amp.candidates)
-    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}.json"
+    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}{inputs and '_float'}.json"
     mix_file.write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
     return rows
 
@@ -165,6 +171,10 @@ def main() -> None:
     parser.add_argument(
         "--reround-calibration", type=int, default=0, help="amp_budget: crops the chosen mix is re-rounded on"
     )
+    parser.add_argument(
+        "--candidate-inputs", choices=("quantized", "float"), default="quantized",
+        help="amp_budget: candidates rounded by asymmetric GPTQ, or each for float inputs (the mix: asymmetric)",
+    )  # fmt: skip
     parser.add_argument("--budget", type=float, default=0.49, help="amp_budget: max_cost, relative to all-W8")
     parser.add_argument("--fc-bw", type=int, default=3, help="hand_mix: the classifier's weight bits")
     parser.add_argument(

@@ -15,9 +15,11 @@ import leantorch as lt
 from leantorch.cli import main
 from leantorch.cli_amp import add_amp_options
 from leantorch.errors import CalibrationDataError, InvalidOptionError
+from leantorch.ptq.adaround import AdaroundConfig
 from leantorch.ptq.amp_groups import Candidate, parse_candidates
 from leantorch.ptq.amp_reround import mix_config, needs_reround, reround_mix
 from leantorch.ptq.amp_rounding import GPTQ_DEFAULTS
+from leantorch.ptq.gptq import GptqConfig
 from leantorch.ptq.mixed_precision import MixedPrecisionResult, mixed_precision
 
 from .test_amp_rounding import noise_score
@@ -153,6 +155,23 @@ def test_reround_data_is_what_the_chosen_mix_is_rerounded_on(data) -> None:
         assert torch.equal(w, found.weights[name]), name
     with pytest.raises(CalibrationDataError, match="reround_data"):
         _amp(_net(), data, reround_data=[])
+
+
+def test_reround_options_round_the_mix_and_rounding_options_the_candidates(pair, data) -> None:
+    """Candidates rounded each for its layers' float inputs (what phase 1 measures), the mix by asymmetric GPTQ."""
+    float_inputs = GptqConfig(use_quantized_inputs=False, param_scheme="mse", progress=False)
+    amp = _amp(_net(), data, rounding_options=float_inputs, reround_options=GPTQ_DEFAULTS)
+    plain = _amp(_net(), data, rounding_options=float_inputs, reround=False)
+    assert amp.chosen.config == plain.chosen.config and amp.rerounded
+    by_name = {c.name: c for c in amp.candidates}
+    mix = {g: by_name[c] for g, c in amp.chosen.config.items()}
+    found = reround_mix(_net(), data["calib"][0][:1], data["calib"], amp.sim, mix, GPTQ_DEFAULTS, False)
+    for name, w in _weights(amp).items():
+        assert torch.equal(w, found.weights[name]), name
+    default_search = _weights(pair[1])  # candidates rounded by asymmetric GPTQ: other weights
+    assert any(not torch.equal(w, default_search[n]) for n, w in _weights(plain).items())
+    with pytest.raises(InvalidOptionError, match="GptqConfig"):
+        lt.MixedPrecisionConfig(rounding="gptq", reround_options=AdaroundConfig())
 
 
 def test_bad_reround_option_and_cli_flag() -> None:

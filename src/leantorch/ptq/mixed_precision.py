@@ -83,6 +83,11 @@ class MixedPrecisionConfig:
         rounding_options: an :class:`~leantorch.ptq.adaround.AdaroundConfig` for ``"adaround"``, a
             :class:`~leantorch.ptq.gptq.GptqConfig` for ``"gptq"`` (their bitwidths, per-channel setting, batches
             and path are set per candidate); None: the defaults (for GPTQ: asymmetric, MSE grids).
+        reround_options: the same for the re-rounding of the chosen mix (None: ``rounding_options``). Why a
+            second one: phase 1 scores each group at a candidate with every other group at the highest one, so
+            candidates rounded each for its own layer's float inputs (``GptqConfig(asymmetric=False,
+            use_quantized_inputs=False)``) are what it means to measure, while asymmetric GPTQ, which also undoes
+            the quantization upstream, suits the final mix.
         progress: progress bars.
 
     Example:
@@ -104,6 +109,7 @@ class MixedPrecisionConfig:
     rounding: Rounding = "nearest"
     rounding_options: AdaroundConfig | GptqConfig | None = None
     reround: bool = True
+    reround_options: AdaroundConfig | GptqConfig | None = None
 
     def __post_init__(self) -> None:
         parse_candidates(self.candidates)
@@ -119,6 +125,8 @@ class MixedPrecisionConfig:
         check_choice("rounding", self.rounding, ROUNDINGS)
         check_rounding_options(self.rounding_options, self.rounding)
         check_flag("reround", self.reround)
+        if self.reround_options is not None:
+            check_rounding_options(self.reround_options, self.rounding)
 
 
 @contextmanager
@@ -240,6 +248,7 @@ def mixed_precision(
     rounded, source = None, None
     example = sim.example_input if example_input is None else example_input
     rounder = check_rounding_options(cfg.rounding_options, cfg.rounding)
+    rerounder = rounder if cfg.reround_options is None else check_rounding_options(cfg.reround_options, cfg.rounding)
     if cfg.rounding != "nearest":
         source = float_copy(sim) if isinstance(sim_or_model, QuantSim) else sim_or_model
         per_channel = sim.config.per_channel
@@ -282,7 +291,7 @@ def mixed_precision(
     reround_score, kept = None, False
     if source is not None and cfg.reround and needs_reround(mix):
         reround_score, kept = reround_chosen(
-            assembler, source, example, final_calib, mix, rounder, eval_fn, chosen_score, cfg.progress
+            assembler, source, example, final_calib, mix, rerounder, eval_fn, chosen_score, cfg.progress
         )
         met = met or (kept and reround_score >= reference - cfg.allowed_drop)
     return MixedPrecisionResult(
