@@ -149,6 +149,9 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
             )  # fmt: skip
         run = f"{label}, GPTQ + {args.distill_minutes:g} min distillation ({result.steps} steps, lr {args.distill_lr})"
         rows.append(_row(run, sim.model, env, relative, time.perf_counter() - start))
+        before, after = (None if a is None else a.top1 for a in (result.before, result.after))
+        # best_step 0: no evaluated step beat the GPTQ weights on the validation crops, which were kept
+        rows[-1].update({"kept step": result.best_step, "validation agreement before/after": [before, after]})
     return rows
 
 
