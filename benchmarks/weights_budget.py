@@ -7,7 +7,8 @@ Sections (``--only NAME``), both with asymmetric per-channel weight grids (MSE),
   ``max_cost=--budget`` (a fraction of all-W8's weight bytes), ``allowed_drop=0`` (so the costliest point of the
   greedy list within the budget), ``rounding="gptq"``; two rows: the mix as AMP chose it, and that mix re-rounded
   (``reround``, on by default: one sequential GPTQ with every group at its chosen bitwidths; on
-  ``--reround-calibration`` crops, ``reround_data``).
+  ``--reround-calibration`` crops, ``reround_data``). ``--candidate-inputs float``: the candidates rounded each for
+  its layers' float inputs (what phase 1 measures), the mix still by asymmetric GPTQ (``reround_options``).
 * ``hand_mix``: a hand-chosen mix: depthwise convs and the stem at W8 (4% of the weights), the classifier ``_fc`` at
   ``--fc-bw`` bits, every other conv at W4 (or, with ``--mix-file``, a mix ``amp_budget`` saved), activations at
   ``--act-bw``; one sequential GPTQ; then, with ``--distill-minutes``, distillation of ``sim.model`` towards the
