@@ -97,6 +97,8 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         row.update({"chosen mix": ", ".join(f"{n}×{c}" for c, n in counts.items()), "search agreement": None})
     rows[0]["search agreement"] = amp.chosen.score
+    # a re-rounding that scores below the chosen mix on the search crops is not kept: record its score anyway
+    rows[0].update({"re-rounded search agreement": amp.reround_score, "re-rounding kept": amp.rerounded})
     if amp.rerounded:
         rows[1]["search agreement"] = amp.reround_score
     spec = "-".join(c.name for c in amp.candidates)
