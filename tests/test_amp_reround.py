@@ -142,6 +142,28 @@ def test_a_worse_rerounding_is_not_kept(data, monkeypatch) -> None:
     assert noise_score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.chosen.score, abs=1e-6)
 
 
+def test_reround_keep_always_keeps_a_worse_rerounding(data, monkeypatch) -> None:
+    """``reround_keep="always"``: the sim holds the re-rounded weights even where they score below the chosen mix."""
+    import leantorch.ptq.amp_reround as module
+
+    found: list[Any] = []
+
+    def worse(*args: Any, **kw: Any) -> Any:
+        found.append(reround_mix(*args, **kw))
+        found[-1].weights = {n: w * 1.5 for n, w in found[-1].weights.items()}
+        return found[-1]
+
+    monkeypatch.setattr(module, "reround_mix", worse)
+    amp = _amp(_net(), data, reround_keep="always")
+    assert amp.rerounded and amp.chosen.score is not None and amp.reround_score is not None
+    assert amp.reround_score < amp.chosen.score and amp.final_score == amp.reround_score
+    for name, w in _weights(amp).items():
+        assert torch.equal(w, found[-1].weights[name]), name
+    assert noise_score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.reround_score, abs=1e-6)
+    with pytest.raises(InvalidOptionError, match="reround_keep"):
+        lt.MixedPrecisionConfig(reround_keep="maybe")  # type: ignore[arg-type]
+
+
 def test_reround_data_is_what_the_chosen_mix_is_rerounded_on(data) -> None:
     """The search on two batches, the re-rounding (and activation recalibration) on four."""
     gen = torch.Generator().manual_seed(3)
@@ -181,6 +203,8 @@ def test_bad_reround_option_and_cli_flag() -> None:
     add_amp_options(p)
     assert p.parse_args([]).amp_reround
     assert not p.parse_args(["--no-amp-reround"]).amp_reround
+    assert p.parse_args([]).amp_reround_keep == "if_better"
+    assert p.parse_args(["--amp-reround-keep", "always"]).amp_reround_keep == "always"
 
 
 FACTORY = """

@@ -44,8 +44,8 @@ def amp_candidates(text: str) -> str:
 
 
 def add_amp_options(p: argparse.ArgumentParser) -> None:
-    """``--amp CANDIDATES``, ``--amp-cost``, ``--amp-max-cost``, ``--amp-rounding`` and ``--amp-reround`` (the
-    allowed drop is ``--allowed-drop``, shared with ``--auto``).
+    """``--amp CANDIDATES``, ``--amp-cost``, ``--amp-max-cost``, ``--amp-rounding``, ``--amp-reround`` and
+    ``--amp-reround-keep`` (the allowed drop is ``--allowed-drop``, shared with ``--auto``).
 
     Example:
         >>> p = argparse.ArgumentParser(); add_amp_options(p); p.parse_args([]).amp is None
@@ -90,6 +90,13 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         help="with --amp-rounding adaround or gptq, round the chosen mix once more with every group at its chosen "
         "bitwidths (each candidate was rounded with all layers at it), kept if it scores at least as well "
         "(default: on; --no-amp-reround to skip)",
+    )
+    p.add_argument(
+        "--amp-reround-keep",
+        choices=["if_better", "always"],
+        default="if_better",
+        help="keep the re-rounded mix only if it scores at least the chosen one (if_better, default) or always (when "
+        "the calibration data is too small to tell them apart)",
     )
 
 
@@ -138,6 +145,7 @@ def amp_sim(
         max_cost=getattr(args, "amp_max_cost", None),
         rounding=getattr(args, "amp_rounding", "nearest"),
         reround=getattr(args, "amp_reround", True),
+        reround_keep=getattr(args, "amp_reround_keep", "if_better"),
         progress=progress,
     )
     print(markdown_table([{"group": g, "precision": c} for g, c in amp.chosen.config.items()]))

@@ -111,10 +111,11 @@ def reround_chosen(
     eval_fn: Callable[[nn.Module], float],
     chosen_score: float,
     progress: bool,
+    always: bool = False,
 ) -> tuple[float, bool]:
     """Re-round ``mix`` (:func:`reround_mix`), put the assembler's sim on it, recalibrate the activations for the new
-    weights and score it; kept if it scores at least ``chosen_score`` (the mix as chosen), else the sim goes back
-    to the chosen mix. Returns (the re-rounded score, kept).
+    weights and score it; kept if it scores at least ``chosen_score`` (the mix as chosen) or ``always``, else the sim
+    goes back to the chosen mix. Returns (the re-rounded score, kept).
 
     Example:
         >>> score, kept = reround_chosen(amp.assembler, net, x[:1], batches, mix, GptqConfig(), score_fn, 0.9, False)
@@ -124,7 +125,7 @@ def reround_chosen(
     assembler.install(found)
     assembler.sim.compute_encodings(calib, progress=False)  # the re-rounded weights' encodings are frozen: kept
     score = call_eval_fn(eval_fn, assembler.sim.model, "the re-rounded mix")
-    kept = score >= chosen_score
+    kept = always or score >= chosen_score
     if not kept:
         log.info("the re-rounded mix scores %g < %g as chosen: keeping the chosen mix", score, chosen_score)
         assembler.set_all(mix)
