@@ -26,6 +26,7 @@ Run: ``.venv/bin/python benchmarks/weights_budget.py --only amp_budget --budget 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -73,9 +74,7 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     rounder = GptqConfig(asymmetric=True, param_scheme="mse", progress=False, config=ASYMMETRIC)
     candidate_rounder, inputs = rounder, ""
     if args.candidate_inputs == "float":  # each candidate rounded for its layers' float inputs; the mix asymmetric
-        candidate_rounder = GptqConfig(
-            use_quantized_inputs=False, param_scheme="mse", progress=False, config=ASYMMETRIC
-        )
+        candidate_rounder = dataclasses.replace(rounder, asymmetric=False, use_quantized_inputs=False)
         inputs = ", candidates on float inputs"
     more = None  # the first --calibration of these crops are the calibration crops (same seed)
     if args.reround_calibration:

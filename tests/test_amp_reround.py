@@ -123,27 +123,9 @@ def test_rerounding_lowers_the_output_error(pair) -> None:
     assert -amp.reround_score < 0.9 * -plain.chosen.score, (amp.reround_score, plain.chosen.score)
 
 
-def test_a_worse_rerounding_is_not_kept(data, monkeypatch) -> None:
-    """A re-rounded mix scoring below the chosen one leaves the sim on the chosen mix."""
-    import leantorch.ptq.amp_reround as module
-
-    def worse(*args: Any, **kw: Any) -> Any:
-        found = reround_mix(*args, **kw)
-        found.weights = {n: w * 1.5 for n, w in found.weights.items()}
-        return found
-
-    monkeypatch.setattr(module, "reround_mix", worse)
-    amp = _amp(_net(), data)
-    plain = _amp(_net(), data, reround=False)
-    assert amp.reround_score is not None and not amp.rerounded
-    assert amp.chosen.score is not None and amp.reround_score < amp.chosen.score
-    for name, w in _weights(amp).items():
-        assert torch.equal(w, _weights(plain)[name]), name
-    assert noise_score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.chosen.score, abs=1e-6)
-
-
-def test_reround_keep_always_keeps_a_worse_rerounding(data, monkeypatch) -> None:
-    """``reround_keep="always"``: the sim holds the re-rounded weights even where they score below the chosen mix."""
+@pytest.fixture
+def worse_rerounding(monkeypatch) -> list[Any]:
+    """The re-rounding made worse (its weights × 1.5); returns the list of what it gave, newest last."""
     import leantorch.ptq.amp_reround as module
 
     found: list[Any] = []
@@ -154,6 +136,23 @@ def test_reround_keep_always_keeps_a_worse_rerounding(data, monkeypatch) -> None
         return found[-1]
 
     monkeypatch.setattr(module, "reround_mix", worse)
+    return found
+
+
+def test_a_worse_rerounding_is_not_kept(data, worse_rerounding) -> None:
+    """A re-rounded mix scoring below the chosen one leaves the sim on the chosen mix."""
+    amp = _amp(_net(), data)
+    plain = _amp(_net(), data, reround=False)
+    assert amp.reround_score is not None and not amp.rerounded
+    assert amp.chosen.score is not None and amp.reround_score < amp.chosen.score
+    for name, w in _weights(amp).items():
+        assert torch.equal(w, _weights(plain)[name]), name
+    assert noise_score(_net(), data["held_out"])(amp.sim.model) == pytest.approx(amp.chosen.score, abs=1e-6)
+
+
+def test_reround_keep_always_keeps_a_worse_rerounding(data, worse_rerounding) -> None:
+    """``reround_keep="always"``: the sim holds the re-rounded weights even where they score below the chosen mix."""
+    found = worse_rerounding
     amp = _amp(_net(), data, reround_keep="always")
     assert amp.rerounded and amp.chosen.score is not None and amp.reround_score is not None
     assert amp.reround_score < amp.chosen.score and amp.final_score == amp.reround_score

@@ -19,6 +19,7 @@ import torch
 from .errors import InvalidOptionError
 from .evaluation import Agreement, markdown_table, model_outputs
 from .ptq.amp_groups import parse_candidates
+from .ptq.amp_reround import REROUND_KEEPS
 from .ptq.amp_rounding import ROUNDINGS
 from .ptq.mixed_precision import mixed_precision
 from .quant.sim import QuantSim
@@ -93,7 +94,7 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--amp-reround-keep",
-        choices=["if_better", "always"],
+        choices=list(REROUND_KEEPS),
         default="if_better",
         help="keep the re-rounded mix only if it scores at least the chosen one (if_better, default) or always (when "
         "the calibration data is too small to tell them apart)",

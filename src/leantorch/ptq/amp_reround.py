@@ -34,9 +34,11 @@ from .amp_rounding import RoundedWeights, round_once
 from .auto import call_eval_fn
 from .gptq import GptqConfig
 
-__all__ = ["mix_config", "needs_reround", "reround_mix", "reround_chosen"]
+__all__ = ["mix_config", "needs_reround", "reround_mix", "reround_chosen", "REROUND_KEEPS"]
 
 log = logging.getLogger(__name__)
+
+REROUND_KEEPS: tuple[str, ...] = ("if_better", "always")  # MixedPrecisionConfig.reround_keep
 
 
 def mix_config(base: Any, mix: dict[str, Candidate]) -> QuantSimConfig:

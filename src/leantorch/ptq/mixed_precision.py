@@ -39,7 +39,7 @@ from ..quant.sim import QuantSim
 from .adaround import AdaroundConfig
 from .amp_groups import Candidate, CostKind, LayerGroup, find_groups, measure_macs, parse_candidates
 from .amp_phase1 import Assembler, phase1
-from .amp_reround import needs_reround, reround_chosen
+from .amp_reround import REROUND_KEEPS, needs_reround, reround_chosen
 from .amp_result import MixedPrecisionResult, ParetoPoint
 from .amp_rounding import ROUNDINGS, Rounding, check_rounding_options, float_copy, round_candidates
 from .amp_search import check_budget, first_within, greedy_steps, search_front
@@ -130,7 +130,7 @@ class MixedPrecisionConfig:
         check_choice("rounding", self.rounding, ROUNDINGS)
         check_rounding_options(self.rounding_options, self.rounding)
         check_flag("reround", self.reround)
-        check_choice("reround_keep", self.reround_keep, ("if_better", "always"))
+        check_choice("reround_keep", self.reround_keep, REROUND_KEEPS)
         if self.reround_options is not None:
             check_rounding_options(self.reround_options, self.rounding)
 
