@@ -41,6 +41,7 @@ import leantorch as lt
 from leantorch.compress.distill import distill
 from leantorch.data import batches, channels_last, sample_images
 from leantorch.evaluation import Agreement, markdown_table, model_outputs
+from leantorch.ptq.amp_groups import LayerGroup
 from leantorch.ptq.gptq import GptqConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,7 +83,7 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     amp, seconds = _search(
         env, args, _scores(env), candidates=args.candidates, allowed_drop=0.0, cost="memory",
         max_cost=args.budget, baseline="fp32", rounding="gptq", config=ASYMMETRIC, rounding_options=candidate_rounder,
-        reround_options=rounder, reround_data=more,
+        reround_options=rounder, reround_data=more, reround_keep=args.reround_keep,
     )  # fmt: skip
     assert amp.assembler is not None and amp.chosen.score is not None
     relative = amp.chosen.weight_bytes / sum(g.params for g in amp.groups)
@@ -107,27 +108,39 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def mix_layers(model: nn.Module, fc_bw: int, mix_file: str | None) -> tuple[dict[str, dict[str, int]], float]:
-    """Per-layer weight bitwidths (as config ``layers`` rules) and their weight bytes relative to W8: a saved AMP mix
-    (``{layer: "W4A16", ...}``), or the hand mix (depthwise and stem W8, ``_fc`` at ``fc_bw``, the rest W4)."""
+    """Per-layer weight bitwidths and blocks (as config ``layers`` rules) and their weight bytes relative to W8 (block
+    scales counted as AMP counts them, asymmetric): a saved AMP mix (``{layer: "W4A16", ...}``), or the hand mix
+    (depthwise and stem W8, ``_fc`` at ``fc_bw``, the rest W4)."""
     saved = json.loads(Path(mix_file).read_text()) if mix_file else None
-    layers, bits, total = {}, 0, 0
+    layers: dict[str, dict[str, int]] = {}
+    size, total = 0.0, 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
-            bw = fc_bw if name == "_fc" else 8 if depthwise or "stem" in name else 4
+            cand = lt.Candidate(fc_bw if name == "_fc" else 8 if depthwise or "stem" in name else 4, 16)
             if saved is not None:
-                bw = lt.Candidate.parse(saved[name]).param_bw
-            layers[name] = {"param_bw": bw}
-            bits += m.weight.numel() * bw
+                cand = lt.Candidate.parse(saved[name])
+            layers[name] = {
+                "param_bw": cand.param_bw,
+                **({"param_block_size": cand.block_size} if cand.block_size else {}),
+            }
+            blocks = [] if depthwise else [(m.weight.shape[0], m.weight.shape[1], 0, 0)]
+            size += LayerGroup(name, params=m.weight.numel(), weight_blocks=blocks, zero_points=True).cost(
+                cand, "memory"
+            )
             total += m.weight.numel()
-    return layers, bits / (8 * total)
+    return layers, size / total
 
 
 def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The hand mix rounded by one asymmetric GPTQ; then optional distillation."""
     env = _environment(args)
     layers, relative = mix_layers(env["folded"], args.fc_bw, args.mix_file)
-    config = {**ASYMMETRIC, "layers": layers}
+    config: dict[str, Any] = {**ASYMMETRIC, "layers": layers}
+    if args.block_size:  # blockwise weights where a layer's input channels make whole blocks (not depthwise, stem)
+        config["param_block_size"] = args.block_size
+    if args.decompressed_bw:  # LPBQ: symmetric grids
+        config.update(param_symmetric=True, decompressed_bw=args.decompressed_bw)
     calib, example = env["calib"], env["calib"][0][:1]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +152,9 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
         sim.set_and_freeze_param_encodings(encodings)
     sim.compute_encodings(calib, progress=False)
     mix = f"mix {Path(args.mix_file).name}" if args.mix_file else f"hand mix _fc W{args.fc_bw}"
-    label = f"{mix}, A{args.act_bw}, {args.calibration} crops"
+    blocks = f", block-{args.block_size}" if args.block_size else ""
+    blocks += f" LPBQ decompressed {args.decompressed_bw}" if args.decompressed_bw else ""
+    label = f"{mix}{blocks}, A{args.act_bw}, {args.calibration} crops"
     rows = [_row(f"{label}, GPTQ", sim.model, env, relative, time.perf_counter() - start)]
     if args.distill_minutes > 0:
         start = time.perf_counter()
@@ -180,12 +195,17 @@ def main() -> None:
         "--candidate-inputs", choices=("quantized", "float"), default="quantized",
         help="amp_budget: candidates rounded by asymmetric GPTQ, or each for float inputs (the mix: asymmetric)",
     )  # fmt: skip
+    parser.add_argument(
+        "--reround-keep", choices=("if_better", "always"), default="if_better", help="amp_budget: reround_keep"
+    )
     parser.add_argument("--budget", type=float, default=0.49, help="amp_budget: max_cost, relative to all-W8")
     parser.add_argument("--fc-bw", type=int, default=3, help="hand_mix: the classifier's weight bits")
     parser.add_argument(
         "--mix-file", help="hand_mix: a saved AMP mix (weights_budget_mix_*.json) instead of the hand mix"
     )
     parser.add_argument("--act-bw", type=int, default=16, help="hand_mix: activation bits")
+    parser.add_argument("--block-size", type=int, default=0, help="hand_mix: blockwise weights (0: per channel)")
+    parser.add_argument("--decompressed-bw", type=int, default=0, help="hand_mix: LPBQ (symmetric) with blocks")
     parser.add_argument("--distill-minutes", type=float, default=0.0, help="hand_mix: distillation after GPTQ")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
     args = parser.parse_args()

@@ -56,7 +56,8 @@ def add_amp_options(p: argparse.ArgumentParser) -> None:
         "--amp",
         type=amp_candidates,
         metavar="CANDIDATES",
-        help="automatic mixed precision: a precision per layer group from these candidates (e.g. W4A8,W8A8,W8A16), "
+        help="automatic mixed precision: a precision per layer group from these candidates (e.g. W4A8,W8A8,W8A16; "
+        "W3A16B64: blockwise weights, one scale per 64 input channels), "
         "the cheapest mix whose top-1 agreement with FP32 on the data is within --allowed-drop; writes "
         "OUT/amp_pareto.png and OUT/amp.html. It chooses the weight bitwidths itself: not with --auto, "
         "--adaround, --gptq, --seq-mse or --bias-correction",

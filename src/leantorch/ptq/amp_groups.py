@@ -1,8 +1,10 @@
 """Mixed-precision candidates and layer groups: which quantizers must share a precision, and what each costs.
 
 A **candidate** is one precision for a group: a weight bitwidth and an activation bitwidth (``"W4A8"``,
-``"W8A16"``). Float formats (fp16, bf16, fp8) are a planned extension: :class:`Candidate` keeps the two widths in
-named fields so that a ``param_format``/``act_format`` can be added beside them without changing callers.
+``"W8A16"``), optionally with blockwise weights (``"W3A16B64"``: one scale per block of 64 input channels of each
+output channel, where the layer's input channels make whole blocks; elsewhere the sim's own layout). Float formats
+(fp16, bf16, fp8) are a planned extension: :class:`Candidate` keeps the widths in named fields so that a
+``param_format``/``act_format`` can be added beside them without changing callers.
 
 A **layer group** is one weighted layer (its weight quantizers, shared by every call site of the layer) with the
 activation quantizers that belong to it: each enabled activation quantizer belongs to the nearest weighted layer
@@ -13,11 +15,14 @@ downstream. So a group is what AIMET calls a quantizer group: quantizers that ch
 Costs per group (per sample), as AIMET counts them:
 
 * ``bitops``: ``MACs × weight bits × activation bits`` of the layer's calls;
-* ``memory``: bytes of the group's quantized parameters, ``elements × weight bits / 8``.
+* ``memory``: bytes of the group's quantized parameters, ``elements × weight bits / 8``, plus what blocks add over
+  one scale per output channel (per-channel scales are not counted, as AIMET): each further block's float32 scale
+  (32 bits, as the export writes it) and, with asymmetric weights, its zero point (weight bits); with LPBQ
+  (``decompressed_bw``), each block's integer multiplier (``decompressed_bw - weight bits``) instead.
 
 Example:
     >>> Candidate.parse("W4A8"), Candidate.parse("w8a16").name
-    (Candidate(param_bw=4, act_bw=8), 'W8A16')
+    (Candidate(param_bw=4, act_bw=8, block_size=0), 'W8A16')
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import total_ordering
 from typing import Any, Literal
 
 import torch
@@ -32,6 +38,8 @@ from torch import fx, nn
 
 from ..errors import InvalidOptionError
 from ..ops import spec_for
+from ..quant.blocks import block_axis_for
+from ..quant.config import PER_CHANNEL_AXIS
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
@@ -40,30 +48,55 @@ __all__ = ["Candidate", "CostKind", "LayerGroup", "parse_candidates", "find_grou
 
 CostKind = Literal["bitops", "memory"]
 
-_SPEC = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*$", re.IGNORECASE)
+_SPEC = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*(?:b(\d+))?\s*$", re.IGNORECASE)
+#: bits a further block scale costs beyond one scale per output channel: a float32 (the export's scale type)
+BLOCK_SCALE_BITS = 32
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@dataclass(frozen=True)
 class Candidate:
-    """One precision a layer group can take: ``param_bw``-bit weights, ``act_bw``-bit activations.
+    """One precision a layer group can take: ``param_bw``-bit weights, ``act_bw``-bit activations, and with
+    ``block_size`` one weight scale per block of that many input channels (0: the sim's own weight layout).
+
+    Candidates order by bit-operations per MAC, then weight bits, then finer weight scales (blocks above the sim's
+    layout, smaller blocks above larger ones): the highest is the most precise.
 
     Example:
-        >>> Candidate(4, 8).name, Candidate.parse("W8A16") > Candidate.parse("W8A8")
-        ('W4A8', True)
+        >>> Candidate(4, 8).name, Candidate.parse("W8A16") > Candidate.parse("W8A8"), Candidate(3, 16, 64).name
+        ('W4A8', True, 'W3A16B64')
+        >>> Candidate.parse("W4A16B32") > Candidate.parse("W4A16B64") > Candidate.parse("W4A16")
+        True
     """
 
     param_bw: int
     act_bw: int
+    block_size: int = 0
 
     def __post_init__(self) -> None:
         for what, bw in (("param_bw", self.param_bw), ("act_bw", self.act_bw)):
             if isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 16:
                 raise InvalidOptionError(f"candidate {what}={bw!r}: pass a whole number of bits in [2, 16]")
+        block = self.block_size
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise InvalidOptionError(f"candidate block_size={block!r}: pass input channels per block (0: none)")
+        if block and self.param_bw >= 16:
+            raise InvalidOptionError(f"candidate {self.name}: 16-bit weights stay float in AMP; blocks need fewer bits")
 
     @property
     def name(self) -> str:
-        """``"W{param_bw}A{act_bw}"``."""
-        return f"W{self.param_bw}A{self.act_bw}"
+        """``"W{param_bw}A{act_bw}"``, with ``"B{block_size}"`` for blockwise weights."""
+        return f"W{self.param_bw}A{self.act_bw}" + (f"B{self.block_size}" if self.block_size else "")
+
+    @property
+    def rank(self) -> tuple[int, int, int, float]:
+        """The sort key: bit-operations per MAC, weight bits, activation bits, finer weight scales."""
+        return (self.bit_product, self.param_bw, self.act_bw, 1.0 / self.block_size if self.block_size else 0.0)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Candidate):
+            return NotImplemented
+        return self.rank < other.rank
 
     @property
     def bit_product(self) -> int:
@@ -71,8 +104,9 @@ class Candidate:
         return self.param_bw * self.act_bw
 
     @classmethod
-    def parse(cls, spec: str | Candidate | tuple[int, int]) -> Candidate:
-        """A candidate from ``"W4A8"`` (any case), a ``(param_bw, act_bw)`` pair, or a Candidate.
+    def parse(cls, spec: str | Candidate | tuple[int, ...]) -> Candidate:
+        """A candidate from ``"W4A8"`` or ``"W4A8B64"`` (any case), a ``(param_bw, act_bw[, block_size])`` tuple, or a
+        Candidate.
 
         Raises:
             InvalidOptionError: not of that form, or bitwidths outside [2, 16] (float formats such as "fp16"
@@ -84,18 +118,19 @@ class Candidate:
         """
         if isinstance(spec, Candidate):
             return spec
-        if isinstance(spec, tuple) and len(spec) == 2:
+        if isinstance(spec, tuple) and len(spec) in (2, 3):
             return cls(*spec)
         match = _SPEC.match(spec) if isinstance(spec, str) else None
         if match is None:
             raise InvalidOptionError(
-                f"candidate {spec!r}: write it as 'W<weight bits>A<activation bits>', e.g. 'W4A8' or 'W8A16' "
-                "(float formats such as fp16 are not mixed-precision candidates yet)"
+                f"candidate {spec!r}: write it as 'W<weight bits>A<activation bits>', e.g. 'W4A8' or 'W8A16', with "
+                "'B<input channels per block>' for blockwise weights, e.g. 'W4A16B64' (float formats such as fp16 "
+                "are not mixed-precision candidates yet)"
             )
-        return cls(int(match.group(1)), int(match.group(2)))
+        return cls(int(match.group(1)), int(match.group(2)), int(match.group(3) or 0))
 
 
-def parse_candidates(specs: str | Iterable[str | Candidate | tuple[int, int]]) -> tuple[Candidate, ...]:
+def parse_candidates(specs: str | Iterable[str | Candidate | tuple[int, ...]]) -> tuple[Candidate, ...]:
     """Candidates from ``"W4A8,W8A8"`` or a sequence, without duplicates, highest (most bit-operations) first.
 
     Raises:
@@ -106,7 +141,7 @@ def parse_candidates(specs: str | Iterable[str | Candidate | tuple[int, int]]) -
         ['W8A16', 'W8A8', 'W4A8']
     """
     items = [s for s in specs.split(",") if s.strip()] if isinstance(specs, str) else list(specs)
-    found = sorted({Candidate.parse(s) for s in items}, key=lambda c: (c.bit_product, c), reverse=True)
+    found = sorted({Candidate.parse(s) for s in items}, reverse=True)
     if len(found) < 2:
         raise InvalidOptionError(
             f"candidates={specs!r}: give at least two distinct precisions, e.g. ('W4A8', 'W8A8', 'W8A16')"
@@ -120,7 +155,9 @@ class LayerGroup:
 
     ``macs``: multiply-accumulates per sample over the layer's calls; ``params``: elements of its quantized
     parameters; ``param_names``: parameter names (as in ``sim.param_quantizers()`` and encodings files);
-    ``activation_names``: qualified quantizer names (as in ``sim.quantizers()``).
+    ``activation_names``: qualified quantizer names (as in ``sim.quantizers()``); ``weight_blocks``: per weight
+    that can take blocks, (output channels, input channels along the block axis, the sim's own block size or 0,
+    its LPBQ ``decompressed_bw`` or 0); ``zero_points``: asymmetric weights (a block also stores a zero point).
     """
 
     name: str
@@ -128,6 +165,8 @@ class LayerGroup:
     activation_names: list[str] = field(default_factory=list)
     macs: int = 0
     params: int = 0
+    weight_blocks: list[tuple[int, int, int, int]] = field(default_factory=list)
+    zero_points: bool = False
 
     def cost(self, candidate: Candidate, kind: CostKind) -> float:
         """This group's cost at ``candidate``: bit-operations or bytes (see the module docstring).
@@ -135,10 +174,33 @@ class LayerGroup:
         Example:
             >>> LayerGroup("fc", macs=100, params=50).cost(Candidate(4, 8), "memory")
             25.0
+            >>> fc = LayerGroup("fc", params=10 * 128, weight_blocks=[(10, 128, 0, 0)])
+            >>> fc.cost(Candidate(4, 16, 64), "memory") - fc.cost(Candidate(4, 16), "memory")  # 10 more float32s
+            40.0
         """
         if kind == "bitops":
             return float(self.macs * candidate.bit_product)
-        return self.params * candidate.param_bw / 8.0
+        return (self.params * candidate.param_bw + self.block_scale_bits(candidate)) / 8.0
+
+    def block_scale_bits(self, candidate: Candidate) -> int:
+        """Bits the group's block scales take at ``candidate`` beyond one scale per output channel.
+
+        Example:
+            >>> fc = LayerGroup("fc", weight_blocks=[(10, 128, 0, 0)], zero_points=True)
+            >>> fc.block_scale_bits(Candidate(4, 8, 32))  # 10 channels × 3 further blocks × (32 + 4) bits
+            1080
+        """
+        bits = 0
+        for channels, inputs, own_block, decompressed_bw in self.weight_blocks:
+            block = candidate.block_size or own_block
+            if not block or inputs % block or inputs == block:  # per channel (fallback) or one block per channel
+                continue
+            if decompressed_bw and not candidate.block_size:  # LPBQ: an integer multiplier per block
+                bits += channels * (inputs // block) * max(decompressed_bw - candidate.param_bw, 0)
+            else:
+                per_scale = BLOCK_SCALE_BITS + (candidate.param_bw if self.zero_points else 0)
+                bits += channels * (inputs // block - 1) * per_scale
+        return bits
 
 
 def _wrapper_quantizers(wrapper: QuantWrapper) -> list[Quantizer]:
@@ -199,10 +261,30 @@ def find_groups(sim: QuantSim) -> tuple[list[LayerGroup], list[str]]:
                 groups[owner].activation_names.append(names[id(q)])
     ranked = {n: i for i, n in enumerate(str(node.target) for node in order)}
     ordered = sorted(groups.values(), key=lambda g: ranked.get(g.name, len(ranked)))
+    weight_quantizers = sim.param_quantizers()
     for group in ordered:
-        module = layers[group.name].module
-        group.params = sum(getattr(module, n.rpartition(".")[2]).numel() for n in group.param_names)
+        wrapper = layers[group.name]
+        group.params = sum(getattr(wrapper.module, n.rpartition(".")[2]).numel() for n in group.param_names)
+        group.weight_blocks = _weight_blocks(weight_quantizers, wrapper, group.param_names)
+        group.zero_points = not sim.config.param_symmetric
     return ordered, orphans
+
+
+def _weight_blocks(
+    quantizers: dict[str, Quantizer], wrapper: QuantWrapper, param_names: list[str]
+) -> list[tuple[int, int, int, int]]:
+    """:attr:`LayerGroup.weight_blocks` of a wrapper's weights."""
+    axis = PER_CHANNEL_AXIS.get(wrapper.op_type)
+    found = []
+    for name in param_names:
+        weight = getattr(wrapper.module, name.rpartition(".")[2])
+        if axis is None or weight.dim() < 2:
+            continue
+        q = quantizers[name]
+        own = q.block_size if q.is_blockwise else 0
+        block_axis = block_axis_for(axis)
+        found.append((int(weight.shape[axis]), int(weight.shape[block_axis]), own or 0, q.decompressed_bw or 0))
+    return found
 
 
 def measure_macs(sim: QuantSim, groups: Sequence[LayerGroup], example: tuple[torch.Tensor, ...]) -> None:

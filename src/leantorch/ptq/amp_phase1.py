@@ -26,7 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..evaluation import OutputScore
+from ..quant.blocks import block_axis_for, blocks_fit
+from ..quant.config import PER_CHANNEL_AXIS
 from ..quant.encoding import Encoding
+from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..sweep import Trial, suffix_outputs
 from .amp_groups import Candidate, LayerGroup
@@ -59,9 +62,13 @@ class Assembler:
         self.params = {n: _parameter(sim, n) for g in groups for n in g.param_names if n in swapped}
         self.float_weights = {n: p.detach().clone() for n, p in self.params.items()}
         self.cache: dict[Candidate, dict[str, Encoding | None]] = {}
+        self.layouts = {n: _layout(self.quantizers[n]) for g in groups for n in g.param_names}
+        self.weight_axes = _weight_axes(sim, groups)
         for cand in reversed(candidates):  # the highest last: quantizers outside the groups end as it leaves them
             for g in groups:
-                self._set_weights(g, cand)
+                for n in g.param_names:
+                    self._set_layout(n, cand)
+                self._set_weights(g, cand)  # a rounded candidate's frozen encoding brings the same layout
                 for n in g.param_names:
                     self.quantizers[n].bitwidth = cand.param_bw
                 for n in g.activation_names:
@@ -69,6 +76,18 @@ class Assembler:
             sim.compute_encodings(calib, progress=False)  # rounded weights' encodings are frozen: kept
             names = [n for g in groups for n in (*g.param_names, *g.activation_names)]
             self.cache[cand] = {n: self.quantizers[n].encoding for n in names}
+
+    def _set_layout(self, name: str, cand: Candidate) -> None:
+        """The weight quantizer ``name`` on ``cand``'s blocks where its weight makes whole blocks of them, else on
+        the sim's own layout (the encodings calibrated after this carry it: :meth:`set_group` restores it)."""
+        q, own = self.quantizers[name], self.layouts[name]
+        q.axis, q.block_size, q.block_axis, q.decompressed_bw = own
+        if not cand.block_size or name not in self.weight_axes:
+            return
+        axis = self.weight_axes[name]
+        block_axis = block_axis_for(axis)
+        if blocks_fit(_parameter(self.sim, name).shape, block_axis, cand.block_size):
+            q.axis, q.block_size, q.block_axis, q.decompressed_bw = axis, cand.block_size, block_axis, None
 
     def _set_weights(self, group: LayerGroup, cand: Candidate) -> None:
         """``cand``'s rounded weights (encodings frozen) where it has them, else the float ones (unfrozen)."""
@@ -106,6 +125,22 @@ class Assembler:
                 with torch.no_grad():
                     param.copy_(found.weights[n])
                 self.quantizers[n].set_encoding(found.encodings[n], freeze=True)
+
+
+def _weight_axes(sim: QuantSim, groups: list[LayerGroup]) -> dict[str, int]:
+    """The per-channel (output) axis of each group weight that can take blocks (a Conv's or Linear's weight)."""
+    layers, found = sim.layers(), {}
+    for g in groups:
+        axis = PER_CHANNEL_AXIS.get(layers[g.name].op_type)
+        for n in g.param_names:
+            if axis is not None and _parameter(sim, n).dim() >= 2:
+                found[n] = axis
+    return found
+
+
+def _layout(q: Quantizer) -> tuple[int | None, int | None, int | None, int | None]:
+    """A weight quantizer's per-channel axis and block settings."""
+    return q.axis, q.block_size, q.block_axis, q.decompressed_bw
 
 
 def _parameter(sim: QuantSim, name: str) -> torch.Tensor:

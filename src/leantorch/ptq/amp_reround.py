@@ -25,12 +25,11 @@ from typing import Any
 
 from torch import nn
 
-from ..quant.config import OpRule, QuantSimConfig, load_config, merged_rule
 from ..quant.sim import QuantSim
 from .adaround import AdaroundConfig
 from .amp_groups import Candidate
 from .amp_phase1 import Assembler
-from .amp_rounding import RoundedWeights, round_once
+from .amp_rounding import RoundedWeights, mix_config, round_once
 from .auto import call_eval_fn
 from .gptq import GptqConfig
 
@@ -39,24 +38,6 @@ __all__ = ["mix_config", "needs_reround", "reround_mix", "reround_chosen", "RERO
 log = logging.getLogger(__name__)
 
 REROUND_KEEPS: tuple[str, ...] = ("if_better", "always")  # MixedPrecisionConfig.reround_keep
-
-
-def mix_config(base: Any, mix: dict[str, Candidate]) -> QuantSimConfig:
-    """``base`` (a QuantSim config name, path, dict or config) with a layer rule per group of ``mix``: its
-    candidate's weight and activation bitwidths (16-bit weights kept float: AMP leaves them round-to-nearest, so
-    there is nothing to round).
-
-    Example:
-        >>> from leantorch.ptq.amp_groups import Candidate
-        >>> mix_config({"layers": {"fc": {"per_channel": True}}}, {"fc": Candidate(16, 16)}).layers["fc"]
-        OpRule(input_quantized=None, output_quantized=None, params_quantized=None, per_channel=True, act_bw=16, \
-param_bw=32, param_block_size=None, float_format=None)
-    """
-    cfg = load_config(base)
-    for layer, cand in mix.items():
-        param_bw = 32 if cand.param_bw >= 16 else cand.param_bw
-        cfg.layers[layer] = merged_rule(cfg.layers.get(layer, OpRule()), OpRule(param_bw=param_bw, act_bw=cand.act_bw))
-    return cfg.validate()
 
 
 def needs_reround(mix: dict[str, Candidate]) -> bool:
@@ -84,7 +65,8 @@ def reround_mix(
     """Round the float ``model`` once with every group at its candidate in ``mix`` (group name -> candidate); the
     rounded weights and frozen encodings of ``sim``'s weight quantizers, as :func:`~.amp_rounding.round_once`.
 
-    Layers outside the groups take the highest bitwidths of ``mix``; the per-channel setting is the sim's.
+    Layers outside the groups take the highest bitwidths of ``mix``; the config (per-channel, symmetry, blocks) is
+    the sim's, so the rounded encodings fit its quantizers.
 
     Example:
         >>> found = reround_mix(net, x[:1], batches, amp.sim, mix, GptqConfig(asymmetric=True), False)  # doctest: +SKIP
@@ -95,7 +77,7 @@ def reround_mix(
         param_bw=top.param_bw,
         act_bw=top.act_bw,
         per_channel=sim.config.per_channel,
-        config=mix_config(options.config, mix),
+        config=mix_config(sim.config, mix),
         num_batches=len(calib),
         filename_prefix="amp_reround",
         progress=progress,

@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import InvalidOptionError
+from ..quant.config import OpRule, QuantSimConfig, load_config, merged_rule
 from ..quant.encoding import Encoding
 from ..quant.encodings_file import read_encodings
 from ..quant.encodings_matching import encoding_targets, match_encodings
@@ -48,6 +49,7 @@ __all__ = [
     "float_copy",
     "round_candidates",
     "round_once",
+    "mix_config",
 ]
 
 Rounding = Literal["nearest", "adaround", "gptq"]
@@ -116,21 +118,42 @@ def float_copy(sim: QuantSim) -> fx.GraphModule:
     return gm
 
 
+def mix_config(base: Any, mix: dict[str, Candidate]) -> QuantSimConfig:
+    """``base`` (a QuantSim config name, path, dict or config) with a layer rule per group of ``mix``: its
+    candidate's weight and activation bitwidths and its weight blocks, if any (16-bit weights kept float: AMP
+    leaves them round-to-nearest, so there is nothing to round).
+
+    Example:
+        >>> from leantorch.ptq.amp_groups import Candidate
+        >>> mix_config({"layers": {"fc": {"per_channel": True}}}, {"fc": Candidate(16, 16)}).layers["fc"]
+        OpRule(input_quantized=None, output_quantized=None, params_quantized=None, per_channel=True, act_bw=16, \
+param_bw=32, param_block_size=None, float_format=None)
+    """
+    cfg = load_config(base)
+    for layer, cand in mix.items():
+        param_bw = 32 if cand.param_bw >= 16 else cand.param_bw
+        rule = OpRule(param_bw=param_bw, act_bw=cand.act_bw, param_block_size=cand.block_size or None)
+        cfg.layers[layer] = merged_rule(cfg.layers.get(layer, OpRule()), rule)
+    return cfg.validate()
+
+
 def round_candidates(
     model: nn.Module,
     example_input: Any,
     calib: list[Any],
     candidates: tuple[Candidate, ...],
     sim: QuantSim,
+    groups: list[str],
     options: AdaroundConfig | GptqConfig,
-    per_channel: bool | None,
     progress: bool,
 ) -> dict[Candidate, RoundedWeights]:
-    """AdaRound (or GPTQ, for a :class:`GptqConfig`) ``model`` once per candidate below 16-bit weights; the rounded
-    weights and encodings of ``sim``'s enabled weight quantizers (the model is not modified).
+    """AdaRound (or GPTQ, for a :class:`GptqConfig`) ``model`` once per candidate below 16-bit weights, with every
+    layer group (``groups``: their names) at it; the rounded weights and encodings of ``sim``'s enabled weight
+    quantizers (the model is not modified). The rounding runs on ``sim``'s config (per-channel, symmetry, blocks,
+    layer rules: :func:`mix_config`), so its encodings fit the sim's quantizers.
 
     Example:
-        >>> rounded = round_candidates(net, x[:1], batches, cands, sim, AdaroundConfig(), True, False)  # doctest: +SKIP
+        >>> found = round_candidates(net, x[:1], batches, cands, sim, ["0", "2"], GptqConfig(), False)  # doctest: +SKIP
     """
     found: dict[Candidate, RoundedWeights] = {}
     for cand in candidates:
@@ -140,7 +163,8 @@ def round_candidates(
             options,
             param_bw=cand.param_bw,
             act_bw=cand.act_bw,
-            per_channel=per_channel,
+            per_channel=sim.config.per_channel,
+            config=mix_config(sim.config, dict.fromkeys(groups, cand)),
             num_batches=len(calib),
             filename_prefix=f"amp_{cand.name}",
             progress=progress,

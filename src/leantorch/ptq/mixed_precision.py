@@ -58,7 +58,9 @@ class MixedPrecisionConfig:
     """Options of :func:`mixed_precision`.
 
     Attributes:
-        candidates: precisions a group may take, ``"W<bits>A<bits>"`` strings or :class:`Candidate`\\ s.
+        candidates: precisions a group may take, ``"W<bits>A<bits>"`` strings or :class:`Candidate`\\ s;
+            ``"W3A16B64"``: blockwise weights, one scale per 64 input channels where a weight makes whole blocks
+            (``cost="memory"`` counts the block scales: a float32 each, plus a zero point for asymmetric weights).
         allowed_drop: the chosen point's score may be at most this far below the FP32 score (score units).
         cost: ``"bitops"`` (MACs × weight bits × activation bits) or ``"memory"`` (weight bytes).
         max_cost: a budget, as a fraction of the all-highest point's cost (e.g. 0.25 with ``cost="memory"`` and
@@ -86,7 +88,8 @@ class MixedPrecisionConfig:
             rejected a re-rounding worth +0.044 held-out agreement).
         rounding_options: an :class:`~leantorch.ptq.adaround.AdaroundConfig` for ``"adaround"``, a
             :class:`~leantorch.ptq.gptq.GptqConfig` for ``"gptq"`` (their bitwidths, per-channel setting, batches
-            and path are set per candidate); None: the defaults (for GPTQ: asymmetric, MSE grids).
+            and path are set per candidate, and their QuantSim config is the sim's, with every group at the
+            candidate); None: the defaults (for GPTQ: asymmetric, MSE grids).
         reround_options: the same for the re-rounding of the chosen mix (None: ``rounding_options``). Why a
             second one: phase 1 scores each group at a candidate with every other group at the highest one, so
             candidates rounded each for its own layer's float inputs (``GptqConfig(asymmetric=False,
@@ -199,7 +202,8 @@ def mixed_precision(
 
     Raises:
         InvalidOptionError: an unknown candidate or option, ``allowed_drop`` < 0, no group to tune, a ``max_cost``
-            below what every group at the lowest candidate costs (checked before any calibration or rounding).
+            below what every group at the lowest candidate costs (checked before any calibration or rounding),
+            blockwise candidates on a sim with LPBQ weights.
         CalibrationDataError: no or empty calibration data (or ``reround_data``).
         EvalFunctionError: a score that is not a finite number (NaN outputs, an empty evaluation set).
 
@@ -236,6 +240,12 @@ def mixed_precision(
     groups, orphans = find_groups(sim)
     if not groups:
         raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
+    if any(c.block_size for c in candidates) and any(b[3] for g in groups for b in g.weight_blocks):
+        raise InvalidOptionError(
+            "mixed_precision: blockwise candidates (" + ", ".join(c.name for c in candidates if c.block_size) + ") "
+            "on a QuantSim with LPBQ weights (decompressed_bw): candidate blocks have float scales; build the sim "
+            "without decompressed_bw, or drop the B<size> candidates to mix bitwidths on its LPBQ blocks"
+        )
     if orphans:
         log.info("activation quantizers outside every layer group stay at %s: %s", top.name, ", ".join(orphans))
     with _float_mode(sim):  # MACs before calibration: the budget is checked before any long work
@@ -257,8 +267,8 @@ def mixed_precision(
     rerounder = rounder if cfg.reround_options is None else check_rounding_options(cfg.reround_options, cfg.rounding)
     if cfg.rounding != "nearest":
         source = float_copy(sim) if isinstance(sim_or_model, QuantSim) else sim_or_model
-        per_channel = sim.config.per_channel
-        rounded = round_candidates(source, example, calib, candidates, sim, rounder, per_channel, cfg.progress)
+        names = [g.name for g in groups]
+        rounded = round_candidates(source, example, calib, candidates, sim, names, rounder, cfg.progress)
     assembler = Assembler(sim, groups, candidates, calib, rounded)
     sensitive = sensitivity_fn or eval_fn
     sensitivity, evaluations = phase1(assembler, candidates, sensitive, cfg.progress)
