@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -113,8 +114,13 @@ def test_blocks_buy_accuracy_and_the_chosen_mix_exports_for_onnx_runtime(data, t
     by_name = {c.name: c for c in amp.candidates}
     expected = sum(g.cost(by_name[amp.chosen.config[g.name]], "memory") for g in amp.groups)
     assert amp.chosen.weight_bytes == pytest.approx(expected)
-    assert B32.name in amp.chosen.config.values()
+    assert any(amp.chosen.config[g] == B32.name for g in ("0", "2"))  # a blockable group took blocks
     files = amp.sim.export(tmp_path, "mix")
+    params = {e["name"]: e for e in json.loads(files["encodings"].read_text())["param_encodings"]}
+    for group in ("0", "2"):  # 1.0.0 (the oldest version with blocks): PER_BLOCK where the mix put blocks
+        blocked = amp.chosen.config[group] == B32.name
+        assert (params[f"{group}.weight"]["enc_type"] == "PER_BLOCK") == blocked
+        assert params[f"{group}.weight"].get("block_size") == (32 if blocked else None)
     x = data["held_out"][0]
     with torch.no_grad():
         want = amp.sim.model(x).numpy()
