@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from leantorch.cli_amp import add_amp_options
 from leantorch.errors import InvalidOptionError
 from leantorch.ptq.amp_groups import Candidate, LayerGroup, find_groups, parse_candidates
 from leantorch.ptq.amp_rounding import mix_config
@@ -159,3 +161,11 @@ def test_block_candidates_on_an_lpbq_sim_are_refused(data) -> None:
                    decompressed_bw=8)  # fmt: skip
     with pytest.raises(InvalidOptionError, match="LPBQ"):
         mixed_precision(sim, calibration=data["calib"], candidates="W4A16,W3A16B32", progress=False)
+
+
+def test_cli_takes_block_candidates() -> None:
+    parser = argparse.ArgumentParser()
+    add_amp_options(parser)
+    assert parser.parse_args(["--amp", "W8A16,W3A16B64"]).amp == "W8A16,W3A16B64"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--amp", "W8A16,W3A16B"])
