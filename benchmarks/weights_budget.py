@@ -9,10 +9,14 @@ Sections (``--only NAME``), both with asymmetric per-channel weight grids (MSE),
   (``reround``, on by default: one sequential GPTQ with every group at its chosen bitwidths; on
   ``--reround-calibration`` crops, ``reround_data``). ``--candidate-inputs float``: the candidates rounded each for
   its layers' float inputs (what phase 1 measures), the mix still by asymmetric GPTQ (``reround_options``).
+  Blockwise candidates (``W3A16B64``) are costed with their block scales (float32 and a zero point per further
+  block); ``--reround-keep always`` keeps the re-rounded mix whatever the search crops say.
 * ``hand_mix``: a hand-chosen mix: depthwise convs and the stem at W8 (4% of the weights), the classifier ``_fc`` at
   ``--fc-bw`` bits, every other conv at W4 (or, with ``--mix-file``, a mix ``amp_budget`` saved), activations at
   ``--act-bw``; one sequential GPTQ; then, with ``--distill-minutes``, distillation of ``sim.model`` towards the
-  float model (QAT, weight encodings frozen).
+  float model (QAT, weight encodings frozen). ``--block-size N``: blockwise weights where input channels make whole
+  blocks (their scales are counted in the weight bytes; a mix file's ``B`` candidates bring their own blocks);
+  ``--decompressed-bw``: LPBQ, symmetric grids.
 
 Data: scikit-image photograph crops, as ``benchmarks/weights.py``: calibration ``--calibration`` crops (seed 0), the
 AMP search on ``--search`` crops (seed 2), "held-out" ``--evaluation`` crops (seed 1), and 300 crops (seed 5) of only
@@ -107,10 +111,13 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def mix_layers(model: nn.Module, fc_bw: int, mix_file: str | None) -> tuple[dict[str, dict[str, int]], float]:
-    """Per-layer weight bitwidths and blocks (as config ``layers`` rules) and their weight bytes relative to W8 (block
-    scales counted as AMP counts them, asymmetric): a saved AMP mix (``{layer: "W4A16", ...}``), or the hand mix
-    (depthwise and stem W8, ``_fc`` at ``fc_bw``, the rest W4)."""
+def mix_layers(
+    model: nn.Module, fc_bw: int, mix_file: str | None, block_size: int = 0, decompressed_bw: int = 0
+) -> tuple[dict[str, dict[str, int]], float]:
+    """Per-layer weight bitwidths and blocks (as config ``layers`` rules) and their weight bytes relative to W8, block
+    scales counted as AMP counts them (``LayerGroup.cost``: float32 + zero point per further block, or LPBQ's
+    multipliers with ``decompressed_bw``): a saved AMP mix (``{layer: "W4A16", ...}``), or the hand mix (depthwise
+    and stem W8, ``_fc`` at ``fc_bw``, the rest W4); ``block_size``: every layer's own blocks (the config's)."""
     saved = json.loads(Path(mix_file).read_text()) if mix_file else None
     layers: dict[str, dict[str, int]] = {}
     size, total = 0.0, 0
@@ -120,14 +127,12 @@ def mix_layers(model: nn.Module, fc_bw: int, mix_file: str | None) -> tuple[dict
             cand = lt.Candidate(fc_bw if name == "_fc" else 8 if depthwise or "stem" in name else 4, 16)
             if saved is not None:
                 cand = lt.Candidate.parse(saved[name])
-            layers[name] = {
-                "param_bw": cand.param_bw,
-                **({"param_block_size": cand.block_size} if cand.block_size else {}),
-            }
-            blocks = [] if depthwise else [(m.weight.shape[0], m.weight.shape[1], 0, 0)]
-            size += LayerGroup(name, params=m.weight.numel(), weight_blocks=blocks, zero_points=True).cost(
-                cand, "memory"
-            )
+            layers[name] = {"param_bw": cand.param_bw}
+            if cand.block_size:
+                layers[name]["param_block_size"] = cand.block_size
+            blocks = [] if depthwise else [(m.weight.shape[0], m.weight.shape[1], block_size, decompressed_bw)]
+            group = LayerGroup(name, params=m.weight.numel(), weight_blocks=blocks, zero_points=not decompressed_bw)
+            size += group.cost(cand, "memory")
             total += m.weight.numel()
     return layers, size / total
 
@@ -135,7 +140,7 @@ def mix_layers(model: nn.Module, fc_bw: int, mix_file: str | None) -> tuple[dict
 def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The hand mix rounded by one asymmetric GPTQ; then optional distillation."""
     env = _environment(args)
-    layers, relative = mix_layers(env["folded"], args.fc_bw, args.mix_file)
+    layers, relative = mix_layers(env["folded"], args.fc_bw, args.mix_file, args.block_size, args.decompressed_bw)
     config: dict[str, Any] = {**ASYMMETRIC, "layers": layers}
     if args.block_size:  # blockwise weights where a layer's input channels make whole blocks (not depthwise, stem)
         config["param_block_size"] = args.block_size
