@@ -167,13 +167,18 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
             result = distill(
                 sim.model, env["model"], sample_images(2000, seed=10), validation=sample_images(256, seed=2),
                 epochs=None, max_minutes=args.distill_minutes, lr=args.distill_lr, batch_size=32, inplace=True,
-                progress=False, patience=None,
+                progress=False, patience=None, monitor=args.distill_monitor,
             )  # fmt: skip
-        run = f"{label}, GPTQ + {args.distill_minutes:g} min distillation ({result.steps} steps, lr {args.distill_lr})"
+        run = (
+            f"{label}, GPTQ + {args.distill_minutes:g} min distillation ({result.steps} steps, lr {args.distill_lr}, "
+            f"best by validation {args.distill_monitor})"
+        )
         rows.append(_row(run, sim.model, env, relative, time.perf_counter() - start))
         before, after = (None if a is None else a.top1 for a in (result.before, result.after))
         # best_step 0: no evaluated step beat the GPTQ weights on the validation crops, which were kept
+        kl = [None if a is None else a.kl for a in (result.before, result.after)]
         rows[-1].update({"kept step": result.best_step, "validation agreement before/after": [before, after]})
+        rows[-1]["validation KL before/after"] = kl
     return rows
 
 
@@ -213,6 +218,10 @@ def main() -> None:
     parser.add_argument("--decompressed-bw", type=int, default=0, help="hand_mix: LPBQ (symmetric) with blocks")
     parser.add_argument("--distill-minutes", type=float, default=0.0, help="hand_mix: distillation after GPTQ")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--distill-monitor", choices=("agreement", "kl"), default="kl",
+        help="hand_mix: which validation score picks the distillation step kept (distill's default: KL)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     RESULTS.mkdir(exist_ok=True)
