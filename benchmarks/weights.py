@@ -62,7 +62,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
         "folded": folded,
         "calib": batches(calib_images, args.batch_size),
         "search": search,
-        "probe": [search[0][: args.probe]],
+        "probe": [torch.cat(search)[: args.probe]],  # one batch: --probe beyond --batch-size is not capped
         "held_out": held_out,
         "reference": model_outputs(model, held_out, progress=False),
     }
