@@ -161,6 +161,8 @@ def test_block_candidates_on_an_lpbq_sim_are_refused(data) -> None:
                    decompressed_bw=8)  # fmt: skip
     with pytest.raises(InvalidOptionError, match="LPBQ"):
         mixed_precision(sim, calibration=data["calib"], candidates="W4A16,W3A16B32", progress=False)
+    with pytest.raises(InvalidOptionError, match="below 8 bits"):  # LPBQ at 8 of 8 bits: nothing to decompress
+        mixed_precision(sim, calibration=data["calib"], candidates="W8A16,W4A16", progress=False)
 
 
 def test_cli_takes_block_candidates() -> None:

@@ -203,7 +203,7 @@ def mixed_precision(
     Raises:
         InvalidOptionError: an unknown candidate or option, ``allowed_drop`` < 0, no group to tune, a ``max_cost``
             below what every group at the lowest candidate costs (checked before any calibration or rounding),
-            blockwise candidates on a sim with LPBQ weights.
+            blockwise candidates or weights of ``decompressed_bw`` bits or more on a sim with LPBQ weights.
         CalibrationDataError: no or empty calibration data (or ``reround_data``).
         EvalFunctionError: a score that is not a finite number (NaN outputs, an empty evaluation set).
 
@@ -240,7 +240,14 @@ def mixed_precision(
     groups, orphans = find_groups(sim)
     if not groups:
         raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
-    if any(c.block_size for c in candidates) and any(b[3] for g in groups for b in g.weight_blocks):
+    lpbq = max((b[3] for g in groups for b in g.weight_blocks), default=0)  # the sim's LPBQ decompressed_bw, if any
+    if lpbq and candidates[0].param_bw >= lpbq:
+        raise InvalidOptionError(
+            f"mixed_precision: candidate {candidates[0].name} on a QuantSim with LPBQ weights "
+            f"(decompressed_bw={lpbq}): LPBQ stores fewer bits than it decompresses to; keep the candidates' weights "
+            f"below {lpbq} bits"
+        )
+    if any(c.block_size for c in candidates) and lpbq:
         raise InvalidOptionError(
             "mixed_precision: blockwise candidates (" + ", ".join(c.name for c in candidates if c.block_size) + ") "
             "on a QuantSim with LPBQ weights (decompressed_bw): candidate blocks have float scales; build the sim "
