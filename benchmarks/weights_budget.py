@@ -73,6 +73,12 @@ def _row(run: str, model: nn.Module, env: dict[str, Any], bytes_w8: float, secon
     return row
 
 
+def _data_tag(args: argparse.Namespace) -> str:
+    """What a row's label adds for a non-default probe or held-out set (rows of the same label replace each other)."""
+    probe = f", probe {args.probe}" if args.probe != 32 else ""
+    return probe + (f", {args.evaluation} held-out crops" if args.evaluation != 500 else "")
+
+
 def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Budgeted AMP with GPTQ candidates; the chosen mix as chosen and re-rounded."""
     env = _environment(args)
@@ -92,7 +98,7 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     assert amp.assembler is not None and amp.chosen.score is not None
     relative = amp.chosen.weight_bytes / sum(g.params for g in amp.groups)
     counts = {c: sum(v == c for v in amp.chosen.config.values()) for c in sorted(set(amp.chosen.config.values()))}
-    label = f"AMP {args.candidates} max_cost {args.budget}, {args.calibration} crops{inputs}"
+    label = f"AMP {args.candidates} max_cost {args.budget}, {args.calibration} crops{inputs}{_data_tag(args)}"
     on = f" on {args.reround_calibration} crops" if args.reround_calibration else ""
     rows = [_row(f"{label}, re-rounded{on}", amp.sim.model, env, relative, seconds)] if amp.rerounded else []
     by_name = {c.name: c for c in amp.candidates}
@@ -106,7 +112,10 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     if amp.rerounded:
         rows[1]["search agreement"] = amp.reround_score
     spec = "-".join(c.name for c in amp.candidates)
-    mix_file = RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}{inputs and '_float'}.json"
+    probe = f"_probe{args.probe}" if args.probe != 32 else ""
+    mix_file = (
+        RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}{inputs and '_float'}{probe}.json"
+    )
     mix_file.write_text(json.dumps(amp.chosen.config, indent=1) + "\n")
     return rows
 
@@ -159,7 +168,7 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
     mix = f"mix {Path(args.mix_file).name}" if args.mix_file else f"hand mix _fc W{args.fc_bw}"
     blocks = f", block-{args.block_size}" if args.block_size else ""
     blocks += f" LPBQ decompressed {args.decompressed_bw}" if args.decompressed_bw else ""
-    label = f"{mix}{blocks}, A{args.act_bw}, {args.calibration} crops"
+    label = f"{mix}{blocks}, A{args.act_bw}, {args.calibration} crops{_data_tag(args)}"
     rows = [_row(f"{label}, GPTQ", sim.model, env, relative, time.perf_counter() - start)]
     if args.distill_minutes > 0:
         start = time.perf_counter()
