@@ -45,7 +45,7 @@ import leantorch as lt
 from leantorch.compress.distill import distill
 from leantorch.data import batches, channels_last, sample_images
 from leantorch.evaluation import Agreement, markdown_table, model_outputs
-from leantorch.ptq.amp_groups import LayerGroup
+from leantorch.ptq.amp_groups import LayerGroup, WeightBlocks
 from leantorch.ptq.gptq import GptqConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -139,7 +139,8 @@ def mix_layers(
             layers[name] = {"param_bw": cand.param_bw}
             if cand.block_size:
                 layers[name]["param_block_size"] = cand.block_size
-            blocks = [] if depthwise else [(m.weight.shape[0], m.weight.shape[1], block_size, decompressed_bw)]
+            shape = m.weight.shape
+            blocks = [] if depthwise else [WeightBlocks(name, 0, shape[0], shape[1], block_size, decompressed_bw)]
             group = LayerGroup(name, params=m.weight.numel(), weight_blocks=blocks, zero_points=not decompressed_bw)
             size += group.cost(cand, "memory")
             total += m.weight.numel()

@@ -69,7 +69,7 @@ def test_memory_cost_counts_each_further_block_scale() -> None:
     x = torch.randn(1, 64)
     groups = {g.name: g for g in find_groups(QuantSim(net, x, per_channel=True, config=ASYMMETRIC))[0]}
     first, last = groups["0"], groups["4"]
-    assert first.weight_blocks == [(96, 64, 0, 0)] and first.zero_points
+    assert first.weight_blocks == [("0.weight", 0, 96, 64, 0, 0)] and first.zero_points
     # 96 channels × one further block × (float32 scale + 3-bit zero point)
     assert first.cost(B32, "memory") == (64 * 96 * 3 + 96 * 1 * (32 + 3)) / 8
     assert first.cost(W3, "memory") == 64 * 96 * 3 / 8
@@ -78,7 +78,7 @@ def test_memory_cost_counts_each_further_block_scale() -> None:
     # LPBQ sim (symmetric): its own blocks cost an integer multiplier each, decompressed_bw - weight bits
     lpbq = QuantSim(net, x, param_bw=4, per_channel=True, param_block_size=32, decompressed_bw=8)
     group = find_groups(lpbq)[0][0]
-    assert group.weight_blocks == [(96, 64, 32, 8)] and not group.zero_points
+    assert group.weight_blocks == [("0.weight", 0, 96, 64, 32, 8)] and not group.zero_points
     assert group.cost(Candidate(4, 16), "memory") == (64 * 96 * 4 + 96 * 2 * 4) / 8
     assert group.cost(Candidate(3, 16), "memory") == (64 * 96 * 3 + 96 * 2 * 5) / 8
     assert LayerGroup("x", params=10).cost(Candidate(4, 8), "memory") == 5.0  # no weight that takes blocks

@@ -31,20 +31,20 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import total_ordering
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import fx, nn
 
 from ..errors import InvalidOptionError
 from ..ops import spec_for
-from ..quant.blocks import block_axis_for
+from ..quant.blocks import block_axis_for, blocks_fit
 from ..quant.config import PER_CHANNEL_AXIS
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
 from ..quant.wrapper import QuantWrapper
 
-__all__ = ["Candidate", "CostKind", "LayerGroup", "parse_candidates", "find_groups", "measure_macs"]
+__all__ = ["Candidate", "CostKind", "LayerGroup", "WeightBlocks", "parse_candidates", "find_groups", "measure_macs"]
 
 CostKind = Literal["bitops", "memory"]
 
@@ -149,15 +149,36 @@ def parse_candidates(specs: str | Iterable[str | Candidate | tuple[int, ...]]) -
     return tuple(found)
 
 
+class WeightBlocks(NamedTuple):
+    """A group weight that can take blocks (a Conv's or Linear's): its parameter name, output-channel axis, output
+    and input channels, the sim's own block size (0: none) and LPBQ ``decompressed_bw`` (0: none)."""
+
+    name: str
+    axis: int
+    channels: int
+    inputs: int
+    own_block: int = 0
+    decompressed_bw: int = 0
+
+    def fits(self, block_size: int) -> bool:
+        """Whether its input channels split into whole blocks of ``block_size`` (:func:`~leantorch.quant.blocks.
+        blocks_fit`): where they do not, the weight keeps the sim's layout.
+
+        Example:
+            >>> WeightBlocks("fc.weight", 0, 10, 96).fits(32), WeightBlocks("fc.weight", 0, 10, 48).fits(32)
+            (True, False)
+        """
+        return blocks_fit((self.inputs,), 0, block_size)
+
+
 @dataclass
 class LayerGroup:
     """Quantizers that take one precision together: a weighted layer's weights and its activations.
 
     ``macs``: multiply-accumulates per sample over the layer's calls; ``params``: elements of its quantized
     parameters; ``param_names``: parameter names (as in ``sim.param_quantizers()`` and encodings files);
-    ``activation_names``: qualified quantizer names (as in ``sim.quantizers()``); ``weight_blocks``: per weight
-    that can take blocks, (output channels, input channels along the block axis, the sim's own block size or 0,
-    its LPBQ ``decompressed_bw`` or 0); ``zero_points``: asymmetric weights (a block also stores a zero point).
+    ``activation_names``: qualified quantizer names (as in ``sim.quantizers()``); ``weight_blocks``: its weights
+    that can take blocks; ``zero_points``: asymmetric weights (a block also stores a zero point).
     """
 
     name: str
@@ -165,7 +186,7 @@ class LayerGroup:
     activation_names: list[str] = field(default_factory=list)
     macs: int = 0
     params: int = 0
-    weight_blocks: list[tuple[int, int, int, int]] = field(default_factory=list)
+    weight_blocks: list[WeightBlocks] = field(default_factory=list)
     zero_points: bool = False
 
     def cost(self, candidate: Candidate, kind: CostKind) -> float:
@@ -174,7 +195,7 @@ class LayerGroup:
         Example:
             >>> LayerGroup("fc", macs=100, params=50).cost(Candidate(4, 8), "memory")
             25.0
-            >>> fc = LayerGroup("fc", params=10 * 128, weight_blocks=[(10, 128, 0, 0)])
+            >>> fc = LayerGroup("fc", params=10 * 128, weight_blocks=[WeightBlocks("fc.weight", 0, 10, 128)])
             >>> fc.cost(Candidate(4, 16, 64), "memory") - fc.cost(Candidate(4, 16), "memory")  # 10 more float32s
             40.0
         """
@@ -186,20 +207,20 @@ class LayerGroup:
         """Bits the group's block scales take at ``candidate`` beyond one scale per output channel.
 
         Example:
-            >>> fc = LayerGroup("fc", weight_blocks=[(10, 128, 0, 0)], zero_points=True)
+            >>> fc = LayerGroup("fc", weight_blocks=[WeightBlocks("fc.weight", 0, 10, 128)], zero_points=True)
             >>> fc.block_scale_bits(Candidate(4, 8, 32))  # 10 channels × 3 further blocks × (32 + 4) bits
             1080
         """
         bits = 0
-        for channels, inputs, own_block, decompressed_bw in self.weight_blocks:
-            block = candidate.block_size or own_block
-            if not block or inputs % block or inputs == block:  # per channel (fallback) or one block per channel
+        for w in self.weight_blocks:
+            block = candidate.block_size or w.own_block
+            if not block or not w.fits(block) or w.inputs == block:  # per channel (fallback) or one block per channel
                 continue
-            if decompressed_bw and not candidate.block_size:  # LPBQ: an integer multiplier per block
-                bits += channels * (inputs // block) * max(decompressed_bw - candidate.param_bw, 0)
+            if w.decompressed_bw and not candidate.block_size:  # LPBQ: an integer multiplier per block
+                bits += w.channels * (w.inputs // block) * max(w.decompressed_bw - candidate.param_bw, 0)
             else:
                 per_scale = BLOCK_SCALE_BITS + (candidate.param_bw if self.zero_points else 0)
-                bits += channels * (inputs // block - 1) * per_scale
+                bits += w.channels * (w.inputs // block - 1) * per_scale
         return bits
 
 
@@ -272,7 +293,7 @@ def find_groups(sim: QuantSim) -> tuple[list[LayerGroup], list[str]]:
 
 def _weight_blocks(
     quantizers: dict[str, Quantizer], wrapper: QuantWrapper, param_names: list[str]
-) -> list[tuple[int, int, int, int]]:
+) -> list[WeightBlocks]:
     """:attr:`LayerGroup.weight_blocks` of a wrapper's weights."""
     axis = PER_CHANNEL_AXIS.get(wrapper.op_type)
     found = []
@@ -281,9 +302,9 @@ def _weight_blocks(
         if axis is None or weight.dim() < 2:
             continue
         q = quantizers[name]
-        own = q.block_size if q.is_blockwise else 0
-        block_axis = block_axis_for(axis)
-        found.append((int(weight.shape[axis]), int(weight.shape[block_axis]), own or 0, q.decompressed_bw or 0))
+        own = (q.block_size or 0) if q.is_blockwise else 0
+        channels, inputs = int(weight.shape[axis]), int(weight.shape[block_axis_for(axis)])
+        found.append(WeightBlocks(name, axis, channels, inputs, own, q.decompressed_bw or 0))
     return found
 
 

@@ -26,8 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..evaluation import OutputScore
-from ..quant.blocks import block_axis_for, blocks_fit
-from ..quant.config import PER_CHANNEL_AXIS
+from ..quant.blocks import block_axis_for
 from ..quant.encoding import Encoding
 from ..quant.quantizer import Quantizer
 from ..quant.sim import QuantSim
@@ -63,7 +62,7 @@ class Assembler:
         self.float_weights = {n: p.detach().clone() for n, p in self.params.items()}
         self.cache: dict[Candidate, dict[str, Encoding | None]] = {}
         self.layouts = {n: _layout(self.quantizers[n]) for g in groups for n in g.param_names}
-        self.weight_axes = _weight_axes(sim, groups)
+        self.blockable = {w.name: w for g in groups for w in g.weight_blocks}
         for cand in reversed(candidates):  # the highest last: quantizers outside the groups end as it leaves them
             for g in groups:
                 for n in g.param_names:
@@ -80,14 +79,11 @@ class Assembler:
     def _set_layout(self, name: str, cand: Candidate) -> None:
         """The weight quantizer ``name`` on ``cand``'s blocks where its weight makes whole blocks of them, else on
         the sim's own layout (the encodings calibrated after this carry it: :meth:`set_group` restores it)."""
-        q, own = self.quantizers[name], self.layouts[name]
-        q.axis, q.block_size, q.block_axis, q.decompressed_bw = own
-        if not cand.block_size or name not in self.weight_axes:
-            return
-        axis = self.weight_axes[name]
-        block_axis = block_axis_for(axis)
-        if blocks_fit(_parameter(self.sim, name).shape, block_axis, cand.block_size):
-            q.axis, q.block_size, q.block_axis, q.decompressed_bw = axis, cand.block_size, block_axis, None
+        q, weight = self.quantizers[name], self.blockable.get(name)
+        q.axis, q.block_size, q.block_axis, q.decompressed_bw = self.layouts[name]
+        if cand.block_size and weight is not None and weight.fits(cand.block_size):
+            q.axis, q.block_size, q.block_axis = weight.axis, cand.block_size, block_axis_for(weight.axis)
+            q.decompressed_bw = None
 
     def _set_weights(self, group: LayerGroup, cand: Candidate) -> None:
         """``cand``'s rounded weights (encodings frozen) where it has them, else the float ones (unfrozen)."""
@@ -125,17 +121,6 @@ class Assembler:
                 with torch.no_grad():
                     param.copy_(found.weights[n])
                 self.quantizers[n].set_encoding(found.encodings[n], freeze=True)
-
-
-def _weight_axes(sim: QuantSim, groups: list[LayerGroup]) -> dict[str, int]:
-    """The per-channel (output) axis of each group weight that can take blocks (a Conv's or Linear's weight)."""
-    layers, found = sim.layers(), {}
-    for g in groups:
-        axis = PER_CHANNEL_AXIS.get(layers[g.name].op_type)
-        for n in g.param_names:
-            if axis is not None and _parameter(sim, n).dim() >= 2:
-                found[n] = axis
-    return found
 
 
 def _layout(q: Quantizer) -> tuple[int | None, int | None, int | None, int | None]:

@@ -240,7 +240,7 @@ def mixed_precision(
     groups, orphans = find_groups(sim)
     if not groups:
         raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
-    lpbq = max((b[3] for g in groups for b in g.weight_blocks), default=0)  # the sim's LPBQ decompressed_bw, if any
+    lpbq = max((w.decompressed_bw for g in groups for w in g.weight_blocks), default=0)  # the sim's LPBQ, if any
     if lpbq and candidates[0].param_bw >= lpbq:
         raise InvalidOptionError(
             f"mixed_precision: candidate {candidates[0].name} on a QuantSim with LPBQ weights "
