@@ -76,13 +76,16 @@ def _row(run: str, model: nn.Module, env: dict[str, Any], bytes_w8: float, secon
 def _data_tag(args: argparse.Namespace) -> str:
     """What a row's label adds for a non-default probe or held-out set (rows of the same label replace each other)."""
     probe = f", probe {args.probe}" if args.probe != 32 else ""
-    return probe + (f", {args.evaluation} held-out crops" if args.evaluation != 500 else "")
+    clip = f", GPTQ grids of {len(args.clip_ratios)} ranges" if args.clip_ratios else ""
+    return probe + clip + (f", {args.evaluation} held-out crops" if args.evaluation != 500 else "")
 
 
 def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Budgeted AMP with GPTQ candidates; the chosen mix as chosen and re-rounded."""
     env = _environment(args)
-    rounder = GptqConfig(asymmetric=True, param_scheme="mse", progress=False, config=ASYMMETRIC)
+    rounder = GptqConfig(
+        asymmetric=True, param_scheme="mse", progress=False, config=ASYMMETRIC, clip_ratios=args.clip_ratios
+    )
     candidate_rounder, inputs = rounder, ""
     if args.candidate_inputs == "float":  # each candidate rounded for its layers' float inputs; the mix asymmetric
         candidate_rounder = dataclasses.replace(rounder, asymmetric=False, use_quantized_inputs=False)
@@ -113,6 +116,7 @@ def run_amp_budget(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows[1]["search agreement"] = amp.reround_score
     spec = "-".join(c.name for c in amp.candidates)
     probe = f"_probe{args.probe}" if args.probe != 32 else ""
+    probe += f"_clip{len(args.clip_ratios)}" if args.clip_ratios else ""
     mix_file = (
         RESULTS / f"weights_budget_mix_{args.budget}_{args.calibration}crops_{spec}{inputs and '_float'}{probe}.json"
     )
@@ -162,6 +166,7 @@ def run_hand_mix(args: argparse.Namespace) -> list[dict[str, Any]]:
         rounded, encodings = lt.gptq(
             env["folded"], example, calib, param_bw=4, act_bw=args.act_bw, per_channel=True, param_scheme="mse",
             config=config, num_batches=len(calib), asymmetric=True, progress=False, path=tmp,
+            clip_ratios=args.clip_ratios,
         )  # fmt: skip
         sim = lt.QuantSim(rounded, example, param_bw=4, act_bw=args.act_bw, per_channel=True, config=config)
         sim.set_and_freeze_param_encodings(encodings)
@@ -218,6 +223,10 @@ def main() -> None:
     parser.add_argument(
         "--reround-keep", choices=("if_better", "always"), default="if_better", help="amp_budget: reround_keep"
     )
+    parser.add_argument(
+        "--clip-ratios", type=lambda s: tuple(float(r) for r in s.split(",")), default=(),
+        help="GPTQ's clip_ratios, e.g. 1,0.9,0.8,0.7 (default: the mse grid only)",
+    )  # fmt: skip
     parser.add_argument("--budget", type=float, default=0.49, help="amp_budget: max_cost, relative to all-W8")
     parser.add_argument("--fc-bw", type=int, default=3, help="hand_mix: the classifier's weight bits")
     parser.add_argument(

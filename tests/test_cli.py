@@ -741,7 +741,9 @@ def test_layerwise_rounding_flags_run_their_algorithm_and_freeze_the_weights(
     assert main([*QUANTIZE, *options, flag, "--auto"]) == 2
 
 
-def test_gptq_asymmetric_flag_reaches_gptq_and_needs_gptq(tmp_path, data_file, monkeypatch, capsys) -> None:
+def test_gptq_asymmetric_and_clip_ratio_flags_reach_gptq_and_need_gptq(
+    tmp_path, data_file, monkeypatch, capsys
+) -> None:
     import leantorch.cli as cli
 
     called: list[dict] = []
@@ -759,6 +761,13 @@ def test_gptq_asymmetric_flag_reaches_gptq_and_needs_gptq(tmp_path, data_file, m
     capsys.readouterr()
     assert main([*QUANTIZE, *options, "--gptq-asymmetric"]) == 2
     assert "add --gptq" in capsys.readouterr().err and len(called) == 2
+    assert main([*QUANTIZE, *options, "--gptq", "--gptq-clip-ratios", "1,0.8"]) == 0
+    assert called[-1]["clip_ratios"] == (1.0, 0.8) and called[-2]["clip_ratios"] == ()
+    capsys.readouterr()
+    assert main([*QUANTIZE, *options, "--gptq-clip-ratios", "1,0.8"]) == 2
+    assert "--gptq-clip-ratios changes how --gptq" in capsys.readouterr().err
+    assert main([*QUANTIZE, *options, "--gptq", "--gptq-clip-ratios", "1,0"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err and len(called) == 3
 
 
 def test_auto_stages_come_from_the_registry_and_reach_auto_quant(tmp_path, data_file, monkeypatch, capsys) -> None:

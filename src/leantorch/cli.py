@@ -128,6 +128,7 @@ def _calibrated_sim(
             progress=progress,
             num_batches=_adaround_options(args)["num_batches"],
             asymmetric=args.gptq_asymmetric,
+            clip_ratios=args.gptq_clip_ratios or (),
             **options,
         )
     if args.seq_mse:  # the same data as AdaRound's; the grids are what it chooses
@@ -174,8 +175,9 @@ MAX_NAMES = 30
 # ---------------------------------------------------------------------------------------------- commands
 def _check_auto(args: argparse.Namespace) -> None:
     """--auto picks BN fold / CLE / AdaRound itself: a technique flag beside it would be silently ignored."""
-    if args.gptq_asymmetric and not args.gptq:
-        raise InvalidOptionError("--gptq-asymmetric changes how --gptq fits each layer: add --gptq")
+    for flag, on in (("--gptq-asymmetric", args.gptq_asymmetric), ("--gptq-clip-ratios", args.gptq_clip_ratios)):
+        if on and not args.gptq:
+            raise InvalidOptionError(f"{flag} changes how --gptq fits each layer: add --gptq")
     if not args.auto:
         if args.auto_stages:
             raise InvalidOptionError("--auto-stages picks the stages of --auto: add --auto (or drop --auto-stages)")

@@ -24,6 +24,7 @@ from .cli_types import (
     path_text,
     positive_float,
     positive_int,
+    ratio_list,
 )
 from .compress.schemes import scheme_names
 from .ptq.auto import stage_names  # importing auto registers the built-in auto_quant stages
@@ -175,6 +176,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--gptq-asymmetric",
         action="store_true",
         help="with --gptq: fit each layer to the float model's outputs from the quantized model's inputs (GPTAQ)",
+    )
+    p.add_argument(
+        "--gptq-clip-ratios",
+        type=ratio_list,
+        metavar="R,R,...",
+        help="with --gptq: round on each weight range shrunk by these ratios (e.g. 1,0.9,0.8,0.7,0.6) and keep, per "
+        "output channel, the grid with the least error (GptqConfig.clip_ratios)",
     )
     rounding.add_argument(
         "--seq-mse",

@@ -22,6 +22,7 @@ __all__ = [
     "positive_float",
     "non_negative_float",
     "open_unit_interval",
+    "ratio_list",
     "file_name",
     "path_text",
     "html_path",
@@ -71,6 +72,19 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
     return value
+
+
+def ratio_list(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers in ``(0, 1]``, e.g. ``1,0.9,0.8``.
+
+    Example:
+        >>> ratio_list("1,0.85")
+        (1.0, 0.85)
+    """
+    values = tuple(_number(part.strip(), float, "comma-separated numbers") for part in text.split(","))
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"each ratio must be in (0, 1] (e.g. 1,0.9,0.8), got {text}")
+    return values
 
 
 def open_unit_interval(text: str) -> float:

@@ -108,6 +108,26 @@ def check_fraction(name: str, value: Any, hint: str = "") -> float:
     return float(value)
 
 
+def check_ratios(name: str, value: Any) -> tuple[float, ...]:
+    """``value`` as a tuple if it is a sequence of real numbers in ``(0, 1]`` (empty allowed), else
+    InvalidOptionError.
+
+    Example:
+        >>> check_ratios("clip_ratios", [1.0, 0.9])
+        (1.0, 0.9)
+        >>> check_ratios("clip_ratios", (1.0, 0.0))
+        Traceback (most recent call last):
+        ...
+        leantorch.errors.InvalidOptionError: clip_ratios=(1.0, 0.0): pass ratios in (0, 1], e.g. (1.0, 0.9, 0.8)
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidOptionError(f"{name}={value!r}: pass a sequence of ratios in (0, 1], e.g. (1.0, 0.9, 0.8)")
+    ratios = tuple(value)
+    if not all(_is_real(r) and 0.0 < r <= 1.0 for r in ratios):
+        raise InvalidOptionError(f"{name}={value!r}: pass ratios in (0, 1], e.g. (1.0, 0.9, 0.8)")
+    return tuple(float(r) for r in ratios)
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> Any:
     """``value`` if it is one of ``choices``, else InvalidOptionError listing them.
 

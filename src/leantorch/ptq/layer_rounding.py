@@ -53,16 +53,18 @@ Inputs = tuple[torch.Tensor, ...]  # the model inputs of one calibration batch
 
 @dataclass(frozen=True)
 class RoundedLayer:
-    """A rounded weight with the bias that goes with it (an algorithm that also re-fits the layer's bias)."""
+    """A rounded weight with what goes with it: a re-fitted bias (None: the layer's own), and the grid it was
+    rounded on where the algorithm chose one (None: the weight quantizer's)."""
 
     weight: torch.Tensor
-    bias: torch.Tensor
+    bias: torch.Tensor | None = None
+    encoding: Encoding | None = None
 
 
 #: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
 #: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), ``(weight,
-#: encoding)`` when the layer also chooses its grid (SeqMSE), or a :class:`RoundedLayer` with a new bias (GPTQ
-#: with ``correct_bias``).
+#: encoding)`` when the layer also chooses its grid (SeqMSE), or a :class:`RoundedLayer` with a new bias and/or
+#: grid (GPTQ with ``correct_bias`` or ``clip_ratios``).
 RoundLayer = Callable[
     [str, nn.Module, Encoding, Sequence[torch.Tensor], "Sequence[torch.Tensor] | None"],
     "torch.Tensor | tuple[torch.Tensor, Encoding] | RoundedLayer",
@@ -177,6 +179,8 @@ def round_layers(
         bias = None
         if isinstance(result, RoundedLayer):
             rounded, bias = result.weight, result.bias
+            if result.encoding is not None:
+                quantizer.set_encoding(result.encoding.to(rounded.device))
         elif isinstance(result, tuple):
             rounded, chosen = result
             quantizer.set_encoding(chosen.to(rounded.device))

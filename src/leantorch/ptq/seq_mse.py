@@ -35,7 +35,15 @@ from ..quant.encoding import Encoding, compute_encoding
 from .input_moments import QuadraticObjective, grouped_weight, require_moments
 from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
 
-__all__ = ["SeqMseConfig", "seq_mse", "seq_mse_search", "candidate_errors", "INPUT_MODES"]
+__all__ = [
+    "SeqMseConfig",
+    "seq_mse",
+    "seq_mse_search",
+    "candidate_errors",
+    "shrunk_encodings",
+    "best_encoding",
+    "INPUT_MODES",
+]
 
 #: AIMET's ``inp_symmetry`` choices (see the module docstring).
 INPUT_MODES = ("asym", "symqt", "symfp")
@@ -150,9 +158,24 @@ def seq_mse_search(
         True
     """
     errors, encodings = candidate_errors(weight, gram, target, encoding, num_candidates, weight_shape)
+    return best_encoding(encoding, encodings, errors)
+
+
+def best_encoding(encoding: Encoding, encodings: Sequence[Encoding], errors: torch.Tensor) -> Encoding:
+    """The candidate ``encodings``' grids with the least ``errors`` (``[candidates, groups, out/groups]``): per
+    output channel (channels do not interact), or the least sum for a per-tensor ``encoding``; the first of
+    equal candidates.
+
+    Example:
+        >>> from leantorch.quant.encoding import compute_encoding
+        >>> wide = compute_encoding(-torch.ones(2), torch.ones(2), 4, symmetric=True, axis=0)
+        >>> narrow = compute_encoding(-torch.ones(2) / 2, torch.ones(2) / 2, 4, symmetric=True, axis=0)
+        >>> errors = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])   # channel 0 prefers narrow, 1 wide
+        >>> (best_encoding(wide, [wide, narrow], errors).scale / wide.scale).tolist()
+        [0.5, 1.0]
+    """
     if encoding.axis is None:
-        best = int(errors.sum(dim=(1, 2)).argmin())  # the first of equal candidates
-        return encodings[best]
+        return encodings[int(errors.sum(dim=(1, 2)).argmin())]
     best_per_channel = errors.flatten(1).argmin(0)[None]  # [1, out]: each output channel's best candidate
     scale = torch.stack([e.scale for e in encodings])  # [n, out] or, blockwise, [n, out, n_blocks]
     offset = torch.stack([e.offset for e in encodings])
@@ -170,11 +193,33 @@ def candidate_errors(
 ) -> tuple[torch.Tensor, list[Encoding]]:
     """Output error (minus the float weight's own) of each candidate, ``[num_candidates, groups, out/groups]``
     in float64, and the candidates' encodings (ranges ``α·[min, max]`` of the weight, ``α = i/n``)."""
-    groups, out, k = weight.shape
     w = weight.detach().double()
     g = gram.detach().to(device=w.device, dtype=torch.float64)
     # W G − W C per row: zero when both sides see the same inputs.
     drift = torch.bmm(w, g) - target.detach().to(device=w.device, dtype=torch.float64)
+    alphas = [i / num_candidates for i in range(1, num_candidates + 1)]
+    encodings, errors = shrunk_encodings(w, encoding, alphas, weight_shape), []
+    for candidate in encodings:
+        e = w - _nearest(w, candidate, weight.shape, weight_shape)
+        errors.append((torch.bmm(e, g) * e).sum(-1) - 2 * (e * drift).sum(-1))
+    return torch.stack(errors), encodings
+
+
+def shrunk_encodings(
+    weight: torch.Tensor, encoding: Encoding, alphas: Sequence[float], weight_shape: Sequence[int] | None = None
+) -> list[Encoding]:
+    """Encodings like ``encoding`` (bitwidth, symmetry, axis, blocks, LPBQ) of the ranges ``α·[min, max]`` of
+    ``weight`` (``[groups, out/groups, K]``), one per ``α``: per tensor, per output channel or per block (then
+    give the layer's ``weight_shape``).
+
+    Example:
+        >>> from leantorch.quant.encoding import compute_encoding
+        >>> w = torch.tensor([[[-1.0, 2.0], [-4.0, 1.0]]])
+        >>> like = compute_encoding(torch.zeros(2), torch.ones(2), 3, symmetric=True, axis=0)
+        >>> [e.max.float().tolist() for e in shrunk_encodings(w, like, [1.0, 0.5])]  # 3 steps above zero
+        [[2.0, 4.0], [1.0, 2.0]]
+    """
+    w = weight.detach().double()
     if encoding.axis is None:
         lo, hi = w.min(), w.max()
     elif encoding.is_blockwise:  # one range per block (row of the block view)
@@ -184,9 +229,8 @@ def candidate_errors(
     else:
         lo, hi = w.amin(dim=2).reshape(-1), w.amax(dim=2).reshape(-1)
     unsigned = encoding.symmetric and not encoding.is_signed
-    encodings, errors = [], []
-    for i in range(1, num_candidates + 1):
-        alpha = i / num_candidates
+    encodings = []
+    for alpha in alphas:
         candidate = compute_encoding(
             lo * alpha,
             hi * alpha,
@@ -201,10 +245,8 @@ def candidate_errors(
             candidate = blockwise_encoding(
                 candidate, channels, encoding.block_size, encoding.block_axis, encoding.decompressed_bw
             )
-        e = w - _nearest(w, candidate, weight.shape, weight_shape)
-        errors.append((torch.bmm(e, g) * e).sum(-1) - 2 * (e * drift).sum(-1))
         encodings.append(candidate)
-    return torch.stack(errors), encodings
+    return encodings
 
 
 def _nearest(
