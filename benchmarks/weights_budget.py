@@ -49,6 +49,7 @@ from leantorch.ptq.amp_groups import LayerGroup, WeightBlocks
 from leantorch.ptq.gptq import GptqConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
+from agreement_vs_sqnr import MARGIN_EDGES, fp32_margin  # noqa: E402
 from weights import RESULTS, _scores, _search, _setup, add_data_options  # noqa: E402  (benchmarks/weights.py: data, scores, AMP run)
 
 FOUR_PHOTOS = ["immunohistochemistry", "moon", "rocket", "retina"]
@@ -65,12 +66,26 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _row(run: str, model: nn.Module, env: dict[str, Any], bytes_w8: float, seconds: float) -> dict[str, Any]:
-    held = Agreement.of(env["reference"], model_outputs(model, env["held_out"], progress=False))
+    outputs = model_outputs(model, env["held_out"], progress=False)
+    held = Agreement.of(env["reference"], outputs)
     four = Agreement.of(env["four_photos_reference"], model_outputs(model, env["four_photos"], progress=False))
     row = {"run": run, "weight bytes / W8": bytes_w8, "held-out agreement": held.top1}
     row.update({"held-out SQNR (dB)": held.sqnr_db, "4-photo agreement": four.top1, "seconds": seconds})
     print(markdown_table([row]), flush=True)
+    row["held-out agreement by FP32 margin"] = agreement_by_margin(env["reference"], outputs)
     return row
+
+
+def agreement_by_margin(reference: torch.Tensor, outputs: torch.Tensor) -> dict[str, list[float]]:
+    """Per bucket of the FP32 top-1 − top-2 probability (``agreement_vs_sqnr.MARGIN_EDGES``): ``[crops, agreement]``.
+    Most disagreements are near ties of the float model (``benchmarks/agreement_vs_sqnr.py``)."""
+    margin = fp32_margin(reference)
+    agree = (reference.argmax(-1) == outputs.argmax(-1)).float()
+    buckets = {}
+    for lo, hi in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:]):
+        inside = (margin >= lo) & (margin < hi)
+        buckets[f"[{lo}, {hi})"] = [int(inside.sum()), float(agree[inside].mean()) if inside.any() else float("nan")]
+    return buckets
 
 
 def _data_tag(args: argparse.Namespace) -> str:

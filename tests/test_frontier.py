@@ -201,3 +201,19 @@ def test_advancing_a_spilled_frontier_reads_no_value_back(monkeypatch) -> None:
     # only the nodes' own input reads, one batch at a time: 3 batches × 2 nodes (the placeholder reads none);
     # iterating would also read back every batch of every node it passed (9 more)
     assert frontier.spilled_bytes > 0 and len(loads) == 3 * 2
+
+
+def test_the_memory_budget_is_a_quarter_of_the_memory_still_available(tmp_path, monkeypatch) -> None:
+    """Not of physical memory: the calibration set and the models already take their share (a 4,096-crop GPTQ
+    on a 23 GB machine was killed with two quarter-of-RAM frontiers beside 2.5 GB of images)."""
+    import leantorch.ptq.frontier as frontier
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:   100 kB\nMemAvailable:    8000000 kB\n")
+    assert frontier._available_memory(str(meminfo)) == 8_000_000 * 1024
+    (tmp_path / "none").write_text("MemTotal: 1 kB\n")
+    assert frontier._available_memory(str(tmp_path / "none")) is None
+    assert frontier._available_memory(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(frontier, "_available_memory", lambda: 8_000_000 * 1024)
+    gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 4)))
+    assert Frontier(gm, [(torch.randn(2, 3),)]).max_bytes == 2_000_000 * 1024

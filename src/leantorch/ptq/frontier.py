@@ -300,13 +300,39 @@ def _clone(value: Any, memo: dict[int, Any]) -> Any:
 
 
 def _memory_budget(batches: Sequence[tuple[Any, ...]]) -> int | None:
-    """A quarter of the memory where the batches live (free GPU memory for CUDA tensors, physical RAM
-    otherwise): algorithms advance two frontiers side by side (float and quantized, probe and calibration)."""
+    """A quarter of the memory still free where the batches live (free GPU memory for CUDA tensors, the memory
+    the operating system reports available otherwise): algorithms advance two frontiers side by side (float and
+    quantized, probe and calibration), and the calibration set, the models and each layer's working memory need
+    the rest. (A quarter of *physical* memory, as before, left too little: GPTQ on 4,096 EfficientNet-Lite0 crops
+    held 2.5 GB of images beside two 5.75 GB frontiers and was killed at 24 GB on a 23 GB machine.)"""
     first = next((x for batch in batches for x in batch if isinstance(x, torch.Tensor)), None)
     if first is not None and first.device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(first.device)
         return free // 4
+    available = _available_memory()
+    if available is not None:
+        return available // 4
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit rather than a wrong one
         return None
+
+
+def _available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes the kernel reports available for new allocations (Linux ``MemAvailable``), or None elsewhere.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        ...     _ = f.write("MemTotal:  2048 kB\\nMemAvailable:  1024 kB\\n")
+        >>> _available_memory(f.name)
+        1048576
+    """
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
