@@ -15,6 +15,8 @@ from leantorch.ptq.seq_mse import shrunk_encodings
 from leantorch.quant.blocks import blockwise_encoding, to_block_rows
 from leantorch.quant.encoding import Encoding, compute_encoding
 
+from .test_gptq import _net as small_conv_net
+
 RATIOS = (1.0, 0.85, 0.7, 0.55, 0.4)
 
 
@@ -92,16 +94,9 @@ def test_the_search_never_does_worse_than_the_full_range_per_row() -> None:
 
 
 def _net() -> nn.Module:
+    """test_gptq's conv net, with heavy-tailed weights."""
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16),
-        nn.ReLU(),
-        nn.Conv2d(16, 8, 1),
-        nn.Flatten(),
-        nn.Linear(8 * 8 * 8, 10),
-    ).eval()
+    net = small_conv_net()
     with torch.no_grad():  # heavy-tailed weights, as trained nets have
         for p in net.parameters():
             if p.dim() > 1:
