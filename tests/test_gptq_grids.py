@@ -146,15 +146,24 @@ def _minmax_sim(net: nn.Module, data: list[torch.Tensor], config: dict) -> lt.Qu
     return sim
 
 
-def test_blockwise_gptq_with_clip_ratios_keeps_block_grids(tmp_path) -> None:
+@pytest.mark.parametrize("lpbq", [None, 8])
+def test_blockwise_gptq_with_clip_ratios_keeps_block_grids(lpbq: int | None, tmp_path) -> None:
+    """Blockwise and LPBQ: the chosen grids are still block grids (LPBQ: integer multiples of a per-channel scale)."""
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     data = [torch.randn(64, 32) for _ in range(2)]
-    options = dict(param_bw=4, act_bw=32, num_batches=2, progress=False, param_block_size=8, param_scheme="minmax")
+    blocks = dict(param_bw=4, act_bw=32, param_block_size=8, decompressed_bw=lpbq)
+    options = dict(num_batches=2, progress=False, param_scheme="minmax", **blocks)
     rounded, enc = lt.gptq(net, data[0][:1], data, path=tmp_path, clip_ratios=RATIOS, **options)
-    sim = lt.QuantSim(rounded, data[0][:1], param_bw=4, act_bw=32, param_block_size=8)
+    sim = lt.QuantSim(rounded, data[0][:1], **blocks)
     sim.set_and_freeze_param_encodings(enc)
     sim.compute_encodings(data, progress=False)
-    assert sim.param_quantizers()["0.weight"].encoding.scale.shape == (16, 4)
+    chosen = sim.param_quantizers()["0.weight"].encoding
+    assert chosen.scale.shape == (16, 4) and chosen.decompressed_bw == lpbq
+    if lpbq:
+        per_channel = chosen.scale.amax(1, keepdim=True) / 2 ** (lpbq - 4)
+        multipliers = chosen.scale / per_channel
+        torch.testing.assert_close(multipliers, multipliers.round())
     with torch.no_grad():
         torch.testing.assert_close(sim.model(data[0]), rounded(data[0]), rtol=1e-5, atol=1e-5)
 
