@@ -178,3 +178,38 @@ def test_bad_clip_ratios_are_refused_before_any_work(ratios, tmp_path, monkeypat
 def test_a_list_of_ratios_is_kept_as_a_tuple() -> None:
     assert lt.GptqConfig(clip_ratios=[1, 0.5]).clip_ratios == (1.0, 0.5)
     assert dataclasses.replace(lt.GptqConfig(), clip_ratios=[0.9]).clip_ratios == (0.9,)
+
+
+def test_amp_gptq_candidates_carry_the_searched_grids(tmp_path) -> None:
+    """``mixed_precision(rounding="gptq", rounding_options=GptqConfig(clip_ratios=...))``: a group at W3A16 holds
+    the weights and chosen grids of ``lt.gptq`` with the same ratios (not the sim's own MSE grids)."""
+    from leantorch.ptq.mixed_precision import mixed_precision
+
+    from .test_amp_rounding import _all_at, _weights, noise_score
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
+    net = net.eval()
+    gen = torch.Generator().manual_seed(1)
+    calib, held_out = [torch.randn(32, 3, 8, 8, generator=gen) for _ in range(2)], [torch.randn(64, 3, 8, 8)]
+    options = lt.GptqConfig(asymmetric=True, param_scheme="mse", clip_ratios=RATIOS, progress=False)
+    amp = mixed_precision(
+        net, calib[0][:1], calib, noise_score(net, held_out), candidates="W16A16,W3A16", allowed_drop=0.5,
+        cost="memory", rounding="gptq", rounding_options=options, progress=False,
+    )  # fmt: skip
+    want, path = lt.gptq(
+        net, calib[0][:1], calib, param_bw=3, act_bw=16, per_channel=True, num_batches=2, asymmetric=True,
+        param_scheme="mse", clip_ratios=RATIOS, progress=False, path=tmp_path,
+    )  # fmt: skip
+    _all_at(amp, "W3A16")
+    plain = lt.QuantSim(net, calib[0][:1], param_bw=3, act_bw=16, per_channel=True, param_scheme="mse")
+    plain.compute_encodings(calib, progress=False)
+    searched = lt.QuantSim(want, calib[0][:1], param_bw=3, act_bw=16, per_channel=True)
+    searched.set_and_freeze_param_encodings(path)
+    moved = 0
+    for name, got in _weights(amp).items():
+        assert torch.equal(got, want.get_parameter(name)), name
+        q = amp.sim.param_quantizers()[name]
+        torch.testing.assert_close(q.encoding.scale, searched.param_quantizers()[name].encoding.scale)
+        moved += int(not torch.allclose(q.encoding.scale, plain.param_quantizers()[name].encoding.scale))
+    assert moved > 0  # the search chose grids other than the MSE ones somewhere
