@@ -303,8 +303,9 @@ def _memory_budget(batches: Sequence[tuple[Any, ...]]) -> int | None:
     """A quarter of the memory still free where the batches live (free GPU memory for CUDA tensors, the memory
     the operating system reports available otherwise): algorithms advance two frontiers side by side (float and
     quantized, probe and calibration), and the calibration set, the models and each layer's working memory need
-    the rest. (A quarter of *physical* memory, as before, left too little: GPTQ on 4,096 EfficientNet-Lite0 crops
-    held 2.5 GB of images beside two 5.75 GB frontiers and was killed at 24 GB on a 23 GB machine.)"""
+    the rest, which a quarter of *physical* memory (as before) did not leave them when the data is large. (GPTQ on
+    4,096 EfficientNet-Lite0 crops on a 23 GB machine was killed at 24 GB either way: something besides the
+    frontiers grows with the data there, not yet found.)"""
     first = next((x for batch in batches for x in batch if isinstance(x, torch.Tensor)), None)
     if first is not None and first.device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(first.device)
