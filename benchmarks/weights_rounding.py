@@ -26,8 +26,8 @@ block-32 nearest 0.958 / 0.960 mean cosine, SeqMSE 0.969 / 0.972, GPTQ (act-orde
 GPTQ 0.957 / 0.960, AdaRound 0.874 / 0.882. Until 2026-12-05 ``minilm_config`` replaced the preset's LayerNorm
 rule instead of amending it, so LayerNorm outputs were 8-bit in the W4A8 column (then GPTQ block-32: 0.963).
 GPTQ choosing each channel's grid among 9 shrunk ranges (``clip_ratios``, attempts, 2026-12-06): per channel 0.975 /
-0.978, block-32 0.983 / 0.986. EfficientNet-Lite0 top-1 agreement (W4A8, 320 crops, earlier GPTQ defaults): nearest 0.15 / 0.12 (per channel /
-block-32), SeqMSE 0.50 / 0.51, GPTQ 0.53 / 0.53, AdaRound 0.78 / 0.79.
+0.978, block-32 0.983 / 0.986. EfficientNet-Lite0 top-1 agreement (W4A8, 320 crops, earlier GPTQ defaults): nearest
+0.15 / 0.12 (per channel / block-32), SeqMSE 0.50 / 0.51, GPTQ 0.53 / 0.53, AdaRound 0.78 / 0.79.
 
 Run: ``.venv/bin/python benchmarks/weights_rounding.py [--only minilm|efficientnet] [--fast] [--attempts]``.
 Results: ``benchmarks/results/weights_rounding.json`` (rows merged by model/weights/method; ``--fast`` writes
