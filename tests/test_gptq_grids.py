@@ -213,3 +213,32 @@ def test_amp_gptq_candidates_carry_the_searched_grids(tmp_path) -> None:
         torch.testing.assert_close(q.encoding.scale, searched.param_quantizers()[name].encoding.scale)
         moved += int(not torch.allclose(q.encoding.scale, plain.param_quantizers()[name].encoding.scale))
     assert moved > 0  # the search chose grids other than the MSE ones somewhere
+
+
+def test_a_dead_input_does_not_steer_the_choice() -> None:
+    """An input that is always zero carries no error on the data: the choice is scored on ``H`` plus the damping,
+    not on the unit diagonal GPTQ gives that input to stay positive definite (which, beside inputs of small
+    magnitude, would pick the grids that round the dead column best)."""
+    from leantorch.ptq.gptq import damped_hessian
+
+    w, h = _layer_case(3)
+    h = h * 1e-4  # small inputs (post-activation scales)
+    h[:, 5, :] = 0.0
+    h[:, :, 5] = 0.0
+    enc = _encoding(w, "channel", symmetric=False)
+    _, chosen = gptq_grid_search(w, h, enc, RATIOS, 0.01)
+    candidates = shrunk_encodings(w, enc, RATIOS)
+    objective = h.double() + 0.01 * h.double().diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(64)
+    with_unit = damped_hessian(h, 0.01)
+
+    def best(hessian: torch.Tensor) -> torch.Tensor:
+        errors = []
+        for candidate in candidates:
+            e = w.double() - gptq_round(w, h, candidate, 0.01).double()
+            errors.append(torch.einsum("gok,gkl,gol->go", e, hessian, e))
+        return torch.stack(errors).argmin(0).flatten()
+
+    want, steered = best(objective), best(with_unit)
+    assert not torch.equal(want, steered)  # the case where the unit would change the choice
+    for row in range(12):
+        torch.testing.assert_close(chosen.scale[row], candidates[int(want[row])].scale[row])

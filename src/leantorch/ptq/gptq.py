@@ -242,7 +242,11 @@ def gptq_grid_search(
     h = damped_hessian(hessian, damping).to(w.device)
     stacked = _gptq(w.repeat(1, n, 1), h, scale, offset, encoding.num_steps, block_size, act_order)
     rounded = stacked.reshape(groups, n, out, k).transpose(0, 1)  # [n, groups, out, K]
-    errors = torch.stack([(torch.bmm(w - r, h) * (w - r)).sum(-1) for r in rounded])  # [n, groups, out]
+    # The choice is scored on H plus the damping only: the unit diagonal that keeps a dead input's H positive
+    # definite for GPTQ is not data, and would outweigh every real input of small magnitude.
+    objective = hessian.detach().to(device=w.device, dtype=torch.float64).clone()
+    objective.diagonal(dim1=-2, dim2=-1).add_(damping * objective.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True))
+    errors = torch.stack([(torch.bmm(w - r, objective) * (w - r)).sum(-1) for r in rounded])  # [n, groups, out]
     if encoding.axis is None:
         best = errors.sum(dim=(1, 2)).argmin().expand(groups, out)
     else:
