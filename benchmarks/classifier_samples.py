@@ -42,7 +42,7 @@ args = argparse.Namespace(
     calibration=1024, search=256, probe=32, evaluation=2000, batch_size=32, front_evals=8, no_progress=True
 )
 env = _environment(args)
-layers, relative = mix_layers(env["folded"], 3, MIX)
+layers, _ = mix_layers(env["folded"], 3, MIX)
 config = {**ASYMMETRIC, "layers": layers}
 calib, example = env["calib"], env["calib"][0][:1]
 t = time.time()
@@ -99,7 +99,6 @@ if not (OUT / "feats.pt").exists():
     print("features", time.time() - t, flush=True)
 F = torch.load(OUT / "feats.pt")
 fq, ff, hq = F["fq"], F["ff"], F["hq"]
-ref = torch.cat(env["reference"]) if isinstance(env["reference"], list) else env["reference"]
 enc = wrapper.param_quantizers["weight"].encoding
 W = fp_fc.weight.detach()
 bias = fp_fc.bias.detach()

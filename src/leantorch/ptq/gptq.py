@@ -148,7 +148,7 @@ def gptq(
         encoding: Encoding,
         inputs: Sequence[torch.Tensor],
         quantized: Sequence[torch.Tensor] | None,
-    ) -> torch.Tensor | RoundedLayer:
+    ) -> RoundedLayer:
         require_moments(fp_layer, name, "gptq", "GPTQ")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         if cfg.asymmetric or cfg.correct_bias:
@@ -157,11 +157,7 @@ def gptq(
         hessian = QuadraticObjective(fp_layer, weight, quantized if quantized is not None else inputs).gram
         rows = grouped_weight(fp_layer, weight)
         rounded, chosen = _round_rows(rows, hessian, encoding, cfg, weight.shape)
-        return (
-            rounded.reshape(weight.shape)
-            if chosen is None
-            else RoundedLayer(rounded.reshape(weight.shape), None, chosen)
-        )
+        return RoundedLayer(rounded.reshape(weight.shape), encoding=chosen)
 
     return round_layers(model, example_input, calibration, round_layer, cfg, cfg.use_quantized_inputs, "gptq")
 
@@ -342,7 +338,7 @@ def _round_towards_float(
     inputs: Sequence[torch.Tensor],
     quantized: Sequence[torch.Tensor],
     cfg: GptqConfig,
-) -> torch.Tensor | RoundedLayer:
+) -> RoundedLayer:
     """GPTQ of the float layer's *outputs* ``W p`` from the quantized inputs ``p̂`` (``asymmetric``), and/or with
     the bias re-fitted to the mean output error (``correct_bias``).
 
@@ -368,8 +364,7 @@ def _round_towards_float(
     # the grids shrink the float weight's ranges (α = 1: the grid the weight quantizer has), not the fit's
     rounded, chosen = _round_rows(target, gram, encoding, cfg, weight.shape, ranges_of=rows)
     if not center:
-        out = rounded.to(weight.dtype).reshape(weight.shape)
-        return out if chosen is None else RoundedLayer(out, None, chosen)
+        return RoundedLayer(rounded.to(weight.dtype).reshape(weight.shape), encoding=chosen)
     shift = (rows @ moments.mean[:, :, None]).squeeze(-1) - (rounded @ moments.mean_quantized[:, :, None]).squeeze(-1)
     bias = cast(torch.Tensor, layer.bias).detach()
     new_bias = bias + shift.reshape(-1).to(bias.dtype)

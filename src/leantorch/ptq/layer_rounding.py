@@ -62,12 +62,12 @@ class RoundedLayer:
 
 
 #: ``(layer name, float layer, its weight quantizer's encoding, float inputs per batch, quantized inputs per
-#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), ``(weight,
-#: encoding)`` when the layer also chooses its grid (SeqMSE), or a :class:`RoundedLayer` with a new bias and/or
-#: grid (GPTQ with ``correct_bias`` or ``clip_ratios``).
+#: batch or None) -> the rounded weight`` (the float weight's shape, on the encoding's grid), or a
+#: :class:`RoundedLayer` with a new bias and/or the grid the layer chose (SeqMSE; GPTQ with ``correct_bias`` or
+#: ``clip_ratios``).
 RoundLayer = Callable[
     [str, nn.Module, Encoding, Sequence[torch.Tensor], "Sequence[torch.Tensor] | None"],
-    "torch.Tensor | tuple[torch.Tensor, Encoding] | RoundedLayer",
+    "torch.Tensor | RoundedLayer",
 ]
 
 
@@ -176,16 +176,10 @@ def round_layers(
         assert quantizer.encoding is not None
         result = round_layer(name, reference.get_submodule(name), quantizer.encoding, inputs, quantized)
         del inputs, quantized  # the activations can go before the next layer's arrive
-        bias = None
-        if isinstance(result, RoundedLayer):
-            rounded, bias = result.weight, result.bias
-            if result.encoding is not None:
-                quantizer.set_encoding(result.encoding.to(rounded.device))
-        elif isinstance(result, tuple):
-            rounded, chosen = result
-            quantizer.set_encoding(chosen.to(rounded.device))
-        else:
-            rounded = result
+        layer_result = result if isinstance(result, RoundedLayer) else RoundedLayer(result)
+        rounded, bias = layer_result.weight, layer_result.bias
+        if layer_result.encoding is not None:
+            quantizer.set_encoding(layer_result.encoding.to(rounded.device))
         with torch.no_grad():
             for layer in (gm.get_submodule(name), wrapper.module):  # the sim frontier runs it next, rounded
                 cast(torch.Tensor, layer.weight).copy_(rounded)

@@ -241,9 +241,9 @@ def mixed_precision(
     if not groups:
         raise InvalidOptionError("mixed_precision: the QuantSim has no enabled, unfrozen integer weight quantizer")
     lpbq = max((w.decompressed_bw for g in groups for w in g.weight_blocks), default=0)  # the sim's LPBQ, if any
-    if lpbq and candidates[0].param_bw >= lpbq:
+    if lpbq and top.param_bw >= lpbq:
         raise InvalidOptionError(
-            f"mixed_precision: candidate {candidates[0].name} on a QuantSim with LPBQ weights "
+            f"mixed_precision: candidate {top.name} on a QuantSim with LPBQ weights "
             f"(decompressed_bw={lpbq}): LPBQ stores fewer bits than it decompresses to; keep the candidates' weights "
             f"below {lpbq} bits"
         )

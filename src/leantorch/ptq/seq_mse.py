@@ -33,7 +33,7 @@ from ..options import check_choice, check_count, with_overrides
 from ..quant.blocks import blockwise_encoding, to_block_rows
 from ..quant.encoding import Encoding, compute_encoding
 from .input_moments import QuadraticObjective, grouped_weight, require_moments
-from .layer_rounding import LayerRoundingConfig, round_layers, round_to_grid, weight_grid
+from .layer_rounding import LayerRoundingConfig, RoundedLayer, round_layers, round_to_grid, weight_grid
 
 __all__ = [
     "SeqMseConfig",
@@ -116,7 +116,7 @@ def seq_mse(
         encoding: Encoding,
         float_inputs: Sequence[torch.Tensor],
         quantized: Sequence[torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, Encoding]:
+    ) -> RoundedLayer:
         require_moments(fp_layer, name, "seq_mse", "SeqMSE")
         weight = cast(torch.Tensor, fp_layer.weight).detach()
         if inputs == "asym":
@@ -126,7 +126,7 @@ def seq_mse(
         rows = grouped_weight(fp_layer, weight)
         best = seq_mse_search(rows, objective.gram, objective.target, encoding, cfg.num_candidates, weight.shape)
         nearest = _nearest(rows.double(), best, rows.shape, weight.shape)
-        return nearest.reshape(weight.shape).to(weight.dtype), best
+        return RoundedLayer(nearest.reshape(weight.shape).to(weight.dtype), encoding=best)
 
     return round_layers(model, example_input, calibration, choose, cfg, inputs != "symfp", "seq_mse")
 
