@@ -61,12 +61,21 @@ def fp32_margin(reference: torch.Tensor) -> torch.Tensor:
     return top2[:, 0] - top2[:, 1]
 
 
+def margin_buckets(reference: torch.Tensor) -> list[tuple[float, float, torch.Tensor]]:
+    """``(lo, hi, mask)`` per bucket of FP32 top-1 minus top-2 probability (``MARGIN_EDGES``) over the crops.
+
+    Example:
+        >>> logits = torch.tensor([[5.0, 5.0], [9.0, 0.0]])   # a tie, and a sure answer
+        >>> [(lo, int(mask.sum())) for lo, hi, mask in margin_buckets(logits) if mask.any()]
+        [(0.0, 1), (0.5, 1)]
+    """
+    margin = fp32_margin(reference)
+    return [(lo, hi, (margin >= lo) & (margin < hi)) for lo, hi in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:])]
+
+
 def margin_counts(reference: torch.Tensor) -> list[tuple[float, float, int]]:
     """Held-out crops per bucket of FP32 top-1 minus top-2 probability (``MARGIN_EDGES``)."""
-    margin = fp32_margin(reference)
-    return [
-        (lo, hi, int(((margin >= lo) & (margin < hi)).sum())) for lo, hi in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:])
-    ]
+    return [(lo, hi, int(mask.sum())) for lo, hi, mask in margin_buckets(reference)]
 
 
 def main() -> None:

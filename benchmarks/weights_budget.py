@@ -49,7 +49,7 @@ from leantorch.ptq.amp_groups import LayerGroup, WeightBlocks
 from leantorch.ptq.gptq import GptqConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agreement_vs_sqnr import MARGIN_EDGES, fp32_margin  # noqa: E402
+from agreement_vs_sqnr import margin_buckets  # noqa: E402
 from weights import RESULTS, _scores, _search, _setup, add_data_options  # noqa: E402  (benchmarks/weights.py: data, scores, AMP run)
 
 FOUR_PHOTOS = ["immunohistochemistry", "moon", "rocket", "retina"]
@@ -79,13 +79,11 @@ def _row(run: str, model: nn.Module, env: dict[str, Any], bytes_w8: float, secon
 def agreement_by_margin(reference: torch.Tensor, outputs: torch.Tensor) -> dict[str, list[float]]:
     """Per bucket of the FP32 top-1 − top-2 probability (``agreement_vs_sqnr.MARGIN_EDGES``): ``[crops, agreement]``.
     Most disagreements are near ties of the float model (``benchmarks/agreement_vs_sqnr.py``)."""
-    margin = fp32_margin(reference)
     agree = (reference.argmax(-1) == outputs.argmax(-1)).float()
-    buckets = {}
-    for lo, hi in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:]):
-        inside = (margin >= lo) & (margin < hi)
-        buckets[f"[{lo}, {hi})"] = [int(inside.sum()), float(agree[inside].mean()) if inside.any() else float("nan")]
-    return buckets
+    return {
+        f"[{lo}, {hi})": [int(inside.sum()), float(agree[inside].mean()) if inside.any() else float("nan")]
+        for lo, hi, inside in margin_buckets(reference)
+    }
 
 
 def _data_tag(args: argparse.Namespace) -> str:

@@ -298,7 +298,7 @@ def test_bias_correction_leaves_a_layer_without_bias_without_one(tmp_path) -> No
 @pytest.mark.parametrize("asymmetric", [False, True])
 def test_gptq_with_every_activation_spilled_to_disk_equals_the_in_memory_run(asymmetric: bool, tmp_path, monkeypatch):
     """Layer inputs are read from the frontier one batch at a time (``BatchInputs``): with a memory budget of 0
-    bytes every value lives in a memory-mapped file, and the rounding is bit for bit the in-memory one."""
+    bytes every value lives in a temporary file, and the rounding is bit for bit the in-memory one."""
     import leantorch.ptq.frontier as frontier
 
     torch.manual_seed(0)

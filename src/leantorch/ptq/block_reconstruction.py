@@ -260,8 +260,9 @@ def _block_data(
         floats: dict[fx.Node, torch.Tensor] = {}
         side: dict[fx.Node, list[Any]] = {}
         for node in external:
-            q_values = [env[node] for env in sim_frontier.envs]
-            f_values = [env[by_name[node.name]] for env in float_frontier.envs]
+            # through value_of: a value past the frontier's memory budget is on disk
+            q_values = [sim_frontier.value_of(node, b) for b in range(len(sizes))]
+            f_values = [float_frontier.value_of(by_name[node.name], b) for b in range(len(sizes))]
             if all(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n for v, n in zip(q_values, sizes)):
                 quantized[node] = torch.cat(q_values)
                 floats[node] = torch.cat(f_values)

@@ -280,7 +280,7 @@ class BatchInputs(Sequence[torch.Tensor]):
     """A layer's input for every calibration batch, read from a :class:`~leantorch.ptq.frontier.Frontier` one batch
     at a time (optionally through the layer's input quantizer).
 
-    Why not a list: the frontier keeps what exceeds its memory budget in memory-mapped files, and a list would
+    Why not a list: the frontier keeps what exceeds its memory budget in temporary files, and a list would
     read every batch back into memory at once: EfficientNet-Lite0's widest layer input is 96 × 112² floats per
     crop, 9.9 GB for 2,048 crops, twice (float and quantized inputs), which ran a 23 GB machine out of memory in
     GPTQ. Iterating holds one batch's copy at a time; valid only until the sweep moves on to the next layer.
