@@ -257,7 +257,7 @@ class _Spilled:
             os.unlink(path)  # the open file keeps the data; nothing is left behind if the process dies
         except OSError:  # (Windows cannot unlink an open file: it stays until the temporary folder is cleaned)
             pass
-        view = memoryview(raw.numpy()).cast("B")
+        view = raw.numpy().data.cast("B")
         done = 0
         while done < len(view):
             done += self.file.write(view[done : done + _CHUNK]) or 0
@@ -267,7 +267,7 @@ class _Spilled:
     def load(self) -> torch.Tensor:
         """The value, as a new tensor on its original device."""
         raw = torch.empty(self.numel, dtype=self.raw_dtype)
-        view = memoryview(raw.numpy()).cast("B")
+        view = raw.numpy().data.cast("B")
         self.file.seek(0)
         done = 0
         while done < len(view):
