@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -168,3 +169,67 @@ def test_layerwise_rounding_works_on_blockwise_grids(tmp_path, algorithm: str) -
         levels = [len(torch.unique(block)) for row in blocks for block in row]
         assert max(levels) <= 16  # every block on a 4-bit grid of its own ...
         assert len(torch.unique(layer.weight.detach()[0])) > 16  # ... and the blocks of a row on different grids
+
+
+def test_a_layer_kept_at_8_bits_on_an_lpbq_sim_is_refused_at_construction_naming_the_rule() -> None:
+    """The common recipe (the first layer at 8 bits) on a sim with decompressed_bw=8 used to calibrate 0-bit
+    multipliers for that layer and fail only at export."""
+    config = {"layers": {"conv": {"param_bw": 8}}}
+    with (
+        warnings.catch_warnings(),
+        pytest.raises(InvalidOptionError, match='conv: 8-bit weights.*"decompressed_bw": 0'),
+    ):
+        lt.QuantSim(_Net().eval(), torch.randn(1, 32, 4, 4), param_bw=4, param_block_size=16, decompressed_bw=8,
+                    config=config)  # fmt: skip
+
+
+def test_lpbq_per_layer_in_the_config_exports_and_onnx_runtime_follows(tmp_path) -> None:
+    """The config-wide LPBQ with one layer out of it (8 bits, float block scales), and LPBQ on one layer only of
+    a blockwise sim: each weight gets what its rule says, the encodings carry LPBQ exactly there, and ONNX Runtime
+    follows the sim within one output step."""
+    data = [torch.randn(8, 32, 4, 4) for _ in range(2)]
+    x = torch.randn(16, 32, 4, 4)
+    conv_out = {"conv": {"param_bw": 8, "decompressed_bw": 0}}
+    cases = {
+        "all but conv": ({"decompressed_bw": 8, "layers": conv_out}, {"up", "fc"}),
+        "fc only": ({"layers": {"fc": {"decompressed_bw": 8}}}, {"fc"}),
+    }
+    for name, (config, lpbq_layers) in cases.items():
+        sim = lt.QuantSim(_Net().eval(), data[0][:1], param_bw=4, param_block_size=16, config=config)
+        weights = {n.split(".")[0]: q for n, q in sim.param_quantizers().items() if n.endswith("weight")}
+        assert {n for n, q in weights.items() if q.decompressed_bw == 8} == lpbq_layers, name
+        assert all(q.is_blockwise for q in weights.values()), name
+        sim.compute_encodings(data, progress=False)
+        for layer in lpbq_layers:  # block scales: an integer in [1, 16] times one float per channel
+            block_scales = weights[layer].scale.reshape(weights[layer].scale.shape[0], -1)
+            assert torch.allclose(lpbq_scale(*lpbq_compress(block_scales, 4, 8)), block_scales), (name, layer)
+        files = sim.export(tmp_path / name.replace(" ", "_"), "model")
+        entries = json.loads(files["encodings"].read_text())["param_encodings"]  # version 1.0.0: a list
+        kinds = {e["name"].split(".")[0]: e["enc_type"] for e in entries if e["name"].endswith("weight")}
+        assert {n for n, kind in kinds.items() if kind == "LPBQ"} == lpbq_layers, name
+        assert set(kinds.values()) <= {"LPBQ", "PER_BLOCK"}, name
+        with torch.no_grad():
+            want = sim.model(x).numpy()
+        step = float(sim.layers()["fc"].output_quantizers[0].scale)
+        assert np.abs(run_onnx(files["onnx"], x) - want).max() <= step * 1.001, name
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"layers": {"fc": {"decompressed_bw": 8}}}, "fc: decompressed_bw=8 .*needs blockwise weights"),
+        ({"param_block_size": 16, "param_symmetric": False, "layers": {"fc": {"decompressed_bw": 8}}}, "symmetric"),
+        ({"param_block_size": 16, "layers": {"fc": {"decompressed_bw": 4}}}, "fc: 4-bit weights"),
+    ],
+)
+def test_bad_per_layer_lpbq_is_refused_naming_the_layer(config: dict, match: str) -> None:
+    with warnings.catch_warnings(), pytest.raises(InvalidOptionError, match=match):
+        lt.QuantSim(_Net().eval(), torch.randn(1, 32, 4, 4), param_bw=4, config=config)
+
+
+@pytest.mark.parametrize("value", ["8", 1, 8.0, True])
+def test_a_rule_decompressed_bw_must_be_a_bitwidth_or_0(value: object) -> None:
+    from leantorch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layers.fc.decompressed_bw"):
+        lt.QuantSim(_Net().eval(), torch.randn(1, 32, 4, 4), config={"layers": {"fc": {"decompressed_bw": value}}})

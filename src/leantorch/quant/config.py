@@ -17,7 +17,8 @@ An op rule's ``act_bw`` gives that op type's activation quantizers their own bit
 outputs in an otherwise 8-bit model); the ``transformer`` preset uses it (:meth:`QuantSimConfig.preset`).
 ``param_bw`` does the same for weights. ``layers`` holds rules for single layers by name, over their op type's
 rule: the usual "first and last layer at 8 bits" of a W4 model. A name that is not a layer of the model is
-refused when the QuantSim is built.
+refused when the QuantSim is built. ``param_block_size`` and ``decompressed_bw`` (LPBQ; 0: none) work per op
+type or layer the same way; on a sim with LPBQ, a layer kept at 8 bits needs ``"decompressed_bw": 0``.
 
 Supergroups model runtimes that fuse a chain (Conv+BN+ReLU runs as one kernel): inside a chain only the
 last output is quantized.
@@ -80,6 +81,9 @@ class OpRule:
     param_bw: int | None = None
     #: Input channels per weight block (blockwise weights) for this op type; 0: per channel; None: the config's.
     param_block_size: int | None = None
+    #: LPBQ's decompressed bitwidth for these blockwise weights; 0: float block scales (no LPBQ), e.g. for a layer
+    #: kept at 8 bits on a sim with ``decompressed_bw=8``; None: the config's.
+    decompressed_bw: int | None = None
     #: A float format for this op type's weights and activations (float16, bfloat16, float8_e4m3fn, float8_e5m2).
     float_format: str | None = None
 
@@ -95,6 +99,7 @@ class ResolvedRule:
     act_bw: int | None = None
     param_bw: int | None = None
     param_block_size: int | None = None
+    decompressed_bw: int | None = None
     float_format: str | None = None
 
 
@@ -187,18 +192,20 @@ class QuantSimConfig:
         def pick(value: bool | None, default: bool) -> bool:
             return default if value is None else value
 
+        weighted = op_type in PER_CHANNEL_AXIS
+        block = (over.param_block_size if over.param_block_size is not None else self.param_block_size) or None
+        # The config-wide LPBQ covers the blockwise weights (a layer made per channel leaves it); a rule's own
+        # decompressed_bw always holds, so that asking for LPBQ without blocks is refused rather than ignored.
+        lpbq = over.decompressed_bw if over.decompressed_bw is not None else (self.decompressed_bw if block else None)
         return ResolvedRule(
             input_quantized=pick(over.input_quantized, self.input_quantized),
             output_quantized=pick(over.output_quantized, self.output_quantized),
             params_quantized=pick(over.params_quantized, self.params_quantized),
-            per_channel=pick(over.per_channel, self.per_channel) and op_type in PER_CHANNEL_AXIS,
+            per_channel=pick(over.per_channel, self.per_channel) and weighted,
             act_bw=over.act_bw,
             param_bw=over.param_bw,
-            param_block_size=(
-                (over.param_block_size if over.param_block_size is not None else self.param_block_size) or None
-            )
-            if op_type in PER_CHANNEL_AXIS
-            else None,
+            param_block_size=block if weighted else None,
+            decompressed_bw=(lpbq or None) if weighted else None,
             float_format=over.float_format,
         )
 

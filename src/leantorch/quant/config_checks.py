@@ -80,11 +80,13 @@ def check_rule(where: str, rule: Any) -> None:
         leantorch.errors.ConfigError: config key 'layers.fc.param_bw' is 7.5; it must be null or a bitwidth: ...
     """
     for f in fields(rule):
-        if f.name not in ("act_bw", "param_bw", "param_block_size", "float_format"):
+        if f.name not in ("act_bw", "param_bw", "param_block_size", "decompressed_bw", "float_format"):
             check_bool(f"{where}.{f.name}", getattr(rule, f.name), allow_none=True)
     check_rule_bitwidth(f"{where}.act_bw", rule.act_bw)
     check_rule_bitwidth(f"{where}.param_bw", rule.param_bw)
     check_block_count(f"{where}.param_block_size", rule.param_block_size, zero=True)
+    if rule.decompressed_bw != 0:  # 0: no LPBQ for these weights
+        check_rule_bitwidth(f"{where}.decompressed_bw", rule.decompressed_bw)
     if rule.float_format is not None:
         try:
             rule.float_format = check_float_format(rule.float_format)

@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
-from ..errors import UnknownLayerError
+from ..errors import InvalidOptionError, UnknownLayerError
 from ..graph import PASSTHROUGH_TYPES, call_sites, find_chains, op_type
 from ..ops import weight_names
 from ..options import unknown_layers_message
@@ -175,7 +175,7 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
     if unknown:  # a misspelt name would otherwise leave that layer at the default bitwidth without a word
         raise UnknownLayerError(f"config 'layers': {unknown_layers_message(unknown, list(wrappers))}")
     for name, wrapper in wrappers.items():
-        _configure_layer(wrapper, config.rule(wrapper.op_type, name), config, settings)
+        _configure_layer(name, wrapper, config.rule(wrapper.op_type, name), config, settings)
     internal_edges = _apply_supergroups(gm, config)
     for q in cast(nn.ModuleList, gm.input_quantizers):
         _configure_activation(cast(Quantizer, q), config, settings, enabled=config.model_input_quantized)
@@ -191,7 +191,7 @@ def apply_config(gm: fx.GraphModule, config: QuantSimConfig, settings: QuantSett
 
 
 def _configure_layer(
-    wrapper: QuantWrapper, rule: ResolvedRule, config: QuantSimConfig, settings: QuantSettings
+    layer: str, wrapper: QuantWrapper, rule: ResolvedRule, config: QuantSimConfig, settings: QuantSettings
 ) -> None:
     bw = rule.act_bw
     for q in wrapper.output_quantizers:
@@ -210,7 +210,7 @@ def _configure_layer(
         if name in weights:
             q.enabled = rule.params_quantized
             q.axis = PER_CHANNEL_AXIS.get(wrapper.op_type) if rule.per_channel else None
-            _configure_blocks(q, getattr(wrapper.module, name), wrapper.op_type, rule.param_block_size, config)
+            _configure_blocks(layer, q, getattr(wrapper.module, name), wrapper.op_type, rule, config)
         else:
             q.enabled = config.quantize_bias and rule.params_quantized
     if rule.float_format is not None:
@@ -222,10 +222,20 @@ def _all_quantizers(wrapper: QuantWrapper) -> list[Quantizer]:
     return [m for m in wrapper.modules() if isinstance(m, Quantizer)]
 
 
-def _configure_blocks(q: Quantizer, weight: Any, op_type: str, block_size: int | None, config: QuantSimConfig) -> None:
+def _configure_blocks(
+    layer: str, q: Quantizer, weight: Any, op_type: str, rule: ResolvedRule, config: QuantSimConfig
+) -> None:
     """Blockwise (and LPBQ) settings of a weight quantizer; a weight whose input channels do not split into
-    blocks keeps per-channel quantization (:func:`blockwise_fallbacks` lists them)."""
+    blocks keeps per-channel quantization (:func:`blockwise_fallbacks` lists them).
+
+    Raises:
+        InvalidOptionError: LPBQ asked for a weight that cannot have it (named, with the rule that fixes it):
+            no blocks, asymmetric weights, or weights of ``decompressed_bw`` bits or more (say a layer kept at 8
+            bits on a sim with ``decompressed_bw=8``): refused here, not at export after calibration."""
     q.block_size = q.block_axis = q.decompressed_bw = q.block_fallback = None
+    block_size, lpbq = rule.param_block_size, rule.decompressed_bw
+    if lpbq is not None:
+        _check_lpbq(layer, q.bitwidth, block_size, lpbq, config)
     axis = PER_CHANNEL_AXIS.get(op_type)
     if block_size is None or axis is None or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         return
@@ -234,7 +244,29 @@ def _configure_blocks(q: Quantizer, weight: Any, op_type: str, block_size: int |
     if not blocks_fit(weight.shape, block_axis, block_size):
         q.block_fallback = f"{weight.shape[block_axis]} input channels, blocks of {block_size}"
         return
-    q.block_size, q.block_axis, q.decompressed_bw = block_size, block_axis, config.decompressed_bw
+    q.block_size, q.block_axis, q.decompressed_bw = block_size, block_axis, lpbq
+
+
+def _check_lpbq(
+    layer: str, bitwidth: int, block_size: int | None, decompressed_bw: int, config: QuantSimConfig
+) -> None:
+    """LPBQ's preconditions for one layer's weight (:mod:`~leantorch.quant.encodings_blocks`)."""
+    if bitwidth >= decompressed_bw:
+        raise InvalidOptionError(
+            f"{layer}: {bitwidth}-bit weights with LPBQ decompressed_bw={decompressed_bw}: LPBQ stores fewer bits "
+            f'than it decompresses to; keep this layer out of LPBQ with its config rule (layers {{"{layer}": '
+            '{"param_bw": 8, "decompressed_bw": 0}} for float block scales, or "param_block_size": 0, '
+            '"per_channel": true for per channel), or lower its param_bw'
+        )
+    if not block_size:
+        raise InvalidOptionError(
+            f"{layer}: decompressed_bw={decompressed_bw} (LPBQ) needs blockwise weights: set param_block_size "
+            "(e.g. 32) for it"
+        )
+    if not config.param_symmetric:
+        raise InvalidOptionError(
+            f"{layer}: decompressed_bw={decompressed_bw} (LPBQ) needs symmetric weights (param_symmetric=true)"
+        )
 
 
 def blockwise_fallbacks(gm: nn.Module) -> dict[str, str]:
