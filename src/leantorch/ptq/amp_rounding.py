@@ -127,7 +127,7 @@ def mix_config(base: Any, mix: dict[str, Candidate]) -> QuantSimConfig:
         >>> from leantorch.ptq.amp_groups import Candidate
         >>> mix_config({"layers": {"fc": {"per_channel": True}}}, {"fc": Candidate(16, 16)}).layers["fc"]
         OpRule(input_quantized=None, output_quantized=None, params_quantized=None, per_channel=True, act_bw=16, \
-param_bw=32, param_block_size=None, float_format=None)
+param_bw=32, param_block_size=None, decompressed_bw=None, float_format=None)
     """
     cfg = load_config(base)
     for layer, cand in mix.items():
