@@ -13,7 +13,8 @@ Before this session's changes a 4,096-crop run of ``weights_budget.py --only han
 killer twice (24.4 GB, 27 min; 24.3 GB, 32 min) with 7.8 GB of mapped spill files resident and 2.3 GB of crops
 holding 7.6 GB before any work.
 
-Run: ``.venv/bin/python benchmarks/gptq_memory.py [--crops 512,1024,2048]`` (Linux only: reads ``/proc``).
+Run: ``.venv/bin/python benchmarks/gptq_memory.py [--crops 512,1024,2048]`` (Linux only: reads ``/proc``). Older code:
+``git worktree add /tmp/old REV; PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/gptq_memory.py --label REV``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def measure(crops: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crops", default="512,1024,2048", help="comma-separated calibration sizes")
+    parser.add_argument(
+        "--label", default="", help="a name for the code measured (rows of the same crops and label replace each other)"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process: one size, row on stdout
     args = parser.parse_args()
     if args.one:
@@ -109,9 +113,11 @@ def main() -> None:
             row = {"crops": crops, "failed": f"exit {child.returncode}", "stderr": child.stderr[-2000:]}
         else:
             row = json.loads(child.stdout.strip().splitlines()[-1])
+        row = {"code": args.label, **row} if args.label else row
         print(row, flush=True)
-        rows = [r for r in rows if r["crops"] != crops] + [row]
-        RESULTS.write_text(json.dumps({"rows": sorted(rows, key=lambda r: r["crops"])}, indent=1) + "\n")
+        rows = [r for r in rows if (r["crops"], r.get("code", "")) != (crops, args.label)] + [row]
+        rows.sort(key=lambda r: (r.get("code", ""), r["crops"]))
+        RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
