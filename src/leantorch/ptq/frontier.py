@@ -41,7 +41,7 @@ class Frontier:
         batches: the model inputs of each batch (a tuple of tensors per batch, already on the model's device).
         max_bytes: keep at most this many bytes of live tensors in memory (device or RAM); values produced
             beyond it go to temporary files and come back to their device when read.
-            ``"auto"`` (default): a quarter of the physical memory, or of the free GPU memory on CUDA (room for
+            ``"auto"`` (default): a quarter of the memory still available, or of the free GPU memory on CUDA (room for
             the two frontiers algorithms advance side by side). Values an in-place op writes to stay in memory.
             ``None``: no limit.
 
