@@ -240,8 +240,7 @@ def gptq_grid_search(
     rounded = stacked.reshape(groups, n, out, k).transpose(0, 1)  # [n, groups, out, K]
     # The choice is scored on H plus the damping only: the unit diagonal that keeps a dead input's H positive
     # definite for GPTQ is not data, and would outweigh every real input of small magnitude.
-    objective = hessian.detach().to(device=w.device, dtype=torch.float64).clone()
-    objective.diagonal(dim1=-2, dim2=-1).add_(damping * objective.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True))
+    objective = damped_hessian(hessian, damping, decouple_dead=False).to(w.device)
     errors = torch.stack([(torch.bmm(w - r, objective) * (w - r)).sum(-1) for r in rounded])  # [n, groups, out]
     if encoding.axis is None:
         best = errors.sum(dim=(1, 2)).argmin().expand(groups, out)
@@ -251,21 +250,25 @@ def gptq_grid_search(
     return chosen.to(weight.dtype), best_encoding(encoding, candidates, errors)
 
 
-def damped_hessian(hessian: torch.Tensor, damping: float) -> torch.Tensor:
+def damped_hessian(hessian: torch.Tensor, damping: float, decouple_dead: bool = True) -> torch.Tensor:
     """``hessian`` (``[groups, K, K]``) in float64, ready for GPTQ: an input channel that is always zero
     (``H_kk = 0``: nothing to compensate with, nothing to compensate for) is decoupled with a unit diagonal,
     which keeps ``H`` positive definite, and ``damping · mean(diag H)`` is added to the diagonal.
+    ``decouple_dead=False``: no unit diagonal (the damped data alone, for scoring a rounding).
 
     Example:
         >>> damped_hessian(torch.tensor([[[2.0, 0.0], [0.0, 0.0]]]), 0.5).tolist()
         [[[2.75, 0.0], [0.0, 1.75]]]
+        >>> damped_hessian(torch.tensor([[[2.0, 0.0], [0.0, 0.0]]]), 0.5, decouple_dead=False).tolist()
+        [[[2.5, 0.0], [0.0, 0.5]]]
     """
     h = hessian.detach().to(torch.float64).clone()
     k = h.shape[-1]
     diag = h.diagonal(dim1=-2, dim2=-1)
-    dead = diag == 0
-    diag.add_(dead.to(h.dtype))
-    h.masked_fill_(dead[:, :, None] & ~torch.eye(k, dtype=torch.bool, device=h.device), 0.0)
+    if decouple_dead:
+        dead = diag == 0
+        diag.add_(dead.to(h.dtype))
+        h.masked_fill_(dead[:, :, None] & ~torch.eye(k, dtype=torch.bool, device=h.device), 0.0)
     diag.add_(damping * diag.mean(-1, keepdim=True))
     return h
 

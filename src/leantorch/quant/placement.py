@@ -255,7 +255,7 @@ def _check_lpbq(
         raise InvalidOptionError(
             f"{layer}: {bitwidth}-bit weights with LPBQ decompressed_bw={decompressed_bw}: LPBQ stores fewer bits "
             f'than it decompresses to; keep this layer out of LPBQ with its config rule (layers {{"{layer}": '
-            '{"param_bw": 8, "decompressed_bw": 0}} for float block scales, or "param_block_size": 0, '
+            f'{{"param_bw": {bitwidth}, "decompressed_bw": 0}}}} for float block scales, or "param_block_size": 0, '
             '"per_channel": true for per channel), or lower its param_bw'
         )
     if not block_size:
